@@ -1,0 +1,122 @@
+"""Decode, validate and normalize one image; move its boxes with it.
+
+The contract: what ingest writes is always an RGB JPEG that decodes fully. Valid RGB JPEGs pass
+through byte for byte (re-encoding would cost quality and time); everything else (PNG, grayscale,
+CMYK, palette, 16-bit, alpha, EXIF-rotated) is converted once, here.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from beam_jobs import records as R
+
+DEFAULT_MAX_PIXELS = 40_000_000  # 8000 x 5000; a 30,000 x 30,000 bomb is 900 M
+_EXIF_ORIENTATION = 0x0112
+
+
+class ImageRejected(Exception):
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class NormalizedImage:
+    """An image ready to be written: RGB JPEG bytes and the geometry boxes need."""
+
+    jpeg: bytes
+    width: int  # of the image as written (after EXIF rotation)
+    height: int
+    stored_width: int  # of the pixels as stored in the file (before EXIF rotation)
+    stored_height: int
+    orientation: int  # EXIF orientation 1..8 that was applied (1: none)
+    converted: bool  # False when the input bytes pass through untouched
+
+
+def normalize_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, jpeg_quality: int = 95) -> NormalizedImage:
+    """Fully decodes ``data`` and returns it as an RGB JPEG, or raises :class:`ImageRejected`."""
+    if not data:
+        raise ImageRejected(R.EMPTY_FILE, "zero-byte file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            w, h = img.size
+            if w * h > max_pixels:  # checked from the header, before any pixel is decoded
+                raise ImageRejected(R.TOO_MANY_PIXELS, f"{w}x{h} = {w * h} pixels > --max-pixels {max_pixels}")
+            img.load()  # full decode: truncated files and corrupt bodies fail here, not in training
+    except ImageRejected:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageRejected(R.TOO_MANY_PIXELS, str(e)) from None
+    except Exception as e:  # PIL raises OSError, SyntaxError, ValueError... for bad bytes
+        raise ImageRejected(R.DECODE_ERROR, f"{type(e).__name__}: {e}") from None
+    if w == 0 or h == 0:
+        raise ImageRejected(R.DECODE_ERROR, f"image has zero size {w}x{h}")
+
+    orientation = _orientation(img)
+    if img.format == "JPEG" and img.mode == "RGB" and orientation == 1:
+        return NormalizedImage(data, w, h, w, h, 1, converted=False)
+
+    if orientation != 1:
+        img = ImageOps.exif_transpose(img)
+    rgb = to_rgb(img)
+    buf = io.BytesIO()
+    rgb.save(buf, format="JPEG", quality=jpeg_quality)
+    return NormalizedImage(buf.getvalue(), rgb.width, rgb.height, w, h, orientation, converted=True)
+
+
+def _orientation(img: Image.Image) -> int:
+    try:
+        value = int(img.getexif().get(_EXIF_ORIENTATION, 1))
+    except Exception:  # unreadable EXIF is not a reason to lose the image
+        return 1
+    return value if 1 <= value <= 8 else 1
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any PIL mode → 8-bit RGB. Transparency is composited on white; 16/32-bit depth is rescaled."""
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        hi = 65535.0 if img.mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0
+        arr8 = np.clip(arr * (255.0 / hi), 0, 255).round().astype(np.uint8)
+        return Image.fromarray(arr8, mode="L").convert("RGB")
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")  # L, 1, P, CMYK (PIL inverts Adobe CMYK correctly), YCbCr, LAB
+
+
+def orient_box(box: tuple[float, float, float, float], orientation: int) -> tuple[float, float, float, float]:
+    """Maps a normalized box (xmin, ymin, xmax, ymax) on the stored pixels to the displayed image.
+
+    ``orientation`` is the EXIF value; the mapping matches ``PIL.ImageOps.exif_transpose``.
+    """
+    x0, y0, x1, y1 = box
+    if orientation == 2:  # mirrored horizontally
+        return 1 - x1, y0, 1 - x0, y1
+    if orientation == 3:  # rotated 180
+        return 1 - x1, 1 - y1, 1 - x0, 1 - y0
+    if orientation == 4:  # mirrored vertically
+        return x0, 1 - y1, x1, 1 - y0
+    if orientation == 5:  # transposed (mirror about the main diagonal)
+        return y0, x0, y1, x1
+    if orientation == 6:  # displayed = stored rotated 90 degrees clockwise
+        return 1 - y1, x0, 1 - y0, x1
+    if orientation == 7:  # transverse (mirror about the anti-diagonal)
+        return 1 - y1, 1 - x1, 1 - y0, 1 - x0
+    if orientation == 8:  # displayed = stored rotated 90 degrees counter-clockwise
+        return y0, 1 - x1, y1, 1 - x0
+    return box

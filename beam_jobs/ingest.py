@@ -1,0 +1,520 @@
+"""The ingest job: images + labels (VOC, COCO, CSV, YOLO) → sharded TFRecords, with every image accounted for.
+
+Pipeline shape (each box a composite PTransform)::
+
+    ListImages ─┐
+                ├─ MatchLabelsToImages ─ EncodeExamples ─ PlanShards ─ WriteShards ─ WriteMetadata
+    ParseLabels ┘        (join on stem)     (batched)      (dedup)     (byte copy)   (stats, maps)
+
+Design notes:
+
+* Per-element overhead dominates naive Beam jobs here, so the heavy stage works on batches of
+  images, and each batch writes its records straight into a part file. Only small metadata
+  (key, sha256, offset, length) travels through the pipeline, never image bytes.
+* Duplicates (same sha256 of the file bytes) can only be known once every image is hashed, so
+  the part files hold every valid image and ``PlanShards`` picks one twin (the smallest key, the
+  same on every run and runner); ``WriteShards`` then concatenates part-file byte ranges into the
+  final shards, skipping the dropped twins. TFRecord frames are self-contained, so this copy
+  never re-parses a record.
+* Everything is written under a run-private temp directory; the driver moves the files into
+  ``--out`` and writes ``_SUCCESS`` last (see :mod:`ssdflow.storage`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import posixpath
+import uuid
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+
+import apache_beam as beam
+from apache_beam.io import fileio
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from beam_jobs import records as R
+from beam_jobs.encode import encode_image, split_for
+from beam_jobs.parsers import is_label_file, parse_label_file
+from beam_jobs.parsers.yolo import load_class_names
+from ssdflow import storage, tfrecord
+from ssdflow.config import IngestConfig, LabelFormat
+from ssdflow.schema import LabelMap
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+SPLITS = ("train", "val")
+OUTPUT_PATTERNS = ("train-*.tfrecord", "val-*.tfrecord", "label_map.json", "label_map.pbtxt", "stats.json", "rejected.jsonl")
+_NS = "ssdflow.ingest"
+
+
+class IngestError(RuntimeError):
+    """The job cannot start or its result does not reconcile; the message says what to fix."""
+
+
+# --- small records passed between stages ---------------------------------------------------------
+@dataclass(frozen=True)
+class ImageOutcome:
+    """What happened to one candidate image, without its bytes."""
+
+    key: str
+    source: str
+    sha256: str
+    split: str | None  # None when the image was rejected
+    part: str | None = None  # part file holding the framed record
+    offset: int = 0
+    length: int = 0  # framed length in bytes
+    boxes_in: int = 0
+    class_counts: tuple[tuple[str, int], ...] = ()
+    rejections: tuple[R.Rejection, ...] = ()
+    stats: tuple[tuple[str, int], ...] = ()
+
+
+@dataclass(frozen=True)
+class ShardPlan:
+    name: str
+    ranges: tuple[tuple[str, int, int], ...]  # (part file, offset, length), in write order
+
+
+@dataclass
+class Plan:
+    """The dedup decision and the shard layout, made once all images are encoded."""
+
+    shards: list[ShardPlan]
+    kept: list[ImageOutcome]
+    duplicates: list[tuple[ImageOutcome, ImageOutcome]]  # (dropped, kept twin)
+    rejected_images: list[ImageOutcome]
+    box_rejections: list[R.Rejection] = field(default_factory=list)
+
+
+# --- helpers -------------------------------------------------------------------------------------
+def _has_glob(path: str) -> bool:
+    return any(c in path for c in "*?[")
+
+
+def _is_dir(uri: str) -> bool:
+    if storage.is_local(uri):
+        return os.path.isdir(uri)
+    return uri.endswith("/") or not FileSystems.exists(uri)
+
+
+def image_pattern(images: str) -> str:
+    return images if _has_glob(images) or not _is_dir(images) else storage.join(images, "*")
+
+
+def label_pattern(labels: str) -> str:
+    return labels if _has_glob(labels) or not _is_dir(labels) else storage.join(labels, "*")
+
+
+def _ext(path: str) -> str:
+    return posixpath.splitext(path)[1].lower()
+
+
+def load_class_names_for(cfg: IngestConfig) -> list[str] | None:
+    """YOLO class names from --classes, else a data.yaml / classes.txt beside the labels."""
+    if cfg.format != LabelFormat.yolo:
+        return None
+    candidates = [cfg.classes] if cfg.classes else []
+    if not cfg.classes:
+        base = cfg.labels if _is_dir(cfg.labels) else posixpath.dirname(cfg.labels)
+        candidates = [storage.join(base, n) for n in ("data.yaml", "data.yml", "classes.txt")]
+    for uri in candidates:
+        if storage.exists(uri):
+            try:
+                return load_class_names(uri, storage.read_bytes(uri))
+            except ValueError as e:
+                raise IngestError(f"--classes {uri}: {e}") from None
+    raise IngestError(
+        "YOLO labels carry class indexes only: pass --classes FILE (one name per line, or a data.yaml "
+        f"with `names`); none found at {', '.join(candidates)}"
+    )
+
+
+def load_fixed_label_map(cfg: IngestConfig) -> LabelMap | None:
+    if not cfg.label_map:
+        return None
+    try:
+        return LabelMap.parse(storage.read_text(cfg.label_map), cfg.label_map)
+    except Exception as e:
+        raise IngestError(f"--label-map {cfg.label_map}: {e}") from None
+
+
+# --- transforms ----------------------------------------------------------------------------------
+class ListImages(beam.PTransform):
+    """Image files under a directory or glob → (key, path). Other files are skipped and counted."""
+
+    def __init__(self, pattern: str):
+        super().__init__()
+        self.pattern = pattern
+
+    def expand(self, pbegin):
+        skipped = Metrics.counter(_NS, "files_skipped")
+
+        def keyed(meta):
+            if _ext(meta.path) in IMAGE_EXTENSIONS:
+                yield R.image_key(meta.path), meta.path
+            else:
+                skipped.inc()
+                yield beam.pvalue.TaggedOutput("skipped", meta.path)
+
+        return (
+            pbegin
+            | "Match" >> fileio.MatchFiles(self.pattern, empty_match_treatment=fileio.EmptyMatchTreatment.ALLOW)
+            | "Key" >> beam.FlatMap(keyed).with_outputs("skipped", main="images")
+        )
+
+
+class _ParseLabelFiles(beam.DoFn):
+    def __init__(self, fmt: str, class_names: list[str] | None):
+        self.fmt = fmt
+        self.class_names = class_names
+
+    def process(self, readable):
+        path = readable.metadata.path
+        try:
+            data = readable.read()
+        except Exception as e:  # storage errors become dead letters, not job failures
+            yield beam.pvalue.TaggedOutput("rejected", R.Rejection(path, R.MALFORMED_LABEL_FILE, f"cannot read: {e}", R.LABEL_FILE))
+            return
+        result = parse_label_file(self.fmt, path, data, class_names=self.class_names)
+        for rej in result.rejections:
+            yield beam.pvalue.TaggedOutput("rejected", rej)
+        for rec in result.records:
+            yield rec.key, rec
+
+
+class ParseLabels(beam.PTransform):
+    """Label files → (key, LabelRecord); file-level problems → Rejection (tag 'rejected')."""
+
+    def __init__(self, pattern: str, fmt: str, class_names: list[str] | None):
+        super().__init__()
+        self.pattern, self.fmt, self.class_names = pattern, fmt, class_names
+
+    def expand(self, pbegin):
+        fmt = self.fmt
+
+        return (
+            pbegin
+            | "Match" >> fileio.MatchFiles(self.pattern, empty_match_treatment=fileio.EmptyMatchTreatment.ALLOW)
+            | "LabelFilesOnly" >> beam.Filter(lambda meta: is_label_file(fmt, meta.path))
+            | "Read" >> fileio.ReadMatches()
+            | "Parse" >> beam.ParDo(_ParseLabelFiles(self.fmt, self.class_names)).with_outputs("rejected", main="records")
+        )
+
+
+class _MatchDoFn(beam.DoFn):
+    def __init__(self, unlabeled_is_negative: bool):
+        self.unlabeled_is_negative = unlabeled_is_negative
+
+    def process(self, element):
+        key, grouped = element
+        images, labels = sorted(grouped["images"]), list(grouped["labels"])
+        rejected = lambda rej: beam.pvalue.TaggedOutput("rejected", rej)  # noqa: E731
+        if not images:
+            for rec in labels:
+                yield rejected(R.Rejection(rec.source, R.MISSING_IMAGE, f"label names image {rec.image_name!r}, not found among --images"))
+            return
+        if len(images) > 1:
+            for path in images:
+                yield rejected(R.Rejection(path, R.AMBIGUOUS_NAME, f"{len(images)} images share the name {key!r}: {', '.join(images)}"))
+            return
+        if len(labels) > 1:
+            sources = ", ".join(sorted(r.source for r in labels))
+            yield rejected(R.Rejection(images[0], R.MULTIPLE_LABELS, f"{len(labels)} label records name this image: {sources}"))
+            return
+        if not labels:
+            if self.unlabeled_is_negative:  # YOLO convention: no .txt means no objects
+                yield images[0], R.LabelRecord(image_name=posixpath.basename(images[0]), source=images[0])
+            else:
+                yield rejected(R.Rejection(images[0], R.NO_LABEL, "no label file mentions this image"))
+            return
+        yield images[0], labels[0]
+
+
+class MatchLabelsToImages(beam.PTransform):
+    """Joins label records and image files on the file stem → (image path, LabelRecord)."""
+
+    def __init__(self, unlabeled_is_negative: bool):
+        super().__init__()
+        self.unlabeled_is_negative = unlabeled_is_negative
+
+    def expand(self, pcolls):
+        return (
+            pcolls
+            | "Join" >> beam.CoGroupByKey()
+            | "Match" >> beam.ParDo(_MatchDoFn(self.unlabeled_is_negative)).with_outputs("rejected", main="candidates")
+        )
+
+
+class _EncodeBatch(beam.DoFn):
+    """Encodes a batch of images and appends the valid ones to one part file per split."""
+
+    def __init__(self, parts_dir: str, cfg: IngestConfig, label_map_fixed: bool):
+        self.parts_dir = parts_dir
+        self.val_fraction = cfg.val_fraction
+        self.max_pixels = cfg.max_pixels
+        self.clip_tolerance = cfg.clip_tolerance
+        self.label_map_fixed = label_map_fixed
+
+    def setup(self):
+        self.encoded = Metrics.counter(_NS, "images_encoded")
+        self.rejected = Metrics.counter(_NS, "images_rejected_before_dedup")
+        self.boxes = Metrics.counter(_NS, "boxes_encoded")
+
+    def process(self, batch, label_map):
+        files: dict[str, tuple[str, object]] = {}
+        offsets: Counter = Counter()
+        outcomes = []
+        try:
+            for path, record in batch:
+                try:
+                    data = storage.read_bytes(path)
+                except Exception as e:
+                    rej = R.Rejection(path, R.UNREADABLE, f"{type(e).__name__}: {e}")
+                    outcomes.append(ImageOutcome(record.key, path, "", None, boxes_in=len(record.boxes) + len(record.rejections), rejections=(rej, *record.rejections)))
+                    self.rejected.inc()
+                    continue
+                enc = encode_image(record, path, data, label_map, label_map_fixed=self.label_map_fixed,
+                                   max_pixels=self.max_pixels, clip_tolerance=self.clip_tolerance)
+                boxes_in = len(record.boxes) + len(record.rejections)
+                if enc.example is None:
+                    self.rejected.inc()
+                    outcomes.append(ImageOutcome(enc.key, path, enc.sha256, None, boxes_in=boxes_in,
+                                                 rejections=tuple(enc.rejections), stats=tuple(enc.stats.items())))
+                    continue
+                split = split_for(enc.key, self.val_fraction)
+                if split not in files:
+                    part = storage.join(self.parts_dir, f"{split}-{uuid.uuid4().hex}.part")
+                    files[split] = (part, FileSystems.create(part))
+                part, handle = files[split]
+                framed = tfrecord.frame(enc.example)
+                handle.write(framed)
+                outcomes.append(ImageOutcome(
+                    enc.key, path, enc.sha256, split, part, offsets[split], len(framed), boxes_in,
+                    tuple(sorted(enc.class_counts.items())), tuple(enc.rejections), tuple(enc.stats.items())))
+                offsets[split] += len(framed)
+                self.encoded.inc()
+                self.boxes.inc(enc.boxes_written)
+        finally:
+            for _, handle in files.values():
+                handle.close()
+        yield outcomes
+
+
+class EncodeExamples(beam.PTransform):
+    """(path, LabelRecord) → lists of ImageOutcome, one list per batch; records land in part files."""
+
+    def __init__(self, parts_dir: str, cfg: IngestConfig, label_map, label_map_fixed: bool):
+        super().__init__()
+        self.parts_dir, self.cfg, self.label_map, self.fixed = parts_dir, cfg, label_map, label_map_fixed
+
+    def expand(self, candidates):
+        return (
+            candidates
+            | "Batch" >> beam.BatchElements(min_batch_size=self.cfg.batch_size, max_batch_size=self.cfg.batch_size)
+            | "Encode" >> beam.ParDo(_EncodeBatch(self.parts_dir, self.cfg, self.fixed), beam.pvalue.AsSingleton(self.label_map))
+        )
+
+
+def plan_shards(batches: list[list[ImageOutcome]], num_shards: int | None, target_bytes: int) -> Plan:
+    """Drops byte-identical twins (keeping the smallest key) and lays out the shards of each split."""
+    outcomes = [o for batch in batches for o in batch]
+    valid = [o for o in outcomes if o.split is not None]
+    rejected = [o for o in outcomes if o.split is None]
+    by_sha: dict[str, list[ImageOutcome]] = defaultdict(list)
+    for o in valid:
+        by_sha[o.sha256].append(o)
+    kept, duplicates = [], []
+    for twins in by_sha.values():
+        twins.sort(key=lambda o: (o.key, o.source))
+        kept.append(twins[0])
+        duplicates.extend((dup, twins[0]) for dup in twins[1:])
+
+    shards: list[ShardPlan] = []
+    for split in SPLITS:
+        entries = sorted((o for o in kept if o.split == split), key=lambda o: (o.part, o.offset))
+        total = sum(o.length for o in entries)
+        n = num_shards or max(1, math.ceil(total / target_bytes))
+        groups: list[list] = [[] for _ in range(n)]
+        cumulative = 0
+        for o in entries:  # contiguous cut by bytes: each shard reads few part files, in order
+            idx = min(n - 1, int((cumulative + o.length / 2) * n / max(total, 1)))
+            groups[idx].append((o.part, o.offset, o.length))
+            cumulative += o.length
+        shards.extend(ShardPlan(f"{split}-{i:05d}-of-{n:05d}.tfrecord", tuple(g)) for i, g in enumerate(groups))
+    return Plan(shards=shards, kept=kept, duplicates=duplicates, rejected_images=rejected)
+
+
+class _WriteShard(beam.DoFn):
+    def __init__(self, final_dir: str):
+        self.final_dir = final_dir
+
+    def process(self, shard: ShardPlan):
+        by_part: dict[str, list[tuple[int, int]]] = defaultdict(list)
+        order: list[str] = []
+        for part, offset, length in shard.ranges:
+            if part not in by_part:
+                order.append(part)
+            by_part[part].append((offset, length))
+        with FileSystems.create(storage.join(self.final_dir, shard.name)) as out:
+            for part in order:
+                data = storage.read_bytes(part)
+                for offset, length in by_part[part]:
+                    out.write(data[offset:offset + length])
+        yield shard.name
+
+
+def build_stats(plan: Plan, early_rejections: list[R.Rejection], label_map: LabelMap, shard_names: list[str]) -> tuple[dict, list[R.Rejection]]:
+    """stats.json and the rejected lines; raises IngestError if the counts do not reconcile."""
+    rejections: list[R.Rejection] = list(early_rejections)
+    images_rejected: Counter = Counter()
+    boxes_rejected: Counter = Counter()
+    stats: Counter = Counter()
+    for rej in early_rejections:
+        if rej.kind == R.IMAGE:
+            images_rejected[rej.reason] += 1
+        elif rej.kind == R.BOX:
+            boxes_rejected[rej.reason] += 1
+    boxes_with_rejected_images = 0
+    for o in plan.rejected_images:  # one line per rejected image; its boxes go with it
+        images_rejected[o.rejections[0].reason] += 1
+        rejections.append(o.rejections[0])
+        boxes_with_rejected_images += o.boxes_in
+    for dup, twin in plan.duplicates:
+        images_rejected[R.DUPLICATE] += 1
+        rejections.append(R.Rejection(dup.source, R.DUPLICATE, f"byte-identical to {twin.source} (sha256 {dup.sha256[:16]}...), which is kept"))
+        boxes_with_rejected_images += dup.boxes_in
+    per_class: Counter = Counter()
+    written: Counter = Counter()
+    boxes_in_written = boxes_rejected_written = 0
+    for o in plan.kept:
+        written[o.split] += 1
+        per_class.update(dict(o.class_counts))
+        stats.update(dict(o.stats))
+        boxes_in_written += o.boxes_in
+        boxes_rejected_written += len(o.rejections)
+        for rej in o.rejections:
+            boxes_rejected[rej.reason] += 1
+            rejections.append(rej)
+    images_in = len(plan.kept) + len(plan.duplicates) + len(plan.rejected_images) + sum(1 for r in early_rejections if r.kind == R.IMAGE)
+    images_written = sum(written.values())
+    n_rejected = sum(images_rejected.values())
+    boxes_written = sum(per_class.values())
+    out = {
+        "images_in": images_in,
+        "images_written": {"total": images_written, **{s: written.get(s, 0) for s in SPLITS}},
+        "images_rejected": {"total": n_rejected, **dict(sorted(images_rejected.items()))},
+        "images_converted": stats.get("images_converted", 0),
+        "images_exif_rotated": stats.get("images_exif_rotated", 0),
+        "label_size_corrected": stats.get("label_size_corrected", 0),
+        "boxes_written": boxes_written,
+        "boxes_clipped": stats.get("boxes_clipped", 0),
+        "boxes_rejected": {"total": sum(boxes_rejected.values()), **dict(sorted(boxes_rejected.items()))},
+        "boxes_in_rejected_images": boxes_with_rejected_images,
+        "boxes_per_class": {name: per_class.get(name, 0) for name in sorted(label_map, key=label_map.get)},
+        "label_files_rejected": sum(1 for r in early_rejections if r.kind == R.LABEL_FILE),
+        "shards": sorted(shard_names),
+    }
+    # The job checks its own books: every image and every box of a written image is accounted for.
+    if images_in != images_written + n_rejected:
+        raise IngestError(f"counts do not reconcile: images_in {images_in} != written {images_written} + rejected {n_rejected}")
+    if boxes_in_written != boxes_written + boxes_rejected_written:
+        raise IngestError(f"box counts do not reconcile: {boxes_in_written} in written images != {boxes_written} written + {boxes_rejected_written} rejected")
+    return out, rejections
+
+
+class _WriteMetadata(beam.DoFn):
+    def __init__(self, final_dir: str):
+        self.final_dir = final_dir
+
+    def process(self, shard_names, plan, early_rejections, label_map):
+        stats, rejections = build_stats(plan, early_rejections, label_map, shard_names)
+        storage.write_text(storage.join(self.final_dir, "stats.json"), json.dumps(stats, indent=2) + "\n")
+        lines = "".join(json.dumps(r.to_json(), ensure_ascii=False) + "\n" for r in rejections)
+        storage.write_text(storage.join(self.final_dir, "rejected.jsonl"), lines)
+        storage.write_text(storage.join(self.final_dir, "label_map.json"), label_map.to_json())
+        storage.write_text(storage.join(self.final_dir, "label_map.pbtxt"), label_map.to_pbtxt())
+        Metrics.counter(_NS, "images_written").inc(stats["images_written"]["total"])
+        Metrics.counter(_NS, "images_rejected").inc(stats["images_rejected"]["total"])
+        yield stats
+
+
+def build_pipeline(p: beam.Pipeline, cfg: IngestConfig, tmp_dir: str, class_names, fixed_map: LabelMap | None):
+    """Adds the ingest transforms to ``p``; outputs land in ``tmp_dir/final``."""
+    parts_dir, final_dir = storage.join(tmp_dir, "parts"), storage.join(tmp_dir, "final")
+    fmt = cfg.format.value
+    images = p | "ListImages" >> ListImages(image_pattern(cfg.images))
+    labels = p | "ParseLabels" >> ParseLabels(label_pattern(cfg.labels), fmt, class_names)
+
+    if fixed_map is not None:
+        label_map = p | "FixedLabelMap" >> beam.Create([fixed_map])
+    else:
+        label_map = (
+            labels.records
+            | "ClassNames" >> beam.Map(lambda kv: frozenset(b.label for b in kv[1].boxes))
+            | "Union" >> beam.CombineGlobally(lambda sets: frozenset().union(*sets))
+            | "BuildLabelMap" >> beam.Map(LabelMap.from_names)
+        )
+
+    matched = {"images": images.images, "labels": labels.records} | "MatchLabelsToImages" >> MatchLabelsToImages(unlabeled_is_negative=fmt == "yolo")
+    early = (labels.rejected, matched.rejected) | "EarlyRejections" >> beam.Flatten()
+    early_list = early | "CollectRejections" >> beam.combiners.ToList()
+
+    batches = matched.candidates | "EncodeExamples" >> EncodeExamples(parts_dir, cfg, label_map, fixed_map is not None)
+    plan = (
+        batches
+        | "CollectOutcomes" >> beam.combiners.ToList()
+        | "PlanShards" >> beam.Map(plan_shards, cfg.num_shards, cfg.target_shard_mb * 2**20)
+    )
+    shard_names = (
+        plan
+        | "ShardPlans" >> beam.FlatMap(lambda pl: pl.shards)
+        | "Distribute" >> beam.Reshuffle()
+        | "WriteShards" >> beam.ParDo(_WriteShard(final_dir))
+        | "CollectShards" >> beam.combiners.ToList()
+    )
+    return shard_names | "WriteMetadata" >> beam.ParDo(
+        _WriteMetadata(final_dir),
+        beam.pvalue.AsSingleton(plan),
+        beam.pvalue.AsSingleton(early_list),
+        beam.pvalue.AsSingleton(label_map),
+    )
+
+
+def _absolute(uri: str | None) -> str | None:
+    """Local paths become absolute, so rejected.jsonl names files unambiguously (and workers agree)."""
+    return os.path.abspath(uri) if uri and storage.is_local(uri) and not uri.startswith("file://") else uri
+
+
+def run_ingest(cfg: IngestConfig) -> dict:
+    """Runs the ingest job to completion and commits its output; returns stats.json's content."""
+    cfg = cfg.model_copy(update={k: _absolute(getattr(cfg, k)) for k in ("images", "labels", "out", "classes", "label_map")})
+    options = PipelineOptions(flags=cfg.pipeline_flags())
+    FileSystems.set_options(options)  # so driver-side I/O (listing, commit) sees S3/GCS options too
+    if not storage.list_files(image_pattern(cfg.images)):
+        raise IngestError(f"--images {cfg.images}: no files found")
+    if not storage.list_files(label_pattern(cfg.labels)):
+        raise IngestError(f"--labels {cfg.labels}: no files found")
+    class_names = load_class_names_for(cfg)
+    fixed_map = load_fixed_label_map(cfg)
+
+    storage.cleanup_stale_tmp(cfg.out)
+    storage.invalidate(cfg.out)
+    tmp_dir = storage.new_tmp_dir(cfg.out)
+    try:
+        with beam.Pipeline(options=options) as p:
+            build_pipeline(p, cfg, tmp_dir, class_names, fixed_map)
+        final_dir = storage.join(tmp_dir, "final")
+        stats = json.loads(storage.read_text(storage.join(final_dir, "stats.json")))
+        names = stats["shards"] + ["label_map.json", "label_map.pbtxt", "stats.json", "rejected.jsonl"]
+        manifest = {"job": "ingest", "images_in": stats["images_in"], "images_written": stats["images_written"]["total"],
+                    "images_rejected": stats["images_rejected"]["total"], "boxes_written": stats["boxes_written"]}
+        storage.commit(final_dir, cfg.out, names, manifest, OUTPUT_PATTERNS)
+    finally:
+        storage.delete_tree(tmp_dir)
+    return stats

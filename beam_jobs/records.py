@@ -1,0 +1,106 @@
+"""The plain data that flows through the ingest job, and the vocabulary of rejection reasons.
+
+Parsers turn label files into :class:`LabelRecord` objects; the image stage turns a record plus
+the image bytes into a tf.Example or a :class:`Rejection`. Everything here is a frozen dataclass
+of builtins so it pickles cheaply between Beam workers (Fn API runners included).
+"""
+
+from __future__ import annotations
+
+import posixpath
+from dataclasses import dataclass, field
+
+# Rejection kinds: what the rejected line refers to.
+IMAGE = "image"
+BOX = "box"
+LABEL_FILE = "label_file"
+
+# Image-level reasons.
+MISSING_IMAGE = "missing_image"  # a label names an image that is not among --images
+NO_LABEL = "no_label"  # an image under --images that no label file mentions
+AMBIGUOUS_NAME = "ambiguous_name"  # two image files share a file stem, so labels cannot be matched
+MULTIPLE_LABELS = "multiple_labels"  # two label records claim the same image
+EMPTY_FILE = "empty_file"
+UNREADABLE = "unreadable"  # the storage layer could not read the bytes
+DECODE_ERROR = "decode_error"  # not an image, truncated, or corrupt body
+TOO_MANY_PIXELS = "too_many_pixels"  # decompression-bomb guard (--max-pixels)
+DUPLICATE = "duplicate"  # byte-identical to another image that is kept
+
+# Box-level reasons.
+OUT_OF_BOUNDS = "out_of_bounds"  # further outside the image than the clipping tolerance
+INVERTED = "inverted"  # xmin > xmax or ymin > ymax
+ZERO_AREA = "zero_area"
+INVALID_COORDINATES = "invalid_coordinates"  # NaN, inf or not a number
+UNKNOWN_CLASS = "unknown_class"  # not in the --label-map given, or a bad YOLO class index
+UNKNOWN_IMAGE_ID = "unknown_image_id"  # COCO annotation pointing at an image id not in `images`
+
+# Label-file-level reasons.
+UNSAFE_XML = "unsafe_xml"  # entities / DTDs refused by defusedxml (XXE, billion laughs)
+MALFORMED_LABEL_FILE = "malformed_label_file"  # unparseable, wrong schema, missing columns
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """One line of rejected.jsonl: what was refused, why, and a human-readable detail."""
+
+    source: str  # URI of the image or label file (with a #row / #line / #object suffix where useful)
+    reason: str
+    detail: str = ""
+    kind: str = IMAGE
+
+    def to_json(self) -> dict:
+        return {"source": self.source, "kind": self.kind, "reason": self.reason, "detail": self.detail}
+
+
+@dataclass(frozen=True)
+class BoxLabel:
+    """One labelled box as the label file states it.
+
+    Coordinates are corners (xmin, ymin, xmax, ymax): in pixels of the image the label was drawn on,
+    or, when ``normalized`` is true (YOLO), as fractions of its width and height.
+    """
+
+    xmin: float
+    ymin: float
+    xmax: float
+    ymax: float
+    label: str
+    difficult: bool = False
+    normalized: bool = False
+    source: str = ""  # where in the label file the box came from, for rejection lines
+
+
+@dataclass(frozen=True)
+class LabelRecord:
+    """Everything one label file says about one image."""
+
+    image_name: str  # the image's file name (or relative path) as the label file gives it
+    source: str  # URI of the label file the record came from
+    boxes: tuple[BoxLabel, ...] = ()
+    width: int | None = None  # image size the label file claims; the real image wins
+    height: int | None = None
+    rejections: tuple[Rejection, ...] = field(default=())  # boxes the parser already refused
+
+    @property
+    def key(self) -> str:
+        return image_key(self.image_name)
+
+
+def image_key(name: str) -> str:
+    """The join key between label records and image files: the file stem.
+
+    ``images/raccoon-1.jpg``, ``raccoon-1.png`` and ``raccoon-1`` all map to ``raccoon-1``, so a
+    label whose recorded extension is stale still finds its image, and YOLO's ``a.txt`` finds
+    ``a.jpg``. Two image files with one stem are reported as ``ambiguous_name``.
+    """
+    base = posixpath.basename(name.replace("\\", "/"))
+    stem, ext = posixpath.splitext(base)
+    return stem if ext and stem else base
+
+
+@dataclass(frozen=True)
+class ParseResult:
+    """What a parser returns for one label file."""
+
+    records: tuple[LabelRecord, ...] = ()
+    rejections: tuple[Rejection, ...] = ()  # label-file-level problems (box-level ones live on records)

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Installs ssdflow with its test extras into .venv and runs the whole test suite.
+# Extra arguments go to pytest (e.g. scripts/test.sh tests/unit -x).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup_venv.sh test
+export TF_CPP_MIN_LOG_LEVEL=2 PYTHONDONTWRITEBYTECODE=1
+set +e
+.venv/bin/python -m pytest -ra "$@"
+rc=$?
+set -e
+if [ "$rc" -eq 5 ]; then echo "no tests collected" >&2; exit 1; fi
+exit "$rc"

@@ -1,0 +1,139 @@
+"""Paths and URIs (local, s3://, gs://) through Beam FileSystems, and the atomic output commit.
+
+Output directories follow one protocol everywhere: files are written under a run-private temp
+directory, moved into place, and ``_SUCCESS`` (a JSON manifest) is written last. A reader that
+sees ``_SUCCESS`` sees a complete output; a crash at any point leaves no ``_SUCCESS``.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+import uuid
+from typing import Iterable
+
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+
+SUCCESS = "_SUCCESS"
+TMP_PREFIX = ".ssdflow-tmp-"
+
+
+def join(base: str, *parts: str) -> str:
+    return FileSystems.join(base.rstrip("/"), *parts)
+
+
+def is_local(uri: str) -> bool:
+    return "://" not in uri or uri.startswith("file://")
+
+
+def read_bytes(uri: str) -> bytes:
+    with FileSystems.open(uri, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        return f.read()
+
+
+def read_text(uri: str) -> str:
+    return read_bytes(uri).decode("utf-8")
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    """Writes a whole file. Object stores commit on close; locally the file is renamed into place."""
+    if is_local(uri):
+        tmp = f"{uri}.tmp-{uuid.uuid4().hex[:8]}"
+        _mkdirs(posixpath.dirname(uri))
+        with FileSystems.create(tmp, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+            f.write(data)
+        FileSystems.rename([tmp], [uri])
+    else:
+        with FileSystems.create(uri, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+            f.write(data)
+
+
+def write_text(uri: str, text: str) -> None:
+    write_bytes(uri, text.encode("utf-8"))
+
+
+def exists(uri: str) -> bool:
+    return FileSystems.exists(uri)
+
+
+def _mkdirs(path: str) -> None:
+    if path and is_local(path):
+        import os
+
+        os.makedirs(path, exist_ok=True)
+
+
+def list_files(pattern: str) -> list[str]:
+    """Paths matching a glob; an empty list (not an error) when nothing matches."""
+    result = FileSystems.match([pattern])[0]
+    return sorted(m.path for m in result.metadata_list)
+
+
+def list_dir(uri: str) -> list[str]:
+    """Files directly under a directory URI (local) or prefix (object stores)."""
+    return [p for p in list_files(join(uri, "*")) if posixpath.basename(p)]
+
+
+def delete(uris: Iterable[str]) -> None:
+    uris = [u for u in uris if FileSystems.exists(u)]
+    if uris:
+        FileSystems.delete(uris)
+
+
+def delete_tree(uri: str) -> None:
+    """Removes a directory (local) or every object under a prefix."""
+    if is_local(uri):
+        import shutil
+
+        shutil.rmtree(uri, ignore_errors=True)
+    else:
+        delete(list_files(join(uri, "**")))
+
+
+def new_tmp_dir(out: str) -> str:
+    """A run-private directory inside ``out`` (same filesystem, so moves are cheap renames)."""
+    path = join(out, f"{TMP_PREFIX}{uuid.uuid4().hex[:12]}")
+    _mkdirs(path)
+    return path
+
+
+def invalidate(out: str) -> None:
+    """Marks ``out`` incomplete before a run starts overwriting it."""
+    delete([join(out, SUCCESS)])
+
+
+def commit(tmp_dir: str, out: str, names: list[str], manifest: dict, replace_patterns: Iterable[str] = ()) -> None:
+    """Moves ``names`` from ``tmp_dir`` into ``out`` and writes ``_SUCCESS`` last.
+
+    Files of a previous run in ``out`` matching ``replace_patterns`` are removed first, so a rerun
+    replaces the old output wholly. ``_SUCCESS`` is deleted before anything else moves.
+    """
+    invalidate(out)
+    old = {p for pat in replace_patterns for p in list_files(join(out, pat))}
+    delete(sorted(old))
+    _mkdirs(out)
+    FileSystems.rename([join(tmp_dir, n) for n in names], [join(out, n) for n in names])
+    manifest = dict(manifest, files=sorted(names))
+    write_text(join(out, SUCCESS), json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    delete_tree(tmp_dir)
+
+
+def read_success(out: str) -> dict | None:
+    """The ``_SUCCESS`` manifest of a complete output, or None when the output is not complete."""
+    uri = join(out, SUCCESS)
+    if not FileSystems.exists(uri):
+        return None
+    return json.loads(read_text(uri))
+
+
+def cleanup_stale_tmp(out: str) -> None:
+    """Removes temp directories that crashed runs left behind in ``out``."""
+    if is_local(out):
+        import glob
+        import shutil
+
+        for d in glob.glob(posixpath.join(out, TMP_PREFIX + "*")):
+            shutil.rmtree(d, ignore_errors=True)
+    else:
+        delete([p for p in list_files(join(out, TMP_PREFIX + "*", "**"))])

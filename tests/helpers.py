@@ -1,0 +1,92 @@
+"""Shared test helpers: locating ../shared data, reading ingest output back, free ports, processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+RACCOON = SHARED / "datasets" / "raccoon"
+DUPLICATE_PAIRS = [("raccoon-11", "raccoon-116"), ("raccoon-52", "raccoon-74"), ("raccoon-65", "raccoon-98"), ("raccoon-83", "raccoon-120")]
+
+
+def raccoon_or_skip() -> Path:
+    if not (RACCOON / "images").is_dir():
+        pytest.skip(f"raccoon dataset not found at {RACCOON}")
+    return RACCOON
+
+
+def read_ingest_output(out: str | Path, split: str | None = None) -> dict[str, dict]:
+    """Every record of an ingest output read back with tf.data, keyed by image/source_id."""
+    import tensorflow as tf
+
+    from ssdflow import schema
+
+    pattern = os.path.join(str(out), f"{split or '*'}-*.tfrecord")
+    files = sorted(tf.io.gfile.glob(pattern))
+    assert files, f"no shards match {pattern}"
+    spec = schema.tf_feature_spec()
+    records: dict[str, dict] = {}
+    for raw in tf.data.TFRecordDataset(files):
+        ex = tf.io.parse_single_example(raw, spec)
+        rec = {}
+        for key, value in ex.items():
+            if isinstance(value, tf.SparseTensor):
+                value = tf.sparse.to_dense(value)
+            value = value.numpy()
+            rec[key] = value.tolist() if hasattr(value, "tolist") else value
+        sid = rec[schema.SOURCE_ID].decode()
+        assert sid not in records, f"record {sid} written twice"
+        records[sid] = rec
+    return records
+
+
+def read_json(path: str | Path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout: float = 60.0, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before listening on {port}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+    raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
+
+
+def stop_process(proc: subprocess.Popen, timeout: float = 10.0) -> None:
+    """SIGTERM the process group, wait, then SIGKILL: servers started by tests never outlive them."""
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=timeout)
