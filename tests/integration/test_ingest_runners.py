@@ -1,0 +1,82 @@
+"""The ingest job on the Fn API paths that Flink, Spark and Dataflow use for Python workers.
+
+DirectRunner's multi_processing mode and PortableRunner against Beam's local job service with an
+external SDK worker pool both pickle every DoFn and run it in other processes, so they catch what
+in-process runs hide (unpicklable transforms, module-level state).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from beam_jobs.ingest import run_ingest
+from ssdflow import schema
+from ssdflow.config import IngestConfig
+from tests.helpers import REPO, free_port, raccoon_or_skip, read_ingest_output, stop_process, wait_for_port
+
+pytestmark = pytest.mark.integration
+
+
+def _subset(tmp_path, n=40):
+    """The first n raccoon images (with one duplicate pair) and their labels, as a glob and a dir."""
+    root = raccoon_or_skip()
+    labels = tmp_path / "labels"
+    labels.mkdir()
+    names = [f"raccoon-{i}" for i in range(1, n + 1)] + ["raccoon-116"]
+    for name in names:
+        (labels / f"{name}.xml").write_bytes((root / "annotations" / f"{name}.xml").read_bytes())
+    images = tmp_path / "images"
+    images.mkdir()
+    for name in names:
+        os.symlink(root / "images" / f"{name}.jpg", images / f"{name}.jpg")
+    return str(images), str(labels), len(names)
+
+
+def _summary(out):
+    return {sid: (r[schema.SHA256], tuple(r[schema.XMIN]), tuple(r[schema.YMAX])) for sid, r in read_ingest_output(out).items()}
+
+
+@pytest.fixture(scope="module")
+def subset(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("subset")
+    images, labels, n = _subset(tmp)
+    ref = tmp / "ref"
+    stats = run_ingest(IngestConfig(images=images, labels=labels, format="voc", out=str(ref)))
+    assert stats["images_in"] == n and stats["images_rejected"] == {"total": 1, "duplicate": 1}
+    return images, labels, stats, _summary(ref)
+
+
+def test_direct_runner_multi_processing(subset, tmp_path):
+    images, labels, ref_stats, ref = subset
+    out = tmp_path / "out"
+    stats = run_ingest(IngestConfig(images=images, labels=labels, format="voc", out=str(out), num_shards=3,
+                                    beam_args=["--direct_running_mode=multi_processing", "--direct_num_workers=2"]))
+    assert stats["images_written"] == ref_stats["images_written"]
+    assert len([s for s in stats["shards"] if s.startswith("train-")]) == 3
+    assert _summary(out) == ref
+
+
+def test_portable_runner_with_external_worker_pool(subset, tmp_path):
+    images, labels, ref_stats, ref = subset
+    env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
+    job_port, pool_port = free_port(), free_port()
+    job = subprocess.Popen([sys.executable, "-m", "tests.loopback_beam", "apache_beam.runners.portability.local_job_service_main", "--port", str(job_port)],
+                           env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    pool = subprocess.Popen([sys.executable, "-m", "tests.loopback_beam", "apache_beam.runners.worker.worker_pool_main", "--service_port", str(pool_port)],
+                            env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_for_port(job_port, proc=job)
+        wait_for_port(pool_port, proc=pool)
+        out = tmp_path / "out"
+        stats = run_ingest(IngestConfig(
+            images=images, labels=labels, format="voc", out=str(out), runner="PortableRunner",
+            beam_args=[f"--job_endpoint=127.0.0.1:{job_port}", "--environment_type=EXTERNAL", f"--environment_config=127.0.0.1:{pool_port}"]))
+        assert stats["images_written"] == ref_stats["images_written"]
+        assert _summary(out) == ref
+    finally:
+        stop_process(pool)
+        stop_process(job)
