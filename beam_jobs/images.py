@@ -44,17 +44,16 @@ def normalize_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, jpeg_qual
     """Fully decodes ``data`` and returns it as an RGB JPEG, or raises :class:`ImageRejected`."""
     if not data:
         raise ImageRejected(R.EMPTY_FILE, "zero-byte file")
+    _allow_pixels(max_pixels)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
-            w, h = img.size
-            if w * h > max_pixels:  # checked from the header, before any pixel is decoded
-                raise ImageRejected(R.TOO_MANY_PIXELS, f"{w}x{h} = {w * h} pixels > --max-pixels {max_pixels}")
-            img.load()  # full decode: truncated files and corrupt bodies fail here, not in training
+        img = Image.open(io.BytesIO(data))
+        w, h = img.size
+        if w * h > max_pixels:  # checked from the header, before any pixel is decoded
+            raise ImageRejected(R.TOO_MANY_PIXELS, f"{w}x{h} = {w * h} pixels > --max-pixels {max_pixels}")
+        img.load()  # full decode: truncated files and corrupt bodies fail here, not in training
     except ImageRejected:
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+    except Image.DecompressionBombError as e:
         raise ImageRejected(R.TOO_MANY_PIXELS, str(e)) from None
     except Exception as e:  # PIL raises OSError, SyntaxError, ValueError... for bad bytes
         raise ImageRejected(R.DECODE_ERROR, f"{type(e).__name__}: {e}") from None
@@ -73,6 +72,18 @@ def normalize_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, jpeg_qual
     return NormalizedImage(buf.getvalue(), rgb.width, rgb.height, w, h, orientation, converted=True)
 
 
+def _allow_pixels(max_pixels: int) -> None:
+    """Lets Pillow open headers up to ``max_pixels`` so our own limit (checked before decoding) rules.
+
+    Pillow warns above MAX_IMAGE_PIXELS and refuses at twice that inside ``Image.open``; a user who
+    raises --max-pixels beyond Pillow's default must not be overruled. The limit only ever grows.
+    """
+    current = Image.MAX_IMAGE_PIXELS
+    if current is not None and max_pixels > current:
+        Image.MAX_IMAGE_PIXELS = max_pixels
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+
+
 def _orientation(img: Image.Image) -> int:
     try:
         value = int(img.getexif().get(_EXIF_ORIENTATION, 1))
@@ -83,14 +94,14 @@ def _orientation(img: Image.Image) -> int:
 
 def to_rgb(img: Image.Image) -> Image.Image:
     """Any PIL mode → 8-bit RGB. Transparency is composited on white; 16/32-bit depth is rescaled."""
-    if img.mode == "RGB":
+    if img.mode == "RGB" and "transparency" not in img.info:
         return img
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         arr = np.asarray(img, dtype=np.float64)
         hi = 65535.0 if img.mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0
         arr8 = np.clip(arr * (255.0 / hi), 0, 255).round().astype(np.uint8)
         return Image.fromarray(arr8, mode="L").convert("RGB")
-    if img.mode == "P" and "transparency" in img.info:
+    if img.mode in ("P", "L", "RGB") and "transparency" in img.info:  # palette or colour-key (tRNS)
         img = img.convert("RGBA")
     if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
         rgba = img.convert("RGBA")

@@ -26,16 +26,20 @@ import json
 import logging
 import math
 import os
+import pickle
 import posixpath
 import uuid
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import apache_beam as beam
 from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.transforms.window import GlobalWindow
+from apache_beam.utils.timestamp import MIN_TIMESTAMP
+from apache_beam.utils.windowed_value import WindowedValue
 
 from beam_jobs import records as R
 from beam_jobs.encode import encode_image, split_for
@@ -79,6 +83,7 @@ class ImageOutcome:
 class ShardPlan:
     name: str
     ranges: tuple[tuple[str, int, int], ...]  # (part file, offset, length), in write order
+    move_from: str | None = None  # set when the shard is one whole part file: rename it
 
 
 @dataclass
@@ -89,7 +94,15 @@ class Plan:
     kept: list[ImageOutcome]
     duplicates: list[tuple[ImageOutcome, ImageOutcome]]  # (dropped, kept twin)
     rejected_images: list[ImageOutcome]
-    box_rejections: list[R.Rejection] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What the run will write: the shard layout, stats.json and rejected.jsonl. Small by design."""
+
+    shards: tuple[ShardPlan, ...]
+    stats: dict
+    rejected_jsonl: str
 
 
 # --- helpers -------------------------------------------------------------------------------------
@@ -170,39 +183,44 @@ class ListImages(beam.PTransform):
 
 
 class _ParseLabelFiles(beam.DoFn):
+    """Parses a batch of label files (batched so thousands of small XML files spread over workers)."""
+
     def __init__(self, fmt: str, class_names: list[str] | None):
         self.fmt = fmt
         self.class_names = class_names
 
-    def process(self, readable):
-        path = readable.metadata.path
-        try:
-            data = readable.read()
-        except Exception as e:  # storage errors become dead letters, not job failures
-            yield beam.pvalue.TaggedOutput("rejected", R.Rejection(path, R.MALFORMED_LABEL_FILE, f"cannot read: {e}", R.LABEL_FILE))
-            return
-        result = parse_label_file(self.fmt, path, data, class_names=self.class_names)
-        for rej in result.rejections:
-            yield beam.pvalue.TaggedOutput("rejected", rej)
-        for rec in result.records:
-            yield rec.key, rec
+    def process(self, paths):
+        for path in paths:
+            try:
+                data = storage.read_bytes(path)
+            except Exception as e:  # storage errors become dead letters, not job failures
+                yield beam.pvalue.TaggedOutput("rejected", R.Rejection(path, R.MALFORMED_LABEL_FILE, f"cannot read: {e}", R.LABEL_FILE))
+                continue
+            result = parse_label_file(self.fmt, path, data, class_names=self.class_names)
+            for rej in result.rejections:
+                yield beam.pvalue.TaggedOutput("rejected", rej)
+            for rec in result.records:
+                yield rec.key, rec
 
 
 class ParseLabels(beam.PTransform):
     """Label files → (key, LabelRecord); file-level problems → Rejection (tag 'rejected')."""
+
+    FILES_PER_TASK = 128
 
     def __init__(self, pattern: str, fmt: str, class_names: list[str] | None):
         super().__init__()
         self.pattern, self.fmt, self.class_names = pattern, fmt, class_names
 
     def expand(self, pbegin):
-        fmt = self.fmt
-
+        fmt, n = self.fmt, self.FILES_PER_TASK
         return (
             pbegin
             | "Match" >> fileio.MatchFiles(self.pattern, empty_match_treatment=fileio.EmptyMatchTreatment.ALLOW)
             | "LabelFilesOnly" >> beam.Filter(lambda meta: is_label_file(fmt, meta.path))
-            | "Read" >> fileio.ReadMatches()
+            | "Paths" >> beam.Map(lambda meta: meta.path)
+            | "Batch" >> beam.BatchElements(min_batch_size=n, max_batch_size=n)
+            | "Spread" >> beam.Reshuffle()  # matching happens in one place; parsing should not
             | "Parse" >> beam.ParDo(_ParseLabelFiles(self.fmt, self.class_names)).with_outputs("rejected", main="records")
         )
 
@@ -251,8 +269,13 @@ class MatchLabelsToImages(beam.PTransform):
         )
 
 
-class _EncodeBatch(beam.DoFn):
-    """Encodes a batch of images and appends the valid ones to one part file per split."""
+class _EncodeFn(beam.DoFn):
+    """Encodes images and appends the valid ones to one part file per split and bundle.
+
+    Outcomes are emitted once per bundle, as one list, so the rest of the pipeline handles a few
+    elements per worker instead of one per image. A retried bundle leaves orphan part files that
+    no outcome names; they go away with the run's temp directory.
+    """
 
     def __init__(self, parts_dir: str, cfg: IngestConfig, label_map_fixed: bool):
         self.parts_dir = parts_dir
@@ -266,64 +289,72 @@ class _EncodeBatch(beam.DoFn):
         self.rejected = Metrics.counter(_NS, "images_rejected_before_dedup")
         self.boxes = Metrics.counter(_NS, "boxes_encoded")
 
-    def process(self, batch, label_map):
-        files: dict[str, tuple[str, object]] = {}
-        offsets: Counter = Counter()
-        outcomes = []
+    def start_bundle(self):
+        self.files: dict[str, tuple[str, object]] = {}
+        self.offsets: Counter = Counter()
+        self.outcomes: list[ImageOutcome] = []
+
+    def process(self, candidate, label_map):
+        path, record = candidate
+        boxes_in = len(record.boxes) + len(record.rejections)
         try:
-            for path, record in batch:
-                try:
-                    data = storage.read_bytes(path)
-                except Exception as e:
-                    rej = R.Rejection(path, R.UNREADABLE, f"{type(e).__name__}: {e}")
-                    outcomes.append(ImageOutcome(record.key, path, "", None, boxes_in=len(record.boxes) + len(record.rejections), rejections=(rej, *record.rejections)))
-                    self.rejected.inc()
-                    continue
-                enc = encode_image(record, path, data, label_map, label_map_fixed=self.label_map_fixed,
-                                   max_pixels=self.max_pixels, clip_tolerance=self.clip_tolerance)
-                boxes_in = len(record.boxes) + len(record.rejections)
-                if enc.example is None:
-                    self.rejected.inc()
-                    outcomes.append(ImageOutcome(enc.key, path, enc.sha256, None, boxes_in=boxes_in,
-                                                 rejections=tuple(enc.rejections), stats=tuple(enc.stats.items())))
-                    continue
-                split = split_for(enc.key, self.val_fraction)
-                if split not in files:
-                    part = storage.join(self.parts_dir, f"{split}-{uuid.uuid4().hex}.part")
-                    files[split] = (part, FileSystems.create(part))
-                part, handle = files[split]
-                framed = tfrecord.frame(enc.example)
-                handle.write(framed)
-                outcomes.append(ImageOutcome(
-                    enc.key, path, enc.sha256, split, part, offsets[split], len(framed), boxes_in,
-                    tuple(sorted(enc.class_counts.items())), tuple(enc.rejections), tuple(enc.stats.items())))
-                offsets[split] += len(framed)
-                self.encoded.inc()
-                self.boxes.inc(enc.boxes_written)
-        finally:
-            for _, handle in files.values():
-                handle.close()
-        yield outcomes
+            data = storage.read_bytes(path)
+        except Exception as e:  # a storage error is this image's problem, not the job's
+            rej = R.Rejection(path, R.UNREADABLE, f"{type(e).__name__}: {e}")
+            self.outcomes.append(ImageOutcome(record.key, path, "", None, boxes_in=boxes_in, rejections=(rej,)))
+            self.rejected.inc()
+            return
+        enc = encode_image(record, path, data, label_map, label_map_fixed=self.label_map_fixed,
+                           max_pixels=self.max_pixels, clip_tolerance=self.clip_tolerance)
+        if enc.example is None:
+            self.rejected.inc()
+            self.outcomes.append(ImageOutcome(enc.key, path, enc.sha256, None, boxes_in=boxes_in,
+                                              rejections=tuple(enc.rejections), stats=tuple(enc.stats.items())))
+            return
+        split = split_for(enc.key, self.val_fraction)
+        if split not in self.files:
+            part = storage.join(self.parts_dir, f"{split}-{uuid.uuid4().hex}.part")
+            self.files[split] = (part, FileSystems.create(part))
+        part, handle = self.files[split]
+        framed = tfrecord.frame(enc.example)
+        handle.write(framed)
+        self.outcomes.append(ImageOutcome(
+            enc.key, path, enc.sha256, split, part, self.offsets[split], len(framed), boxes_in,
+            tuple(sorted(enc.class_counts.items())), tuple(enc.rejections), tuple(enc.stats.items())))
+        self.offsets[split] += len(framed)
+        self.encoded.inc()
+        self.boxes.inc(enc.boxes_written)
+
+    def finish_bundle(self):
+        for _, handle in self.files.values():
+            handle.close()
+        if self.outcomes:
+            # One opaque blob per bundle: 20k small objects through Beam's coder at every stage
+            # boundary cost seconds; our own pickled bytes (made and read by this job) cost ms.
+            yield WindowedValue(pickle.dumps(self.outcomes, protocol=pickle.HIGHEST_PROTOCOL), MIN_TIMESTAMP, [GlobalWindow()])
+        self.files, self.outcomes = {}, []
 
 
 class EncodeExamples(beam.PTransform):
-    """(path, LabelRecord) → lists of ImageOutcome, one list per batch; records land in part files."""
+    """(path, LabelRecord) → pickled lists of ImageOutcome (one per bundle); records land in part files."""
 
     def __init__(self, parts_dir: str, cfg: IngestConfig, label_map, label_map_fixed: bool):
         super().__init__()
         self.parts_dir, self.cfg, self.label_map, self.fixed = parts_dir, cfg, label_map, label_map_fixed
 
     def expand(self, candidates):
-        return (
-            candidates
-            | "Batch" >> beam.BatchElements(min_batch_size=self.cfg.batch_size, max_batch_size=self.cfg.batch_size)
-            | "Encode" >> beam.ParDo(_EncodeBatch(self.parts_dir, self.cfg, self.fixed), beam.pvalue.AsSingleton(self.label_map))
-        )
+        return candidates | "Encode" >> beam.ParDo(
+            _EncodeFn(self.parts_dir, self.cfg, self.fixed), beam.pvalue.AsSingleton(self.label_map))
 
 
-def plan_shards(batches: list[list[ImageOutcome]], num_shards: int | None, target_bytes: int) -> Plan:
-    """Drops byte-identical twins (keeping the smallest key) and lays out the shards of each split."""
-    outcomes = [o for batch in batches for o in batch]
+def plan_shards(blobs: list[bytes], num_shards: int | None, target_bytes: int) -> Plan:
+    """Drops byte-identical twins (keeping the smallest key) and lays out the shards of each split.
+
+    With ``num_shards`` the kept records are cut into that many shards of about equal bytes. Without
+    it, part files are packed into shards of about ``target_bytes``; a shard that is exactly one part
+    file with nothing dropped is a rename, not a copy (the common case: no bytes move twice).
+    """
+    outcomes = [o for blob in blobs for o in pickle.loads(blob)]
     valid = [o for o in outcomes if o.split is not None]
     rejected = [o for o in outcomes if o.split is None]
     by_sha: dict[str, list[ImageOutcome]] = defaultdict(list)
@@ -334,20 +365,61 @@ def plan_shards(batches: list[list[ImageOutcome]], num_shards: int | None, targe
         twins.sort(key=lambda o: (o.key, o.source))
         kept.append(twins[0])
         duplicates.extend((dup, twins[0]) for dup in twins[1:])
+    dropped_parts = {dup.part for dup, _ in duplicates}
 
     shards: list[ShardPlan] = []
     for split in SPLITS:
         entries = sorted((o for o in kept if o.split == split), key=lambda o: (o.part, o.offset))
-        total = sum(o.length for o in entries)
-        n = num_shards or max(1, math.ceil(total / target_bytes))
-        groups: list[list] = [[] for _ in range(n)]
-        cumulative = 0
-        for o in entries:  # contiguous cut by bytes: each shard reads few part files, in order
-            idx = min(n - 1, int((cumulative + o.length / 2) * n / max(total, 1)))
-            groups[idx].append((o.part, o.offset, o.length))
-            cumulative += o.length
-        shards.extend(ShardPlan(f"{split}-{i:05d}-of-{n:05d}.tfrecord", tuple(g)) for i, g in enumerate(groups))
+        if num_shards:
+            groups = _cut_by_bytes(entries, num_shards)
+        else:
+            groups = _pack_parts(entries, target_bytes)
+        n = len(groups)
+        for i, group in enumerate(groups):
+            parts = {o.part for o in group}
+            move = len(parts) == 1 and not (parts & dropped_parts) and not num_shards
+            ranges = _merge_ranges((o.part, o.offset, o.length) for o in group)
+            shards.append(ShardPlan(f"{split}-{i:05d}-of-{n:05d}.tfrecord", ranges, move_from=parts.pop() if move else None))
     return Plan(shards=shards, kept=kept, duplicates=duplicates, rejected_images=rejected)
+
+
+def _merge_ranges(ranges) -> tuple[tuple[str, int, int], ...]:
+    """Adjacent byte ranges of one part file become one range (a part minus its dropped twins)."""
+    merged: list[list] = []
+    for part, offset, length in ranges:
+        if merged and merged[-1][0] == part and merged[-1][1] + merged[-1][2] == offset:
+            merged[-1][2] += length
+        else:
+            merged.append([part, offset, length])
+    return tuple(tuple(m) for m in merged)
+
+
+def _cut_by_bytes(entries: list[ImageOutcome], n: int) -> list[list[ImageOutcome]]:
+    """n contiguous groups of about equal bytes (some may be empty when records are few)."""
+    total = sum(o.length for o in entries)
+    groups: list[list[ImageOutcome]] = [[] for _ in range(n)]
+    cumulative = 0
+    for o in entries:
+        groups[min(n - 1, int((cumulative + o.length / 2) * n / max(total, 1)))].append(o)
+        cumulative += o.length
+    return groups
+
+
+def _pack_parts(entries: list[ImageOutcome], target_bytes: int) -> list[list[ImageOutcome]]:
+    """Whole part files packed in order into groups of up to ~target_bytes; at least one group."""
+    by_part: dict[str, list[ImageOutcome]] = defaultdict(list)
+    for o in entries:
+        by_part[o.part].append(o)
+    groups: list[list[ImageOutcome]] = []
+    size = target_bytes
+    for part in sorted(by_part):
+        part_bytes = sum(o.length for o in by_part[part])
+        if size + part_bytes > target_bytes and (groups == [] or groups[-1]):
+            groups.append([])
+            size = 0
+        groups[-1].extend(by_part[part])
+        size += part_bytes
+    return groups or [[]]
 
 
 class _WriteShard(beam.DoFn):
@@ -355,21 +427,23 @@ class _WriteShard(beam.DoFn):
         self.final_dir = final_dir
 
     def process(self, shard: ShardPlan):
+        target = storage.join(self.final_dir, shard.name)
+        if shard.move_from:  # the part file is the shard, byte for byte
+            storage.move(shard.move_from, target)
+            yield shard.name
+            return
         by_part: dict[str, list[tuple[int, int]]] = defaultdict(list)
-        order: list[str] = []
         for part, offset, length in shard.ranges:
-            if part not in by_part:
-                order.append(part)
             by_part[part].append((offset, length))
-        with FileSystems.create(storage.join(self.final_dir, shard.name)) as out:
-            for part in order:
+        with FileSystems.create(target) as out:
+            for part, ranges in by_part.items():  # insertion order = the plan's order
                 data = storage.read_bytes(part)
-                for offset, length in by_part[part]:
+                for offset, length in ranges:
                     out.write(data[offset:offset + length])
         yield shard.name
 
 
-def build_stats(plan: Plan, early_rejections: list[R.Rejection], label_map: LabelMap, shard_names: list[str]) -> tuple[dict, list[R.Rejection]]:
+def build_stats(plan: Plan, early_rejections: list[R.Rejection], label_map: LabelMap) -> tuple[dict, list[R.Rejection]]:
     """stats.json and the rejected lines; raises IngestError if the counts do not reconcile."""
     rejections: list[R.Rejection] = list(early_rejections)
     images_rejected: Counter = Counter()
@@ -418,7 +492,7 @@ def build_stats(plan: Plan, early_rejections: list[R.Rejection], label_map: Labe
         "boxes_in_rejected_images": boxes_with_rejected_images,
         "boxes_per_class": {name: per_class.get(name, 0) for name in sorted(label_map, key=label_map.get)},
         "label_files_rejected": sum(1 for r in early_rejections if r.kind == R.LABEL_FILE),
-        "shards": sorted(shard_names),
+        "shards": sorted(sh.name for sh in plan.shards),
     }
     # The job checks its own books: every image and every box of a written image is accounted for.
     if images_in != images_written + n_rejected:
@@ -428,15 +502,25 @@ def build_stats(plan: Plan, early_rejections: list[R.Rejection], label_map: Labe
     return out, rejections
 
 
+def decide(blobs: list[bytes], early_rejections: list[R.Rejection], label_map: LabelMap,
+           num_shards: int | None, target_bytes: int) -> Decision:
+    """Dedup, shard layout and the books, in one place once every image is encoded."""
+    plan = plan_shards(blobs, num_shards, target_bytes)
+    stats, rejections = build_stats(plan, early_rejections, label_map)
+    lines = "".join(json.dumps(r.to_json(), ensure_ascii=False) + "\n" for r in rejections)
+    return Decision(tuple(plan.shards), stats, lines)
+
+
 class _WriteMetadata(beam.DoFn):
     def __init__(self, final_dir: str):
         self.final_dir = final_dir
 
-    def process(self, shard_names, plan, early_rejections, label_map):
-        stats, rejections = build_stats(plan, early_rejections, label_map, shard_names)
+    def process(self, decision: Decision, shard_names, label_map):
+        if sorted(shard_names) != decision.stats["shards"]:
+            raise IngestError(f"shards written {sorted(shard_names)} differ from the plan {decision.stats['shards']}")
+        stats = decision.stats
         storage.write_text(storage.join(self.final_dir, "stats.json"), json.dumps(stats, indent=2) + "\n")
-        lines = "".join(json.dumps(r.to_json(), ensure_ascii=False) + "\n" for r in rejections)
-        storage.write_text(storage.join(self.final_dir, "rejected.jsonl"), lines)
+        storage.write_text(storage.join(self.final_dir, "rejected.jsonl"), decision.rejected_jsonl)
         storage.write_text(storage.join(self.final_dir, "label_map.json"), label_map.to_json())
         storage.write_text(storage.join(self.final_dir, "label_map.pbtxt"), label_map.to_pbtxt())
         Metrics.counter(_NS, "images_written").inc(stats["images_written"]["total"])
@@ -465,25 +549,22 @@ def build_pipeline(p: beam.Pipeline, cfg: IngestConfig, tmp_dir: str, class_name
     early = (labels.rejected, matched.rejected) | "EarlyRejections" >> beam.Flatten()
     early_list = early | "CollectRejections" >> beam.combiners.ToList()
 
-    batches = matched.candidates | "EncodeExamples" >> EncodeExamples(parts_dir, cfg, label_map, fixed_map is not None)
-    plan = (
-        batches
+    blobs = matched.candidates | "EncodeExamples" >> EncodeExamples(parts_dir, cfg, label_map, fixed_map is not None)
+    decision = (
+        blobs
         | "CollectOutcomes" >> beam.combiners.ToList()
-        | "PlanShards" >> beam.Map(plan_shards, cfg.num_shards, cfg.target_shard_mb * 2**20)
+        | "Decide" >> beam.Map(decide, beam.pvalue.AsSingleton(early_list), beam.pvalue.AsSingleton(label_map),
+                               cfg.num_shards, cfg.target_shard_mb * 2**20)
     )
     shard_names = (
-        plan
-        | "ShardPlans" >> beam.FlatMap(lambda pl: pl.shards)
+        decision
+        | "ShardPlans" >> beam.FlatMap(lambda d: d.shards)
         | "Distribute" >> beam.Reshuffle()
         | "WriteShards" >> beam.ParDo(_WriteShard(final_dir))
         | "CollectShards" >> beam.combiners.ToList()
     )
-    return shard_names | "WriteMetadata" >> beam.ParDo(
-        _WriteMetadata(final_dir),
-        beam.pvalue.AsSingleton(plan),
-        beam.pvalue.AsSingleton(early_list),
-        beam.pvalue.AsSingleton(label_map),
-    )
+    return decision | "WriteMetadata" >> beam.ParDo(
+        _WriteMetadata(final_dir), beam.pvalue.AsSingleton(shard_names), beam.pvalue.AsSingleton(label_map))
 
 
 def _absolute(uri: str | None) -> str | None:
@@ -496,9 +577,9 @@ def run_ingest(cfg: IngestConfig) -> dict:
     cfg = cfg.model_copy(update={k: _absolute(getattr(cfg, k)) for k in ("images", "labels", "out", "classes", "label_map")})
     options = PipelineOptions(flags=cfg.pipeline_flags())
     FileSystems.set_options(options)  # so driver-side I/O (listing, commit) sees S3/GCS options too
-    if not storage.list_files(image_pattern(cfg.images)):
+    if not storage.any_file(image_pattern(cfg.images)):
         raise IngestError(f"--images {cfg.images}: no files found")
-    if not storage.list_files(label_pattern(cfg.labels)):
+    if not storage.any_file(label_pattern(cfg.labels)):
         raise IngestError(f"--labels {cfg.labels}: no files found")
     class_names = load_class_names_for(cfg)
     fixed_map = load_fixed_label_map(cfg)

@@ -50,7 +50,6 @@ class IngestConfig(BeamOptions):
     label_map: str | None = Field(None, description="Fixed label map (label_map.json or .pbtxt); unknown classes are then rejected")
     max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1, description="Images with more pixels are rejected (decompression-bomb guard)")
     clip_tolerance: float = Field(DEFAULT_CLIP_TOLERANCE, ge=0.0, le=1.0, description="Boxes this far (fraction of the image) outside are clipped; further out, rejected")
-    batch_size: int = Field(64, ge=1, le=4096, description="Images per work item inside the job")
 
     @model_validator(mode="after")
     def _check(self) -> "IngestConfig":

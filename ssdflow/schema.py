@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 from typing import Iterable, Mapping, Sequence
 
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_encoding
 
 # --- tf.Example keys -------------------------------------------------------------------------
 ENCODED = "image/encoded"
@@ -164,7 +164,8 @@ class LabelMap(dict):
 
     def to_pbtxt(self) -> str:
         items = sorted(self.items(), key=lambda kv: kv[1])
-        return "".join(f"item {{\n  id: {i}\n  name: {json.dumps(n)}\n}}\n" for n, i in items)
+        # Names are C-escaped as protobuf's text_format writes them, so the TF OD API reads them back.
+        return "".join(f'item {{\n  id: {i}\n  name: "{text_encoding.CEscape(n, as_utf8=True)}"\n}}\n' for n, i in items)
 
     @classmethod
     def parse(cls, text: str, filename: str = "") -> "LabelMap":
@@ -179,12 +180,11 @@ class LabelMap(dict):
                 name_m = re.search(r"\bname\s*:\s*(\"(?:[^\"\\]|\\.)*\"|'(?:[^'\\]|\\.)*')", body)
                 if not (id_m and name_m):
                     raise ValueError(f"{filename or 'label map'}: item without id or name: {body.strip()!r}")
-                raw = name_m.group(1)
-                name = json.loads(raw) if raw.startswith('"') else raw[1:-1]
+                name = text_encoding.CUnescape(name_m.group(1)[1:-1]).decode("utf-8")
                 out[name] = int(id_m.group(1))
             return cls(out).validate()
         data = json.loads(text)
-        if isinstance(data, dict) and "classes" in data:
+        if isinstance(data, dict) and isinstance(data.get("classes"), list):
             return cls({c["name"]: int(c["id"]) for c in data["classes"]}).validate()
         if isinstance(data, dict):
             return cls({str(k): int(v) for k, v in data.items()}).validate()

@@ -70,9 +70,20 @@ def list_files(pattern: str) -> list[str]:
     return sorted(m.path for m in result.metadata_list)
 
 
+def any_file(pattern: str) -> bool:
+    """Whether a glob matches at least one file (stops at the first; cheap on huge prefixes)."""
+    return bool(FileSystems.match([pattern], limits=[1])[0].metadata_list)
+
+
 def list_dir(uri: str) -> list[str]:
     """Files directly under a directory URI (local) or prefix (object stores)."""
     return [p for p in list_files(join(uri, "*")) if posixpath.basename(p)]
+
+
+def move(src: str, dst: str) -> None:
+    """Renames one file (a rename locally, copy + delete on object stores), creating parents."""
+    _mkdirs(posixpath.dirname(dst))
+    FileSystems.rename([src], [dst])
 
 
 def delete(uris: Iterable[str]) -> None:

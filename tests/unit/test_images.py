@@ -9,7 +9,7 @@ from PIL import Image, ImageFile
 
 from beam_jobs import records as R
 from beam_jobs.images import ImageRejected, normalize_image, orient_box, to_rgb
-from tests.unit.imaging import decode, encode, jpeg, noise, png_header_only, rect_image, solid, white_box
+from tests.unit.imaging import EXIF_ORIENTATION, decode, encode, jpeg, noise, png_header_only, rect_image, solid, white_box
 
 
 def _assert_rgb_jpeg(out, size):
@@ -121,6 +121,15 @@ def test_16bit_grayscale_png_is_rescaled_to_8bit():
     _close(rgb[8, 28], (128, 128, 128), tol=2)
 
 
+@pytest.mark.parametrize("mode, key", [("L", 0), ("RGB", (0, 0, 0))])
+def test_colour_key_transparent_png_becomes_white(mode, key):
+    # A PNG tRNS chunk on an L or RGB image makes every pixel of that value transparent.
+    data = encode(Image.new(mode, (16, 16), key), "PNG", transparency=key)
+    assert "transparency" in decode(data).info
+    rgb = _assert_rgb_jpeg(normalize_image(data), (16, 16))
+    _close(rgb[8, 8], (255, 255, 255))
+
+
 def test_to_rgb_modes():
     assert to_rgb(solid((4, 4))).mode == "RGB"
     la = Image.new("LA", (4, 4), (0, 0))  # black, fully transparent
@@ -146,7 +155,9 @@ def test_exif_orientation_moves_pixels_as_orient_box_moves_boxes(fmt, orientatio
     assert (out.stored_width, out.stored_height) == STORED
     assert out.orientation == orientation
     assert out.converted is (fmt != "JPEG" or orientation != 1)
-    assert decode(out.jpeg).size == expected_size
+    written = decode(out.jpeg)
+    assert written.size == expected_size
+    assert written.getexif().get(EXIF_ORIENTATION, 1) == 1  # no viewer may rotate it a second time
 
     x0, y0, x1, y1 = RECT
     expected = orient_box((x0 / w, y0 / h, x1 / w, y1 / h), orientation)
@@ -222,3 +233,14 @@ def test_small_image_over_small_max_pixels():
     data = jpeg((100, 100))
     assert _reason(data, max_pixels=5000) == R.TOO_MANY_PIXELS
     assert normalize_image(data, max_pixels=10_000).width == 100  # exactly at the limit is fine
+
+
+def test_max_pixels_above_pillows_default_is_honoured():
+    # 90 M pixels: over Pillow's own 89.5 M warning limit, under the user's --max-pixels.
+    data = png_header_only(10_000, 9_000)
+    with pytest.raises(ImageRejected) as e:
+        normalize_image(data, max_pixels=100_000_000)
+    assert e.value.reason == R.DECODE_ERROR  # decoding was attempted (the body is 16 bytes)
+    with pytest.raises(ImageRejected) as e:
+        normalize_image(data, max_pixels=80_000_000)
+    assert e.value.reason == R.TOO_MANY_PIXELS

@@ -164,3 +164,14 @@ def test_validate():
         LabelMap({"cat": 0}).validate()
     with pytest.raises(ValueError, match="repeated"):
         LabelMap({"cat": 3, "dog": 3}).validate()
+
+
+def test_label_map_json_with_a_class_named_classes():
+    assert LabelMap.parse('{"classes": 3, "dog": 1}') == {"classes": 3, "dog": 1}
+
+
+def test_label_map_pbtxt_escapes_as_protobuf_text_format_writes_them():
+    assert LabelMap.parse('item { id: 1 name: "d\\303\\266g" }', "m.pbtxt") == {"d\u00f6g": 1}
+    assert LabelMap.parse("item { id: 2 name: 'it\\'s' }", "m.pbtxt") == {"it's": 2}
+    m = LabelMap({"d\u00f6g": 1, 'say "hi"': 2})
+    assert LabelMap.parse(m.to_pbtxt(), "m.pbtxt") == m
