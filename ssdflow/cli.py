@@ -12,7 +12,19 @@ from typing import Optional
 import typer
 from pydantic import ValidationError
 
+from ssdflow.config import LabelFormat
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+class _DropNoise(logging.Filter):
+    """Beam's GCP extras log a warning at import when they are not installed; it is not ours to act on."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "apitools not found" not in record.getMessage()
+
+
+logging.getLogger().addFilter(_DropNoise())
 
 app = typer.Typer(
     name="ssdflow",
@@ -43,7 +55,7 @@ def ingest(
     ctx: typer.Context,
     images: str = typer.Option(..., help="Directory or glob of images: local, s3:// or gs://"),
     labels: str = typer.Option(..., help="Label file or directory of label files"),
-    format: str = typer.Option(..., "--format", help="Label format: voc | coco | csv | yolo"),
+    format: LabelFormat = typer.Option(..., "--format", case_sensitive=False, help="Label format"),
     out: str = typer.Option(..., help="Output directory URI (replaced wholly on rerun)"),
     val_fraction: float = typer.Option(0.1, help="Share of images in the val split"),
     num_shards: Optional[int] = typer.Option(None, help="Shards per split (default: automatic by size)"),
@@ -54,8 +66,7 @@ def ingest(
 ) -> None:
     """Convert images + labels into sharded TFRecords (TF OD API keys) with Apache Beam.
 
-    Writes train-*/val-* shards, label_map.json/.pbtxt, stats.json, rejected.jsonl and _SUCCESS
-    (last) into --out. Unknown options are passed to Beam untouched.
+    Writes train-*/val-* shards, label_map.json/.pbtxt, stats.json, rejected.jsonl and, last, _SUCCESS into --out. Options ssdflow does not know are passed to Beam untouched.
     """
     from beam_jobs.ingest import IngestError, run_ingest
     from ssdflow.config import IngestConfig
