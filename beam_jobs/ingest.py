@@ -36,7 +36,6 @@ import apache_beam as beam
 from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
-from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.timestamp import MIN_TIMESTAMP
 from apache_beam.utils.windowed_value import WindowedValue
@@ -46,6 +45,7 @@ from beam_jobs.encode import encode_image, split_for
 from beam_jobs.parsers import is_label_file, parse_label_file
 from beam_jobs.parsers.yolo import load_class_names
 from ssdflow import storage, tfrecord
+from ssdflow.beam_runner import make_pipeline, pipeline_options
 from ssdflow.config import IngestConfig, LabelFormat
 from ssdflow.schema import LabelMap
 
@@ -575,8 +575,7 @@ def _absolute(uri: str | None) -> str | None:
 def run_ingest(cfg: IngestConfig) -> dict:
     """Runs the ingest job to completion and commits its output; returns stats.json's content."""
     cfg = cfg.model_copy(update={k: _absolute(getattr(cfg, k)) for k in ("images", "labels", "out", "classes", "label_map")})
-    options = PipelineOptions(flags=cfg.pipeline_flags())
-    FileSystems.set_options(options)  # so driver-side I/O (listing, commit) sees S3/GCS options too
+    options = pipeline_options(cfg.pipeline_flags())
     if not storage.any_file(image_pattern(cfg.images)):
         raise IngestError(f"--images {cfg.images}: no files found")
     if not storage.any_file(label_pattern(cfg.labels)):
@@ -588,7 +587,7 @@ def run_ingest(cfg: IngestConfig) -> dict:
     storage.invalidate(cfg.out)
     tmp_dir = storage.new_tmp_dir(cfg.out)
     try:
-        with beam.Pipeline(options=options) as p:
+        with make_pipeline(options) as p:
             build_pipeline(p, cfg, tmp_dir, class_names, fixed_map)
         final_dir = storage.join(tmp_dir, "final")
         stats = json.loads(storage.read_text(storage.join(final_dir, "stats.json")))
