@@ -92,6 +92,81 @@ def _print_ingest_summary(out: str, stats: dict) -> None:
 
 
 @app.command()
+def train(
+    data: str = typer.Option(..., help="Ingest output directory (must hold _SUCCESS)"),
+    models: str = typer.Option(..., help="Models directory (registry): versions, champion.json, decisions.jsonl"),
+    alpha: float = typer.Option(1.0, help="MobileNetV2 width multiplier, 0.35..1.4"),
+    image_size: int = typer.Option(320, help="Square input size (multiple of 32)"),
+    epochs: int = typer.Option(20, help="Total epochs: frozen backbone, then fine-tuning"),
+    batch_size: int = typer.Option(16, help="Global batch size"),
+    backbone_weights: str = typer.Option("imagenet", help="imagenet | none | PATH to a MobileNetV2 no-top .weights.h5"),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run from its last checkpoint"),
+    learning_rate: float = typer.Option(1e-3, help="Peak learning rate"),
+    steps_per_epoch: Optional[int] = typer.Option(None, help="Default: one pass over the train split"),
+    promotion_tolerance: float = typer.Option(0.0, help="Promote if mAP@.5 >= champion's - tolerance"),
+    on_label_map_change: str = typer.Option("refuse", help="refuse | promote_if_only_added"),
+    seed: int = typer.Option(0, help="Random seed"),
+) -> None:
+    """Train the SSD on an ingest output, evaluate it (COCO mAP), export a SavedModel, promote it if it beats the champion."""
+    from model.train import TrainError, train as run_train
+    from model.dataset import DatasetError
+    from model.ssd import BackboneWeightsError
+    from ssdflow.config import TrainConfig
+
+    cfg = _config(TrainConfig, data=data, models=models, alpha=alpha, image_size=image_size, epochs=epochs,
+                  batch_size=batch_size, backbone_weights=backbone_weights, resume=resume, learning_rate=learning_rate,
+                  steps_per_epoch=steps_per_epoch, promotion_tolerance=promotion_tolerance,
+                  on_label_map_change=on_label_map_change, seed=seed)
+    try:
+        result = run_train(cfg)
+    except (TrainError, DatasetError, BackboneWeightsError) as e:
+        _fail(str(e))
+    m, d = result.metrics, result.decision
+    typer.echo(f"train: version {result.version}: mAP {m['mAP']:.4f}, mAP@.5 {m['mAP@.5']:.4f} on {m['val_images']} val images")
+    typer.echo(f"  {'promoted to champion' if d['promoted'] else 'not promoted'}: {d['reason']}")
+    typer.echo(f"  model: {result.model_dir}")
+
+
+@app.command()
+def evaluate(
+    model: str = typer.Option(..., help="An exported model directory, or a models directory (its champion)"),
+    data: str = typer.Option(..., help="Ingest output directory"),
+    split: str = typer.Option("val", help="train | val"),
+    out: Optional[str] = typer.Option(None, help="Write the metrics JSON here (default: print only)"),
+) -> None:
+    """COCO metrics (pycocotools) of an exported model on an ingest output's split."""
+    from model.validation import score_saved_model
+    from model.registry import resolve_model_dir
+
+    try:
+        model_dir = resolve_model_dir(model)
+    except (FileNotFoundError, ValueError) as e:
+        _fail(str(e))
+    metrics = score_saved_model(str(model_dir), data, split)
+    text = json.dumps(metrics, indent=2, sort_keys=True)
+    if out:
+        from model.evaluate import write_metrics
+
+        write_metrics(out, metrics)
+    typer.echo(text)
+
+
+@app.command()
+def export(
+    model: str = typer.Option(..., help="A registered model directory (MODELS/<version>)"),
+    out: str = typer.Option(..., help="Directory for the new SavedModel"),
+    score_threshold: Optional[float] = typer.Option(None, help="Minimum detection score (default: the model's)"),
+    iou_threshold: Optional[float] = typer.Option(None, help="NMS IoU threshold (default: the model's)"),
+    max_detections: Optional[int] = typer.Option(None, help="Detections per image (default: the model's)"),
+) -> None:
+    """Re-export a trained model as a SavedModel (bytes in, TF OD API detection keys out), e.g. with new thresholds."""
+    from model.export import reexport
+
+    reexport(model, out, score_threshold=score_threshold, iou_threshold=iou_threshold, max_detections=max_detections)
+    typer.echo(f"export: SavedModel written to {out}")
+
+
+@app.command()
 def demo(
     workdir: str = typer.Option("demo_out", help="Where the synthetic data and every job's output go"),
     images: int = typer.Option(120, min=10, max=5000, help="Synthetic images to generate"),
@@ -104,7 +179,7 @@ def demo(
 
 
 def main() -> None:  # pragma: no cover - console entry point
-    logging.basicConfig(level=logging.WARNING)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     app()
 
 

@@ -56,3 +56,64 @@ class IngestConfig(BeamOptions):
         if self.out.rstrip("/") in ("", "s3:", "gs:"):
             raise ValueError("out must name a directory")
         return self
+
+
+class BackboneWeights(str, Enum):
+    imagenet = "imagenet"
+    none = "none"
+
+
+class ModelConfig(BaseModel):
+    """The detector's architecture: MobileNetV2 backbone + SSDLite heads over several feature levels.
+
+    Defaults match the TF OD API model zoo's SSD MobileNet V2 320x320.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    alpha: float = Field(1.0, ge=0.35, le=1.4, description="MobileNetV2 width multiplier")
+    image_size: int = Field(320, ge=96, le=1024, multiple_of=32, description="Square input size in pixels")
+    num_classes: int = Field(1, ge=1, le=1000, description="Object classes, without background")
+    extra_levels: int = Field(4, ge=1, le=6, description="Feature levels added after the backbone's stride-32 map")
+    extra_channels: list[int] = Field(default_factory=lambda: [512, 256, 256, 128], description="Channels of the extra levels")
+    min_scale: float = Field(0.2, gt=0.0, lt=1.0, description="Anchor scale of the first level (fraction of the image)")
+    max_scale: float = Field(0.95, gt=0.0, le=1.0, description="Anchor scale of the last level")
+    aspect_ratios: list[float] = Field(default_factory=lambda: [1.0, 2.0, 0.5, 3.0, 1.0 / 3.0], description="Anchor aspect ratios (w/h) per cell")
+    variances: list[float] = Field(default_factory=lambda: [0.1, 0.1, 0.2, 0.2], description="Box-coder variances (y, x, h, w)")
+    bn_momentum: float = Field(0.997, gt=0.0, lt=1.0, description="BatchNorm moving-average momentum (TF OD API: 0.997)")
+
+
+class TrainConfig(BaseModel):
+    """Ingest output → trained, evaluated, exported model in a registry, promoted if it beats the champion."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    data: str = Field(..., description="Ingest output directory (with _SUCCESS)")
+    models: str = Field(..., description="Models directory (registry): versions, champion.json, decisions.jsonl")
+    alpha: float = Field(1.0, ge=0.35, le=1.4, description="MobileNetV2 width multiplier")
+    image_size: int = Field(320, ge=96, le=1024, multiple_of=32, description="Square input size")
+    epochs: int = Field(20, ge=1, le=1000, description="Total epochs (frozen backbone, then fine-tuning)")
+    batch_size: int = Field(16, ge=1, le=1024, description="Global batch size")
+    backbone_weights: str = Field("imagenet", description="imagenet | none | PATH to a MobileNetV2 no-top weights file")
+    resume: bool = Field(False, description="Continue an interrupted run from its last checkpoint")
+    learning_rate: float = Field(1e-3, gt=0, le=1.0, description="Peak learning rate (after warm-up)")
+    warmup_epochs: float = Field(1.0, ge=0, description="Linear warm-up length")
+    fine_tune_fraction: float = Field(0.5, ge=0, le=1, description="Share of epochs with the backbone's top blocks unfrozen")
+    fine_tune_lr_factor: float = Field(0.1, gt=0, le=1, description="Learning-rate factor of the fine-tuning phase")
+    unfreeze_from_block: int = Field(11, ge=0, le=16, description="First MobileNetV2 block trained in fine-tuning")
+    classification_loss: str = Field("focal", pattern="^(focal|softmax_hnm)$", description="focal | softmax_hnm (3:1 hard negatives)")
+    eval_every: int = Field(1, ge=1, description="Epochs between val mAP evaluations (early stopping)")
+    early_stopping_patience: int = Field(5, ge=1, description="Evaluations without val mAP improvement before stopping")
+    steps_per_epoch: int | None = Field(None, ge=1, description="Default: one pass over the train split")
+    score_threshold: float = Field(0.01, ge=0, lt=1, description="Exported model's minimum score")
+    iou_threshold: float = Field(0.5, gt=0, le=1, description="Exported model's NMS IoU threshold")
+    max_detections: int = Field(100, ge=1, le=1000, description="Exported model's detections per image")
+    promotion_tolerance: float = Field(0.0, ge=0, le=1, description="Promote if challenger mAP@.5 >= champion's - tolerance")
+    on_label_map_change: str = Field("refuse", pattern="^(refuse|promote_if_only_added)$", description="Policy when classes changed")
+    bn_momentum: float = Field(0.997, gt=0.0, lt=1.0, description="BatchNorm momentum; lower (0.9) for short runs from scratch")
+    augment: bool = Field(True, description="Photometric jitter, SSD random crop and flips on training images")
+    seed: int = Field(0, description="Random seed")
+    deterministic: bool = Field(False, description="Reproducible input order and augmentation (slower)")
+
+    def model(self, num_classes: int) -> ModelConfig:
+        return ModelConfig(alpha=self.alpha, image_size=self.image_size, num_classes=num_classes, bn_momentum=self.bn_momentum)

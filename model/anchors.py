@@ -1,0 +1,87 @@
+"""SSD anchor boxes: one grid of anchors per feature level, in the order the detection head emits them.
+
+Boxes are normalized corners [ymin, xmin, ymax, xmax], float32. Anchors are not clipped to the image:
+a clipped anchor would no longer have the aspect ratio and scale that the head's outputs are relative to.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import tensorflow as tf
+
+if TYPE_CHECKING:
+    from ssdflow.config import ModelConfig
+
+BACKBONE_STRIDES = (16, 32)  # MobileNetV2's block_13_expand_relu and out_relu
+
+
+def feature_map_sizes(image_size: int, extra_levels: int) -> list[int]:
+    """Side length of each square feature level, finest first.
+
+    The backbone gives ceil(S/16) and ceil(S/32) ('same' padding rounds up); each extra level halves
+    the previous one (rounding up) and the levels stop after the first 1x1 map, so there are at most
+    `extra_levels` extra levels and never two 1x1 levels.
+    """
+    sizes = [math.ceil(image_size / stride) for stride in BACKBONE_STRIDES]
+    for _ in range(extra_levels):
+        if sizes[-1] == 1:
+            break
+        sizes.append(math.ceil(sizes[-1] / 2))
+    return sizes
+
+
+def level_scales(num_levels: int, min_scale: float, max_scale: float) -> list[float]:
+    """Anchor scale (fraction of the image side) of each level, linear from min_scale to max_scale."""
+    if num_levels == 1:
+        return [float(min_scale)]
+    step = (max_scale - min_scale) / (num_levels - 1)
+    return [float(min_scale + step * k) for k in range(num_levels)]
+
+
+def anchors_per_cell(aspect_ratios: list[float]) -> int:
+    """Anchors at each cell: one per aspect ratio plus one extra square anchor between this and the next scale."""
+    return len(aspect_ratios) + 1
+
+
+def _cell_anchor_sizes(scale: float, next_scale: float, aspect_ratios: list[float]) -> list[tuple[float, float]]:
+    """(h, w) of a cell's anchors, in head order: [ratios..., extra square at sqrt(s_k * s_{k+1})]."""
+    sizes = [(scale / math.sqrt(r), scale * math.sqrt(r)) for r in aspect_ratios]
+    extra = math.sqrt(scale * next_scale)
+    sizes.append((extra, extra))
+    return sizes
+
+
+def _level_anchors(size: int, cell_sizes: list[tuple[float, float]]) -> tf.Tensor:
+    """Anchors of one size x size level: [size * size * A, 4] corners, cells row-major, a cell's A anchors consecutive."""
+    centers_1d = (tf.range(size, dtype=tf.float32) + 0.5) / size
+    cy, cx = tf.meshgrid(centers_1d, centers_1d, indexing="ij")  # [H, W] each
+    centers = tf.stack([cy, cx], axis=-1)[:, :, tf.newaxis, :]  # [H, W, 1, 2]
+    half = tf.constant(cell_sizes, dtype=tf.float32) / 2.0  # [A, 2] (h/2, w/2)
+    boxes = tf.concat([centers - half, centers + half], axis=-1)  # [H, W, A, 4]
+    return tf.reshape(boxes, [-1, 4])
+
+
+def generate_anchors(cfg: "ModelConfig") -> tf.Tensor:
+    """All anchors of the model: [N, 4] normalized corners [ymin, xmin, ymax, xmax], float32.
+
+    Order: level by level (finest first), cells row-major (y then x), a cell's anchors consecutive as
+    [aspect_ratios..., extra square]. This is the order a head gets by reshaping each level's
+    [B, H, W, A*k] conv output to [B, H*W*A, k] and concatenating the levels.
+    Anchor of aspect ratio r = w/h at scale s: w = s*sqrt(r), h = s/sqrt(r).
+    """
+    sizes = feature_map_sizes(cfg.image_size, cfg.extra_levels)
+    scales = level_scales(len(sizes), cfg.min_scale, cfg.max_scale)
+    next_scales = scales[1:] + [1.0]
+    levels = [
+        _level_anchors(size, _cell_anchor_sizes(s, s_next, list(cfg.aspect_ratios)))
+        for size, s, s_next in zip(sizes, scales, next_scales)
+    ]
+    return tf.concat(levels, axis=0)
+
+
+def num_anchors(cfg: "ModelConfig") -> int:
+    """N, the number of anchors generate_anchors(cfg) returns (and the head predicts)."""
+    sizes = feature_map_sizes(cfg.image_size, cfg.extra_levels)
+    return sum(s * s for s in sizes) * anchors_per_cell(list(cfg.aspect_ratios))

@@ -1,0 +1,113 @@
+"""The tf.data input pipeline: ingest's TFRecord shards → (images, targets) batches.
+
+    shards ─ interleave(TFRecordDataset) ─ parse (ssdflow.schema) ─ decode JPEG/PNG ─ augment
+           ─ resize to S x S ─ encode targets against the anchors ─ batch ─ prefetch
+
+Everything runs in the tf.data graph, in parallel, so the accelerator never waits for input.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import tensorflow as tf
+
+from model.augment import augment
+from model.matcher import encode_targets
+from ssdflow import schema, storage
+
+
+class DatasetError(RuntimeError):
+    pass
+
+
+def shard_files(data_dir: str, split: str) -> list[str]:
+    """The shards of a complete ingest output (its _SUCCESS must exist)."""
+    if storage.read_success(data_dir) is None:
+        raise DatasetError(f"{data_dir}: no _SUCCESS: not a complete ingest output (run `ssdflow ingest` first)")
+    files = sorted(tf.io.gfile.glob(os.path.join(data_dir, f"{split}-*-of-*.tfrecord")))
+    if not files:
+        raise DatasetError(f"{data_dir}: no {split} shards")
+    return files
+
+
+def read_label_map(data_dir: str) -> schema.LabelMap:
+    return schema.LabelMap.parse(storage.read_text(storage.join(data_dir, "label_map.json")), "label_map.json")
+
+
+def count_records(data_dir: str, split: str) -> int:
+    stats = json.loads(storage.read_text(storage.join(data_dir, "stats.json")))
+    return int(stats["images_written"][split])
+
+
+def parse_example(serialized):
+    """One serialized Example → dict(image uint8 [H, W, 3], boxes [M, 4], classes [M] int32, encoded, key)."""
+    ex = tf.io.parse_single_example(serialized, schema.tf_feature_spec())
+    dense = lambda k: tf.sparse.to_dense(ex[k])  # noqa: E731
+    boxes = tf.stack([dense(schema.YMIN), dense(schema.XMIN), dense(schema.YMAX), dense(schema.XMAX)], axis=-1)
+    image = tf.io.decode_image(ex[schema.ENCODED], channels=3, expand_animations=False)
+    image.set_shape([None, None, 3])
+    return {
+        "image": image,
+        "boxes": tf.reshape(boxes, [-1, 4]),
+        "classes": tf.cast(dense(schema.CLASS_LABEL), tf.int32),
+        "encoded": ex[schema.ENCODED],
+        "key": ex[schema.SOURCE_ID],
+    }
+
+
+def make_dataset(files: list[str], anchors, image_size: int, variances, batch_size: int, *, training: bool,
+                 deterministic: bool = False, seed: int = 0, shuffle_buffer: int = 512, augmentation: bool = True) -> tf.data.Dataset:
+    """Batches of (images float32 [B, S, S, 3] in 0..255, y_true float32 [B, N, 5]).
+
+    ``deterministic``: the same batches in the same order on every run (tests, debugging); else
+    shards are read in parallel and out of order, which is faster.
+    """
+    anchors = tf.constant(anchors, tf.float32)
+    options = tf.data.Options()
+    options.deterministic = deterministic
+    ds = tf.data.Dataset.from_tensor_slices(files)
+    if training:
+        ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=not deterministic)
+    ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=min(len(files), 8),
+                       num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+    if training:
+        ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=not deterministic)
+    ds = ds.enumerate()
+
+    def load(index, serialized):
+        ex = parse_example(serialized)
+        image, boxes, classes = tf.cast(ex["image"], tf.float32), ex["boxes"], ex["classes"]
+        if training and augmentation:
+            if deterministic:
+                aug_seed = tf.stack([tf.cast(seed, tf.int64), index])
+            else:
+                aug_seed = tf.random.uniform([2], maxval=2**31 - 1, dtype=tf.int64)
+            image, boxes, classes = augment(image, boxes, classes, aug_seed)
+        image = tf.image.resize(image, [image_size, image_size])
+        y_true = encode_targets(boxes, classes, anchors, variances)
+        return image, y_true
+
+    ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+    ds = ds.batch(batch_size, drop_remainder=training)
+    return ds.prefetch(tf.data.AUTOTUNE).with_options(options)
+
+
+def eval_dataset(files: list[str], batch_size: int = 16) -> tf.data.Dataset:
+    """Batches of dict(encoded [B] string, key [B], boxes ragged, classes ragged, height, width) for evaluation."""
+    def load(serialized):
+        ex = tf.io.parse_single_example(serialized, schema.tf_feature_spec())
+        dense = lambda k: tf.sparse.to_dense(ex[k])  # noqa: E731
+        return {
+            "encoded": ex[schema.ENCODED],
+            "key": ex[schema.SOURCE_ID],
+            "height": ex[schema.HEIGHT],
+            "width": ex[schema.WIDTH],
+            "boxes": tf.stack([dense(schema.YMIN), dense(schema.XMIN), dense(schema.YMAX), dense(schema.XMAX)], axis=-1),
+            "classes": tf.cast(dense(schema.CLASS_LABEL), tf.int32),
+            "difficult": tf.cast(dense(schema.DIFFICULT), tf.int32),
+        }
+
+    ds = tf.data.TFRecordDataset(files).map(load, num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.ragged_batch(batch_size).prefetch(tf.data.AUTOTUNE)

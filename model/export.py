@@ -1,0 +1,104 @@
+"""Export: a SavedModel whose serving signature takes encoded images and returns detections.
+
+Contract (what the scoring job and users rely on; nothing else of model/ is needed to serve):
+
+* ``serving_default(images: tf.string [B])`` — JPEG/PNG bytes, any size; returns the TF OD API
+  exporter's keys: ``detection_boxes`` [B, D, 4] normalized (ymin, xmin, ymax, xmax),
+  ``detection_scores`` [B, D], ``detection_classes`` [B, D] (label ids from 1), ``num_detections`` [B].
+* Beside it: ``label_map.json`` (ids ↔ names), ``ssdflow_model.json`` (architecture and thresholds),
+  ``metrics.json`` and ``model_card.md`` (written by training).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import tensorflow as tf
+
+from model.anchors import generate_anchors
+from model.postprocess import postprocess
+from ssdflow.config import ModelConfig
+from ssdflow.schema import LabelMap
+
+MODEL_INFO = "ssdflow_model.json"
+
+
+class Detector(tf.Module):
+    """The inference model: decode → resize → SSD → box decoding → per-class NMS."""
+
+    def __init__(self, keras_model, cfg: ModelConfig, score_threshold: float = 0.01, iou_threshold: float = 0.5,
+                 max_detections: int = 100):
+        super().__init__(name="ssdflow_detector")
+        self.model = keras_model
+        self.size = cfg.image_size
+        self.anchors = tf.constant(generate_anchors(cfg), tf.float32)
+        self.variances = tf.constant(cfg.variances, tf.float32)
+        self.score_threshold = score_threshold
+        self.iou_threshold = iou_threshold
+        self.max_detections = max_detections
+
+    def _decode(self, data):
+        image = tf.io.decode_image(data, channels=3, expand_animations=False)
+        image.set_shape([None, None, 3])
+        return tf.image.resize(tf.cast(image, tf.float32), [self.size, self.size])
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="images")])
+    def serve(self, images):
+        pixels = tf.map_fn(self._decode, images, fn_output_signature=tf.TensorSpec([self.size, self.size, 3], tf.float32))
+        return self.detect_pixels(pixels)
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32, name="pixels")])
+    def serve_pixels(self, pixels):
+        """Pre-decoded batches [B, S, S, 3] in 0..255 (for callers that decode themselves)."""
+        return self.detect_pixels(pixels)
+
+    def detect_pixels(self, pixels):
+        predictions = self.model(pixels, training=False)
+        return postprocess(predictions, self.anchors, self.variances, self.score_threshold, self.iou_threshold,
+                           self.max_detections)
+
+
+def export_saved_model(keras_model, cfg: ModelConfig, label_map: LabelMap, out_dir: str, *, score_threshold: float = 0.01,
+                       iou_threshold: float = 0.5, max_detections: int = 100) -> str:
+    """Writes the SavedModel and its contract files into ``out_dir`` (which should be a staging dir)."""
+    detector = Detector(keras_model, cfg, score_threshold, iou_threshold, max_detections)
+    tf.saved_model.save(detector, out_dir, signatures={"serving_default": detector.serve, "serve_pixels": detector.serve_pixels})
+    with open(os.path.join(out_dir, "label_map.json"), "w") as f:
+        f.write(label_map.to_json())
+    info = {"model": cfg.model_dump(), "score_threshold": score_threshold, "iou_threshold": iou_threshold,
+            "max_detections": max_detections, "input": "images: tf.string [B] (JPEG/PNG bytes)"}
+    with open(os.path.join(out_dir, MODEL_INFO), "w") as f:
+        json.dump(info, f, indent=2)
+    return out_dir
+
+
+def load_detector(model_dir: str):
+    """The serving function of an exported model (``tf.saved_model.load``; no Keras needed)."""
+    loaded = tf.saved_model.load(model_dir)
+    return loaded.signatures["serving_default"], loaded
+
+
+def reexport(model_dir: str, out_dir: str, *, score_threshold: float | None = None, iou_threshold: float | None = None,
+             max_detections: int | None = None) -> str:
+    """Rebuilds a registered model from its Keras weights and exports it again, e.g. with new thresholds."""
+    from model.ssd import build_ssd
+    from model.train import KERAS_WEIGHTS
+
+    with open(os.path.join(model_dir, MODEL_INFO)) as f:
+        info = json.load(f)
+    cfg = ModelConfig(**info["model"])
+    with open(os.path.join(model_dir, "label_map.json")) as f:
+        label_map = LabelMap.parse(f.read(), "label_map.json")
+    model = build_ssd(cfg, None)
+    model.load_weights(os.path.join(model_dir, KERAS_WEIGHTS))
+    export_saved_model(model, cfg, label_map, out_dir,
+                       score_threshold=info["score_threshold"] if score_threshold is None else score_threshold,
+                       iou_threshold=info["iou_threshold"] if iou_threshold is None else iou_threshold,
+                       max_detections=info["max_detections"] if max_detections is None else max_detections)
+    for name in ("metrics.json", "model_card.md"):
+        if os.path.exists(os.path.join(model_dir, name)):
+            import shutil
+
+            shutil.copy(os.path.join(model_dir, name), os.path.join(out_dir, name))
+    return out_dir

@@ -1,0 +1,146 @@
+"""SSD training loss: softmax classification (focal, or cross-entropy with hard negative mining) plus
+Huber box regression on positive anchors, normalized by the batch's positive anchors.
+
+Layouts (N anchors, C object classes):
+    y_true [B, N, 5]: columns 0-3 encoded box targets (box_coder.encode), column 4 the class id
+        (0 background, -1 ignore, k >= 1 object class), as matcher.encode_targets produces.
+    y_pred [B, N, 4 + C + 1]: columns 0-3 box regression in the same encoding, then logits over
+        C + 1 classes with index 0 the background (softmax).
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+CLASSIFICATIONS = ("focal", "softmax_hnm")
+
+
+def huber(x: tf.Tensor, delta: float) -> tf.Tensor:
+    """Elementwise Huber (smooth L1 scaled by delta): 0.5 x² for |x| <= delta, else delta (|x| - delta / 2)."""
+    abs_x = tf.abs(x)
+    quadratic = tf.minimum(abs_x, delta)
+    return 0.5 * quadratic**2 + delta * (abs_x - quadratic)
+
+
+def softmax_focal(labels: tf.Tensor, logits: tf.Tensor, alpha: float, gamma: float) -> tf.Tensor:
+    """Softmax focal loss per anchor: labels [...] int class ids, logits [..., C+1] → [...].
+
+    alpha_t (1 - p_t)^gamma CE, with p_t the softmax probability of the true class. RetinaNet's
+    sigmoid loss weights positive targets by alpha and negative ones by 1 - alpha; with one softmax per
+    anchor the natural counterpart weights foreground anchors by alpha and background anchors by 1 - alpha.
+    """
+    ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
+    one_minus_pt = -tf.math.expm1(-ce)  # 1 - exp(-ce), accurate when p_t is near 1
+    alpha_t = tf.where(labels > 0, alpha, 1.0 - alpha)
+    return alpha_t * tf.pow(one_minus_pt, gamma) * ce
+
+
+def hard_negatives(neg_loss: tf.Tensor, negative: tf.Tensor, num_hard: tf.Tensor) -> tf.Tensor:
+    """Per image, the `num_hard` negatives with the highest loss: neg_loss, negative [B, N], num_hard [B] → [B, N] bool."""
+    scores = tf.where(negative, neg_loss, -1.0)  # losses are >= 0, so non-negatives sort last
+    order = tf.argsort(scores, axis=-1, direction="DESCENDING", stable=True)
+    rank = tf.argsort(order, axis=-1, stable=True)  # rank[b, i]: position of anchor i in the sorted order
+    return negative & (rank < num_hard[:, tf.newaxis])
+
+
+@keras.saving.register_keras_serializable(package="ssdflow")
+class SSDLoss(keras.losses.Loss):
+    """(classification + box_weight * Huber box loss) / max(1, positive anchors in the batch).
+
+    classification:
+        "focal": softmax focal loss over every non-ignored anchor (see softmax_focal).
+        "softmax_hnm": softmax cross-entropy over the positives and, per image, the hardest
+            negatives: k = floor(neg_pos_ratio * positives of the image), at least min_negatives
+            (so an image with no objects still teaches background), at most its negatives.
+    Ignored anchors (class -1) contribute to neither term. The box term covers positives only,
+    summed over the 4 coordinates. call() returns the batch's loss as a scalar, so any reduction
+    except "none" reports exactly that value.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        classification: str = "focal",
+        focal_alpha: float = 0.25,
+        focal_gamma: float = 2.0,
+        neg_pos_ratio: float = 3.0,
+        min_negatives: int = 3,
+        box_weight: float = 1.0,
+        delta: float = 1.0,
+        name: str = "ssd_loss",
+        reduction: str = "sum_over_batch_size",
+        dtype=None,
+    ):
+        if classification not in CLASSIFICATIONS:
+            raise ValueError(f"classification must be one of {CLASSIFICATIONS}, got {classification!r}")
+        # The loss always computes in float32, also under a mixed-precision policy.
+        super().__init__(name=name, reduction=reduction, dtype=dtype or "float32")
+        self.num_classes = int(num_classes)
+        self.classification = classification
+        self.focal_alpha = float(focal_alpha)
+        self.focal_gamma = float(focal_gamma)
+        self.neg_pos_ratio = float(neg_pos_ratio)
+        self.min_negatives = int(min_negatives)
+        self.box_weight = float(box_weight)
+        self.delta = float(delta)
+
+    def components(self, y_true: tf.Tensor, y_pred: tf.Tensor) -> dict[str, tf.Tensor]:
+        """The loss's parts, each a float32 scalar.
+
+        cls, box: the classification and (unweighted) box terms, each already divided by the
+        normalizer; the loss is cls + box_weight * box. num_pos: positive anchors in the batch.
+        num_neg: negative anchors that contributed to cls (all non-ignored ones for focal, the mined
+        ones for softmax_hnm).
+        """
+        y_true = tf.cast(y_true, tf.float32)
+        y_pred = tf.cast(y_pred, tf.float32)
+        box_true, class_true = y_true[..., :4], y_true[..., 4]
+        box_pred, logits = y_pred[..., :4], y_pred[..., 4 : 4 + self.num_classes + 1]
+
+        positive = class_true > 0
+        negative = tf.equal(class_true, 0.0)
+        labels = tf.cast(tf.maximum(class_true, 0.0), tf.int32)
+        num_pos_per_image = tf.reduce_sum(tf.cast(positive, tf.float32), axis=-1)  # [B]
+        num_pos = tf.reduce_sum(num_pos_per_image)
+        normalizer = tf.maximum(num_pos, 1.0)
+
+        if self.classification == "focal":
+            per_anchor = softmax_focal(labels, logits, self.focal_alpha, self.focal_gamma)
+            counted_negatives = negative
+        else:
+            per_anchor = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
+            num_neg = tf.reduce_sum(tf.cast(negative, tf.float32), axis=-1)
+            num_hard = tf.maximum(tf.floor(self.neg_pos_ratio * num_pos_per_image), float(self.min_negatives))
+            num_hard = tf.cast(tf.minimum(num_hard, num_neg), tf.int32)
+            counted_negatives = hard_negatives(tf.stop_gradient(per_anchor), negative, num_hard)
+        counted = positive | counted_negatives
+        cls_sum = tf.reduce_sum(tf.where(counted, per_anchor, 0.0))
+
+        box_per_anchor = tf.reduce_sum(huber(box_pred - box_true, self.delta), axis=-1)
+        box_sum = tf.reduce_sum(tf.where(positive, box_per_anchor, 0.0))
+
+        return {
+            "cls": cls_sum / normalizer,
+            "box": box_sum / normalizer,
+            "num_pos": num_pos,
+            "num_neg": tf.reduce_sum(tf.cast(counted_negatives, tf.float32)),
+        }
+
+    def call(self, y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
+        parts = self.components(y_true, y_pred)
+        return parts["cls"] + self.box_weight * parts["box"]
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        config.update(
+            num_classes=self.num_classes,
+            classification=self.classification,
+            focal_alpha=self.focal_alpha,
+            focal_gamma=self.focal_gamma,
+            neg_pos_ratio=self.neg_pos_ratio,
+            min_negatives=self.min_negatives,
+            box_weight=self.box_weight,
+            delta=self.delta,
+        )
+        return config

@@ -1,0 +1,311 @@
+"""Training: ingest output → fitted SSD → exported, evaluated challenger → promoted if it beats the champion.
+
+Transfer learning in two phases (as the TF OD API fine-tunes its zoo models):
+
+1. the pretrained backbone frozen (BatchNorm in inference mode), heads and extra levels trained
+   with a cosine schedule after a linear warm-up;
+2. the backbone's top blocks unfrozen at a lower learning rate.
+
+With ``--backbone-weights none`` there is nothing to protect: one phase trains everything.
+
+A checkpoint (model, optimizer, epoch; tf.train.CheckpointManager, written atomically) is taken
+after every epoch under ``MODELS/.train-run/``; ``--resume`` continues from it after a crash.
+On GPUs the same code runs with mixed precision and MirroredStrategy.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+from dataclasses import dataclass
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from model import registry
+from model.anchors import generate_anchors
+from model.dataset import count_records, make_dataset, read_label_map, shard_files
+from model.evaluate import write_metrics
+from model.export import export_saved_model
+from model.losses import SSDLoss
+from model.postprocess import postprocess
+from model.ssd import build_ssd, freeze_backbone, unfreeze_top
+from model.validation import score_detector, score_saved_model
+from ssdflow import storage
+from ssdflow.config import ModelConfig, TrainConfig
+
+log = logging.getLogger(__name__)
+
+RUN_DIR = ".train-run"
+KERAS_WEIGHTS = "keras.weights.h5"
+
+
+class TrainError(RuntimeError):
+    pass
+
+
+@dataclass
+class TrainResult:
+    version: str
+    model_dir: str
+    metrics: dict
+    decision: dict
+    epochs_run: int
+
+
+# --- devices -------------------------------------------------------------------------------------
+def distribution_strategy() -> tf.distribute.Strategy:
+    """MirroredStrategy over all GPUs when there are several; the default strategy otherwise."""
+    gpus = tf.config.list_logical_devices("GPU")
+    if len(gpus) > 1:
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def configure_precision() -> str:
+    """mixed_float16 on GPUs (the heads' final concat stays float32), float32 on CPU."""
+    policy = "mixed_float16" if tf.config.list_logical_devices("GPU") else "float32"
+    keras.mixed_precision.set_global_policy(policy)
+    return policy
+
+
+# --- callbacks -----------------------------------------------------------------------------------
+class EpochCheckpoint(keras.callbacks.Callback):
+    """Saves model, optimizer (moments, step count: the LR schedule resumes too) and epoch after every epoch."""
+
+    def __init__(self, directory: str):
+        super().__init__()
+        self.directory = directory
+        self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
+        self.manager = None
+
+    def _manager(self):
+        if self.manager is None:
+            ckpt = tf.train.Checkpoint(model=self.model, optimizer=self.model.optimizer, epoch=self.epoch)
+            self.manager = tf.train.CheckpointManager(ckpt, self.directory, max_to_keep=2)
+        return self.manager
+
+    def restore(self, model) -> int:
+        """Loads the latest checkpoint into ``model`` (compiled); returns the epoch to continue from."""
+        self.set_model(model)
+        latest = tf.train.latest_checkpoint(self.directory)
+        if not latest:
+            return 0
+        model.optimizer.build(model.trainable_variables)
+        self._manager().checkpoint.restore(latest).assert_existing_objects_matched()
+        return int(self.epoch.numpy())
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.epoch.assign(epoch + 1)
+        self._manager().save()
+
+
+class ValidationMAP(keras.callbacks.Callback):
+    """COCO mAP of the model being trained on the val split, every ``every`` epochs, into the logs.
+
+    Runs first among the callbacks so EarlyStopping and TensorBoard see ``val_mAP``.
+    """
+
+    def __init__(self, detect_fn, data_dir: str, label_map, every: int = 1):
+        super().__init__()
+        self.detect_fn, self.data_dir, self.label_map, self.every = detect_fn, data_dir, label_map, every
+        self.history: list[dict] = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None or (epoch + 1) % self.every:
+            return
+        metrics = score_detector(self.detect_fn, self.data_dir, "val", self.label_map)
+        logs["val_mAP"] = metrics["mAP"]
+        logs["val_mAP@.5"] = metrics["mAP@.5"]
+        self.history.append({"epoch": epoch + 1, "mAP": metrics["mAP"], "mAP@.5": metrics["mAP@.5"]})
+
+
+def make_detect_fn(model, cfg: ModelConfig, score_threshold: float, iou_threshold: float, max_detections: int):
+    """Encoded bytes [B] → detections, with the exported model's decoding and NMS."""
+    anchors = tf.constant(generate_anchors(cfg), tf.float32)
+    variances = tf.constant(cfg.variances, tf.float32)
+    size = cfg.image_size
+
+    def decode(data):
+        image = tf.io.decode_image(data, channels=3, expand_animations=False)
+        image.set_shape([None, None, 3])
+        return tf.image.resize(tf.cast(image, tf.float32), [size, size])
+
+    @tf.function(reduce_retracing=True)
+    def detect(images):
+        pixels = tf.map_fn(decode, images, fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32))
+        return postprocess(model(pixels, training=False), anchors, variances, score_threshold, iou_threshold, max_detections)
+
+    return detect
+
+
+# --- the run -------------------------------------------------------------------------------------
+def data_fingerprint(data_dir: str) -> str:
+    """A short hash of the ingest output's manifest: which data a model was trained on."""
+    manifest = storage.read_success(data_dir)
+    stats = storage.read_text(storage.join(data_dir, "stats.json"))
+    return hashlib.sha256((json.dumps(manifest, sort_keys=True) + stats).encode()).hexdigest()[:16]
+
+
+def _schedule(lr: float, steps: int, warmup_steps: int):
+    warmup_steps = min(warmup_steps, max(steps - 1, 0))
+    return keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=lr * 0.01 if warmup_steps else lr, decay_steps=max(steps - warmup_steps, 1),
+        warmup_target=lr if warmup_steps else None, warmup_steps=warmup_steps, alpha=0.01)
+
+
+def _prepare_run_dir(cfg: TrainConfig, run_config: dict) -> str:
+    run_dir = os.path.join(cfg.models, RUN_DIR)
+    saved = os.path.join(run_dir, "run.json")
+    if cfg.resume and os.path.exists(saved):
+        with open(saved) as f:
+            previous = json.load(f)
+        if previous != run_config:
+            raise TrainError(f"--resume: the interrupted run in {run_dir} used other settings or data; "
+                             "rerun without --resume to start over")
+        return run_dir
+    shutil.rmtree(run_dir, ignore_errors=True)
+    os.makedirs(run_dir)
+    with open(saved, "w") as f:
+        json.dump(run_config, f, indent=2, sort_keys=True)
+    return run_dir
+
+
+def _fit_phase(model, name: str, run_dir: str, train_ds, epochs: int, steps: int, lr: float, warmup_steps: int,
+               loss, callbacks: list, verbose) -> tuple[int, dict]:
+    """Compiles and fits one phase, resuming from its checkpoint; returns (epochs run now, history)."""
+    done_marker = os.path.join(run_dir, f"{name}.done")
+    ckpt_dir = os.path.join(run_dir, name)
+    model.compile(optimizer=keras.optimizers.Adam(_schedule(lr, epochs * steps, warmup_steps)), loss=loss,
+                  jit_compile=False)
+    checkpoint = EpochCheckpoint(ckpt_dir)
+    initial = checkpoint.restore(model)
+    if os.path.exists(done_marker) or initial >= epochs:
+        log.info("%s: already complete (epoch %d of %d)", name, initial, epochs)
+        return 0, {}
+    if initial:
+        log.warning("%s: resuming from the checkpoint after epoch %d of %d", name, initial, epochs)
+    history = model.fit(train_ds, epochs=epochs, initial_epoch=initial, steps_per_epoch=steps,
+                        callbacks=[*callbacks, checkpoint], verbose=verbose)
+    open(done_marker, "w").close()
+    return len(history.epoch), history.history
+
+
+def train(cfg: TrainConfig, extra_callbacks: tuple = (), verbose="auto") -> TrainResult:
+    """The whole job: fit, export, evaluate, register, promote. Returns what happened."""
+    label_map = read_label_map(cfg.data)
+    model_cfg = cfg.model(num_classes=len(label_map))
+    train_files, val_files = shard_files(cfg.data, "train"), shard_files(cfg.data, "val")
+    n_train, n_val = count_records(cfg.data, "train"), count_records(cfg.data, "val")
+    if n_val == 0:
+        raise TrainError(f"{cfg.data}: the val split is empty; ingest with --val-fraction > 0")
+    if n_train == 0:
+        raise TrainError(f"{cfg.data}: the train split is empty")
+    batch_size = min(cfg.batch_size, n_train)
+    steps = cfg.steps_per_epoch or max(1, n_train // batch_size)
+    pretrained = cfg.backbone_weights != "none"
+    fine_tune_epochs = int(round(cfg.epochs * cfg.fine_tune_fraction)) if pretrained else 0
+    frozen_epochs = cfg.epochs - fine_tune_epochs
+    fingerprint = data_fingerprint(cfg.data)
+
+    os.makedirs(cfg.models, exist_ok=True)
+    run_config = {"train": cfg.model_dump(exclude={"resume"}), "data_fingerprint": fingerprint}
+    run_dir = _prepare_run_dir(cfg, run_config)
+    keras.utils.set_random_seed(cfg.seed)
+    precision = configure_precision()
+
+    strategy = distribution_strategy()
+    with strategy.scope():
+        model = build_ssd(model_cfg, None if cfg.backbone_weights == "none" else cfg.backbone_weights)
+        loss = SSDLoss(num_classes=model_cfg.num_classes, classification=cfg.classification_loss)
+    anchors = generate_anchors(model_cfg)
+    train_ds = make_dataset(train_files, anchors, model_cfg.image_size, model_cfg.variances, batch_size, training=True,
+                            deterministic=cfg.deterministic, seed=cfg.seed, augmentation=cfg.augment).repeat()
+    detect = make_detect_fn(model, model_cfg, cfg.score_threshold, cfg.iou_threshold, cfg.max_detections)
+    val_map = ValidationMAP(detect, cfg.data, label_map, cfg.eval_every)
+    callbacks = [val_map, keras.callbacks.TensorBoard(os.path.join(run_dir, "logs"), write_graph=False), *extra_callbacks]
+    if cfg.eval_every <= cfg.epochs:  # early stopping needs val_mAP in the logs
+        callbacks.insert(1, keras.callbacks.EarlyStopping(monitor="val_mAP", mode="max", patience=cfg.early_stopping_patience))
+    warmup = int(cfg.warmup_epochs * steps)
+    epochs_run = 0
+    if frozen_epochs:
+        if pretrained:
+            freeze_backbone(model)
+        n, _ = _fit_phase(model, "phase1", run_dir, train_ds, frozen_epochs, steps, cfg.learning_rate, warmup, loss,
+                          callbacks, verbose)
+        epochs_run += n
+    if fine_tune_epochs:
+        unfreeze_top(model, cfg.unfreeze_from_block)
+        n, _ = _fit_phase(model, "phase2", run_dir, train_ds, fine_tune_epochs, steps,
+                          cfg.learning_rate * cfg.fine_tune_lr_factor, 0, loss, callbacks, verbose)
+        epochs_run += n
+
+    # Export into a staging dir, score the exported artifact itself, then commit the version.
+    version = registry.new_version(cfg.models)
+    staging = registry.staging_dir(cfg.models, version)
+    export_saved_model(model, model_cfg, label_map, str(staging), score_threshold=cfg.score_threshold,
+                       iou_threshold=cfg.iou_threshold, max_detections=cfg.max_detections)
+    model.save_weights(os.path.join(staging, KERAS_WEIGHTS))  # lets `ssdflow export` rebuild and re-export
+    metrics = score_saved_model(str(staging), cfg.data, "val")
+    metrics.update(data_fingerprint=fingerprint, val_images=n_val, train_images=n_train, epochs=cfg.epochs,
+                   validation_history=val_map.history, precision=precision)
+    write_metrics(os.path.join(staging, "metrics.json"), metrics)
+    write_model_card(os.path.join(staging, "model_card.md"), version, cfg, model_cfg, metrics, label_map, fingerprint)
+    model_dir = registry.commit_version(cfg.models, version)
+
+    policy = registry.PromotionPolicy(tolerance=cfg.promotion_tolerance, on_label_map_change=cfg.on_label_map_change)
+    decision = registry.promote_if_better(cfg.models, version, lambda d: score_saved_model(str(d), cfg.data, "val"), policy)
+    with open(os.path.join(model_dir, "model_card.md"), "a") as f:
+        f.write(_decision_markdown(decision))
+    shutil.rmtree(run_dir, ignore_errors=True)
+    return TrainResult(version, str(model_dir), metrics, decision, epochs_run)
+
+
+def write_model_card(path: str, version: str, cfg: TrainConfig, model_cfg: ModelConfig, metrics: dict, label_map,
+                     fingerprint: str) -> None:
+    per_class = "\n".join(
+        f"| {name} | {_fmt(m.get('AP'))} | {_fmt(m.get('AP@.5'))} |" for name, m in metrics.get("per_class", {}).items())
+    text = f"""# Model card: {version}
+
+- Created: {dt.datetime.now(dt.timezone.utc).isoformat(timespec='seconds')}
+- Architecture: SSDLite, MobileNetV2 backbone (alpha {model_cfg.alpha:g}), {model_cfg.image_size}x{model_cfg.image_size} input, {model_cfg.num_classes} classes
+- Backbone weights: {cfg.backbone_weights}
+- Training data: `{cfg.data}` (fingerprint {fingerprint}; {metrics['train_images']} train / {metrics['val_images']} val images)
+- Training: {cfg.epochs} epochs (fine-tune share {cfg.fine_tune_fraction:g}), batch {cfg.batch_size}, peak LR {cfg.learning_rate:g}, {cfg.classification_loss} loss
+
+## Metrics on the val split (COCO, pycocotools)
+
+| metric | value |
+| --- | --- |
+| mAP@[.5:.95] | {_fmt(metrics['mAP'])} |
+| mAP@.5 | {_fmt(metrics['mAP@.5'])} |
+| mAP@.75 | {_fmt(metrics.get('mAP@.75'))} |
+
+| class | AP | AP@.5 |
+| --- | --- | --- |
+{per_class}
+
+## Configuration
+
+```json
+{json.dumps(cfg.model_dump(), indent=2)}
+```
+"""
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def _decision_markdown(decision: dict) -> str:
+    return (f"\n## Promotion decision\n\n- Promoted: **{'yes' if decision['promoted'] else 'no'}**\n"
+            f"- Challenger {decision['metric']}: {_fmt(decision.get('challenger_score'))}; champion "
+            f"({decision.get('champion') or 'none'}): {_fmt(decision.get('champion_score'))}\n- Reason: {decision['reason']}\n")
+
+
+def _fmt(v) -> str:
+    return "n/a" if v is None else f"{v:.4f}"

@@ -1,0 +1,170 @@
+"""Training end to end on tiny synthetic data: overfit, export, reload, evaluate, promote, resume.
+
+Models are tiny (alpha 0.35, 128 px) and trained from scratch for a bounded number of steps, so
+the whole module stays within a few minutes on 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from beam_jobs.encode import split_for
+from beam_jobs.ingest import run_ingest
+from ssdflow.config import IngestConfig, TrainConfig
+from ssdflow.demo_data import draw_scene, voc_xml
+from tests.helpers import REPO
+
+pytestmark = pytest.mark.integration
+tf = pytest.importorskip("tensorflow")
+
+VAL_FRACTION = 0.25
+TINY = dict(alpha=0.35, image_size=128, batch_size=8, backbone_weights="none", bn_momentum=0.9, augment=False,
+            eval_every=1000, warmup_epochs=0.2)
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    """12 synthetic 128x128 images with 1-2 shapes each, ingested by the real Beam job."""
+    root = tmp_path_factory.mktemp("shapes")
+    images, labels = root / "images", root / "labels"
+    images.mkdir()
+    labels.mkdir()
+    rng = np.random.default_rng(1)
+    truth = {}
+    for i in range(12):
+        img, objects = draw_scene(rng, 128, 128, max_objects=2)
+        img.save(images / f"im{i}.jpg", quality=95)
+        (labels / f"im{i}.xml").write_text(voc_xml(f"im{i}.jpg", 128, 128, objects))
+        truth[f"im{i}"] = objects
+    records = root / "records"
+    stats = run_ingest(IngestConfig(images=str(images), labels=str(labels), format="voc", out=str(records), val_fraction=VAL_FRACTION))
+    assert stats["images_written"]["val"] > 0 and stats["images_written"]["train"] >= 6
+    return {"images": images, "records": str(records), "truth": truth, "models": str(root / "models")}
+
+
+def _train(shapes, **overrides):
+    from model.train import train
+
+    return train(TrainConfig(data=shapes["records"], models=shapes["models"], **{**TINY, **overrides}), verbose=0)
+
+
+@pytest.fixture(scope="module")
+def trained(shapes):
+    """A barely trained first champion, then a well-overfitted challenger that must replace it."""
+    weak = _train(shapes, epochs=1, steps_per_epoch=1, learning_rate=1e-5)
+    strong = _train(shapes, epochs=3, steps_per_epoch=40, learning_rate=3e-3)
+    return weak, strong
+
+
+def _iou(a, b):
+    y0, x0 = max(a[0], b[0]), max(a[1], b[1])
+    y1, x1 = min(a[2], b[2]), min(a[3], b[3])
+    inter = max(0.0, y1 - y0) * max(0.0, x1 - x0)
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def test_overfit_exported_model_finds_every_box(shapes, trained):
+    _, strong = trained
+    serve = tf.saved_model.load(strong.model_dir).signatures["serving_default"]
+    ids = {c["name"]: c["id"] for c in json.load(open(os.path.join(strong.model_dir, "label_map.json")))["classes"]}
+    checked = 0
+    for key, objects in shapes["truth"].items():
+        if split_for(key, VAL_FRACTION) != "train":
+            continue
+        out = serve(images=tf.constant([(shapes["images"] / f"{key}.jpg").read_bytes()]))
+        n = int(out["num_detections"][0])
+        boxes, classes, scores = (out[k][0][:n].numpy() for k in ("detection_boxes", "detection_classes", "detection_scores"))
+        for name, x0, y0, x1, y1 in objects:
+            gt = (y0 / 128, x0 / 128, y1 / 128, x1 / 128)
+            best = max((_iou(gt, b) for b, c, s in zip(boxes, classes, scores) if c == ids[name] and s > 0.3), default=0.0)
+            assert best > 0.5, f"{key}: no {name} found at {gt} (best IoU {best:.2f})"
+            checked += 1
+    assert checked >= 6
+
+
+def test_better_challenger_promoted_worse_one_not(shapes, trained):
+    from model import registry
+
+    weak, strong = trained
+    assert weak.decision["promoted"] and weak.decision["champion"] is None
+    assert strong.decision["promoted"], strong.decision
+    assert strong.decision["champion"] == weak.version
+    assert strong.decision["challenger_score"] > strong.decision["champion_score"]
+    worse = _train(shapes, epochs=1, steps_per_epoch=1, learning_rate=1e-5, seed=7)
+    assert not worse.decision["promoted"], worse.decision
+    assert worse.decision["champion"] == strong.version
+    assert registry.read_champion(shapes["models"])["version"] == strong.version
+    lines = open(os.path.join(shapes["models"], "decisions.jsonl")).read().splitlines()
+    assert [json.loads(line)["promoted"] for line in lines] == [True, True, False]
+    card = open(os.path.join(worse.model_dir, "model_card.md")).read()
+    assert "Promoted: **no**" in card and shapes["records"] in card
+
+
+def test_saved_model_reloads_in_a_fresh_process(trained, shapes):
+    _, strong = trained
+    image = str(shapes["images"] / "im0.jpg")
+    code = (
+        "import json, sys, tensorflow as tf\n"
+        "m = tf.saved_model.load(sys.argv[1]); f = m.signatures['serving_default']\n"
+        "out = f(images=tf.constant([open(sys.argv[2], 'rb').read()] * 2))\n"
+        "print(json.dumps({'inputs': sorted(f.structured_input_signature[1]), 'outputs': sorted(out),"
+        " 'shapes': {k: v.shape.as_list() for k, v in out.items()}}))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code, strong.model_dir, image], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    info = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert info["inputs"] == ["images"]
+    assert info["outputs"] == ["detection_boxes", "detection_classes", "detection_scores", "num_detections"]
+    assert info["shapes"]["detection_boxes"] == [2, 100, 4] and info["shapes"]["num_detections"] == [2]
+
+
+def test_evaluate_reproduces_metrics_json(trained, shapes):
+    _, strong = trained
+    proc = subprocess.run([sys.executable, "-m", "ssdflow.cli", "evaluate", "--model", shapes["models"], "--data", shapes["records"]],
+                          capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout[proc.stdout.index("{"):])
+    saved = json.load(open(os.path.join(strong.model_dir, "metrics.json")))
+    for key in ("mAP", "mAP@.5", "mAP@.75", "per_class", "num_detections"):
+        assert got[key] == saved[key], key
+
+
+def test_killed_training_resumes_from_its_checkpoint(shapes, tmp_path):
+    models = tmp_path / "models"
+    cmd = [sys.executable, "-m", "ssdflow.cli", "train", "--data", shapes["records"], "--models", str(models),
+           "--alpha", "0.35", "--image-size", "128", "--batch-size", "4", "--backbone-weights", "none",
+           "--epochs", "3", "--steps-per-epoch", "6"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    ckpt = models / ".train-run" / "phase1" / "checkpoint"
+    deadline = time.time() + 300
+    while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert ckpt.exists(), "no checkpoint after the first epoch"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (models / "champion.json").exists()
+
+    done = subprocess.run(cmd + ["--resume"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "resuming from the checkpoint after epoch" in done.stderr
+    assert "promoted to champion" in done.stdout
+    assert not (models / ".train-run").exists()
+
+
+def test_resume_refuses_a_run_with_other_settings(shapes, tmp_path):
+    from model.train import RUN_DIR, TrainError, _prepare_run_dir
+
+    cfg = TrainConfig(data=shapes["records"], models=str(tmp_path), **TINY, epochs=2)
+    _prepare_run_dir(cfg, {"a": 1})
+    assert (tmp_path / RUN_DIR / "run.json").exists()
+    with pytest.raises(TrainError, match="other settings"):
+        _prepare_run_dir(cfg.model_copy(update={"resume": True}), {"a": 2})

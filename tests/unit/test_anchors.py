@@ -1,0 +1,89 @@
+"""model.anchors: feature level sizes, scales, and the anchor order the detection head relies on."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from model.anchors import anchors_per_cell, feature_map_sizes, generate_anchors, level_scales, num_anchors
+from ssdflow.config import ModelConfig
+
+
+@pytest.mark.parametrize(
+    "size, extra, expected",
+    [(320, 4, [20, 10, 5, 3, 2, 1]), (128, 4, [8, 4, 2, 1]), (96, 4, [6, 3, 2, 1]), (320, 2, [20, 10, 5, 3]), (352, 6, [22, 11, 6, 3, 2, 1])],
+)
+def test_feature_map_sizes(size, extra, expected):
+    assert feature_map_sizes(size, extra) == expected
+
+
+def test_level_scales_linear():
+    assert level_scales(1, 0.2, 0.95) == [0.2]
+    np.testing.assert_allclose(level_scales(4, 0.2, 0.8), [0.2, 0.4, 0.6, 0.8])
+
+
+def test_num_anchors_default_320():
+    cfg = ModelConfig()
+    assert anchors_per_cell(cfg.aspect_ratios) == 6
+    assert num_anchors(cfg) == (400 + 100 + 25 + 9 + 4 + 1) * 6 == 3234
+    anchors = generate_anchors(cfg).numpy()
+    assert anchors.shape == (3234, 4) and anchors.dtype == np.float32
+
+
+def _centers_hw(anchors):
+    a = np.asarray(anchors, dtype=np.float64)
+    return (a[:, 0] + a[:, 2]) / 2, (a[:, 1] + a[:, 3]) / 2, a[:, 2] - a[:, 0], a[:, 3] - a[:, 1]
+
+
+def test_first_cell_centers_ratios_and_extra_square():
+    cfg = ModelConfig()
+    cy, cx, h, w = _centers_hw(generate_anchors(cfg).numpy()[:6])
+    np.testing.assert_allclose(cy, 0.5 / 20, atol=1e-6)
+    np.testing.assert_allclose(cx, 0.5 / 20, atol=1e-6)
+    np.testing.assert_allclose(w[:5] / h[:5], cfg.aspect_ratios, rtol=1e-5)
+    np.testing.assert_allclose(np.sqrt(w[:5] * h[:5]), cfg.min_scale, rtol=1e-5)  # each ratio at the level's scale
+    scales = level_scales(6, cfg.min_scale, cfg.max_scale)
+    np.testing.assert_allclose([h[5], w[5]], math.sqrt(scales[0] * scales[1]), rtol=1e-5)
+
+
+def test_scales_increase_per_level_and_last_extra_uses_one():
+    cfg = ModelConfig()
+    anchors = generate_anchors(cfg).numpy()
+    sizes = feature_map_sizes(cfg.image_size, cfg.extra_levels)
+    offsets = np.cumsum([0] + [s * s * 6 for s in sizes])
+    level_scale = []
+    for k in range(len(sizes)):
+        _, _, h, w = _centers_hw(anchors[offsets[k] : offsets[k + 1]])
+        level_scale.append(np.sqrt(h[0] * w[0]))  # anchor 0: aspect ratio 1.0
+    assert all(b > a for a, b in zip(level_scale, level_scale[1:]))
+    np.testing.assert_allclose(level_scale, level_scales(len(sizes), cfg.min_scale, cfg.max_scale), rtol=1e-5)
+    _, _, h, _ = _centers_hw(anchors[-1:])  # the very last anchor: extra square of the 1x1 level
+    np.testing.assert_allclose(h, math.sqrt(cfg.max_scale * 1.0), rtol=1e-5)
+    np.testing.assert_allclose(_centers_hw(anchors[-1:])[:2], [[0.5], [0.5]], atol=1e-6)
+
+
+def test_order_matches_head_reshape():
+    """Anchor (level 1, row i, col j, anchor a) sits at offset + (i*W + j)*A + a, like a reshaped [B,H,W,A*k] output."""
+    cfg = ModelConfig(aspect_ratios=[1.0, 2.0, 0.5])
+    anchors = generate_anchors(cfg).numpy()
+    sizes = feature_map_sizes(cfg.image_size, cfg.extra_levels)
+    A = anchors_per_cell(cfg.aspect_ratios)
+    offset, W = sizes[0] ** 2 * A, sizes[1]
+    scale = level_scales(len(sizes), cfg.min_scale, cfg.max_scale)[1]
+    # Same layout as a head output: [H, W, A, 4] reshaped to [H*W*A, 4].
+    grid = anchors[offset : offset + W * W * A].reshape(W, W, A, 4)
+    for i, j, a in [(0, 0, 0), (0, 1, 0), (1, 0, 0), (3, 7, 1), (9, 2, 2), (9, 9, 3)]:
+        index = offset + (i * W + j) * A + a
+        np.testing.assert_array_equal(anchors[index], grid[i, j, a])
+        cy, cx, h, w = _centers_hw(anchors[index : index + 1])
+        np.testing.assert_allclose([cy[0], cx[0]], [(i + 0.5) / W, (j + 0.5) / W], atol=1e-6)
+        if a < 3:
+            np.testing.assert_allclose(w[0] / h[0], cfg.aspect_ratios[a], rtol=1e-5)
+            np.testing.assert_allclose(math.sqrt(w[0] * h[0]), scale, rtol=1e-5)
+
+
+def test_anchors_not_clipped():
+    anchors = generate_anchors(ModelConfig()).numpy()
+    assert anchors.min() < 0.0 and anchors.max() > 1.0

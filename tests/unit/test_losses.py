@@ -1,0 +1,156 @@
+"""model.losses.SSDLoss: focal / hard-negative-mined softmax classification plus Huber box loss,
+normalized by the batch's positive anchors."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from model.losses import SSDLoss
+
+C = 3  # object classes; logits have C + 1 columns, background first
+
+
+def _batch(seed=0, batch=2, n=40):
+    """y_true [B, N, 5] with positives, negatives and ignores in each image; y_pred [B, N, 4 + C + 1] random."""
+    rng = np.random.default_rng(seed)
+    classes = rng.choice([-1.0, 0.0, 0.0, 0.0, 1.0, 2.0, 3.0], size=(batch, n)).astype(np.float32)
+    classes[:, :3] = [1.0, 0.0, -1.0]
+    boxes = rng.normal(size=(batch, n, 4)).astype(np.float32) * (classes[..., None] > 0)
+    y_true = np.concatenate([boxes, classes[..., None]], axis=-1)
+    y_pred = rng.normal(size=(batch, n, 4 + C + 1)).astype(np.float32) * 2.0
+    return y_true, y_pred
+
+
+def _ce(y_pred):
+    logits = y_pred[..., 4:].astype(np.float64)
+    logits = logits - logits.max(-1, keepdims=True)
+    return -(logits - np.log(np.exp(logits).sum(-1, keepdims=True)))  # [B, N, C+1] CE per class
+
+
+def _huber(x, delta=1.0):
+    a = np.abs(x)
+    return np.where(a <= delta, 0.5 * x * x, delta * (a - 0.5 * delta)).sum(-1)
+
+
+def _reference_focal(y_true, y_pred, alpha=0.25, gamma=2.0):
+    cls = y_true[..., 4]
+    labels = np.maximum(cls, 0).astype(int)
+    ce = np.take_along_axis(_ce(y_pred), labels[..., None], -1)[..., 0]
+    pt = np.exp(-ce)
+    focal = np.where(labels > 0, alpha, 1 - alpha) * (1 - pt) ** gamma * ce
+    box = _huber(y_pred[..., :4] - y_true[..., :4])
+    num_pos = max(1.0, (cls > 0).sum())
+    return (focal[cls >= 0].sum() + box[cls > 0].sum()) / num_pos
+
+
+@pytest.mark.parametrize("classification", ["focal", "softmax_hnm"])
+def test_perfect_predictions(classification):
+    y_true, _ = _batch()
+    labels = np.maximum(y_true[..., 4], 0).astype(int)
+    y_pred = np.concatenate([y_true[..., :4], 20.0 * np.eye(C + 1, dtype=np.float32)[labels]], axis=-1)
+    parts = SSDLoss(C, classification=classification).components(y_true, y_pred)
+    assert float(parts["box"]) < 1e-6
+    assert 0.0 <= float(parts["cls"]) < 1e-4
+
+
+def test_focal_loss_matches_reference_and_normalizes_by_batch_positives():
+    y_true, y_pred = _batch()
+    loss = SSDLoss(C)
+    value = float(loss(y_true, y_pred))
+    np.testing.assert_allclose(value, _reference_focal(y_true, y_pred), rtol=1e-5)
+    parts = loss.components(y_true, y_pred)
+    assert float(parts["num_pos"]) == (y_true[..., 4] > 0).sum()
+    np.testing.assert_allclose(value, float(parts["cls"] + parts["box"]), rtol=1e-6)
+    # Per batch, not per image: duplicating the batch doubles sums and positives alike.
+    doubled = float(loss(np.concatenate([y_true, y_true]), np.concatenate([y_pred, y_pred])))
+    np.testing.assert_allclose(doubled, value, rtol=1e-5)
+    # box_weight scales the box term only.
+    weighted = float(SSDLoss(C, box_weight=2.0)(y_true, y_pred))
+    np.testing.assert_allclose(weighted, float(parts["cls"] + 2.0 * parts["box"]), rtol=1e-5)
+
+
+@pytest.mark.parametrize("classification", ["focal", "softmax_hnm"])
+def test_loss_decreases_as_true_class_logit_rises(classification):
+    y_true, y_pred = _batch()
+    loss = SSDLoss(C, classification=classification)
+    b, i = 0, 0  # a positive anchor of class 1
+    values = []
+    for logit in (-2.0, 0.0, 2.0, 4.0):
+        pred = y_pred.copy()
+        pred[b, i, 4 + 1] = logit
+        values.append(float(loss(y_true, pred)))
+    assert all(later < earlier for earlier, later in zip(values, values[1:]))
+
+
+@pytest.mark.parametrize("classification", ["focal", "softmax_hnm"])
+def test_ignored_anchors_contribute_nothing(classification):
+    y_true, y_pred = _batch()
+    ignored = y_true[..., 4] < 0
+    assert ignored.any()
+    noisy = y_pred.copy()
+    noisy[ignored] = np.random.default_rng(1).normal(size=noisy[ignored].shape) * 50.0
+    loss = SSDLoss(C, classification=classification)
+    np.testing.assert_allclose(float(loss(y_true, noisy)), float(loss(y_true, y_pred)), rtol=1e-6)
+
+
+def test_hard_negative_mining_picks_the_hardest_ratio_times_positives():
+    y_true, y_pred = _batch(n=30)
+    cls = y_true[..., 4]
+    cls[0] = 0.0
+    cls[0, :4] = [1.0, 3.0, 2.0, -1.0]  # image 0: 3 positives, 1 ignored, 26 negatives
+    cls[1] = np.where(cls[1] > 0, 0.0, cls[1])  # image 1: no positives
+    y_true[..., :4] *= (cls > 0)[..., None]
+    ce = np.take_along_axis(_ce(y_pred), np.maximum(cls, 0).astype(int)[..., None], -1)[..., 0]
+
+    loss = SSDLoss(C, classification="softmax_hnm", neg_pos_ratio=2.0, min_negatives=3)
+    parts = loss.components(y_true, y_pred)
+    pos0 = int((cls[0] > 0).sum())
+    assert pos0 == 3 and (cls[1] == 0).sum() > 3
+    assert float(parts["num_neg"]) == 2 * pos0 + 3  # image 0: ratio * positives; image 1: the minimum
+
+    expected_cls = ce[cls > 0].sum()
+    for b, k in ((0, 2 * pos0), (1, 3)):
+        expected_cls += np.sort(ce[b][cls[b] == 0])[::-1][:k].sum()
+    box = _huber(y_pred[..., :4] - y_true[..., :4])[cls > 0].sum()
+    num_pos = (cls > 0).sum()
+    np.testing.assert_allclose(float(parts["cls"]), expected_cls / num_pos, rtol=1e-5)
+    np.testing.assert_allclose(float(loss(y_true, y_pred)), (expected_cls + box) / num_pos, rtol=1e-5)
+
+
+def test_no_positives_anywhere_is_finite():
+    y_true = np.zeros([2, 10, 5], np.float32)
+    y_pred = np.random.default_rng(0).normal(size=(2, 10, 4 + C + 1)).astype(np.float32)
+    for classification in ("focal", "softmax_hnm"):
+        parts = SSDLoss(C, classification=classification).components(y_true, y_pred)
+        assert float(parts["num_pos"]) == 0.0 and float(parts["box"]) == 0.0
+        assert np.isfinite(float(parts["cls"])) and float(parts["cls"]) > 0.0
+
+
+def test_mixed_precision_predictions_and_config_round_trip():
+    y_true, y_pred = _batch()
+    loss = SSDLoss(C, classification="softmax_hnm", neg_pos_ratio=2.0)
+    value = loss(y_true, tf.cast(y_pred, tf.float16))
+    assert value.dtype == tf.float32 and np.isfinite(float(value))
+    clone = SSDLoss.from_config(loss.get_config())
+    assert (clone.classification, clone.neg_pos_ratio, clone.num_classes) == ("softmax_hnm", 2.0, C)
+    with pytest.raises(ValueError, match="classification"):
+        SSDLoss(C, classification="sigmoid")
+
+
+@pytest.mark.parametrize("classification", ["focal", "softmax_hnm"])
+def test_keras_model_fits(classification):
+    n = 12
+    inputs = keras.Input(shape=(8,))
+    outputs = keras.layers.Reshape((n, 4 + C + 1))(keras.layers.Dense(n * (4 + C + 1))(inputs))
+    model = keras.Model(inputs, outputs)
+    model.compile(optimizer=keras.optimizers.SGD(0.01), loss=SSDLoss(C, classification=classification))
+    y_true, _ = _batch(batch=4, n=n)
+    x = np.random.default_rng(0).normal(size=(4, 8)).astype(np.float32)
+    history = model.fit(x, y_true, batch_size=2, epochs=1, steps_per_epoch=2, verbose=0)
+    assert len(history.history["loss"]) == 1 and np.isfinite(history.history["loss"][0])
+    # What Keras reports for one batch is exactly the loss of that batch (no extra reduction).
+    reported = model.evaluate(x[:2], y_true[:2], batch_size=2, verbose=0)
+    np.testing.assert_allclose(reported, float(model.loss(y_true[:2], model(x[:2]))), rtol=1e-5)

@@ -1,0 +1,264 @@
+"""model.registry: versions appear atomically, champion.json only names committed versions, and
+champion/challenger decisions compare on the same current val split."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pydantic
+import pytest
+
+from model import registry
+from model.registry import PromotionPolicy, decide, label_map_diff
+from ssdflow.schema import LabelMap
+
+LM = {"cat": 1, "dog": 2}
+CHAMP = {"version": "v1", "promoted_at": "2026-01-01T00:00:00Z", "metrics": {}, "decision": {}}
+
+
+def make_version(root: Path, map50: float | None, label_map=LM, map_all: float = 0.3) -> str:
+    """A committed fake version (no SavedModel: the registry never loads models itself)."""
+    version = registry.new_version(root)
+    staging = registry.staging_dir(root, version)
+    (staging / "metrics.json").write_text(json.dumps({"mAP@.5": map50, "mAP": map_all}))
+    (staging / "label_map.json").write_text(LabelMap(label_map).to_json())
+    registry.commit_version(root, version)
+    return version
+
+
+# --- versions ------------------------------------------------------------------------------------
+
+
+def test_new_version_ids_sort_by_creation_and_are_unique(tmp_path):
+    ids = [registry.new_version(tmp_path) for _ in range(20)]
+    assert ids == sorted(ids)
+    assert len(set(ids)) == len(ids)
+    assert all(registry._GENERATED_RE.match(v) for v in ids)
+
+
+def test_new_version_sorts_after_existing_versions_on_disk(tmp_path):
+    far_future = "29991231T235959Z-ffff"
+    (tmp_path / far_future).mkdir()
+    v = registry.new_version(tmp_path)
+    assert v > far_future
+
+
+def test_staging_then_commit(tmp_path):
+    v = registry.new_version(tmp_path)
+    staging = registry.staging_dir(tmp_path, v)
+    assert staging.is_dir() and staging.name.startswith(".staging-")
+    (staging / "metrics.json").write_text("{}")
+    assert registry.list_versions(tmp_path) == []  # staging is not a version
+    assert not registry.version_dir(tmp_path, v).exists()
+
+    committed = registry.commit_version(tmp_path, v)
+    assert committed == registry.version_dir(tmp_path, v) == tmp_path / v
+    assert (committed / "metrics.json").read_text() == "{}"
+    assert not staging.exists()
+    assert registry.list_versions(tmp_path) == [v]
+
+
+def test_commit_refuses_existing_target_and_missing_staging(tmp_path):
+    v = registry.new_version(tmp_path)
+    registry.staging_dir(tmp_path, v)
+    (tmp_path / v).mkdir()  # an (empty) directory in the way: rename(2) alone would replace it
+    with pytest.raises(FileExistsError):
+        registry.commit_version(tmp_path, v)
+    assert (tmp_path / f".staging-{v}").is_dir()
+    with pytest.raises(FileNotFoundError):
+        registry.commit_version(tmp_path, "never-staged")
+
+
+def test_list_versions_sorted_and_missing_root(tmp_path):
+    assert registry.list_versions(tmp_path / "nope") == []
+    a, b = make_version(tmp_path, 0.5), make_version(tmp_path, 0.6)
+    (tmp_path / "champion.json").write_text("{}")
+    assert registry.list_versions(tmp_path) == sorted([a, b])
+
+
+def test_version_names_cannot_escape_the_root(tmp_path):
+    for bad in ["../x", ".staging-x", "a/b", ""]:
+        with pytest.raises(ValueError):
+            registry.version_dir(tmp_path, bad)
+
+
+def test_set_champion_refuses_uncommitted_or_missing(tmp_path):
+    v = registry.new_version(tmp_path)
+    registry.staging_dir(tmp_path, v)
+    with pytest.raises(FileNotFoundError):
+        registry.set_champion(tmp_path, v, {"promoted": True})
+    with pytest.raises(FileNotFoundError):
+        registry.set_champion(tmp_path, "20200101T000000Z-0000", {"promoted": True})
+    assert registry.read_champion(tmp_path) is None
+
+    registry.commit_version(tmp_path, v)
+    registry.set_champion(tmp_path, v, {"promoted": True})
+    champ = registry.read_champion(tmp_path)
+    assert champ["version"] == v and champ["decision"] == {"promoted": True}
+    assert champ["promoted_at"].endswith("Z")
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == ["champion.json"]  # no temp files
+
+
+# --- label maps and policy -----------------------------------------------------------------------
+
+
+def test_label_map_diff():
+    assert label_map_diff(LM, dict(LM)) == {"added": [], "removed": [], "renumbered": {}, "identical": True}
+    d = label_map_diff({"cat": 1, "dog": 2, "emu": 3}, {"cat": 2, "dog": 1, "fox": 3})
+    assert d == {"added": ["fox"], "removed": ["emu"], "renumbered": {"cat": [1, 2], "dog": [2, 1]},
+                 "identical": False}
+
+
+def test_policy_validation():
+    assert PromotionPolicy().model_dump() == {"tolerance": 0.0, "metric": "mAP@.5", "on_label_map_change": "refuse"}
+    for bad in [{"tolerance": -0.1}, {"tolerance": 1.5}, {"metric": "AR"}, {"on_label_map_change": "yolo"}]:
+        with pytest.raises(pydantic.ValidationError):
+            PromotionPolicy(**bad)
+
+
+# --- decide --------------------------------------------------------------------------------------
+
+
+def _decide(challenger_score, champion_score, policy=None, challenger_lm=LM, champion_lm=LM, champion=CHAMP):
+    return decide("v2", {"mAP@.5": challenger_score, "mAP": 0.1}, challenger_lm, champion,
+                  None if champion is None else {"mAP@.5": champion_score, "mAP": 0.9}, champion_lm,
+                  policy or PromotionPolicy())
+
+
+def test_decide_no_champion_promotes():
+    d = _decide(0.1, None, champion=None, champion_lm=None)
+    assert d["promoted"] is True and "no champion yet" in d["reason"]
+    assert d["champion"] is None and d["champion_score"] is None and d["label_map_diff"] is None
+
+
+def test_decide_record_fields():
+    d = _decide(0.61, 0.6, PromotionPolicy(tolerance=0.02))
+    assert set(d) == {"challenger", "champion", "metric", "challenger_score", "champion_score", "tolerance",
+                      "label_map_diff", "promoted", "reason", "decided_at"}
+    assert (d["challenger"], d["champion"], d["metric"]) == ("v2", "v1", "mAP@.5")
+    assert (d["challenger_score"], d["champion_score"], d["tolerance"]) == (0.61, 0.6, 0.02)
+    assert d["label_map_diff"]["identical"] is True
+    json.dumps(d, allow_nan=False)
+
+
+def test_decide_better_promoted_worse_not():
+    assert _decide(0.61, 0.60)["promoted"] is True
+    assert _decide(0.60, 0.60)["promoted"] is True  # ties go to the fresher model
+    worse = _decide(0.55, 0.60, PromotionPolicy(tolerance=0.02))
+    assert worse["promoted"] is False and "not promoted" in worse["reason"]
+
+
+def test_decide_within_tolerance_promoted():
+    assert _decide(0.59, 0.60)["promoted"] is False
+    assert _decide(0.59, 0.60, PromotionPolicy(tolerance=0.02))["promoted"] is True
+    assert _decide(0.57, 0.60, PromotionPolicy(tolerance=0.02))["promoted"] is False
+
+
+def test_decide_uses_policy_metric():
+    # challenger: mAP@.5 0.5, mAP 0.1; champion: mAP@.5 0.4, mAP 0.9
+    assert _decide(0.5, 0.4)["promoted"] is True
+    d = _decide(0.5, 0.4, PromotionPolicy(metric="mAP"))
+    assert d["promoted"] is False and (d["challenger_score"], d["champion_score"]) == (0.1, 0.9)
+
+
+def test_decide_missing_scores_not_promoted():
+    assert _decide(None, 0.6)["promoted"] is False
+    assert _decide(float("nan"), 0.6)["promoted"] is False
+    assert _decide(None, None, champion=None, champion_lm=None)["promoted"] is False
+    assert decide("v2", {}, LM, CHAMP, {"mAP@.5": 0.5}, LM, PromotionPolicy())["promoted"] is False
+    assert _decide(0.6, None)["promoted"] is False  # champion couldn't be scored: keep it
+
+
+def test_decide_added_class():
+    added = {**LM, "emu": 3}
+    refused = _decide(0.9, 0.1, challenger_lm=added)
+    assert refused["promoted"] is False and "emu" in refused["reason"]
+    assert refused["label_map_diff"]["added"] == ["emu"]
+    allowed = _decide(0.1, 0.9, PromotionPolicy(on_label_map_change="promote_if_only_added"), challenger_lm=added)
+    assert allowed["promoted"] is True
+    assert "warning" in allowed["reason"] and "emu" in allowed["reason"]
+    assert (allowed["challenger_score"], allowed["champion_score"]) == (0.1, 0.9)  # recorded, not compared
+
+
+@pytest.mark.parametrize("policy", ["refuse", "promote_if_only_added"])
+@pytest.mark.parametrize("challenger_lm", [{"cat": 2, "dog": 1}, {"cat": 1}, {"cat": 1, "emu": 2}])
+def test_decide_renumbered_or_removed_refused_under_every_policy(policy, challenger_lm):
+    d = _decide(0.99, 0.1, PromotionPolicy(on_label_map_change=policy), challenger_lm=challenger_lm)
+    assert d["promoted"] is False
+    assert "label map" in d["reason"]
+
+
+# --- promote_if_better end to end ----------------------------------------------------------------
+
+
+class StubEvaluate:
+    """The caller's evaluate_fn: scores a model dir on the current val split (here: a fixed answer)."""
+
+    def __init__(self, metrics: dict):
+        self.metrics = metrics
+        self.calls: list[Path] = []
+
+    def __call__(self, model_dir: Path) -> dict:
+        self.calls.append(Path(model_dir))
+        return self.metrics
+
+
+def decisions(root: Path) -> list[dict]:
+    return [json.loads(line) for line in (root / "decisions.jsonl").read_text().splitlines()]
+
+
+def test_promote_if_better_end_to_end(tmp_path):
+    root = tmp_path / "MODELS"
+    policy = PromotionPolicy(tolerance=0.01)
+
+    # 1. first model: no champion, promoted, evaluate_fn not needed
+    v1 = make_version(root, 0.50)
+    stub = StubEvaluate({"mAP@.5": 0.0})
+    d1 = registry.promote_if_better(root, v1, stub, policy)
+    assert d1["promoted"] is True and stub.calls == []
+    assert registry.read_champion(root)["version"] == v1
+    assert registry.read_champion(root)["metrics"]["mAP@.5"] == 0.50
+    assert json.loads((root / v1 / "decision.json").read_text()) == d1
+
+    # 2. challenger 0.55 beats the champion's *stored* 0.50, but on the current val split the
+    # champion scores 0.60: the re-scored number is the one compared, so no promotion.
+    v2 = make_version(root, 0.55)
+    champion_before = (root / "champion.json").read_bytes()
+    stub = StubEvaluate({"mAP@.5": 0.60})
+    d2 = registry.promote_if_better(root, v2, stub, policy)
+    assert stub.calls == [root / v1]
+    assert d2["promoted"] is False and d2["champion_score"] == 0.60 and d2["champion"] == v1
+    assert (root / "champion.json").read_bytes() == champion_before
+    assert json.loads((root / v2 / "decision.json").read_text()) == d2
+
+    # 3. a better challenger is promoted, champion re-scored again
+    v3 = make_version(root, 0.70)
+    stub = StubEvaluate({"mAP@.5": 0.60})
+    d3 = registry.promote_if_better(root, v3, stub, policy)
+    assert stub.calls == [root / v1]
+    assert d3["promoted"] is True
+    champ = registry.read_champion(root)
+    assert champ["version"] == v3 and champ["decision"] == d3
+
+    # 4. a challenger with a new class is refused under the default policy
+    v4 = make_version(root, 0.99, label_map={**LM, "emu": 3})
+    stub = StubEvaluate({"mAP@.5": 0.70})
+    d4 = registry.promote_if_better(root, v4, stub, PromotionPolicy())
+    assert stub.calls == [root / v3]
+    assert d4["promoted"] is False and d4["label_map_diff"]["added"] == ["emu"]
+    assert registry.read_champion(root)["version"] == v3
+
+    assert [d["challenger"] for d in decisions(root)] == [v1, v2, v3, v4]
+    assert [d["promoted"] for d in decisions(root)] == [True, False, True, False]
+    assert decisions(root) == [d1, d2, d3, d4]
+    assert registry.list_versions(root) == sorted([v1, v2, v3, v4])
+
+
+def test_promote_if_better_requires_committed_challenger(tmp_path):
+    v = registry.new_version(tmp_path)
+    registry.staging_dir(tmp_path, v)
+    with pytest.raises(FileNotFoundError):
+        registry.promote_if_better(tmp_path, v, StubEvaluate({}), PromotionPolicy())
+    assert not (tmp_path / "decisions.jsonl").exists()
+    assert registry.read_champion(tmp_path) is None
