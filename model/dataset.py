@@ -58,11 +58,13 @@ def parse_example(serialized):
 
 
 def make_dataset(files: list[str], anchors, image_size: int, variances, batch_size: int, *, training: bool,
-                 deterministic: bool = False, seed: int = 0, shuffle_buffer: int = 512, augmentation: bool = True) -> tf.data.Dataset:
+                 deterministic: bool = False, seed: int = 0, shuffle_buffer: int = 512, augmentation: bool = True,
+                 repeat: bool = False) -> tf.data.Dataset:
     """Batches of (images float32 [B, S, S, 3] in 0..255, y_true float32 [B, N, 5]).
 
     ``deterministic``: the same batches in the same order on every run (tests, debugging); else
-    shards are read in parallel and out of order, which is faster.
+    shards are read in parallel and out of order, which is faster. ``repeat``: an endless stream
+    whose every pass gets fresh augmentation (the element index, which seeds it, keeps counting).
     """
     anchors = tf.constant(anchors, tf.float32)
     options = tf.data.Options()
@@ -74,6 +76,8 @@ def make_dataset(files: list[str], anchors, image_size: int, variances, batch_si
                        num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
     if training:
         ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=not deterministic)
+    if repeat:
+        ds = ds.repeat()
     ds = ds.enumerate()
 
     def load(index, serialized):

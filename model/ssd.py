@@ -155,7 +155,7 @@ def unfreeze_top(model: keras.Model, from_block: int = 11) -> None:
     """
     backbone = backbone_of(model)
     backbone.trainable = True
-    trainable = False
+    trainable = from_block <= 0  # block 0 is named expanded_conv_*: 0 means the whole backbone
     for layer in backbone.layers:
         if layer.name.startswith(f"block_{from_block}_"):
             trainable = True

@@ -226,7 +226,7 @@ def train(cfg: TrainConfig, extra_callbacks: tuple = (), verbose="auto") -> Trai
         loss = SSDLoss(num_classes=model_cfg.num_classes, classification=cfg.classification_loss)
     anchors = generate_anchors(model_cfg)
     train_ds = make_dataset(train_files, anchors, model_cfg.image_size, model_cfg.variances, batch_size, training=True,
-                            deterministic=cfg.deterministic, seed=cfg.seed, augmentation=cfg.augment).repeat()
+                            deterministic=cfg.deterministic, seed=cfg.seed, augmentation=cfg.augment, repeat=True)
     detect = make_detect_fn(model, model_cfg, cfg.score_threshold, cfg.iou_threshold, cfg.max_detections)
     val_map = ValidationMAP(detect, cfg.data, label_map, cfg.eval_every)
     callbacks = [val_map, keras.callbacks.TensorBoard(os.path.join(run_dir, "logs"), write_graph=False), *extra_callbacks]

@@ -169,13 +169,14 @@ def export(
 @app.command()
 def demo(
     workdir: str = typer.Option("demo_out", help="Where the synthetic data and every job's output go"),
-    images: int = typer.Option(120, min=10, max=5000, help="Synthetic images to generate"),
+    images: int = typer.Option(200, min=10, max=5000, help="Synthetic images to generate"),
+    epochs: int = typer.Option(15, min=1, max=500, help="Training epochs"),
     seed: int = typer.Option(0, help="Random seed of the synthetic dataset"),
 ) -> None:
     """The embedded default: make a small labelled dataset and run every job on it, locally."""
     from ssdflow.demo import run_demo
 
-    run_demo(workdir=workdir, num_images=images, seed=seed, echo=typer.echo)
+    run_demo(workdir=workdir, num_images=images, seed=seed, epochs=epochs, echo=typer.echo)
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -1,0 +1,26 @@
+"""`ssdflow demo`, the README's main job, end to end on a small synthetic dataset (no ../shared needed)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.helpers import REPO
+
+pytestmark = pytest.mark.integration
+
+
+def test_demo_runs_every_job_and_says_where_outputs_are(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "ssdflow.cli", "demo", "--workdir", str(tmp_path), "--images", "30", "--epochs", "1"],
+                          cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    assert "demo: ingest wrote 30 images" in out
+    assert f"records : {tmp_path}/ingest" in out and f"registry: {tmp_path}/models/champion.json" in out
+    assert json.loads((tmp_path / "ingest" / "_SUCCESS").read_text())["images_in"] == 30
+    champion = json.loads((tmp_path / "models" / "champion.json").read_text())
+    assert (tmp_path / "models" / champion["version"] / "saved_model.pb").exists()
+    assert f"model   : {tmp_path}/models/{champion['version']}" in out
