@@ -166,6 +166,40 @@ def export(
     typer.echo(f"export: SavedModel written to {out}")
 
 
+@app.command(context_settings=_PASS_THROUGH)
+def score(
+    ctx: typer.Context,
+    model: str = typer.Option(..., help="Exported model directory, or a models directory (its champion)"),
+    images: list[str] = typer.Option(..., help="Directory, glob (local, s3://, gs://) or .tar archive; repeat for several"),
+    out: str = typer.Option(..., help="Output directory URI"),
+    formats: str = typer.Option("jsonl,parquet", help="Comma-separated: jsonl, parquet, coco"),
+    score_threshold: float = typer.Option(0.3, help="Keep detections scoring at least this"),
+    max_detections: int = typer.Option(100, help="Detections kept per image"),
+    min_batch_size: int = typer.Option(8, help="Smallest inference batch"),
+    max_batch_size: int = typer.Option(32, help="Largest inference batch"),
+    chunk_size: int = typer.Option(1000, help="Images per resumable chunk (each tar archive is one chunk)"),
+    preview: int = typer.Option(0, help="Write this many JPEGs with boxes drawn into OUT/preview/"),
+    runner: str = typer.Option("DirectRunner", help="Beam runner; further Beam options pass through"),
+) -> None:
+    """Score image archives with an exported model (Beam RunInference) and write detections back to storage.
+
+    Outputs in --out: detections-*.jsonl, detections-*.parquet (one row per detection), errors.jsonl, summary.json and, last, _SUCCESS. A rerun scores only the chunks not yet committed for that model.
+    """
+    from beam_jobs.score import ScoreError, run_score
+    from ssdflow.config import ScoreConfig
+
+    cfg = _config(ScoreConfig, model=model, images=images, out=out, formats=[f.strip() for f in formats.split(",") if f.strip()],
+                  score_threshold=score_threshold, max_detections=max_detections, min_batch_size=min_batch_size,
+                  max_batch_size=max_batch_size, chunk_size=chunk_size, preview=preview, runner=runner, beam_args=list(ctx.args))
+    try:
+        m = run_score(cfg)
+    except (ScoreError, FileNotFoundError) as e:
+        _fail(str(e))
+    typer.echo(f"score: {m['images_in']} images in, {m['images_scored']} scored, {m['images_failed']} failed, "
+               f"{m['detections']} detections (model {m['model_version']}; {m['chunks_scored_now']} of {m['chunks']} chunks scored now)")
+    typer.echo(f"  output: {cfg.out}  (detections-*.jsonl/.parquet, errors.jsonl, summary.json, _SUCCESS)")
+
+
 @app.command()
 def demo(
     workdir: str = typer.Option("demo_out", help="Where the synthetic data and every job's output go"),

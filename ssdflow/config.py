@@ -117,3 +117,30 @@ class TrainConfig(BaseModel):
 
     def model(self, num_classes: int) -> ModelConfig:
         return ModelConfig(alpha=self.alpha, image_size=self.image_size, num_classes=num_classes, bn_momentum=self.bn_momentum)
+
+
+class OutputFormat(str, Enum):
+    jsonl = "jsonl"
+    parquet = "parquet"
+    coco = "coco"
+
+
+class ScoreConfig(BeamOptions):
+    """Batch scoring: image archives → detections in storage, resumable chunk by chunk."""
+
+    model: str = Field(..., description="Exported model directory, or a models directory (its champion is used)")
+    images: list[str] = Field(..., min_length=1, description="Directories, globs (local, s3://, gs://) or .tar archives")
+    out: str = Field(..., description="Output directory URI")
+    formats: list[OutputFormat] = Field(default_factory=lambda: [OutputFormat.jsonl, OutputFormat.parquet], description="Output formats")
+    score_threshold: float = Field(0.3, ge=0.0, le=1.0, description="Keep detections scoring at least this")
+    max_detections: int = Field(100, ge=1, le=1000, description="Detections kept per image")
+    min_batch_size: int = Field(8, ge=1, le=1024, description="Smallest inference batch")
+    max_batch_size: int = Field(32, ge=1, le=1024, description="Largest inference batch")
+    chunk_size: int = Field(1000, ge=1, le=1_000_000, description="Images per resumable chunk (a tar archive is one chunk)")
+    preview: int = Field(0, ge=0, le=1000, description="Write this many JPEGs with the boxes drawn")
+
+    @model_validator(mode="after")
+    def _check_batches(self) -> "ScoreConfig":
+        if self.min_batch_size > self.max_batch_size:
+            raise ValueError("min_batch_size must not exceed max_batch_size")
+        return self

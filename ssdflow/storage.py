@@ -124,7 +124,8 @@ def commit(tmp_dir: str, out: str, names: list[str], manifest: dict, replace_pat
     old = {p for pat in replace_patterns for p in list_files(join(out, pat))}
     delete(sorted(old))
     _mkdirs(out)
-    FileSystems.rename([join(tmp_dir, n) for n in names], [join(out, n) for n in names])
+    for n in names:  # one by one: names may hold subdirectories (preview/0001.jpg)
+        move(join(tmp_dir, n), join(out, n))
     manifest = dict(manifest, files=sorted(names))
     write_text(join(out, SUCCESS), json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     delete_tree(tmp_dir)
