@@ -1,7 +1,7 @@
 """The scoring job: image archives → detections in storage, with every image accounted for.
 
     plan chunks (driver) ─ ReadChunks ─ RunInference(SavedModelDetector) ─ ToRecords ─┐
-                              │  manifest, errors ───────────────────────────────────┴ CommitChunks
+                              │  manifest, errors ──────────────────── GroupByChunk ─┴ CommitChunks
     assemble (driver): committed chunks → detections-*.jsonl / *.parquet, errors.jsonl, summary.json, _SUCCESS
 
 Resumable at archive scale: the input is cut into chunks (each tar archive; otherwise fixed
@@ -9,6 +9,10 @@ groups of ``--chunk-size`` files in sorted order). A chunk's id is a hash of the
 fingerprint and the chunk's listing (paths, sizes, modification times), and its results are
 committed atomically under ``OUT/chunks/<model version>/<chunk id>/`` (``_SUCCESS`` last). A rerun
 scores only the chunks without a commit for that model; a different model never reuses them.
+
+In a batch pipeline nothing after a GroupByKey happens before every input is read, so a job
+killed at 99% would have committed nothing. The driver therefore runs the chunks in waves of
+``--chunks-per-run``, one pipeline each: a crash costs at most the wave in flight.
 The final outputs are assembled from the chunk commits in chunk order, so they equal those of an
 uninterrupted run.
 """
@@ -84,7 +88,11 @@ def _is_tar(path: str) -> bool:
 
 
 def plan_chunks(inputs: list[str], chunk_size: int, model_fingerprint: str) -> list[Chunk]:
-    """Lists the inputs (driver side) and cuts them into chunks in a stable order."""
+    """Lists the inputs (driver side) and cuts them into chunks in a stable order.
+
+    ``model_fingerprint`` should cover everything that changes a chunk's results (the model and
+    the filtering settings), so a chunk id names one exact result.
+    """
     files: dict[str, tuple[int, float]] = {}
     for spec in inputs:
         pattern = spec
@@ -232,10 +240,10 @@ def parquet_bytes(records: list[dict]) -> bytes:
 
 
 class _CommitChunk(beam.DoFn):
-    """Writes one chunk's results under chunks/<version>/<id>/, ``_SUCCESS`` last."""
+    """Writes one chunk's results under ``chunks/<version>/<id>/``, ``_SUCCESS`` last."""
 
-    def __init__(self, out: str, version: str, formats: list[str]):
-        self.out, self.version, self.formats = out, version, formats
+    def __init__(self, out: str, version: str):
+        self.out, self.version = out, version
 
     def process(self, element):
         chunk_id, grouped = element
@@ -251,8 +259,7 @@ class _CommitChunk(beam.DoFn):
         d = chunk_dir(self.out, self.version, chunk_id)
         storage.write_text(storage.join(d, "detections.jsonl"), "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
         storage.write_text(storage.join(d, "errors.jsonl"), "".join(json.dumps(e, sort_keys=True) + "\n" for e in errors))
-        if OutputFormat.parquet.value in self.formats:
-            storage.write_bytes(storage.join(d, "detections.parquet"), parquet_bytes(records))
+        storage.write_bytes(storage.join(d, "detections.parquet"), parquet_bytes(records))  # always: formats may change on rerun
         storage.write_text(storage.join(d, storage.SUCCESS), json.dumps(dict(counts), sort_keys=True) + "\n")
         Metrics.counter(_NS, "chunks_committed").inc()
         Metrics.counter(_NS, "images_scored").inc(counts["images_scored"])
@@ -261,7 +268,7 @@ class _CommitChunk(beam.DoFn):
 
 
 def build_pipeline(p, cfg: ScoreConfig, model: ModelRef, chunks: list[Chunk]):
-    formats = [f.value for f in cfg.formats]
+    """One run over ``chunks``: read → RunInference → records → grouped by chunk → committed."""
     read = (
         p
         | "Chunks" >> beam.Create(chunks)
@@ -278,7 +285,7 @@ def build_pipeline(p, cfg: ScoreConfig, model: ModelRef, chunks: list[Chunk]):
     return (
         {"manifest": read.manifest, "records": results.records, "errors": errors}
         | "GroupByChunk" >> beam.CoGroupByKey()
-        | "CommitChunks" >> beam.ParDo(_CommitChunk(cfg.out, model.version, formats))
+        | "CommitChunks" >> beam.ParDo(_CommitChunk(cfg.out, model.version))
     )
 
 
@@ -291,13 +298,16 @@ def run_score(cfg: ScoreConfig) -> dict:
                                  "images": [os.path.abspath(i) if storage.is_local(i) else i for i in cfg.images]})
     options = pipeline_options(cfg.pipeline_flags())
     model = resolve_model(cfg.model)
-    chunks = plan_chunks(cfg.images, cfg.chunk_size, model.fingerprint)
+    results_key = f"{model.fingerprint}:{cfg.score_threshold}:{cfg.max_detections}"
+    chunks = plan_chunks(cfg.images, cfg.chunk_size, results_key)
     todo = [c for c in chunks if not storage.exists(storage.join(chunk_dir(cfg.out, model.version, c.chunk_id), storage.SUCCESS))]
     log.info("score: %d chunks, %d already committed for model %s", len(chunks), len(chunks) - len(todo), model.version)
     storage.invalidate(cfg.out)
-    if todo:
+    for start in range(0, len(todo), cfg.chunks_per_run):
+        wave = todo[start:start + cfg.chunks_per_run]
+        log.info("score: run %d: %d chunks", start // cfg.chunks_per_run + 1, len(wave))
         with make_pipeline(options) as p:
-            build_pipeline(p, cfg, model, todo)
+            build_pipeline(p, cfg, model, wave)
 
     # Assemble from the chunk commits, in chunk order, under a temp dir; commit with _SUCCESS last.
     previous = json.loads(storage.read_text(storage.join(cfg.out, "summary.json"))) if storage.exists(storage.join(cfg.out, "summary.json")) else None

@@ -178,6 +178,7 @@ def score(
     min_batch_size: int = typer.Option(8, help="Smallest inference batch"),
     max_batch_size: int = typer.Option(32, help="Largest inference batch"),
     chunk_size: int = typer.Option(1000, help="Images per resumable chunk (each tar archive is one chunk)"),
+    chunks_per_run: int = typer.Option(16, help="Chunks per pipeline run (a crash loses at most one run's work)"),
     preview: int = typer.Option(0, help="Write this many JPEGs with boxes drawn into OUT/preview/"),
     runner: str = typer.Option("DirectRunner", help="Beam runner; further Beam options pass through"),
 ) -> None:
@@ -190,7 +191,7 @@ def score(
 
     cfg = _config(ScoreConfig, model=model, images=images, out=out, formats=[f.strip() for f in formats.split(",") if f.strip()],
                   score_threshold=score_threshold, max_detections=max_detections, min_batch_size=min_batch_size,
-                  max_batch_size=max_batch_size, chunk_size=chunk_size, preview=preview, runner=runner, beam_args=list(ctx.args))
+                  max_batch_size=max_batch_size, chunk_size=chunk_size, chunks_per_run=chunks_per_run, preview=preview, runner=runner, beam_args=list(ctx.args))
     try:
         m = run_score(cfg)
     except (ScoreError, FileNotFoundError) as e:

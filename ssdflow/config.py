@@ -137,6 +137,7 @@ class ScoreConfig(BeamOptions):
     min_batch_size: int = Field(8, ge=1, le=1024, description="Smallest inference batch")
     max_batch_size: int = Field(32, ge=1, le=1024, description="Largest inference batch")
     chunk_size: int = Field(1000, ge=1, le=1_000_000, description="Images per resumable chunk (a tar archive is one chunk)")
+    chunks_per_run: int = Field(16, ge=1, le=100_000, description="Chunks per pipeline run: a crash loses at most one run's work")
     preview: int = Field(0, ge=0, le=1000, description="Write this many JPEGs with the boxes drawn")
 
     @model_validator(mode="after")

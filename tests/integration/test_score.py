@@ -1,0 +1,248 @@
+"""The scoring job on the real Beam runners: outputs, accounting, archives, S3, resume after SIGKILL."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from beam_jobs.score import run_score
+from ssdflow.config import ScoreConfig
+from tests.helpers import REPO, free_port, raccoon_or_skip, read_jsonl, stop_process, wait_for_port
+
+pytestmark = pytest.mark.integration
+tf = pytest.importorskip("tensorflow")
+
+
+def _val_images(raccoon_records, tmp_path) -> list[str]:
+    """The raccoon val split's images, linked into one directory."""
+    from tests.helpers import read_ingest_output
+
+    root = raccoon_or_skip()
+    d = tmp_path / "val"
+    d.mkdir()
+    keys = sorted(read_ingest_output(raccoon_records, "val"))
+    for k in keys:
+        os.symlink(root / "images" / f"{k}.jpg", d / f"{k}.jpg")
+    return str(d), keys
+
+
+def _lines(out) -> list[dict]:
+    return [r for f in sorted(os.listdir(out)) if f.startswith("detections-") and f.endswith(".jsonl") for r in read_jsonl(os.path.join(out, f))]
+
+
+def test_scores_raccoon_val_images(raccoon_records, raccoon_model, tmp_path):
+    images, keys = _val_images(raccoon_records, tmp_path)
+    out = tmp_path / "out"
+    m = run_score(ScoreConfig(model=raccoon_model, images=[images], out=str(out), formats=["jsonl", "parquet", "coco"],
+                              score_threshold=0.0, max_detections=5, preview=2, chunk_size=8))
+    n = len(keys)
+    assert (m["images_in"], m["images_scored"], m["images_failed"]) == (n, n, 0)
+    assert m["chunks"] == m["chunks_scored_now"] == -(-n // 8)
+    assert json.loads((out / "_SUCCESS").read_text())["images_scored"] == n
+    records = _lines(out)
+    assert sorted(os.path.basename(r["source"])[:-4] for r in records) == keys
+    version = os.path.basename(raccoon_model)
+    for r in records:
+        assert set(r) == {"source", "width", "height", "model_version", "detections"}
+        assert r["model_version"] == version and 0 < len(r["detections"]) <= 5
+        for d in r["detections"]:
+            assert d["label"] == "raccoon" and d["label_id"] == 1 and 0.0 <= d["score"] <= 1.0
+            b, nb = d["box"], d["box_normalized"]
+            assert 0 <= b["xmin"] <= b["xmax"] <= r["width"] and 0 <= b["ymin"] <= b["ymax"] <= r["height"]
+            assert abs(b["xmax"] - nb["xmax"] * r["width"]) < 0.05
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(sorted(out.glob("detections-*.parquet"))[0])
+    types = {f.name: str(f.type) for f in table.schema}
+    assert types["source"] == "string" and types["score"] == "float" and types["label_id"] == "int32" and types["xmin"] == "float"
+    total_rows = sum(pq.read_table(p).num_rows for p in out.glob("detections-*.parquet"))
+    assert total_rows == m["detections"] == sum(len(r["detections"]) for r in records)
+    coco = json.loads((out / "coco_results.json").read_text())
+    assert len(coco) == m["detections"] and len(coco[0]["bbox"]) == 4
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["detections_per_class"] == {"raccoon": m["detections"]}
+    assert sum(summary["score_histogram"].values()) == m["detections"]
+    assert summary["change_since_previous"] is None
+    previews = sorted((out / "preview").glob("*.jpg"))
+    assert len(previews) == 2 and Image.open(previews[0]).format == "JPEG"
+
+    # The job's boxes are what the SavedModel itself returns for the same bytes.
+    serve = tf.saved_model.load(raccoon_model).signatures["serving_default"]
+    for r in records[:3]:
+        direct = serve(images=tf.constant([open(r["source"], "rb").read()]))
+        want = direct["detection_boxes"][0][: len(r["detections"])].numpy()
+        got = np.array([[d["box_normalized"][k] for k in ("ymin", "xmin", "ymax", "xmax")] for d in r["detections"]])
+        np.testing.assert_allclose(got, want, atol=2e-4)
+        np.testing.assert_allclose([d["score"] for d in r["detections"]], direct["detection_scores"][0][: len(got)].numpy(), atol=2e-4)
+
+    # A rerun reuses every chunk, gives the same outputs and reports no change.
+    before = [(f, (out / f).read_bytes()) for f in sorted(os.listdir(out)) if f.startswith("detections-")]
+    again = run_score(ScoreConfig(model=raccoon_model, images=[images], out=str(out), formats=["jsonl", "parquet", "coco"],
+                                  score_threshold=0.0, max_detections=5, chunk_size=8))
+    assert again["chunks_scored_now"] == 0
+    assert [(f, (out / f).read_bytes()) for f in sorted(os.listdir(out)) if f.startswith("detections-")] == before
+    assert json.loads((out / "summary.json").read_text())["change_since_previous"]["detections"] == 0
+    assert not (out / "preview").exists() or not list((out / "preview").glob("*.jpg"))  # preview not asked this time
+
+
+def _jpeg(seed: int) -> bytes:
+    rng = np.random.default_rng(seed)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (64, 80, 3), dtype=np.uint8)).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+def test_archives_and_bad_files_are_all_accounted_for(raccoon_model, tmp_path):
+    d = tmp_path / "imgs"
+    d.mkdir()
+    for i in range(3):
+        (d / f"good{i}.jpg").write_bytes(_jpeg(i))
+    good = _jpeg(9)
+    (d / "corrupt.jpg").write_bytes(good[:200] + b"\x00" * 50 + b"garbage" * 40)  # valid header, broken body
+    (d / "empty.jpg").write_bytes(b"")
+    (d / "text.jpg").write_text("not an image")
+    (d / "notes.txt").write_text("skipped")
+    tar_path = tmp_path / "batch.tar"
+    with tarfile.open(tar_path, "w") as tar:
+        for name, data in (("a/one.jpg", _jpeg(11)), ("two.png", _png()), ("bad.jpg", b"nope"), ("README", b"skip me")):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        link = tarfile.TarInfo("link.jpg")
+        link.type = tarfile.SYMTYPE
+        link.linkname = "/etc/passwd"
+        tar.addfile(link)
+    out = tmp_path / "out"
+    m = run_score(ScoreConfig(model=raccoon_model, images=[str(d), str(tar_path)], out=str(out), score_threshold=0.0))
+    assert m["chunks"] == 2  # the directory and the archive
+    assert m["images_in"] == 6 + 4 and m["files_skipped"] == 2
+    assert m["images_scored"] == 3 + 2 and m["images_failed"] == 5
+    assert m["images_in"] == m["images_scored"] + m["images_failed"]
+    errors = {os.path.basename(e["source"]): e["reason"] for e in read_jsonl(out / "errors.jsonl")}
+    assert errors == {"corrupt.jpg": "decode_error", "empty.jpg": "empty_file", "text.jpg": "decode_error",
+                      "batch.tar#bad.jpg": "decode_error", "batch.tar#link.jpg": "link_member"}
+    sources = {r["source"] for r in _lines(out)}
+    assert f"{tar_path}#a/one.jpg" in sources and f"{tar_path}#two.png" in sources
+    assert not (tmp_path / "a").exists() and not (out / "a").exists()  # members are streamed, never extracted
+
+
+def _png() -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (50, 40), (0, 128, 255)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _many_images(tmp_path, n=36) -> str:
+    root = raccoon_or_skip()
+    d = tmp_path / "many"
+    d.mkdir()
+    for i, src in enumerate(sorted((root / "images").glob("*.jpg"))[:n]):
+        shutil.copy(src, d / src.name)
+    return str(d)
+
+
+def test_runners_give_the_same_detections(raccoon_model, tmp_path):
+    images = _many_images(tmp_path, 24)
+    ref = tmp_path / "ref"
+    run_score(ScoreConfig(model=raccoon_model, images=[images], out=str(ref), score_threshold=0.0, chunk_size=10))
+    mp = tmp_path / "mp"
+    run_score(ScoreConfig(model=raccoon_model, images=[images], out=str(mp), score_threshold=0.0, chunk_size=10,
+                          beam_args=["--direct_running_mode=multi_processing", "--direct_num_workers=2"]))
+    assert _lines(mp) == _lines(ref)
+
+    env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
+    job_port, pool_port = free_port(), free_port()
+    job = subprocess.Popen([sys.executable, "-m", "tests.loopback_beam", "apache_beam.runners.portability.local_job_service_main",
+                            "--port", str(job_port)], env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    pool = subprocess.Popen([sys.executable, "-m", "tests.loopback_beam", "apache_beam.runners.worker.worker_pool_main",
+                             "--service_port", str(pool_port)], env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_for_port(job_port, proc=job)
+        wait_for_port(pool_port, proc=pool)
+        portable = tmp_path / "portable"
+        run_score(ScoreConfig(model=raccoon_model, images=[images], out=str(portable), score_threshold=0.0, chunk_size=10,
+                              runner="PortableRunner", beam_args=[f"--job_endpoint=127.0.0.1:{job_port}", "--environment_type=EXTERNAL",
+                                                                  f"--environment_config=127.0.0.1:{pool_port}"]))
+        assert _lines(portable) == _lines(ref)
+    finally:
+        stop_process(pool)
+        stop_process(job)
+
+
+def test_resume_after_sigkill_scores_only_what_is_left(raccoon_model, tmp_path):
+    images = _many_images(tmp_path, 36)
+    ref = tmp_path / "ref"
+    run_score(ScoreConfig(model=raccoon_model, images=[images], out=str(ref), score_threshold=0.0, chunk_size=6, chunks_per_run=1))
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "ssdflow.cli", "score", "--model", raccoon_model, "--images", images, "--out", str(out),
+           "--score-threshold", "0", "--chunk-size", "6", "--chunks-per-run", "1"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    chunks_root = out / "chunks" / os.path.basename(raccoon_model)
+    deadline = time.time() + 300
+    committed = []
+    while time.time() < deadline and proc.poll() is None:
+        committed = list(chunks_root.glob("*/_SUCCESS")) if chunks_root.exists() else []
+        if len(committed) >= 2:
+            break
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    committed = list(chunks_root.glob("*/_SUCCESS"))
+    assert 2 <= len(committed) < 6, f"kill landed after {len(committed)} of 6 chunks"
+    assert not (out / "_SUCCESS").exists()  # the interrupted run never looks complete
+
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"{6 - len(committed)} of 6 chunks scored now" in done.stdout
+    assert _lines(out) == _lines(ref)
+    assert (out / "errors.jsonl").read_text() == (ref / "errors.jsonl").read_text()
+    for a, b in zip(sorted(ref.glob("detections-*.jsonl")), sorted(out.glob("detections-*.jsonl"))):
+        assert a.name == b.name and a.read_bytes() == b.read_bytes()
+
+
+BUCKET = "ssdflow-score"
+
+
+def test_s3_in_and_out(raccoon_model, tmp_path):
+    pytest.importorskip("boto3")
+    import boto3
+
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    env_keys = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing-secret", "AWS_DEFAULT_REGION": "us-east-1"}
+    old = {k: os.environ.get(k) for k in env_keys}
+    os.environ.update(env_keys)
+    try:
+        wait_for_port(port, proc=server)
+        endpoint = f"http://127.0.0.1:{port}"
+        s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+        s3.create_bucket(Bucket=BUCKET)
+        for i in range(5):
+            s3.put_object(Bucket=BUCKET, Key=f"archive/img{i}.jpg", Body=_jpeg(i))
+        s3.put_object(Bucket=BUCKET, Key="archive/broken.jpg", Body=b"xx")
+        m = run_score(ScoreConfig(model=raccoon_model, images=[f"s3://{BUCKET}/archive/"], out=f"s3://{BUCKET}/scored",
+                                  score_threshold=0.0, beam_args=[f"--s3_endpoint_url={endpoint}", "--s3_region_name=us-east-1"]))
+        assert (m["images_in"], m["images_scored"], m["images_failed"]) == (6, 5, 1)
+        keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix="scored/")["Contents"])
+        assert "scored/_SUCCESS" in keys and "scored/detections-00000-of-00001.jsonl" in keys
+        assert not [k for k in keys if "/.ssdflow-tmp-" in k]
+        lines = s3.get_object(Bucket=BUCKET, Key="scored/detections-00000-of-00001.jsonl")["Body"].read().decode().splitlines()
+        assert sorted(json.loads(x)["source"] for x in lines) == [f"s3://{BUCKET}/archive/img{i}.jpg" for i in range(5)]
+        errors = s3.get_object(Bucket=BUCKET, Key="scored/errors.jsonl")["Body"].read().decode()
+        assert "broken.jpg" in errors and "testing-secret" not in errors
+    finally:
+        stop_process(server)
+        for k, v in old.items():
+            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
