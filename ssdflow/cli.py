@@ -15,6 +15,9 @@ from pydantic import ValidationError
 from ssdflow.config import LabelFormat
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Prefect: no telemetry from an offline machine (it would also hold SQLite locks in the heartbeat).
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DO_NOT_TRACK", "1")
 
 
 class _DropNoise(logging.Filter):
@@ -199,6 +202,18 @@ def score(
     typer.echo(f"score: {m['images_in']} images in, {m['images_scored']} scored, {m['images_failed']} failed, "
                f"{m['detections']} detections (model {m['model_version']}; {m['chunks_scored_now']} of {m['chunks']} chunks scored now)")
     typer.echo(f"  output: {cfg.out}  (detections-*.jsonl/.parquet, errors.jsonl, summary.json, _SUCCESS)")
+
+
+@app.command()
+def serve(
+    home: str = typer.Option("ssdflow_home", help="Where the default (demo) data and outputs live"),
+    config: Optional[str] = typer.Option(None, help="JSON/YAML with default parameters: {nightly: ..., score: ...}"),
+    timezone: str = typer.Option("UTC", help="Time zone of the nightly 02:00 schedule, e.g. Europe/Berlin"),
+) -> None:
+    """Register and serve the Prefect deployments (nightly-retrain at 02:00, batch-score, ingest, train, demo) against PREFECT_API_URL until stopped."""
+    from flows.serve import run_serve
+
+    run_serve(home=home, config_file=config, timezone=timezone)
 
 
 @app.command()

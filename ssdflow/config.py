@@ -83,13 +83,11 @@ class ModelConfig(BaseModel):
     bn_momentum: float = Field(0.997, gt=0.0, lt=1.0, description="BatchNorm moving-average momentum (TF OD API: 0.997)")
 
 
-class TrainConfig(BaseModel):
-    """Ingest output → trained, evaluated, exported model in a registry, promoted if it beats the champion."""
+class TrainSettings(BaseModel):
+    """How to train: everything but where the data and the models are."""
 
     model_config = ConfigDict(extra="forbid")
 
-    data: str = Field(..., description="Ingest output directory (with _SUCCESS)")
-    models: str = Field(..., description="Models directory (registry): versions, champion.json, decisions.jsonl")
     alpha: float = Field(1.0, ge=0.35, le=1.4, description="MobileNetV2 width multiplier")
     image_size: int = Field(320, ge=96, le=1024, multiple_of=32, description="Square input size")
     epochs: int = Field(20, ge=1, le=1000, description="Total epochs (frozen backbone, then fine-tuning)")
@@ -119,6 +117,13 @@ class TrainConfig(BaseModel):
         return ModelConfig(alpha=self.alpha, image_size=self.image_size, num_classes=num_classes, bn_momentum=self.bn_momentum)
 
 
+class TrainConfig(TrainSettings):
+    """Ingest output → trained, evaluated, exported model in a registry, promoted if it beats the champion."""
+
+    data: str = Field(..., description="Ingest output directory (with _SUCCESS)")
+    models: str = Field(..., description="Models directory (registry): versions, champion.json, decisions.jsonl")
+
+
 class OutputFormat(str, Enum):
     jsonl = "jsonl"
     parquet = "parquet"
@@ -145,3 +150,37 @@ class ScoreConfig(BeamOptions):
         if self.min_batch_size > self.max_batch_size:
             raise ValueError("min_batch_size must not exceed max_batch_size")
         return self
+
+
+class NightlyConfig(BaseModel):
+    """Nightly retraining: ingest new data → train → evaluate → promote → optionally score an archive."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ingest: IngestConfig = Field(..., description="Where tonight's images and labels are, and where the records go")
+    models: str = Field(..., description="Models directory (registry)")
+    train: TrainSettings = Field(default_factory=TrainSettings, description="Training settings")
+    score_images: list[str] = Field(default_factory=list, description="Archive to score with the champion afterwards (empty: skip)")
+    score_out: str | None = Field(None, description="Where the scoring output goes (required with score_images)")
+    score_threshold: float = Field(0.3, ge=0.0, le=1.0, description="Minimum detection score when scoring")
+    comparison_images: int = Field(3, ge=0, le=20, description="Val images drawn with champion and challenger detections side by side")
+
+    @model_validator(mode="after")
+    def _check(self) -> "NightlyConfig":
+        if self.score_images and not self.score_out:
+            raise ValueError("score_out is required when score_images is set")
+        return self
+
+    def train_config(self) -> TrainConfig:
+        return TrainConfig(data=self.ingest.out, models=self.models, **self.train.model_dump())
+
+
+class DemoConfig(BaseModel):
+    """The embedded default: synthetic data → ingest → train → score, locally."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    workdir: str = Field("demo_out", description="Where the synthetic data and every job's output go")
+    images: int = Field(200, ge=10, le=5000, description="Synthetic images to generate")
+    epochs: int = Field(15, ge=1, le=500, description="Training epochs")
+    seed: int = Field(0, description="Random seed of the synthetic dataset")

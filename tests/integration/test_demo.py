@@ -24,3 +24,6 @@ def test_demo_runs_every_job_and_says_where_outputs_are(tmp_path):
     champion = json.loads((tmp_path / "models" / "champion.json").read_text())
     assert (tmp_path / "models" / champion["version"] / "saved_model.pb").exists()
     assert f"model   : {tmp_path}/models/{champion['version']}" in out
+    scored = json.loads((tmp_path / "scored" / "_SUCCESS").read_text())
+    assert scored["images_in"] == 30 and scored["images_in"] == scored["images_scored"] + scored["images_failed"]
+    assert f"scored  : {tmp_path}/scored" in out and len(list((tmp_path / "scored" / "preview").glob("*.jpg"))) == 5

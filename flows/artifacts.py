@@ -1,0 +1,61 @@
+"""Prefect artifacts for ssdflow's runs: what a person looks at in the UI after a run."""
+
+from __future__ import annotations
+
+import json
+
+from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_progress_artifact, create_table_artifact, update_progress_artifact
+
+
+def _key(text: str) -> str:
+    """Artifact keys: lowercase letters, digits and dashes."""
+    return "".join(c if c.isalnum() else "-" for c in text.lower()).strip("-")
+
+
+def ingest_stats(stats: dict, out: str, key: str = "ingest-stats") -> None:
+    """Images in / written / rejected by reason, boxes per class, as a table; plus a link to the output."""
+    rows = [{"metric": "images_in", "value": stats["images_in"]}]
+    rows += [{"metric": f"images_written.{k}", "value": v} for k, v in stats["images_written"].items()]
+    rows += [{"metric": f"images_rejected.{k}", "value": v} for k, v in stats["images_rejected"].items()]
+    rows += [{"metric": "boxes_written", "value": stats["boxes_written"]}, {"metric": "boxes_clipped", "value": stats["boxes_clipped"]}]
+    rows += [{"metric": f"boxes_rejected.{k}", "value": v} for k, v in stats["boxes_rejected"].items()]
+    rows += [{"metric": f"boxes_per_class.{k}", "value": v} for k, v in stats["boxes_per_class"].items()]
+    create_table_artifact(rows, key=_key(key), description=f"Ingest stats for {out}")
+    create_link_artifact(out, link_text="ingest output (TFRecords, stats.json, rejected.jsonl)", key=_key(f"{key}-output"))
+
+
+def training_metrics(metrics: dict, key: str = "training-metrics") -> None:
+    rows = [{"metric": m, "value": metrics.get(m)} for m in ("mAP", "mAP@.5", "mAP@.75", "AR@100")]
+    rows += [{"metric": f"AP[{name}]", "value": v.get("AP")} for name, v in metrics.get("per_class", {}).items()]
+    rows += [{"metric": f"AP@.5[{name}]", "value": v.get("AP@.5")} for name, v in metrics.get("per_class", {}).items()]
+    create_table_artifact(rows, key=_key(key), description="COCO metrics of the new model on the val split")
+
+
+def model_card(model_dir: str, decision: dict, key: str = "model-card") -> None:
+    with open(f"{model_dir}/model_card.md") as f:
+        card = f.read()
+    create_markdown_artifact(card, key=_key(key), description=f"{'Promoted' if decision['promoted'] else 'Not promoted'}: {decision['reason']}")
+    create_link_artifact(model_dir, link_text="model directory (SavedModel)", key=_key(f"{key}-link"))
+
+
+def scoring_summary(manifest: dict, summary: dict, out: str, key: str = "scoring-summary") -> None:
+    rows = [{"metric": k, "value": manifest.get(k)} for k in ("images_in", "images_scored", "images_failed", "detections", "files_skipped", "chunks", "chunks_scored_now")]
+    rows += [{"metric": f"detections[{c}]", "value": n} for c, n in summary.get("detections_per_class", {}).items()]
+    rows += [{"metric": "mean_boxes_per_image", "value": summary.get("mean_boxes_per_image")},
+             {"metric": "images_without_detections", "value": summary.get("images_without_detections")}]
+    create_table_artifact(rows, key=_key(key), description=f"Scoring with model {manifest.get('model_version')}")
+    create_link_artifact(out, link_text="detections (JSONL, Parquet), errors.jsonl, summary.json", key=_key(f"{key}-output"))
+    change = summary.get("change_since_previous")
+    if change:
+        create_markdown_artifact("## Change since the previous run\n\n```json\n" + json.dumps(change, indent=2) + "\n```\n",
+                                 key=_key(f"{key}-drift"))
+
+
+class ProgressArtifact:
+    """A progress artifact that long steps update (0..100)."""
+
+    def __init__(self, description: str):
+        self.id = create_progress_artifact(progress=0.0, description=description)
+
+    def update(self, percent: float) -> None:
+        update_progress_artifact(self.id, progress=max(0.0, min(100.0, percent)))

@@ -1,0 +1,134 @@
+"""ssdflow's Prefect flows: thin glue over the same functions the CLI calls.
+
+Each flow takes the job's pydantic config, so the UI renders a form with the same fields, bounds
+and enum choices as the CLI's options, and Prefect refuses an invalid value when a run is created.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from datetime import timedelta
+
+import keras
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import INPUTS
+from prefect.concurrency.sync import concurrency
+
+from flows import artifacts
+from ssdflow.config import IngestConfig, ScoreConfig, TrainConfig
+
+TRAIN_CONCURRENCY = "ssdflow-train"  # a global concurrency limit of 1: two trainings never overlap
+
+
+def input_fingerprint(cfg: IngestConfig) -> str:
+    """A hash of the ingest inputs' listing (paths, sizes, modification times) and the config."""
+    from apache_beam.io.filesystems import FileSystems
+
+    from beam_jobs.ingest import image_pattern, label_pattern
+    from ssdflow.beam_runner import pipeline_options
+
+    pipeline_options(cfg.pipeline_flags())
+    listing = []
+    for pattern in (image_pattern(cfg.images), label_pattern(cfg.labels)):
+        for m in FileSystems.match([pattern])[0].metadata_list:
+            listing.append((m.path, m.size_in_bytes, m.last_updated_in_seconds))
+    blob = json.dumps([sorted(listing), cfg.model_dump(mode="json")], sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+@task(name="fingerprint-inputs", retries=3, retry_delay_seconds=[2, 10, 30])
+def fingerprint_inputs(cfg: IngestConfig) -> str:
+    return input_fingerprint(cfg)
+
+
+def _fingerprint_key(context, parameters) -> str:
+    return f"ingest-{parameters['fingerprint']}"
+
+
+@task(name="ingest", cache_key_fn=_fingerprint_key, cache_expiration=timedelta(days=30), retries=2,
+      retry_delay_seconds=[10, 60], persist_result=True)
+def ingest_task(cfg: IngestConfig, fingerprint: str) -> dict:
+    """The Beam ingest job; skipped (cached) when the inputs' fingerprint is unchanged."""
+    from beam_jobs.ingest import run_ingest
+
+    get_run_logger().info("ingest: %s (%s) → %s, inputs fingerprint %s", cfg.images, cfg.format.value, cfg.out, fingerprint[:12])
+    return run_ingest(cfg)
+
+
+def ingest_unless_unchanged(cfg: IngestConfig) -> dict:
+    """Ingest, or reuse the cached result when the inputs are unchanged and the output is still complete."""
+    from ssdflow import storage
+
+    fingerprint = fingerprint_inputs(cfg)
+    output_gone = storage.read_success(cfg.out) is None  # a cache hit must never point at a deleted output
+    return ingest_task.with_options(refresh_cache=output_gone)(cfg, fingerprint)
+
+
+class _PrefectEpochLogger(keras.callbacks.Callback):
+    """Per-epoch lines in the flow run's log (not Keras's progress bar) and a progress artifact."""
+
+    def __init__(self, total_epochs: int, progress: artifacts.ProgressArtifact):
+        super().__init__()
+        self.total, self.progress, self.done = total_epochs, progress, 0
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.done += 1
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in (logs or {}).items() if isinstance(v, (int, float)))
+        get_run_logger().info("train: epoch %d/%d: %s", self.done, self.total, shown)
+        self.progress.update(100.0 * self.done / self.total)
+
+
+@task(name="train-evaluate-promote")
+def train_task(cfg: TrainConfig) -> dict:
+    from model.train import train
+
+    progress = artifacts.ProgressArtifact(f"training {cfg.epochs} epochs on {cfg.data}")
+    with concurrency(TRAIN_CONCURRENCY, occupy=1):
+        result = train(cfg, extra_callbacks=(_PrefectEpochLogger(cfg.epochs, progress),), verbose=0)
+    progress.update(100.0)
+    artifacts.training_metrics(result.metrics)
+    artifacts.model_card(result.model_dir, result.decision)
+    get_run_logger().info("train: %s %s (%s)", result.version, "promoted" if result.decision["promoted"] else "not promoted",
+                          result.decision["reason"])
+    return {"version": result.version, "model_dir": result.model_dir, "metrics": {k: result.metrics.get(k) for k in ("mAP", "mAP@.5")},
+            "decision": result.decision}
+
+
+@task(name="score", retries=2, retry_delay_seconds=[10, 60])
+def score_task(cfg: ScoreConfig) -> dict:
+    """The Beam scoring job; a retry resumes from the committed chunks."""
+    from beam_jobs.score import run_score
+    from ssdflow import storage
+
+    manifest = run_score(cfg)
+    summary = json.loads(storage.read_text(storage.join(cfg.out, "summary.json")))
+    artifacts.scoring_summary(manifest, summary, cfg.out)
+    get_run_logger().info("score: %d images in, %d scored, %d failed, %d detections", manifest["images_in"],
+                          manifest["images_scored"], manifest["images_failed"], manifest["detections"])
+    return manifest
+
+
+@flow(name="ingest", log_prints=True)
+def ingest_flow(config: IngestConfig) -> dict:
+    """Images + labels → sharded TFRecords (Apache Beam); skipped when the inputs did not change."""
+    stats = ingest_unless_unchanged(config)
+    artifacts.ingest_stats(stats, config.out)
+    return stats
+
+
+@flow(name="train", log_prints=True)
+def train_flow(config: TrainConfig) -> dict:
+    """Train → evaluate (COCO mAP) → export → promote if the challenger beats the champion."""
+    return train_task(config)
+
+
+@flow(name="batch-score", log_prints=True)
+def score_flow(config: ScoreConfig) -> dict:
+    """Score image archives with the champion (or a given model); detections back to storage."""
+    return score_task(config)
+
+
+def model_dir_exists(path: str) -> bool:
+    return os.path.isdir(path)

@@ -1,0 +1,100 @@
+"""The nightly retraining flow and the demo flow."""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import datetime, timezone
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+from flows import artifacts
+from flows.jobs import ingest_unless_unchanged, score_task, train_task
+from ssdflow.config import DemoConfig, IngestConfig, NightlyConfig, ScoreConfig, TrainConfig
+
+HISTORY = "nightly"  # MODELS/nightly/last_ingest_stats.json, MODELS/nightly/<run>/compare-*.jpg
+
+
+def _last_stats_path(models: str) -> str:
+    return os.path.join(models, HISTORY, "last_ingest_stats.json")
+
+
+def ingest_changes(previous: dict | None, current: dict) -> list[dict]:
+    """Tonight's ingest stats beside last night's: images added/removed, boxes per class, new rejection reasons."""
+    prev = previous or {}
+    rows = [{"what": "images written", "last_night": (prev.get("images_written") or {}).get("total"),
+             "tonight": current["images_written"]["total"]}]
+    delta = current["images_written"]["total"] - ((prev.get("images_written") or {}).get("total") or 0)
+    rows.append({"what": "images added (net)" if delta >= 0 else "images removed (net)", "last_night": None, "tonight": abs(delta)})
+    for name in sorted(set(prev.get("boxes_per_class", {})) | set(current["boxes_per_class"])):
+        rows.append({"what": f"boxes[{name}]", "last_night": prev.get("boxes_per_class", {}).get(name), "tonight": current["boxes_per_class"].get(name, 0)})
+    old_reasons = set(prev.get("images_rejected", {})) | set(prev.get("boxes_rejected", {}))
+    for kind in ("images_rejected", "boxes_rejected"):
+        for reason, n in current[kind].items():
+            if reason == "total":
+                continue
+            new = "" if reason in old_reasons or previous is None else " (new)"
+            rows.append({"what": f"{kind}[{reason}]{new}", "last_night": prev.get(kind, {}).get(reason), "tonight": n})
+    return rows
+
+
+@task(name="compare-champion-challenger")
+def compare_task(champion_dir: str, challenger_dir: str, data_dir: str, n: int, out_dir: str) -> list[dict]:
+    from model.compare import side_by_side
+
+    rows = side_by_side(champion_dir, challenger_dir, data_dir, n, out_dir)
+    table = "\n".join(f"| {r['image']} | {r['ground_truth_boxes']} | {r['champion_boxes']} | {r['challenger_boxes']} | `{r['file']}` |" for r in rows)
+    create_markdown_artifact(
+        "## Champion (left) and challenger (right) on the same val images\n\n"
+        "| image | ground truth | champion | challenger | side-by-side image |\n| --- | --- | --- | --- | --- |\n" + table + "\n",
+        key="champion-vs-challenger")
+    return rows
+
+
+@flow(name="nightly-retrain", log_prints=True)
+def nightly_flow(config: NightlyConfig) -> dict:
+    """Ingest tonight's data → train → evaluate → promote → (optionally) score an archive with the champion."""
+    from model import registry
+
+    log = get_run_logger()
+    last_path = _last_stats_path(config.models)
+    previous = json.load(open(last_path)) if os.path.exists(last_path) else None
+    stats = ingest_unless_unchanged(config.ingest)
+    artifacts.ingest_stats(stats, config.ingest.out)
+    create_table_artifact(ingest_changes(previous, stats), key="ingest-since-last-night",
+                          description="Tonight's ingest beside last night's")
+
+    champion_before = registry.read_champion(config.models) if os.path.isdir(config.models) else None
+    trained = train_task(config.train_config())
+    run_dir = os.path.join(config.models, HISTORY, datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ"))
+    if champion_before and config.comparison_images:
+        compare_task(str(registry.version_dir(config.models, champion_before["version"])), trained["model_dir"],
+                     config.ingest.out, config.comparison_images, run_dir)
+
+    scored = None
+    if config.score_images:
+        scored = score_task(ScoreConfig(model=config.models, images=config.score_images, out=config.score_out,
+                                        score_threshold=config.score_threshold))
+    os.makedirs(os.path.dirname(last_path), exist_ok=True)
+    tmp = last_path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(stats, f, indent=2)
+    os.replace(tmp, last_path)
+    log.info("nightly: %s", "new champion " + trained["version"] if trained["decision"]["promoted"] else "champion kept")
+    return {"ingest": {"images_written": stats["images_written"]["total"]}, "train": trained, "score": scored}
+
+
+@flow(name="demo", log_prints=True)
+def demo_flow(config: DemoConfig = DemoConfig()) -> dict:
+    """The embedded default: synthetic shapes → ingest → train → score, locally, in a few minutes."""
+    from ssdflow.demo import demo_configs, make_demo_data
+
+    workdir = os.path.abspath(config.workdir)
+    images, labels = make_demo_data(workdir, config.images, config.seed)
+    ingest_cfg, train_cfg, score_cfg = demo_configs(workdir, images, labels, config.epochs)
+    stats = ingest_unless_unchanged(ingest_cfg)
+    artifacts.ingest_stats(stats, ingest_cfg.out)
+    trained = train_task(train_cfg)
+    scored = score_task(score_cfg)
+    return {"workdir": workdir, "ingest": stats["images_written"], "train": trained, "score": scored}

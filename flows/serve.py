@@ -1,0 +1,92 @@
+"""``ssdflow serve``: registers ssdflow's deployments (with their schedules) and serves them until stopped.
+
+Deployments:
+
+* ``nightly-retrain`` — cron ``0 2 * * *`` in the configured time zone;
+* ``batch-score`` — no schedule: run it from the UI (Run → Custom run) or the API;
+* ``ingest``, ``train``, ``demo`` — on demand.
+
+Default parameters come from a JSON/YAML file (``--config``) or, without one, from the embedded
+demo: a synthetic dataset under ``--home`` that serve creates on first start, so every deployment
+runs out of the box.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import yaml
+from prefect import serve
+from prefect.schedules import Cron
+
+from flows.jobs import TRAIN_CONCURRENCY, ingest_flow, score_flow, train_flow
+from flows.nightly import demo_flow, nightly_flow
+from ssdflow.config import DemoConfig, IngestConfig, NightlyConfig, ScoreConfig, TrainSettings
+
+log = logging.getLogger(__name__)
+
+NIGHTLY_CRON = "0 2 * * *"
+
+
+def default_parameters(home: str, config_file: str | None = None) -> dict:
+    """Parameters for each deployment: from ``config_file`` if given, else the demo layout under ``home``."""
+    if config_file:
+        with open(config_file) as f:
+            data = yaml.safe_load(f) if config_file.endswith((".yaml", ".yml")) else json.load(f)
+        return {
+            "nightly": NightlyConfig(**data["nightly"]),
+            "score": ScoreConfig(**data["score"]),
+            "ingest": IngestConfig(**data.get("ingest", data["nightly"]["ingest"])),
+            "train": NightlyConfig(**data["nightly"]).train_config(),
+        }
+    home = os.path.abspath(home)
+    from ssdflow.demo import make_demo_data
+
+    if not os.path.isdir(os.path.join(home, "data", "images")):
+        make_demo_data(home, 200, 0)
+    ingest = IngestConfig(images=os.path.join(home, "data", "images"), labels=os.path.join(home, "data", "annotations"),
+                          format="voc", out=os.path.join(home, "ingest"))
+    small = TrainSettings(alpha=0.35, image_size=128, epochs=5, batch_size=16, backbone_weights="none", learning_rate=3e-3,
+                          bn_momentum=0.9, eval_every=5)
+    nightly = NightlyConfig(ingest=ingest, models=os.path.join(home, "models"), train=small)
+    score = ScoreConfig(model=nightly.models, images=[ingest.images], out=os.path.join(home, "scored"))
+    return {"nightly": nightly, "score": score, "ingest": ingest, "train": nightly.train_config()}
+
+
+def build_deployments(params: dict, timezone: str = "UTC", home: str = "ssdflow_home") -> list:
+    """The RunnerDeployments, with their parameters as pydantic models (rendered as forms in the UI)."""
+    dump = lambda m: m.model_dump(mode="json")  # noqa: E731
+    return [
+        nightly_flow.to_deployment(name="nightly-retrain", schedules=[Cron(NIGHTLY_CRON, timezone=timezone)],
+                                   parameters={"config": dump(params["nightly"])}, concurrency_limit=1,
+                                   description="Ingest → train → evaluate → promote → score, every night", tags=["ssdflow"]),
+        score_flow.to_deployment(name="batch-score", parameters={"config": dump(params["score"])},
+                                 description="Score an image archive with the champion", tags=["ssdflow"]),
+        ingest_flow.to_deployment(name="ingest", parameters={"config": dump(params["ingest"])}, tags=["ssdflow"]),
+        train_flow.to_deployment(name="train", parameters={"config": dump(params["train"])}, concurrency_limit=1, tags=["ssdflow"]),
+        demo_flow.to_deployment(name="demo", parameters={"config": dump(DemoConfig(workdir=os.path.join(os.path.abspath(home), "demo")))},
+                                tags=["ssdflow"]),
+    ]
+
+
+def ensure_concurrency_limit() -> None:
+    """The global limit that keeps two trainings from overlapping (created once; idempotent)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_global_concurrency_limit_by_name(TRAIN_CONCURRENCY)
+        except Exception:
+            client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=TRAIN_CONCURRENCY, limit=1))
+
+
+def run_serve(home: str = "ssdflow_home", config_file: str | None = None, timezone: str = "UTC") -> None:
+    """Registers and serves every deployment until interrupted."""
+    if not os.environ.get("PREFECT_API_URL"):
+        log.warning("PREFECT_API_URL is not set: deployments go to a temporary local server (start one with "
+                    "`prefect server start --host 127.0.0.1 --port 4200`)")
+    ensure_concurrency_limit()
+    serve(*build_deployments(default_parameters(home, config_file), timezone, home))

@@ -1,0 +1,163 @@
+"""Prefect orchestration against a real `prefect server` on 127.0.0.1, triggered as the UI's Run button does.
+
+One server and one `ssdflow serve` for the module: register the deployments, check the nightly
+02:00 schedule, create runs of batch-score and nightly-retrain through
+POST /api/deployments/{id}/create_flow_run with parameters, wait for COMPLETED, and check outputs
+and artifacts; invalid parameters are refused when the run is created.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+from tests.helpers import REPO, free_port, raccoon_or_skip, stop_process, wait_for_port
+
+pytestmark = pytest.mark.integration
+
+
+def _env(home, api_url=None) -> dict:
+    env = dict(os.environ, PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false", DO_NOT_TRACK="1",
+               PREFECT_RUNNER_POLL_FREQUENCY="1", PREFECT_LOGGING_LEVEL="INFO", TF_CPP_MIN_LOG_LEVEL="2")
+    env.pop("PREFECT_API_URL", None)
+    if api_url:
+        env["PREFECT_API_URL"] = api_url
+        env["PREFECT_UI_API_URL"] = api_url
+    return env
+
+
+def _request(method: str, url: str, body=None) -> tuple[int, dict | list]:
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status, json.loads(resp.read() or b"null")
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"null")
+
+
+@pytest.fixture(scope="module")
+def prefect(tmp_path_factory):
+    home = tmp_path_factory.mktemp("prefect-home")
+    port = free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    server = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                              env=_env(home, api), stdout=open(home / "server.log", "w"), stderr=subprocess.STDOUT, start_new_session=True)
+    serving = None
+    try:
+        wait_for_port(port, timeout=120, proc=server)
+        deadline = time.time() + 120
+        while _request("GET", f"{api}/health")[0] != 200 and time.time() < deadline:
+            time.sleep(0.5)
+        work = tmp_path_factory.mktemp("ssdflow-home")
+        serving = subprocess.Popen([sys.executable, "-m", "ssdflow.cli", "serve", "--home", str(work), "--timezone", "Europe/Berlin"],
+                                   cwd=REPO, env=_env(home, api), stdout=open(home / "serve.log", "w"), stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+        deadline = time.time() + 180
+        deployments = []
+        while time.time() < deadline and serving.poll() is None:
+            status, deployments = _request("POST", f"{api}/deployments/filter", {})
+            if status == 200 and len(deployments) >= 5:
+                break
+            time.sleep(1)
+        assert len(deployments) >= 5, (home / "serve.log").read_text()[-3000:]
+        yield {"api": api, "deployments": {d["name"]: d for d in deployments}, "home": home, "work": work}
+    finally:
+        if serving is not None:
+            stop_process(serving, timeout=20)
+        stop_process(server, timeout=20)
+
+
+def _run(prefect, deployment: str, parameters: dict, timeout: float = 600) -> dict:
+    """Creates a run exactly as the UI's Run button does, then waits for a final state."""
+    dep = prefect["deployments"][deployment]
+    body = {"parameters": parameters, "enforce_parameter_schema": True,
+            "state": {"type": "SCHEDULED", "message": "Run from the Prefect UI",
+                      "state_details": {"deferred": False, "untrackable_result": False, "pause_reschedule": False}}}
+    status, run = _request("POST", f"{prefect['api']}/deployments/{dep['id']}/create_flow_run", body)
+    assert status == 201, run
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        _, run = _request("GET", f"{prefect['api']}/flow_runs/{run['id']}")
+        if run["state_type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
+            return run
+        time.sleep(1)
+    raise TimeoutError(f"{deployment} run still {run['state_type']} after {timeout}s")
+
+
+def _artifacts(prefect, run_id: str) -> dict:
+    _, arts = _request("POST", f"{prefect['api']}/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [run_id]}}})
+    return {a.get("key") or a["id"]: a for a in arts}
+
+
+def test_deployments_and_the_nightly_schedule(prefect):
+    deps = prefect["deployments"]
+    assert {"nightly-retrain", "batch-score", "ingest", "train", "demo"} <= set(deps)
+    nightly = deps["nightly-retrain"]
+    crons = [s["schedule"] for s in nightly["schedules"]]
+    assert crons and crons[0]["cron"] == "0 2 * * *" and crons[0]["timezone"] == "Europe/Berlin"
+    assert deps["batch-score"]["schedules"] == []
+    schema = deps["batch-score"]["parameter_openapi_schema"]
+    assert "config" in schema["properties"]  # the pydantic config: a form in the UI
+
+
+def test_invalid_parameters_are_refused_at_creation(prefect):
+    params = dict(prefect["deployments"]["batch-score"]["parameters"])
+    bad = {"config": {**params["config"], "score_threshold": 7}}
+    dep = prefect["deployments"]["batch-score"]
+    status, body = _request("POST", f"{prefect['api']}/deployments/{dep['id']}/create_flow_run",
+                            {"parameters": bad, "enforce_parameter_schema": True})
+    assert status == 409 and "score_threshold" in json.dumps(body)
+    ingest = dict(prefect["deployments"]["ingest"]["parameters"])
+    status, body = _request("POST", f"{prefect['api']}/deployments/{prefect['deployments']['ingest']['id']}/create_flow_run",
+                            {"parameters": {"config": {**ingest["config"], "format": "pascal"}}, "enforce_parameter_schema": True})
+    assert status == 409 and "format" in json.dumps(body)
+
+
+def test_nightly_retrain_then_batch_score_from_the_api(prefect, tmp_path):
+    root = raccoon_or_skip()
+    images, labels = tmp_path / "images", tmp_path / "labels"
+    images.mkdir()
+    labels.mkdir()
+    for i in range(1, 41):
+        shutil.copy(root / "images" / f"raccoon-{i}.jpg", images)
+        shutil.copy(root / "annotations" / f"raccoon-{i}.xml", labels)
+    models = tmp_path / "models"
+    nightly = {"config": {
+        "ingest": {"images": str(images), "labels": str(labels), "format": "voc", "out": str(tmp_path / "records"), "val_fraction": 0.2},
+        "models": str(models),
+        "train": {"alpha": 0.35, "image_size": 128, "epochs": 1, "steps_per_epoch": 2, "batch_size": 8, "backbone_weights": "none",
+                  "eval_every": 1000},
+        "score_images": [str(images)], "score_out": str(tmp_path / "nightly-scored"), "comparison_images": 2}}
+    run = _run(prefect, "nightly-retrain", nightly)
+    assert run["state_type"] == "COMPLETED", run["state"]
+    champion = json.loads((models / "champion.json").read_text())
+    assert (models / champion["version"] / "saved_model.pb").exists()
+    assert json.loads((tmp_path / "nightly-scored" / "_SUCCESS").read_text())["images_in"] == 40
+    arts = _artifacts(prefect, run["id"])
+    assert {"ingest-stats", "ingest-since-last-night", "training-metrics", "model-card"} <= set(arts), sorted(arts)
+
+    # The same night again: ingest is cached (inputs unchanged), a second model is compared side by side.
+    run2 = _run(prefect, "nightly-retrain", nightly)
+    assert run2["state_type"] == "COMPLETED", run2["state"]
+    assert "champion-vs-challenger" in _artifacts(prefect, run2["id"])
+    _, tasks = _request("POST", f"{prefect['api']}/task_runs/filter", {"flow_runs": {"id": {"any_": [run2["id"]]}}})
+    ingest_states = [t["state"]["name"] for t in tasks if t["name"].startswith("ingest")]
+    assert ingest_states == ["Cached"], ingest_states
+
+    out = tmp_path / "scored"
+    score = {"config": {"model": str(models), "images": [str(images)], "out": str(out), "score_threshold": 0.0, "max_detections": 3}}
+    run3 = _run(prefect, "batch-score", score)
+    assert run3["state_type"] == "COMPLETED", run3["state"]
+    manifest = json.loads((out / "_SUCCESS").read_text())
+    assert manifest["images_in"] == 40 and manifest["images_scored"] == 40
+    arts = _artifacts(prefect, run3["id"])
+    assert "scoring-summary" in arts and "scoring-summary-output" in arts
