@@ -13,7 +13,6 @@ from datetime import timedelta
 
 import keras
 from prefect import flow, get_run_logger, task
-from prefect.cache_policies import INPUTS
 from prefect.concurrency.sync import concurrency
 
 from flows import artifacts

@@ -11,7 +11,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from flows import artifacts
 from flows.jobs import ingest_unless_unchanged, score_task, train_task
-from ssdflow.config import DemoConfig, IngestConfig, NightlyConfig, ScoreConfig, TrainConfig
+from ssdflow.config import DemoConfig, NightlyConfig, ScoreConfig
 
 HISTORY = "nightly"  # MODELS/nightly/last_ingest_stats.json, MODELS/nightly/<run>/compare-*.jpg
 

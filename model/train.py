@@ -19,13 +19,11 @@ import datetime as dt
 import hashlib
 import json
 import logging
-import math
 import os
 import shutil
 from dataclasses import dataclass
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from model import registry
@@ -201,7 +199,8 @@ def train(cfg: TrainConfig, extra_callbacks: tuple = (), verbose="auto") -> Trai
     """The whole job: fit, export, evaluate, register, promote. Returns what happened."""
     label_map = read_label_map(cfg.data)
     model_cfg = cfg.model(num_classes=len(label_map))
-    train_files, val_files = shard_files(cfg.data, "train"), shard_files(cfg.data, "val")
+    train_files = shard_files(cfg.data, "train")
+    shard_files(cfg.data, "val")  # fails early, with a clear message, when the val split has no shards
     n_train, n_val = count_records(cfg.data, "train"), count_records(cfg.data, "val")
     if n_val == 0:
         raise TrainError(f"{cfg.data}: the val split is empty; ingest with --val-fraction > 0")

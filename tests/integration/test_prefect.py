@@ -9,71 +9,21 @@ and artifacts; invalid parameters are refused when the run is created.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
 
 import pytest
 
-from tests.helpers import REPO, free_port, raccoon_or_skip, stop_process, wait_for_port
+from tests.helpers import raccoon_or_skip
+from tests.prefect_stack import prefect_stack, request as _request, wait_for_run
 
 pytestmark = pytest.mark.integration
 
 
-def _env(home, api_url=None) -> dict:
-    env = dict(os.environ, PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false", DO_NOT_TRACK="1",
-               PREFECT_RUNNER_POLL_FREQUENCY="1", PREFECT_LOGGING_LEVEL="INFO", TF_CPP_MIN_LOG_LEVEL="2")
-    env.pop("PREFECT_API_URL", None)
-    if api_url:
-        env["PREFECT_API_URL"] = api_url
-        env["PREFECT_UI_API_URL"] = api_url
-    return env
-
-
-def _request(method: str, url: str, body=None) -> tuple[int, dict | list]:
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            return resp.status, json.loads(resp.read() or b"null")
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read() or b"null")
-
-
 @pytest.fixture(scope="module")
 def prefect(tmp_path_factory):
-    home = tmp_path_factory.mktemp("prefect-home")
-    port = free_port()
-    api = f"http://127.0.0.1:{port}/api"
-    server = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                              env=_env(home, api), stdout=open(home / "server.log", "w"), stderr=subprocess.STDOUT, start_new_session=True)
-    serving = None
-    try:
-        wait_for_port(port, timeout=120, proc=server)
-        deadline = time.time() + 120
-        while _request("GET", f"{api}/health")[0] != 200 and time.time() < deadline:
-            time.sleep(0.5)
-        work = tmp_path_factory.mktemp("ssdflow-home")
-        serving = subprocess.Popen([sys.executable, "-m", "ssdflow.cli", "serve", "--home", str(work), "--timezone", "Europe/Berlin"],
-                                   cwd=REPO, env=_env(home, api), stdout=open(home / "serve.log", "w"), stderr=subprocess.STDOUT,
-                                   start_new_session=True)
-        deadline = time.time() + 180
-        deployments = []
-        while time.time() < deadline and serving.poll() is None:
-            status, deployments = _request("POST", f"{api}/deployments/filter", {})
-            if status == 200 and len(deployments) >= 5:
-                break
-            time.sleep(1)
-        assert len(deployments) >= 5, (home / "serve.log").read_text()[-3000:]
-        yield {"api": api, "deployments": {d["name"]: d for d in deployments}, "home": home, "work": work}
-    finally:
-        if serving is not None:
-            stop_process(serving, timeout=20)
-        stop_process(server, timeout=20)
+    with prefect_stack(tmp_path_factory.mktemp("prefect-home"), tmp_path_factory.mktemp("ssdflow-home"),
+                       ["--timezone", "Europe/Berlin"]) as stack:
+        yield stack
 
 
 def _run(prefect, deployment: str, parameters: dict, timeout: float = 600) -> dict:
@@ -84,13 +34,7 @@ def _run(prefect, deployment: str, parameters: dict, timeout: float = 600) -> di
                       "state_details": {"deferred": False, "untrackable_result": False, "pause_reschedule": False}}}
     status, run = _request("POST", f"{prefect['api']}/deployments/{dep['id']}/create_flow_run", body)
     assert status == 201, run
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        _, run = _request("GET", f"{prefect['api']}/flow_runs/{run['id']}")
-        if run["state_type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
-            return run
-        time.sleep(1)
-    raise TimeoutError(f"{deployment} run still {run['state_type']} after {timeout}s")
+    return wait_for_run(prefect["api"], run["id"], timeout)
 
 
 def _artifacts(prefect, run_id: str) -> dict:

@@ -1,0 +1,75 @@
+"""A person's path through the Prefect UI, in a real browser (Debian's chromium driven by Playwright):
+open the batch-score deployment, Run → Custom run, change a parameter, Submit, see the run complete."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import pytest
+
+from tests.helpers import raccoon_or_skip
+from tests.prefect_stack import prefect_stack, request, wait_for_run
+
+pytestmark = pytest.mark.e2e
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture()
+def stack(tmp_path, raccoon_model):
+    if not os.path.exists(CHROMIUM):
+        pytest.fail(f"{CHROMIUM} is missing: scripts/test.sh installs Debian's chromium")
+    root = raccoon_or_skip()
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(1, 7):
+        shutil.copy(root / "images" / f"raccoon-{i}.jpg", images)
+    params = tmp_path / "params.json"
+    ingest = {"images": str(images), "labels": str(root / "annotations"), "format": "voc", "out": str(tmp_path / "records")}
+    params.write_text(json.dumps({
+        "nightly": {"ingest": ingest, "models": str(tmp_path / "models")},
+        "score": {"model": raccoon_model, "images": [str(images)], "out": str(tmp_path / "scored"), "score_threshold": 0.3},
+    }))
+    with prefect_stack(tmp_path / "prefect", tmp_path / "home", ["--config", str(params)]) as s:
+        yield s, tmp_path
+
+
+def test_custom_run_of_batch_score_from_the_ui(stack):
+    from playwright.sync_api import expect, sync_playwright
+
+    s, tmp_path = stack
+    dep = s["deployments"]["batch-score"]
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
+        page = browser.new_page()
+        # The UI tries an outside analytics host; nothing may leave loopback.
+        page.route("**/*", lambda route: route.continue_() if route.request.url.startswith(("http://127.0.0.1", "data:", "blob:"))
+                   else route.abort())
+        page.goto(f"{s['url']}/v2/deployments/deployment/{dep['id']}")
+        page.get_by_role("button", name="Run", exact=True).first.click()
+        page.get_by_role("menuitem", name="Custom run").click()
+        field = page.get_by_label("Score Threshold (Optional)")
+        expect(field).to_be_visible(timeout=30_000)
+        field.fill("0.05")
+        page.get_by_role("button", name="Submit").click()
+        page.wait_for_url("**tab=Runs**", timeout=30_000)  # the UI shows the deployment's runs
+        runs = []
+        for _ in range(60):
+            _, runs = request("POST", f"{s['api']}/flow_runs/filter", {"deployments": {"id": {"any_": [dep["id"]]}}})
+            if runs:
+                break
+            page.wait_for_timeout(500)
+        assert len(runs) == 1, runs  # exactly one run was created by the form
+        run = wait_for_run(s["api"], runs[0]["id"], timeout=300)
+        page.reload()
+        expect(page.get_by_text(runs[0]["name"]).first).to_be_visible(timeout=30_000)
+        expect(page.get_by_text("Completed").first).to_be_visible(timeout=30_000)
+        page.screenshot(path=str(tmp_path / "completed-run.png"))
+        browser.close()
+    assert run["state_type"] == "COMPLETED", run["state"]
+    assert run["parameters"]["config"]["score_threshold"] == 0.05  # the value typed in the form
+    manifest = json.loads((tmp_path / "scored" / "_SUCCESS").read_text())
+    assert manifest["images_in"] == 6 and manifest["images_scored"] == 6
