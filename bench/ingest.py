@@ -23,8 +23,9 @@ import io
 import os
 import shutil
 import tempfile
-import time
 from pathlib import Path
+
+from bench.timing import timed
 
 REPO = Path(__file__).resolve().parents[1]
 RACCOON = REPO.parent / "shared" / "datasets" / "raccoon"
@@ -123,12 +124,6 @@ def run_job(images: Path, labels: Path, out: Path, beam_args: list[str]) -> dict
     from ssdflow.config import IngestConfig
 
     return run_ingest(IngestConfig(images=str(images), labels=str(labels), format="voc", out=str(out), beam_args=beam_args))
-
-
-def timed(fn, *args):
-    t0 = time.perf_counter()
-    result = fn(*args)
-    return time.perf_counter() - t0, result
 
 
 def main() -> None:

@@ -38,6 +38,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.timing import timed
+
 REPO = Path(__file__).resolve().parents[1]
 RACCOON = REPO.parent / "shared" / "datasets" / "raccoon"
 LABEL_MAP = {"raccoon": 1}
@@ -203,12 +205,6 @@ def rate_keras(keras_model, pixels, count: int, cfg, info: dict) -> float:
     for i in range(count):
         one(pixels[i % len(pixels)])
     return count / (time.perf_counter() - t0)
-
-
-def timed(fn, *args):
-    t0 = time.perf_counter()
-    result = fn(*args)
-    return time.perf_counter() - t0, result
 
 
 def main() -> None:

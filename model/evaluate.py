@@ -12,15 +12,14 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Iterable, Mapping
 
 import numpy as np
+
+from ssdflow import storage
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
@@ -207,27 +206,9 @@ def coco_metrics(
 
 
 def write_metrics(path: str | os.PathLike, metrics: dict) -> None:
-    """Writes metrics as JSON (indent 2, sorted keys): temp file in the same directory, then os.replace."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(metrics, indent=2, sort_keys=True, allow_nan=False) + "\n"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            os.fchmod(f.fileno(), 0o644)  # mkstemp makes 0600; metrics are read by other users/services
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    """Writes metrics as JSON (indent 2, sorted keys), atomically."""
+    storage.write_json_local(path, metrics)
 
 
 def read_metrics(path: str | os.PathLike) -> dict:
-    with open(path, encoding="utf-8") as f:
-        data = json.load(f)
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object")
-    return data
+    return storage.read_json_object(path)

@@ -30,7 +30,6 @@ import math
 import os
 import re
 import secrets
-import tempfile
 import threading
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -38,6 +37,7 @@ from typing import Callable, Literal, Mapping
 
 import pydantic
 
+from ssdflow import storage
 from ssdflow.schema import LabelMap
 
 CHAMPION = "champion.json"
@@ -73,42 +73,15 @@ def _check_version(version: str) -> str:
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
-    """Temp file in the same directory, fsync, os.replace: readers see the old or the new file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            os.fchmod(f.fileno(), 0o644)  # mkstemp makes 0600; the serving side reads these
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    storage.atomic_write_local(path, text)
 
 
 def _write_json(path: Path, data) -> None:
-    _atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, allow_nan=False) + "\n")
+    storage.write_json_local(path, data)
 
 
 def _read_json(path: Path) -> dict:
-    with open(path, encoding="utf-8") as f:
-        data = json.load(f)
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object")
-    return data
+    return storage.read_json_object(path)
 
 
 # --- versions ------------------------------------------------------------------------------------
@@ -167,7 +140,7 @@ def commit_version(models_root: str | os.PathLike, version: str) -> Path:
     if target.exists() or target.is_symlink():
         raise FileExistsError(f"version {version} is already committed: {target}")
     os.rename(staging, target)
-    _fsync_dir(target.parent)
+    storage.fsync_dir(target.parent)
     return target
 
 

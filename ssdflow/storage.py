@@ -149,3 +149,53 @@ def cleanup_stale_tmp(out: str) -> None:
             shutil.rmtree(d, ignore_errors=True)
     else:
         delete([p for p in list_files(join(out, TMP_PREFIX + "*", "**"))])
+
+
+def atomic_write_local(path, text: str) -> None:
+    """Local file write that readers see whole or not at all: temp file in the same directory,
+    fsync, os.replace, then fsync of the directory. Mode 0644 (other services read these files)."""
+    import contextlib
+    import os
+    import tempfile
+    from pathlib import Path
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            os.fchmod(f.fileno(), 0o644)  # mkstemp makes 0600
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    fsync_dir(path.parent)
+
+
+def fsync_dir(path) -> None:
+    """Makes a rename in ``path`` durable (best effort: not every filesystem allows it)."""
+    import contextlib
+    import os
+
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def write_json_local(path, data) -> None:
+    atomic_write_local(path, json.dumps(data, indent=2, sort_keys=True, allow_nan=False) + "\n")
+
+
+def read_json_object(path) -> dict:
+    with open(path, encoding="utf-8") as f:
+        data = json.load(f)
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object")
+    return data
