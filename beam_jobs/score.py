@@ -34,7 +34,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 
-from beam_jobs.ingest import IMAGE_EXTENSIONS
+from beam_jobs.ingest import IMAGE_EXTENSIONS, image_pattern
 from beam_jobs.model_handler import SavedModelDetector
 from ssdflow import storage
 from ssdflow.beam_runner import make_pipeline, pipeline_options
@@ -95,9 +95,7 @@ def plan_chunks(inputs: list[str], chunk_size: int, model_fingerprint: str) -> l
     """
     files: dict[str, tuple[int, float]] = {}
     for spec in inputs:
-        pattern = spec
-        if not any(c in spec for c in "*?[") and not _is_tar(spec):
-            pattern = storage.join(spec, "*") if (not storage.is_local(spec) or os.path.isdir(spec)) else spec
+        pattern = spec if _is_tar(spec) else image_pattern(spec)  # a directory means its files, as in ingest
         result = FileSystems.match([pattern])[0]
         if not result.metadata_list:
             raise ScoreError(f"--images {spec}: no files found")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from datetime import timedelta
 
 import keras
@@ -127,7 +126,3 @@ def train_flow(config: TrainConfig) -> dict:
 def score_flow(config: ScoreConfig) -> dict:
     """Score image archives with the champion (or a given model); detections back to storage."""
     return score_task(config)
-
-
-def model_dir_exists(path: str) -> bool:
-    return os.path.isdir(path)

@@ -35,11 +35,12 @@ def default_parameters(home: str, config_file: str | None = None) -> dict:
     if config_file:
         with open(config_file) as f:
             data = yaml.safe_load(f) if config_file.endswith((".yaml", ".yml")) else json.load(f)
+        nightly = NightlyConfig(**data["nightly"])
         return {
-            "nightly": NightlyConfig(**data["nightly"]),
+            "nightly": nightly,
             "score": ScoreConfig(**data["score"]),
             "ingest": IngestConfig(**data.get("ingest", data["nightly"]["ingest"])),
-            "train": NightlyConfig(**data["nightly"]).train_config(),
+            "train": nightly.train_config(),
         }
     home = os.path.abspath(home)
     from ssdflow.demo import make_demo_data

@@ -176,8 +176,8 @@ def _prepare_run_dir(cfg: TrainConfig, run_config: dict) -> str:
 
 
 def _fit_phase(model, name: str, run_dir: str, train_ds, epochs: int, steps: int, lr: float, warmup_steps: int,
-               loss, callbacks: list, verbose) -> tuple[int, dict]:
-    """Compiles and fits one phase, resuming from its checkpoint; returns (epochs run now, history)."""
+               loss, callbacks: list, verbose) -> int:
+    """Compiles and fits one phase, resuming from its checkpoint; returns the epochs run now."""
     done_marker = os.path.join(run_dir, f"{name}.done")
     ckpt_dir = os.path.join(run_dir, name)
     model.compile(optimizer=keras.optimizers.Adam(_schedule(lr, epochs * steps, warmup_steps)), loss=loss,
@@ -186,13 +186,13 @@ def _fit_phase(model, name: str, run_dir: str, train_ds, epochs: int, steps: int
     initial = checkpoint.restore(model)
     if os.path.exists(done_marker) or initial >= epochs:
         log.info("%s: already complete (epoch %d of %d)", name, initial, epochs)
-        return 0, {}
+        return 0
     if initial:
         log.warning("%s: resuming from the checkpoint after epoch %d of %d", name, initial, epochs)
     history = model.fit(train_ds, epochs=epochs, initial_epoch=initial, steps_per_epoch=steps,
                         callbacks=[*callbacks, checkpoint], verbose=verbose)
     open(done_marker, "w").close()
-    return len(history.epoch), history.history
+    return len(history.epoch)
 
 
 def train(cfg: TrainConfig, extra_callbacks: tuple = (), verbose="auto") -> TrainResult:
@@ -236,14 +236,12 @@ def train(cfg: TrainConfig, extra_callbacks: tuple = (), verbose="auto") -> Trai
     if frozen_epochs:
         if pretrained:
             freeze_backbone(model)
-        n, _ = _fit_phase(model, "phase1", run_dir, train_ds, frozen_epochs, steps, cfg.learning_rate, warmup, loss,
-                          callbacks, verbose)
-        epochs_run += n
+        epochs_run += _fit_phase(model, "phase1", run_dir, train_ds, frozen_epochs, steps, cfg.learning_rate, warmup,
+                                 loss, callbacks, verbose)
     if fine_tune_epochs:
         unfreeze_top(model, cfg.unfreeze_from_block)
-        n, _ = _fit_phase(model, "phase2", run_dir, train_ds, fine_tune_epochs, steps,
-                          cfg.learning_rate * cfg.fine_tune_lr_factor, 0, loss, callbacks, verbose)
-        epochs_run += n
+        epochs_run += _fit_phase(model, "phase2", run_dir, train_ds, fine_tune_epochs, steps,
+                                 cfg.learning_rate * cfg.fine_tune_lr_factor, 0, loss, callbacks, verbose)
 
     # Export into a staging dir, score the exported artifact itself, then commit the version.
     version = registry.new_version(cfg.models)
