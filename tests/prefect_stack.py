@@ -24,14 +24,21 @@ def env(home, api_url=None) -> dict:
     return e
 
 
-def request(method: str, url: str, body=None) -> tuple[int, dict | list]:
+def request(method: str, url: str, body=None, retries: int = 5) -> tuple[int, dict | list]:
+    """One API call. A busy server on 2 cores can answer 502/503/504 for a moment; like Prefect's own
+    client (PREFECT_CLIENT_MAX_RETRIES), retry those with backoff. Every other status is returned."""
     data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            return resp.status, json.loads(resp.read() or b"null")
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read() or b"null")
+    for attempt in range(retries + 1):
+        req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                return resp.status, json.loads(resp.read() or b"null")
+        except urllib.error.HTTPError as e:
+            if e.code in (502, 503, 504) and attempt < retries:
+                time.sleep(2 ** attempt)
+                continue
+            return e.code, json.loads(e.read() or b"null")
+    raise AssertionError("unreachable")
 
 
 @contextlib.contextmanager
