@@ -44,23 +44,18 @@ def normalize_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, jpeg_qual
     """Fully decodes ``data`` and returns it as an RGB JPEG, or raises :class:`ImageRejected`."""
     if not data:
         raise ImageRejected(R.EMPTY_FILE, "zero-byte file")
-    _allow_pixels(max_pixels)
     try:
-        img = Image.open(io.BytesIO(data))
+        img = open_header(data, max_pixels)
         w, h = img.size
-        if w * h > max_pixels:  # checked from the header, before any pixel is decoded
-            raise ImageRejected(R.TOO_MANY_PIXELS, f"{w}x{h} = {w * h} pixels > --max-pixels {max_pixels}")
         img.load()  # full decode: truncated files and corrupt bodies fail here, not in training
     except ImageRejected:
         raise
-    except Image.DecompressionBombError as e:
-        raise ImageRejected(R.TOO_MANY_PIXELS, str(e)) from None
     except Exception as e:  # PIL raises OSError, SyntaxError, ValueError... for bad bytes
-        raise ImageRejected(R.DECODE_ERROR, f"{type(e).__name__}: {e}") from None
+        raise ImageRejected(R.DECODE_ERROR, R.describe(e)) from None
     if w == 0 or h == 0:
         raise ImageRejected(R.DECODE_ERROR, f"image has zero size {w}x{h}")
 
-    orientation = _orientation(img)
+    orientation = exif_orientation(img)
     if img.format == "JPEG" and img.mode == "RGB" and orientation == 1:
         return NormalizedImage(data, w, h, w, h, 1, converted=False)
 
@@ -70,6 +65,25 @@ def normalize_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, jpeg_qual
     buf = io.BytesIO()
     rgb.save(buf, format="JPEG", quality=jpeg_quality)
     return NormalizedImage(buf.getvalue(), rgb.width, rgb.height, w, h, orientation, converted=True)
+
+
+def open_header(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Opens ``data`` reading only its header; refuses it if it claims more than ``max_pixels``.
+
+    The decompression-bomb guard shared by ingest (before its full decode) and the scoring job
+    (before TensorFlow decodes): a tiny file claiming 30,000 x 30,000 pixels is refused as
+    ``too_many_pixels`` from its header, whichever limit (ours or Pillow's) it hits first, and is
+    never decoded. Bytes Pillow cannot open raise what Pillow raises.
+    """
+    _allow_pixels(max_pixels)
+    try:
+        img = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as e:  # Pillow's own guard: at twice its limit, above ours
+        raise ImageRejected(R.TOO_MANY_PIXELS, f"more than max_pixels {max_pixels}: {e}") from None
+    w, h = img.size
+    if w * h > max_pixels:
+        raise ImageRejected(R.TOO_MANY_PIXELS, f"{w}x{h} = {w * h} pixels > max_pixels {max_pixels}")
+    return img
 
 
 def _allow_pixels(max_pixels: int) -> None:
@@ -84,7 +98,7 @@ def _allow_pixels(max_pixels: int) -> None:
     warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 
-def _orientation(img: Image.Image) -> int:
+def exif_orientation(img: Image.Image) -> int:
     try:
         value = int(img.getexif().get(_EXIF_ORIENTATION, 1))
     except Exception:  # unreadable EXIF is not a reason to lose the image

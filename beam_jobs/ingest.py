@@ -158,7 +158,8 @@ def load_fixed_label_map(cfg: IngestConfig) -> LabelMap | None:
 
 # --- transforms ----------------------------------------------------------------------------------
 class ListImages(beam.PTransform):
-    """Image files under a directory or glob → (key, path). Other files are skipped and counted."""
+    """Image files under a directory or glob → (key, path). Other files are skipped and counted;
+    names that are not valid UTF-8 are rejected (tag 'rejected')."""
 
     def __init__(self, pattern: str):
         super().__init__()
@@ -168,7 +169,9 @@ class ListImages(beam.PTransform):
         skipped = Metrics.counter(_NS, "files_skipped")
 
         def keyed(meta):
-            if _ext(meta.path) in IMAGE_EXTENSIONS:
+            if not R.is_text_name(meta.path):
+                yield beam.pvalue.TaggedOutput("rejected", R.undecodable_name(meta.path))
+            elif _ext(meta.path) in IMAGE_EXTENSIONS:
                 yield R.image_key(meta.path), meta.path
             else:
                 skipped.inc()
@@ -177,7 +180,7 @@ class ListImages(beam.PTransform):
         return (
             pbegin
             | "Match" >> fileio.MatchFiles(self.pattern, empty_match_treatment=fileio.EmptyMatchTreatment.ALLOW)
-            | "Key" >> beam.FlatMap(keyed).with_outputs("skipped", main="images")
+            | "Key" >> beam.FlatMap(keyed).with_outputs("skipped", "rejected", main="images")
         )
 
 
@@ -203,7 +206,7 @@ class _ParseLabelFiles(beam.DoFn):
 
 
 class ParseLabels(beam.PTransform):
-    """Label files → (key, LabelRecord); file-level problems → Rejection (tag 'rejected')."""
+    """Label files → {"records": (key, LabelRecord), "rejected": Rejection} (file-level problems)."""
 
     FILES_PER_TASK = 128
 
@@ -213,15 +216,27 @@ class ParseLabels(beam.PTransform):
 
     def expand(self, pbegin):
         fmt, n = self.fmt, self.FILES_PER_TASK
-        return (
+
+        def path_of(meta):
+            if R.is_text_name(meta.path):
+                yield meta.path
+            else:
+                yield beam.pvalue.TaggedOutput("rejected", R.undecodable_name(meta.path, R.LABEL_FILE))
+
+        paths = (
             pbegin
             | "Match" >> fileio.MatchFiles(self.pattern, empty_match_treatment=fileio.EmptyMatchTreatment.ALLOW)
             | "LabelFilesOnly" >> beam.Filter(lambda meta: is_label_file(fmt, meta.path))
-            | "Paths" >> beam.Map(lambda meta: meta.path)
+            | "Paths" >> beam.FlatMap(path_of).with_outputs("rejected", main="paths")
+        )
+        parsed = (
+            paths.paths
             | "Batch" >> beam.BatchElements(min_batch_size=n, max_batch_size=n)
             | "Spread" >> beam.Reshuffle()  # matching happens in one place; parsing should not
             | "Parse" >> beam.ParDo(_ParseLabelFiles(self.fmt, self.class_names)).with_outputs("rejected", main="records")
         )
+        rejected = (paths.rejected, parsed.rejected) | "AllRejected" >> beam.Flatten()
+        return {"records": parsed.records, "rejected": rejected}
 
 
 class _MatchDoFn(beam.DoFn):
@@ -299,7 +314,7 @@ class _EncodeFn(beam.DoFn):
         try:
             data = storage.read_bytes(path)
         except Exception as e:  # a storage error is this image's problem, not the job's
-            rej = R.Rejection(path, R.UNREADABLE, f"{type(e).__name__}: {e}")
+            rej = R.Rejection(path, R.UNREADABLE, R.describe(e))
             self.outcomes.append(ImageOutcome(record.key, path, "", None, boxes_in=boxes_in, rejections=(rej,)))
             self.rejected.inc()
             return
@@ -434,6 +449,10 @@ class _WriteShard(beam.DoFn):
         by_part: dict[str, list[tuple[int, int]]] = defaultdict(list)
         for part, offset, length in shard.ranges:
             by_part[part].append((offset, length))
+        if not by_part:  # an empty split: object stores refuse an upload with no parts
+            storage.write_bytes(target, b"")
+            yield shard.name
+            return
         with FileSystems.create(target) as out:
             for part, ranges in by_part.items():  # insertion order = the plan's order
                 data = storage.read_bytes(part)
@@ -538,14 +557,14 @@ def build_pipeline(p: beam.Pipeline, cfg: IngestConfig, tmp_dir: str, class_name
         label_map = p | "FixedLabelMap" >> beam.Create([fixed_map])
     else:
         label_map = (
-            labels.records
+            labels["records"]
             | "ClassNames" >> beam.Map(lambda kv: frozenset(b.label for b in kv[1].boxes))
             | "Union" >> beam.CombineGlobally(lambda sets: frozenset().union(*sets))
             | "BuildLabelMap" >> beam.Map(LabelMap.from_names)
         )
 
-    matched = {"images": images.images, "labels": labels.records} | "MatchLabelsToImages" >> MatchLabelsToImages(unlabeled_is_negative=fmt == "yolo")
-    early = (labels.rejected, matched.rejected) | "EarlyRejections" >> beam.Flatten()
+    matched = {"images": images.images, "labels": labels["records"]} | "MatchLabelsToImages" >> MatchLabelsToImages(unlabeled_is_negative=fmt == "yolo")
+    early = (images.rejected, labels["rejected"], matched.rejected) | "EarlyRejections" >> beam.Flatten()
     early_list = early | "CollectRejections" >> beam.combiners.ToList()
 
     blobs = matched.candidates | "EncodeExamples" >> EncodeExamples(parts_dir, cfg, label_map, fixed_map is not None)

@@ -54,7 +54,7 @@ class SavedModelDetector(ModelHandler[bytes, PredictionResult, Any]):
         try:
             out = self._call(serve, [data])
         except tf.errors.InvalidArgumentError as e:
-            return PredictionResult(None, {"error": e.message.splitlines()[0][:500]})
+            return PredictionResult(None, {"error": _reason(e.message)})
         return PredictionResult(None, {k: v[0] for k, v in out.items()})
 
     @staticmethod
@@ -72,3 +72,14 @@ class SavedModelDetector(ModelHandler[bytes, PredictionResult, Any]):
 
     def get_metrics_namespace(self) -> str:
         return "ssdflow.score"
+
+
+_NOISE = ("Graph execution error", "Detected at node", "<stack traces", "[[", "File ")
+
+
+def _reason(message: str) -> str:
+    """The line of a TensorFlow error that names the problem (e.g. "jpeg::Uncompress failed. Invalid
+    JPEG data or crop window."), not the "Graph execution error:" banner or the node trace."""
+    lines = [line.strip() for line in message.splitlines()]
+    useful = [line for line in lines if line and not line.startswith(_NOISE)]
+    return (useful[-1] if useful else message.strip())[:500]

@@ -8,6 +8,7 @@ of builtins so it pickles cheaply between Beam workers (Fn API runners included)
 from __future__ import annotations
 
 import posixpath
+import re
 from dataclasses import dataclass, field
 
 # Rejection kinds: what the rejected line refers to.
@@ -25,6 +26,7 @@ UNREADABLE = "unreadable"  # the storage layer could not read the bytes
 DECODE_ERROR = "decode_error"  # not an image, truncated, or corrupt body
 TOO_MANY_PIXELS = "too_many_pixels"  # decompression-bomb guard (--max-pixels)
 DUPLICATE = "duplicate"  # byte-identical to another image that is kept
+UNDECODABLE_NAME = "undecodable_name"  # a file name that is not valid UTF-8 (also for label files)
 
 # Box-level reasons.
 OUT_OF_BOUNDS = "out_of_bounds"  # further outside the image than the clipping tolerance
@@ -37,6 +39,32 @@ UNKNOWN_IMAGE_ID = "unknown_image_id"  # COCO annotation pointing at an image id
 # Label-file-level reasons.
 UNSAFE_XML = "unsafe_xml"  # entities / DTDs refused by defusedxml (XXE, billion laughs)
 MALFORMED_LABEL_FILE = "malformed_label_file"  # unparseable, wrong schema, missing columns
+
+
+def describe(error: BaseException, limit: int = 500) -> str:
+    """``Type: message`` for a rejected or error line, without object addresses (``<... at 0x7f...>``),
+    so that rerunning a job over the same input writes the same bytes."""
+    text = re.sub(r" at 0x[0-9a-fA-F]+", "", f"{type(error).__name__}: {error}")
+    return text[:limit]
+
+
+def is_text_name(path: str) -> bool:
+    """Whether ``path`` is valid UTF-8. Listing decodes other bytes to lone surrogates, which Beam's
+    string coders (and JSON outputs) cannot carry, so such files are rejected at listing."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def printable_name(path: str) -> str:
+    """``path`` with its undecodable bytes written as ``\\xNN``: how rejected and error lines name it."""
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def undecodable_name(path: str, kind: str = IMAGE) -> "Rejection":
+    return Rejection(printable_name(path), UNDECODABLE_NAME, "file name is not valid UTF-8; rename the file", kind)
 
 
 @dataclass(frozen=True)

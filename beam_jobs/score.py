@@ -26,7 +26,7 @@ import logging
 import os
 import posixpath
 import tarfile
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass
 
 import apache_beam as beam
@@ -36,6 +36,7 @@ from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 
 from beam_jobs.ingest import IMAGE_EXTENSIONS, image_pattern
 from beam_jobs.model_handler import SavedModelDetector
+from beam_jobs.records import UNDECODABLE_NAME, describe, is_text_name, printable_name
 from ssdflow import storage
 from ssdflow.beam_runner import make_pipeline, pipeline_options
 from ssdflow.config import OutputFormat, ScoreConfig
@@ -117,46 +118,74 @@ def chunk_dir(out: str, version: str, chunk_id: str) -> str:
 
 
 # --- reading ------------------------------------------------------------------------------------
-def _image_size(data: bytes) -> tuple[int, int]:
-    from PIL import Image
+def _inspect(data: bytes, max_pixels: int | None = None) -> tuple[bytes, tuple[int, int]]:
+    """(bytes for the model, (width, height) as displayed), from the header alone for most images.
 
-    with Image.open(io.BytesIO(data)) as img:  # header only; TensorFlow decodes the pixels
-        return img.size
+    Ingest's decompression-bomb guard, shared: a header claiming more than ``max_pixels``
+    (default: ingest's default limit) raises ImageRejected (too_many_pixels) here, so a tiny file
+    claiming 30,000 x 30,000 pixels never reaches TensorFlow's decoder. An image with an EXIF
+    orientation (phone photos) is turned upright as ingest does, because TensorFlow's decoder
+    ignores EXIF and the model was trained on upright pixels; boxes then refer to the upright image.
+    """
+    from beam_jobs.images import DEFAULT_MAX_PIXELS, exif_orientation, normalize_image, open_header
+
+    limit = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
+    with open_header(data, limit) as img:
+        size, orientation = img.size, exif_orientation(img)
+    if orientation == 1:
+        return data, size
+    upright = normalize_image(data, limit)
+    return upright.jpeg, (upright.width, upright.height)
 
 
 class _ReadChunk(beam.DoFn):
-    """A chunk → ((chunk id, source, width, height), bytes) per image; counts and errors on tags."""
+    """A chunk → ((chunk id, source, width, height), bytes) per image; counts and errors on tags.
+
+    Files are read by a small thread pool, ``read_threads`` ahead of the consumer and yielded in
+    listing order: on object storage each read is a round trip, and even locally reading the next
+    batch overlaps the inference of this one (TensorFlow releases the GIL).
+    """
+
+    def __init__(self, read_threads: int = 8):
+        self.read_threads = read_threads
+        self._pool = None
+
+    def setup(self):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._pool = ThreadPoolExecutor(self.read_threads, thread_name_prefix="ssdflow-read")
+
+    def teardown(self):
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
 
     def process(self, chunk: Chunk):
         counts = Counter()
-        for source, data, problem in self._members(chunk):
-            ext = posixpath.splitext(source.split("#", 1)[-1])[1].lower()
-            if problem is None and ext not in IMAGE_EXTENSIONS:
+        for source, outcome in self._members(chunk):
+            if outcome is None:
                 counts["files_skipped"] += 1
                 continue
             counts["images_in"] += 1
-            if problem is None and not data:
-                problem = ("empty_file", "zero-byte file")
-            if problem is None:
-                try:
-                    width, height = _image_size(data)
-                except Exception as e:
-                    problem = ("decode_error", f"{type(e).__name__}: {e}"[:500])
-            if problem is not None:
-                yield beam.pvalue.TaggedOutput("errors", (chunk.chunk_id, {"source": source, "reason": problem[0], "detail": problem[1]}))
+            if outcome[0] == "error":
+                _, reason, detail = outcome
+                yield beam.pvalue.TaggedOutput("errors", (chunk.chunk_id, {"source": printable_name(source), "reason": reason, "detail": detail}))
                 continue
+            _, data, (width, height) = outcome
             yield (chunk.chunk_id, source, width, height), data
         yield beam.pvalue.TaggedOutput("manifest", (chunk.chunk_id, dict(counts)))
 
-    @staticmethod
-    def _members(chunk: Chunk):
-        """(source, bytes, problem) for every file of the chunk; tar members are streamed, never extracted."""
+    def _members(self, chunk: Chunk):
+        """(source, outcome) for every file of the chunk, in order; tar members are streamed, never extracted."""
         if chunk.kind == "files":
+            window = deque()
             for uri in chunk.uris:
-                try:
-                    yield uri, storage.read_bytes(uri), None
-                except Exception as e:
-                    yield uri, b"", ("unreadable", f"{type(e).__name__}: {e}"[:500])
+                window.append((uri, self._pool.submit(_load, uri)))
+                if len(window) >= 4 * self.read_threads:  # bounded look-ahead: memory stays flat on big chunks
+                    uri, future = window.popleft()
+                    yield uri, future.result()
+            while window:
+                uri, future = window.popleft()
+                yield uri, future.result()
             return
         (uri,) = chunk.uris
         try:
@@ -164,11 +193,52 @@ class _ReadChunk(beam.DoFn):
                 for member in tar:
                     source = f"{uri}#{member.name}"
                     if member.issym() or member.islnk():
-                        yield source, b"", ("link_member", "symbolic and hard links in archives are refused")
+                        yield source, ("error", "link_member", "symbolic and hard links in archives are refused")
                     elif member.isfile():
-                        yield source, tar.extractfile(member).read(), None
+                        yield source, _check(source, tar.extractfile(member).read())
+                    elif not member.isdir():  # FIFOs, devices: never opened, but accounted for
+                        yield source, ("error", "special_member", f"tar member of type {member.type!r} is not a regular file")
         except (tarfile.TarError, OSError, EOFError) as e:
-            yield uri, b"", ("unreadable_archive", f"{type(e).__name__}: {e}"[:500])
+            yield uri, ("error", "unreadable_archive", describe(e))
+
+
+def _is_image_name(source: str) -> bool:
+    return posixpath.splitext(source.split("#", 1)[-1])[1].lower() in IMAGE_EXTENSIONS
+
+
+def _check(source: str, data: bytes, max_pixels: int | None = None):
+    """None for a file that is not an image (skipped); ("error", reason, detail); or ("ok", bytes, (w, h))
+    with the bytes the model should see.
+
+    Reasons are ingest's where the problem is the same: empty_file, too_many_pixels, decode_error.
+    """
+    from beam_jobs.images import ImageRejected
+
+    if not _is_image_name(source):
+        return None
+    if not is_text_name(source):  # Beam's coders and the JSON outputs need text names
+        return "error", UNDECODABLE_NAME, "file name is not valid UTF-8; rename the file"
+    if not data:
+        return "error", "empty_file", "zero-byte file"
+    try:
+        return ("ok", *_inspect(data, max_pixels))
+    except ImageRejected as e:
+        return "error", e.reason, e.detail[:500]
+    except Exception as e:
+        return "error", "decode_error", describe(e)
+
+
+def _load(uri: str, max_pixels: int | None = None):
+    """Reads and header-checks one file (runs on the reader pool)."""
+    if not _is_image_name(uri):
+        return None  # never read what is skipped
+    if not is_text_name(uri):
+        return _check(uri, b"")
+    try:
+        data = storage.read_bytes(uri)
+    except Exception as e:
+        return "error", "unreadable", describe(e)
+    return _check(uri, data, max_pixels)
 
 
 # --- results ------------------------------------------------------------------------------------
@@ -271,7 +341,7 @@ def build_pipeline(p, cfg: ScoreConfig, model: ModelRef, chunks: list[Chunk]):
         p
         | "Chunks" >> beam.Create(chunks)
         | "Spread" >> beam.Reshuffle()
-        | "ReadChunks" >> beam.ParDo(_ReadChunk()).with_outputs("manifest", "errors", main="images")
+        | "ReadChunks" >> beam.ParDo(_ReadChunk(cfg.read_threads)).with_outputs("manifest", "errors", main="images")
     )
     handler = KeyedModelHandler(SavedModelDetector(model.model_dir, cfg.min_batch_size, cfg.max_batch_size))
     results = (

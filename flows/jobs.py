@@ -15,6 +15,7 @@ from prefect import flow, get_run_logger, task
 from prefect.concurrency.sync import concurrency
 
 from flows import artifacts
+from flows.recovery import Attempt
 from ssdflow.config import IngestConfig, ScoreConfig, TrainConfig
 
 TRAIN_CONCURRENCY = "ssdflow-train"  # a global concurrency limit of 1: two trainings never overlap
@@ -78,13 +79,29 @@ class _PrefectEpochLogger(keras.callbacks.Callback):
         self.progress.update(100.0 * self.done / self.total)
 
 
+def after_crash(cfg: TrainConfig, attempt: int) -> tuple[TrainConfig, bool]:
+    """(config, reuse_completed) for a training that may be a rerun after a crash: the rerun resumes
+    the interrupted training from its last epoch checkpoint, and reuses a version the crashed run
+    already committed instead of training a duplicate."""
+    from model.train import can_resume
+
+    if attempt == 0:
+        return cfg, False
+    if not cfg.resume and can_resume(cfg):
+        get_run_logger().info("train: rerun %d after a crash: resuming the interrupted training from its last checkpoint", attempt)
+        cfg = cfg.model_copy(update={"resume": True})
+    return cfg, True
+
+
 @task(name="train-evaluate-promote")
-def train_task(cfg: TrainConfig) -> dict:
+def train_task(cfg: TrainConfig, attempt: int = 0) -> dict:
     from model.train import train
 
+    cfg, reuse_completed = after_crash(cfg, attempt)
     progress = artifacts.ProgressArtifact(f"training {cfg.epochs} epochs on {cfg.data}")
     with concurrency(TRAIN_CONCURRENCY, occupy=1):
-        result = train(cfg, extra_callbacks=(_PrefectEpochLogger(cfg.epochs, progress),), verbose=0)
+        result = train(cfg, extra_callbacks=(_PrefectEpochLogger(cfg.epochs, progress),), verbose=0,
+                       reuse_completed=reuse_completed)
     progress.update(100.0)
     artifacts.training_metrics(result.metrics)
     artifacts.model_card(result.model_dir, result.decision)
@@ -109,7 +126,7 @@ def score_task(cfg: ScoreConfig) -> dict:
 
 
 @flow(name="ingest", log_prints=True)
-def ingest_flow(config: IngestConfig) -> dict:
+def ingest_flow(config: IngestConfig, attempt: Attempt = 0) -> dict:
     """Images + labels → sharded TFRecords (Apache Beam); skipped when the inputs did not change."""
     stats = ingest_unless_unchanged(config)
     artifacts.ingest_stats(stats, config.out)
@@ -117,12 +134,12 @@ def ingest_flow(config: IngestConfig) -> dict:
 
 
 @flow(name="train", log_prints=True)
-def train_flow(config: TrainConfig) -> dict:
+def train_flow(config: TrainConfig, attempt: Attempt = 0) -> dict:
     """Train → evaluate (COCO mAP) → export → promote if the challenger beats the champion."""
-    return train_task(config)
+    return train_task(config, attempt)
 
 
 @flow(name="batch-score", log_prints=True)
-def score_flow(config: ScoreConfig) -> dict:
+def score_flow(config: ScoreConfig, attempt: Attempt = 0) -> dict:
     """Score image archives with the champion (or a given model); detections back to storage."""
     return score_task(config)

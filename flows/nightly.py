@@ -11,6 +11,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from flows import artifacts
 from flows.jobs import ingest_unless_unchanged, score_task, train_task
+from flows.recovery import Attempt
 from ssdflow.config import DemoConfig, NightlyConfig, ScoreConfig
 
 HISTORY = "nightly"  # MODELS/nightly/last_ingest_stats.json, MODELS/nightly/<run>/compare-*.jpg
@@ -53,7 +54,7 @@ def compare_task(champion_dir: str, challenger_dir: str, data_dir: str, n: int, 
 
 
 @flow(name="nightly-retrain", log_prints=True)
-def nightly_flow(config: NightlyConfig) -> dict:
+def nightly_flow(config: NightlyConfig, attempt: Attempt = 0) -> dict:
     """Ingest tonight's data → train → evaluate → promote → (optionally) score an archive with the champion."""
     from model import registry
 
@@ -66,7 +67,7 @@ def nightly_flow(config: NightlyConfig) -> dict:
                           description="Tonight's ingest beside last night's")
 
     champion_before = registry.read_champion(config.models) if os.path.isdir(config.models) else None
-    trained = train_task(config.train_config())
+    trained = train_task(config.train_config(), attempt)
     run_dir = os.path.join(config.models, HISTORY, datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ"))
     if champion_before and config.comparison_images:
         compare_task(str(registry.version_dir(config.models, champion_before["version"])), trained["model_dir"],
@@ -86,7 +87,7 @@ def nightly_flow(config: NightlyConfig) -> dict:
 
 
 @flow(name="demo", log_prints=True)
-def demo_flow(config: DemoConfig = DemoConfig()) -> dict:
+def demo_flow(config: DemoConfig = DemoConfig(), attempt: Attempt = 0) -> dict:
     """The embedded default: synthetic shapes → ingest → train → score, locally, in a few minutes."""
     from ssdflow.demo import demo_configs, make_demo_data
 
@@ -95,6 +96,6 @@ def demo_flow(config: DemoConfig = DemoConfig()) -> dict:
     ingest_cfg, train_cfg, score_cfg = demo_configs(workdir, images, labels, config.epochs)
     stats = ingest_unless_unchanged(ingest_cfg)
     artifacts.ingest_stats(stats, ingest_cfg.out)
-    trained = train_task(train_cfg)
+    trained = train_task(train_cfg, attempt)
     scored = score_task(score_cfg)
     return {"workdir": workdir, "ingest": stats["images_written"], "train": trained, "score": scored}

@@ -6,6 +6,9 @@ Deployments:
 * ``batch-score`` — no schedule: run it from the UI (Run → Custom run) or the API;
 * ``ingest``, ``train``, ``demo`` — on demand.
 
+Every run sends heartbeats; runs that fall silent are marked Crashed and rerun (a bounded number
+of times) by two automations that serve keeps up to date (flows/recovery.py).
+
 Default parameters come from a JSON/YAML file (``--config``) or, without one, from the embedded
 demo: a synthetic dataset under ``--home`` that serve creates on first start, so every deployment
 runs out of the box.
@@ -22,6 +25,7 @@ from prefect import serve
 from prefect.schedules import Cron
 
 from flows.jobs import TRAIN_CONCURRENCY, ingest_flow, score_flow, train_flow
+from flows import recovery
 from flows.nightly import demo_flow, nightly_flow
 from ssdflow.config import DemoConfig, IngestConfig, NightlyConfig, ScoreConfig, TrainSettings
 
@@ -84,10 +88,13 @@ def ensure_concurrency_limit() -> None:
             client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=TRAIN_CONCURRENCY, limit=1))
 
 
-def run_serve(home: str = "ssdflow_home", config_file: str | None = None, timezone: str = "UTC") -> None:
-    """Registers and serves every deployment until interrupted."""
+def run_serve(home: str = "ssdflow_home", config_file: str | None = None, timezone: str = "UTC",
+              silence_seconds: int = recovery.SILENCE_SECONDS) -> None:
+    """Registers and serves every deployment until interrupted, with crash detection and reruns."""
     if not os.environ.get("PREFECT_API_URL"):
         log.warning("PREFECT_API_URL is not set: deployments go to a temporary local server (start one with "
                     "`prefect server start --host 127.0.0.1 --port 4200`)")
+    os.environ.update(recovery.heartbeat_env())  # inherited by every flow-run process serve starts
     ensure_concurrency_limit()
+    recovery.ensure_automations(silence_seconds)
     serve(*build_deployments(default_parameters(home, config_file), timezone, home))

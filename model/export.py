@@ -46,7 +46,9 @@ class Detector(tf.Module):
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="images")])
     def serve(self, images):
         pixels = tf.map_fn(self._decode, images, fn_output_signature=tf.TensorSpec([self.size, self.size, 3], tf.float32))
-        return self.detect_pixels(pixels)
+        # Calling the other signature's function, not inlining the network again, keeps one copy of
+        # the graph in the SavedModel: a smaller file that loads faster in every scoring worker.
+        return self.serve_pixels(pixels)
 
     @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32, name="pixels")])
     def serve_pixels(self, pixels):

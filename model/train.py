@@ -158,6 +158,52 @@ def _schedule(lr: float, steps: int, warmup_steps: int):
         warmup_target=lr if warmup_steps else None, warmup_steps=warmup_steps, alpha=0.01)
 
 
+def _run_config(cfg: TrainConfig) -> dict:
+    """What an interrupted run must share with its resumption: the settings and the data."""
+    return {"train": cfg.model_dump(exclude={"resume"}), "data_fingerprint": data_fingerprint(cfg.data)}
+
+
+def _run_key(run_config: dict) -> str:
+    return hashlib.sha256(json.dumps(run_config, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def completed_version(cfg: TrainConfig) -> str | None:
+    """The newest committed version trained with exactly these settings on exactly this data."""
+    key = _run_key(_run_config(cfg))
+    for version in reversed(registry.list_versions(cfg.models)):
+        path = registry.version_dir(cfg.models, version) / "metrics.json"
+        if path.exists() and json.loads(path.read_text()).get("run_key") == key:
+            return version
+    return None
+
+
+def _finish_completed(cfg: TrainConfig, version: str) -> "TrainResult":
+    """A rerun after a crash that happened once ``version`` was committed: no second training, no
+    second version; the promotion decision is made now only if the crash came before it."""
+    model_dir = registry.version_dir(cfg.models, version)
+    metrics = json.loads((model_dir / "metrics.json").read_text())
+    decision_path = model_dir / "decision.json"
+    if decision_path.exists():
+        decision = json.loads(decision_path.read_text())
+    else:
+        policy = registry.PromotionPolicy(tolerance=cfg.promotion_tolerance, on_label_map_change=cfg.on_label_map_change)
+        decision = registry.promote_if_better(cfg.models, version, lambda d: score_saved_model(str(d), cfg.data, "val"), policy)
+        with open(model_dir / "model_card.md", "a") as f:
+            f.write(_decision_markdown(decision))
+    shutil.rmtree(os.path.join(cfg.models, RUN_DIR), ignore_errors=True)
+    log.warning("train: %s was already trained with these settings and data; reusing it", version)
+    return TrainResult(version, str(model_dir), metrics, decision, 0)
+
+
+def can_resume(cfg: TrainConfig) -> bool:
+    """Whether ``MODELS/.train-run`` holds an interrupted run of exactly these settings and data."""
+    saved = os.path.join(cfg.models, RUN_DIR, "run.json")
+    if not os.path.exists(saved):
+        return False
+    with open(saved) as f:
+        return json.load(f) == _run_config(cfg)
+
+
 def _prepare_run_dir(cfg: TrainConfig, run_config: dict) -> str:
     run_dir = os.path.join(cfg.models, RUN_DIR)
     saved = os.path.join(run_dir, "run.json")
@@ -195,8 +241,12 @@ def _fit_phase(model, name: str, run_dir: str, train_ds, epochs: int, steps: int
     return len(history.epoch)
 
 
-def train(cfg: TrainConfig, extra_callbacks: tuple = (), verbose="auto") -> TrainResult:
-    """The whole job: fit, export, evaluate, register, promote. Returns what happened."""
+def train(cfg: TrainConfig, extra_callbacks: tuple = (), verbose="auto", reuse_completed: bool = False) -> TrainResult:
+    """The whole job: fit, export, evaluate, register, promote. Returns what happened.
+
+    ``reuse_completed`` (set by orchestration when it reruns crashed work): if a committed version
+    was trained with exactly these settings and data, return it instead of training a duplicate.
+    """
     label_map = read_label_map(cfg.data)
     model_cfg = cfg.model(num_classes=len(label_map))
     train_files = shard_files(cfg.data, "train")
@@ -211,10 +261,12 @@ def train(cfg: TrainConfig, extra_callbacks: tuple = (), verbose="auto") -> Trai
     pretrained = cfg.backbone_weights != "none"
     fine_tune_epochs = int(round(cfg.epochs * cfg.fine_tune_fraction)) if pretrained else 0
     frozen_epochs = cfg.epochs - fine_tune_epochs
-    fingerprint = data_fingerprint(cfg.data)
 
     os.makedirs(cfg.models, exist_ok=True)
-    run_config = {"train": cfg.model_dump(exclude={"resume"}), "data_fingerprint": fingerprint}
+    run_config = _run_config(cfg)
+    fingerprint = run_config["data_fingerprint"]
+    if reuse_completed and (done := completed_version(cfg)) is not None:
+        return _finish_completed(cfg, done)
     run_dir = _prepare_run_dir(cfg, run_config)
     keras.utils.set_random_seed(cfg.seed)
     precision = configure_precision()
@@ -250,7 +302,7 @@ def train(cfg: TrainConfig, extra_callbacks: tuple = (), verbose="auto") -> Trai
                        iou_threshold=cfg.iou_threshold, max_detections=cfg.max_detections)
     model.save_weights(os.path.join(staging, KERAS_WEIGHTS))  # lets `ssdflow export` rebuild and re-export
     metrics = score_saved_model(str(staging), cfg.data, "val")
-    metrics.update(data_fingerprint=fingerprint, val_images=n_val, train_images=n_train, epochs=cfg.epochs,
+    metrics.update(data_fingerprint=fingerprint, run_key=_run_key(run_config), val_images=n_val, train_images=n_train, epochs=cfg.epochs,
                    validation_history=val_map.history, precision=precision)
     write_metrics(os.path.join(staging, "metrics.json"), metrics)
     write_model_card(os.path.join(staging, "model_card.md"), version, cfg, model_cfg, metrics, label_map, fingerprint)

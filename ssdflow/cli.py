@@ -179,10 +179,11 @@ def score(
     score_threshold: float = typer.Option(0.3, help="Keep detections scoring at least this"),
     max_detections: int = typer.Option(100, help="Detections kept per image"),
     min_batch_size: int = typer.Option(8, help="Smallest inference batch"),
-    max_batch_size: int = typer.Option(32, help="Largest inference batch"),
+    max_batch_size: int = typer.Option(64, help="Largest inference batch"),
     chunk_size: int = typer.Option(1000, help="Images per resumable chunk (each tar archive is one chunk)"),
     chunks_per_run: int = typer.Option(16, help="Chunks per pipeline run (a crash loses at most one run's work)"),
     preview: int = typer.Option(0, help="Write this many JPEGs with boxes drawn into OUT/preview/"),
+    read_threads: int = typer.Option(8, help="Files read ahead concurrently per worker (object stores need several)"),
     runner: str = typer.Option("DirectRunner", help="Beam runner; further Beam options pass through"),
 ) -> None:
     """Score image archives with an exported model (Beam RunInference) and write detections back to storage.
@@ -194,7 +195,8 @@ def score(
 
     cfg = _config(ScoreConfig, model=model, images=images, out=out, formats=[f.strip() for f in formats.split(",") if f.strip()],
                   score_threshold=score_threshold, max_detections=max_detections, min_batch_size=min_batch_size,
-                  max_batch_size=max_batch_size, chunk_size=chunk_size, chunks_per_run=chunks_per_run, preview=preview, runner=runner, beam_args=list(ctx.args))
+                  max_batch_size=max_batch_size, chunk_size=chunk_size, chunks_per_run=chunks_per_run, preview=preview,
+                  read_threads=read_threads, runner=runner, beam_args=list(ctx.args))
     try:
         m = run_score(cfg)
     except (ScoreError, FileNotFoundError) as e:
@@ -209,11 +211,29 @@ def serve(
     home: str = typer.Option("ssdflow_home", help="Where the default (demo) data and outputs live"),
     config: Optional[str] = typer.Option(None, help="JSON/YAML with default parameters: {nightly: ..., score: ...}"),
     timezone: str = typer.Option("UTC", help="Time zone of the nightly 02:00 schedule, e.g. Europe/Berlin"),
+    silence_seconds: int = typer.Option(90, min=45, max=3600, help="A run without a heartbeat (sent every 30 s) for this long is marked Crashed and rerun"),
 ) -> None:
-    """Register and serve the Prefect deployments (nightly-retrain at 02:00, batch-score, ingest, train, demo) against PREFECT_API_URL until stopped."""
+    """Register and serve the Prefect deployments (nightly-retrain at 02:00, batch-score, ingest, train, demo) against PREFECT_API_URL until stopped.
+
+    Runs send heartbeats; a run whose process died is marked Crashed and run again, at most twice (Prefect automations created here).
+    """
     from flows.serve import run_serve
 
-    run_serve(home=home, config_file=config, timezone=timezone)
+    run_serve(home=home, config_file=config, timezone=timezone, silence_seconds=silence_seconds)
+
+
+@app.command()
+def automations(
+    silence_seconds: int = typer.Option(90, min=45, max=3600, help="A run without a heartbeat (sent every 30 s) for this long is marked Crashed and rerun"),
+) -> None:
+    """Create or update the automations that mark silent runs Crashed and rerun them (at most twice), against PREFECT_API_URL.
+
+    `ssdflow serve` does this itself; run it once when deployments run on a work pool (deploy/prefect.yaml).
+    """
+    from flows.recovery import ensure_automations
+
+    for name in ensure_automations(silence_seconds):
+        typer.echo(f"automation: {name}")
 
 
 @app.command()
@@ -231,6 +251,8 @@ def demo(
 
 def main() -> None:  # pragma: no cover - console entry point
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # botocore's wire log prints request headers, the access key id among them: never below INFO.
+    logging.getLogger("botocore.endpoint").setLevel(logging.INFO)
     app()
 
 

@@ -140,10 +140,11 @@ class ScoreConfig(BeamOptions):
     score_threshold: float = Field(0.3, ge=0.0, le=1.0, description="Keep detections scoring at least this")
     max_detections: int = Field(100, ge=1, le=1000, description="Detections kept per image")
     min_batch_size: int = Field(8, ge=1, le=1024, description="Smallest inference batch")
-    max_batch_size: int = Field(32, ge=1, le=1024, description="Largest inference batch")
+    max_batch_size: int = Field(64, ge=1, le=1024, description="Largest inference batch (64 measured faster than 32 on CPU, docs/benchmarks.md)")
     chunk_size: int = Field(1000, ge=1, le=1_000_000, description="Images per resumable chunk (a tar archive is one chunk)")
     chunks_per_run: int = Field(16, ge=1, le=100_000, description="Chunks per pipeline run: a crash loses at most one run's work")
     preview: int = Field(0, ge=0, le=1000, description="Write this many JPEGs with the boxes drawn")
+    read_threads: int = Field(8, ge=1, le=64, description="Files read ahead concurrently per worker (object stores need several)")
 
     @model_validator(mode="after")
     def _check_batches(self) -> "ScoreConfig":

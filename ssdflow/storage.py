@@ -44,9 +44,27 @@ def write_bytes(uri: str, data: bytes) -> None:
         with FileSystems.create(tmp, compression_type=CompressionTypes.UNCOMPRESSED) as f:
             f.write(data)
         FileSystems.rename([tmp], [uri])
+    elif not data and uri.startswith("s3://"):
+        _put_empty_s3_object(uri)
     else:
         with FileSystems.create(uri, compression_type=CompressionTypes.UNCOMPRESSED) as f:
             f.write(data)
+
+
+def _put_empty_s3_object(uri: str) -> None:
+    """A zero-byte object on S3 (an errors.jsonl with no errors, a rejected.jsonl with no rejections).
+
+    Beam's S3 writer is a multipart upload whose parts are sent only once there are bytes, and S3
+    refuses to complete an upload without parts (400 MalformedXML), so through ``FileSystems.create``
+    an empty file can never be written to s3://. One PutObject instead, through the boto3 client Beam
+    builds from the same S3 options (endpoint, region, keys from the options or the environment; the
+    same botocore retries). PutObject is atomic: the object exists whole or not at all.
+    """
+    from apache_beam.io.aws import s3io
+
+    options = getattr(FileSystems.get_filesystem(uri), "_options", None)
+    bucket, key = s3io.parse_s3_path(uri)
+    s3io.S3IO(options=options if options is not None else {}).client.client.put_object(Bucket=bucket, Key=key, Body=b"")
 
 
 def write_text(uri: str, text: str) -> None:

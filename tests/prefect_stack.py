@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -41,36 +42,64 @@ def request(method: str, url: str, body=None, retries: int = 5) -> tuple[int, di
     raise AssertionError("unreachable")
 
 
+class Serving:
+    """`ssdflow serve` in its own process group, which a test may kill (SIGKILL) and start again."""
+
+    def __init__(self, api: str, prefect_home, work_home, serve_args=()):
+        self.api, self.prefect_home, self.work_home, self.serve_args = api, prefect_home, work_home, list(serve_args)
+        self.proc: subprocess.Popen | None = None
+        self.starts = 0
+
+    def start(self, timeout: float = 180) -> dict:
+        """Starts serve and waits until its deployments are registered; returns them by name."""
+        self.starts += 1
+        log = open(self.prefect_home / f"serve-{self.starts}.log", "w")
+        self.proc = subprocess.Popen([sys.executable, "-m", "ssdflow.cli", "serve", "--home", str(self.work_home), *self.serve_args],
+                                     cwd=REPO, env=env(self.prefect_home, self.api), stdout=log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        deadline = time.time() + timeout
+        deployments = []
+        while time.time() < deadline and self.proc.poll() is None:
+            status, deployments = request("POST", f"{self.api}/deployments/filter", {})
+            # Registered and polling (after a restart the deployments exist before serve is up).
+            if status == 200 and len(deployments) >= 5 and "being served and polling" in self.log_text():
+                break
+            time.sleep(1)
+        assert len(deployments) >= 5, self.log_text()[-3000:]
+        return {d["name"]: d for d in deployments}
+
+    def log_text(self) -> str:
+        return (self.prefect_home / f"serve-{self.starts}.log").read_text(errors="replace")
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group: serve and the flow-run processes it started die at once."""
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_process(self.proc, timeout=20)
+
+
 @contextlib.contextmanager
 def prefect_stack(prefect_home, work_home, serve_args=()):
-    """Yields {"api", "url", "deployments" (by name), "home"}; both processes are stopped by PID at exit."""
+    """Yields {"api", "url", "deployments" (by name), "home", "serving"}; both processes are stopped by PID at exit."""
     prefect_home.mkdir(parents=True, exist_ok=True)
     port = free_port()
     api = f"http://127.0.0.1:{port}/api"
     server = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
                               env=env(prefect_home, api), stdout=open(prefect_home / "server.log", "w"), stderr=subprocess.STDOUT,
                               start_new_session=True)
-    serving = None
+    serving = Serving(api, prefect_home, work_home, serve_args)
     try:
         wait_for_port(port, timeout=120, proc=server)
         deadline = time.time() + 120
         while request("GET", f"{api}/health")[0] != 200 and time.time() < deadline:
             time.sleep(0.5)
-        serving = subprocess.Popen([sys.executable, "-m", "ssdflow.cli", "serve", "--home", str(work_home), *serve_args],
-                                   cwd=REPO, env=env(prefect_home, api), stdout=open(prefect_home / "serve.log", "w"),
-                                   stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.time() + 180
-        deployments = []
-        while time.time() < deadline and serving.poll() is None:
-            status, deployments = request("POST", f"{api}/deployments/filter", {})
-            if status == 200 and len(deployments) >= 5:
-                break
-            time.sleep(1)
-        assert len(deployments) >= 5, (prefect_home / "serve.log").read_text()[-3000:]
-        yield {"api": api, "url": f"http://127.0.0.1:{port}", "deployments": {d["name"]: d for d in deployments}, "home": prefect_home}
+        deployments = serving.start()
+        yield {"api": api, "url": f"http://127.0.0.1:{port}", "deployments": deployments, "home": prefect_home, "serving": serving}
     finally:
-        if serving is not None:
-            stop_process(serving, timeout=20)
+        serving.stop()
         stop_process(server, timeout=20)
 
 

@@ -44,6 +44,8 @@ def parse(source: str, data: bytes) -> ParseResult:
         return _file_rejection(source, UNSAFE_XML, f"refused by defusedxml: {exc!r}")
     except ParseError as exc:
         return _file_rejection(source, MALFORMED_LABEL_FILE, f"not well-formed XML: {exc}")
+    except (LookupError, ValueError) as exc:  # e.g. <?xml encoding="u-tf-8"?>: an encoding Python does not know
+        return _file_rejection(source, MALFORMED_LABEL_FILE, f"unreadable XML declaration: {exc}")
     if root.tag != "annotation":
         return _file_rejection(
             source, MALFORMED_LABEL_FILE, f"root element is <{root.tag}>, expected <annotation>"

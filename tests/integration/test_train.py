@@ -109,6 +109,23 @@ def test_better_challenger_promoted_worse_one_not(shapes, trained):
     assert "Promoted: **no**" in card and shapes["records"] in card
 
 
+def test_rerun_after_a_crash_reuses_the_committed_version(shapes, trained):
+    """A crash after training committed its version (e.g. while nightly scored): the orchestrated
+    rerun (reuse_completed) returns that version instead of training and registering a duplicate."""
+    from model import registry
+    from model.train import train
+
+    _, strong = trained
+    decisions = os.path.join(shapes["models"], "decisions.jsonl")
+    versions, lines = registry.list_versions(shapes["models"]), open(decisions).read()
+    cfg = TrainConfig(data=shapes["records"], models=shapes["models"], **{**TINY, "epochs": 3, "steps_per_epoch": 40,
+                                                                          "learning_rate": 3e-3})
+    again = train(cfg, verbose=0, reuse_completed=True)
+    assert (again.version, again.epochs_run) == (strong.version, 0)
+    assert again.decision == strong.decision and again.metrics["mAP"] == strong.metrics["mAP"]
+    assert registry.list_versions(shapes["models"]) == versions and open(decisions).read() == lines
+
+
 def test_saved_model_reloads_in_a_fresh_process(trained, shapes):
     _, strong = trained
     image = str(shapes["images"] / "im0.jpg")
@@ -142,7 +159,7 @@ def test_killed_training_resumes_from_its_checkpoint(shapes, tmp_path):
     models = tmp_path / "models"
     cmd = [sys.executable, "-m", "ssdflow.cli", "train", "--data", shapes["records"], "--models", str(models),
            "--alpha", "0.35", "--image-size", "128", "--batch-size", "4", "--backbone-weights", "none",
-           "--epochs", "3", "--steps-per-epoch", "6"]
+           "--epochs", "2", "--steps-per-epoch", "6"]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     ckpt = models / ".train-run" / "phase1" / "checkpoint"
     deadline = time.time() + 300

@@ -164,6 +164,7 @@ def test_voc_entities_are_refused(data):
         (b"<annotation><filename>a.jpg</filename>", "well-formed"),
         (b"", "well-formed"),
         (b"<annotation><filename>\xff\xfe</filename></annotation>", "well-formed"),  # not UTF-8
+        (b'<?xml version="1.0" encoding="u-tf-8"?><annotation/>', "u-tf-8"),  # an unknown encoding (found by hypothesis)
     ],
 )
 def test_voc_malformed(data, needle):
