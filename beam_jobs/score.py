@@ -146,8 +146,8 @@ class _ReadChunk(beam.DoFn):
     batch overlaps the inference of this one (TensorFlow releases the GIL).
     """
 
-    def __init__(self, read_threads: int = 8):
-        self.read_threads = read_threads
+    def __init__(self, read_threads: int = 8, max_pixels: int | None = None):
+        self.read_threads, self.max_pixels = read_threads, max_pixels
         self._pool = None
 
     def setup(self):
@@ -179,7 +179,7 @@ class _ReadChunk(beam.DoFn):
         if chunk.kind == "files":
             window = deque()
             for uri in chunk.uris:
-                window.append((uri, self._pool.submit(_load, uri)))
+                window.append((uri, self._pool.submit(_load, uri, self.max_pixels)))
                 if len(window) >= 4 * self.read_threads:  # bounded look-ahead: memory stays flat on big chunks
                     uri, future = window.popleft()
                     yield uri, future.result()
@@ -195,7 +195,7 @@ class _ReadChunk(beam.DoFn):
                     if member.issym() or member.islnk():
                         yield source, ("error", "link_member", "symbolic and hard links in archives are refused")
                     elif member.isfile():
-                        yield source, _check(source, tar.extractfile(member).read())
+                        yield source, _check(source, tar.extractfile(member).read(), self.max_pixels)
                     elif not member.isdir():  # FIFOs, devices: never opened, but accounted for
                         yield source, ("error", "special_member", f"tar member of type {member.type!r} is not a regular file")
         except (tarfile.TarError, OSError, EOFError) as e:
@@ -233,7 +233,7 @@ def _load(uri: str, max_pixels: int | None = None):
     if not _is_image_name(uri):
         return None  # never read what is skipped
     if not is_text_name(uri):
-        return _check(uri, b"")
+        return _check(uri, b"", max_pixels)
     try:
         data = storage.read_bytes(uri)
     except Exception as e:
@@ -341,7 +341,7 @@ def build_pipeline(p, cfg: ScoreConfig, model: ModelRef, chunks: list[Chunk]):
         p
         | "Chunks" >> beam.Create(chunks)
         | "Spread" >> beam.Reshuffle()
-        | "ReadChunks" >> beam.ParDo(_ReadChunk(cfg.read_threads)).with_outputs("manifest", "errors", main="images")
+        | "ReadChunks" >> beam.ParDo(_ReadChunk(cfg.read_threads, cfg.max_pixels)).with_outputs("manifest", "errors", main="images")
     )
     handler = KeyedModelHandler(SavedModelDetector(model.model_dir, cfg.min_batch_size, cfg.max_batch_size))
     results = (
@@ -366,7 +366,7 @@ def run_score(cfg: ScoreConfig) -> dict:
                                  "images": [os.path.abspath(i) if storage.is_local(i) else i for i in cfg.images]})
     options = pipeline_options(cfg.pipeline_flags())
     model = resolve_model(cfg.model)
-    results_key = f"{model.fingerprint}:{cfg.score_threshold}:{cfg.max_detections}"
+    results_key = f"{model.fingerprint}:{cfg.score_threshold}:{cfg.max_detections}:{cfg.max_pixels}"
     chunks = plan_chunks(cfg.images, cfg.chunk_size, results_key)
     todo = [c for c in chunks if not storage.exists(storage.join(chunk_dir(cfg.out, model.version, c.chunk_id), storage.SUCCESS))]
     log.info("score: %d chunks, %d already committed for model %s", len(chunks), len(chunks) - len(todo), model.version)

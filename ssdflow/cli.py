@@ -184,6 +184,7 @@ def score(
     chunks_per_run: int = typer.Option(16, help="Chunks per pipeline run (a crash loses at most one run's work)"),
     preview: int = typer.Option(0, help="Write this many JPEGs with boxes drawn into OUT/preview/"),
     read_threads: int = typer.Option(8, help="Files read ahead concurrently per worker (object stores need several)"),
+    max_pixels: int = typer.Option(40_000_000, help="Refuse images with more pixels (decompression bombs)"),
     runner: str = typer.Option("DirectRunner", help="Beam runner; further Beam options pass through"),
 ) -> None:
     """Score image archives with an exported model (Beam RunInference) and write detections back to storage.
@@ -196,7 +197,7 @@ def score(
     cfg = _config(ScoreConfig, model=model, images=images, out=out, formats=[f.strip() for f in formats.split(",") if f.strip()],
                   score_threshold=score_threshold, max_detections=max_detections, min_batch_size=min_batch_size,
                   max_batch_size=max_batch_size, chunk_size=chunk_size, chunks_per_run=chunks_per_run, preview=preview,
-                  read_threads=read_threads, runner=runner, beam_args=list(ctx.args))
+                  read_threads=read_threads, max_pixels=max_pixels, runner=runner, beam_args=list(ctx.args))
     try:
         m = run_score(cfg)
     except (ScoreError, FileNotFoundError) as e:

@@ -145,6 +145,7 @@ class ScoreConfig(BeamOptions):
     chunks_per_run: int = Field(16, ge=1, le=100_000, description="Chunks per pipeline run: a crash loses at most one run's work")
     preview: int = Field(0, ge=0, le=1000, description="Write this many JPEGs with the boxes drawn")
     read_threads: int = Field(8, ge=1, le=64, description="Files read ahead concurrently per worker (object stores need several)")
+    max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1, description="Images with more pixels are refused (decompression-bomb guard)")
 
     @model_validator(mode="after")
     def _check_batches(self) -> "ScoreConfig":

@@ -18,7 +18,6 @@ retry of the same request; ``access_key_ids`` says which access keys signed the 
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import re
 import threading
@@ -202,39 +201,3 @@ class FaultyS3Proxy:
 
         return Handler
 
-
-# --- moto's S3 server, for the tests that use the proxy ----------------------------------------
-@contextlib.contextmanager
-def moto_s3(access_key_id: str = "testing", secret_access_key: str = "testing-secret", bucket: str | None = None):
-    """moto's S3 server on 127.0.0.1 (a subprocess), with the keys set in the environment as in
-    production (restored afterwards); yields (endpoint, boto3 client)."""
-    import os
-    import subprocess
-    import sys
-
-    import boto3
-
-    from tests.helpers import free_port, stop_process, wait_for_port
-
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    env = {"AWS_ACCESS_KEY_ID": access_key_id, "AWS_SECRET_ACCESS_KEY": secret_access_key, "AWS_DEFAULT_REGION": "us-east-1"}
-    old = {k: os.environ.get(k) for k in (*env, "AWS_MAX_ATTEMPTS", "AWS_RETRY_MODE")}
-    os.environ.update(env)
-    for k in ("AWS_MAX_ATTEMPTS", "AWS_RETRY_MODE"):  # botocore's own defaults, whatever the shell says
-        os.environ.pop(k, None)
-    try:
-        wait_for_port(port, proc=proc)
-        endpoint = f"http://127.0.0.1:{port}"
-        client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
-        if bucket:
-            client.create_bucket(Bucket=bucket)
-        yield endpoint, client
-    finally:
-        stop_process(proc)
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v

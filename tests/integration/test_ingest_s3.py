@@ -8,16 +8,13 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
 from beam_jobs.ingest import run_ingest
 from ssdflow import schema, tfrecord
 from ssdflow.config import IngestConfig
-from tests.helpers import free_port, raccoon_or_skip, stop_process, wait_for_port
+from tests.helpers import moto_s3, raccoon_or_skip
 
 pytestmark = pytest.mark.integration
 
@@ -27,26 +24,8 @@ BUCKET = "ssdflow-test"
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory):
     pytest.importorskip("boto3")
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    old = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")}
-    os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing-secret", AWS_DEFAULT_REGION="us-east-1")
-    try:
-        wait_for_port(port, proc=proc)
-        import boto3
-
-        endpoint = f"http://127.0.0.1:{port}"
-        client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
-        client.create_bucket(Bucket=BUCKET)
-        yield endpoint, client
-    finally:
-        stop_process(proc)
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    with moto_s3(bucket=BUCKET) as server:
+        yield server
 
 
 def test_ingest_from_and_to_s3(s3):

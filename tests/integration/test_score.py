@@ -18,7 +18,7 @@ from PIL import Image
 
 from beam_jobs.score import run_score
 from ssdflow.config import ScoreConfig
-from tests.helpers import REPO, free_port, raccoon_or_skip, read_jsonl, stop_process, wait_for_port
+from tests.helpers import REPO, free_port, moto_s3, raccoon_or_skip, read_jsonl, stop_process, wait_for_port
 
 pytestmark = pytest.mark.integration
 tf = pytest.importorskip("tensorflow")
@@ -152,6 +152,18 @@ def _many_images(tmp_path, n=36) -> str:
     return str(d)
 
 
+def test_max_pixels_refuses_larger_images_before_decoding(raccoon_model, tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    for name, size in (("small.jpg", (60, 40)), ("large.jpg", (120, 100))):
+        Image.new("RGB", size, (90, 20, 200)).save(images / name)
+    out = tmp_path / "out"
+    m = run_score(ScoreConfig(model=raccoon_model, images=[str(images)], out=str(out), max_pixels=5000))
+    assert (m["images_in"], m["images_scored"], m["images_failed"]) == (2, 1, 1)
+    (error,) = read_jsonl(out / "errors.jsonl")
+    assert error["source"].endswith("large.jpg") and error["reason"] == "too_many_pixels" and "12000" in error["detail"]
+
+
 def test_runners_give_the_same_detections(raccoon_model, tmp_path):
     images = _many_images(tmp_path, 24)
     ref = tmp_path / "ref"
@@ -216,19 +228,7 @@ BUCKET = "ssdflow-score"
 
 def test_s3_in_and_out(raccoon_model, tmp_path):
     pytest.importorskip("boto3")
-    import boto3
-
-    port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    env_keys = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing-secret", "AWS_DEFAULT_REGION": "us-east-1"}
-    old = {k: os.environ.get(k) for k in env_keys}
-    os.environ.update(env_keys)
-    try:
-        wait_for_port(port, proc=server)
-        endpoint = f"http://127.0.0.1:{port}"
-        s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
-        s3.create_bucket(Bucket=BUCKET)
+    with moto_s3(bucket=BUCKET) as (endpoint, s3):
         for i in range(5):
             s3.put_object(Bucket=BUCKET, Key=f"archive/img{i}.jpg", Body=_jpeg(i))
         s3.put_object(Bucket=BUCKET, Key="archive/broken.jpg", Body=b"xx")
@@ -242,7 +242,3 @@ def test_s3_in_and_out(raccoon_model, tmp_path):
         assert sorted(json.loads(x)["source"] for x in lines) == [f"s3://{BUCKET}/archive/img{i}.jpg" for i in range(5)]
         errors = s3.get_object(Bucket=BUCKET, Key="scored/errors.jsonl")["Body"].read().decode()
         assert "broken.jpg" in errors and "testing-secret" not in errors
-    finally:
-        stop_process(server)
-        for k, v in old.items():
-            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)

@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.faulty_s3 import FaultyS3Proxy, moto_s3
-from tests.helpers import REPO, raccoon_or_skip, read_jsonl
+from tests.faulty_s3 import FaultyS3Proxy
+from tests.helpers import REPO, moto_s3, raccoon_or_skip, read_jsonl
 
 pytestmark = pytest.mark.integration
 

@@ -25,8 +25,8 @@ import re
 import pytest
 
 from ssdflow import storage, tfrecord
-from tests.faulty_s3 import FaultyS3Proxy, moto_s3
-from tests.helpers import raccoon_or_skip
+from tests.faulty_s3 import FaultyS3Proxy
+from tests.helpers import moto_s3, raccoon_or_skip
 
 pytestmark = pytest.mark.integration
 pytest.importorskip("boto3")
