@@ -1,6 +1,14 @@
-"""Test-wide settings and session fixtures: raccoon through ingest, and a tiny trained model."""
+"""Test-wide settings and session fixtures: raccoon through ingest, and a tiny trained model.
 
+The suite runs on pytest-xdist workers (scripts/test.sh): the session fixtures are built once per
+run, by whichever worker asks first, and shared by the others through a lock file; the slowest
+files are scheduled first so that no worker is left with a long file at the end.
+"""
+
+import fcntl
+import json
 import os
+from pathlib import Path
 
 import pytest
 
@@ -10,6 +18,41 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 
+# Longest first (seconds in a 2-worker run, --durations): the scheduler hands files out in this order.
+SLOW_FIRST = (
+    "integration/test_prefect.py",  # nightly twice + batch-score on a real server, ~190 s
+    "integration/test_train.py",  # four trainings, one killed and resumed, ~250 s
+    "integration/test_prefect_crash.py",  # waits out a heartbeat, ~130 s
+    "integration/test_security.py",
+    "integration/test_score.py",
+    "integration/test_storage_faults.py",
+    "integration/test_hostile_inputs.py",
+    "integration/test_demo.py",
+    "e2e/test_ui_batch_score.py",
+)
+
+
+def pytest_collection_modifyitems(items):
+    def rank(item):
+        path = item.nodeid.split("::")[0]
+        return next((i for i, slow in enumerate(SLOW_FIRST) if path.endswith(slow)), len(SLOW_FIRST))
+
+    items.sort(key=rank)  # stable: tests keep their order within a file
+
+
+def _built_once(tmp_path_factory, name: str, build) -> dict:
+    """``build(directory)`` → JSON-able result, run once per test run whichever worker asks first."""
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # the run's directory, shared by every worker
+    directory, done = base / name, base / f"{name}.json"
+    with open(base / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists():
+            directory.mkdir(exist_ok=True)
+            done.write_text(json.dumps(build(directory)))
+    return json.loads(done.read_text())
+
 
 @pytest.fixture(scope="session")
 def raccoon_records(tmp_path_factory):
@@ -17,9 +60,12 @@ def raccoon_records(tmp_path_factory):
     from ssdflow.config import IngestConfig
 
     root = raccoon_or_skip()
-    out = tmp_path_factory.mktemp("raccoon-records")
-    run_ingest(IngestConfig(images=str(root / "images"), labels=str(root / "annotations"), format="voc", out=str(out)))
-    return str(out)
+
+    def build(out: Path):
+        run_ingest(IngestConfig(images=str(root / "images"), labels=str(root / "annotations"), format="voc", out=str(out)))
+        return str(out)
+
+    return _built_once(tmp_path_factory, "raccoon-records", build)
 
 
 @pytest.fixture(scope="session")
@@ -28,7 +74,10 @@ def raccoon_model(raccoon_records, tmp_path_factory):
     from model.train import train
     from ssdflow.config import TrainConfig
 
-    models = tmp_path_factory.mktemp("raccoon-models")
-    result = train(TrainConfig(data=raccoon_records, models=str(models), alpha=0.35, image_size=128, epochs=1, steps_per_epoch=3,
-                               batch_size=8, backbone_weights="none", eval_every=1000, score_threshold=0.0), verbose=0)
-    return result.model_dir
+    def build(models: Path):
+        result = train(TrainConfig(data=raccoon_records, models=str(models), alpha=0.35, image_size=128, epochs=1,
+                                   steps_per_epoch=3, batch_size=8, backbone_weights="none", eval_every=1000,
+                                   score_threshold=0.0), verbose=0)
+        return result.model_dir
+
+    return _built_once(tmp_path_factory, "raccoon-models", build)

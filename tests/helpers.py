@@ -25,6 +25,25 @@ def raccoon_or_skip() -> Path:
     return RACCOON
 
 
+def raccoon_subset(dest: Path, n: int, labels: bool = True, start: int = 1) -> tuple[Path, Path | None]:
+    """Copies raccoon-{start}..raccoon-{start+n-1} (images, and their VOC files when ``labels``) into
+    ``dest/images`` and ``dest/labels``; returns the two directories (labels None when not copied)."""
+    import shutil
+
+    root = raccoon_or_skip()
+    images = dest / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    label_dir = None
+    if labels:
+        label_dir = dest / "labels"
+        label_dir.mkdir(parents=True, exist_ok=True)
+    for i in range(start, start + n):
+        shutil.copy(root / "images" / f"raccoon-{i}.jpg", images)
+        if label_dir is not None:
+            shutil.copy(root / "annotations" / f"raccoon-{i}.xml", label_dir)
+    return images, label_dir
+
+
 def read_ingest_output(out: str | Path, split: str | None = None) -> dict[str, dict]:
     """Every record of an ingest output read back with tf.data, keyed by image/source_id."""
     import tensorflow as tf

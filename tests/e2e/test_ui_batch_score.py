@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 
 import pytest
 
-from tests.helpers import raccoon_or_skip
+from tests.helpers import raccoon_or_skip, raccoon_subset
 from tests.prefect_stack import prefect_stack, request, wait_for_run
 
 pytestmark = pytest.mark.e2e
@@ -23,10 +22,7 @@ def stack(tmp_path, raccoon_model):
     if not os.path.exists(CHROMIUM):
         pytest.fail(f"{CHROMIUM} is missing: scripts/test.sh installs Debian's chromium")
     root = raccoon_or_skip()
-    images = tmp_path / "images"
-    images.mkdir()
-    for i in range(1, 7):
-        shutil.copy(root / "images" / f"raccoon-{i}.jpg", images)
+    images, _ = raccoon_subset(tmp_path, 6, labels=False)
     params = tmp_path / "params.json"
     ingest = {"images": str(images), "labels": str(root / "annotations"), "format": "voc", "out": str(tmp_path / "records")}
     params.write_text(json.dumps({

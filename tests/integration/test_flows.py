@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import os
-import shutil
-
 import pytest
 
-from tests.helpers import raccoon_or_skip
+from tests.helpers import raccoon_subset
 
 pytestmark = pytest.mark.integration
 
@@ -26,13 +24,7 @@ def test_ingest_flow_is_cached_while_inputs_and_output_are_unchanged(harness, tm
     from flows.jobs import ingest_flow
     from ssdflow.config import IngestConfig
 
-    root = raccoon_or_skip()
-    images, labels = tmp_path / "images", tmp_path / "labels"
-    images.mkdir()
-    labels.mkdir()
-    for i in range(1, 9):
-        shutil.copy(root / "images" / f"raccoon-{i}.jpg", images)
-        shutil.copy(root / "annotations" / f"raccoon-{i}.xml", labels)
+    images, labels = raccoon_subset(tmp_path, 8)
     cfg = IngestConfig(images=str(images), labels=str(labels), format="voc", out=str(tmp_path / "out"))
 
     def ingest_state(state):
@@ -47,8 +39,7 @@ def test_ingest_flow_is_cached_while_inputs_and_output_are_unchanged(harness, tm
     second = ingest_flow(cfg, return_state=True)
     assert ingest_state(second) == "Cached"
 
-    shutil.copy(root / "images" / "raccoon-9.jpg", images)  # new data: the fingerprint changes
-    shutil.copy(root / "annotations" / "raccoon-9.xml", labels)
+    raccoon_subset(tmp_path, 1, start=9)  # new data: the fingerprint changes
     third = ingest_flow(cfg, return_state=True)
     assert ingest_state(third) == "Completed" and third.result()["images_in"] == 9
 

@@ -9,11 +9,10 @@ and artifacts; invalid parameters are refused when the run is created.
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 
-from tests.helpers import raccoon_or_skip
+from tests.helpers import raccoon_subset
 from tests.prefect_stack import prefect_stack, request as _request, wait_for_run
 
 pytestmark = pytest.mark.integration
@@ -67,13 +66,7 @@ def test_invalid_parameters_are_refused_at_creation(prefect):
 
 
 def test_nightly_retrain_then_batch_score_from_the_api(prefect, tmp_path):
-    root = raccoon_or_skip()
-    images, labels = tmp_path / "images", tmp_path / "labels"
-    images.mkdir()
-    labels.mkdir()
-    for i in range(1, 41):
-        shutil.copy(root / "images" / f"raccoon-{i}.jpg", images)
-        shutil.copy(root / "annotations" / f"raccoon-{i}.xml", labels)
+    images, labels = raccoon_subset(tmp_path, 20)
     models = tmp_path / "models"
     nightly = {"config": {
         "ingest": {"images": str(images), "labels": str(labels), "format": "voc", "out": str(tmp_path / "records"), "val_fraction": 0.2},
@@ -85,7 +78,7 @@ def test_nightly_retrain_then_batch_score_from_the_api(prefect, tmp_path):
     assert run["state_type"] == "COMPLETED", run["state"]
     champion = json.loads((models / "champion.json").read_text())
     assert (models / champion["version"] / "saved_model.pb").exists()
-    assert json.loads((tmp_path / "nightly-scored" / "_SUCCESS").read_text())["images_in"] == 40
+    assert json.loads((tmp_path / "nightly-scored" / "_SUCCESS").read_text())["images_in"] == 20
     arts = _artifacts(prefect, run["id"])
     assert {"ingest-stats", "ingest-since-last-night", "training-metrics", "model-card"} <= set(arts), sorted(arts)
 
@@ -102,6 +95,6 @@ def test_nightly_retrain_then_batch_score_from_the_api(prefect, tmp_path):
     run3 = _run(prefect, "batch-score", score)
     assert run3["state_type"] == "COMPLETED", run3["state"]
     manifest = json.loads((out / "_SUCCESS").read_text())
-    assert manifest["images_in"] == 40 and manifest["images_scored"] == 40
+    assert manifest["images_in"] == 20 and manifest["images_scored"] == 20
     arts = _artifacts(prefect, run3["id"])
     assert "scoring-summary" in arts and "scoring-summary-output" in arts

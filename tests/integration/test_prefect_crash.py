@@ -11,13 +11,12 @@ new serve process runs it: only the chunks not yet committed are scored.
 from __future__ import annotations
 
 import json
-import shutil
 import time
 
 import pytest
 
 from flows.recovery import MAX_RERUNS, RERUN_AUTOMATION, SILENT_AUTOMATION
-from tests.helpers import raccoon_or_skip, read_jsonl
+from tests.helpers import raccoon_subset, read_jsonl
 from tests.prefect_stack import prefect_stack, request, wait_for_run
 
 pytestmark = pytest.mark.integration
@@ -39,11 +38,7 @@ def test_killed_run_is_marked_crashed_and_rerun_to_the_same_outputs(raccoon_mode
     from beam_jobs.score import run_score
     from ssdflow.config import ScoreConfig
 
-    root = raccoon_or_skip()
-    images = tmp_path / "images"
-    images.mkdir()
-    for i in range(1, CHUNKS * CHUNK_SIZE + 1):
-        shutil.copy(root / "images" / f"raccoon-{i}.jpg", images)
+    images, _ = raccoon_subset(tmp_path, CHUNKS * CHUNK_SIZE, labels=False)
     images = str(images)
     config = {"model": raccoon_model, "images": [images], "out": str(tmp_path / "scored"), "score_threshold": 0.0,
               "max_detections": 5, "chunk_size": CHUNK_SIZE, "chunks_per_run": 1}
