@@ -1,14 +1,21 @@
 """Training benchmarks: input-pipeline throughput and detection quality on raccoon, in one run.
 
     .venv/bin/python -m bench.train throughput --alpha 1.0 --image-size 320
-    .venv/bin/python -m bench.train quality --weights ../shared/weights/mobilenet_v2_1.0_imagenet_dogs_no_top.weights.h5
+    .venv/bin/python -m bench.train startup --alpha 0.35 --image-size 128
+    .venv/bin/python -m bench.train quality --weights ../shared/weights/mobilenet_v2_1.0_imagenet_dogs_no_top.weights.h5 \
+        [--time-budget 30] [--seeds 0,1,2] [--pretrained-only]
+
+startup: seconds to the first training step (graph tracing) with the optimizer built lazily, as
+Keras does, and before fit, as model/train.py does; prints the ratio.
 
 throughput: training images/s fed from the TFRecord stream (parse, decode, augment, resize, target
 encoding in tf.data) against the same model fed one in-memory batch over and over; prints the
 ratio (goal >= 0.9: the input pipeline is never the bottleneck).
 
-quality: raccoon → ingest → train → evaluate, with --backbone-weights none and, when --weights is
-given, with that pretrained backbone; prints mAP@.5 and mAP@[.5:.95] and the wall time of each.
+quality: raccoon → ingest → train with the product's defaults (time budget, per-epoch val mAP,
+early stopping, best epoch exported) → evaluate, with --backbone-weights none and, when --weights
+is given, with that pretrained backbone; prints a markdown table row per run (and the mean and
+spread over --seeds).
 """
 
 from __future__ import annotations
@@ -70,39 +77,87 @@ def throughput(args) -> None:
     print(f"ratio stream / in-memory: {tfr / ((mem + mem2) / 2):.2f}   (goal >= 0.9)")
 
 
+def startup(args) -> None:
+    """Seconds to a phase's first training step, with the optimizer's slots created lazily inside
+    the traced step (Keras's default) and built before fit (what model/train.py does); each in a
+    fresh subprocess so no trace is reused."""
+    import subprocess
+    import sys
+
+    code = """
+import sys, time, keras, tensorflow as tf
+from model.anchors import generate_anchors
+from model.losses import SSDLoss
+from model.ssd import build_ssd
+from ssdflow.config import ModelConfig
+cfg = ModelConfig(alpha=float(sys.argv[1]), image_size=int(sys.argv[2]), num_classes=1)
+n = int(generate_anchors(cfg).shape[0])
+x = tf.random.uniform([8, cfg.image_size, cfg.image_size, 3], 0, 255)
+y = tf.concat([tf.zeros([8, n, 4]), tf.ones([8, n, 1])], -1)
+model = build_ssd(cfg, None)
+model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=SSDLoss(1))
+if sys.argv[3] == "prebuilt":
+    model.optimizer.build(model.trainable_variables)
+t = time.perf_counter()
+model.fit(tf.data.Dataset.from_tensors((x, y)).repeat(), epochs=1, steps_per_epoch=1, verbose=0)
+print(time.perf_counter() - t)
+"""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(REPO))
+    times = {}
+    for mode in ("lazy", "prebuilt"):
+        out = subprocess.run([sys.executable, "-c", code, str(args.alpha), str(args.image_size), mode], env=env,
+                             capture_output=True, text=True, check=True, cwd=REPO)
+        times[mode] = float(out.stdout.strip().splitlines()[-1])
+        print(f"first step, optimizer slots {mode:8s}: {times[mode]:.1f} s")
+    print(f"ratio lazy / prebuilt: {times['lazy'] / times['prebuilt']:.2f}")
+
+
 def quality(args) -> None:
     from model.train import train
     from ssdflow.config import TrainConfig
 
+    import statistics
+
     data = ingest_raccoon(Path(args.workdir) / "records")
-    runs = [("none", "none")] + ([("pretrained", args.weights)] if args.weights else [])
+    runs = ([("none", "none")] if not args.pretrained_only else []) + ([("pretrained", args.weights)] if args.weights else [])
+    seeds = [int(s) for s in args.seeds.split(",")]
+    print("| backbone | seed | mAP@.5 | mAP@[.5:.95] | best epoch / epochs | phases ended by | wall |")
+    print("| --- | ---: | ---: | ---: | ---: | --- | ---: |")
     for name, weights in runs:
-        models = Path(args.workdir) / f"models-{name}"
-        shutil.rmtree(models, ignore_errors=True)
-        t0 = time.perf_counter()
-        result = train(TrainConfig(data=data, models=str(models), alpha=args.alpha, image_size=args.image_size,
-                                   epochs=args.epochs, batch_size=args.batch_size, backbone_weights=weights,
-                                   learning_rate=args.lr, eval_every=args.epochs + 1, seed=0), verbose=0)
-        minutes = (time.perf_counter() - t0) / 60
-        m = result.metrics
-        print(f"backbone {name:10s}: mAP@.5 {m['mAP@.5']:.3f}  mAP@[.5:.95] {m['mAP']:.3f}  "
-              f"({args.epochs} epochs, {minutes:.1f} min on this CPU, {m['val_images']} val images)")
+        scores = []
+        for seed in seeds:
+            models = Path(args.workdir) / f"models-{name}-{seed}"
+            shutil.rmtree(models, ignore_errors=True)
+            t0 = time.perf_counter()
+            result = train(TrainConfig(data=data, models=str(models), alpha=args.alpha, image_size=args.image_size,
+                                       epochs=args.epochs, time_budget=args.time_budget, batch_size=args.batch_size,
+                                       backbone_weights=weights, learning_rate=args.lr, seed=seed, min_map=0.0), verbose=0)
+            minutes = (time.perf_counter() - t0) / 60
+            m = result.metrics
+            scores.append(m["mAP@.5"])
+            print(f"| {name} | {seed} | {m['mAP@.5']:.3f} | {m['mAP']:.3f} | {m.get('best_epoch')} / {m['epochs']} | "
+                  f"{', '.join(m['phases_ended_by'])} | {minutes:.1f} min |", flush=True)
+        if len(scores) > 1:
+            print(f"| {name} | mean ± sd | {statistics.mean(scores):.3f} ± {statistics.stdev(scores):.3f} | | | | |")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=["throughput", "quality"])
+    ap.add_argument("what", choices=["throughput", "quality", "startup"])
     ap.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "ssdflow-bench-train"))
     ap.add_argument("--alpha", type=float, default=1.0)
     ap.add_argument("--image-size", type=int, default=320)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--steps", type=int, default=20, help="timed steps (throughput)")
     ap.add_argument("--warmup-steps", type=int, default=3)
-    ap.add_argument("--epochs", type=int, default=30, help="epochs (quality)")
+    ap.add_argument("--epochs", type=int, default=None, help="epoch bound (quality; default: the time budget decides)")
+    ap.add_argument("--time-budget", type=float, default=30.0, help="minutes of fitting per run (quality; 0: none)")
+    ap.add_argument("--seeds", default="0", help="comma-separated seeds (quality), e.g. 0,1,2 for mean and spread")
+    ap.add_argument("--pretrained-only", action="store_true", help="skip the from-scratch run (quality)")
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--weights", help="pretrained MobileNetV2 no-top weights file (quality)")
     args = ap.parse_args()
-    throughput(args) if args.what == "throughput" else quality(args)
+    {"throughput": throughput, "quality": quality, "startup": startup}[args.what](args)
 
 
 if __name__ == "__main__":

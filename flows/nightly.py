@@ -74,7 +74,9 @@ def nightly_flow(config: NightlyConfig, attempt: Attempt = 0) -> dict:
                      config.ingest.out, config.comparison_images, run_dir)
 
     scored = None
-    if config.score_images:
+    if config.score_images and registry.read_champion(config.models) is None:
+        log.warning("nightly: no champion yet (%s), so the archive is not scored", trained["decision"]["reason"])
+    elif config.score_images:
         scored = score_task(ScoreConfig(model=config.models, images=config.score_images, out=config.score_out,
                                         score_threshold=config.score_threshold))
     os.makedirs(os.path.dirname(last_path), exist_ok=True)
@@ -97,5 +99,5 @@ def demo_flow(config: DemoConfig = DemoConfig(), attempt: Attempt = 0) -> dict:
     stats = ingest_unless_unchanged(ingest_cfg)
     artifacts.ingest_stats(stats, ingest_cfg.out)
     trained = train_task(train_cfg, attempt)
-    scored = score_task(score_cfg)
+    scored = score_task(score_cfg.model_copy(update={"model": trained["model_dir"]}))  # promoted or not, as the CLI demo
     return {"workdir": workdir, "ingest": stats["images_written"], "train": trained, "score": scored}

@@ -214,6 +214,9 @@ class PromotionPolicy(pydantic.BaseModel):
     # Promote if challenger_score >= champion_score - tolerance (absolute, in metric units).
     tolerance: float = pydantic.Field(default=0.0, ge=0.0, le=1.0)
     metric: Literal["mAP@.5", "mAP"] = "mAP@.5"
+    # A quality floor (TFX's value threshold, beside the change threshold above): a challenger whose
+    # score is below it is never promoted, the first champion included.
+    min_score: float = pydantic.Field(default=0.0, ge=0.0, le=1.0)
     # "refuse": any label-map difference blocks promotion. "promote_if_only_added": a challenger that
     # only adds classes is promoted (with a warning); removed or renumbered classes always block.
     on_label_map_change: Literal["refuse", "promote_if_only_added"] = "refuse"
@@ -252,8 +255,8 @@ def decide(
     """The promotion decision record for a challenger against the champion (``champion.json``'s
     contents, or None), whose metrics must be from the same current val split as the challenger's.
 
-    Rules, in order: a challenger without a finite score on the policy metric is never promoted;
-    with no champion it is promoted; if label maps differ, removed or renumbered classes refuse
+    Rules, in order: a challenger without a finite score on the policy metric is never promoted,
+    nor one scoring below the policy's floor (``min_score``); with no champion it is promoted; if label maps differ, removed or renumbered classes refuse
     under every policy, and added-only classes refuse under "refuse" or promote with a warning under
     "promote_if_only_added" (scores are recorded, but not compared: mAP over different class sets is
     not comparable); with identical label maps, promote iff challenger >= champion - tolerance.
@@ -274,6 +277,7 @@ def decide(
             "challenger_score": challenger_score,
             "champion_score": champion_score,
             "tolerance": policy.tolerance,
+            "min_score": policy.min_score,
             "label_map_diff": diff,
             "promoted": promoted,
             "reason": reason,
@@ -282,6 +286,9 @@ def decide(
 
     if challenger_score is None:
         return record(False, f"not promoted: challenger {challenger_version} has no {metric} score")
+    if challenger_score < policy.min_score:
+        return record(False, f"not promoted: {metric} {challenger_score:.4f} is below the floor {policy.min_score:g} "
+                             f"(--min-map)")
     if champion is None:
         return record(True, f"promoted: no champion yet ({metric} {challenger_score:.4f})")
     if diff is None:

@@ -19,6 +19,7 @@ import datetime as dt
 import hashlib
 import json
 import logging
+import math
 import os
 import shutil
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from model.evaluate import write_metrics
 from model.export import export_saved_model
 from model.losses import SSDLoss
 from model.postprocess import postprocess
+from model.schedule import Clock, TimeBudget, WarmupCosine
 from model.ssd import build_ssd, freeze_backbone, unfreeze_top
 from model.validation import score_detector, score_saved_model
 from ssdflow import storage
@@ -123,6 +125,43 @@ class ValidationMAP(keras.callbacks.Callback):
         self.history.append({"epoch": epoch + 1, "mAP": metrics["mAP"], "mAP@.5": metrics["mAP@.5"]})
 
 
+class KeepBest(keras.callbacks.Callback):
+    """Keeps the weights of the evaluated epoch with the best val mAP@.5, across both phases.
+
+    Val splits are small and fine-tuning swings from epoch to epoch, so the last epoch is often not
+    the best; the exported model is the best one. The weights are written to ``path`` (atomically)
+    together with the score, so a resumed run still knows its best epoch.
+    """
+
+    MONITOR = "val_mAP@.5"
+
+    def __init__(self, path: str):
+        super().__init__()
+        self.path = path
+        self.best, self.best_epoch = -1.0, 0
+        if os.path.exists(path + ".json") and os.path.exists(path):
+            with open(path + ".json") as f:
+                saved = json.load(f)
+            self.best, self.best_epoch = saved["score"], saved["epoch"]
+
+    def on_epoch_end(self, epoch, logs=None):
+        score = (logs or {}).get(self.MONITOR)
+        if score is None or score <= self.best:
+            return
+        self.best, self.best_epoch = float(score), epoch + 1
+        tmp = self.path + ".tmp.weights.h5"
+        self.model.save_weights(tmp)
+        os.replace(tmp, self.path)
+        storage.write_json_local(self.path + ".json", {"score": self.best, "epoch": self.best_epoch})
+
+    def restore(self, model) -> int | None:
+        """Loads the best weights into ``model``; returns their epoch (None when nothing was evaluated)."""
+        if not self.best_epoch:
+            return None
+        model.load_weights(self.path)
+        return self.best_epoch
+
+
 def make_detect_fn(model, cfg: ModelConfig, score_threshold: float, iou_threshold: float, max_detections: int):
     """Encoded bytes [B] → detections, with the exported model's decoding and NMS."""
     anchors = tf.constant(generate_anchors(cfg), tf.float32)
@@ -148,13 +187,6 @@ def data_fingerprint(data_dir: str) -> str:
     manifest = storage.read_success(data_dir)
     stats = storage.read_text(storage.join(data_dir, "stats.json"))
     return hashlib.sha256((json.dumps(manifest, sort_keys=True) + stats).encode()).hexdigest()[:16]
-
-
-def _schedule(lr: float, steps: int, warmup_steps: int):
-    warmup_steps = min(warmup_steps, max(steps - 1, 0))
-    return keras.optimizers.schedules.CosineDecay(
-        initial_learning_rate=lr * 0.01 if warmup_steps else lr, decay_steps=max(steps - warmup_steps, 1),
-        warmup_target=lr if warmup_steps else None, warmup_steps=warmup_steps, alpha=0.01)
 
 
 def _run_config(cfg: TrainConfig) -> dict:
@@ -185,13 +217,18 @@ def _finish_completed(cfg: TrainConfig, version: str) -> "TrainResult":
     if decision_path.exists():
         decision = json.loads(decision_path.read_text())
     else:
-        policy = registry.PromotionPolicy(tolerance=cfg.promotion_tolerance, on_label_map_change=cfg.on_label_map_change)
+        policy = promotion_policy(cfg)
         decision = registry.promote_if_better(cfg.models, version, lambda d: score_saved_model(str(d), cfg.data, "val"), policy)
         with open(model_dir / "model_card.md", "a") as f:
             f.write(_decision_markdown(decision))
     shutil.rmtree(os.path.join(cfg.models, RUN_DIR), ignore_errors=True)
     log.warning("train: %s was already trained with these settings and data; reusing it", version)
     return TrainResult(version, str(model_dir), metrics, decision, 0)
+
+
+def promotion_policy(cfg: TrainConfig) -> registry.PromotionPolicy:
+    return registry.PromotionPolicy(tolerance=cfg.promotion_tolerance, min_score=cfg.min_map,
+                                    on_label_map_change=cfg.on_label_map_change)
 
 
 def can_resume(cfg: TrainConfig) -> bool:
@@ -221,12 +258,14 @@ def _prepare_run_dir(cfg: TrainConfig, run_config: dict) -> str:
 
 
 def _fit_phase(model, name: str, run_dir: str, train_ds, epochs: int, steps: int, lr: float, warmup_steps: int,
-               loss, callbacks: list, verbose) -> int:
-    """Compiles and fits one phase, resuming from its checkpoint; returns the epochs run now."""
+               loss, callbacks: list, verbose, clock: Clock, deadline: float) -> tuple[int, str]:
+    """Compiles and fits one phase, resuming from its checkpoint, until its epochs, early stopping or
+    the clock's ``deadline`` (seconds of the run); returns the epochs run now and what ended the phase."""
     done_marker = os.path.join(run_dir, f"{name}.done")
     ckpt_dir = os.path.join(run_dir, name)
-    model.compile(optimizer=keras.optimizers.Adam(_schedule(lr, epochs * steps, warmup_steps)), loss=loss,
-                  jit_compile=False)
+    time_progress = tf.Variable(0.0, trainable=False, dtype=tf.float32)
+    schedule = WarmupCosine(lr, epochs * steps, warmup_steps, time_progress if math.isfinite(deadline) else None)
+    model.compile(optimizer=keras.optimizers.Adam(schedule), loss=loss, jit_compile=False)
     # Optimizer slots made before fit() rather than inside its first traced step: a tf.function that
     # creates variables is traced twice, which doubled the first step's cost (30 s → 14 s, alpha 0.35).
     model.optimizer.build(model.trainable_variables)
@@ -234,13 +273,24 @@ def _fit_phase(model, name: str, run_dir: str, train_ds, epochs: int, steps: int
     initial = checkpoint.restore(model)
     if os.path.exists(done_marker) or initial >= epochs:
         log.info("%s: already complete (epoch %d of %d)", name, initial, epochs)
-        return 0
+        return 0, "already complete"
+    if clock.elapsed() >= deadline:
+        log.info("%s: no time left in the budget", name)
+        return 0, "time budget"
     if initial:
         log.warning("%s: resuming from the checkpoint after epoch %d of %d", name, initial, epochs)
-    history = model.fit(train_ds, epochs=epochs, initial_epoch=initial, steps_per_epoch=steps,
-                        callbacks=[*callbacks, checkpoint], verbose=verbose)
+    budget = TimeBudget(clock, deadline, time_progress)
+    clock.start()
+    try:
+        history = model.fit(train_ds, epochs=epochs, initial_epoch=initial, steps_per_epoch=steps,
+                            callbacks=[budget, *callbacks, checkpoint], verbose=verbose)
+    finally:
+        clock.stop()
     open(done_marker, "w").close()
-    return len(history.epoch)
+    run = len(history.epoch)
+    ended = "time budget" if budget.stopped_by_budget else "early stopping" if initial + run < epochs else "epochs"
+    log.info("%s: %d epochs, ended by %s (%.0f s of the run so far)", name, run, ended, clock.elapsed())
+    return run, ended
 
 
 def train(cfg: TrainConfig, extra_callbacks: tuple = (), verbose="auto", reuse_completed: bool = False) -> TrainResult:
@@ -261,8 +311,9 @@ def train(cfg: TrainConfig, extra_callbacks: tuple = (), verbose="auto", reuse_c
     batch_size = min(cfg.batch_size, n_train)
     steps = cfg.steps_per_epoch or max(1, n_train // batch_size)
     pretrained = cfg.backbone_weights != "none"
-    fine_tune_epochs = int(round(cfg.epochs * cfg.fine_tune_fraction)) if pretrained else 0
-    frozen_epochs = cfg.epochs - fine_tune_epochs
+    epochs = cfg.max_epochs()
+    fine_tune_epochs = int(round(epochs * cfg.fine_tune_fraction)) if pretrained else 0
+    frozen_epochs = epochs - fine_tune_epochs
 
     os.makedirs(cfg.models, exist_ok=True)
     run_config = _run_config(cfg)
@@ -282,20 +333,33 @@ def train(cfg: TrainConfig, extra_callbacks: tuple = (), verbose="auto", reuse_c
                             deterministic=cfg.deterministic, seed=cfg.seed, augmentation=cfg.augment, repeat=True)
     detect = make_detect_fn(model, model_cfg, cfg.score_threshold, cfg.iou_threshold, cfg.max_detections)
     val_map = ValidationMAP(detect, cfg.data, label_map, cfg.eval_every)
-    callbacks = [val_map, keras.callbacks.TensorBoard(os.path.join(run_dir, "logs"), write_graph=False), *extra_callbacks]
-    if cfg.eval_every <= cfg.epochs:  # early stopping needs val_mAP in the logs
-        callbacks.insert(1, keras.callbacks.EarlyStopping(monitor="val_mAP", mode="max", patience=cfg.early_stopping_patience))
+    best = KeepBest(os.path.join(run_dir, "best.weights.h5"))
+    callbacks = [val_map, best, keras.callbacks.TensorBoard(os.path.join(run_dir, "logs"), write_graph=False), *extra_callbacks]
+    if cfg.eval_every <= epochs:  # early stopping needs val mAP in the logs
+        callbacks.insert(2, keras.callbacks.EarlyStopping(monitor=KeepBest.MONITOR, mode="max",
+                                                          patience=cfg.early_stopping_patience))
     warmup = int(cfg.warmup_epochs * steps)
-    epochs_run = 0
+    # The budget is shared as the epochs are: the frozen phase may use its share, fine-tuning what is left.
+    clock = Clock(run_dir, cfg.time_budget * 60 if cfg.time_budget else None)
+    budget = clock.budget if clock.budget is not None else math.inf
+    epochs_run, ended = 0, []
     if frozen_epochs:
         if pretrained:
             freeze_backbone(model)
-        epochs_run += _fit_phase(model, "phase1", run_dir, train_ds, frozen_epochs, steps, cfg.learning_rate, warmup,
-                                 loss, callbacks, verbose)
+        run, why = _fit_phase(model, "phase1", run_dir, train_ds, frozen_epochs, steps, cfg.learning_rate, warmup,
+                              loss, callbacks, verbose, clock, budget * frozen_epochs / epochs)
+        epochs_run += run
+        ended.append(why)
     if fine_tune_epochs:
         unfreeze_top(model, cfg.unfreeze_from_block)
-        epochs_run += _fit_phase(model, "phase2", run_dir, train_ds, fine_tune_epochs, steps,
-                                 cfg.learning_rate * cfg.fine_tune_lr_factor, 0, loss, callbacks, verbose)
+        run, why = _fit_phase(model, "phase2", run_dir, train_ds, fine_tune_epochs, steps,
+                              cfg.learning_rate * cfg.fine_tune_lr_factor, 0, loss, callbacks, verbose, clock, budget)
+        epochs_run += run
+        ended.append(why)
+    fit_seconds = clock.elapsed()
+    best_epoch = best.restore(model)
+    if best_epoch is not None:
+        log.info("train: exporting the weights of epoch %d (val mAP@.5 %.4f)", best_epoch, best.best)
 
     # Export into a staging dir, score the exported artifact itself, then commit the version.
     version = registry.new_version(cfg.models)
@@ -304,13 +368,17 @@ def train(cfg: TrainConfig, extra_callbacks: tuple = (), verbose="auto", reuse_c
                        iou_threshold=cfg.iou_threshold, max_detections=cfg.max_detections)
     model.save_weights(os.path.join(staging, KERAS_WEIGHTS))  # lets `ssdflow export` rebuild and re-export
     metrics = score_saved_model(str(staging), cfg.data, "val")
-    metrics.update(data_fingerprint=fingerprint, run_key=_run_key(run_config), val_images=n_val, train_images=n_train, epochs=cfg.epochs,
-                   validation_history=val_map.history, precision=precision)
+    metrics.update(data_fingerprint=fingerprint, run_key=_run_key(run_config), val_images=n_val, train_images=n_train, epochs=epochs_run,
+                   max_epochs=epochs, time_budget_minutes=cfg.time_budget or None, fit_seconds=round(fit_seconds, 1),
+                   phases_ended_by=ended,
+                   validation_history=val_map.history, best_epoch=best_epoch, precision=precision)
     write_metrics(os.path.join(staging, "metrics.json"), metrics)
     write_model_card(os.path.join(staging, "model_card.md"), version, cfg, model_cfg, metrics, label_map, fingerprint)
+    if os.path.isdir(os.path.join(run_dir, "logs")):  # TensorBoard logs stay with the version they describe
+        shutil.copytree(os.path.join(run_dir, "logs"), os.path.join(staging, "logs"))
     model_dir = registry.commit_version(cfg.models, version)
 
-    policy = registry.PromotionPolicy(tolerance=cfg.promotion_tolerance, on_label_map_change=cfg.on_label_map_change)
+    policy = promotion_policy(cfg)
     decision = registry.promote_if_better(cfg.models, version, lambda d: score_saved_model(str(d), cfg.data, "val"), policy)
     with open(os.path.join(model_dir, "model_card.md"), "a") as f:
         f.write(_decision_markdown(decision))
@@ -328,7 +396,8 @@ def write_model_card(path: str, version: str, cfg: TrainConfig, model_cfg: Model
 - Architecture: SSDLite, MobileNetV2 backbone (alpha {model_cfg.alpha:g}), {model_cfg.image_size}x{model_cfg.image_size} input, {model_cfg.num_classes} classes
 - Backbone weights: {cfg.backbone_weights}
 - Training data: `{cfg.data}` (fingerprint {fingerprint}; {metrics['train_images']} train / {metrics['val_images']} val images)
-- Training: {cfg.epochs} epochs (fine-tune share {cfg.fine_tune_fraction:g}), batch {cfg.batch_size}, peak LR {cfg.learning_rate:g}, {cfg.classification_loss} loss
+- Training: {metrics['epochs']} epochs of at most {metrics['max_epochs']} in {metrics['fit_seconds']:.0f} s (time budget {_budget_text(cfg)}; phases ended by {', '.join(metrics['phases_ended_by']) or 'nothing'}; fine-tune share {cfg.fine_tune_fraction:g}), batch {cfg.batch_size}, peak LR {cfg.learning_rate:g}, {cfg.classification_loss} loss
+- Exported weights: {_best_epoch_text(metrics)}
 
 ## Metrics on the val split (COCO, pycocotools)
 
@@ -350,6 +419,17 @@ def write_model_card(path: str, version: str, cfg: TrainConfig, model_cfg: Model
 """
     with open(path, "w") as f:
         f.write(text)
+
+
+def _budget_text(cfg: TrainConfig) -> str:
+    return f"{cfg.time_budget:g} min" if cfg.time_budget else "none"
+
+
+def _best_epoch_text(metrics: dict) -> str:
+    best = metrics.get("best_epoch")
+    if best is None:
+        return "the last epoch's (no val evaluation during training)"
+    return f"epoch {best}, the best val mAP@.5 of the {len(metrics.get('validation_history', []))} evaluated"
 
 
 def _decision_markdown(decision: dict) -> str:

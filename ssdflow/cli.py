@@ -100,13 +100,15 @@ def train(
     models: str = typer.Option(..., help="Models directory (registry): versions, champion.json, decisions.jsonl"),
     alpha: float = typer.Option(1.0, help="MobileNetV2 width multiplier, 0.35..1.4"),
     image_size: int = typer.Option(320, help="Square input size (multiple of 32)"),
-    epochs: int = typer.Option(20, help="Total epochs: frozen backbone, then fine-tuning"),
+    epochs: Optional[int] = typer.Option(None, help="Most epochs (frozen backbone, then fine-tuning); default: as many as --time-budget allows, 20 without one"),
+    time_budget: float = typer.Option(30.0, help="Minutes of fitting, validation included; 0: no limit"),
     batch_size: int = typer.Option(16, help="Global batch size"),
     backbone_weights: str = typer.Option("imagenet", help="imagenet | none | PATH to a MobileNetV2 no-top .weights.h5"),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run from its last checkpoint"),
     learning_rate: float = typer.Option(1e-3, help="Peak learning rate"),
     steps_per_epoch: Optional[int] = typer.Option(None, help="Default: one pass over the train split"),
     promotion_tolerance: float = typer.Option(0.0, help="Promote if mAP@.5 >= champion's - tolerance"),
+    min_map: float = typer.Option(0.05, help="Quality floor: never promote a model below this val mAP@.5 (the first champion included)"),
     on_label_map_change: str = typer.Option("refuse", help="refuse | promote_if_only_added"),
     seed: int = typer.Option(0, help="Random seed"),
 ) -> None:
@@ -116,10 +118,10 @@ def train(
     from model.ssd import BackboneWeightsError
     from ssdflow.config import TrainConfig
 
-    cfg = _config(TrainConfig, data=data, models=models, alpha=alpha, image_size=image_size, epochs=epochs,
+    cfg = _config(TrainConfig, data=data, models=models, alpha=alpha, image_size=image_size, epochs=epochs, time_budget=time_budget,
                   batch_size=batch_size, backbone_weights=backbone_weights, resume=resume, learning_rate=learning_rate,
                   steps_per_epoch=steps_per_epoch, promotion_tolerance=promotion_tolerance,
-                  on_label_map_change=on_label_map_change, seed=seed)
+                  min_map=min_map, on_label_map_change=on_label_map_change, seed=seed)
     try:
         result = run_train(cfg)
     except (TrainError, DatasetError, BackboneWeightsError) as e:

@@ -14,6 +14,9 @@ from beam_jobs.encode import DEFAULT_CLIP_TOLERANCE
 from beam_jobs.images import DEFAULT_MAX_PIXELS
 
 
+MAX_EPOCHS = 1000
+
+
 class LabelFormat(str, Enum):
     voc = "voc"
     coco = "coco"
@@ -90,7 +93,8 @@ class TrainSettings(BaseModel):
 
     alpha: float = Field(1.0, ge=0.35, le=1.4, description="MobileNetV2 width multiplier")
     image_size: int = Field(320, ge=96, le=1024, multiple_of=32, description="Square input size")
-    epochs: int = Field(20, ge=1, le=1000, description="Total epochs (frozen backbone, then fine-tuning)")
+    epochs: int | None = Field(None, ge=1, le=MAX_EPOCHS, description="Most epochs (frozen backbone, then fine-tuning); default: as many as the time budget allows, 20 without one")
+    time_budget: float = Field(30.0, ge=0, le=7 * 24 * 60, description="Minutes of fitting (validation included): phases and learning-rate schedule are fitted to it; 0: no limit")
     batch_size: int = Field(16, ge=1, le=1024, description="Global batch size")
     backbone_weights: str = Field("imagenet", description="imagenet | none | PATH to a MobileNetV2 no-top weights file")
     resume: bool = Field(False, description="Continue an interrupted run from its last checkpoint")
@@ -107,11 +111,16 @@ class TrainSettings(BaseModel):
     iou_threshold: float = Field(0.5, gt=0, le=1, description="Exported model's NMS IoU threshold")
     max_detections: int = Field(100, ge=1, le=1000, description="Exported model's detections per image")
     promotion_tolerance: float = Field(0.0, ge=0, le=1, description="Promote if challenger mAP@.5 >= champion's - tolerance")
+    min_map: float = Field(0.05, ge=0, le=1, description="Quality floor: never promote a model below this val mAP@.5, the first champion included")
     on_label_map_change: str = Field("refuse", pattern="^(refuse|promote_if_only_added)$", description="Policy when classes changed")
     bn_momentum: float = Field(0.997, gt=0.0, lt=1.0, description="BatchNorm momentum; lower (0.9) for short runs from scratch")
     augment: bool = Field(True, description="Photometric jitter, SSD random crop and flips on training images")
     seed: int = Field(0, description="Random seed")
     deterministic: bool = Field(False, description="Reproducible input order and augmentation (slower)")
+
+    def max_epochs(self) -> int:
+        """The epochs this run may take: the set bound, else the budget decides (20 with no budget)."""
+        return self.epochs or (MAX_EPOCHS if self.time_budget else 20)
 
     def model(self, num_classes: int) -> ModelConfig:
         return ModelConfig(alpha=self.alpha, image_size=self.image_size, num_classes=num_classes, bn_momentum=self.bn_momentum)

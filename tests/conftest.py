@@ -21,8 +21,9 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 # Longest first (seconds in a 2-worker run, --durations): the scheduler hands files out in this order.
 SLOW_FIRST = (
     "integration/test_prefect.py",  # nightly twice + batch-score on a real server, ~190 s
-    "integration/test_train.py",  # four trainings, one killed and resumed, ~250 s
+    "integration/test_train.py",  # three trainings, export, reload, evaluate, ~190 s
     "integration/test_prefect_crash.py",  # waits out a heartbeat, ~130 s
+    "integration/test_train_resume.py",  # a training killed and resumed, ~100 s
     "integration/test_security.py",
     "integration/test_score.py",
     "integration/test_storage_faults.py",

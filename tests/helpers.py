@@ -16,6 +16,10 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 RACCOON = SHARED / "datasets" / "raccoon"
+# The tiny training the integration tests use (the shapes fixture's data): mechanics, not quality.
+SHAPES_VAL_FRACTION = 0.25
+TINY_TRAIN = dict(alpha=0.35, image_size=128, batch_size=8, backbone_weights="none", bn_momentum=0.9, augment=False,
+                  eval_every=1000, warmup_epochs=0.2, min_map=0.0)
 DUPLICATE_PAIRS = [("raccoon-11", "raccoon-116"), ("raccoon-52", "raccoon-74"), ("raccoon-65", "raccoon-98"), ("raccoon-83", "raccoon-120")]
 
 

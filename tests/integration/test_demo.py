@@ -21,9 +21,12 @@ def test_demo_runs_every_job_and_says_where_outputs_are(tmp_path):
     assert "demo: ingest wrote 30 images" in out
     assert f"records : {tmp_path}/ingest" in out and f"registry: {tmp_path}/models/champion.json" in out
     assert json.loads((tmp_path / "ingest" / "_SUCCESS").read_text())["images_in"] == 30
-    champion = json.loads((tmp_path / "models" / "champion.json").read_text())
-    assert (tmp_path / "models" / champion["version"] / "saved_model.pb").exists()
-    assert f"model   : {tmp_path}/models/{champion['version']}" in out
+    decisions = (tmp_path / "models" / "decisions.jsonl").read_text().splitlines()
+    assert len(decisions) == 1
+    decision = json.loads(decisions[0])  # one epoch may stay below the --min-map floor: promoted or not, it is recorded
+    assert (tmp_path / "models" / "champion.json").exists() == decision["promoted"]
+    assert (tmp_path / "models" / decision["challenger"] / "saved_model.pb").exists()
+    assert f"model   : {tmp_path}/models/{decision['challenger']}" in out
     scored = json.loads((tmp_path / "scored" / "_SUCCESS").read_text())
     assert scored["images_in"] == 30 and scored["images_in"] == scored["images_scored"] + scored["images_failed"]
     assert f"scored  : {tmp_path}/scored" in out and len(list((tmp_path / "scored" / "preview").glob("*.jpg"))) == 5

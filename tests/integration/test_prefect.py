@@ -72,7 +72,7 @@ def test_nightly_retrain_then_batch_score_from_the_api(prefect, tmp_path):
         "ingest": {"images": str(images), "labels": str(labels), "format": "voc", "out": str(tmp_path / "records"), "val_fraction": 0.2},
         "models": str(models),
         "train": {"alpha": 0.35, "image_size": 128, "epochs": 1, "steps_per_epoch": 2, "batch_size": 8, "backbone_weights": "none",
-                  "eval_every": 1000},
+                  "eval_every": 1000, "min_map": 0.0},
         "score_images": [str(images)], "score_out": str(tmp_path / "nightly-scored"), "comparison_images": 2}}
     run = _run(prefect, "nightly-retrain", nightly)
     assert run["state_type"] == "COMPLETED", run["state"]

@@ -215,6 +215,7 @@ MODEL_LOADERS = {
     ("model/compare.py", "tf.saved_model.load"), ("model/validation.py", "tf.saved_model.load"),
     ("model/export.py", "model.load_weights"), ("model/ssd.py", "net.load_weights"),
     ("model/train.py", "self._manager().checkpoint.restore"), ("model/train.py", "checkpoint.restore"),  # EpochCheckpoint.restore → the former
+    ("model/train.py", "model.load_weights"), ("model/train.py", "best.restore"),  # KeepBest: the run's own best.weights.h5
 }
 DATA_LOADERS = {"json.load", "json.loads", "yaml.safe_load", "img.load"}
 
@@ -246,7 +247,8 @@ def test_models_load_only_from_savedmodel_or_weights_h5_and_the_registry_is_json
     champion = json.loads((models / registry.CHAMPION).read_text())
     assert isinstance(champion, dict) and champion["version"] == model_dir.name
     assert all(isinstance(json.loads(line), dict) for line in (models / registry.DECISIONS).read_text().splitlines() if line)
-    allowed = re.compile(r"(saved_model\.pb|fingerprint\.pb|variables/variables\.(index|data-\d{5}-of-\d{5})|assets/.*|[\w.-]+\.json|[\w.-]+\.md|keras\.weights\.h5)")
+    allowed = re.compile(r"(saved_model\.pb|fingerprint\.pb|variables/variables\.(index|data-\d{5}-of-\d{5})|assets/.*|[\w.-]+\.json|[\w.-]+\.md|keras\.weights\.h5"
+                         r"|logs/\w+/events\.out\.tfevents\.[\w.-]+)")  # TensorBoard: TFRecord-framed protobuf summaries
     for path in sorted(p for p in model_dir.rglob("*") if p.is_file()):
         rel = path.relative_to(model_dir).as_posix()
         assert allowed.fullmatch(rel), f"unexpected file in a registered model: {rel}"

@@ -1,4 +1,5 @@
-"""Training end to end on tiny synthetic data: overfit, export, reload, evaluate, promote, resume.
+"""Training end to end on tiny synthetic data: overfit, export, reload, evaluate, promote, budget
+(the kill-and-resume tests are in test_train_resume.py, so that a second worker runs them).
 
 Models are tiny (alpha 0.35, 128 px) and trained from scratch for a bounded number of steps, so
 the whole module stays within a few minutes on 2 CPU cores.
@@ -8,46 +9,17 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
-import numpy as np
 import pytest
 
 from beam_jobs.encode import split_for
-from beam_jobs.ingest import run_ingest
-from ssdflow.config import IngestConfig, TrainConfig
-from ssdflow.demo_data import draw_scene, voc_xml
-from tests.helpers import REPO
+from ssdflow.config import TrainConfig
+from tests.helpers import REPO, SHAPES_VAL_FRACTION as VAL_FRACTION, TINY_TRAIN as TINY
 
 pytestmark = pytest.mark.integration
 tf = pytest.importorskip("tensorflow")
-
-VAL_FRACTION = 0.25
-TINY = dict(alpha=0.35, image_size=128, batch_size=8, backbone_weights="none", bn_momentum=0.9, augment=False,
-            eval_every=1000, warmup_epochs=0.2)
-
-
-@pytest.fixture(scope="module")
-def shapes(tmp_path_factory):
-    """12 synthetic 128x128 images with 1-2 shapes each, ingested by the real Beam job."""
-    root = tmp_path_factory.mktemp("shapes")
-    images, labels = root / "images", root / "labels"
-    images.mkdir()
-    labels.mkdir()
-    rng = np.random.default_rng(1)
-    truth = {}
-    for i in range(12):
-        img, objects = draw_scene(rng, 128, 128, max_objects=2)
-        img.save(images / f"im{i}.jpg", quality=95)
-        (labels / f"im{i}.xml").write_text(voc_xml(f"im{i}.jpg", 128, 128, objects))
-        truth[f"im{i}"] = objects
-    records = root / "records"
-    stats = run_ingest(IngestConfig(images=str(images), labels=str(labels), format="voc", out=str(records), val_fraction=VAL_FRACTION))
-    assert stats["images_written"]["val"] > 0 and stats["images_written"]["train"] >= 6
-    return {"images": images, "records": str(records), "truth": truth, "models": str(root / "models")}
 
 
 def _train(shapes, **overrides):
@@ -74,6 +46,8 @@ def _iou(a, b):
 
 def test_overfit_exported_model_finds_every_box(shapes, trained):
     _, strong = trained
+    assert os.path.isdir(os.path.join(strong.model_dir, "logs", "train"))  # TensorBoard logs stay with the version
+    assert strong.metrics["best_epoch"] is None  # no evaluation during training (eval_every 1000): the last epoch's
     serve = tf.saved_model.load(strong.model_dir).signatures["serving_default"]
     ids = {c["name"]: c["id"] for c in json.load(open(os.path.join(strong.model_dir, "label_map.json")))["classes"]}
     checked = 0
@@ -99,7 +73,10 @@ def test_better_challenger_promoted_worse_one_not(shapes, trained):
     assert strong.decision["promoted"], strong.decision
     assert strong.decision["champion"] == weak.version
     assert strong.decision["challenger_score"] > strong.decision["champion_score"]
-    worse = _train(shapes, epochs=1, steps_per_epoch=1, learning_rate=1e-5, seed=7)
+    # No epoch bound, a budget shorter than one step: the budget ends training after its first step.
+    worse = _train(shapes, epochs=None, time_budget=0.001, steps_per_epoch=5, learning_rate=1e-5, seed=7)
+    assert worse.metrics["phases_ended_by"] == ["time budget"] and worse.metrics["epochs"] == 1
+    assert worse.metrics["max_epochs"] == 1000 and worse.metrics["fit_seconds"] < 120
     assert not worse.decision["promoted"], worse.decision
     assert worse.decision["champion"] == strong.version
     assert registry.read_champion(shapes["models"])["version"] == strong.version
@@ -153,35 +130,3 @@ def test_evaluate_reproduces_metrics_json(trained, shapes):
     saved = json.load(open(os.path.join(strong.model_dir, "metrics.json")))
     for key in ("mAP", "mAP@.5", "mAP@.75", "per_class", "num_detections"):
         assert got[key] == saved[key], key
-
-
-def test_killed_training_resumes_from_its_checkpoint(shapes, tmp_path):
-    models = tmp_path / "models"
-    cmd = [sys.executable, "-m", "ssdflow.cli", "train", "--data", shapes["records"], "--models", str(models),
-           "--alpha", "0.35", "--image-size", "128", "--batch-size", "4", "--backbone-weights", "none",
-           "--epochs", "2", "--steps-per-epoch", "6"]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    ckpt = models / ".train-run" / "phase1" / "checkpoint"
-    deadline = time.time() + 300
-    while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.2)
-    assert ckpt.exists(), "no checkpoint after the first epoch"
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert not (models / "champion.json").exists()
-
-    done = subprocess.run(cmd + ["--resume"], cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "resuming from the checkpoint after epoch" in done.stderr
-    assert "promoted to champion" in done.stdout
-    assert not (models / ".train-run").exists()
-
-
-def test_resume_refuses_a_run_with_other_settings(shapes, tmp_path):
-    from model.train import RUN_DIR, TrainError, _prepare_run_dir
-
-    cfg = TrainConfig(data=shapes["records"], models=str(tmp_path), **TINY, epochs=2)
-    _prepare_run_dir(cfg, {"a": 1})
-    assert (tmp_path / RUN_DIR / "run.json").exists()
-    with pytest.raises(TrainError, match="other settings"):
-        _prepare_run_dir(cfg.model_copy(update={"resume": True}), {"a": 2})

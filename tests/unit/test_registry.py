@@ -111,7 +111,8 @@ def test_label_map_diff():
 
 
 def test_policy_validation():
-    assert PromotionPolicy().model_dump() == {"tolerance": 0.0, "metric": "mAP@.5", "on_label_map_change": "refuse"}
+    assert PromotionPolicy().model_dump() == {"tolerance": 0.0, "metric": "mAP@.5", "min_score": 0.0,
+                                             "on_label_map_change": "refuse"}
     for bad in [{"tolerance": -0.1}, {"tolerance": 1.5}, {"metric": "AR"}, {"on_label_map_change": "yolo"}]:
         with pytest.raises(pydantic.ValidationError):
             PromotionPolicy(**bad)
@@ -135,7 +136,7 @@ def test_decide_no_champion_promotes():
 def test_decide_record_fields():
     d = _decide(0.61, 0.6, PromotionPolicy(tolerance=0.02))
     assert set(d) == {"challenger", "champion", "metric", "challenger_score", "champion_score", "tolerance",
-                      "label_map_diff", "promoted", "reason", "decided_at"}
+                      "min_score", "label_map_diff", "promoted", "reason", "decided_at"}
     assert (d["challenger"], d["champion"], d["metric"]) == ("v2", "v1", "mAP@.5")
     assert (d["challenger_score"], d["champion_score"], d["tolerance"]) == (0.61, 0.6, 0.02)
     assert d["label_map_diff"]["identical"] is True
@@ -153,6 +154,15 @@ def test_decide_within_tolerance_promoted():
     assert _decide(0.59, 0.60)["promoted"] is False
     assert _decide(0.59, 0.60, PromotionPolicy(tolerance=0.02))["promoted"] is True
     assert _decide(0.57, 0.60, PromotionPolicy(tolerance=0.02))["promoted"] is False
+
+
+def test_decide_floor_refuses_first_champion_and_better_challengers():
+    floor = PromotionPolicy(min_score=0.3)
+    first = _decide(0.2, None, floor, champion=None, champion_lm=None)
+    assert first["promoted"] is False and "below the floor 0.3" in first["reason"] and first["min_score"] == 0.3
+    assert _decide(0.25, 0.1, floor)["promoted"] is False  # better than the champion, still below the floor
+    assert _decide(0.3, 0.1, floor)["promoted"] is True
+    assert _decide(0.3, None, floor, champion=None, champion_lm=None)["promoted"] is True
 
 
 def test_decide_uses_policy_metric():

@@ -1,0 +1,54 @@
+"""KeepBest: the exported weights are the best evaluated epoch's, across phases and a resume."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+keras = pytest.importorskip("keras")
+
+
+def _model():
+    inputs = keras.Input((3,))
+    return keras.Model(inputs, keras.layers.Dense(2)(inputs))
+
+
+def _set(model, value: float):
+    model.set_weights([np.full_like(w, value) for w in model.get_weights()])
+
+
+def test_restores_the_best_epoch_not_the_last(tmp_path):
+    from model.train import KeepBest
+
+    model = _model()
+    best = KeepBest(str(tmp_path / "best.weights.h5"))
+    best.set_model(model)
+    for epoch, (value, score) in enumerate([(1.0, 0.2), (2.0, 0.5), (3.0, 0.3), (4.0, None)]):
+        _set(model, value)
+        best.on_epoch_end(epoch, {} if score is None else {"val_mAP@.5": score, "loss": 1.0})
+    assert (best.best, best.best_epoch) == (0.5, 2)
+    assert best.restore(model) == 2
+    assert all(np.all(w == 2.0) for w in model.get_weights())
+
+    # A resumed run (a new process) knows the best so far: a worse epoch does not replace it.
+    again = KeepBest(str(tmp_path / "best.weights.h5"))
+    again.set_model(model)
+    assert (again.best, again.best_epoch) == (0.5, 2)
+    _set(model, 5.0)
+    again.on_epoch_end(4, {"val_mAP@.5": 0.4})
+    assert again.restore(model) == 2 and all(np.all(w == 2.0) for w in model.get_weights())
+    again.on_epoch_end(5, {"val_mAP@.5": 0.6})
+    assert again.best_epoch == 6
+
+
+def test_nothing_evaluated_keeps_the_last_weights(tmp_path):
+    from model.train import KeepBest
+
+    model = _model()
+    _set(model, 7.0)
+    best = KeepBest(str(tmp_path / "best.weights.h5"))
+    best.set_model(model)
+    best.on_epoch_end(0, {"loss": 1.0})
+    assert best.restore(model) is None
+    assert all(np.all(w == 7.0) for w in model.get_weights())
+    assert not (tmp_path / "best.weights.h5").exists()
