@@ -114,6 +114,7 @@ class ValidationMAP(keras.callbacks.Callback):
     def __init__(self, detect_fn, data_dir: str, label_map, every: int = 1):
         super().__init__()
         self.detect_fn, self.data_dir, self.label_map, self.every = detect_fn, data_dir, label_map, every
+        self.phase = None  # set before each phase: Keras counts epochs per fit() call
         self.history: list[dict] = []
 
     def on_epoch_end(self, epoch, logs=None):
@@ -122,7 +123,7 @@ class ValidationMAP(keras.callbacks.Callback):
         metrics = score_detector(self.detect_fn, self.data_dir, "val", self.label_map)
         logs["val_mAP"] = metrics["mAP"]
         logs["val_mAP@.5"] = metrics["mAP@.5"]
-        self.history.append({"epoch": epoch + 1, "mAP": metrics["mAP"], "mAP@.5": metrics["mAP@.5"]})
+        self.history.append({"phase": self.phase, "epoch": epoch + 1, "mAP": metrics["mAP"], "mAP@.5": metrics["mAP@.5"]})
 
 
 class KeepBest(keras.callbacks.Callback):
@@ -130,7 +131,8 @@ class KeepBest(keras.callbacks.Callback):
 
     Val splits are small and fine-tuning swings from epoch to epoch, so the last epoch is often not
     the best; the exported model is the best one. The weights are written to ``path`` (atomically)
-    together with the score, so a resumed run still knows its best epoch.
+    together with the score, so a resumed run still knows its best epoch. Keras counts epochs per
+    fit() call, so an epoch is named with its phase (``phase``, set before each phase).
     """
 
     MONITOR = "val_mAP@.5"
@@ -138,21 +140,21 @@ class KeepBest(keras.callbacks.Callback):
     def __init__(self, path: str):
         super().__init__()
         self.path = path
-        self.best, self.best_epoch = -1.0, 0
+        self.best, self.best_epoch, self.phase, self.best_phase = -1.0, 0, None, None
         if os.path.exists(path + ".json") and os.path.exists(path):
             with open(path + ".json") as f:
                 saved = json.load(f)
-            self.best, self.best_epoch = saved["score"], saved["epoch"]
+            self.best, self.best_epoch, self.best_phase = saved["score"], saved["epoch"], saved.get("phase")
 
     def on_epoch_end(self, epoch, logs=None):
         score = (logs or {}).get(self.MONITOR)
         if score is None or score <= self.best:
             return
-        self.best, self.best_epoch = float(score), epoch + 1
+        self.best, self.best_epoch, self.best_phase = float(score), epoch + 1, self.phase
         tmp = self.path + ".tmp.weights.h5"
         self.model.save_weights(tmp)
         os.replace(tmp, self.path)
-        storage.write_json_local(self.path + ".json", {"score": self.best, "epoch": self.best_epoch})
+        storage.write_json_local(self.path + ".json", {"score": self.best, "epoch": self.best_epoch, "phase": self.phase})
 
     def restore(self, model) -> int | None:
         """Loads the best weights into ``model``; returns their epoch (None when nothing was evaluated)."""
@@ -263,6 +265,9 @@ def _fit_phase(model, name: str, run_dir: str, train_ds, epochs: int, steps: int
     the clock's ``deadline`` (seconds of the run); returns the epochs run now and what ended the phase."""
     done_marker = os.path.join(run_dir, f"{name}.done")
     ckpt_dir = os.path.join(run_dir, name)
+    for callback in callbacks:
+        if hasattr(callback, "phase"):
+            callback.phase = name
     time_progress = tf.Variable(0.0, trainable=False, dtype=tf.float32)
     schedule = WarmupCosine(lr, epochs * steps, warmup_steps, time_progress if math.isfinite(deadline) else None)
     model.compile(optimizer=keras.optimizers.Adam(schedule), loss=loss, jit_compile=False)
@@ -359,7 +364,7 @@ def train(cfg: TrainConfig, extra_callbacks: tuple = (), verbose="auto", reuse_c
     fit_seconds = clock.elapsed()
     best_epoch = best.restore(model)
     if best_epoch is not None:
-        log.info("train: exporting the weights of epoch %d (val mAP@.5 %.4f)", best_epoch, best.best)
+        log.info("train: exporting the weights of %s epoch %d (val mAP@.5 %.4f)", best.best_phase, best_epoch, best.best)
 
     # Export into a staging dir, score the exported artifact itself, then commit the version.
     version = registry.new_version(cfg.models)
@@ -371,7 +376,8 @@ def train(cfg: TrainConfig, extra_callbacks: tuple = (), verbose="auto", reuse_c
     metrics.update(data_fingerprint=fingerprint, run_key=_run_key(run_config), val_images=n_val, train_images=n_train, epochs=epochs_run,
                    max_epochs=epochs, time_budget_minutes=cfg.time_budget or None, fit_seconds=round(fit_seconds, 1),
                    phases_ended_by=ended,
-                   validation_history=val_map.history, best_epoch=best_epoch, precision=precision)
+                   validation_history=val_map.history, best_epoch=best_epoch, best_phase=best.best_phase if best_epoch else None,
+                   precision=precision)
     write_metrics(os.path.join(staging, "metrics.json"), metrics)
     write_model_card(os.path.join(staging, "model_card.md"), version, cfg, model_cfg, metrics, label_map, fingerprint)
     if os.path.isdir(os.path.join(run_dir, "logs")):  # TensorBoard logs stay with the version they describe
@@ -429,7 +435,8 @@ def _best_epoch_text(metrics: dict) -> str:
     best = metrics.get("best_epoch")
     if best is None:
         return "the last epoch's (no val evaluation during training)"
-    return f"epoch {best}, the best val mAP@.5 of the {len(metrics.get('validation_history', []))} evaluated"
+    return (f"{metrics.get('best_phase')} epoch {best}, the best val mAP@.5 of the "
+            f"{len(metrics.get('validation_history', []))} evaluated")
 
 
 def _decision_markdown(decision: dict) -> str:

@@ -73,9 +73,12 @@ def test_better_challenger_promoted_worse_one_not(shapes, trained):
     assert strong.decision["promoted"], strong.decision
     assert strong.decision["champion"] == weak.version
     assert strong.decision["challenger_score"] > strong.decision["champion_score"]
-    # No epoch bound, a budget shorter than one step: the budget ends training after its first step.
-    worse = _train(shapes, epochs=None, time_budget=0.001, steps_per_epoch=5, learning_rate=1e-5, seed=7)
+    # No epoch bound, a budget shorter than one step: the budget ends training after its first step;
+    # that cut-short epoch is still validated, and its weights are the best (the only) ones exported.
+    worse = _train(shapes, epochs=None, time_budget=0.001, steps_per_epoch=5, learning_rate=1e-5, seed=7, eval_every=1)
     assert worse.metrics["phases_ended_by"] == ["time budget"] and worse.metrics["epochs"] == 1
+    assert (worse.metrics["best_epoch"], worse.metrics["best_phase"]) == (1, "phase1")
+    assert [h["phase"] for h in worse.metrics["validation_history"]] == ["phase1"]
     assert worse.metrics["max_epochs"] == 1000 and worse.metrics["fit_seconds"] < 120
     assert not worse.decision["promoted"], worse.decision
     assert worse.decision["champion"] == strong.version

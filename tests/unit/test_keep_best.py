@@ -23,22 +23,24 @@ def test_restores_the_best_epoch_not_the_last(tmp_path):
     model = _model()
     best = KeepBest(str(tmp_path / "best.weights.h5"))
     best.set_model(model)
+    best.phase = "phase1"
     for epoch, (value, score) in enumerate([(1.0, 0.2), (2.0, 0.5), (3.0, 0.3), (4.0, None)]):
         _set(model, value)
         best.on_epoch_end(epoch, {} if score is None else {"val_mAP@.5": score, "loss": 1.0})
-    assert (best.best, best.best_epoch) == (0.5, 2)
+    assert (best.best, best.best_epoch, best.best_phase) == (0.5, 2, "phase1")
     assert best.restore(model) == 2
     assert all(np.all(w == 2.0) for w in model.get_weights())
 
     # A resumed run (a new process) knows the best so far: a worse epoch does not replace it.
     again = KeepBest(str(tmp_path / "best.weights.h5"))
     again.set_model(model)
-    assert (again.best, again.best_epoch) == (0.5, 2)
+    assert (again.best, again.best_epoch, again.best_phase) == (0.5, 2, "phase1")
+    again.phase = "phase2"  # Keras counts epochs from 0 again in the next phase's fit()
     _set(model, 5.0)
     again.on_epoch_end(4, {"val_mAP@.5": 0.4})
     assert again.restore(model) == 2 and all(np.all(w == 2.0) for w in model.get_weights())
     again.on_epoch_end(5, {"val_mAP@.5": 0.6})
-    assert again.best_epoch == 6
+    assert (again.best_epoch, again.best_phase) == (6, "phase2")
 
 
 def test_nothing_evaluated_keeps_the_last_weights(tmp_path):
