@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 from datetime import timedelta
 
 import keras
@@ -69,18 +68,18 @@ def ingest_unless_unchanged(cfg: IngestConfig) -> dict:
 class _PrefectEpochLogger(keras.callbacks.Callback):
     """Per-epoch lines in the flow run's log (not Keras's progress bar) and a progress artifact."""
 
-    def __init__(self, total_epochs: int, budget_minutes: float, progress: artifacts.ProgressArtifact):
+    def __init__(self, total_epochs: int, progress: artifacts.ProgressArtifact):
         super().__init__()
-        self.total, self.budget, self.progress, self.done = total_epochs, budget_minutes * 60, progress, 0
-        self.started = time.monotonic()
+        self.total, self.progress, self.done = total_epochs, progress, 0
 
     def on_epoch_end(self, epoch, logs=None):
         self.done += 1
         shown = ", ".join(f"{k} {v:.4f}" for k, v in (logs or {}).items() if isinstance(v, (int, float)))
         get_run_logger().info("train: epoch %d (at most %d): %s", self.done, self.total, shown)
-        # Whichever ends the run first, its epochs or its time budget, sets the progress shown.
-        by_time = (time.monotonic() - self.started) / self.budget if self.budget else 0.0
-        self.progress.update(100.0 * min(1.0, max(self.done / self.total, by_time)))
+        # Whichever ends the run first, its epochs or its time budget (the training clock's share,
+        # model/schedule.py's TimeBudget), sets the progress shown.
+        used = (logs or {}).get("time_budget_used", 0.0)
+        self.progress.update(100.0 * min(1.0, max(self.done / self.total, used)))
 
 
 def after_crash(cfg: TrainConfig, attempt: int) -> tuple[TrainConfig, bool]:
@@ -104,7 +103,7 @@ def train_task(cfg: TrainConfig, attempt: int = 0) -> dict:
     cfg, reuse_completed = after_crash(cfg, attempt)
     progress = artifacts.ProgressArtifact(f"training at most {cfg.max_epochs()} epochs on {cfg.data}")
     with concurrency(TRAIN_CONCURRENCY, occupy=1):
-        result = train(cfg, extra_callbacks=(_PrefectEpochLogger(cfg.max_epochs(), cfg.time_budget, progress),), verbose=0,
+        result = train(cfg, extra_callbacks=(_PrefectEpochLogger(cfg.max_epochs(), progress),), verbose=0,
                        reuse_completed=reuse_completed)
     progress.update(100.0)
     artifacts.training_metrics(result.metrics)

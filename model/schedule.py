@@ -89,7 +89,8 @@ class Clock:
 class TimeBudget(keras.callbacks.Callback):
     """Ends a phase when the clock reaches ``deadline`` (seconds of the run), and feeds its time
     progress to the schedule. The epoch cut short still ends normally: it is validated and
-    checkpointed, so the best-epoch bookkeeping sees it."""
+    checkpointed, so the best-epoch bookkeeping sees it. With a budget, each epoch's logs carry
+    ``time_budget_used`` (share of the whole run's budget spent) for the callbacks after it."""
 
     def __init__(self, clock: Clock, deadline: float, progress: tf.Variable):
         super().__init__()
@@ -113,3 +114,5 @@ class TimeBudget(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         self.clock.save()
+        if logs is not None and self.clock.budget:
+            logs["time_budget_used"] = min(1.0, self.clock.elapsed() / self.clock.budget)

@@ -70,6 +70,7 @@ def test_time_budget_ends_the_fit_mid_epoch_and_the_clock_survives_a_resume(tmp_
     history = model.fit(data, epochs=100, steps_per_epoch=3, callbacks=[_Tick(clock), budget], verbose=0)
     # Tick runs before TimeBudget, so the 7th step's end reads 7 s: epochs 1 and 2 whole, then one step of 3.
     assert budget.stopped_by_budget and len(history.epoch) == 3
+    assert history.history["time_budget_used"] == pytest.approx([3 / 7, 6 / 7, 1.0])  # what later callbacks read
     assert float(progress.numpy()) == pytest.approx(1.0)
     assert model.optimizer.iterations.numpy() == 7
 
