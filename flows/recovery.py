@@ -98,6 +98,11 @@ def _definition(automation) -> dict:
     """What an automation does, without the ids the server assigns."""
     data = automation.model_dump(mode="json", include={"name", "description", "enabled", "trigger", "actions"})
     data["trigger"].pop("id", None)
+    # The trigger's event sets come out as lists in set order, which follows string hashing and so
+    # differs between processes: compared as lists, an unchanged automation would look changed to a
+    # restarted serve, be replaced, and lose the heartbeats that start a dead run's clock.
+    for key in ("after", "expect", "for_each"):
+        data["trigger"][key] = sorted(data["trigger"].get(key) or [])
     return data
 
 

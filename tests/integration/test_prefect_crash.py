@@ -29,6 +29,11 @@ def _committed(out) -> int:
     return len(list(out.glob("chunks/*/*/_SUCCESS")))
 
 
+def _automations(api: str) -> dict:
+    _, autos = request("POST", f"{api}/automations/filter", {})
+    return {a["name"]: (a["id"], a["updated"], a["trigger"]["id"]) for a in autos}
+
+
 def _runs_of(api: str, deployment_id: str) -> list[dict]:
     _, runs = request("POST", f"{api}/flow_runs/filter", {"flow_runs": {"deployment_id": {"any_": [deployment_id]}}, "sort": "START_TIME_ASC"})
     return runs
@@ -60,10 +65,14 @@ def test_killed_run_is_marked_crashed_and_rerun_to_the_same_outputs(raccoon_mode
         _, state = request("GET", f"{api}/flow_runs/{run['id']}")
         assert state["state_type"] == "RUNNING"
 
+        automations_before = _automations(api)
         serving.kill()
         committed_at_kill = _committed(out)
         assert committed_at_kill < CHUNKS  # the kill landed mid-run
         serving.start()
+        # The restarted serve left the automations alone: replacing one would forget the heartbeats
+        # already seen, and the dead run, which sends no more, would stay RUNNING forever.
+        assert _automations(api) == automations_before
 
         crashed = wait_for_run(api, run["id"], timeout=SILENCE + 180)
         assert crashed["state_type"] == "CRASHED", crashed["state"]
