@@ -89,7 +89,7 @@ def make_model(work: Path, cfg):
     """workdir/model (SavedModel + Keras weights), reused if it was exported with this config; returns (dir, keras model, info)."""
     from model.export import MODEL_INFO, export_saved_model
     from model.ssd import build_ssd
-    from model.train import KERAS_WEIGHTS
+    from model.export import KERAS_WEIGHTS
     from ssdflow.schema import LabelMap
 
     model_dir = work / "model"

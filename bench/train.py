@@ -3,7 +3,7 @@
     .venv/bin/python -m bench.train throughput --alpha 1.0 --image-size 320
     .venv/bin/python -m bench.train startup --alpha 0.35 --image-size 128
     .venv/bin/python -m bench.train quality --weights ../shared/weights/mobilenet_v2_1.0_imagenet_dogs_no_top.weights.h5 \
-        [--time-budget 30] [--seeds 0,1,2] [--pretrained-only]
+        [--time-budget 30] [--seeds 0,1,2] [--pretrained-only] [--set KEY=VALUE ...] [--history FILE]
 
 startup: seconds to the first training step (graph tracing) with the optimizer built lazily, as
 Keras does, and before fit, as model/train.py does; prints the ratio.
@@ -12,8 +12,9 @@ throughput: training images/s fed from the TFRecord stream (parse, decode, augme
 encoding in tf.data) against the same model fed one in-memory batch over and over; prints the
 ratio (goal >= 0.9: the input pipeline is never the bottleneck).
 
-quality: raccoon → ingest → train with the product's defaults (time budget, per-epoch val mAP,
-early stopping, best epoch exported) → evaluate, with --backbone-weights none and, when --weights
+quality: raccoon (or --dataset small-shapes, the small-object stress set) → ingest → train with the
+product's defaults (time budget, per-epoch val mAP, best epoch exported; --set KEY=VALUE changes a
+setting) → evaluate, with --backbone-weights none and, when --weights
 is given, with that pretrained backbone; prints a markdown table row per run (and the mean and
 spread over --seeds).
 """
@@ -21,6 +22,7 @@ spread over --seeds).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import tempfile
@@ -39,6 +41,24 @@ def ingest_raccoon(out: Path) -> str:
     if storage.read_success(str(out)) is None:
         run_ingest(IngestConfig(images=str(RACCOON / "images"), labels=str(RACCOON / "annotations"), format="voc", out=str(out)))
     return str(out)
+
+
+def ingest_small_shapes(out: Path, images: int = 300) -> str:
+    """The small-object stress set: 320x320 synthetic scenes with up to 12 shapes of 4-12 % of the
+    image side (13-38 px), three classes; where a stride-16 detector has no anchor of the objects' size."""
+    from beam_jobs.ingest import run_ingest
+    from ssdflow import storage
+    from ssdflow.config import IngestConfig
+    from ssdflow.demo_data import make_dataset
+
+    if storage.read_success(str(out)) is None:
+        image_dir, label_dir = make_dataset(str(out.parent / "small-shapes"), num_images=images, seed=1, size=(320, 320),
+                                            max_objects=12, object_size=(0.04, 0.12))
+        run_ingest(IngestConfig(images=image_dir, labels=label_dir, format="voc", out=str(out), val_fraction=0.15))
+    return str(out)
+
+
+DATASETS = {"raccoon": ingest_raccoon, "small-shapes": ingest_small_shapes}
 
 
 def throughput(args) -> None:
@@ -112,33 +132,56 @@ print(time.perf_counter() - t)
     print(f"ratio lazy / prebuilt: {times['lazy'] / times['prebuilt']:.2f}")
 
 
+def _setting(text: str) -> tuple[str, object]:
+    """``key=value`` → a TrainSettings field and its value, parsed as JSON where it parses (numbers, true)."""
+    from ssdflow.config import TrainSettings
+
+    key, _, value = text.partition("=")
+    if key not in TrainSettings.model_fields:
+        raise SystemExit(f"--set {text}: {key!r} is not a training setting ({', '.join(TrainSettings.model_fields)})")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
 def quality(args) -> None:
     from model.train import train
     from ssdflow.config import TrainConfig
 
     import statistics
 
-    data = ingest_raccoon(Path(args.workdir) / "records")
+    data = DATASETS[args.dataset](Path(args.workdir) / f"records-{args.dataset}")
     runs = ([("none", "none")] if not args.pretrained_only else []) + ([("pretrained", args.weights)] if args.weights else [])
     seeds = [int(s) for s in args.seeds.split(",")]
-    print("| backbone | seed | mAP@.5 | mAP@[.5:.95] | best epoch / epochs | phases ended by | wall |")
-    print("| --- | ---: | ---: | ---: | ---: | --- | ---: |")
+    overrides = dict(_setting(s) for s in args.set)
+    label = ", ".join(f"{k}={v}" for k, v in overrides.items()) or "defaults"
+    print("| backbone | seed | settings | mAP@.5 | mAP@[.5:.95] | mAP small | best epoch / epochs | phases ended by | wall |")
+    print("| --- | ---: | --- | ---: | ---: | ---: | ---: | --- | ---: |")
     for name, weights in runs:
         scores = []
         for seed in seeds:
-            models = Path(args.workdir) / f"models-{name}-{seed}"
+            models = Path(args.workdir) / f"models-{args.dataset}-{name}-{seed}"
             shutil.rmtree(models, ignore_errors=True)
             t0 = time.perf_counter()
             result = train(TrainConfig(data=data, models=str(models), alpha=args.alpha, image_size=args.image_size,
                                        epochs=args.epochs, time_budget=args.time_budget, batch_size=args.batch_size,
-                                       backbone_weights=weights, learning_rate=args.lr, seed=seed, min_map=0.0), verbose=0)
+                                       backbone_weights=weights, learning_rate=args.lr, seed=seed, min_map=0.0,
+                                       **overrides), verbose=0)
             minutes = (time.perf_counter() - t0) / 60
             m = result.metrics
             scores.append(m["mAP@.5"])
-            print(f"| {name} | {seed} | {m['mAP@.5']:.3f} | {m['mAP']:.3f} | {m.get('best_epoch')} / {m['epochs']} | "
+            if args.history:  # per-evaluation val mAP, to replay early-stopping rules offline
+                with open(args.history, "a") as f:
+                    f.write(json.dumps({"backbone": name, "seed": seed, "settings": overrides, "mAP@.5": m["mAP@.5"],
+                                        "history": m["validation_history"]}) + "\n")
+            small = "–" if m.get("mAP_small") is None else f"{m['mAP_small']:.3f}"
+            print(f"| {name} | {seed} | {label} | {m['mAP@.5']:.3f} | {m['mAP']:.3f} | {small} | {m.get('best_epoch')} / {m['epochs']} | "
                   f"{', '.join(m['phases_ended_by'])} | {minutes:.1f} min |", flush=True)
+            print("  AP@.5 per class: " + ", ".join(f"{c} {v['AP@.5'] if v.get('AP@.5') is not None else float('nan'):.3f}" for c, v in m["per_class"].items()),
+                  flush=True)
         if len(scores) > 1:
-            print(f"| {name} | mean ± sd | {statistics.mean(scores):.3f} ± {statistics.stdev(scores):.3f} | | | | |")
+            print(f"| {name} | mean ± sd | {label} | {statistics.mean(scores):.3f} ± {statistics.stdev(scores):.3f} | | | | | |")
 
 
 def main() -> None:
@@ -155,6 +198,10 @@ def main() -> None:
     ap.add_argument("--seeds", default="0", help="comma-separated seeds (quality), e.g. 0,1,2 for mean and spread")
     ap.add_argument("--pretrained-only", action="store_true", help="skip the from-scratch run (quality)")
     ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--dataset", choices=sorted(DATASETS), default="raccoon", help="what quality trains and scores on")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a training setting for every run (quality), e.g. --set early_stopping_patience=10")
+    ap.add_argument("--history", help="append each run's per-evaluation val mAP as JSON lines to this file (quality)")
     ap.add_argument("--weights", help="pretrained MobileNetV2 no-top weights file (quality)")
     args = ap.parse_args()
     {"throughput": throughput, "quality": quality, "startup": startup}[args.what](args)

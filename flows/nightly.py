@@ -95,7 +95,7 @@ def demo_flow(config: DemoConfig = DemoConfig(), attempt: Attempt = 0) -> dict:
 
     workdir = os.path.abspath(config.workdir)
     images, labels = make_demo_data(workdir, config.images, config.seed)
-    ingest_cfg, train_cfg, score_cfg = demo_configs(workdir, images, labels, config.epochs)
+    ingest_cfg, train_cfg, score_cfg = demo_configs(workdir, images, labels, config.minutes, config.epochs)
     stats = ingest_unless_unchanged(ingest_cfg)
     artifacts.ingest_stats(stats, ingest_cfg.out)
     trained = train_task(train_cfg, attempt)

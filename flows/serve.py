@@ -27,7 +27,7 @@ from prefect.schedules import Cron
 from flows.jobs import TRAIN_CONCURRENCY, ingest_flow, score_flow, train_flow
 from flows import recovery
 from flows.nightly import demo_flow, nightly_flow
-from ssdflow.config import DemoConfig, IngestConfig, NightlyConfig, ScoreConfig, TrainSettings
+from ssdflow.config import DemoConfig, IngestConfig, NightlyConfig, ScoreConfig
 
 log = logging.getLogger(__name__)
 
@@ -47,14 +47,13 @@ def default_parameters(home: str, config_file: str | None = None) -> dict:
             "train": nightly.train_config(),
         }
     home = os.path.abspath(home)
-    from ssdflow.demo import make_demo_data
+    from ssdflow.demo import demo_train_settings, make_demo_data
 
     if not os.path.isdir(os.path.join(home, "data", "images")):
         make_demo_data(home, 200, 0)
     ingest = IngestConfig(images=os.path.join(home, "data", "images"), labels=os.path.join(home, "data", "annotations"),
                           format="voc", out=os.path.join(home, "ingest"))
-    small = TrainSettings(alpha=0.35, image_size=128, epochs=5, batch_size=16, backbone_weights="none", learning_rate=3e-3,
-                          bn_momentum=0.9, eval_every=5)
+    small = demo_train_settings()  # the demo's recipe: a few minutes from scratch, no download
     nightly = NightlyConfig(ingest=ingest, models=os.path.join(home, "models"), train=small)
     score = ScoreConfig(model=nightly.models, images=[ingest.images], out=os.path.join(home, "scored"))
     return {"nightly": nightly, "score": score, "ingest": ingest, "train": nightly.train_config()}

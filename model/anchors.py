@@ -14,17 +14,17 @@ import tensorflow as tf
 if TYPE_CHECKING:
     from ssdflow.config import ModelConfig
 
-BACKBONE_STRIDES = (16, 32)  # MobileNetV2's block_13_expand_relu and out_relu
+BACKBONE_STRIDES = (8, 16, 32)  # MobileNetV2's block_6_expand_relu, block_13_expand_relu and out_relu
 
 
-def feature_map_sizes(image_size: int, extra_levels: int) -> list[int]:
+def feature_map_sizes(image_size: int, extra_levels: int, finest_stride: int = 16) -> list[int]:
     """Side length of each square feature level, finest first.
 
-    The backbone gives ceil(S/16) and ceil(S/32) ('same' padding rounds up); each extra level halves
-    the previous one (rounding up) and the levels stop after the first 1x1 map, so there are at most
-    `extra_levels` extra levels and never two 1x1 levels.
+    The backbone gives ceil(S/stride) for its strides from ``finest_stride`` to 32 ('same' padding
+    rounds up); each extra level halves the previous one (rounding up) and the levels stop after the
+    first 1x1 map, so there are at most `extra_levels` extra levels and never two 1x1 levels.
     """
-    sizes = [math.ceil(image_size / stride) for stride in BACKBONE_STRIDES]
+    sizes = [math.ceil(image_size / stride) for stride in BACKBONE_STRIDES if stride >= finest_stride]
     for _ in range(extra_levels):
         if sizes[-1] == 1:
             break
@@ -71,8 +71,8 @@ def generate_anchors(cfg: "ModelConfig") -> tf.Tensor:
     [B, H, W, A*k] conv output to [B, H*W*A, k] and concatenating the levels.
     Anchor of aspect ratio r = w/h at scale s: w = s*sqrt(r), h = s/sqrt(r).
     """
-    sizes = feature_map_sizes(cfg.image_size, cfg.extra_levels)
-    scales = level_scales(len(sizes), cfg.min_scale, cfg.max_scale)
+    sizes = feature_map_sizes(cfg.image_size, cfg.extra_levels, cfg.finest_stride)
+    scales = level_scales(len(sizes), cfg.first_scale, cfg.max_scale)
     next_scales = scales[1:] + [1.0]
     levels = [
         _level_anchors(size, _cell_anchor_sizes(s, s_next, list(cfg.aspect_ratios)))
@@ -83,5 +83,5 @@ def generate_anchors(cfg: "ModelConfig") -> tf.Tensor:
 
 def num_anchors(cfg: "ModelConfig") -> int:
     """N, the number of anchors generate_anchors(cfg) returns (and the head predicts)."""
-    sizes = feature_map_sizes(cfg.image_size, cfg.extra_levels)
+    sizes = feature_map_sizes(cfg.image_size, cfg.extra_levels, cfg.finest_stride)
     return sum(s * s for s in sizes) * anchors_per_cell(list(cfg.aspect_ratios))

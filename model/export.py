@@ -22,6 +22,7 @@ from ssdflow.config import ModelConfig
 from ssdflow.schema import LabelMap
 
 MODEL_INFO = "ssdflow_model.json"
+KERAS_WEIGHTS = "keras.weights.h5"  # the trained Keras weights beside the SavedModel: `ssdflow export` rebuilds from them
 
 
 class Detector(tf.Module):
@@ -89,7 +90,6 @@ def reexport(model_dir: str, out_dir: str, *, score_threshold: float | None = No
              max_detections: int | None = None) -> str:
     """Rebuilds a registered model from its Keras weights and exports it again, e.g. with new thresholds."""
     from model.ssd import build_ssd
-    from model.train import KERAS_WEIGHTS
 
     with open(os.path.join(model_dir, MODEL_INFO)) as f:
         info = json.load(f)

@@ -1,6 +1,6 @@
 """Learning-rate schedule and time budget: training that fits its wall-clock budget.
 
-A phase (frozen backbone, or fine-tuning) runs until the first of: its epochs, early stopping, or
+A phase (frozen backbone, or fine-tuning) runs until the first of: its epochs, early stopping (if enabled), or
 its share of the budget. The learning rate warms up linearly, then follows a cosine from the peak
 down to ``alpha * peak`` over the phase's *progress*, the larger of
 

@@ -1,10 +1,11 @@
 """The detector: a Keras Functional-API SSDLite on a MobileNetV2 backbone.
 
     image [B, S, S, 3] (0..255)
-      └ Rescaling to [-1, 1] ─ MobileNetV2 ─┬ block_13_expand_relu  (stride 16) ─┐
-                                             └ out_relu             (stride 32) ─┤
-                                               extra depthwise-separable levels ─┤ (stride 64, 128, … down to 1x1)
-                                                                                 ▼
+      └ Rescaling to [-1, 1] ─ MobileNetV2 ─┬ block_6_expand_relu   (stride 8, finest_stride 8 only) ─┐
+                                             ├ block_13_expand_relu  (stride 16)                       ┤ FPN-lite top-down
+                                             └ out_relu             (stride 32)                        ┤ (finest_stride 8)
+                                               extra depthwise-separable levels ───────────────────────┤ (stride 64, … 1x1)
+                                                                                                       ▼
                     per level: SeparableConv2D box head [A*4] and class head [A*(C+1)]
                     reshaped to [B, H*W*A, k] and concatenated over levels
       └ output [B, N, 4 + C + 1]: encoded box offsets (see box_coder), then class logits (0 = background)
@@ -23,7 +24,7 @@ from keras import layers
 from model.anchors import anchors_per_cell, feature_map_sizes
 from ssdflow.config import ModelConfig
 
-BACKBONE_TAPS = ("block_13_expand_relu", "out_relu")  # stride 16 and 32 feature maps
+BACKBONE_TAPS = {8: "block_6_expand_relu", 16: "block_13_expand_relu", 32: "out_relu"}  # feature maps by stride
 
 
 class BackboneWeightsError(RuntimeError):
@@ -31,7 +32,7 @@ class BackboneWeightsError(RuntimeError):
 
 
 def build_backbone(cfg: ModelConfig, weights: str | None) -> keras.Model:
-    """MobileNetV2 without its top, returning the stride-16 and stride-32 feature maps.
+    """MobileNetV2 without its top, returning its feature maps from ``cfg.finest_stride`` to stride 32, finest first.
 
     ``weights``: "imagenet" (Keras's download and cache), None / "none" (random init), or a path
     to a local Keras weights file of a MobileNetV2 with the same alpha and no top.
@@ -58,7 +59,7 @@ def build_backbone(cfg: ModelConfig, weights: str | None) -> keras.Model:
             raise BackboneWeightsError(
                 f"--backbone-weights {weights}: not a MobileNetV2 (alpha={cfg.alpha}, no top) weights file: {e}"
             ) from None
-    outputs = [net.get_layer(name).output for name in BACKBONE_TAPS]
+    outputs = [net.get_layer(name).output for stride, name in BACKBONE_TAPS.items() if stride >= cfg.finest_stride]
     return keras.Model(net.input, outputs, name="backbone")
 
 
@@ -73,6 +74,28 @@ def separable_block(x, filters: int, stride: int, name: str):
     x = layers.Conv2D(filters, 1, use_bias=False, name=f"{name}_expand")(x)
     x = layers.BatchNormalization(name=f"{name}_expand_bn")(x)
     return layers.ReLU(6.0, name=f"{name}_expand_relu")(x)
+
+
+def fpn_lite(features: list, channels: int, name: str = "fpn") -> list:
+    """FPN-lite top-down fusion (TF OD API SSD MobileNet V2 FPNLite): [C3, C4, C5] → [P3, P4, P5].
+
+    Feature maps finest first, each twice the side of the next (the input side is a multiple of 32).
+    Each level's 1x1 lateral projection to ``channels`` is added to the 2x nearest-upsampled level
+    above it, so the fine stride-8 map, which alone sees too little context to name an object,
+    carries the coarse maps' semantics; a 3x3 depthwise-separable conv then smooths each sum.
+    """
+    laterals = [layers.Conv2D(channels, 1, name=f"{name}_lateral{i}")(f) for i, f in enumerate(features)]
+    merged = [laterals[-1]]
+    for i in range(len(laterals) - 2, -1, -1):
+        up = layers.UpSampling2D(2, interpolation="nearest", name=f"{name}_up{i}")(merged[0])
+        merged.insert(0, layers.Add(name=f"{name}_add{i}")([laterals[i], up]))
+    outputs = []
+    for i, x in enumerate(merged):
+        x = layers.DepthwiseConv2D(3, padding="same", use_bias=False, name=f"{name}_smooth{i}_dw")(x)
+        x = layers.Conv2D(channels, 1, use_bias=False, name=f"{name}_smooth{i}_pw")(x)
+        x = layers.BatchNormalization(name=f"{name}_smooth{i}_bn")(x)
+        outputs.append(layers.ReLU(6.0, name=f"{name}_smooth{i}_relu")(x))
+    return outputs
 
 
 @keras.saving.register_keras_serializable(package="ssdflow")
@@ -105,13 +128,15 @@ def prediction_head(x, anchors: int, k: int, name: str, bias_initializer="zeros"
 
 def build_ssd(cfg: ModelConfig, backbone_weights: str | None = None) -> keras.Model:
     """The training model: image batch (0..255) → [B, N, 4 + num_classes + 1]."""
-    sizes = feature_map_sizes(cfg.image_size, cfg.extra_levels)
+    sizes = feature_map_sizes(cfg.image_size, cfg.extra_levels, cfg.finest_stride)
     a = anchors_per_cell(cfg.aspect_ratios)
     inputs = keras.Input((cfg.image_size, cfg.image_size, 3), name="image")
     x = layers.Rescaling(1.0 / 127.5, offset=-1.0, name="to_unit_range")(inputs)  # MobileNetV2's input range
-    c4, c5 = build_backbone(cfg, backbone_weights)(x)
-    features = [c4, c5]
-    for i in range(len(sizes) - 2):
+    features = list(build_backbone(cfg, backbone_weights)(x))
+    if cfg.finest_stride == 8:
+        features = fpn_lite(features, cfg.fpn_channels)
+    backbone_levels = len(features)
+    for i in range(len(sizes) - backbone_levels):
         channels = cfg.extra_channels[min(i, len(cfg.extra_channels) - 1)]
         features.append(separable_block(features[-1], channels, stride=2, name=f"extra{i + 1}"))
 

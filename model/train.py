@@ -31,19 +31,18 @@ from model import registry
 from model.anchors import generate_anchors
 from model.dataset import count_records, make_dataset, read_label_map, shard_files
 from model.evaluate import write_metrics
-from model.export import export_saved_model
+from model.callbacks import AverageWeights, EpochCheckpoint, KeepBest, ValidationMAP
+from model.export import KERAS_WEIGHTS, export_saved_model
 from model.losses import SSDLoss
-from model.postprocess import postprocess
 from model.schedule import Clock, TimeBudget, WarmupCosine
 from model.ssd import build_ssd, freeze_backbone, unfreeze_top
-from model.validation import score_detector, score_saved_model
+from model.validation import make_detect_fn, score_saved_model
 from ssdflow import storage
 from ssdflow.config import ModelConfig, TrainConfig
 
 log = logging.getLogger(__name__)
 
 RUN_DIR = ".train-run"
-KERAS_WEIGHTS = "keras.weights.h5"
 
 
 class TrainError(RuntimeError):
@@ -73,114 +72,6 @@ def configure_precision() -> str:
     policy = "mixed_float16" if tf.config.list_logical_devices("GPU") else "float32"
     keras.mixed_precision.set_global_policy(policy)
     return policy
-
-
-# --- callbacks -----------------------------------------------------------------------------------
-class EpochCheckpoint(keras.callbacks.Callback):
-    """Saves model, optimizer (moments, step count: the LR schedule resumes too) and epoch after every epoch."""
-
-    def __init__(self, directory: str):
-        super().__init__()
-        self.directory = directory
-        self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
-        self.manager = None
-
-    def _manager(self):
-        if self.manager is None:
-            ckpt = tf.train.Checkpoint(model=self.model, optimizer=self.model.optimizer, epoch=self.epoch)
-            self.manager = tf.train.CheckpointManager(ckpt, self.directory, max_to_keep=2)
-        return self.manager
-
-    def restore(self, model) -> int:
-        """Loads the latest checkpoint into ``model`` (compiled); returns the epoch to continue from."""
-        self.set_model(model)
-        latest = tf.train.latest_checkpoint(self.directory)
-        if not latest:
-            return 0
-        self._manager().checkpoint.restore(latest).assert_existing_objects_matched()
-        return int(self.epoch.numpy())
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.epoch.assign(epoch + 1)
-        self._manager().save()
-
-
-class ValidationMAP(keras.callbacks.Callback):
-    """COCO mAP of the model being trained on the val split, every ``every`` epochs, into the logs.
-
-    Runs first among the callbacks so EarlyStopping and TensorBoard see ``val_mAP``.
-    """
-
-    def __init__(self, detect_fn, data_dir: str, label_map, every: int = 1):
-        super().__init__()
-        self.detect_fn, self.data_dir, self.label_map, self.every = detect_fn, data_dir, label_map, every
-        self.phase = None  # set before each phase: Keras counts epochs per fit() call
-        self.history: list[dict] = []
-
-    def on_epoch_end(self, epoch, logs=None):
-        if logs is None or (epoch + 1) % self.every:
-            return
-        metrics = score_detector(self.detect_fn, self.data_dir, "val", self.label_map)
-        logs["val_mAP"] = metrics["mAP"]
-        logs["val_mAP@.5"] = metrics["mAP@.5"]
-        self.history.append({"phase": self.phase, "epoch": epoch + 1, "mAP": metrics["mAP"], "mAP@.5": metrics["mAP@.5"]})
-
-
-class KeepBest(keras.callbacks.Callback):
-    """Keeps the weights of the evaluated epoch with the best val mAP@.5, across both phases.
-
-    Val splits are small and fine-tuning swings from epoch to epoch, so the last epoch is often not
-    the best; the exported model is the best one. The weights are written to ``path`` (atomically)
-    together with the score, so a resumed run still knows its best epoch. Keras counts epochs per
-    fit() call, so an epoch is named with its phase (``phase``, set before each phase).
-    """
-
-    MONITOR = "val_mAP@.5"
-
-    def __init__(self, path: str):
-        super().__init__()
-        self.path = path
-        self.best, self.best_epoch, self.phase, self.best_phase = -1.0, 0, None, None
-        if os.path.exists(path + ".json") and os.path.exists(path):
-            with open(path + ".json") as f:
-                saved = json.load(f)
-            self.best, self.best_epoch, self.best_phase = saved["score"], saved["epoch"], saved.get("phase")
-
-    def on_epoch_end(self, epoch, logs=None):
-        score = (logs or {}).get(self.MONITOR)
-        if score is None or score <= self.best:
-            return
-        self.best, self.best_epoch, self.best_phase = float(score), epoch + 1, self.phase
-        tmp = self.path + ".tmp.weights.h5"
-        self.model.save_weights(tmp)
-        os.replace(tmp, self.path)
-        storage.write_json_local(self.path + ".json", {"score": self.best, "epoch": self.best_epoch, "phase": self.phase})
-
-    def restore(self, model) -> int | None:
-        """Loads the best weights into ``model``; returns their epoch (None when nothing was evaluated)."""
-        if not self.best_epoch:
-            return None
-        model.load_weights(self.path)
-        return self.best_epoch
-
-
-def make_detect_fn(model, cfg: ModelConfig, score_threshold: float, iou_threshold: float, max_detections: int):
-    """Encoded bytes [B] → detections, with the exported model's decoding and NMS."""
-    anchors = tf.constant(generate_anchors(cfg), tf.float32)
-    variances = tf.constant(cfg.variances, tf.float32)
-    size = cfg.image_size
-
-    def decode(data):
-        image = tf.io.decode_image(data, channels=3, expand_animations=False)
-        image.set_shape([None, None, 3])
-        return tf.image.resize(tf.cast(image, tf.float32), [size, size])
-
-    @tf.function(reduce_retracing=True)
-    def detect(images):
-        pixels = tf.map_fn(decode, images, fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32))
-        return postprocess(model(pixels, training=False), anchors, variances, score_threshold, iou_threshold, max_detections)
-
-    return detect
 
 
 # --- the run -------------------------------------------------------------------------------------
@@ -260,7 +151,7 @@ def _prepare_run_dir(cfg: TrainConfig, run_config: dict) -> str:
 
 
 def _fit_phase(model, name: str, run_dir: str, train_ds, epochs: int, steps: int, lr: float, warmup_steps: int,
-               loss, callbacks: list, verbose, clock: Clock, deadline: float) -> tuple[int, str]:
+               loss, callbacks: list, verbose, clock: Clock, deadline: float, ema_momentum: float = 0.0) -> tuple[int, str]:
     """Compiles and fits one phase, resuming from its checkpoint, until its epochs, early stopping or
     the clock's ``deadline`` (seconds of the run); returns the epochs run now and what ended the phase."""
     done_marker = os.path.join(run_dir, f"{name}.done")
@@ -270,7 +161,8 @@ def _fit_phase(model, name: str, run_dir: str, train_ds, epochs: int, steps: int
             callback.phase = name
     time_progress = tf.Variable(0.0, trainable=False, dtype=tf.float32)
     schedule = WarmupCosine(lr, epochs * steps, warmup_steps, time_progress if math.isfinite(deadline) else None)
-    model.compile(optimizer=keras.optimizers.Adam(schedule), loss=loss, jit_compile=False)
+    optimizer = keras.optimizers.Adam(schedule, use_ema=ema_momentum > 0, ema_momentum=ema_momentum or 0.99)
+    model.compile(optimizer=optimizer, loss=loss, jit_compile=False)
     # Optimizer slots made before fit() rather than inside its first traced step: a tf.function that
     # creates variables is traced twice, which doubled the first step's cost (30 s → 14 s, alpha 0.35).
     model.optimizer.build(model.trainable_variables)
@@ -339,9 +231,13 @@ def train(cfg: TrainConfig, extra_callbacks: tuple = (), verbose="auto", reuse_c
     detect = make_detect_fn(model, model_cfg, cfg.score_threshold, cfg.iou_threshold, cfg.max_detections)
     val_map = ValidationMAP(detect, cfg.data, label_map, cfg.eval_every)
     best = KeepBest(os.path.join(run_dir, "best.weights.h5"))
-    callbacks = [val_map, best, keras.callbacks.TensorBoard(os.path.join(run_dir, "logs"), write_graph=False), *extra_callbacks]
-    if cfg.eval_every <= epochs:  # early stopping needs val mAP in the logs
-        callbacks.insert(2, keras.callbacks.EarlyStopping(monitor=KeepBest.MONITOR, mode="max",
+    average = AverageWeights()  # val mAP and the kept best epoch see the averaged weights, checkpoints the raw ones
+    callbacks = [average.swap_in, val_map, best, average.swap_out,
+                 keras.callbacks.TensorBoard(os.path.join(run_dir, "logs"), write_graph=False), *extra_callbacks]
+    # Off by default: on raccoon, patience 5 ended both phases at 0.46 val mAP@.5 where running on to the
+    # budget reached 0.83; between new bests, fine-tuning went 16 evaluations (docs/benchmarks.md).
+    if cfg.early_stopping_patience and cfg.eval_every <= epochs:  # early stopping needs val mAP in the logs
+        callbacks.insert(3, keras.callbacks.EarlyStopping(monitor=KeepBest.MONITOR, mode="max",
                                                           patience=cfg.early_stopping_patience))
     warmup = int(cfg.warmup_epochs * steps)
     # The budget is shared as the epochs are: the frozen phase may use its share, fine-tuning what is left.
@@ -352,13 +248,14 @@ def train(cfg: TrainConfig, extra_callbacks: tuple = (), verbose="auto", reuse_c
         if pretrained:
             freeze_backbone(model)
         run, why = _fit_phase(model, "phase1", run_dir, train_ds, frozen_epochs, steps, cfg.learning_rate, warmup,
-                              loss, callbacks, verbose, clock, budget * frozen_epochs / epochs)
+                              loss, callbacks, verbose, clock, budget * frozen_epochs / epochs, cfg.ema_momentum)
         epochs_run += run
         ended.append(why)
     if fine_tune_epochs:
         unfreeze_top(model, cfg.unfreeze_from_block)
         run, why = _fit_phase(model, "phase2", run_dir, train_ds, fine_tune_epochs, steps,
-                              cfg.learning_rate * cfg.fine_tune_lr_factor, 0, loss, callbacks, verbose, clock, budget)
+                              cfg.learning_rate * cfg.fine_tune_lr_factor, 0, loss, callbacks, verbose, clock, budget,
+                              cfg.ema_momentum)
         epochs_run += run
         ended.append(why)
     fit_seconds = clock.elapsed()

@@ -7,13 +7,18 @@ promotion), so every number that is compared was produced the same way.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import tensorflow as tf
 
+from model.anchors import generate_anchors
 from model.dataset import eval_dataset, read_label_map, shard_files
 from model.evaluate import ImageDetections, ImageGroundTruth, coco_metrics
+from model.postprocess import postprocess
+
+if TYPE_CHECKING:
+    from ssdflow.config import ModelConfig
 
 
 def detections_and_groundtruth(detect: Callable[[tf.Tensor], dict], files: list[str], batch_size: int = 16):
@@ -47,3 +52,22 @@ def score_saved_model(model_dir: str, data_dir: str, split: str = "val") -> dict
     loaded = tf.saved_model.load(model_dir)
     serve = loaded.signatures["serving_default"]
     return score_detector(lambda images: serve(images=images), data_dir, split)
+
+
+def make_detect_fn(model, cfg: ModelConfig, score_threshold: float, iou_threshold: float, max_detections: int):
+    """Encoded bytes [B] → detections, with the exported model's decoding and NMS."""
+    anchors = tf.constant(generate_anchors(cfg), tf.float32)
+    variances = tf.constant(cfg.variances, tf.float32)
+    size = cfg.image_size
+
+    def decode(data):
+        image = tf.io.decode_image(data, channels=3, expand_animations=False)
+        image.set_shape([None, None, 3])
+        return tf.image.resize(tf.cast(image, tf.float32), [size, size])
+
+    @tf.function(reduce_retracing=True)
+    def detect(images):
+        pixels = tf.map_fn(decode, images, fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32))
+        return postprocess(model(pixels, training=False), anchors, variances, score_threshold, iou_threshold, max_detections)
+
+    return detect

@@ -12,7 +12,7 @@ from typing import Optional
 import typer
 from pydantic import ValidationError
 
-from ssdflow.config import LabelFormat
+from ssdflow.config import MAX_EPOCHS, LabelFormat
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # Prefect: no telemetry from an offline machine (it would also hold SQLite locks in the heartbeat).
@@ -100,6 +100,7 @@ def train(
     models: str = typer.Option(..., help="Models directory (registry): versions, champion.json, decisions.jsonl"),
     alpha: float = typer.Option(1.0, help="MobileNetV2 width multiplier, 0.35..1.4"),
     image_size: int = typer.Option(320, help="Square input size (multiple of 32)"),
+    finest_stride: int = typer.Option(16, help="Finest feature level: 16 (SSDLite) or 8 (FPN-lite, for objects under ~10 % of the image side)"),
     epochs: Optional[int] = typer.Option(None, help="Most epochs (frozen backbone, then fine-tuning); default: as many as --time-budget allows, 20 without one"),
     time_budget: float = typer.Option(30.0, help="Minutes of fitting, validation included; 0: no limit"),
     batch_size: int = typer.Option(16, help="Global batch size"),
@@ -118,7 +119,8 @@ def train(
     from model.ssd import BackboneWeightsError
     from ssdflow.config import TrainConfig
 
-    cfg = _config(TrainConfig, data=data, models=models, alpha=alpha, image_size=image_size, epochs=epochs, time_budget=time_budget,
+    cfg = _config(TrainConfig, data=data, models=models, alpha=alpha, image_size=image_size, finest_stride=finest_stride,
+                  epochs=epochs, time_budget=time_budget,
                   batch_size=batch_size, backbone_weights=backbone_weights, resume=resume, learning_rate=learning_rate,
                   steps_per_epoch=steps_per_epoch, promotion_tolerance=promotion_tolerance,
                   min_map=min_map, on_label_map_change=on_label_map_change, seed=seed)
@@ -243,13 +245,14 @@ def automations(
 def demo(
     workdir: str = typer.Option("demo_out", help="Where the synthetic data and every job's output go"),
     images: int = typer.Option(200, min=10, max=5000, help="Synthetic images to generate"),
-    epochs: int = typer.Option(15, min=1, max=500, help="Training epochs"),
+    minutes: float = typer.Option(3.0, min=0.01, max=120, help="Minutes of training (the time budget)"),
+    epochs: Optional[int] = typer.Option(None, min=1, max=MAX_EPOCHS, help="Most training epochs (default: the minutes decide)"),
     seed: int = typer.Option(0, help="Random seed of the synthetic dataset"),
 ) -> None:
     """The embedded default: make a small labelled dataset and run every job on it, locally."""
     from ssdflow.demo import run_demo
 
-    run_demo(workdir=workdir, num_images=images, seed=seed, epochs=epochs, echo=typer.echo)
+    run_demo(workdir=workdir, num_images=images, seed=seed, minutes=minutes, epochs=epochs, echo=typer.echo)
 
 
 def main() -> None:  # pragma: no cover - console entry point

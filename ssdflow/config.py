@@ -7,6 +7,7 @@ the UI's run form and refuses an out-of-range value when a run is created.
 from __future__ import annotations
 
 from enum import Enum
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -77,13 +78,24 @@ class ModelConfig(BaseModel):
     alpha: float = Field(1.0, ge=0.35, le=1.4, description="MobileNetV2 width multiplier")
     image_size: int = Field(320, ge=96, le=1024, multiple_of=32, description="Square input size in pixels")
     num_classes: int = Field(1, ge=1, le=1000, description="Object classes, without background")
+    finest_stride: Literal[8, 16] = Field(16, description=(
+        "Stride of the finest feature level: 16 (SSDLite on MobileNetV2's stride-16 and 32 maps) or 8 (FPN-lite: "
+        "adds the stride-8 map, fused top-down with the coarser ones as in the TF OD API's SSD MobileNet V2 FPNLite, "
+        "for objects under ~10 % of the image side)"))
+    fpn_channels: int = Field(128, ge=16, le=1024, description="Channels of the FPN-lite levels (finest_stride 8)")
     extra_levels: int = Field(4, ge=1, le=6, description="Feature levels added after the backbone's stride-32 map")
     extra_channels: list[int] = Field(default_factory=lambda: [512, 256, 256, 128], description="Channels of the extra levels")
-    min_scale: float = Field(0.2, gt=0.0, lt=1.0, description="Anchor scale of the first level (fraction of the image)")
+    min_scale: float | None = Field(None, gt=0.0, lt=1.0, description=(
+        "Anchor scale of the finest level (fraction of the image); default 0.2 at stride 16, 0.1 at stride 8"))
     max_scale: float = Field(0.95, gt=0.0, le=1.0, description="Anchor scale of the last level")
     aspect_ratios: list[float] = Field(default_factory=lambda: [1.0, 2.0, 0.5, 3.0, 1.0 / 3.0], description="Anchor aspect ratios (w/h) per cell")
     variances: list[float] = Field(default_factory=lambda: [0.1, 0.1, 0.2, 0.2], description="Box-coder variances (y, x, h, w)")
     bn_momentum: float = Field(0.997, gt=0.0, lt=1.0, description="BatchNorm moving-average momentum (TF OD API: 0.997)")
+
+    @property
+    def first_scale(self) -> float:
+        """The finest level's anchor scale: ``min_scale``, or the default for ``finest_stride``."""
+        return self.min_scale if self.min_scale is not None else (0.1 if self.finest_stride == 8 else 0.2)
 
 
 class TrainSettings(BaseModel):
@@ -93,6 +105,7 @@ class TrainSettings(BaseModel):
 
     alpha: float = Field(1.0, ge=0.35, le=1.4, description="MobileNetV2 width multiplier")
     image_size: int = Field(320, ge=96, le=1024, multiple_of=32, description="Square input size")
+    finest_stride: Literal[8, 16] = Field(16, description="Finest feature level: 16 (SSDLite) or 8 (FPN-lite, for small objects)")
     epochs: int | None = Field(None, ge=1, le=MAX_EPOCHS, description="Most epochs (frozen backbone, then fine-tuning); default: as many as the time budget allows, 20 without one")
     time_budget: float = Field(30.0, ge=0, le=7 * 24 * 60, description="Minutes of fitting (validation included): phases and learning-rate schedule are fitted to it; 0: no limit")
     batch_size: int = Field(16, ge=1, le=1024, description="Global batch size")
@@ -104,8 +117,10 @@ class TrainSettings(BaseModel):
     fine_tune_lr_factor: float = Field(0.1, gt=0, le=1, description="Learning-rate factor of the fine-tuning phase")
     unfreeze_from_block: int = Field(11, ge=0, le=16, description="First MobileNetV2 block trained in fine-tuning")
     classification_loss: str = Field("focal", pattern="^(focal|softmax_hnm)$", description="focal | softmax_hnm (3:1 hard negatives)")
-    eval_every: int = Field(1, ge=1, description="Epochs between val mAP evaluations (early stopping)")
-    early_stopping_patience: int = Field(5, ge=1, description="Evaluations without val mAP improvement before stopping")
+    eval_every: int = Field(1, ge=1, description="Epochs between val mAP evaluations (the best evaluated epoch is exported)")
+    early_stopping_patience: int | None = Field(None, ge=1, description=(
+        "Evaluations without a new best val mAP@.5 before a phase stops; default: none, the phase runs to its epochs or "
+        "time (the cosine schedule gains most at its end, and the best epoch is exported anyway)"))
     steps_per_epoch: int | None = Field(None, ge=1, description="Default: one pass over the train split")
     score_threshold: float = Field(0.01, ge=0, lt=1, description="Exported model's minimum score")
     iou_threshold: float = Field(0.5, gt=0, le=1, description="Exported model's NMS IoU threshold")
@@ -115,6 +130,7 @@ class TrainSettings(BaseModel):
     on_label_map_change: str = Field("refuse", pattern="^(refuse|promote_if_only_added)$", description="Policy when classes changed")
     bn_momentum: float = Field(0.997, gt=0.0, lt=1.0, description="BatchNorm momentum; lower (0.9) for short runs from scratch")
     augment: bool = Field(True, description="Photometric jitter, SSD random crop and flips on training images")
+    ema_momentum: float = Field(0.0, ge=0, lt=1, description="Evaluate and export an exponential moving average of the weights with this momentum per step; 0: the raw weights")
     seed: int = Field(0, description="Random seed")
     deterministic: bool = Field(False, description="Reproducible input order and augmentation (slower)")
 
@@ -123,7 +139,8 @@ class TrainSettings(BaseModel):
         return self.epochs or (MAX_EPOCHS if self.time_budget else 20)
 
     def model(self, num_classes: int) -> ModelConfig:
-        return ModelConfig(alpha=self.alpha, image_size=self.image_size, num_classes=num_classes, bn_momentum=self.bn_momentum)
+        return ModelConfig(alpha=self.alpha, image_size=self.image_size, num_classes=num_classes, bn_momentum=self.bn_momentum,
+                           finest_stride=self.finest_stride)
 
 
 class TrainConfig(TrainSettings):
@@ -193,5 +210,6 @@ class DemoConfig(BaseModel):
 
     workdir: str = Field("demo_out", description="Where the synthetic data and every job's output go")
     images: int = Field(200, ge=10, le=5000, description="Synthetic images to generate")
-    epochs: int = Field(15, ge=1, le=500, description="Training epochs")
+    minutes: float = Field(3.0, gt=0, le=120, description="Minutes of training (the time budget)")
+    epochs: int | None = Field(None, ge=1, le=MAX_EPOCHS, description="Most training epochs (default: the minutes decide)")
     seed: int = Field(0, description="Random seed of the synthetic dataset")

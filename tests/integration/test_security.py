@@ -214,8 +214,8 @@ MODEL_LOADERS = {
     ("beam_jobs/model_handler.py", "tf.saved_model.load"), ("model/export.py", "tf.saved_model.load"),
     ("model/compare.py", "tf.saved_model.load"), ("model/validation.py", "tf.saved_model.load"),
     ("model/export.py", "model.load_weights"), ("model/ssd.py", "net.load_weights"),
-    ("model/train.py", "self._manager().checkpoint.restore"), ("model/train.py", "checkpoint.restore"),  # EpochCheckpoint.restore → the former
-    ("model/train.py", "model.load_weights"), ("model/train.py", "best.restore"),  # KeepBest: the run's own best.weights.h5
+    ("model/callbacks.py", "self._manager().checkpoint.restore"), ("model/train.py", "checkpoint.restore"),  # EpochCheckpoint.restore → the former
+    ("model/callbacks.py", "model.load_weights"), ("model/train.py", "best.restore"),  # KeepBest: the run's own best.weights.h5
 }
 DATA_LOADERS = {"json.load", "json.loads", "yaml.safe_load", "img.load"}
 
@@ -234,9 +234,9 @@ def test_models_load_only_from_savedmodel_or_weights_h5_and_the_registry_is_json
                         found.add((rel, func))
     assert found == MODEL_LOADERS, f"new or changed model loaders: {sorted(found ^ MODEL_LOADERS)}"
 
-    from model import export, registry, train
+    from model import export, registry
 
-    assert train.KERAS_WEIGHTS.endswith(".weights.h5") and export.MODEL_INFO.endswith(".json")
+    assert export.KERAS_WEIGHTS.endswith(".weights.h5") and export.MODEL_INFO.endswith(".json")
     export_src = (REPO / "model" / "export.py").read_text()
     assert "model.load_weights(os.path.join(model_dir, KERAS_WEIGHTS))" in export_src
     assert all(name.endswith(".json") for name in (registry.CHAMPION, registry.DECISION, registry.METRICS, registry.LABEL_MAP))
@@ -256,7 +256,7 @@ def test_models_load_only_from_savedmodel_or_weights_h5_and_the_registry_is_json
         assert not (head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")), f"{rel} looks like a pickle"
         if rel.endswith(".json"):
             json.loads(path.read_text())
-    assert (model_dir / train.KERAS_WEIGHTS).read_bytes()[:8] == b"\x89HDF\r\n\x1a\n"
+    assert (model_dir / export.KERAS_WEIGHTS).read_bytes()[:8] == b"\x89HDF\r\n\x1a\n"
 
 
 @pytest.mark.parametrize("payload", [

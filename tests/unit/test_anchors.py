@@ -43,8 +43,8 @@ def test_first_cell_centers_ratios_and_extra_square():
     np.testing.assert_allclose(cy, 0.5 / 20, atol=1e-6)
     np.testing.assert_allclose(cx, 0.5 / 20, atol=1e-6)
     np.testing.assert_allclose(w[:5] / h[:5], cfg.aspect_ratios, rtol=1e-5)
-    np.testing.assert_allclose(np.sqrt(w[:5] * h[:5]), cfg.min_scale, rtol=1e-5)  # each ratio at the level's scale
-    scales = level_scales(6, cfg.min_scale, cfg.max_scale)
+    np.testing.assert_allclose(np.sqrt(w[:5] * h[:5]), cfg.first_scale, rtol=1e-5)  # each ratio at the level's scale
+    scales = level_scales(6, cfg.first_scale, cfg.max_scale)
     np.testing.assert_allclose([h[5], w[5]], math.sqrt(scales[0] * scales[1]), rtol=1e-5)
 
 
@@ -58,7 +58,7 @@ def test_scales_increase_per_level_and_last_extra_uses_one():
         _, _, h, w = _centers_hw(anchors[offsets[k] : offsets[k + 1]])
         level_scale.append(np.sqrt(h[0] * w[0]))  # anchor 0: aspect ratio 1.0
     assert all(b > a for a, b in zip(level_scale, level_scale[1:]))
-    np.testing.assert_allclose(level_scale, level_scales(len(sizes), cfg.min_scale, cfg.max_scale), rtol=1e-5)
+    np.testing.assert_allclose(level_scale, level_scales(len(sizes), cfg.first_scale, cfg.max_scale), rtol=1e-5)
     _, _, h, _ = _centers_hw(anchors[-1:])  # the very last anchor: extra square of the 1x1 level
     np.testing.assert_allclose(h, math.sqrt(cfg.max_scale * 1.0), rtol=1e-5)
     np.testing.assert_allclose(_centers_hw(anchors[-1:])[:2], [[0.5], [0.5]], atol=1e-6)
@@ -71,7 +71,7 @@ def test_order_matches_head_reshape():
     sizes = feature_map_sizes(cfg.image_size, cfg.extra_levels)
     A = anchors_per_cell(cfg.aspect_ratios)
     offset, W = sizes[0] ** 2 * A, sizes[1]
-    scale = level_scales(len(sizes), cfg.min_scale, cfg.max_scale)[1]
+    scale = level_scales(len(sizes), cfg.first_scale, cfg.max_scale)[1]
     # Same layout as a head output: [H, W, A, 4] reshaped to [H*W*A, 4].
     grid = anchors[offset : offset + W * W * A].reshape(W, W, A, 4)
     for i, j, a in [(0, 0, 0), (0, 1, 0), (1, 0, 0), (3, 7, 1), (9, 2, 2), (9, 9, 3)]:
@@ -87,3 +87,27 @@ def test_order_matches_head_reshape():
 def test_anchors_not_clipped():
     anchors = generate_anchors(ModelConfig()).numpy()
     assert anchors.min() < 0.0 and anchors.max() > 1.0
+
+
+def test_stride_8_adds_the_finest_level_with_smaller_anchors():
+    assert feature_map_sizes(320, 4, finest_stride=8) == [40, 20, 10, 5, 3, 2, 1]
+    assert feature_map_sizes(128, 4, finest_stride=8) == [16, 8, 4, 2, 1]
+    cfg = ModelConfig(finest_stride=8)
+    assert cfg.first_scale == 0.1 and ModelConfig().first_scale == 0.2 and ModelConfig(min_scale=0.3, finest_stride=8).first_scale == 0.3
+    anchors = generate_anchors(cfg).numpy()
+    assert anchors.shape[0] == num_anchors(cfg) == (1600 + 400 + 100 + 25 + 9 + 4 + 1) * 6
+    cy, cx, h, w = _centers_hw(anchors[:6])
+    np.testing.assert_allclose([cy[0], cx[0]], [0.5 / 40, 0.5 / 40], atol=1e-6)
+    np.testing.assert_allclose(np.sqrt(w[:5] * h[:5]), 0.1, rtol=1e-5)  # a 32 px object at 320 has an anchor of its size
+
+
+def test_stride_8_anchors_match_small_boxes_by_iou():
+    """A 24 px box at 320 px overlaps no stride-16 anchor at IoU 0.5, but does a stride-8 one."""
+    import tensorflow as tf
+
+    from model.matcher import iou
+
+    box = tf.constant([[0.40, 0.40, 0.475, 0.475]])
+    coarse = iou(box, generate_anchors(ModelConfig())).numpy().max()
+    fine = iou(box, generate_anchors(ModelConfig(finest_stride=8))).numpy().max()
+    assert coarse < 0.4 and fine >= 0.5, (coarse, fine)

@@ -18,7 +18,7 @@ def _set(model, value: float):
 
 
 def test_restores_the_best_epoch_not_the_last(tmp_path):
-    from model.train import KeepBest
+    from model.callbacks import KeepBest
 
     model = _model()
     best = KeepBest(str(tmp_path / "best.weights.h5"))
@@ -44,7 +44,7 @@ def test_restores_the_best_epoch_not_the_last(tmp_path):
 
 
 def test_nothing_evaluated_keeps_the_last_weights(tmp_path):
-    from model.train import KeepBest
+    from model.callbacks import KeepBest
 
     model = _model()
     _set(model, 7.0)

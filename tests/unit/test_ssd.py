@@ -224,3 +224,23 @@ def test_wrong_alpha_weights_file():
         with pytest.raises(BackboneWeightsError, match="alpha=0.35") as e:
             build_backbone(ModelConfig(alpha=0.35, image_size=96), str(WEIGHTS))
     assert str(WEIGHTS) in str(e.value)
+
+
+def test_fpn_lite_levels_match_the_anchors():
+    """finest_stride 8: heads on the stride-8/16/32 FPN-lite outputs and the extra levels, in anchor order."""
+    cfg = ModelConfig(alpha=0.35, image_size=128, num_classes=C, finest_stride=8, fpn_channels=32)
+    m = build_ssd(cfg, None)
+    sizes = feature_map_sizes(cfg.image_size, cfg.extra_levels, cfg.finest_stride)
+    assert sizes == [16, 8, 4, 2, 1]
+    a = anchors_per_cell(cfg.aspect_ratios)
+    for level, size in enumerate(sizes):
+        assert tuple(m.get_layer(f"box_head{level}").output.shape[1:]) == (size, size, a * 4)
+    assert m.output.shape[1] == num_anchors(cfg)
+    # Top-down: each finer level adds the upsampled coarser one to its own lateral projection.
+    for i, size in enumerate(sizes[:2]):
+        parents = [n.operation.name for n in m.get_layer(f"fpn_add{i}")._inbound_nodes[0].parent_nodes]
+        assert parents == [f"fpn_lateral{i}", f"fpn_up{i}"]
+        assert tuple(m.get_layer(f"fpn_up{i}").output.shape[1:]) == (size, size, 32)
+        assert tuple(m.get_layer(f"fpn_smooth{i}_relu").output.shape[1:]) == (size, size, 32)
+    y = np.asarray(m(np.zeros((1, 128, 128, 3), np.float32), training=False))
+    assert y.shape == (1, num_anchors(cfg), 4 + C + 1) and np.isfinite(y).all()

@@ -1,0 +1,144 @@
+"""Keras callbacks of a training run: checkpoints, val mAP, the best epoch, averaged weights.
+
+Order matters (model/train.py sets it): ``AverageWeights.swap_in`` first, so ``ValidationMAP``
+scores and ``KeepBest`` saves the averaged weights; ``AverageWeights.swap_out`` before
+``EpochCheckpoint``, so a checkpoint holds the raw weights that training continues from.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import keras
+import tensorflow as tf
+
+from model.validation import score_detector
+from ssdflow import storage
+
+
+class EpochCheckpoint(keras.callbacks.Callback):
+    """Saves model, optimizer (moments, step count: the LR schedule resumes too) and epoch after every epoch."""
+
+    def __init__(self, directory: str):
+        super().__init__()
+        self.directory = directory
+        self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
+        self.manager = None
+
+    def _manager(self):
+        if self.manager is None:
+            ckpt = tf.train.Checkpoint(model=self.model, optimizer=self.model.optimizer, epoch=self.epoch)
+            self.manager = tf.train.CheckpointManager(ckpt, self.directory, max_to_keep=2)
+        return self.manager
+
+    def restore(self, model) -> int:
+        """Loads the latest checkpoint into ``model`` (compiled); returns the epoch to continue from."""
+        self.set_model(model)
+        latest = tf.train.latest_checkpoint(self.directory)
+        if not latest:
+            return 0
+        self._manager().checkpoint.restore(latest).assert_existing_objects_matched()
+        return int(self.epoch.numpy())
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.epoch.assign(epoch + 1)
+        self._manager().save()
+
+
+class ValidationMAP(keras.callbacks.Callback):
+    """COCO mAP of the model being trained on the val split, every ``every`` epochs, into the logs.
+
+    Runs first among the callbacks so EarlyStopping and TensorBoard see ``val_mAP``.
+    """
+
+    def __init__(self, detect_fn, data_dir: str, label_map, every: int = 1):
+        super().__init__()
+        self.detect_fn, self.data_dir, self.label_map, self.every = detect_fn, data_dir, label_map, every
+        self.phase = None  # set before each phase: Keras counts epochs per fit() call
+        self.history: list[dict] = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None or (epoch + 1) % self.every:
+            return
+        metrics = score_detector(self.detect_fn, self.data_dir, "val", self.label_map)
+        logs["val_mAP"] = metrics["mAP"]
+        logs["val_mAP@.5"] = metrics["mAP@.5"]
+        self.history.append({"phase": self.phase, "epoch": epoch + 1, "mAP": metrics["mAP"], "mAP@.5": metrics["mAP@.5"]})
+
+
+class KeepBest(keras.callbacks.Callback):
+    """Keeps the weights of the evaluated epoch with the best val mAP@.5, across both phases.
+
+    Val splits are small and fine-tuning swings from epoch to epoch, so the last epoch is often not
+    the best; the exported model is the best one. The weights are written to ``path`` (atomically)
+    together with the score, so a resumed run still knows its best epoch. Keras counts epochs per
+    fit() call, so an epoch is named with its phase (``phase``, set before each phase).
+    """
+
+    MONITOR = "val_mAP@.5"
+
+    def __init__(self, path: str):
+        super().__init__()
+        self.path = path
+        self.best, self.best_epoch, self.phase, self.best_phase = -1.0, 0, None, None
+        if os.path.exists(path + ".json") and os.path.exists(path):
+            with open(path + ".json") as f:
+                saved = json.load(f)
+            self.best, self.best_epoch, self.best_phase = saved["score"], saved["epoch"], saved.get("phase")
+
+    def on_epoch_end(self, epoch, logs=None):
+        score = (logs or {}).get(self.MONITOR)
+        if score is None or score <= self.best:
+            return
+        self.best, self.best_epoch, self.best_phase = float(score), epoch + 1, self.phase
+        tmp = self.path + ".tmp.weights.h5"
+        self.model.save_weights(tmp)
+        os.replace(tmp, self.path)
+        storage.write_json_local(self.path + ".json", {"score": self.best, "epoch": self.best_epoch, "phase": self.phase})
+
+    def restore(self, model) -> int | None:
+        """Loads the best weights into ``model``; returns their epoch (None when nothing was evaluated)."""
+        if not self.best_epoch:
+            return None
+        model.load_weights(self.path)
+        return self.best_epoch
+
+
+class AverageWeights:
+    """Evaluates and keeps the optimizer's exponential moving average of the weights (EMA).
+
+    With ``use_ema`` the optimizer keeps an average of every trainable weight, updated each step;
+    Keras puts it into the model when fit() ends. The average is smoother than the raw weights,
+    which swing from step to step with batches this small, so it is also what each epoch's val mAP
+    should see. ``swap_in`` (a callback placed before ValidationMAP) puts the average into the
+    model at the end of an epoch; ``swap_out`` (placed after KeepBest) puts the raw weights back.
+    Without EMA both do nothing.
+    """
+
+    def __init__(self):
+        self._raw: list | None = None
+        self.swap_in = _Hook(self._swap_in)
+        self.swap_out = _Hook(self._swap_out)
+
+    def _swap_in(self, model) -> None:
+        if not getattr(model.optimizer, "use_ema", False):
+            return
+        self._raw = [v.numpy() for v in model.trainable_weights]
+        model.optimizer.finalize_variable_values(model.trainable_weights)
+
+    def _swap_out(self, model) -> None:
+        if self._raw is None:
+            return
+        for variable, value in zip(model.trainable_weights, self._raw):
+            variable.assign(value)
+        self._raw = None
+
+
+class _Hook(keras.callbacks.Callback):
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.fn(self.model)
