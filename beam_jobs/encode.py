@@ -13,10 +13,9 @@ from dataclasses import dataclass, field
 from typing import Mapping
 
 from beam_jobs import records as R
-from beam_jobs.images import DEFAULT_MAX_PIXELS, ImageRejected, normalize_image, orient_box
+from beam_jobs.images import ImageRejected, normalize_image, orient_box
 from ssdflow import schema
-
-DEFAULT_CLIP_TOLERANCE = 0.05  # boxes up to 5% of the image size outside it are clipped, not rejected
+from ssdflow.config import DEFAULT_CLIP_TOLERANCE, DEFAULT_MAX_PIXELS
 
 
 @dataclass

@@ -15,8 +15,8 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from beam_jobs import records as R
+from ssdflow.config import DEFAULT_MAX_PIXELS
 
-DEFAULT_MAX_PIXELS = 40_000_000  # 8000 x 5000; a 30,000 x 30,000 bomb is 900 M
 _EXIF_ORIENTATION = 0x0112
 
 

@@ -116,11 +116,14 @@ def _is_dir(uri: str) -> bool:
 
 
 def image_pattern(images: str) -> str:
-    return images if _has_glob(images) or not _is_dir(images) else storage.join(images, "*")
+    """A directory means every file below it, at any depth (``DIR/**``: images/train/…, date-partitioned
+    archives); a glob or a file is taken as given. Files that are not images are skipped and counted."""
+    return images if _has_glob(images) or not _is_dir(images) else storage.join(images, "**")
 
 
 def label_pattern(labels: str) -> str:
-    return labels if _has_glob(labels) or not _is_dir(labels) else storage.join(labels, "*")
+    """As ``image_pattern``: a directory of label files means all of them, at any depth."""
+    return labels if _has_glob(labels) or not _is_dir(labels) else storage.join(labels, "**")
 
 
 def _ext(path: str) -> str:
@@ -520,11 +523,35 @@ def build_stats(plan: Plan, early_rejections: list[R.Rejection], label_map: Labe
     return out, rejections
 
 
+SKIPPED_EXAMPLES = 10  # skipped files named in stats.json (all are counted)
+
+
+class _SkippedFiles(beam.CombineFn):
+    """Skipped paths → (count, the alphabetically first few): all of them counted, a few named."""
+
+    def create_accumulator(self):
+        return 0, []
+
+    def add_input(self, acc, path):
+        return acc[0] + 1, sorted(acc[1] + [path])[:SKIPPED_EXAMPLES]
+
+    def merge_accumulators(self, accs):
+        accs = list(accs)
+        return sum(a[0] for a in accs), sorted(p for a in accs for p in a[1])[:SKIPPED_EXAMPLES]
+
+    def extract_output(self, acc):
+        return acc
+
+
 def decide(blobs: list[bytes], early_rejections: list[R.Rejection], label_map: LabelMap,
-           num_shards: int | None, target_bytes: int) -> Decision:
-    """Dedup, shard layout and the books, in one place once every image is encoded."""
+           num_shards: int | None, target_bytes: int, skipped: tuple[int, list[str]] = (0, [])) -> Decision:
+    """Dedup, shard layout and the books, in one place once every image is encoded.
+
+    ``skipped``: how many listed files were not images (by extension), and the first few of them.
+    """
     plan = plan_shards(blobs, num_shards, target_bytes)
     stats, rejections = build_stats(plan, early_rejections, label_map)
+    stats["files_skipped"] = {"total": skipped[0], "examples": sorted(skipped[1])[:SKIPPED_EXAMPLES]}
     lines = "".join(json.dumps(r.to_json(), ensure_ascii=False) + "\n" for r in rejections)
     return Decision(tuple(plan.shards), stats, lines)
 
@@ -566,13 +593,17 @@ def build_pipeline(p: beam.Pipeline, cfg: IngestConfig, tmp_dir: str, class_name
     matched = {"images": images.images, "labels": labels["records"]} | "MatchLabelsToImages" >> MatchLabelsToImages(unlabeled_is_negative=fmt == "yolo")
     early = (images.rejected, labels["rejected"], matched.rejected) | "EarlyRejections" >> beam.Flatten()
     early_list = early | "CollectRejections" >> beam.combiners.ToList()
+    skipped = (
+        images.skipped
+        | "CountSkipped" >> beam.CombineGlobally(_SkippedFiles())
+    )
 
     blobs = matched.candidates | "EncodeExamples" >> EncodeExamples(parts_dir, cfg, label_map, fixed_map is not None)
     decision = (
         blobs
         | "CollectOutcomes" >> beam.combiners.ToList()
         | "Decide" >> beam.Map(decide, beam.pvalue.AsSingleton(early_list), beam.pvalue.AsSingleton(label_map),
-                               cfg.num_shards, cfg.target_shard_mb * 2**20)
+                               cfg.num_shards, cfg.target_shard_mb * 2**20, beam.pvalue.AsSingleton(skipped))
     )
     shard_names = (
         decision

@@ -127,7 +127,8 @@ def _inspect(data: bytes, max_pixels: int | None = None) -> tuple[bytes, tuple[i
     orientation (phone photos) is turned upright as ingest does, because TensorFlow's decoder
     ignores EXIF and the model was trained on upright pixels; boxes then refer to the upright image.
     """
-    from beam_jobs.images import DEFAULT_MAX_PIXELS, exif_orientation, normalize_image, open_header
+    from beam_jobs.images import exif_orientation, normalize_image, open_header
+    from ssdflow.config import DEFAULT_MAX_PIXELS
 
     limit = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
     with open_header(data, limit) as img:

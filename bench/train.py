@@ -44,8 +44,8 @@ def ingest_raccoon(out: Path) -> str:
 
 
 def ingest_small_shapes(out: Path, images: int = 300) -> str:
-    """The small-object stress set: 320x320 synthetic scenes with up to 12 shapes of 4-12 % of the
-    image side (13-38 px), three classes; where a stride-16 detector has no anchor of the objects' size."""
+    """The small-object stress set (issue 10): 320x320 synthetic scenes with 10-14 shapes of 2-8 % of
+    the image side (6-26 px), three classes; where a stride-16 detector has no anchor of the objects' size."""
     from beam_jobs.ingest import run_ingest
     from ssdflow import storage
     from ssdflow.config import IngestConfig
@@ -53,7 +53,7 @@ def ingest_small_shapes(out: Path, images: int = 300) -> str:
 
     if storage.read_success(str(out)) is None:
         image_dir, label_dir = make_dataset(str(out.parent / "small-shapes"), num_images=images, seed=1, size=(320, 320),
-                                            max_objects=12, object_size=(0.04, 0.12))
+                                            min_objects=10, max_objects=14, object_size=(0.02, 0.08))
         run_ingest(IngestConfig(images=image_dir, labels=label_dir, format="voc", out=str(out), val_fraction=0.15))
     return str(out)
 

@@ -32,8 +32,12 @@ def training_metrics(metrics: dict, key: str = "training-metrics") -> None:
 
 
 def model_card(model_dir: str, decision: dict, key: str = "model-card") -> None:
+    from model import report
+
     with open(f"{model_dir}/model_card.md") as f:
         card = f.read()
+    # The UI cannot reach the model directory's files: the card's images go in as data URIs.
+    card = card.replace(report.markdown(model_dir), report.markdown(model_dir, inline=True))
     create_markdown_artifact(card, key=_key(key), description=f"{'Promoted' if decision['promoted'] else 'Not promoted'}: {decision['reason']}")
     create_link_artifact(model_dir, link_text="model directory (SavedModel)", key=_key(f"{key}-link"))
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from datetime import timedelta
 
 import keras
@@ -83,17 +84,23 @@ class _PrefectEpochLogger(keras.callbacks.Callback):
 
 
 def after_crash(cfg: TrainConfig, attempt: int) -> tuple[TrainConfig, bool]:
-    """(config, reuse_completed) for a training that may be a rerun after a crash: the rerun resumes
-    the interrupted training from its last epoch checkpoint, and reuses a version the crashed run
-    already committed instead of training a duplicate."""
-    from model.train import can_resume
+    """(config, reuse_completed) for an orchestrated training, which nobody is there to answer:
+    an interrupted run of the same settings and data is resumed from its last epoch checkpoint (a
+    rerun after a crash, or tonight's run after last night's crashed for good); one of other
+    settings or data cannot be continued and is discarded (``fresh``), where ``ssdflow train``
+    would stop and ask. A rerun (``attempt`` > 0) also reuses a version the crashed run already
+    committed instead of training a duplicate."""
+    from model.run_record import RUN_DIR, can_resume
 
-    if attempt == 0:
-        return cfg, False
-    if not cfg.resume and can_resume(cfg):
-        get_run_logger().info("train: rerun %d after a crash: resuming the interrupted training from its last checkpoint", attempt)
-        cfg = cfg.model_copy(update={"resume": True})
-    return cfg, True
+    if not cfg.resume and not cfg.fresh:
+        if can_resume(cfg):
+            get_run_logger().info("train: resuming the interrupted training of these settings and data from its last checkpoint")
+            cfg = cfg.model_copy(update={"resume": True})
+        elif os.path.exists(os.path.join(cfg.models, RUN_DIR, "run.json")):
+            get_run_logger().warning("train: discarding an interrupted training of other settings or data in %s",
+                                     os.path.join(cfg.models, RUN_DIR))
+            cfg = cfg.model_copy(update={"fresh": True})
+    return cfg, attempt > 0
 
 
 @task(name="train-evaluate-promote")

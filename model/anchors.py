@@ -40,6 +40,25 @@ def level_scales(num_levels: int, min_scale: float, max_scale: float) -> list[fl
     return [float(min_scale + step * k) for k in range(num_levels)]
 
 
+def fitted_min_scale(sides, image_size: int, finest_stride: int, quantile: float = 0.1) -> float:
+    """The finest level's anchor scale for a dataset: its boxes' ``quantile`` side, within bounds.
+
+    ``sides``: box sides as fractions of the image (``dataset.box_sides``). The upper bound is the
+    architecture's default (0.2 at stride 16, 0.1 at stride 8: SSD's and FPNLite's 4x the stride at
+    320 px), so datasets of mid-sized and large objects keep the usual anchors; the lower bound is
+    two cells of the finest level, below which anchors would be sparser than the objects they must
+    overlap. Small objects thus get anchors of their own size as far as the grid allows, instead of
+    being reachable only by a forced match to an anchor many times larger.
+    """
+    import numpy as np
+
+    default = 0.1 if finest_stride == 8 else 0.2
+    lowest = 2.0 * finest_stride / image_size
+    if len(sides) == 0:
+        return default
+    return float(np.clip(np.quantile(np.asarray(sides, np.float64), quantile), min(lowest, default), default))
+
+
 def anchors_per_cell(aspect_ratios: list[float]) -> int:
     """Anchors at each cell: one per aspect ratio plus one extra square anchor between this and the next scale."""
     return len(aspect_ratios) + 1

@@ -184,12 +184,15 @@ def coco_metrics(
 
     stats = ev.stats
     precision = ev.eval["precision"]  # [T iou thresholds, R recall points, K categories, A areas, M maxDets]
-    per_class = {}
+    per_class, pr_curves = {}, {}
     for k, cid in enumerate(ev.params.catIds):
-        per_class[names_by_id[int(cid)]] = {
+        name = names_by_id[int(cid)]
+        per_class[name] = {
             "AP": _mean_valid(precision[:, :, k, 0, -1]),  # area "all", maxDets 100
             "AP@.5": _mean_valid(precision[0, :, k, 0, -1]),  # iouThrs[0] == 0.5
         }
+        # Precision at recall 0, 0.01, ..., 1 (COCO's interpolated curve), None where undefined.
+        pr_curves[name] = [None if p < 0 else round(float(p), 4) for p in precision[0, :, k, 0, -1]]
     return {
         "mAP": _none_if_missing(stats[0]),
         "mAP@.5": _none_if_missing(stats[1]),
@@ -199,6 +202,7 @@ def coco_metrics(
         "mAP_large": _none_if_missing(stats[5]),
         "AR@100": _none_if_missing(stats[8]),
         "per_class": per_class,
+        "pr_curves": pr_curves,
         "num_images": len(images),
         "num_groundtruth": len(gt_anns),
         "num_detections": len(dt_anns),

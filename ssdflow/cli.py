@@ -49,7 +49,9 @@ def _config(cls, **kwargs):
     try:
         return cls(**kwargs)
     except ValidationError as e:
-        lines = [f"--{'-'.join(str(p) for p in err['loc']).replace('_', '-')}: {err['msg']}" for err in e.errors()]
+        # A model-level error (no field in its location) is about the options as a whole.
+        lines = [(f"--{'-'.join(str(p) for p in err['loc']).replace('_', '-')}: " if err["loc"] else "")
+                 + err["msg"].removeprefix("Value error, ") for err in e.errors()]
         _fail("invalid options:\n  " + "\n  ".join(lines))
 
 
@@ -91,6 +93,9 @@ def _print_ingest_summary(out: str, stats: dict) -> None:
     reasons = {k: v for k, v in r.items() if k != "total"}
     if reasons:
         typer.echo(f"  rejected by reason: {json.dumps(reasons)}")
+    skipped = stats.get("files_skipped", {})
+    if skipped.get("total"):
+        typer.echo(f"  skipped {skipped['total']} files that are not images, e.g. {', '.join(skipped['examples'][:3])}")
     typer.echo(f"  output: {out}  (stats.json, rejected.jsonl, label_map.json, {len(stats['shards'])} shards, _SUCCESS)")
 
 
@@ -106,6 +111,7 @@ def train(
     batch_size: int = typer.Option(16, help="Global batch size"),
     backbone_weights: str = typer.Option("imagenet", help="imagenet | none | PATH to a MobileNetV2 no-top .weights.h5"),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run from its last checkpoint"),
+    fresh: bool = typer.Option(False, "--fresh", help="Discard an interrupted run's checkpoints (MODELS/.train-run) and start over"),
     learning_rate: float = typer.Option(1e-3, help="Peak learning rate"),
     steps_per_epoch: Optional[int] = typer.Option(None, help="Default: one pass over the train split"),
     promotion_tolerance: float = typer.Option(0.0, help="Promote if mAP@.5 >= champion's - tolerance"),
@@ -121,7 +127,7 @@ def train(
 
     cfg = _config(TrainConfig, data=data, models=models, alpha=alpha, image_size=image_size, finest_stride=finest_stride,
                   epochs=epochs, time_budget=time_budget,
-                  batch_size=batch_size, backbone_weights=backbone_weights, resume=resume, learning_rate=learning_rate,
+                  batch_size=batch_size, backbone_weights=backbone_weights, resume=resume, fresh=fresh, learning_rate=learning_rate,
                   steps_per_epoch=steps_per_epoch, promotion_tolerance=promotion_tolerance,
                   min_map=min_map, on_label_map_change=on_label_map_change, seed=seed)
     try:

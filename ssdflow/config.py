@@ -11,10 +11,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from beam_jobs.encode import DEFAULT_CLIP_TOLERANCE
-from beam_jobs.images import DEFAULT_MAX_PIXELS
-
-
+# Defaults the jobs' code shares with the configs: they live here, the bottom layer, so that
+# configs import nothing from the jobs.
+DEFAULT_MAX_PIXELS = 40_000_000  # 8000 x 5000; a 30,000 x 30,000 bomb is 900 M
+DEFAULT_CLIP_TOLERANCE = 0.05  # boxes up to 5% of the image size outside it are clipped, not rejected
 MAX_EPOCHS = 1000
 
 
@@ -32,6 +32,15 @@ class BeamOptions(BaseModel):
 
     runner: str = Field("DirectRunner", description="Beam runner: DirectRunner, DataflowRunner, FlinkRunner, SparkRunner, PortableRunner")
     beam_args: list[str] = Field(default_factory=list, description="Further pipeline options, e.g. --direct_num_workers=2")
+
+    @model_validator(mode="after")
+    def _check_beam_args(self) -> "BeamOptions":
+        if self.beam_args:  # Beam would silently drop what it does not know (ssdflow/beam_flags.py)
+            from ssdflow import beam_flags
+
+            own = ["--" + name.replace("_", "-") for name in type(self).model_fields if name != "beam_args"]
+            beam_flags.check(self.beam_args, self.runner, own)
+        return self
 
     def pipeline_flags(self) -> list[str]:
         flags = list(self.beam_args)
@@ -106,11 +115,15 @@ class TrainSettings(BaseModel):
     alpha: float = Field(1.0, ge=0.35, le=1.4, description="MobileNetV2 width multiplier")
     image_size: int = Field(320, ge=96, le=1024, multiple_of=32, description="Square input size")
     finest_stride: Literal[8, 16] = Field(16, description="Finest feature level: 16 (SSDLite) or 8 (FPN-lite, for small objects)")
+    min_scale: float | None = Field(None, gt=0, lt=1, description=(
+        "Anchor scale of the finest level (fraction of the image side); default: fitted to the training boxes "
+        "(their 10th-percentile side, at most 0.2 at stride 16 / 0.1 at stride 8, at least two cells of that level)"))
     epochs: int | None = Field(None, ge=1, le=MAX_EPOCHS, description="Most epochs (frozen backbone, then fine-tuning); default: as many as the time budget allows, 20 without one")
     time_budget: float = Field(30.0, ge=0, le=7 * 24 * 60, description="Minutes of fitting (validation included): phases and learning-rate schedule are fitted to it; 0: no limit")
     batch_size: int = Field(16, ge=1, le=1024, description="Global batch size")
     backbone_weights: str = Field("imagenet", description="imagenet | none | PATH to a MobileNetV2 no-top weights file")
     resume: bool = Field(False, description="Continue an interrupted run from its last checkpoint")
+    fresh: bool = Field(False, description="Discard an interrupted run's checkpoints (MODELS/.train-run) and start over")
     learning_rate: float = Field(1e-3, gt=0, le=1.0, description="Peak learning rate (after warm-up)")
     warmup_epochs: float = Field(1.0, ge=0, description="Linear warm-up length")
     fine_tune_fraction: float = Field(0.5, ge=0, le=1, description="Share of epochs with the backbone's top blocks unfrozen")
@@ -134,13 +147,20 @@ class TrainSettings(BaseModel):
     seed: int = Field(0, description="Random seed")
     deterministic: bool = Field(False, description="Reproducible input order and augmentation (slower)")
 
+    @model_validator(mode="after")
+    def _resume_or_fresh(self) -> "TrainSettings":
+        if self.resume and self.fresh:
+            raise ValueError("resume and fresh exclude each other: continue the interrupted run, or discard it")
+        return self
+
     def max_epochs(self) -> int:
         """The epochs this run may take: the set bound, else the budget decides (20 with no budget)."""
         return self.epochs or (MAX_EPOCHS if self.time_budget else 20)
 
-    def model(self, num_classes: int) -> ModelConfig:
+    def model(self, num_classes: int, fitted_min_scale: float | None = None) -> ModelConfig:
+        """The architecture; ``fitted_min_scale`` (from the training boxes) applies unless ``min_scale`` is set."""
         return ModelConfig(alpha=self.alpha, image_size=self.image_size, num_classes=num_classes, bn_momentum=self.bn_momentum,
-                           finest_stride=self.finest_stride)
+                           finest_stride=self.finest_stride, min_scale=self.min_scale or fitted_min_scale)
 
 
 class TrainConfig(TrainSettings):

@@ -36,16 +36,17 @@ def _overlaps(box, boxes, max_iou: float = 0.3) -> bool:
 
 
 def draw_scene(rng: np.random.Generator, w: int, h: int, max_objects: int = 4,
-               object_size: tuple[float, float] = (1 / 6, 1 / 2)):
+               object_size: tuple[float, float] = (1 / 6, 1 / 2), min_objects: int = 1):
     """One image and its boxes: a list of (class, xmin, ymin, xmax, ymax) in pixels.
 
-    Object sides are drawn uniformly from ``object_size`` (fractions of the shorter image side).
+    ``min_objects``..``max_objects`` objects (fewer only if no free place is found), sides drawn
+    uniformly from ``object_size`` (fractions of the shorter image side).
     """
     img = _background(rng, w, h)
     draw = ImageDraw.Draw(img)
     objects: list[tuple[str, int, int, int, int]] = []
     low, high = (max(4, int(min(w, h) * f)) for f in object_size)
-    for _ in range(int(rng.integers(1, max_objects + 1))):
+    for _ in range(int(rng.integers(min_objects, max_objects + 1))):
         for _attempt in range(20):
             size = int(rng.integers(low, high))
             x0, y0 = int(rng.integers(0, w - size)), int(rng.integers(0, h - size))
@@ -77,11 +78,12 @@ def voc_xml(filename: str, w: int, h: int, objects) -> str:
 
 
 def make_dataset(root: str, num_images: int = 120, seed: int = 0, size: tuple[int, int] = (160, 128),
-                 max_objects: int = 4, object_size: tuple[float, float] = (1 / 6, 1 / 2)) -> tuple[str, str]:
+                 max_objects: int = 4, object_size: tuple[float, float] = (1 / 6, 1 / 2),
+                 min_objects: int = 1) -> tuple[str, str]:
     """Writes ``root/images/*.jpg`` and ``root/annotations/*.xml``; returns both directories.
 
-    The defaults are the demo's; ``bench/train.py`` also draws a small-object set (many objects of
-    4-12 % of the image side, the size at which a stride-16 detector has no matching anchor).
+    The defaults are the demo's; ``bench/train.py`` also draws a small-object stress set (10-14
+    objects of 2-8 % of the image side, sizes at which a stride-16 detector has no matching anchor).
     """
     rng = np.random.default_rng(seed)
     images, labels = os.path.join(root, "images"), os.path.join(root, "annotations")
@@ -90,7 +92,7 @@ def make_dataset(root: str, num_images: int = 120, seed: int = 0, size: tuple[in
     w, h = size
     for i in range(num_images):
         name = f"shapes-{i:05d}.jpg"
-        img, objects = draw_scene(rng, w, h, max_objects, object_size)
+        img, objects = draw_scene(rng, w, h, max_objects, object_size, min_objects)
         img.save(os.path.join(images, name), quality=92)
         with open(os.path.join(labels, f"shapes-{i:05d}.xml"), "w") as f:
             f.write(voc_xml(name, w, h, objects))

@@ -220,3 +220,24 @@ def test_a_crashed_run_never_looks_complete(tmp_path, monkeypatch):
     assert not (out / "_SUCCESS").exists()
     assert storage.read_success(str(out)) is None
     assert not [f for f in os.listdir(out) if f.startswith(storage.TMP_PREFIX)]
+
+
+def test_directories_are_read_at_any_depth_and_skipped_files_are_named(tmp_path):
+    """YOLO/COCO-style layouts (images/train/…, images/val/…) and date partitions: every image below
+    --images is ingested; files that are not images are counted and named in stats.json."""
+    import shutil
+
+    root = raccoon_or_skip()
+    images, labels = tmp_path / "images", tmp_path / "labels"
+    layout = {"train/2026-01-01": range(1, 5), "train/2026-01-02": range(5, 8), "val": range(8, 10), "": range(10, 11)}
+    for sub, ids in layout.items():
+        (images / sub).mkdir(parents=True, exist_ok=True)
+        (labels / sub).mkdir(parents=True, exist_ok=True)
+        for i in ids:
+            shutil.copy(root / "images" / f"raccoon-{i}.jpg", images / sub)
+            shutil.copy(root / "annotations" / f"raccoon-{i}.xml", labels / sub)
+    (images / "train" / "README.txt").write_text("not an image")
+    stats = run_ingest(IngestConfig(images=str(images), labels=str(labels), format="voc", out=str(tmp_path / "out")))
+    assert stats["images_in"] == stats["images_written"]["total"] == 10
+    assert stats["files_skipped"] == {"total": 1, "examples": [str(images / "train" / "README.txt")]}
+    assert read_json(tmp_path / "out" / "stats.json")["files_skipped"]["total"] == 1

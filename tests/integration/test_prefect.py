@@ -81,6 +81,9 @@ def test_nightly_retrain_then_batch_score_from_the_api(prefect, tmp_path):
     assert json.loads((tmp_path / "nightly-scored" / "_SUCCESS").read_text())["images_in"] == 20
     arts = _artifacts(prefect, run["id"])
     assert {"ingest-stats", "ingest-since-last-night", "training-metrics", "model-card"} <= set(arts), sorted(arts)
+    # The card shows its PR curves and drawn val images inline: the UI cannot reach the model directory.
+    card = arts["model-card"]["data"]
+    assert card.count("](data:image/png;base64,") == 1 and "](data:image/jpeg;base64," in card, card[:2000]
 
     # The same night again: ingest is cached (inputs unchanged), a second model is compared side by side.
     run2 = _run(prefect, "nightly-retrain", nightly)

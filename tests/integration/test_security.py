@@ -248,7 +248,8 @@ def test_models_load_only_from_savedmodel_or_weights_h5_and_the_registry_is_json
     assert isinstance(champion, dict) and champion["version"] == model_dir.name
     assert all(isinstance(json.loads(line), dict) for line in (models / registry.DECISIONS).read_text().splitlines() if line)
     allowed = re.compile(r"(saved_model\.pb|fingerprint\.pb|variables/variables\.(index|data-\d{5}-of-\d{5})|assets/.*|[\w.-]+\.json|[\w.-]+\.md|keras\.weights\.h5"
-                         r"|logs/\w+/events\.out\.tfevents\.[\w.-]+)")  # TensorBoard: TFRecord-framed protobuf summaries
+                         r"|logs/\w+/events\.out\.tfevents\.[\w.-]+"  # TensorBoard: TFRecord-framed protobuf summaries
+                         r"|pr_curves\.png|val_examples/val-\d{2}\.jpg)")  # the model card's pictures (model/report.py)
     for path in sorted(p for p in model_dir.rglob("*") if p.is_file()):
         rel = path.relative_to(model_dir).as_posix()
         assert allowed.fullmatch(rel), f"unexpected file in a registered model: {rel}"

@@ -13,6 +13,7 @@ import subprocess
 import sys
 
 import pytest
+from PIL import Image
 
 from beam_jobs.encode import split_for
 from ssdflow.config import TrainConfig
@@ -87,6 +88,16 @@ def test_better_challenger_promoted_worse_one_not(shapes, trained):
     assert [json.loads(line)["promoted"] for line in lines] == [True, True, False]
     card = open(os.path.join(worse.model_dir, "model_card.md")).read()
     assert "Promoted: **no**" in card and shapes["records"] in card
+    assert "SSDLite, MobileNetV2 backbone (alpha 0.35)" in card
+    # The finest anchors were fitted to the shapes' boxes (sides 1/6-1/2 of the image): just under the 0.2 default.
+    fitted = json.load(open(os.path.join(worse.model_dir, "ssdflow_model.json")))["model"]["min_scale"]
+    assert 0.15 < fitted <= 0.2 and f"anchor scales {fitted:.3g}-0.95 of the image side" in card
+    assert "| mAP small / medium / large" in card
+    # Look, don't read: the PR curves and drawn val images sit beside the card, which links them.
+    assert "![PR curves](pr_curves.png)" in card and "](val_examples/val-00.jpg)" in card
+    assert Image.open(os.path.join(worse.model_dir, "pr_curves.png")).format == "PNG"
+    assert len(os.listdir(os.path.join(worse.model_dir, "val_examples"))) >= 1
+    assert len(worse.metrics["pr_curves"]) == 3
 
 
 def test_rerun_after_a_crash_reuses_the_committed_version(shapes, trained):

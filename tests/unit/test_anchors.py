@@ -111,3 +111,16 @@ def test_stride_8_anchors_match_small_boxes_by_iou():
     coarse = iou(box, generate_anchors(ModelConfig())).numpy().max()
     fine = iou(box, generate_anchors(ModelConfig(finest_stride=8))).numpy().max()
     assert coarse < 0.4 and fine >= 0.5, (coarse, fine)
+
+
+def test_fitted_min_scale_follows_small_boxes_within_bounds():
+    from model.anchors import fitted_min_scale
+
+    large = np.linspace(0.3, 0.9, 50)
+    assert fitted_min_scale(large, 320, 16) == 0.2 and fitted_min_scale(large, 320, 8) == 0.1  # the defaults
+    small = np.linspace(0.03, 0.08, 100)  # 10th percentile 0.035
+    assert fitted_min_scale(small, 320, 16) == pytest.approx(0.1)  # two stride-16 cells at 320 px
+    assert fitted_min_scale(small, 320, 8) == pytest.approx(0.05)  # two stride-8 cells
+    assert fitted_min_scale(small, 640, 8) == pytest.approx(0.035)  # the data's own size once the grid is fine enough
+    assert fitted_min_scale(np.linspace(0.12, 0.5, 100), 320, 16) == pytest.approx(0.158, abs=1e-3)  # its 10th percentile
+    assert fitted_min_scale([], 320, 16) == 0.2

@@ -132,3 +132,15 @@ def test_results_are_json_serializable_and_quiet(tmp_path, capsys):
     text = path.read_text()
     assert text.startswith('{\n  "AR@100"')  # indent 2, sorted keys
     assert [p.name for p in path.parent.iterdir()] == ["metrics.json"]  # no temp files left behind
+
+
+def test_pr_curves_per_class_at_iou_half():
+    """A false positive scored above the only true cat: precision 0.5 at every recall for cat; the dog is found first."""
+    far = [0.0, 0.8, 0.1, 0.95]
+    gts = [gt("a", [CAT_BOX, DOG_BOX], [1, 2])]
+    dets = [det("a", [far, CAT_BOX, DOG_BOX], [0.9, 0.8, 0.7], [1, 1, 2])]
+    curves = coco_metrics(gts, dets, LABELS)["pr_curves"]
+    assert set(curves) == {"cat", "dog"} and all(len(c) == 101 for c in curves.values())
+    assert curves["cat"] == [0.5] * 101 and curves["dog"] == [1.0] * 101
+    only_cat = coco_metrics([gt("a", [CAT_BOX], [1])], [det("a", [CAT_BOX], [0.9], [1])], LABELS)["pr_curves"]
+    assert only_cat["dog"] == [None] * 101  # no dog in the val split: undefined, not 0

@@ -1,0 +1,76 @@
+"""Which pass-through arguments Beam knows: a misspelt option must fail, not vanish.
+
+The CLI hands every option it does not define to Beam, and Beam drops what it does not know (it
+logs "Discarding unparseable args" at best), so ``--val-fracton 0.5`` used to run with the default
+val fraction and exit 0. ``check`` refuses, with a suggestion:
+
+* any flag that is a near miss of one of the job's own options (whatever the runner);
+* on the local runners (DirectRunner, PrismRunner), any flag no Beam options class defines.
+
+Portable runners (Flink, Spark, PortableRunner, Dataflow) forward unknown flags to the SDK-independent
+job service, where the Java side may define them, so there they pass through.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+
+LOCAL_RUNNERS = {"directrunner", "direct", "prismrunner", "prism", "interactiverunner"}
+
+
+@functools.lru_cache(maxsize=1)
+def _beam_parser():
+    """An argparse parser of every option defined by Beam's PipelineOptions classes (as Beam builds it)."""
+    from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
+
+    parser = _BeamArgumentParser(allow_abbrev=False)
+    seen, stack = set(), list(PipelineOptions.__subclasses__())
+    while stack:
+        cls = stack.pop()
+        if cls in seen:
+            continue
+        seen.add(cls)
+        stack.extend(cls.__subclasses__())
+        try:
+            cls._add_argparse_args(parser)  # noqa: SLF001 - Beam's own way to assemble its parser
+        except Exception:  # an options class from a plugin that conflicts with another: Beam skips such too
+            continue
+    return parser
+
+
+@functools.lru_cache(maxsize=1)
+def beam_option_names() -> tuple[str, ...]:
+    return tuple(sorted(s for action in _beam_parser()._actions for s in action.option_strings if s.startswith("--")))
+
+
+def unknown_flags(args: list[str]) -> list[str]:
+    """The arguments of ``args`` that no Beam options class parses (flags and stray values)."""
+    _, unknown = _beam_parser().parse_known_args(list(args))
+    return unknown
+
+
+def check(args: list[str], runner: str, own_options: list[str]) -> None:
+    """Raises ValueError naming each refused argument and the option it probably meant."""
+    unknown = unknown_flags(args)
+    if not unknown:
+        return
+    local = runner.lower() in LOCAL_RUNNERS
+    problems, previous_flag = [], False
+    for arg in unknown:
+        if not arg.startswith("-"):
+            if local and not previous_flag:  # a value right after an unknown flag is that flag's
+                problems.append(f"unexpected argument {arg!r} (a value without its option?)")
+            previous_flag = False
+            continue
+        previous_flag = "=" not in arg
+        flag = arg.split("=", 1)[0]
+        own = difflib.get_close_matches(flag, own_options, n=1, cutoff=0.8)
+        if own:
+            problems.append(f"unknown option {flag} (did you mean {own[0]}?)")
+        elif local:
+            near = difflib.get_close_matches(flag, list(own_options) + list(beam_option_names()), n=1, cutoff=0.75)
+            hint = f" (did you mean {near[0]}?)" if near else " (neither an option of this job nor a Beam pipeline option)"
+            problems.append(f"unknown option {flag}{hint}")
+    if problems:
+        raise ValueError("; ".join(problems))
