@@ -21,31 +21,44 @@ import logging
 import os
 
 import yaml
+from pydantic import ValidationError
 from prefect import serve
 from prefect.schedules import Cron
 
 from flows.jobs import TRAIN_CONCURRENCY, ingest_flow, score_flow, train_flow
 from flows import recovery
 from flows.nightly import demo_flow, nightly_flow
-from ssdflow.config import DemoConfig, IngestConfig, NightlyConfig, ScoreConfig
+from ssdflow.config import DemoConfig, IngestConfig, NightlyConfig, ScoreConfig, ServeConfig
 
 log = logging.getLogger(__name__)
 
 NIGHTLY_CRON = "0 2 * * *"
 
 
+class ServeConfigError(ValueError):
+    """``serve --config``: a file that cannot be read or does not fit ``ServeConfig``; says where."""
+
+
+def read_serve_config(path: str) -> ServeConfig:
+    """The file as a ServeConfig, or ServeConfigError naming each wrong field by its path (nightly.train.alpha)."""
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f) if path.endswith((".yaml", ".yml")) else json.load(f)
+    except (OSError, ValueError, yaml.YAMLError) as e:
+        raise ServeConfigError(f"--config {path}: cannot read it: {e}") from None
+    try:
+        return ServeConfig.model_validate(data)
+    except ValidationError as e:
+        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc']) or '(top level)'}: {err['msg']}" for err in e.errors())
+        raise ServeConfigError(f"--config {path}: {problems} (fields: ssdflow.config.ServeConfig; README, Orchestration)") from None
+
+
 def default_parameters(home: str, config_file: str | None = None) -> dict:
     """Parameters for each deployment: from ``config_file`` if given, else the demo layout under ``home``."""
     if config_file:
-        with open(config_file) as f:
-            data = yaml.safe_load(f) if config_file.endswith((".yaml", ".yml")) else json.load(f)
-        nightly = NightlyConfig(**data["nightly"])
-        return {
-            "nightly": nightly,
-            "score": ScoreConfig(**data["score"]),
-            "ingest": IngestConfig(**data.get("ingest", data["nightly"]["ingest"])),
-            "train": nightly.train_config(),
-        }
+        cfg = read_serve_config(config_file)
+        return {"nightly": cfg.nightly, "score": cfg.score, "ingest": cfg.ingest or cfg.nightly.ingest,
+                "train": cfg.nightly.train_config()}
     home = os.path.abspath(home)
     from ssdflow.demo import demo_train_settings, make_demo_data
 

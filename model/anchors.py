@@ -40,6 +40,23 @@ def level_scales(num_levels: int, min_scale: float, max_scale: float) -> list[fl
     return [float(min_scale + step * k) for k in range(num_levels)]
 
 
+SMALL_OBJECT_SIDE = 0.1  # below this 10th-percentile box side, FPN-lite's stride-8 level pays (docs/benchmarks.md)
+
+
+def fitted_finest_stride(sides, quantile: float = 0.1) -> int:
+    """The finest feature level for a dataset: 8 (FPN-lite) when a tenth of its boxes are smaller
+    than ``SMALL_OBJECT_SIDE`` of the image side, else 16 (SSDLite).
+
+    Measured: on small-object sets FPN-lite lifted mAP@.5 0.58 → 0.84 and 0.63 → 0.77; on raccoon
+    (10th-percentile side 0.41) it cost epochs and scored 0.76 against SSDLite's 0.83.
+    """
+    import numpy as np
+
+    if len(sides) == 0:
+        return 16
+    return 8 if float(np.quantile(np.asarray(sides, np.float64), quantile)) < SMALL_OBJECT_SIDE else 16
+
+
 def fitted_min_scale(sides, image_size: int, finest_stride: int, quantile: float = 0.1) -> float:
     """The finest level's anchor scale for a dataset: its boxes' ``quantile`` side, within bounds.
 

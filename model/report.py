@@ -28,7 +28,7 @@ def draw_pr_curves(curves: dict[str, list], path: str, size: tuple[int, int] = (
     as ``evaluate.coco_metrics`` returns them under ``pr_curves``.
     """
     w, h = size
-    left, right, top, bottom = 48, 150, 16, 40
+    left, right, top, bottom = 48, 150, 28, 40
     img = Image.new("RGB", size, "white")
     draw = ImageDraw.Draw(img)
     x0, y0, x1, y1 = left, top, w - right, h - bottom
@@ -45,7 +45,7 @@ def draw_pr_curves(curves: dict[str, list], path: str, size: tuple[int, int] = (
         draw.text((x0 - 28, gy - 6), f"{v:.1f}", fill="black")
     draw.rectangle([x0, y0, x1, y1], outline="black")
     draw.text(((x0 + x1) / 2 - 18, h - 18), "recall", fill="black")
-    draw.text((4, top), "precision", fill="black")
+    draw.text((x0 - 28, 6), "precision", fill="black")
     for k, (name, precisions) in enumerate(curves.items()):
         colour = PALETTE[k % len(PALETTE)]
         points = [at(i / (len(precisions) - 1), p) for i, p in enumerate(precisions) if p is not None]

@@ -43,8 +43,9 @@ def run_config(cfg: TrainConfig) -> dict:
     return {"train": cfg.model_dump(exclude={"resume", "fresh"}), "data_fingerprint": data_fingerprint(cfg.data)}
 
 
-def run_key(run_config: dict) -> str:
-    return hashlib.sha256(json.dumps(run_config, sort_keys=True).encode()).hexdigest()[:16]
+def run_key(config: dict) -> str:
+    """A short hash of a ``run_config``: recorded in metrics.json, so a rerun finds the version it already made."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def completed_version(cfg: TrainConfig) -> str | None:

@@ -28,7 +28,7 @@ import keras
 import tensorflow as tf
 
 from model import registry, report
-from model.anchors import fitted_min_scale, generate_anchors
+from model.anchors import fitted_finest_stride, fitted_min_scale, generate_anchors
 from model.callbacks import AverageWeights, EpochCheckpoint, KeepBest, ValidationMAP
 from model.dataset import box_sides, count_records, make_dataset, read_label_map, shard_files
 from model.evaluate import write_metrics
@@ -123,7 +123,8 @@ def _fit_phase(model, name: str, run_dir: str, train_ds, epochs: int, steps: int
     budget = TimeBudget(clock, deadline, time_progress)
     clock.start()
     try:
-        history = model.fit(train_ds, epochs=epochs, initial_epoch=initial, steps_per_epoch=steps,
+        # shuffle=False: the stream is shuffled already (model/dataset.py); Keras would warn that it ignores True.
+        history = model.fit(train_ds, epochs=epochs, initial_epoch=initial, steps_per_epoch=steps, shuffle=False,
                             callbacks=[budget, *callbacks, checkpoint], verbose=verbose)
     finally:
         clock.stop()
@@ -142,8 +143,11 @@ def train(cfg: TrainConfig, extra_callbacks: tuple = (), verbose="auto", reuse_c
     """
     label_map = read_label_map(cfg.data)
     train_files = shard_files(cfg.data, "train")
-    fitted = None if cfg.min_scale else fitted_min_scale(box_sides(train_files), cfg.image_size, cfg.finest_stride)
-    model_cfg = cfg.model(num_classes=len(label_map), fitted_min_scale=fitted)
+    # Architecture and anchors left open by the settings are fitted to the training boxes' sizes.
+    sides = box_sides(train_files) if cfg.finest_stride is None or cfg.min_scale is None else []
+    stride = cfg.finest_stride or fitted_finest_stride(sides)
+    model_cfg = cfg.model(num_classes=len(label_map), fitted_stride=stride,
+                          fitted_min_scale=None if cfg.min_scale else fitted_min_scale(sides, cfg.image_size, stride))
     shard_files(cfg.data, "val")  # fails early, with a clear message, when the val split has no shards
     n_train, n_val = count_records(cfg.data, "train"), count_records(cfg.data, "val")
     if n_val == 0:

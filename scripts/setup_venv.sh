@@ -8,7 +8,14 @@ PY="${PYTHON:-python3}"
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
-.venv/bin/python -m pip install --quiet --upgrade pip
 spec="."
 [ -n "$extras" ] && spec=".[$extras]"
-.venv/bin/python -m pip install --quiet -e "$spec"
+# pip's and the build backend's chatter (setuptools' editable-install banner among it) goes to a log,
+# shown only if the install fails.
+log=.venv/pip-install.log
+echo "setup_venv: installing ssdflow${extras:+[$extras]} into .venv (pip log: $log)"
+if ! { .venv/bin/python -m pip install --quiet --upgrade pip && .venv/bin/python -m pip install --quiet -e "$spec"; } >"$log" 2>&1; then
+  cat "$log" >&2
+  echo "setup_venv: pip install failed (log: $log)" >&2
+  exit 1
+fi

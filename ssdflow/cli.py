@@ -105,7 +105,7 @@ def train(
     models: str = typer.Option(..., help="Models directory (registry): versions, champion.json, decisions.jsonl"),
     alpha: float = typer.Option(1.0, help="MobileNetV2 width multiplier, 0.35..1.4"),
     image_size: int = typer.Option(320, help="Square input size (multiple of 32)"),
-    finest_stride: int = typer.Option(16, help="Finest feature level: 16 (SSDLite) or 8 (FPN-lite, for objects under ~10 % of the image side)"),
+    finest_stride: Optional[int] = typer.Option(None, help="Finest feature level: 16 (SSDLite) or 8 (FPN-lite, for objects under ~10 % of the image side); default: chosen from the training boxes' sizes"),
     epochs: Optional[int] = typer.Option(None, help="Most epochs (frozen backbone, then fine-tuning); default: as many as --time-budget allows, 20 without one"),
     time_budget: float = typer.Option(30.0, help="Minutes of fitting, validation included; 0: no limit"),
     batch_size: int = typer.Option(16, help="Global batch size"),
@@ -220,7 +220,7 @@ def score(
 @app.command()
 def serve(
     home: str = typer.Option("ssdflow_home", help="Where the default (demo) data and outputs live"),
-    config: Optional[str] = typer.Option(None, help="JSON/YAML with default parameters: {nightly: ..., score: ...}"),
+    config: Optional[str] = typer.Option(None, help="JSON/YAML with the deployments' default parameters: {nightly: ..., score: ..., ingest: ...} (ssdflow.config.ServeConfig)"),
     timezone: str = typer.Option("UTC", help="Time zone of the nightly 02:00 schedule, e.g. Europe/Berlin"),
     silence_seconds: int = typer.Option(90, min=45, max=3600, help="A run without a heartbeat (sent every 30 s) for this long is marked Crashed and rerun"),
 ) -> None:
@@ -228,8 +228,13 @@ def serve(
 
     Runs send heartbeats; a run whose process died is marked Crashed and run again, at most twice (Prefect automations created here).
     """
-    from flows.serve import run_serve
+    from flows.serve import ServeConfigError, read_serve_config, run_serve
 
+    if config:
+        try:
+            read_serve_config(config)  # refused here, with every wrong field named, before anything starts
+        except ServeConfigError as e:
+            _fail(str(e))
     run_serve(home=home, config_file=config, timezone=timezone, silence_seconds=silence_seconds)
 
 

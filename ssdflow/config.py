@@ -114,7 +114,9 @@ class TrainSettings(BaseModel):
 
     alpha: float = Field(1.0, ge=0.35, le=1.4, description="MobileNetV2 width multiplier")
     image_size: int = Field(320, ge=96, le=1024, multiple_of=32, description="Square input size")
-    finest_stride: Literal[8, 16] = Field(16, description="Finest feature level: 16 (SSDLite) or 8 (FPN-lite, for small objects)")
+    finest_stride: Literal[8, 16] | None = Field(None, description=(
+        "Finest feature level: 16 (SSDLite) or 8 (FPN-lite, for small objects); default: 8 when a tenth of the "
+        "training boxes are under 10 % of the image side, else 16"))
     min_scale: float | None = Field(None, gt=0, lt=1, description=(
         "Anchor scale of the finest level (fraction of the image side); default: fitted to the training boxes "
         "(their 10th-percentile side, at most 0.2 at stride 16 / 0.1 at stride 8, at least two cells of that level)"))
@@ -157,10 +159,10 @@ class TrainSettings(BaseModel):
         """The epochs this run may take: the set bound, else the budget decides (20 with no budget)."""
         return self.epochs or (MAX_EPOCHS if self.time_budget else 20)
 
-    def model(self, num_classes: int, fitted_min_scale: float | None = None) -> ModelConfig:
-        """The architecture; ``fitted_min_scale`` (from the training boxes) applies unless ``min_scale`` is set."""
+    def model(self, num_classes: int, fitted_stride: int = 16, fitted_min_scale: float | None = None) -> ModelConfig:
+        """The architecture; the values fitted to the training boxes apply where the settings leave them open."""
         return ModelConfig(alpha=self.alpha, image_size=self.image_size, num_classes=num_classes, bn_momentum=self.bn_momentum,
-                           finest_stride=self.finest_stride, min_scale=self.min_scale or fitted_min_scale)
+                           finest_stride=self.finest_stride or fitted_stride, min_scale=self.min_scale or fitted_min_scale)
 
 
 class TrainConfig(TrainSettings):
@@ -221,6 +223,20 @@ class NightlyConfig(BaseModel):
 
     def train_config(self) -> TrainConfig:
         return TrainConfig(data=self.ingest.out, models=self.models, **self.train.model_dump())
+
+
+class ServeConfig(BaseModel):
+    """``ssdflow serve --config FILE`` (JSON or YAML): the deployments' default parameters.
+
+    ``nightly`` and ``score`` are required; ``ingest`` defaults to the nightly's ingest, and the
+    train deployment's defaults are the nightly's training on its records.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    nightly: NightlyConfig = Field(..., description="The nightly-retrain deployment's config")
+    score: ScoreConfig = Field(..., description="The batch-score deployment's config")
+    ingest: IngestConfig | None = Field(None, description="The ingest deployment's config (default: the nightly's)")
 
 
 class DemoConfig(BaseModel):

@@ -90,8 +90,10 @@ def test_better_challenger_promoted_worse_one_not(shapes, trained):
     assert "Promoted: **no**" in card and shapes["records"] in card
     assert "SSDLite, MobileNetV2 backbone (alpha 0.35)" in card
     # The finest anchors were fitted to the shapes' boxes (sides 1/6-1/2 of the image): just under the 0.2 default.
-    fitted = json.load(open(os.path.join(worse.model_dir, "ssdflow_model.json")))["model"]["min_scale"]
+    architecture = json.load(open(os.path.join(worse.model_dir, "ssdflow_model.json")))["model"]
+    fitted = architecture["min_scale"]
     assert 0.15 < fitted <= 0.2 and f"anchor scales {fitted:.3g}-0.95 of the image side" in card
+    assert architecture["finest_stride"] == 16  # the shapes are 1/6-1/2 of the image: no stride-8 level needed
     assert "| mAP small / medium / large" in card
     # Look, don't read: the PR curves and drawn val images sit beside the card, which links them.
     assert "![PR curves](pr_curves.png)" in card and "](val_examples/val-00.jpg)" in card

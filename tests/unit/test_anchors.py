@@ -124,3 +124,13 @@ def test_fitted_min_scale_follows_small_boxes_within_bounds():
     assert fitted_min_scale(small, 640, 8) == pytest.approx(0.035)  # the data's own size once the grid is fine enough
     assert fitted_min_scale(np.linspace(0.12, 0.5, 100), 320, 16) == pytest.approx(0.158, abs=1e-3)  # its 10th percentile
     assert fitted_min_scale([], 320, 16) == 0.2
+
+
+def test_fitted_finest_stride_follows_the_small_boxes():
+    from model.anchors import fitted_finest_stride
+
+    assert fitted_finest_stride(np.linspace(0.3, 0.9, 50)) == 16  # raccoon-like: large objects
+    assert fitted_finest_stride(np.linspace(0.02, 0.08, 50)) == 8  # the stress set: 2-8 % of the side
+    assert fitted_finest_stride(np.r_[np.full(20, 0.05), np.full(80, 0.5)]) == 8  # a fifth small: they need stride 8
+    assert fitted_finest_stride(np.r_[np.full(5, 0.05), np.full(95, 0.5)]) == 16  # a few small ones do not decide
+    assert fitted_finest_stride([]) == 16

@@ -1,0 +1,46 @@
+"""`ssdflow serve --config`: a documented schema, and every wrong field named instead of a bare KeyError."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from flows.serve import ServeConfigError, default_parameters, read_serve_config
+
+INGEST = {"images": "/data/images", "labels": "/data/labels", "format": "voc", "out": "/data/records"}
+GOOD = {"nightly": {"ingest": INGEST, "models": "/models", "train": {"alpha": 0.35, "image_size": 128}},
+        "score": {"model": "/models", "images": ["/archive"], "out": "/scored"}}
+
+
+def test_a_valid_file_sets_every_deployment(tmp_path):
+    path = tmp_path / "serve.yaml"
+    path.write_text(yaml.safe_dump(GOOD))
+    params = default_parameters("unused-home", str(path))
+    assert params["ingest"].out == "/data/records"  # the nightly's ingest by default
+    assert params["train"].data == "/data/records" and params["train"].alpha == 0.35
+    assert params["score"].images == ["/archive"]
+
+
+@pytest.mark.parametrize("data, expected", [
+    ({"score": GOOD["score"]}, "nightly: Field required"),
+    ({**GOOD, "nightly": {**GOOD["nightly"], "train": {"alpha": 5}}}, "nightly.train.alpha: Input should be less than or equal to 1.4"),
+    ({**GOOD, "scoring": {}}, "scoring: Extra inputs are not permitted"),
+    ({**GOOD, "score": {**GOOD["score"], "beam_args": ["--direct_num_worker=2"]}}, "did you mean --direct_num_workers?"),
+])
+def test_wrong_fields_are_named_by_path(tmp_path, data, expected):
+    path = tmp_path / "serve.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(ServeConfigError, match="--config .*serve.json: ") as e:
+        read_serve_config(str(path))
+    assert expected in str(e.value)
+
+
+def test_unreadable_file(tmp_path):
+    path = tmp_path / "serve.yaml"
+    path.write_text("nightly: [unclosed")
+    with pytest.raises(ServeConfigError, match="cannot read it"):
+        read_serve_config(str(path))
+    with pytest.raises(ServeConfigError, match="cannot read it"):
+        read_serve_config(str(tmp_path / "missing.json"))
