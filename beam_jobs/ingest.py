@@ -551,7 +551,7 @@ def decide(blobs: list[bytes], early_rejections: list[R.Rejection], label_map: L
     """
     plan = plan_shards(blobs, num_shards, target_bytes)
     stats, rejections = build_stats(plan, early_rejections, label_map)
-    stats["files_skipped"] = {"total": skipped[0], "examples": sorted(skipped[1])[:SKIPPED_EXAMPLES]}
+    stats["files_skipped"] = {"total": skipped[0], "examples": list(skipped[1])}  # _SkippedFiles sorts and cuts
     lines = "".join(json.dumps(r.to_json(), ensure_ascii=False) + "\n" for r in rejections)
     return Decision(tuple(plan.shards), stats, lines)
 

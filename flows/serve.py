@@ -102,11 +102,16 @@ def ensure_concurrency_limit() -> None:
 
 def run_serve(home: str = "ssdflow_home", config_file: str | None = None, timezone: str = "UTC",
               silence_seconds: int = recovery.SILENCE_SECONDS) -> None:
-    """Registers and serves every deployment until interrupted, with crash detection and reruns."""
+    """Registers and serves every deployment until interrupted, with crash detection and reruns.
+
+    The parameters come first: a wrong ``config_file`` raises ServeConfigError before anything
+    is created on the server.
+    """
+    params = default_parameters(home, config_file)
     if not os.environ.get("PREFECT_API_URL"):
         log.warning("PREFECT_API_URL is not set: deployments go to a temporary local server (start one with "
                     "`prefect server start --host 127.0.0.1 --port 4200`)")
     os.environ.update(recovery.heartbeat_env())  # inherited by every flow-run process serve starts
     ensure_concurrency_limit()
     recovery.ensure_automations(silence_seconds)
-    serve(*build_deployments(default_parameters(home, config_file), timezone, home))
+    serve(*build_deployments(params, timezone, home))

@@ -7,12 +7,11 @@ a clipped anchor would no longer have the aspect ratio and scale that the head's
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
+import numpy as np
 import tensorflow as tf
 
-if TYPE_CHECKING:
-    from ssdflow.config import ModelConfig
+from ssdflow.config import DEFAULT_FIRST_SCALE, ModelConfig
 
 BACKBONE_STRIDES = (8, 16, 32)  # MobileNetV2's block_6_expand_relu, block_13_expand_relu and out_relu
 
@@ -50,8 +49,6 @@ def fitted_finest_stride(sides, quantile: float = 0.1) -> int:
     Measured: on small-object sets FPN-lite lifted mAP@.5 0.58 → 0.84 and 0.63 → 0.77; on raccoon
     (10th-percentile side 0.41) it cost epochs and scored 0.76 against SSDLite's 0.83.
     """
-    import numpy as np
-
     if len(sides) == 0:
         return 16
     return 8 if float(np.quantile(np.asarray(sides, np.float64), quantile)) < SMALL_OBJECT_SIDE else 16
@@ -67,9 +64,7 @@ def fitted_min_scale(sides, image_size: int, finest_stride: int, quantile: float
     overlap. Small objects thus get anchors of their own size as far as the grid allows, instead of
     being reachable only by a forced match to an anchor many times larger.
     """
-    import numpy as np
-
-    default = 0.1 if finest_stride == 8 else 0.2
+    default = DEFAULT_FIRST_SCALE[finest_stride]
     lowest = 2.0 * finest_stride / image_size
     if len(sides) == 0:
         return default
@@ -99,7 +94,7 @@ def _level_anchors(size: int, cell_sizes: list[tuple[float, float]]) -> tf.Tenso
     return tf.reshape(boxes, [-1, 4])
 
 
-def generate_anchors(cfg: "ModelConfig") -> tf.Tensor:
+def generate_anchors(cfg: ModelConfig) -> tf.Tensor:
     """All anchors of the model: [N, 4] normalized corners [ymin, xmin, ymax, xmax], float32.
 
     Order: level by level (finest first), cells row-major (y then x), a cell's anchors consecutive as
@@ -117,7 +112,7 @@ def generate_anchors(cfg: "ModelConfig") -> tf.Tensor:
     return tf.concat(levels, axis=0)
 
 
-def num_anchors(cfg: "ModelConfig") -> int:
+def num_anchors(cfg: ModelConfig) -> int:
     """N, the number of anchors generate_anchors(cfg) returns (and the head predicts)."""
     sizes = feature_map_sizes(cfg.image_size, cfg.extra_levels, cfg.finest_stride)
     return sum(s * s for s in sizes) * anchors_per_cell(list(cfg.aspect_ratios))

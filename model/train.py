@@ -44,7 +44,6 @@ from ssdflow.config import TrainConfig
 log = logging.getLogger(__name__)
 
 
-
 @dataclass
 class TrainResult:
     version: str

@@ -12,10 +12,9 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 import tensorflow as tf
 
-from model.anchors import generate_anchors
 from model.dataset import eval_dataset, read_label_map, shard_files
 from model.evaluate import ImageDetections, ImageGroundTruth, coco_metrics
-from model.postprocess import postprocess
+from model.export import Detector, load_detector
 
 if TYPE_CHECKING:
     from ssdflow.config import ModelConfig
@@ -49,25 +48,13 @@ def score_detector(detect: Callable[[tf.Tensor], dict], data_dir: str, split: st
 
 def score_saved_model(model_dir: str, data_dir: str, split: str = "val") -> dict:
     """COCO metrics of an exported SavedModel (what `ssdflow evaluate` and promotion use)."""
-    loaded = tf.saved_model.load(model_dir)
-    serve = loaded.signatures["serving_default"]
+    serve, _loaded = load_detector(model_dir)  # _loaded keeps the SavedModel's variables alive
     return score_detector(lambda images: serve(images=images), data_dir, split)
 
 
 def make_detect_fn(model, cfg: ModelConfig, score_threshold: float, iou_threshold: float, max_detections: int):
-    """Encoded bytes [B] → detections, with the exported model's decoding and NMS."""
-    anchors = tf.constant(generate_anchors(cfg), tf.float32)
-    variances = tf.constant(cfg.variances, tf.float32)
-    size = cfg.image_size
-
-    def decode(data):
-        image = tf.io.decode_image(data, channels=3, expand_animations=False)
-        image.set_shape([None, None, 3])
-        return tf.image.resize(tf.cast(image, tf.float32), [size, size])
-
-    @tf.function(reduce_retracing=True)
-    def detect(images):
-        pixels = tf.map_fn(decode, images, fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32))
-        return postprocess(model(pixels, training=False), anchors, variances, score_threshold, iou_threshold, max_detections)
-
-    return detect
+    """Encoded bytes [B] → detections of a Keras model in training: the exported signature itself
+    (model/export.py ``Detector.serve``: decoding, resizing, box decoding, NMS), over the live weights."""
+    detector = Detector(model, cfg, score_threshold, iou_threshold, max_detections)
+    # A tf.function bound method holds its object weakly: the closure keeps the detector alive.
+    return lambda images: detector.serve(images)

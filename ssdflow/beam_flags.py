@@ -21,21 +21,16 @@ LOCAL_RUNNERS = {"directrunner", "direct", "prismrunner", "prism", "interactiver
 
 @functools.lru_cache(maxsize=1)
 def _beam_parser():
-    """An argparse parser of every option defined by Beam's PipelineOptions classes (as Beam builds it)."""
+    """An argparse parser of every option Beam's PipelineOptions classes define, assembled as Beam's
+    own ``PipelineOptions.get_all_options`` does (each subclass once, by name)."""
     from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
 
     parser = _BeamArgumentParser(allow_abbrev=False)
-    seen, stack = set(), list(PipelineOptions.__subclasses__())
-    while stack:
-        cls = stack.pop()
-        if cls in seen:
-            continue
-        seen.add(cls)
-        stack.extend(cls.__subclasses__())
-        try:
-            cls._add_argparse_args(parser)  # noqa: SLF001 - Beam's own way to assemble its parser
-        except Exception:  # an options class from a plugin that conflicts with another: Beam skips such too
-            continue
+    subset: dict[str, type] = {}
+    for cls in PipelineOptions.__subclasses__():
+        subset.setdefault(str(cls), cls)
+    for cls in subset.values():
+        cls._add_argparse_args(parser)  # noqa: SLF001 - Beam's own way to assemble its parser
     return parser
 
 

@@ -228,14 +228,12 @@ def serve(
 
     Runs send heartbeats; a run whose process died is marked Crashed and run again, at most twice (Prefect automations created here).
     """
-    from flows.serve import ServeConfigError, read_serve_config, run_serve
+    from flows.serve import ServeConfigError, run_serve
 
-    if config:
-        try:
-            read_serve_config(config)  # refused here, with every wrong field named, before anything starts
-        except ServeConfigError as e:
-            _fail(str(e))
-    run_serve(home=home, config_file=config, timezone=timezone, silence_seconds=silence_seconds)
+    try:
+        run_serve(home=home, config_file=config, timezone=timezone, silence_seconds=silence_seconds)
+    except ServeConfigError as e:  # raised before anything starts, with every wrong field named
+        _fail(str(e))
 
 
 @app.command()

@@ -16,6 +16,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 DEFAULT_MAX_PIXELS = 40_000_000  # 8000 x 5000; a 30,000 x 30,000 bomb is 900 M
 DEFAULT_CLIP_TOLERANCE = 0.05  # boxes up to 5% of the image size outside it are clipped, not rejected
 MAX_EPOCHS = 1000
+# The finest level's anchor scale by its stride when nothing else sets it: 4x the stride at 320 px
+# (SSD's 0.2 at stride 16, FPNLite's 0.1 at stride 8).
+DEFAULT_FIRST_SCALE = {8: 0.1, 16: 0.2}
 
 
 class LabelFormat(str, Enum):
@@ -104,7 +107,7 @@ class ModelConfig(BaseModel):
     @property
     def first_scale(self) -> float:
         """The finest level's anchor scale: ``min_scale``, or the default for ``finest_stride``."""
-        return self.min_scale if self.min_scale is not None else (0.1 if self.finest_stride == 8 else 0.2)
+        return self.min_scale if self.min_scale is not None else DEFAULT_FIRST_SCALE[self.finest_stride]
 
 
 class TrainSettings(BaseModel):

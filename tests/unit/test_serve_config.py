@@ -44,3 +44,17 @@ def test_unreadable_file(tmp_path):
         read_serve_config(str(path))
     with pytest.raises(ServeConfigError, match="cannot read it"):
         read_serve_config(str(tmp_path / "missing.json"))
+
+
+def test_serve_refuses_a_wrong_file_with_exit_2_before_starting(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from ssdflow.cli import app
+
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")  # nothing listens: it must not get that far
+    path = tmp_path / "serve.json"
+    path.write_text(json.dumps({"score": GOOD["score"]}))
+    result = CliRunner().invoke(app, ["serve", "--config", str(path), "--home", str(tmp_path / "home")])
+    assert result.exit_code == 2, result.output
+    assert "nightly: Field required" in result.output
+    assert not (tmp_path / "home").exists()
