@@ -44,7 +44,7 @@ from beam_jobs.encode import encode_image, split_for
 from beam_jobs.parsers import is_label_file, parse_label_file
 from beam_jobs.parsers.yolo import load_class_names
 from ssdflow import storage, tfrecord
-from ssdflow.beam_runner import make_pipeline, pipeline_options
+from ssdflow.beam_runner import MULTI_PROCESS_MIN_FILES, local_parallelism, make_pipeline, pipeline_options
 from ssdflow.config import IngestConfig, LabelFormat
 from ssdflow.schema import LabelMap
 
@@ -624,9 +624,11 @@ def _absolute(uri: str | None) -> str | None:
 def run_ingest(cfg: IngestConfig) -> dict:
     """Runs the ingest job to completion and commits its output; returns stats.json's content."""
     cfg = cfg.model_copy(update={k: _absolute(getattr(cfg, k)) for k in ("images", "labels", "out", "classes", "label_map")})
-    options = pipeline_options(cfg.pipeline_flags())
-    if not storage.any_file(image_pattern(cfg.images)):
+    pipeline_options(cfg.pipeline_flags())  # first: the listing below needs the S3/GCS options
+    inputs = storage.count_files(image_pattern(cfg.images), limit=MULTI_PROCESS_MIN_FILES)
+    if not inputs:
         raise IngestError(f"--images {cfg.images}: no files found")
+    options = pipeline_options(local_parallelism(cfg.pipeline_flags(), inputs))
     if not storage.any_file(label_pattern(cfg.labels)):
         raise IngestError(f"--labels {cfg.labels}: no files found")
     class_names = load_class_names_for(cfg)

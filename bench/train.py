@@ -2,11 +2,16 @@
 
     .venv/bin/python -m bench.train throughput --alpha 1.0 --image-size 320
     .venv/bin/python -m bench.train startup --alpha 0.35 --image-size 128
+    .venv/bin/python -m bench.train precision --alpha 1.0 --image-size 320
     .venv/bin/python -m bench.train quality --weights ../shared/weights/mobilenet_v2_1.0_imagenet_dogs_no_top.weights.h5 \
         [--time-budget 30] [--seeds 0,1,2] [--pretrained-only] [--set KEY=VALUE ...] [--history FILE]
 
 startup: seconds to the first training step (graph tracing) with the optimizer built lazily, as
 Keras does, and before fit, as model/train.py does; prints the ratio.
+
+precision: training images/s on one in-memory batch under float32 (the baseline), Keras's
+mixed_bfloat16 policy and XLA ``jit_compile``, for both phases of transfer learning (backbone frozen;
+top blocks unfrozen); each variant in a fresh process; prints the ratios against float32.
 
 throughput: training images/s fed from the TFRecord stream (parse, decode, augment, resize, target
 encoding in tf.data) against the same model fed one in-memory batch over and over; prints the
@@ -132,6 +137,58 @@ print(time.perf_counter() - t)
     print(f"ratio lazy / prebuilt: {times['lazy'] / times['prebuilt']:.2f}")
 
 
+PRECISION_CODE = """
+import sys, time, keras, tensorflow as tf
+from model.anchors import generate_anchors
+from model.losses import SSDLoss
+from model.ssd import build_ssd, freeze_backbone, unfreeze_top
+from ssdflow.config import ModelConfig
+alpha, size, batch, steps, warmup, policy, jit = sys.argv[1:8]
+keras.mixed_precision.set_global_policy(policy)
+cfg = ModelConfig(alpha=float(alpha), image_size=int(size), num_classes=1)
+n = int(generate_anchors(cfg).shape[0])
+b = int(batch)
+x = tf.random.uniform([b, cfg.image_size, cfg.image_size, 3], 0, 255, seed=1)
+y = tf.concat([tf.random.normal([b, n, 4], seed=2), tf.cast(tf.random.uniform([b, n, 1], 0, 1, seed=3) < 0.02, tf.float32)], -1)
+ds = tf.data.Dataset.from_tensors((x, y)).repeat()
+model = build_ssd(cfg, None)
+for phase in ("frozen", "fine-tune"):
+    freeze_backbone(model) if phase == "frozen" else unfreeze_top(model, 11)
+    model.compile(optimizer=keras.optimizers.Adam(1e-4), loss=SSDLoss(1), jit_compile=jit == "xla")
+    model.fit(ds, epochs=1, steps_per_epoch=int(warmup), verbose=0)
+    t = time.perf_counter()
+    model.fit(ds, epochs=1, steps_per_epoch=int(steps), verbose=0)
+    print(phase, int(steps) * b / (time.perf_counter() - t), flush=True)
+"""
+
+
+def precision(args) -> None:
+    """Training img/s per precision policy and XLA setting, each in a fresh process (a policy is global)."""
+    import subprocess
+    import sys
+
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(REPO))
+    variants = [("float32", "none"), ("mixed_bfloat16", "none"), ("float32", "xla"), ("mixed_bfloat16", "xla")]
+    rates = {}
+    for policy, jit in variants:
+        out = subprocess.run([sys.executable, "-c", PRECISION_CODE, str(args.alpha), str(args.image_size), str(args.batch_size),
+                              str(args.steps), str(args.warmup_steps), policy, jit], env=env, capture_output=True, text=True, cwd=REPO)
+        if out.returncode:
+            print(f"{policy} + {jit}: failed: {out.stderr.strip().splitlines()[-1] if out.stderr.strip() else out.returncode}")
+            continue
+        rates[policy, jit] = dict(line.split() for line in out.stdout.strip().splitlines())
+    print(f"model: alpha {args.alpha:g}, {args.image_size}px, batch {args.batch_size}, {args.steps} timed steps, one in-memory batch")
+    print("| policy | XLA | frozen img/s | ratio | fine-tune img/s | ratio |")
+    print("| --- | --- | ---: | ---: | ---: | ---: |")
+    base = rates.get(("float32", "none"))
+    for (policy, jit), r in rates.items():
+        cells = []
+        for phase in ("frozen", "fine-tune"):
+            v = float(r[phase])
+            cells.append(f"{v:.1f} | {v / float(base[phase]):.2f}" if base else f"{v:.1f} | –")
+        print(f"| {policy} | {jit} | {' | '.join(cells)} |")
+
+
 def _setting(text: str) -> tuple[str, object]:
     """``key=value`` → a TrainSettings field and its value, parsed as JSON where it parses (numbers, true)."""
     from ssdflow.config import TrainSettings
@@ -186,12 +243,12 @@ def quality(args) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=["throughput", "quality", "startup"])
+    ap.add_argument("what", choices=["throughput", "quality", "startup", "precision"])
     ap.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "ssdflow-bench-train"))
     ap.add_argument("--alpha", type=float, default=1.0)
     ap.add_argument("--image-size", type=int, default=320)
     ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--steps", type=int, default=20, help="timed steps (throughput)")
+    ap.add_argument("--steps", type=int, default=20, help="timed steps (throughput, precision)")
     ap.add_argument("--warmup-steps", type=int, default=3)
     ap.add_argument("--epochs", type=int, default=None, help="epoch bound (quality; default: the time budget decides)")
     ap.add_argument("--time-budget", type=float, default=30.0, help="minutes of fitting per run (quality; 0: none)")
@@ -204,7 +261,7 @@ def main() -> None:
     ap.add_argument("--history", help="append each run's per-evaluation val mAP as JSON lines to this file (quality)")
     ap.add_argument("--weights", help="pretrained MobileNetV2 no-top weights file (quality)")
     args = ap.parse_args()
-    {"throughput": throughput, "quality": quality, "startup": startup}[args.what](args)
+    {"throughput": throughput, "quality": quality, "startup": startup, "precision": precision}[args.what](args)
 
 
 if __name__ == "__main__":

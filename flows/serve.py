@@ -23,6 +23,7 @@ import os
 import yaml
 from pydantic import ValidationError
 from prefect import serve
+from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
 from prefect.schedules import Cron
 
 from flows.jobs import TRAIN_CONCURRENCY, ingest_flow, score_flow, train_flow
@@ -72,16 +73,50 @@ def default_parameters(home: str, config_file: str | None = None) -> dict:
     return {"nightly": nightly, "score": score, "ingest": ingest, "train": nightly.train_config()}
 
 
-def build_deployments(params: dict, timezone: str = "UTC", home: str = "ssdflow_home") -> list:
-    """The RunnerDeployments, with their parameters as pydantic models (rendered as forms in the UI)."""
+# Memory one concurrent run may take: training alpha 1.0 / 320 px held ~1.6 GB, a batch-score run
+# ~0.55 GB (12 at once took 7 GB, issue 12); sized for the larger so any mix fits.
+RUN_MEMORY_BYTES = 2 * 1024**3
+
+
+def available_memory_bytes() -> int:
+    """MemAvailable from /proc/meminfo (what can be used without swapping); total memory elsewhere."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def default_run_limit() -> int:
+    """Concurrent flow runs this machine takes: one per usable core, fewer when memory is short."""
+    from ssdflow.beam_runner import usable_cores
+
+    return max(1, min(usable_cores(), available_memory_bytes() // RUN_MEMORY_BYTES))
+
+
+def _queued(limit: int) -> ConcurrencyLimitConfig:
+    """A deployment concurrency limit whose extra runs wait (AwaitingConcurrencySlot in the UI), not fail."""
+    return ConcurrencyLimitConfig(limit=limit, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE)
+
+
+def build_deployments(params: dict, timezone: str = "UTC", home: str = "ssdflow_home", max_runs: int = 1) -> list:
+    """The RunnerDeployments, with their parameters as pydantic models (rendered as forms in the UI).
+
+    ``max_runs``: how many runs of batch-score, and of ingest, may run at once; the rest queue.
+    Nightly retraining and training run one at a time.
+    """
     dump = lambda m: m.model_dump(mode="json")  # noqa: E731
     return [
         nightly_flow.to_deployment(name="nightly-retrain", schedules=[Cron(NIGHTLY_CRON, timezone=timezone)],
                                    parameters={"config": dump(params["nightly"])}, concurrency_limit=1,
                                    description="Ingest → train → evaluate → promote → score, every night", tags=["ssdflow"]),
-        score_flow.to_deployment(name="batch-score", parameters={"config": dump(params["score"])},
+        score_flow.to_deployment(name="batch-score", parameters={"config": dump(params["score"])}, concurrency_limit=_queued(max_runs),
                                  description="Score an image archive with the champion", tags=["ssdflow"]),
-        ingest_flow.to_deployment(name="ingest", parameters={"config": dump(params["ingest"])}, tags=["ssdflow"]),
+        ingest_flow.to_deployment(name="ingest", parameters={"config": dump(params["ingest"])}, concurrency_limit=_queued(max_runs),
+                                  tags=["ssdflow"]),
         train_flow.to_deployment(name="train", parameters={"config": dump(params["train"])}, concurrency_limit=1, tags=["ssdflow"]),
         demo_flow.to_deployment(name="demo", parameters={"config": dump(DemoConfig(workdir=os.path.join(os.path.abspath(home), "demo")))},
                                 tags=["ssdflow"]),
@@ -101,17 +136,20 @@ def ensure_concurrency_limit() -> None:
 
 
 def run_serve(home: str = "ssdflow_home", config_file: str | None = None, timezone: str = "UTC",
-              silence_seconds: int = recovery.SILENCE_SECONDS) -> None:
+              silence_seconds: int = recovery.SILENCE_SECONDS, max_runs: int | None = None) -> None:
     """Registers and serves every deployment until interrupted, with crash detection and reruns.
 
     The parameters come first: a wrong ``config_file`` raises ServeConfigError before anything
-    is created on the server.
+    is created on the server. At most ``max_runs`` flow runs at once (default: ``default_run_limit``);
+    further batch-score and ingest runs queue on the server.
     """
     params = default_parameters(home, config_file)
+    max_runs = max_runs or default_run_limit()
+    log.info("serve: at most %d concurrent runs; more batch-score or ingest runs queue", max_runs)
     if not os.environ.get("PREFECT_API_URL"):
         log.warning("PREFECT_API_URL is not set: deployments go to a temporary local server (start one with "
                     "`prefect server start --host 127.0.0.1 --port 4200`)")
     os.environ.update(recovery.heartbeat_env())  # inherited by every flow-run process serve starts
     ensure_concurrency_limit()
     recovery.ensure_automations(silence_seconds)
-    serve(*build_deployments(params, timezone, home))
+    serve(*build_deployments(params, timezone, home, max_runs), limit=max_runs)

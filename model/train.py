@@ -12,11 +12,12 @@ A checkpoint (model, optimizer, epoch; tf.train.CheckpointManager, written atomi
 after every epoch under ``MODELS/.train-run/``; ``--resume`` continues from it after a crash, and a
 new run refuses to replace it unless ``--fresh`` (model/run_record.py, which also holds the lock
 that keeps a second training off the same models directory, and the model card).
-On GPUs the same code runs with mixed precision and MirroredStrategy.
+On GPUs the same code runs with mixed precision (``precision_policy``) and MirroredStrategy.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -62,11 +63,31 @@ def distribution_strategy() -> tf.distribute.Strategy:
     return tf.distribute.get_strategy()
 
 
-def configure_precision() -> str:
-    """mixed_float16 on GPUs (the heads' final concat stays float32), float32 on CPU."""
-    policy = "mixed_float16" if tf.config.list_logical_devices("GPU") else "float32"
-    keras.mixed_precision.set_global_policy(policy)
-    return policy
+@contextlib.contextmanager
+def precision_policy(setting: str):
+    """Keras's global dtype policy for the run, restored afterwards (a served process trains many times).
+
+    ``auto``: mixed_float16 on GPUs, float32 on CPUs: XLA and mixed_bfloat16 were measured slower
+    on CPU (``python -m bench.train precision``). Variables, the heads' final concat and the loss
+    stay float32 under every policy. Yields the policy's name.
+    """
+    if setting == "auto":
+        setting = "mixed_float16" if tf.config.list_logical_devices("GPU") else "float32"
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(setting)
+    try:
+        yield setting
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+
+
+def float32_twin(model: keras.Model, model_cfg) -> keras.Model:
+    """The same network with float32 compute, for export: a mixed-precision SavedModel would run
+    bfloat16/float16 kernels in every consumer, and CPUs run those slower (or, float16, not at all)."""
+    with precision_policy("float32"):
+        twin = build_ssd(model_cfg, None)
+    twin.set_weights(model.get_weights())  # mixed-precision variables are float32 already
+    return twin
 
 
 # --- the run -------------------------------------------------------------------------------------
@@ -161,14 +182,13 @@ def train(cfg: TrainConfig, extra_callbacks: tuple = (), verbose="auto", reuse_c
     frozen_epochs = epochs - fine_tune_epochs
 
     # One training per models directory at a time: it owns MODELS/.train-run until it ends.
-    with training_lock(cfg.models):
+    with training_lock(cfg.models), precision_policy(cfg.precision) as precision:
         config = run_config(cfg)
         fingerprint = config["data_fingerprint"]
         if reuse_completed and (done := completed_version(cfg)) is not None:
             return _finish_completed(cfg, done)
         run_dir = prepare_run_dir(cfg, config)
         keras.utils.set_random_seed(cfg.seed)
-        precision = configure_precision()
 
         strategy = distribution_strategy()
         with strategy.scope():
@@ -215,7 +235,8 @@ def train(cfg: TrainConfig, extra_callbacks: tuple = (), verbose="auto", reuse_c
         # Export into a staging dir, score the exported artifact itself, then commit the version.
         version = registry.new_version(cfg.models)
         staging = registry.staging_dir(cfg.models, version)
-        export_saved_model(model, model_cfg, label_map, str(staging), score_threshold=cfg.score_threshold,
+        exportable = model if precision == "float32" else float32_twin(model, model_cfg)
+        export_saved_model(exportable, model_cfg, label_map, str(staging), score_threshold=cfg.score_threshold,
                            iou_threshold=cfg.iou_threshold, max_detections=cfg.max_detections)
         model.save_weights(os.path.join(staging, KERAS_WEIGHTS))  # lets `ssdflow export` rebuild and re-export
         serve, _loaded = load_detector(str(staging))  # the exported artifact itself is what gets scored and drawn

@@ -7,6 +7,9 @@ cd "$(dirname "$0")/.."
 export PREFECT_HOME="${PREFECT_HOME:-$PWD/.prefect}" PREFECT_SERVER_ANALYTICS_ENABLED=false DO_NOT_TRACK=1
 export PREFECT_API_URL=http://127.0.0.1:4200/api PREFECT_UI_API_URL=http://127.0.0.1:4200/api
 export PREFECT_FLOWS_HEARTBEAT_FREQUENCY="${PREFECT_FLOWS_HEARTBEAT_FREQUENCY:-30}"
+# Authentication (README, "Who may run what"): with PREFECT_SERVER_API_AUTH_STRING=user:secret set (from
+# a secret store), the server refuses requests without it and serve's client sends it.
+if [ -n "${PREFECT_SERVER_API_AUTH_STRING:-}" ]; then export PREFECT_API_AUTH_STRING="$PREFECT_SERVER_API_AUTH_STRING"; fi
 .venv/bin/prefect server start --host 127.0.0.1 --port 4200 > "$PREFECT_HOME.server.log" 2>&1 &
 server=$!
 trap 'kill $server 2>/dev/null; wait $server 2>/dev/null' EXIT

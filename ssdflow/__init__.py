@@ -3,6 +3,10 @@ training, Prefect orchestration)."""
 
 import logging
 
+from ssdflow import quiet
+
+quiet.install()  # TensorFlow's C++ start-up lines stay out of the console (ssdflow/quiet.py)
+
 
 class _FalseAlarms(logging.Filter):
     """Drops third-party warnings that are false alarms for ssdflow, so that a first run's console

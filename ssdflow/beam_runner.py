@@ -5,13 +5,47 @@ run time; offline that costs a failed lookup and a fallback on every run, and a 
 not reach outside hosts should not try. For ``--runner=DirectRunner`` we therefore hand the
 pipeline straight to the FnApiRunner, which is what DirectRunner falls back to and which honours
 ``--direct_running_mode`` and ``--direct_num_workers``. Every other runner is used as named.
+
+Left to itself the FnApiRunner runs a pipeline in one process, on one core. ``local_parallelism``
+gives a local job with enough input one worker process per usable core unless the flags say otherwise.
 """
 
 from __future__ import annotations
 
+import logging
+import os
+
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+
+
+log = logging.getLogger(__name__)
+
+# Below this many input files a local job stays in one process: starting the worker processes
+# (each imports Beam and the job's modules) costs more than the second core saves (docs/benchmarks.md).
+MULTI_PROCESS_MIN_FILES = 2000
+_LOCAL = (None, "DirectRunner", "direct")
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity: a container's or taskset's limit, not the host's)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS
+        return os.cpu_count() or 1
+
+
+def local_parallelism(flags: list[str], input_files: int) -> list[str]:
+    """``flags`` plus one DirectRunner worker process per usable core, when the job runs locally,
+    has at least MULTI_PROCESS_MIN_FILES inputs, and the flags choose no running mode or worker count."""
+    runner = PipelineOptions(flags=flags).view_as(StandardOptions).runner
+    chosen = any(f.startswith(("--direct_running_mode", "--direct_num_workers")) for f in flags)
+    cores = usable_cores()
+    if runner not in _LOCAL or chosen or cores < 2 or input_files < MULTI_PROCESS_MIN_FILES:
+        return list(flags)
+    log.info("DirectRunner: %d worker processes, one per core (--direct_num_workers=1 for one process)", cores)
+    return [*flags, "--direct_running_mode=multi_processing", f"--direct_num_workers={cores}"]
 
 
 def pipeline_options(flags: list[str]) -> PipelineOptions:
@@ -23,7 +57,7 @@ def pipeline_options(flags: list[str]) -> PipelineOptions:
 
 def make_pipeline(options: PipelineOptions) -> beam.Pipeline:
     runner = options.view_as(StandardOptions).runner
-    if runner in (None, "DirectRunner", "direct"):
+    if runner in _LOCAL:
         from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
         return beam.Pipeline(runner=FnApiRunner(), options=options)

@@ -9,7 +9,10 @@ from __future__ import annotations
 from enum import Enum
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from ssdflow import roots
+from ssdflow.roots import Location
 
 # Defaults the jobs' code shares with the configs: they live here, the bottom layer, so that
 # configs import nothing from the jobs.
@@ -55,15 +58,15 @@ class BeamOptions(BaseModel):
 class IngestConfig(BeamOptions):
     """Images + labels → sharded TFRecords (train/val), label map, stats, rejected lines."""
 
-    images: str = Field(..., description="Directory or glob of images (local path, s3://, gs://)")
-    labels: str = Field(..., description="Label file, or directory of label files")
+    images: Location = Field(..., description="Directory or glob of images (local path, s3://, gs://)")
+    labels: Location = Field(..., description="Label file, or directory of label files")
     format: LabelFormat = Field(..., description="Label format")
-    out: str = Field(..., description="Output directory URI; replaced wholly on rerun")
+    out: Location = Field(..., description="Output directory URI; replaced wholly on rerun")
     val_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="Share of images in the val split (stable hash of the image key)")
     num_shards: int | None = Field(None, ge=1, le=10_000, description="Shards per split; default: automatic by size")
     target_shard_mb: int = Field(128, ge=1, le=4096, description="Shard size aimed at when --num-shards is not given")
-    classes: str | None = Field(None, description="YOLO class names: a text file (one per line) or a data.yaml")
-    label_map: str | None = Field(None, description="Fixed label map (label_map.json or .pbtxt); unknown classes are then rejected")
+    classes: Location | None = Field(None, description="YOLO class names: a text file (one per line) or a data.yaml")
+    label_map: Location | None = Field(None, description="Fixed label map (label_map.json or .pbtxt); unknown classes are then rejected")
     max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1, description="Images with more pixels are rejected (decompression-bomb guard)")
     clip_tolerance: float = Field(DEFAULT_CLIP_TOLERANCE, ge=0.0, le=1.0, description="Boxes this far (fraction of the image) outside are clipped; further out, rejected")
 
@@ -149,6 +152,9 @@ class TrainSettings(BaseModel):
     bn_momentum: float = Field(0.997, gt=0.0, lt=1.0, description="BatchNorm momentum; lower (0.9) for short runs from scratch")
     augment: bool = Field(True, description="Photometric jitter, SSD random crop and flips on training images")
     ema_momentum: float = Field(0.0, ge=0, lt=1, description="Evaluate and export an exponential moving average of the weights with this momentum per step; 0: the raw weights")
+    precision: Literal["auto", "float32", "mixed_bfloat16", "mixed_float16"] = Field("auto", description=(
+        "Compute dtype policy; auto: mixed_float16 on GPUs, float32 on CPUs (on a 2-core AVX512_BF16 CPU "
+        "mixed_bfloat16 trained at 0.36-0.74x the float32 speed, docs/benchmarks.md)"))
     seed: int = Field(0, description="Random seed")
     deterministic: bool = Field(False, description="Reproducible input order and augmentation (slower)")
 
@@ -157,6 +163,11 @@ class TrainSettings(BaseModel):
         if self.resume and self.fresh:
             raise ValueError("resume and fresh exclude each other: continue the interrupted run, or discard it")
         return self
+
+    @field_validator("backbone_weights")
+    @classmethod
+    def _weights_file_under_roots(cls, value: str) -> str:
+        return value if value in ("imagenet", "none") else roots.check(value)  # a weights file is read like any input
 
     def max_epochs(self) -> int:
         """The epochs this run may take: the set bound, else the budget decides (20 with no budget)."""
@@ -171,8 +182,8 @@ class TrainSettings(BaseModel):
 class TrainConfig(TrainSettings):
     """Ingest output → trained, evaluated, exported model in a registry, promoted if it beats the champion."""
 
-    data: str = Field(..., description="Ingest output directory (with _SUCCESS)")
-    models: str = Field(..., description="Models directory (registry): versions, champion.json, decisions.jsonl")
+    data: Location = Field(..., description="Ingest output directory (with _SUCCESS)")
+    models: Location = Field(..., description="Models directory (registry): versions, champion.json, decisions.jsonl")
 
 
 class OutputFormat(str, Enum):
@@ -184,9 +195,9 @@ class OutputFormat(str, Enum):
 class ScoreConfig(BeamOptions):
     """Batch scoring: image archives → detections in storage, resumable chunk by chunk."""
 
-    model: str = Field(..., description="Exported model directory, or a models directory (its champion is used)")
-    images: list[str] = Field(..., min_length=1, description="Directories, globs (local, s3://, gs://) or .tar archives")
-    out: str = Field(..., description="Output directory URI")
+    model: Location = Field(..., description="Exported model directory, or a models directory (its champion is used)")
+    images: list[Location] = Field(..., min_length=1, description="Directories, globs (local, s3://, gs://) or .tar archives")
+    out: Location = Field(..., description="Output directory URI")
     formats: list[OutputFormat] = Field(default_factory=lambda: [OutputFormat.jsonl, OutputFormat.parquet], description="Output formats")
     score_threshold: float = Field(0.3, ge=0.0, le=1.0, description="Keep detections scoring at least this")
     max_detections: int = Field(100, ge=1, le=1000, description="Detections kept per image")
@@ -202,6 +213,8 @@ class ScoreConfig(BeamOptions):
     def _check_batches(self) -> "ScoreConfig":
         if self.min_batch_size > self.max_batch_size:
             raise ValueError("min_batch_size must not exceed max_batch_size")
+        if roots.is_under(self.out, roots.models_dir_of(self.model)):  # scoring never writes over the registry
+            raise ValueError(f"out {self.out} lies inside the models directory {roots.models_dir_of(self.model)}")
         return self
 
 
@@ -211,10 +224,10 @@ class NightlyConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     ingest: IngestConfig = Field(..., description="Where tonight's images and labels are, and where the records go")
-    models: str = Field(..., description="Models directory (registry)")
+    models: Location = Field(..., description="Models directory (registry)")
     train: TrainSettings = Field(default_factory=TrainSettings, description="Training settings")
-    score_images: list[str] = Field(default_factory=list, description="Archive to score with the champion afterwards (empty: skip)")
-    score_out: str | None = Field(None, description="Where the scoring output goes (required with score_images)")
+    score_images: list[Location] = Field(default_factory=list, description="Archive to score with the champion afterwards (empty: skip)")
+    score_out: Location | None = Field(None, description="Where the scoring output goes (required with score_images)")
     score_threshold: float = Field(0.3, ge=0.0, le=1.0, description="Minimum detection score when scoring")
     comparison_images: int = Field(3, ge=0, le=20, description="Val images drawn with champion and challenger detections side by side")
 
@@ -222,6 +235,8 @@ class NightlyConfig(BaseModel):
     def _check(self) -> "NightlyConfig":
         if self.score_images and not self.score_out:
             raise ValueError("score_out is required when score_images is set")
+        if self.score_out and roots.is_under(self.score_out, roots.normalize(self.models)):
+            raise ValueError(f"score_out {self.score_out} lies inside the models directory {self.models}")
         return self
 
     def train_config(self) -> TrainConfig:
@@ -247,7 +262,7 @@ class DemoConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    workdir: str = Field("demo_out", description="Where the synthetic data and every job's output go")
+    workdir: Location = Field("demo_out", description="Where the synthetic data and every job's output go")
     images: int = Field(200, ge=10, le=5000, description="Synthetic images to generate")
     minutes: float = Field(3.0, gt=0, le=120, description="Minutes of training (the time budget)")
     epochs: int | None = Field(None, ge=1, le=MAX_EPOCHS, description="Most training epochs (default: the minutes decide)")

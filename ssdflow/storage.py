@@ -93,6 +93,11 @@ def any_file(pattern: str) -> bool:
     return bool(FileSystems.match([pattern], limits=[1])[0].metadata_list)
 
 
+def count_files(pattern: str, limit: int) -> int:
+    """Files a glob matches, counted up to ``limit`` (a cheap lower bound on huge prefixes)."""
+    return len(FileSystems.match([pattern], limits=[limit])[0].metadata_list)
+
+
 def list_dir(uri: str) -> list[str]:
     """Files directly under a directory URI (local) or prefix (object stores)."""
     return [p for p in list_files(join(uri, "*")) if posixpath.basename(p)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
@@ -25,12 +26,16 @@ def env(home, api_url=None) -> dict:
     return e
 
 
-def request(method: str, url: str, body=None, retries: int = 5) -> tuple[int, dict | list]:
-    """One API call. A busy server on 2 cores can answer 502/503/504 for a moment; like Prefect's own
-    client (PREFECT_CLIENT_MAX_RETRIES), retry those with backoff. Every other status is returned."""
+def request(method: str, url: str, body=None, retries: int = 5, auth: str | None = None) -> tuple[int, dict | list]:
+    """One API call (``auth``: the server's "user:password", sent as HTTP Basic). A busy server on 2 cores
+    can answer 502/503/504 for a moment; like Prefect's own client (PREFECT_CLIENT_MAX_RETRIES), retry
+    those with backoff. Every other status is returned."""
     data = json.dumps(body).encode() if body is not None else None
+    headers = {"Content-Type": "application/json"}
+    if auth:
+        headers["Authorization"] = "Basic " + base64.b64encode(auth.encode()).decode()
     for attempt in range(retries + 1):
-        req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+        req = urllib.request.Request(url, data=data, method=method, headers=headers)
         try:
             with urllib.request.urlopen(req, timeout=30) as resp:
                 return resp.status, json.loads(resp.read() or b"null")
@@ -45,8 +50,9 @@ def request(method: str, url: str, body=None, retries: int = 5) -> tuple[int, di
 class Serving:
     """`ssdflow serve` in its own process group, which a test may kill (SIGKILL) and start again."""
 
-    def __init__(self, api: str, prefect_home, work_home, serve_args=()):
+    def __init__(self, api: str, prefect_home, work_home, serve_args=(), extra_env=None):
         self.api, self.prefect_home, self.work_home, self.serve_args = api, prefect_home, work_home, list(serve_args)
+        self.extra_env = dict(extra_env or {})
         self.proc: subprocess.Popen | None = None
         self.starts = 0
 
@@ -55,7 +61,7 @@ class Serving:
         self.starts += 1
         log = open(self.prefect_home / f"serve-{self.starts}.log", "w")
         self.proc = subprocess.Popen([sys.executable, "-m", "ssdflow.cli", "serve", "--home", str(self.work_home), *self.serve_args],
-                                     cwd=REPO, env=env(self.prefect_home, self.api), stdout=log, stderr=subprocess.STDOUT,
+                                     cwd=REPO, env={**env(self.prefect_home, self.api), **self.extra_env}, stdout=log, stderr=subprocess.STDOUT,
                                      start_new_session=True)
         deadline = time.time() + timeout
         deployments = []
@@ -82,32 +88,46 @@ class Serving:
 
 
 @contextlib.contextmanager
-def prefect_stack(prefect_home, work_home, serve_args=()):
-    """Yields {"api", "url", "deployments" (by name), "home", "serving"}; both processes are stopped by PID at exit."""
+def prefect_server(prefect_home, auth: str | None = None):
+    """A `prefect server` on 127.0.0.1 with its own PREFECT_HOME (and, given ``auth``, requiring it:
+    PREFECT_SERVER_API_AUTH_STRING); yields its API URL; stopped by PID at exit."""
     prefect_home.mkdir(parents=True, exist_ok=True)
     port = free_port()
     api = f"http://127.0.0.1:{port}/api"
+    server_env = env(prefect_home, api)
+    if auth:
+        server_env["PREFECT_SERVER_API_AUTH_STRING"] = auth
     server = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                              env=env(prefect_home, api), stdout=open(prefect_home / "server.log", "w"), stderr=subprocess.STDOUT,
+                              env=server_env, stdout=open(prefect_home / "server.log", "w"), stderr=subprocess.STDOUT,
                               start_new_session=True)
-    serving = Serving(api, prefect_home, work_home, serve_args)
     try:
         wait_for_port(port, timeout=120, proc=server)
         deadline = time.time() + 120
         while request("GET", f"{api}/health")[0] != 200 and time.time() < deadline:
             time.sleep(0.5)
-        deployments = serving.start()
-        yield {"api": api, "url": f"http://127.0.0.1:{port}", "deployments": deployments, "home": prefect_home, "serving": serving}
+        yield api
     finally:
-        serving.stop()
         stop_process(server, timeout=20)
 
 
-def wait_for_run(api: str, run_id: str, timeout: float = 600) -> dict:
+@contextlib.contextmanager
+def prefect_stack(prefect_home, work_home, serve_args=(), serve_env=None):
+    """Yields {"api", "url", "deployments" (by name), "home", "serving"}; both processes are stopped by PID at exit.
+    ``serve_env``: extra environment of `ssdflow serve` and the flow runs it starts."""
+    with prefect_server(prefect_home) as api:
+        serving = Serving(api, prefect_home, work_home, serve_args, serve_env)
+        try:
+            deployments = serving.start()
+            yield {"api": api, "url": api.removesuffix("/api"), "deployments": deployments, "home": prefect_home, "serving": serving}
+        finally:
+            serving.stop()
+
+
+def wait_for_run(api: str, run_id: str, timeout: float = 600, auth: str | None = None) -> dict:
     deadline = time.time() + timeout
     run = {}
     while time.time() < deadline:
-        _, run = request("GET", f"{api}/flow_runs/{run_id}")
+        _, run = request("GET", f"{api}/flow_runs/{run_id}", auth=auth)
         if run["state_type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
             return run
         time.sleep(1)

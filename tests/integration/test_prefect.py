@@ -20,8 +20,10 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def prefect(tmp_path_factory):
+    # Served as production is: runs may read and write only under the allowed roots (here, the tests' temp dir).
+    roots = {"SSDFLOW_ALLOWED_ROOTS": str(tmp_path_factory.getbasetemp())}
     with prefect_stack(tmp_path_factory.mktemp("prefect-home"), tmp_path_factory.mktemp("ssdflow-home"),
-                       ["--timezone", "Europe/Berlin"]) as stack:
+                       ["--timezone", "Europe/Berlin"], serve_env=roots) as stack:
         yield stack
 
 
@@ -63,6 +65,20 @@ def test_invalid_parameters_are_refused_at_creation(prefect):
     status, body = _request("POST", f"{prefect['api']}/deployments/{prefect['deployments']['ingest']['id']}/create_flow_run",
                             {"parameters": {"config": {**ingest["config"], "format": "pascal"}}, "enforce_parameter_schema": True})
     assert status == 409 and "format" in json.dumps(body)
+
+
+def test_a_location_outside_the_allowed_roots_is_refused_at_creation(prefect, tmp_path):
+    """The deployment's schema carries the roots: the server refuses the run (409) and nothing is written."""
+    dep = prefect["deployments"]["batch-score"]
+    config = dep["parameters"]["config"]
+    runs = {"flow_runs": {"deployment_id": {"any_": [dep["id"]]}}}
+    before = _request("POST", f"{prefect['api']}/flow_runs/count", runs)[1]
+    for bad in ({**config, "out": "/var/tmp/ssdflow-not-allowed"}, {**config, "out": f"{tmp_path}/../../../../var/tmp/x"},
+                {**config, "images": ["/etc"]}):
+        status, body = _request("POST", f"{prefect['api']}/deployments/{dep['id']}/create_flow_run",
+                                {"parameters": {"config": bad}, "enforce_parameter_schema": True})
+        assert status == 409 and "does not match" in json.dumps(body), (status, body)
+    assert _request("POST", f"{prefect['api']}/flow_runs/count", runs)[1] == before  # no run exists to pick up
 
 
 def test_nightly_retrain_then_batch_score_from_the_api(prefect, tmp_path):

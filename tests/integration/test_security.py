@@ -212,7 +212,6 @@ def test_no_pickle_marshal_or_unsafe_yaml_in_library_code():
 # read JSON, safe YAML, or decode image pixels (PIL).
 MODEL_LOADERS = {
     ("beam_jobs/model_handler.py", "tf.saved_model.load"), ("model/export.py", "tf.saved_model.load"),
-    ("model/compare.py", "tf.saved_model.load"),
     ("model/export.py", "model.load_weights"), ("model/ssd.py", "net.load_weights"),
     ("model/callbacks.py", "self._manager().checkpoint.restore"), ("model/train.py", "checkpoint.restore"),  # EpochCheckpoint.restore → the former
     ("model/callbacks.py", "model.load_weights"), ("model/train.py", "best.restore"),  # KeepBest: the run's own best.weights.h5

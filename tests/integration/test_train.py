@@ -146,3 +146,36 @@ def test_evaluate_reproduces_metrics_json(trained, shapes):
     saved = json.load(open(os.path.join(strong.model_dir, "metrics.json")))
     for key in ("mAP", "mAP@.5", "mAP@.75", "per_class", "num_detections"):
         assert got[key] == saved[key], key
+
+
+def test_bfloat16_training_exports_a_float32_model_and_restores_the_policy(shapes, tmp_path):
+    """precision=mixed_bfloat16 trains (AVX512_BF16 CPUs, TPUs); what it exports computes in float32
+    (the SavedModel's graph holds no bfloat16 tensor), and the process's policy is float32 again."""
+    import keras
+
+    from model.export import load_detector
+    from model.train import train
+
+    result = train(TrainConfig(data=shapes["records"], models=str(tmp_path / "models"),
+                               **{**TINY, "epochs": 1, "steps_per_epoch": 2, "precision": "mixed_bfloat16"}), verbose=0)
+    assert result.metrics["precision"] == "mixed_bfloat16"
+    assert keras.mixed_precision.global_policy().name == "float32"
+    serve, _loaded = load_detector(result.model_dir)
+    graph = str(serve.graph.as_graph_def())
+    assert "DT_BFLOAT16" not in graph and "DT_FLOAT" in graph
+    image = tf.io.encode_png(tf.zeros([64, 64, 3], tf.uint8))
+    assert serve(images=tf.stack([image]))["detection_scores"].dtype == tf.float32
+
+
+def test_champion_and_challenger_drawn_side_by_side(trained, shapes, tmp_path):
+    from model.compare import side_by_side
+
+    weak, strong = trained
+    # A low threshold: the tiny challenger is overfitted to the train images, these are val images.
+    rows = side_by_side(weak.model_dir, strong.model_dir, shapes["records"], 2, str(tmp_path), threshold=0.05)
+    assert len(rows) == 2
+    for row in rows:
+        assert row["ground_truth_boxes"] >= 1
+        assert row["challenger_boxes"] >= 1
+        with Image.open(row["file"]) as img:
+            assert img.format == "JPEG" and img.width == 2 * 128 + 10  # both panels at the val images' size

@@ -58,3 +58,28 @@ def test_serve_refuses_a_wrong_file_with_exit_2_before_starting(tmp_path, monkey
     assert result.exit_code == 2, result.output
     assert "nightly: Field required" in result.output
     assert not (tmp_path / "home").exists()
+
+
+def test_scoring_and_ingest_runs_queue_beyond_the_run_limit(tmp_path):
+    """Bounded load: batch-score and ingest deployments take at most ``max_runs`` runs at once, the rest
+    wait on the server (ENQUEUE: AwaitingConcurrencySlot in the UI); nightly and train one at a time."""
+    from flows.serve import build_deployments
+
+    path = tmp_path / "serve.yaml"
+    path.write_text(yaml.safe_dump(GOOD))
+    deployments = {d.name: d for d in build_deployments(default_parameters("unused-home", str(path)), max_runs=3)}
+    for name in ("batch-score", "ingest"):
+        d = deployments[name]
+        assert (d.concurrency_limit, d.concurrency_options.collision_strategy.value) == (3, "ENQUEUE"), name
+    assert deployments["nightly-retrain"].concurrency_limit == 1 and deployments["train"].concurrency_limit == 1
+
+
+
+@pytest.mark.parametrize("cores, memory_gb, expected", [(4, 64, 4), (8, 3, 1), (8, 9, 4), (1, 64, 1), (2, 0.5, 1)])
+def test_the_default_run_limit_follows_cores_and_memory(monkeypatch, cores, memory_gb, expected):
+    from flows import serve
+    from ssdflow import beam_runner
+
+    monkeypatch.setattr(beam_runner, "usable_cores", lambda: cores)
+    monkeypatch.setattr(serve, "available_memory_bytes", lambda: int(memory_gb * 1024**3))
+    assert serve.default_run_limit() == expected

@@ -1,0 +1,105 @@
+"""TensorFlow's start-up lines, filtered out of the console.
+
+TensorFlow 2.21 writes its C++ start-up lines through absl before absl's logging is initialized,
+where ``TF_CPP_MIN_LOG_LEVEL`` does not reach them (tensorflow/tensorflow#100442). On a CPU machine
+every process that imports it printed "oneDNN custom operations are on", "Could not find cuda
+drivers", the CPU-feature notice and an error line "failed call to cuInit … (303)": noise on a
+machine that never asked for a GPU, in the console and in every flow run's log.
+
+``install`` (called by ``import ssdflow``) puts a finder on ``sys.meta_path`` that runs the first
+``import tensorflow`` (and the device probe, which logs the cuInit line) with file descriptor 2
+going through a filter that drops those lines and forwards everything else as it comes. TensorFlow
+is still imported only where code imports it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import sys
+import threading
+
+NOISE = re.compile(
+    r"All log messages before absl::InitializeLog\(\) is called are written to STDERR"
+    r"|oneDNN custom operations are on"
+    r"|Could not find cuda drivers on your machine"
+    r"|cpu_feature_guard\.cc"
+    r"|^To enable the following instructions: .* in other operations, rebuild TensorFlow"
+    r"|failed call to cuInit"
+    r"|Unable to register cu(DNN|FFT|BLAS) factory"
+)
+
+
+@contextlib.contextmanager
+def filtered_stderr(noise: re.Pattern = NOISE):
+    """Runs the block with fd 2 going through a pipe; a thread forwards, as they come, the lines that
+    ``noise`` does not match (so a crash inside the block still shows what was written before it)."""
+    sys.stderr.flush()
+    read_end, write_end = os.pipe()
+    saved = os.dup(2)
+
+    def forward() -> None:
+        with os.fdopen(read_end, "rb") as pipe:
+            for line in pipe:
+                if not noise.search(line.decode(errors="replace")):
+                    try:
+                        os.write(saved, line)
+                    except OSError:
+                        return
+
+    thread = threading.Thread(target=forward, name="ssdflow-quiet-stderr", daemon=True)
+    thread.start()
+    os.dup2(write_end, 2)
+    os.close(write_end)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)  # drops the pipe's last write end: the thread reads to the end and stops
+        thread.join(timeout=10)
+        if not thread.is_alive():
+            os.close(saved)
+
+
+class _QuietLoader:
+    """Wraps TensorFlow's loader: its module runs, and its devices are probed, inside ``filtered_stderr``.
+    Everything else (resources, is_package, ...) is the wrapped loader's."""
+
+    def __init__(self, loader):
+        self._loader = loader
+
+    def __getattr__(self, name):
+        return getattr(self._loader, name)
+
+    def create_module(self, spec):
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module) -> None:
+        with filtered_stderr():
+            self._loader.exec_module(module)
+            module.config.list_physical_devices()  # the device probe logs the cuInit line: inside the window
+        module.__loader__ = module.__spec__.loader = self._loader
+
+
+class QuietTensorFlowImport:
+    """A meta-path finder: the process's first ``import tensorflow`` goes through ``_QuietLoader``.
+    Installed by ``import ssdflow``; TensorFlow is imported only where code asks for it, as before."""
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname != "tensorflow":
+            return None
+        for finder in sys.meta_path:
+            if finder is self or not hasattr(finder, "find_spec"):
+                continue
+            spec = finder.find_spec(fullname, path, target)
+            if spec is not None and spec.loader is not None:
+                spec.loader = _QuietLoader(spec.loader)
+                return spec
+        return None
+
+
+def install() -> None:
+    """Puts the finder first on ``sys.meta_path`` (once)."""
+    if not any(isinstance(f, QuietTensorFlowImport) for f in sys.meta_path):
+        sys.meta_path.insert(0, QuietTensorFlowImport())

@@ -1,0 +1,36 @@
+"""Local Beam jobs use every core by default (ssdflow/beam_runner.py local_parallelism)."""
+
+from __future__ import annotations
+
+import pytest
+
+from ssdflow import beam_runner
+from ssdflow.beam_runner import MULTI_PROCESS_MIN_FILES, local_parallelism
+
+
+@pytest.fixture
+def four_cores(monkeypatch):
+    monkeypatch.setattr(beam_runner, "usable_cores", lambda: 4)
+
+
+def test_a_local_job_with_enough_input_gets_a_worker_process_per_core(four_cores):
+    flags = ["--runner=DirectRunner"]
+    assert local_parallelism(flags, MULTI_PROCESS_MIN_FILES) == [
+        "--runner=DirectRunner", "--direct_running_mode=multi_processing", "--direct_num_workers=4"]
+    assert local_parallelism([], 10**6)[-1] == "--direct_num_workers=4"  # no runner named: DirectRunner
+
+
+@pytest.mark.parametrize("flags, files", [
+    (["--runner=DirectRunner"], MULTI_PROCESS_MIN_FILES - 1),  # small input: one process starts faster
+    (["--runner=DirectRunner", "--direct_num_workers=1"], 10**6),  # the user's choice stands
+    (["--runner=DirectRunner", "--direct_running_mode=in_memory"], 10**6),
+    (["--runner=DataflowRunner"], 10**6),  # remote runners size their own workers
+    (["--runner=PortableRunner", "--job_endpoint=localhost:1"], 10**6),
+])
+def test_otherwise_the_flags_are_left_alone(four_cores, flags, files):
+    assert local_parallelism(flags, files) == flags
+
+
+def test_one_core_means_one_process(monkeypatch):
+    monkeypatch.setattr(beam_runner, "usable_cores", lambda: 1)
+    assert local_parallelism(["--runner=DirectRunner"], 10**6) == ["--runner=DirectRunner"]
