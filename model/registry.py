@@ -38,6 +38,7 @@ from typing import Callable, Literal, Mapping
 import pydantic
 
 from ssdflow import storage
+from ssdflow.config import GENERATED_VERSION_RE
 from ssdflow.schema import LabelMap
 
 CHAMPION = "champion.json"
@@ -52,7 +53,7 @@ _TS_FORMAT = "%Y%m%dT%H%M%SZ"
 # Version names are plain directory names; a leading dot is reserved (staging, lock), so no
 # non-version entry can ever be listed as a version.
 _VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-_GENERATED_RE = re.compile(r"^(\d{8}T\d{6}Z)-[0-9a-f]{4}$")
+_GENERATED_RE = GENERATED_VERSION_RE  # one definition: the configs recognise version dirs by it
 
 _issue_lock = threading.Lock()
 _last_issued: str | None = None

@@ -6,6 +6,9 @@ the UI's run form and refuses an out-of-range value when a run is created.
 
 from __future__ import annotations
 
+import os
+import posixpath
+import re
 from enum import Enum
 from typing import Literal
 
@@ -19,9 +22,23 @@ from ssdflow.roots import Location
 DEFAULT_MAX_PIXELS = 40_000_000  # 8000 x 5000; a 30,000 x 30,000 bomb is 900 M
 DEFAULT_CLIP_TOLERANCE = 0.05  # boxes up to 5% of the image size outside it are clipped, not rejected
 MAX_EPOCHS = 1000
+# The registry's generated version ids, <UTC YYYYmmddTHHMMSSZ>-<4 hex> (model/registry.py issues them).
+GENERATED_VERSION_RE = re.compile(r"^(\d{8}T\d{6}Z)-[0-9a-f]{4}$")
 # The finest level's anchor scale by its stride when nothing else sets it: 4x the stride at 320 px
 # (SSD's 0.2 at stride 16, FPNLite's 0.1 at stride 8).
 DEFAULT_FIRST_SCALE = {8: 0.1, 16: 0.2}
+
+
+def models_dir_of(model: str) -> str:
+    """The models directory a ``model`` value belongs to: its parent when it names one registered
+    version (a generated version id, or a folder beside the registry's champion.json), else itself
+    (a models directory, or an exported model outside any registry)."""
+    path = roots.normalize(model) or model.rstrip("/")
+    remote = "://" in path
+    parent = posixpath.dirname(path) if remote else os.path.dirname(path)
+    is_version = bool(GENERATED_VERSION_RE.match(posixpath.basename(path))) or (
+        not remote and os.path.isfile(os.path.join(parent, "champion.json")))
+    return parent if is_version else path
 
 
 class LabelFormat(str, Enum):
@@ -213,8 +230,9 @@ class ScoreConfig(BeamOptions):
     def _check_batches(self) -> "ScoreConfig":
         if self.min_batch_size > self.max_batch_size:
             raise ValueError("min_batch_size must not exceed max_batch_size")
-        if roots.is_under(self.out, roots.models_dir_of(self.model)):  # scoring never writes over the registry
-            raise ValueError(f"out {self.out} lies inside the models directory {roots.models_dir_of(self.model)}")
+        models = models_dir_of(self.model)
+        if roots.is_under(self.out, models):  # scoring never writes over the registry
+            raise ValueError(f"out {self.out} lies inside the models directory {models}")
         return self
 
 

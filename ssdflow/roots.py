@@ -16,15 +16,12 @@ Unset (the default on one machine), locations are not restricted.
 from __future__ import annotations
 
 import os
-import posixpath
 import re
 from typing import Annotated
 
 from pydantic import AfterValidator
 
 ENV = "SSDFLOW_ALLOWED_ROOTS"
-# MODELS/<version> as the registry names versions (model/registry.py): 20261125T143012Z-3fa2.
-_VERSION_NAME = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{4}$")
 
 
 def normalize(uri: str) -> str | None:
@@ -41,12 +38,15 @@ def normalize(uri: str) -> str | None:
     return os.path.realpath(uri)
 
 
+def _raw_roots() -> list[str]:
+    """The roots as written in the environment."""
+    return [r.strip() for r in os.environ.get(ENV, "").split(",") if r.strip()]
+
+
 def allowed_roots() -> list[str]:
     """The roots, normalized; each must be absolute (a relative root would differ between processes)."""
     roots = []
-    for raw in (r.strip() for r in os.environ.get(ENV, "").split(",")):
-        if not raw:
-            continue
+    for raw in _raw_roots():
         root = normalize(raw)
         if root is None or ("://" not in raw and not os.path.isabs(raw)):
             raise ValueError(f"{ENV}: {raw!r} is not an absolute path or a bucket URI without '.', '..' or '//'")
@@ -86,19 +86,8 @@ class _RootsPattern:
         schema = handler(core_schema)
         if not allowed_roots():  # also refuses a malformed SSDFLOW_ALLOWED_ROOTS
             return schema
-        return {**schema, "pattern": pattern([r for r in os.environ[ENV].split(",") if r.strip()])}
+        return {**schema, "pattern": pattern(_raw_roots())}
 
 
 Location = Annotated[str, AfterValidator(check), _RootsPattern()]
 
-
-def models_dir_of(model: str) -> str:
-    """The models directory a ``model`` value belongs to: its parent when it names one registered
-    version (a version-named folder, or one beside the registry's champion.json), else itself
-    (a models directory, or an exported model outside any registry)."""
-    path = normalize(model) or model.rstrip("/")
-    remote = "://" in path
-    parent = posixpath.dirname(path) if remote else os.path.dirname(path)
-    is_version = bool(_VERSION_NAME.match(posixpath.basename(path))) or (
-        not remote and os.path.isfile(os.path.join(parent, "champion.json")))
-    return parent if is_version else path

@@ -90,7 +90,7 @@ def list_files(pattern: str) -> list[str]:
 
 def any_file(pattern: str) -> bool:
     """Whether a glob matches at least one file (stops at the first; cheap on huge prefixes)."""
-    return bool(FileSystems.match([pattern], limits=[1])[0].metadata_list)
+    return count_files(pattern, limit=1) > 0
 
 
 def count_files(pattern: str, limit: int) -> int:
