@@ -3,8 +3,10 @@
 Pipeline shape (each box a composite PTransform)::
 
     ListImages ─┐
-                ├─ MatchLabelsToImages ─ EncodeExamples ─ PlanShards ─ WriteShards ─ WriteMetadata
-    ParseLabels ┘        (join on stem)     (batched)      (dedup)     (byte copy)   (stats, maps)
+                ├─ MatchLabelsToImages ─ EncodeExamples ─ PlanAndWriteShards ─────────── WriteMetadata
+    ParseLabels ┘        (join on stem)     (batched)      (dedup per hash bucket,      (books, stats,
+                                                            layout per part file,        rejected.jsonl)
+                                                            shards copied in parallel)
 
 Design notes:
 
@@ -12,10 +14,12 @@ Design notes:
   images, and each batch writes its records straight into a part file. Only small metadata
   (key, sha256, offset, length) travels through the pipeline, never image bytes.
 * Duplicates (same sha256 of the file bytes) can only be known once every image is hashed, so
-  the part files hold every valid image and ``PlanShards`` picks one twin (the smallest key, the
-  same on every run and runner); ``WriteShards`` then concatenates part-file byte ranges into the
-  final shards, skipping the dropped twins. TFRecord frames are self-contained, so this copy
-  never re-parses a record.
+  the part files hold every valid image. Dedup then runs per hash bucket (twins share a sha256,
+  hence a bucket; the smallest key is kept, the same on every run and runner), the shard layout
+  is planned from one row per part file, and each shard is written by concatenating part-file
+  byte ranges, skipping the dropped twins. TFRecord frames are self-contained, so this copy never
+  re-parses a record. No process ever holds every image's outcome: the books (stats.json) are
+  merged counters, and rejected.jsonl is streamed from per-bucket fragments.
 * Everything is written under a run-private temp directory; the driver moves the files into
   ``--out`` and writes ``_SUCCESS`` last (see :mod:`ssdflow.storage`).
 """
@@ -28,6 +32,7 @@ import os
 import pickle
 import posixpath
 import uuid
+import zlib
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 
@@ -79,29 +84,29 @@ class ImageOutcome:
 
 
 @dataclass(frozen=True)
-class ShardPlan:
-    name: str
-    ranges: tuple[tuple[str, int, int], ...]  # (part file, offset, length), in write order
-    move_from: str | None = None  # set when the shard is one whole part file: rename it
+class PartSummary:
+    """One part file after dedup: the byte ranges of its records that are kept, in file order."""
 
+    part: str
+    split: str
+    kept: tuple[tuple[int, int], ...]  # (offset, framed length)
+    dropped: bool  # some record of this part was a twin dropped in dedup
 
-@dataclass
-class Plan:
-    """The dedup decision and the shard layout, made once all images are encoded."""
-
-    shards: list[ShardPlan]
-    kept: list[ImageOutcome]
-    duplicates: list[tuple[ImageOutcome, ImageOutcome]]  # (dropped, kept twin)
-    rejected_images: list[ImageOutcome]
+    @property
+    def kept_bytes(self) -> int:
+        return sum(length for _, length in self.kept)
 
 
 @dataclass(frozen=True)
-class Decision:
-    """What the run will write: the shard layout, stats.json and rejected.jsonl. Small by design."""
+class Layout:
+    """The shard layout, planned from one small row per part file (never per image)."""
 
-    shards: tuple[ShardPlan, ...]
-    stats: dict
-    rejected_jsonl: str
+    names: tuple[str, ...]  # every shard, empty ones included, sorted
+    # part → (split, where the part's kept bytes start in its split, its shard index or None when
+    # records are cut by bytes into --num-shards, whether the shard is this one part: a rename)
+    placement: dict
+    shards_per_split: dict
+    bytes_per_split: dict
 
 
 # --- helpers -------------------------------------------------------------------------------------
@@ -364,163 +369,229 @@ class EncodeExamples(beam.PTransform):
             _EncodeFn(self.parts_dir, self.cfg, self.fixed), beam.pvalue.AsSingleton(self.label_map))
 
 
-def plan_shards(blobs: list[bytes], num_shards: int | None, target_bytes: int) -> Plan:
-    """Drops byte-identical twins (keeping the smallest key) and lays out the shards of each split.
+# --- dedup, shard layout and the books: no worker holds every image's outcome ------------------------
+DEDUP_BUCKETS = 32  # byte-identical twins share a sha256, so a bucket: dedup needs one bucket at a time
 
-    With ``num_shards`` the kept records are cut into that many shards of about equal bytes. Without
-    it, part files are packed into shards of about ``target_bytes``; a shard that is exactly one part
-    file with nothing dropped is a rename, not a copy (the common case: no bytes move twice).
+
+def _bucket(o: ImageOutcome) -> int:
+    """Twins (same sha256) land in the same bucket; images rejected before hashing spread by name."""
+    if o.sha256:
+        return int(o.sha256[:8], 16) % DEDUP_BUCKETS
+    return zlib.crc32(o.source.encode("utf-8", "surrogateescape")) % DEDUP_BUCKETS
+
+
+def by_hash_bucket(blob: bytes):
+    """One bundle's pickled outcomes → (bucket, pickled outcomes of that bucket), at most DEDUP_BUCKETS."""
+    buckets: dict[int, list[ImageOutcome]] = defaultdict(list)
+    for o in pickle.loads(blob):
+        buckets[_bucket(o)].append(o)
+    for bucket, outcomes in buckets.items():
+        yield bucket, pickle.dumps(outcomes, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def _rejection_line(r: R.Rejection) -> str:
+    return json.dumps(r.to_json(), ensure_ascii=False) + "\n"
+
+
+def _write_fragment(fragments_dir: str, name: str, lines: list[str]) -> None:
+    """Part of rejected.jsonl, lines sorted (the same bytes on every run and runner)."""
+    if lines:
+        storage.write_text(storage.join(fragments_dir, name), "".join(sorted(lines)))
+
+
+class _Dedup(beam.DoFn):
+    """One bucket's outcomes → the twins dropped (the smallest key kept, the same on every run and
+    runner), each part file's (offset, length, kept) entries, and the bucket's books; its rejected
+    lines go to a fragment of rejected.jsonl."""
+
+    def __init__(self, fragments_dir: str):
+        self.fragments_dir = fragments_dir
+
+    def process(self, element):
+        bucket, blobs = element
+        outcomes = sorted((o for blob in blobs for o in pickle.loads(blob)), key=lambda o: (o.key, o.source))
+        books: Counter = Counter(images_in=len(outcomes))
+        lines: list[str] = []
+        by_sha: dict[str, list[ImageOutcome]] = defaultdict(list)
+        for o in outcomes:
+            if o.split is None:  # one line per rejected image; its boxes go with it
+                books[f"images_rejected/{o.rejections[0].reason}"] += 1
+                books["boxes_in_rejected_images"] += o.boxes_in
+                lines.append(_rejection_line(o.rejections[0]))
+            else:
+                by_sha[o.sha256].append(o)
+        entries: dict[str, list[tuple[int, int, bool]]] = defaultdict(list)
+        for twins in by_sha.values():  # sorted by (key, source) above: the first is kept
+            kept = twins[0]
+            for dup in twins[1:]:
+                books[f"images_rejected/{R.DUPLICATE}"] += 1
+                books["boxes_in_rejected_images"] += dup.boxes_in
+                lines.append(_rejection_line(R.Rejection(
+                    dup.source, R.DUPLICATE, f"byte-identical to {kept.source} (sha256 {dup.sha256[:16]}...), which is kept")))
+                entries[dup.part].append((dup.offset, dup.length, False))
+            entries[kept.part].append((kept.offset, kept.length, True))
+            books[f"written/{kept.split}"] += 1
+            books.update({f"class/{name}": n for name, n in kept.class_counts})
+            books.update({f"stats/{name}": n for name, n in kept.stats})
+            books["boxes_in_written"] += kept.boxes_in
+            books["boxes_rejected_written"] += len(kept.rejections)
+            for rej in kept.rejections:
+                books[f"boxes_rejected/{rej.reason}"] += 1
+                lines.append(_rejection_line(rej))
+        _write_fragment(self.fragments_dir, f"images-{bucket:05d}.jsonl", lines)
+        for part, items in entries.items():
+            yield part, tuple(items)
+        yield beam.pvalue.TaggedOutput("books", books)
+
+
+def _early_books(element, fragments_dir: str) -> Counter:
+    """Rejections made before encoding (listing, label files, matching), one bucket of them."""
+    bucket, rejections = element
+    books: Counter = Counter()
+    for rej in rejections:
+        if rej.kind == R.IMAGE:
+            books["images_in"] += 1
+            books[f"images_rejected/{rej.reason}"] += 1
+        elif rej.kind == R.BOX:
+            books[f"boxes_rejected/{rej.reason}"] += 1
+        elif rej.kind == R.LABEL_FILE:
+            books["label_files_rejected"] += 1
+    _write_fragment(fragments_dir, f"early-{bucket:05d}.jsonl", [_rejection_line(r) for r in rejections])
+    return books
+
+
+def summarize_part(element) -> PartSummary:
+    """(part file, its records' (offset, length, kept) entries from every bucket) → PartSummary."""
+    part, groups = element
+    items = sorted(item for group in groups for item in group)
+    split = posixpath.basename(part).split("-", 1)[0]
+    return PartSummary(part, split, tuple((offset, length) for offset, length, kept in items if kept),
+                       dropped=any(not kept for _, _, kept in items))
+
+
+def plan_layout(rows: list[tuple[str, str, int, bool]], num_shards: int | None, target_bytes: int) -> Layout:
+    """Shards from (part, split, kept bytes, dropped) rows, one per part file.
+
+    With ``num_shards`` the kept records of a split are cut into that many shards of about equal
+    bytes (records in part-file order). Without it, whole part files are packed in name order into
+    shards of about ``target_bytes``; a shard that is one part file with nothing dropped is a
+    rename, not a copy (the common case: no bytes move twice). Every split gets at least one shard.
     """
-    outcomes = [o for blob in blobs for o in pickle.loads(blob)]
-    valid = [o for o in outcomes if o.split is not None]
-    rejected = [o for o in outcomes if o.split is None]
-    by_sha: dict[str, list[ImageOutcome]] = defaultdict(list)
-    for o in valid:
-        by_sha[o.sha256].append(o)
-    kept, duplicates = [], []
-    for twins in by_sha.values():
-        twins.sort(key=lambda o: (o.key, o.source))
-        kept.append(twins[0])
-        duplicates.extend((dup, twins[0]) for dup in twins[1:])
-    dropped_parts = {dup.part for dup, _ in duplicates}
-
-    shards: list[ShardPlan] = []
+    placement, shards_per_split, bytes_per_split, names = {}, {}, {}, []
     for split in SPLITS:
-        entries = sorted((o for o in kept if o.split == split), key=lambda o: (o.part, o.offset))
+        parts = sorted((r for r in rows if r[1] == split and r[2] > 0), key=lambda r: r[0])
         if num_shards:
-            groups = _cut_by_bytes(entries, num_shards)
+            start = 0
+            for part, _, kept_bytes, _ in parts:
+                placement[part] = (split, start, None, False)
+                start += kept_bytes
+            n, bytes_per_split[split] = num_shards, start
         else:
-            groups = _pack_parts(entries, target_bytes)
-        n = len(groups)
-        for i, group in enumerate(groups):
-            parts = {o.part for o in group}
-            move = len(parts) == 1 and not (parts & dropped_parts) and not num_shards
-            ranges = _merge_ranges((o.part, o.offset, o.length) for o in group)
-            shards.append(ShardPlan(f"{split}-{i:05d}-of-{n:05d}.tfrecord", ranges, move_from=parts.pop() if move else None))
-    return Plan(shards=shards, kept=kept, duplicates=duplicates, rejected_images=rejected)
+            groups: list[list[tuple]] = []
+            size = target_bytes
+            for row in parts:
+                if size + row[2] > target_bytes or not groups:
+                    groups.append([])
+                    size = 0
+                groups[-1].append(row)
+                size += row[2]
+            for i, group in enumerate(groups):
+                for part, _, _, dropped in group:
+                    placement[part] = (split, 0, i, len(group) == 1 and not dropped)
+            n, bytes_per_split[split] = max(1, len(groups)), sum(r[2] for r in parts)
+        shards_per_split[split] = n
+        names += [shard_name(split, i, n) for i in range(n)]
+    return Layout(tuple(sorted(names)), placement, shards_per_split, bytes_per_split)
 
 
-def _merge_ranges(ranges) -> tuple[tuple[str, int, int], ...]:
+def shard_name(split: str, i: int, n: int) -> str:
+    return f"{split}-{i:05d}-of-{n:05d}.tfrecord"
+
+
+def _merge_ranges(ranges) -> tuple[tuple[int, int], ...]:
     """Adjacent byte ranges of one part file become one range (a part minus its dropped twins)."""
-    merged: list[list] = []
-    for part, offset, length in ranges:
-        if merged and merged[-1][0] == part and merged[-1][1] + merged[-1][2] == offset:
-            merged[-1][2] += length
+    merged: list[list[int]] = []
+    for offset, length in ranges:
+        if merged and merged[-1][0] + merged[-1][1] == offset:
+            merged[-1][1] += length
         else:
-            merged.append([part, offset, length])
+            merged.append([offset, length])
     return tuple(tuple(m) for m in merged)
 
 
-def _cut_by_bytes(entries: list[ImageOutcome], n: int) -> list[list[ImageOutcome]]:
-    """n contiguous groups of about equal bytes (some may be empty when records are few)."""
-    total = sum(o.length for o in entries)
-    groups: list[list[ImageOutcome]] = [[] for _ in range(n)]
-    cumulative = 0
-    for o in entries:
-        groups[min(n - 1, int((cumulative + o.length / 2) * n / max(total, 1)))].append(o)
-        cumulative += o.length
-    return groups
-
-
-def _pack_parts(entries: list[ImageOutcome], target_bytes: int) -> list[list[ImageOutcome]]:
-    """Whole part files packed in order into groups of up to ~target_bytes; at least one group."""
-    by_part: dict[str, list[ImageOutcome]] = defaultdict(list)
-    for o in entries:
-        by_part[o.part].append(o)
-    groups: list[list[ImageOutcome]] = []
-    size = target_bytes
-    for part in sorted(by_part):
-        part_bytes = sum(o.length for o in by_part[part])
-        if size + part_bytes > target_bytes and (groups == [] or groups[-1]):
-            groups.append([])
-            size = 0
-        groups[-1].extend(by_part[part])
-        size += part_bytes
-    return groups or [[]]
+def shard_pieces(summary: PartSummary, layout: Layout):
+    """A part's kept records → (shard name, (part, byte ranges, is the whole shard a rename of the part))."""
+    if summary.part not in layout.placement:  # nothing of this part is kept
+        return
+    split, start, index, move = layout.placement[summary.part]
+    n = layout.shards_per_split[split]
+    if index is not None:
+        yield shard_name(split, index, n), (summary.part, _merge_ranges(summary.kept), move)
+        return
+    total, position = max(layout.bytes_per_split[split], 1), start
+    by_shard: dict[int, list[tuple[int, int]]] = defaultdict(list)
+    for offset, length in summary.kept:  # a record goes to the shard holding its middle byte
+        by_shard[min(n - 1, int((position + length / 2) * n / total))].append((offset, length))
+        position += length
+    for i, ranges in sorted(by_shard.items()):
+        yield shard_name(split, i, n), (summary.part, _merge_ranges(ranges), False)
 
 
 class _WriteShard(beam.DoFn):
+    """(shard name, its pieces) → the shard: the part file renamed, or the pieces' byte ranges copied
+    in part-file order (TFRecord frames are self-contained: no record is parsed again)."""
+
     def __init__(self, final_dir: str):
         self.final_dir = final_dir
 
-    def process(self, shard: ShardPlan):
-        target = storage.join(self.final_dir, shard.name)
-        if shard.move_from:  # the part file is the shard, byte for byte
-            storage.move(shard.move_from, target)
-            yield shard.name
-            return
-        by_part: dict[str, list[tuple[int, int]]] = defaultdict(list)
-        for part, offset, length in shard.ranges:
-            by_part[part].append((offset, length))
-        if not by_part:  # an empty split: object stores refuse an upload with no parts
+    def process(self, element):
+        name, items = element
+        pieces = sorted(item for item in items if item is not None)
+        target = storage.join(self.final_dir, name)
+        if len(pieces) == 1 and pieces[0][2]:  # the part file is the shard, byte for byte
+            storage.move(pieces[0][0], target)
+        elif not pieces:  # an empty split: object stores refuse an upload with no parts
             storage.write_bytes(target, b"")
-            yield shard.name
-            return
-        with FileSystems.create(target) as out:
-            for part, ranges in by_part.items():  # insertion order = the plan's order
-                data = storage.read_bytes(part)
-                for offset, length in ranges:
-                    out.write(data[offset:offset + length])
-        yield shard.name
+        else:
+            with FileSystems.create(target) as out:
+                for part, ranges, _ in pieces:
+                    data = storage.read_bytes(part)
+                    for offset, length in ranges:
+                        out.write(data[offset:offset + length])
+        yield name
 
 
-def build_stats(plan: Plan, early_rejections: list[R.Rejection], label_map: LabelMap) -> tuple[dict, list[R.Rejection]]:
-    """stats.json and the rejected lines; raises IngestError if the counts do not reconcile."""
-    rejections: list[R.Rejection] = list(early_rejections)
-    images_rejected: Counter = Counter()
-    boxes_rejected: Counter = Counter()
-    stats: Counter = Counter()
-    for rej in early_rejections:
-        if rej.kind == R.IMAGE:
-            images_rejected[rej.reason] += 1
-        elif rej.kind == R.BOX:
-            boxes_rejected[rej.reason] += 1
-    boxes_with_rejected_images = 0
-    for o in plan.rejected_images:  # one line per rejected image; its boxes go with it
-        images_rejected[o.rejections[0].reason] += 1
-        rejections.append(o.rejections[0])
-        boxes_with_rejected_images += o.boxes_in
-    for dup, twin in plan.duplicates:
-        images_rejected[R.DUPLICATE] += 1
-        rejections.append(R.Rejection(dup.source, R.DUPLICATE, f"byte-identical to {twin.source} (sha256 {dup.sha256[:16]}...), which is kept"))
-        boxes_with_rejected_images += dup.boxes_in
-    per_class: Counter = Counter()
-    written: Counter = Counter()
-    boxes_in_written = boxes_rejected_written = 0
-    for o in plan.kept:
-        written[o.split] += 1
-        per_class.update(dict(o.class_counts))
-        stats.update(dict(o.stats))
-        boxes_in_written += o.boxes_in
-        boxes_rejected_written += len(o.rejections)
-        for rej in o.rejections:
-            boxes_rejected[rej.reason] += 1
-            rejections.append(rej)
-    images_in = len(plan.kept) + len(plan.duplicates) + len(plan.rejected_images) + sum(1 for r in early_rejections if r.kind == R.IMAGE)
-    images_written = sum(written.values())
-    n_rejected = sum(images_rejected.values())
+def build_stats(books: Counter, label_map: LabelMap, shards: list[str], skipped: tuple[int, list[str]]) -> dict:
+    """stats.json from the merged books; raises IngestError if the counts do not reconcile."""
+    def group(prefix: str) -> dict[str, int]:
+        return {k[len(prefix):]: v for k, v in sorted(books.items()) if k.startswith(prefix) and v}
+
+    written, images_rejected, boxes_rejected, per_class = group("written/"), group("images_rejected/"), group("boxes_rejected/"), group("class/")
+    images_in, images_written, n_rejected = books["images_in"], sum(written.values()), sum(images_rejected.values())
     boxes_written = sum(per_class.values())
-    out = {
+    stats = {
         "images_in": images_in,
         "images_written": {"total": images_written, **{s: written.get(s, 0) for s in SPLITS}},
-        "images_rejected": {"total": n_rejected, **dict(sorted(images_rejected.items()))},
-        "images_converted": stats.get("images_converted", 0),
-        "images_exif_rotated": stats.get("images_exif_rotated", 0),
-        "label_size_corrected": stats.get("label_size_corrected", 0),
+        "images_rejected": {"total": n_rejected, **images_rejected},
+        "images_converted": books["stats/images_converted"],
+        "images_exif_rotated": books["stats/images_exif_rotated"],
+        "label_size_corrected": books["stats/label_size_corrected"],
         "boxes_written": boxes_written,
-        "boxes_clipped": stats.get("boxes_clipped", 0),
-        "boxes_rejected": {"total": sum(boxes_rejected.values()), **dict(sorted(boxes_rejected.items()))},
-        "boxes_in_rejected_images": boxes_with_rejected_images,
+        "boxes_clipped": books["stats/boxes_clipped"],
+        "boxes_rejected": {"total": sum(boxes_rejected.values()), **boxes_rejected},
+        "boxes_in_rejected_images": books["boxes_in_rejected_images"],
         "boxes_per_class": {name: per_class.get(name, 0) for name in sorted(label_map, key=label_map.get)},
-        "label_files_rejected": sum(1 for r in early_rejections if r.kind == R.LABEL_FILE),
-        "shards": sorted(sh.name for sh in plan.shards),
+        "label_files_rejected": books["label_files_rejected"],
+        "shards": sorted(shards),
+        "files_skipped": {"total": skipped[0], "examples": list(skipped[1])},  # _SkippedFiles sorts and cuts
     }
     # The job checks its own books: every image and every box of a written image is accounted for.
     if images_in != images_written + n_rejected:
         raise IngestError(f"counts do not reconcile: images_in {images_in} != written {images_written} + rejected {n_rejected}")
-    if boxes_in_written != boxes_written + boxes_rejected_written:
-        raise IngestError(f"box counts do not reconcile: {boxes_in_written} in written images != {boxes_written} written + {boxes_rejected_written} rejected")
-    return out, rejections
+    if books["boxes_in_written"] != boxes_written + books["boxes_rejected_written"]:
+        raise IngestError(f"box counts do not reconcile: {books['boxes_in_written']} in written images != "
+                          f"{boxes_written} written + {books['boxes_rejected_written']} rejected")
+    return stats
 
 
 SKIPPED_EXAMPLES = 10  # skipped files named in stats.json (all are counted)
@@ -543,29 +614,41 @@ class _SkippedFiles(beam.CombineFn):
         return acc
 
 
-def decide(blobs: list[bytes], early_rejections: list[R.Rejection], label_map: LabelMap,
-           num_shards: int | None, target_bytes: int, skipped: tuple[int, list[str]] = (0, [])) -> Decision:
-    """Dedup, shard layout and the books, in one place once every image is encoded.
+class _MergeBooks(beam.CombineFn):
+    """Counters summed: the books of every bucket, a few hundred keys whatever the image count."""
 
-    ``skipped``: how many listed files were not images (by extension), and the first few of them.
-    """
-    plan = plan_shards(blobs, num_shards, target_bytes)
-    stats, rejections = build_stats(plan, early_rejections, label_map)
-    stats["files_skipped"] = {"total": skipped[0], "examples": list(skipped[1])}  # _SkippedFiles sorts and cuts
-    lines = "".join(json.dumps(r.to_json(), ensure_ascii=False) + "\n" for r in rejections)
-    return Decision(tuple(plan.shards), stats, lines)
+    def create_accumulator(self):
+        return Counter()
+
+    def add_input(self, acc, books):
+        acc.update(books)
+        return acc
+
+    def merge_accumulators(self, accs):
+        total = Counter()
+        for acc in accs:
+            total.update(acc)
+        return total
+
+    def extract_output(self, acc):
+        return acc
 
 
 class _WriteMetadata(beam.DoFn):
-    def __init__(self, final_dir: str):
-        self.final_dir = final_dir
+    """stats.json (the books checked), label maps, and rejected.jsonl streamed from its fragments."""
 
-    def process(self, decision: Decision, shard_names, label_map):
-        if sorted(shard_names) != decision.stats["shards"]:
-            raise IngestError(f"shards written {sorted(shard_names)} differ from the plan {decision.stats['shards']}")
-        stats = decision.stats
+    def __init__(self, final_dir: str, fragments_dir: str):
+        self.final_dir, self.fragments_dir = final_dir, fragments_dir
+
+    def process(self, books, layout: Layout, shard_names, label_map, skipped):
+        if sorted(shard_names) != list(layout.names):
+            raise IngestError(f"shards written {sorted(shard_names)} differ from the plan {list(layout.names)}")
+        stats = build_stats(books, label_map, list(layout.names), skipped)
         storage.write_text(storage.join(self.final_dir, "stats.json"), json.dumps(stats, indent=2) + "\n")
-        storage.write_text(storage.join(self.final_dir, "rejected.jsonl"), decision.rejected_jsonl)
+        # early-* before images-*, buckets in order: the same bytes on every run and runner
+        with storage.StreamWriter(storage.join(self.final_dir, "rejected.jsonl")) as out:
+            for fragment in storage.list_files(storage.join(self.fragments_dir, "*.jsonl")):
+                out.write(storage.read_bytes(fragment))
         storage.write_text(storage.join(self.final_dir, "label_map.json"), label_map.to_json())
         storage.write_text(storage.join(self.final_dir, "label_map.pbtxt"), label_map.to_pbtxt())
         Metrics.counter(_NS, "images_written").inc(stats["images_written"]["total"])
@@ -573,9 +656,48 @@ class _WriteMetadata(beam.DoFn):
         yield stats
 
 
+class PlanAndWriteShards(beam.PTransform):
+    """Pickled outcome blobs → dedup by content hash per bucket, the shard layout from one row per
+    part file, shards written in parallel; outputs (books, layout, shard names written)."""
+
+    def __init__(self, final_dir: str, fragments_dir: str, num_shards: int | None, target_bytes: int):
+        super().__init__()
+        self.final_dir, self.fragments_dir, self.num_shards, self.target_bytes = final_dir, fragments_dir, num_shards, target_bytes
+
+    def expand(self, blobs):
+        dedup = (
+            blobs
+            | "ByHashBucket" >> beam.FlatMap(by_hash_bucket)
+            | "GroupByBucket" >> beam.GroupByKey()
+            | "Dedup" >> beam.ParDo(_Dedup(self.fragments_dir)).with_outputs("books", main="entries")
+        )
+        parts = (
+            dedup.entries
+            | "GroupByPart" >> beam.GroupByKey()
+            | "SummarizeParts" >> beam.Map(summarize_part)
+        )
+        layout = (
+            parts
+            | "PartRows" >> beam.Map(lambda s: (s.part, s.split, s.kept_bytes, s.dropped))
+            | "CollectPartRows" >> beam.combiners.ToList()
+            | "PlanLayout" >> beam.Map(plan_layout, self.num_shards, self.target_bytes)
+        )
+        pieces = parts | "ShardPieces" >> beam.FlatMap(shard_pieces, beam.pvalue.AsSingleton(layout))
+        every_shard = layout | "EveryShard" >> beam.FlatMap(lambda plan: [(name, None) for name in plan.names])
+        written = (
+            (pieces, every_shard)
+            | "AllPieces" >> beam.Flatten()
+            | "GroupByShard" >> beam.GroupByKey()
+            | "WriteShards" >> beam.ParDo(_WriteShard(self.final_dir))
+            | "CollectShards" >> beam.combiners.ToList()
+        )
+        return dedup.books, layout, written
+
+
 def build_pipeline(p: beam.Pipeline, cfg: IngestConfig, tmp_dir: str, class_names, fixed_map: LabelMap | None):
     """Adds the ingest transforms to ``p``; outputs land in ``tmp_dir/final``."""
     parts_dir, final_dir = storage.join(tmp_dir, "parts"), storage.join(tmp_dir, "final")
+    fragments_dir = storage.join(tmp_dir, "rejected")
     fmt = cfg.format.value
     images = p | "ListImages" >> ListImages(image_pattern(cfg.images))
     labels = p | "ParseLabels" >> ParseLabels(label_pattern(cfg.labels), fmt, class_names)
@@ -591,29 +713,26 @@ def build_pipeline(p: beam.Pipeline, cfg: IngestConfig, tmp_dir: str, class_name
         )
 
     matched = {"images": images.images, "labels": labels["records"]} | "MatchLabelsToImages" >> MatchLabelsToImages(unlabeled_is_negative=fmt == "yolo")
-    early = (images.rejected, labels["rejected"], matched.rejected) | "EarlyRejections" >> beam.Flatten()
-    early_list = early | "CollectRejections" >> beam.combiners.ToList()
-    skipped = (
-        images.skipped
-        | "CountSkipped" >> beam.CombineGlobally(_SkippedFiles())
+    early_books = (
+        (images.rejected, labels["rejected"], matched.rejected)
+        | "EarlyRejections" >> beam.Flatten()
+        | "EarlyByBucket" >> beam.Map(lambda r: (zlib.crc32(r.source.encode("utf-8", "surrogateescape")) % DEDUP_BUCKETS, r))
+        | "GroupEarly" >> beam.GroupByKey()
+        | "EarlyBooks" >> beam.Map(_early_books, fragments_dir)
     )
+    skipped = images.skipped | "CountSkipped" >> beam.CombineGlobally(_SkippedFiles())
 
     blobs = matched.candidates | "EncodeExamples" >> EncodeExamples(parts_dir, cfg, label_map, fixed_map is not None)
-    decision = (
-        blobs
-        | "CollectOutcomes" >> beam.combiners.ToList()
-        | "Decide" >> beam.Map(decide, beam.pvalue.AsSingleton(early_list), beam.pvalue.AsSingleton(label_map),
-                               cfg.num_shards, cfg.target_shard_mb * 2**20, beam.pvalue.AsSingleton(skipped))
+    books, layout, written = blobs | "PlanAndWriteShards" >> PlanAndWriteShards(
+        final_dir, fragments_dir, cfg.num_shards, cfg.target_shard_mb * 2**20)
+    return (
+        (books, early_books)
+        | "AllBooks" >> beam.Flatten()
+        | "MergeBooks" >> beam.CombineGlobally(_MergeBooks())
+        | "WriteMetadata" >> beam.ParDo(
+            _WriteMetadata(final_dir, fragments_dir), beam.pvalue.AsSingleton(layout), beam.pvalue.AsSingleton(written),
+            beam.pvalue.AsSingleton(label_map), beam.pvalue.AsSingleton(skipped))
     )
-    shard_names = (
-        decision
-        | "ShardPlans" >> beam.FlatMap(lambda d: d.shards)
-        | "Distribute" >> beam.Reshuffle()
-        | "WriteShards" >> beam.ParDo(_WriteShard(final_dir))
-        | "CollectShards" >> beam.combiners.ToList()
-    )
-    return decision | "WriteMetadata" >> beam.ParDo(
-        _WriteMetadata(final_dir), beam.pvalue.AsSingleton(shard_names), beam.pvalue.AsSingleton(label_map))
 
 
 def _absolute(uri: str | None) -> str | None:

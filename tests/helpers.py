@@ -146,3 +146,28 @@ def moto_s3(access_key_id: str = "testing", secret_access_key: str = "testing-se
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+@contextlib.contextmanager
+def portable_beam(worker_cwd: str | Path | None = None, worker_env: dict | None = None):
+    """Beam's local job service and an external SDK worker pool, both on 127.0.0.1 (subprocesses,
+    stopped by PID); yields the Beam arguments that send a pipeline to them. The worker pool runs in
+    ``worker_cwd`` (default: the repository) with ``worker_env`` added to this process's environment."""
+    import sys
+
+    env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""),
+               PYTHONPATH=os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p))
+    job_port, pool_port = free_port(), free_port()
+    job = subprocess.Popen([sys.executable, "-m", "tests.loopback_beam", "apache_beam.runners.portability.local_job_service_main",
+                            "--port", str(job_port)], env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                           start_new_session=True)
+    pool = subprocess.Popen([sys.executable, "-m", "tests.loopback_beam", "apache_beam.runners.worker.worker_pool_main",
+                             "--service_port", str(pool_port)], env={**env, **(worker_env or {})}, cwd=worker_cwd or REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_for_port(job_port, proc=job)
+        wait_for_port(pool_port, proc=pool)
+        yield [f"--job_endpoint=127.0.0.1:{job_port}", "--environment_type=EXTERNAL", f"--environment_config=127.0.0.1:{pool_port}"]
+    finally:
+        stop_process(pool)
+        stop_process(job)

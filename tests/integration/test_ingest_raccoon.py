@@ -214,7 +214,7 @@ def test_a_crashed_run_never_looks_complete(tmp_path, monkeypatch):
     def boom(*args, **kwargs):
         raise RuntimeError("injected failure while planning shards")
 
-    monkeypatch.setattr(ingest, "plan_shards", boom)
+    monkeypatch.setattr(ingest, "plan_layout", boom)
     with pytest.raises(Exception, match="injected failure"):
         run_ingest(cfg)
     assert not (out / "_SUCCESS").exists()
@@ -241,3 +241,24 @@ def test_directories_are_read_at_any_depth_and_skipped_files_are_named(tmp_path)
     assert stats["images_in"] == stats["images_written"]["total"] == 10
     assert stats["files_skipped"] == {"total": 1, "examples": [str(images / "train" / "README.txt")]}
     assert read_json(tmp_path / "out" / "stats.json")["files_skipped"]["total"] == 1
+
+
+def test_no_step_holds_every_image_outcome(tmp_path, monkeypatch):
+    """Dedup runs per hash bucket and the shard layout per part file: no DoFn call sees all 200
+    outcomes (a single-process gather would not scale to 10^7 images), and the books still reconcile."""
+    import pickle
+
+    import beam_jobs.ingest as ingest
+
+    root = raccoon_or_skip()
+    seen: list[int] = []
+    original = ingest._Dedup.process
+
+    def counting(self, element):
+        seen.append(sum(len(pickle.loads(blob)) for blob in element[1]))
+        yield from original(self, element)
+
+    monkeypatch.setattr(ingest._Dedup, "process", counting)
+    stats = run_ingest(IngestConfig(images=str(root / "images"), labels=str(root / "annotations"), format="voc", out=str(tmp_path / "out")))
+    assert sum(seen) == stats["images_in"] == 200 and stats["images_rejected"]["duplicate"] == 4
+    assert len(seen) > 8 and max(seen) < 200 // 4, seen

@@ -8,15 +8,13 @@ in-process runs hide (unpicklable transforms, module-level state).
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 
 import pytest
 
 from beam_jobs.ingest import run_ingest
 from ssdflow import schema
 from ssdflow.config import IngestConfig
-from tests.helpers import REPO, free_port, raccoon_or_skip, read_ingest_output, stop_process, wait_for_port
+from tests.helpers import portable_beam, raccoon_or_skip, read_ingest_output
 
 pytestmark = pytest.mark.integration
 
@@ -62,21 +60,9 @@ def test_direct_runner_multi_processing(subset, tmp_path):
 
 def test_portable_runner_with_external_worker_pool(subset, tmp_path):
     images, labels, ref_stats, ref = subset
-    env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
-    job_port, pool_port = free_port(), free_port()
-    job = subprocess.Popen([sys.executable, "-m", "tests.loopback_beam", "apache_beam.runners.portability.local_job_service_main", "--port", str(job_port)],
-                           env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    pool = subprocess.Popen([sys.executable, "-m", "tests.loopback_beam", "apache_beam.runners.worker.worker_pool_main", "--service_port", str(pool_port)],
-                            env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        wait_for_port(job_port, proc=job)
-        wait_for_port(pool_port, proc=pool)
+    with portable_beam() as portable_args:
         out = tmp_path / "out"
-        stats = run_ingest(IngestConfig(
-            images=images, labels=labels, format="voc", out=str(out), runner="PortableRunner",
-            beam_args=[f"--job_endpoint=127.0.0.1:{job_port}", "--environment_type=EXTERNAL", f"--environment_config=127.0.0.1:{pool_port}"]))
+        stats = run_ingest(IngestConfig(images=images, labels=labels, format="voc", out=str(out), runner="PortableRunner",
+                                        beam_args=portable_args))
         assert stats["images_written"] == ref_stats["images_written"]
         assert _summary(out) == ref
-    finally:
-        stop_process(pool)
-        stop_process(job)
