@@ -5,12 +5,15 @@ Beam's built-in TensorFlow handler needs ``tensorflow_hub`` and loads with
 is a plain ``tf.Module`` whose ``serving_default`` takes encoded image bytes, so this handler
 loads it with ``tf.saved_model.load`` and needs nothing from model/.
 
-RunInference loads the model once per worker process (``shared.Shared``) and shares it across
-the process's threads; batches come from RunInference's own batching.
+The scoring job (beam_jobs/score.py) calls it as RunInference would: the model loaded once per
+worker process through Beam's ``shared.Shared`` and shared by the process's threads, batches cut
+from a chunk's images. A model on s3:// or gs:// is copied to the worker's local disk once per
+machine (only the SavedModel's files), checked against its fingerprint, and loaded from there.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from typing import Any, Iterable, Sequence
 
@@ -19,6 +22,22 @@ from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 log = logging.getLogger(__name__)
 
 OUTPUT_KEYS = ("detection_boxes", "detection_scores", "detection_classes", "num_detections")
+FINGERPRINTED = ("saved_model.pb", "variables/variables.index")  # the graph, and the variables' index with their checksums
+
+
+def saved_model_fingerprint(model_dir: str) -> str:
+    """16 hex digits identifying an exported model's content (local path, s3:// or gs://)."""
+    from ssdflow import storage
+
+    h = hashlib.sha256()
+    for name in FINGERPRINTED:
+        h.update(storage.read_bytes(storage.join(model_dir, *name.split("/"))))
+    return h.hexdigest()[:16]
+
+
+def _saved_model_file(rel: str) -> bool:
+    """What tf.saved_model.load reads (not keras.weights.h5, model card, logs: they stay remote)."""
+    return rel in ("saved_model.pb", "fingerprint.pb") or rel.startswith(("variables/", "assets/"))
 
 
 class SavedModelDetector(ModelHandler[bytes, PredictionResult, Any]):
@@ -29,14 +48,23 @@ class SavedModelDetector(ModelHandler[bytes, PredictionResult, Any]):
     is ``{"error": message}``.
     """
 
-    def __init__(self, model_dir: str, min_batch_size: int = 8, max_batch_size: int = 32):
+    def __init__(self, model_dir: str, min_batch_size: int = 8, max_batch_size: int = 32, fingerprint: str | None = None):
         self._model_dir = model_dir
-        self._batch = {"min_batch_size": min_batch_size, "max_batch_size": max_batch_size}
+        self._fingerprint = fingerprint  # of the model meant; a remote copy must match it
+        self._batch = {"min_batch_size": min(min_batch_size, max_batch_size), "max_batch_size": max_batch_size}
 
     def load_model(self):
         import tensorflow as tf
 
-        return tf.saved_model.load(self._model_dir)  # Beam's Shared needs a weak-referenceable object
+        from ssdflow import storage
+
+        local = self._model_dir
+        if not storage.is_local(local):
+            want = self._fingerprint or saved_model_fingerprint(self._model_dir)
+            local = storage.local_dir(self._model_dir, f"model-{want}", include=_saved_model_file,
+                                      is_valid=lambda path: saved_model_fingerprint(path) == want)
+            log.info("model %s loaded from its local copy %s", self._model_dir, local)
+        return tf.saved_model.load(local)  # Beam's Shared needs a weak-referenceable object
 
     def run_inference(self, batch: Sequence[bytes], model, inference_args=None) -> Iterable[PredictionResult]:
         import tensorflow as tf

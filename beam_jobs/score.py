@@ -1,24 +1,33 @@
 """The scoring job: image archives → detections in storage, with every image accounted for.
 
-    plan chunks (driver) ─ ReadChunks ─ RunInference(SavedModelDetector) ─ ToRecords ─┐
-                              │  manifest, errors ──────────────────── GroupByChunk ─┴ CommitChunks
-    assemble (driver): committed chunks → detections-*.jsonl / *.parquet, errors.jsonl, summary.json, _SUCCESS
+    plan chunks, write their listings (driver) ─ Create(chunk ids) ─ ScoreChunks: read ─ infer ─ commit
+    assemble (driver, chunk by chunk): detections-*.jsonl / *.parquet, errors.jsonl, coco_results.json,
+                                       summary.json, previews, _SUCCESS last
 
 Resumable at archive scale: the input is cut into chunks (each tar archive; otherwise fixed
 groups of ``--chunk-size`` files in sorted order). A chunk's id is a hash of the model's
 fingerprint and the chunk's listing (paths, sizes, modification times), and its results are
-committed atomically under ``OUT/chunks/<model version>/<chunk id>/`` (``_SUCCESS`` last). A rerun
-scores only the chunks without a commit for that model; a different model never reuses them.
+committed atomically under ``OUT/chunks/<model version>/<chunk id>/`` (``_SUCCESS`` last, naming the
+attempt whose files count). A rerun scores only the chunks without a commit for that model; a
+different model never reuses them.
 
-In a batch pipeline nothing after a GroupByKey happens before every input is read, so a job
-killed at 99% would have committed nothing. The driver therefore runs the chunks in waves of
-``--chunks-per-run``, one pipeline each: a crash costs at most the wave in flight.
-The final outputs are assembled from the chunk commits in chunk order, so they equal those of an
-uninterrupted run.
+One pipeline run scores every pending chunk, spread over the workers (``Create`` reshuffles), and each
+chunk is committed by its worker the moment it is done: a crash or a cancelled job loses only the
+chunks in flight. The chunk is the unit of work on purpose. Beam's RunInference yields one result
+per image, and gathering them back per chunk takes a GroupByKey, which in a batch pipeline waits
+for every input: with RunInference a job killed at 99% would have committed nothing. So one DoFn
+reads a chunk, runs the model on it through the same ModelHandler RunInference would use
+(``beam_jobs/model_handler.py``, loaded once per worker process through Beam's ``Shared``, as
+RunInference does) and commits it.
+
+The driver then assembles the final outputs from the chunk commits, one chunk at a time (copies,
+concatenations and per-chunk summaries), so its memory does not grow with the archive, and the
+outputs equal those of an uninterrupted run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -26,19 +35,20 @@ import logging
 import os
 import posixpath
 import tarfile
+import uuid
 from collections import Counter, deque
 from dataclasses import dataclass
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
-from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
+from apache_beam.utils import shared
 
 from beam_jobs.ingest import IMAGE_EXTENSIONS, image_pattern
-from beam_jobs.model_handler import SavedModelDetector
+from beam_jobs.model_handler import SavedModelDetector, saved_model_fingerprint
 from beam_jobs.records import UNDECODABLE_NAME, describe, is_text_name, printable_name
 from ssdflow import storage
-from ssdflow.beam_runner import make_pipeline, pipeline_options
+from ssdflow.beam_runner import make_pipeline, pipeline_options, worker_filesystems
 from ssdflow.config import OutputFormat, ScoreConfig
 from ssdflow.schema import LabelMap
 
@@ -72,16 +82,14 @@ class Chunk:
 
 
 def resolve_model(model: str) -> ModelRef:
-    from model.registry import resolve_model_dir  # only the path rule; no TensorFlow import
+    """The model ``--model`` names (a SavedModel directory or a models directory's champion; local,
+    s3:// or gs://), fingerprinted by its graph and variables index."""
+    from model.registry import resolve_model_uri  # only the path rule; no TensorFlow import
 
-    model_dir = str(resolve_model_dir(model))
-    h = hashlib.sha256()
-    for name in ("saved_model.pb", os.path.join("variables", "variables.index")):
-        with open(os.path.join(model_dir, name), "rb") as f:
-            h.update(f.read())
-    with open(os.path.join(model_dir, "label_map.json")) as f:
-        label_map = LabelMap.parse(f.read(), "label_map.json")
-    return ModelRef(model_dir, os.path.basename(model_dir.rstrip("/")), h.hexdigest()[:16], dict(label_map.names_by_id()))
+    model_dir = resolve_model_uri(model)
+    label_map = LabelMap.parse(storage.read_text(storage.join(model_dir, "label_map.json")), "label_map.json")
+    return ModelRef(model_dir, posixpath.basename(model_dir.rstrip("/")), saved_model_fingerprint(model_dir),
+                    dict(label_map.names_by_id()))
 
 
 def _is_tar(path: str) -> bool:
@@ -117,6 +125,27 @@ def chunk_dir(out: str, version: str, chunk_id: str) -> str:
     return storage.join(out, "chunks", version, chunk_id)
 
 
+LISTING = "listing.json"  # a pending chunk's files, written by the driver, read by the worker that scores it
+
+
+def write_listings(out: str, version: str, chunks: list[Chunk], threads: int = 16) -> None:
+    """Each pending chunk's listing beside its future commit: the pipeline then carries only chunk
+    ids (a runner's job graph holds what ``Create`` gets, and an archive's listing can be gigabytes)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def write(c: Chunk) -> None:
+        storage.write_text(storage.join(chunk_dir(out, version, c.chunk_id), LISTING),
+                           json.dumps({"index": c.index, "kind": c.kind, "uris": list(c.uris)}))
+
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(write, chunks))
+
+
+def read_listing(out: str, version: str, chunk_id: str) -> Chunk:
+    listing = json.loads(storage.read_text(storage.join(chunk_dir(out, version, chunk_id), LISTING)))
+    return Chunk(chunk_id, listing["index"], listing["kind"], tuple(listing["uris"]))
+
+
 # --- reading ------------------------------------------------------------------------------------
 def _inspect(data: bytes, max_pixels: int | None = None) -> tuple[bytes, tuple[int, int]]:
     """(bytes for the model, (width, height) as displayed), from the header alone for most images.
@@ -139,44 +168,28 @@ def _inspect(data: bytes, max_pixels: int | None = None) -> tuple[bytes, tuple[i
     return upright.jpeg, (upright.width, upright.height)
 
 
-class _ReadChunk(beam.DoFn):
-    """A chunk → ((chunk id, source, width, height), bytes) per image; counts and errors on tags.
-
-    Files are read by a small thread pool, ``read_threads`` ahead of the consumer and yielded in
-    listing order: on object storage each read is a round trip, and even locally reading the next
-    batch overlaps the inference of this one (TensorFlow releases the GIL).
-    """
+class ChunkReader:
+    """A chunk's files, read by a small thread pool ``read_threads`` ahead of the consumer and yielded
+    in listing order: on object storage each read is a round trip, and even locally reading the next
+    batch overlaps the inference of this one (TensorFlow releases the GIL)."""
 
     def __init__(self, read_threads: int = 8, max_pixels: int | None = None):
         self.read_threads, self.max_pixels = read_threads, max_pixels
         self._pool = None
 
-    def setup(self):
+    def open(self):
         from concurrent.futures import ThreadPoolExecutor
 
         self._pool = ThreadPoolExecutor(self.read_threads, thread_name_prefix="ssdflow-read")
 
-    def teardown(self):
+    def close(self):
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
 
-    def process(self, chunk: Chunk):
-        counts = Counter()
-        for source, outcome in self._members(chunk):
-            if outcome is None:
-                counts["files_skipped"] += 1
-                continue
-            counts["images_in"] += 1
-            if outcome[0] == "error":
-                _, reason, detail = outcome
-                yield beam.pvalue.TaggedOutput("errors", (chunk.chunk_id, {"source": printable_name(source), "reason": reason, "detail": detail}))
-                continue
-            _, data, (width, height) = outcome
-            yield (chunk.chunk_id, source, width, height), data
-        yield beam.pvalue.TaggedOutput("manifest", (chunk.chunk_id, dict(counts)))
-
-    def _members(self, chunk: Chunk):
-        """(source, outcome) for every file of the chunk, in order; tar members are streamed, never extracted."""
+    def members(self, chunk: Chunk):
+        """(source, outcome) for every file of the chunk, in order (outcome as :func:`_check`); tar
+        members are streamed, never extracted."""
         if chunk.kind == "files":
             window = deque()
             for uri in chunk.uris:
@@ -267,19 +280,6 @@ def to_record(key, inference: dict, model: ModelRef, score_threshold: float, max
     return chunk_id, record, None
 
 
-class _ToRecords(beam.DoFn):
-    def __init__(self, model: ModelRef, score_threshold: float, max_detections: int):
-        self.model, self.threshold, self.max_det = model, score_threshold, max_detections
-
-    def process(self, element):
-        key, prediction = element
-        chunk_id, record, error = to_record(key, prediction.inference, self.model, self.threshold, self.max_det)
-        if error is not None:
-            yield beam.pvalue.TaggedOutput("errors", (chunk_id, error))
-        else:
-            yield chunk_id, record
-
-
 PARQUET_FIELDS = (
     ("source", "string"), ("model_version", "string"), ("width", "int32"), ("height", "int32"),
     ("label", "string"), ("label_id", "int32"), ("score", "float32"),
@@ -308,115 +308,177 @@ def parquet_bytes(records: list[dict]) -> bytes:
     return buf.getvalue()
 
 
-class _CommitChunk(beam.DoFn):
-    """Writes one chunk's results under ``chunks/<version>/<id>/``, ``_SUCCESS`` last."""
+def commit_chunk(out: str, version: str, chunk_id: str, counts: Counter, records: list[dict], errors: list[dict]) -> dict:
+    """Writes one chunk's results under ``chunks/<version>/<id>/<attempt>/``, then ``_SUCCESS`` in
+    ``chunks/<version>/<id>/`` naming that attempt; returns the manifest (counts, the chunk's share of
+    the summary, the attempt). A runner may run a bundle twice at once (a retry beside a straggler);
+    each attempt writes only its own files, and ``_SUCCESS``, one whole object, names a complete one."""
+    from beam_jobs import score_outputs as so
 
-    def __init__(self, out: str, version: str):
-        self.out, self.version = out, version
+    records = sorted(records, key=lambda r: r["source"])
+    errors = sorted(errors, key=lambda e: e["source"])
+    counts = Counter(counts)
+    counts["images_scored"], counts["images_failed"] = len(records), len(errors)
+    counts["detections"] = sum(len(r["detections"]) for r in records)
+    if counts["images_in"] != counts["images_scored"] + counts["images_failed"]:
+        raise ScoreError(f"chunk {chunk_id}: images_in {counts['images_in']} != scored {counts['images_scored']} + failed {counts['images_failed']}")
+    d = chunk_dir(out, version, chunk_id)
+    attempt = uuid.uuid4().hex[:12]
+    a = storage.join(d, attempt)
+    # Every format is written, whatever --formats says: a rerun with other formats reuses the commit.
+    storage.write_text(storage.join(a, "detections.jsonl"), "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+    storage.write_text(storage.join(a, "errors.jsonl"), "".join(json.dumps(e, sort_keys=True) + "\n" for e in errors))
+    storage.write_bytes(storage.join(a, "detections.parquet"), parquet_bytes(records))
+    storage.write_text(storage.join(a, "coco_results.part"), so.coco_fragment(records))
+    manifest = {**dict(counts), "summary": so.summary_part(records), "attempt": attempt}
+    storage.write_text(storage.join(d, storage.SUCCESS), json.dumps(manifest, sort_keys=True) + "\n")
+    return manifest
 
-    def process(self, element):
-        chunk_id, grouped = element
-        counts = Counter()
-        for manifest in grouped["manifest"]:
-            counts.update(manifest)
-        records = sorted(grouped["records"], key=lambda r: r["source"])
-        errors = sorted(grouped["errors"], key=lambda e: e["source"])
-        counts["images_scored"], counts["images_failed"] = len(records), len(errors)
-        counts["detections"] = sum(len(r["detections"]) for r in records)
-        if counts["images_in"] != counts["images_scored"] + counts["images_failed"]:
-            raise ScoreError(f"chunk {chunk_id}: images_in {counts['images_in']} != scored {counts['images_scored']} + failed {counts['images_failed']}")
-        d = chunk_dir(self.out, self.version, chunk_id)
-        storage.write_text(storage.join(d, "detections.jsonl"), "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
-        storage.write_text(storage.join(d, "errors.jsonl"), "".join(json.dumps(e, sort_keys=True) + "\n" for e in errors))
-        storage.write_bytes(storage.join(d, "detections.parquet"), parquet_bytes(records))  # always: formats may change on rerun
-        storage.write_text(storage.join(d, storage.SUCCESS), json.dumps(dict(counts), sort_keys=True) + "\n")
+
+class ScoreChunks(beam.DoFn):
+    """A chunk id → its listing read, its images read and inferred in batches of ``max_batch_size``,
+    its results committed; yields the chunk id.
+
+    Counters (namespace ``ssdflow.score``): chunks_committed, images_scored, images_failed.
+    """
+
+    def __init__(self, cfg: ScoreConfig, model: ModelRef):
+        self.out, self.model, self.flags = cfg.out, model, cfg.pipeline_flags()
+        self.threshold, self.max_det, self.batch_size = cfg.score_threshold, cfg.max_detections, cfg.max_batch_size
+        self.reader = ChunkReader(cfg.read_threads, cfg.max_pixels)
+        self.handler = SavedModelDetector(model.model_dir, max_batch_size=cfg.max_batch_size, fingerprint=model.fingerprint)
+        self._shared = shared.Shared()  # one loaded model per worker process, shared by its threads
+        self._model = None
+
+    def setup(self):
+        worker_filesystems(self.flags)
+        self.reader.open()
+        self._model = self._shared.acquire(self.handler.load_model, tag=f"ssdflow-model-{self.model.fingerprint}")
+
+    def teardown(self):
+        self.reader.close()
+
+    def process(self, chunk_id: str):
+        d = chunk_dir(self.out, self.model.version, chunk_id)
+        if storage.exists(storage.join(d, storage.SUCCESS)):  # a retried or speculative bundle: done already
+            return
+        chunk = read_listing(self.out, self.model.version, chunk_id)
+        counts: Counter = Counter({"images_in": 0, "files_skipped": 0})
+        records, errors, keys, batch = [], [], [], []
+        for source, outcome in self.reader.members(chunk):
+            if outcome is None:
+                counts["files_skipped"] += 1
+                continue
+            counts["images_in"] += 1
+            if outcome[0] == "error":
+                _, reason, detail = outcome
+                errors.append({"source": printable_name(source), "reason": reason, "detail": detail})
+                continue
+            _, data, (width, height) = outcome
+            keys.append((chunk.chunk_id, source, width, height))
+            batch.append(data)
+            if len(batch) >= self.batch_size:
+                self._infer(keys, batch, records, errors)
+                keys, batch = [], []
+        if batch:
+            self._infer(keys, batch, records, errors)
+        manifest = commit_chunk(self.out, self.model.version, chunk.chunk_id, counts, records, errors)
         Metrics.counter(_NS, "chunks_committed").inc()
-        Metrics.counter(_NS, "images_scored").inc(counts["images_scored"])
-        Metrics.counter(_NS, "images_failed").inc(counts["images_failed"])
-        yield chunk_id
+        Metrics.counter(_NS, "images_scored").inc(manifest["images_scored"])
+        Metrics.counter(_NS, "images_failed").inc(manifest["images_failed"])
+        yield chunk.chunk_id
+
+    def _infer(self, keys: list, batch: list[bytes], records: list[dict], errors: list[dict]) -> None:
+        for key, prediction in zip(keys, self.handler.run_inference(batch, self._model)):
+            _, record, error = to_record(key, prediction.inference, self.model, self.threshold, self.max_det)
+            if record is None:
+                errors.append(error)
+            else:
+                records.append(record)
 
 
 def build_pipeline(p, cfg: ScoreConfig, model: ModelRef, chunks: list[Chunk]):
-    """One run over ``chunks``: read → RunInference → records → grouped by chunk → committed."""
-    read = (
-        p
-        | "Chunks" >> beam.Create(chunks)
-        | "Spread" >> beam.Reshuffle()
-        | "ReadChunks" >> beam.ParDo(_ReadChunk(cfg.read_threads, cfg.max_pixels)).with_outputs("manifest", "errors", main="images")
-    )
-    handler = KeyedModelHandler(SavedModelDetector(model.model_dir, cfg.min_batch_size, cfg.max_batch_size))
-    results = (
-        read.images
-        | "RunInference" >> RunInference(handler)
-        | "ToRecords" >> beam.ParDo(_ToRecords(model, cfg.score_threshold, cfg.max_detections)).with_outputs("errors", main="records")
-    )
-    errors = (read.errors, results.errors) | "AllErrors" >> beam.Flatten()
+    """One run over ``chunks`` (their listings written), spread over the workers (``Create``
+    reshuffles what it creates); each chunk committed as soon as it is scored."""
     return (
-        {"manifest": read.manifest, "records": results.records, "errors": errors}
-        | "GroupByChunk" >> beam.CoGroupByKey()
-        | "CommitChunks" >> beam.ParDo(_CommitChunk(cfg.out, model.version))
+        p
+        | "ChunkIds" >> beam.Create([c.chunk_id for c in chunks])
+        | "ScoreChunks" >> beam.ParDo(ScoreChunks(cfg, model))
     )
 
 
 # --- driver ---------------------------------------------------------------------------------------
+RESULTS_LAYOUT = 2  # in every chunk id: commits of an older layout (no summary part) are never reused
+
+
 def run_score(cfg: ScoreConfig) -> dict:
     """Scores what is not yet committed, assembles the outputs, writes ``_SUCCESS``; returns its manifest."""
-    from beam_jobs import score_outputs as so
-
     cfg = cfg.model_copy(update={"out": os.path.abspath(cfg.out) if storage.is_local(cfg.out) else cfg.out,
+                                 "model": os.path.abspath(cfg.model) if storage.is_local(cfg.model) else cfg.model,
                                  "images": [os.path.abspath(i) if storage.is_local(i) else i for i in cfg.images]})
     options = pipeline_options(cfg.pipeline_flags())
     model = resolve_model(cfg.model)
-    results_key = f"{model.fingerprint}:{cfg.score_threshold}:{cfg.max_detections}:{cfg.max_pixels}"
+    results_key = f"{RESULTS_LAYOUT}:{model.fingerprint}:{cfg.score_threshold}:{cfg.max_detections}:{cfg.max_pixels}"
     chunks = plan_chunks(cfg.images, cfg.chunk_size, results_key)
     todo = [c for c in chunks if not storage.exists(storage.join(chunk_dir(cfg.out, model.version, c.chunk_id), storage.SUCCESS))]
     log.info("score: %d chunks, %d already committed for model %s", len(chunks), len(chunks) - len(todo), model.version)
     storage.invalidate(cfg.out)
-    for start in range(0, len(todo), cfg.chunks_per_run):
-        wave = todo[start:start + cfg.chunks_per_run]
-        log.info("score: run %d: %d chunks", start // cfg.chunks_per_run + 1, len(wave))
+    if todo:
+        write_listings(cfg.out, model.version, todo)
         with make_pipeline(options) as p:
-            build_pipeline(p, cfg, model, wave)
+            build_pipeline(p, cfg, model, todo)
+    return assemble(cfg, model, chunks, scored_now=len(todo))
 
-    # Assemble from the chunk commits, in chunk order, under a temp dir; commit with _SUCCESS last.
-    previous = json.loads(storage.read_text(storage.join(cfg.out, "summary.json"))) if storage.exists(storage.join(cfg.out, "summary.json")) else None
+
+def assemble(cfg: ScoreConfig, model: ModelRef, chunks: list[Chunk], scored_now: int) -> dict:
+    """The final outputs from the chunk commits, in chunk order, under a temp dir, then committed
+    with ``_SUCCESS`` last. One chunk's records at a time are in memory (shards are copied, errors
+    and COCO results concatenated, the summary merged from the chunks' parts)."""
+    from beam_jobs import score_outputs as so
+
+    summary_path = storage.join(cfg.out, "summary.json")
+    previous = json.loads(storage.read_text(summary_path)) if storage.exists(summary_path) else None
     tmp = storage.new_tmp_dir(cfg.out)
     try:
         n = len(chunks)
         counts: Counter = Counter()
-        records_all, errors_all, names = [], [], []
-        for c in chunks:
-            d = chunk_dir(cfg.out, model.version, c.chunk_id)
-            manifest = json.loads(storage.read_text(storage.join(d, storage.SUCCESS)))
-            counts.update(manifest)
-            records_all.extend(so.read_jsonl(storage.join(d, "detections.jsonl")))
-            errors_all.extend(so.read_jsonl(storage.join(d, "errors.jsonl")))
-            shard = f"detections-{c.index:05d}-of-{n:05d}"
-            if OutputFormat.jsonl in cfg.formats:
-                FileSystems.copy([storage.join(d, "detections.jsonl")], [storage.join(tmp, f"{shard}.jsonl")])
-                names.append(f"{shard}.jsonl")
-            if OutputFormat.parquet in cfg.formats:
-                FileSystems.copy([storage.join(d, "detections.parquet")], [storage.join(tmp, f"{shard}.parquet")])
-                names.append(f"{shard}.parquet")
+        parts, names, previews = [], [], []
+        errors_out = storage.StreamWriter(storage.join(tmp, "errors.jsonl"))
+        coco_out = so.CocoWriter(storage.join(tmp, "coco_results.json")) if OutputFormat.coco in cfg.formats else None
+        with errors_out, (coco_out or contextlib.nullcontext()):
+            for c in chunks:
+                d = chunk_dir(cfg.out, model.version, c.chunk_id)
+                manifest = json.loads(storage.read_text(storage.join(d, storage.SUCCESS)))
+                parts.append(manifest.pop("summary"))
+                d = storage.join(d, manifest.pop("attempt"))  # the attempt _SUCCESS names: complete by construction
+                counts.update(manifest)
+                errors_out.write(storage.read_bytes(storage.join(d, "errors.jsonl")))
+                if coco_out is not None:
+                    coco_out.add(storage.read_text(storage.join(d, "coco_results.part")))
+                if len(previews) < cfg.preview and manifest["images_scored"]:
+                    previews.extend(so.read_jsonl(storage.join(d, "detections.jsonl"))[: cfg.preview - len(previews)])
+                shard = f"detections-{c.index:05d}-of-{n:05d}"
+                for fmt, suffix in ((OutputFormat.jsonl, "jsonl"), (OutputFormat.parquet, "parquet")):
+                    if fmt in cfg.formats:
+                        FileSystems.copy([storage.join(d, f"detections.{suffix}")], [storage.join(tmp, f"{shard}.{suffix}")])
+                        names.append(f"{shard}.{suffix}")
+        names.append("errors.jsonl")
+        if coco_out is not None:
+            names.append("coco_results.json")
         if counts["images_in"] != counts["images_scored"] + counts["images_failed"]:
             raise ScoreError(f"counts do not reconcile: {dict(counts)}")
-        storage.write_text(storage.join(tmp, "errors.jsonl"), "".join(json.dumps(e, sort_keys=True) + "\n" for e in errors_all))
-        names.append("errors.jsonl")
-        if OutputFormat.coco in cfg.formats:
-            storage.write_text(storage.join(tmp, "coco_results.json"), json.dumps(so.coco_results(records_all)))
-            names.append("coco_results.json")
-        summary = so.summarize(records_all, counts, model.version)
+        summary = so.summarize(parts, counts, model.version)
         inputs_key = hashlib.sha256(json.dumps([c.uris for c in chunks]).encode()).hexdigest()[:16]
         summary["inputs_fingerprint"] = inputs_key
         summary["change_since_previous"] = so.change_since(previous, summary, previous is not None and previous.get("inputs_fingerprint") == inputs_key)
         storage.write_text(storage.join(tmp, "summary.json"), json.dumps(summary, indent=2) + "\n")
         names.append("summary.json")
-        for i, record in enumerate(records_all[: cfg.preview]):
+        for i, record in enumerate(previews):
             name = f"preview/{i:04d}.jpg"
             storage.write_bytes(storage.join(tmp, name), so.draw_preview(so.read_source(record["source"]), record))
             names.append(name)
         manifest = {"job": "score", "model_version": model.version, "model_dir": model.model_dir, "chunks": n,
-                    "chunks_scored_now": len(todo), **{k: counts.get(k, 0) for k in ("images_in", "images_scored", "images_failed", "detections", "files_skipped")}}
+                    "chunks_scored_now": scored_now, **{k: counts.get(k, 0) for k in ("images_in", "images_scored", "images_failed", "detections", "files_skipped")}}
         storage.commit(tmp, cfg.out, names, manifest, OUTPUT_PATTERNS)
     finally:
         storage.delete_tree(tmp)

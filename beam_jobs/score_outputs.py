@@ -14,18 +14,29 @@ from ssdflow import storage
 HIST_BINS = 10
 
 
-def summarize(records: list[dict], counts: dict, model_version: str) -> dict:
-    """Detections per class, a score histogram, images with no detection, mean boxes per image."""
+def summary_part(records: list[dict]) -> dict:
+    """One chunk's share of the summary (merged by :func:`summarize`): small whatever the chunk size."""
     per_class: Counter = Counter()
     hist = [0] * HIST_BINS
-    empty = 0
     for r in records:
-        if not r["detections"]:
-            empty += 1
         for d in r["detections"]:
             per_class[d["label"]] += 1
             hist[min(int(d["score"] * HIST_BINS), HIST_BINS - 1)] += 1
-    scored = len(records)
+    return {"detections_per_class": dict(sorted(per_class.items())), "score_histogram": hist,
+            "images_without_detections": sum(1 for r in records if not r["detections"])}
+
+
+def summarize(parts: list[dict], counts: dict, model_version: str) -> dict:
+    """Detections per class, a score histogram, images with no detection, mean boxes per image,
+    from the chunks' :func:`summary_part` and the overall counts."""
+    per_class: Counter = Counter()
+    hist = [0] * HIST_BINS
+    empty = 0
+    for part in parts:
+        per_class.update(part["detections_per_class"])
+        hist = [a + b for a, b in zip(hist, part["score_histogram"])]
+        empty += part["images_without_detections"]
+    scored = counts["images_scored"]
     return {
         "model_version": model_version,
         "images_in": counts["images_in"],
@@ -62,6 +73,35 @@ def coco_results(records: list[dict]) -> list[dict]:
                   round(d["box"]["ymax"] - d["box"]["ymin"], 2)]}
         for r in records for d in r["detections"]
     ]
+
+
+def coco_fragment(records: list[dict]) -> str:
+    """One chunk's COCO results as the inside of a JSON array (``json.dumps``'s own separators), so
+    that chunks' fragments joined by ``", "`` inside ``[ ]`` are the JSON of the whole list."""
+    return ", ".join(json.dumps(r) for r in coco_results(records))
+
+
+class CocoWriter:
+    """coco_results.json streamed from the chunks' fragments: one JSON array, never whole in memory."""
+
+    def __init__(self, uri: str):
+        self._out = storage.StreamWriter(uri)
+        self._first = True
+
+    def __enter__(self):
+        self._out.__enter__()
+        self._out.write(b"[")
+        return self
+
+    def add(self, fragment: str) -> None:
+        if fragment:
+            self._out.write((fragment if self._first else ", " + fragment).encode())
+            self._first = False
+
+    def __exit__(self, *exc):
+        if exc[0] is None:
+            self._out.write(b"]")
+        return self._out.__exit__(*exc)
 
 
 def draw_preview(data: bytes, record: dict) -> bytes:

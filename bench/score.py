@@ -129,7 +129,7 @@ def run_job(model_dir: Path, images: Path, out: Path, n: int, batch: int, chunk_
 
     shutil.rmtree(out, ignore_errors=True)  # nothing committed: every chunk is scored
     cfg = ScoreConfig(model=str(model_dir), images=[str(images)], out=str(out), formats=[OutputFormat.jsonl, OutputFormat.parquet],
-                      min_batch_size=batch, max_batch_size=batch, chunk_size=chunk_size, beam_args=beam_args)
+                      max_batch_size=batch, chunk_size=chunk_size, beam_args=beam_args)
     t0 = time.perf_counter()
     manifest = run_score(cfg)
     t = time.perf_counter() - t0
@@ -212,7 +212,7 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=2000, help="N images scored by the job, (a) and (a2)")
     ap.add_argument("--alpha", type=float, default=1.0)
     ap.add_argument("--image-size", type=int, default=320)
-    ap.add_argument("--batch-size", type=int, default=64, help="inference batch of the job (min = max), (a) and (a2)")
+    ap.add_argument("--batch-size", type=int, default=64, help="inference batch of the job (--max-batch-size), (a) and (a2)")
     ap.add_argument("--per-image", type=int, default=200, help="images timed by the per-image loops (b1), (b2)")
     ap.add_argument("--chunk-size", type=int, default=0, help="the job's chunk size; 0: N (one chunk, so one worker does all of it)")
     ap.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "ssdflow-bench-score"))

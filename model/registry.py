@@ -384,12 +384,28 @@ def promote_if_better(
     return decision
 
 
+def resolve_model_uri(model: str) -> str:
+    """What ``--model`` names, resolved to one exported model: the directory itself when it holds a
+    SavedModel, else a models directory's champion. Local paths, s3:// and gs:// alike (read through
+    Beam FileSystems, so object-store options such as ``--s3_endpoint_url`` apply)."""
+    base = str(model).rstrip("/") or "/"
+    if storage.exists(storage.join(base, "saved_model.pb")):
+        return base
+    champion_uri = storage.join(base, CHAMPION)
+    if storage.exists(champion_uri):
+        try:
+            version = _check_version(json.loads(storage.read_text(champion_uri))["version"])
+        except (ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"{champion_uri}: not a champion record ({e})") from None
+        model_dir = storage.join(base, version)
+        if not storage.exists(storage.join(model_dir, "saved_model.pb")):
+            raise FileNotFoundError(f"{champion_uri} names version {version}, which is not committed (no {model_dir}/saved_model.pb)")
+        return model_dir
+    raise FileNotFoundError(f"{model}: neither a SavedModel directory nor a models directory with a champion.json")
+
+
 def resolve_model_dir(path: str | os.PathLike) -> Path:
-    """An exported model directory, or a models directory's champion (what `--model` accepts)."""
-    p = Path(path)
-    if (p / "saved_model.pb").is_file():
-        return p
-    champion = read_champion(p) if p.is_dir() else None
-    if champion is not None:
-        return _committed_dir(p, champion["version"])
-    raise FileNotFoundError(f"{path}: neither a SavedModel directory nor a models directory with a champion.json")
+    """:func:`resolve_model_uri` for a local path (what the local-only commands accept)."""
+    if not storage.is_local(str(path)):
+        raise ValueError(f"{path}: a local path is needed here")
+    return Path(resolve_model_uri(str(path)))

@@ -55,6 +55,18 @@ def pipeline_options(flags: list[str]) -> PipelineOptions:
     return options
 
 
+def worker_filesystems(flags: list[str]) -> None:
+    """Gives this worker process's Beam FileSystems the job's S3/GCS options (endpoint, region …).
+
+    Beam's own worker entry point does this, but an SDK harness that an external worker pool runs
+    in-process (PortableRunner with ``--environment_type=EXTERNAL``, the way Flink and Spark run
+    Python) never does, and its first s3:// call fails with "Must provide one of client or
+    options". DoFns that touch storage call this from ``setup``; where the options are set already,
+    setting the job's own options again changes nothing.
+    """
+    FileSystems.set_options(PipelineOptions(flags=flags))
+
+
 def make_pipeline(options: PipelineOptions) -> beam.Pipeline:
     runner = options.view_as(StandardOptions).runner
     if runner in _LOCAL:

@@ -130,9 +130,9 @@ def export(
 
 @config_command(app, ScoreConfig, beam=True, overrides={"formats": _formats(ScoreConfig.model_fields["formats"].default_factory())})
 def score(cfg: ScoreConfig) -> None:
-    """Score image archives with an exported model (Beam RunInference) and write detections back to storage.
+    """Score image archives with an exported model (a Beam job, chunk by chunk) and write detections back to storage.
 
-    Outputs in --out: detections-*.jsonl, detections-*.parquet (one row per detection), errors.jsonl, summary.json and, last, _SUCCESS. A rerun scores only the chunks not yet committed for that model. Further Beam pipeline options pass through to the runner.
+    Outputs in --out: detections-*.jsonl, detections-*.parquet (one row per detection), errors.jsonl, summary.json, coco_results.json (--formats ...,coco), preview/*.jpg (--preview N) and, last, _SUCCESS. --model may be local, s3:// or gs://. A rerun scores only the chunks not yet committed for that model. Further Beam pipeline options pass through to the runner.
     """
     from beam_jobs.score import ScoreError, run_score
 

@@ -6,11 +6,12 @@ the UI's run form and refuses an out-of-range value when a run is created.
 
 from __future__ import annotations
 
+import logging
 import os
 import posixpath
 import re
 from enum import Enum
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -218,18 +219,29 @@ class ScoreConfig(BeamOptions):
     formats: list[OutputFormat] = Field(default_factory=lambda: [OutputFormat.jsonl, OutputFormat.parquet], description="Output formats")
     score_threshold: float = Field(0.3, ge=0.0, le=1.0, description="Keep detections scoring at least this")
     max_detections: int = Field(100, ge=1, le=1000, description="Detections kept per image")
-    min_batch_size: int = Field(8, ge=1, le=1024, description="Smallest inference batch")
-    max_batch_size: int = Field(64, ge=1, le=1024, description="Largest inference batch (64 measured faster than 32 on CPU, docs/benchmarks.md)")
+    max_batch_size: int = Field(64, ge=1, le=1024, description="Inference batch (the last of a chunk may be smaller; 64 measured faster than 32 on CPU, docs/benchmarks.md)")
     chunk_size: int = Field(1000, ge=1, le=1_000_000, description="Images per resumable chunk (a tar archive is one chunk)")
-    chunks_per_run: int = Field(16, ge=1, le=100_000, description="Chunks per pipeline run: a crash loses at most one run's work")
     preview: int = Field(0, ge=0, le=1000, description="Write this many JPEGs with the boxes drawn")
     read_threads: int = Field(8, ge=1, le=64, description="Files read ahead concurrently per worker (object stores need several)")
     max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1, description="Images with more pixels are refused (decompression-bomb guard)")
 
+    # Settings of earlier versions, dropped with a warning so that saved configs keep working.
+    REMOVED: ClassVar[dict[str, str]] = {
+        "chunks_per_run": "every pending chunk now runs in one pipeline run and is committed as it finishes",
+        "min_batch_size": "batches are --max-batch-size consecutive images of a chunk",
+    }
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_removed(cls, data):
+        if isinstance(data, dict) and cls.REMOVED.keys() & data.keys():
+            for name in sorted(cls.REMOVED.keys() & data.keys()):
+                logging.getLogger(__name__).warning("score: %s is no longer a setting and is ignored: %s", name, cls.REMOVED[name])
+            data = {k: v for k, v in data.items() if k not in cls.REMOVED}
+        return data
+
     @model_validator(mode="after")
-    def _check_batches(self) -> "ScoreConfig":
-        if self.min_batch_size > self.max_batch_size:
-            raise ValueError("min_batch_size must not exceed max_batch_size")
+    def _out_beside_the_models(self) -> "ScoreConfig":
         models = models_dir_of(self.model)
         if roots.is_under(self.out, models):  # scoring never writes over the registry
             raise ValueError(f"out {self.out} lies inside the models directory {models}")

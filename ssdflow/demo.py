@@ -1,5 +1,5 @@
 """``ssdflow demo``: the embedded default. Makes its own data and runs every job on it locally:
-ingest (Beam) → train (Keras; evaluate, export, promote) → score (Beam RunInference)."""
+ingest (Beam) → train (Keras; evaluate, export, promote) → score (Beam batch inference)."""
 
 from __future__ import annotations
 
@@ -61,7 +61,7 @@ def run_demo(workdir: str = "demo_out", num_images: int = 200, seed: int = 0, mi
     echo(f"demo: model {result.version}: mAP@.5 {m['mAP@.5']:.3f}, mAP@[.5:.95] {m['mAP']:.3f} on {m['val_images']} val images; "
          f"{'promoted to champion' if d['promoted'] else 'not promoted'} ({d['reason']})")
 
-    echo(f"demo: score (Apache Beam RunInference with {result.version}) ...")
+    echo(f"demo: score (Apache Beam batch inference with {result.version}) ...")
     # The model just trained scores, promoted or not (a first run below the --min-map floor is not promoted).
     scored = run_score(score_cfg.model_copy(update={"model": result.model_dir}))
     echo(f"demo: scored {scored['images_scored']} images, {scored['detections']} detections, {scored['images_failed']} failed")

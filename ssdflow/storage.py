@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import posixpath
 import uuid
-from typing import Iterable
+from typing import Callable, Iterable
 
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
@@ -49,6 +49,42 @@ def write_bytes(uri: str, data: bytes) -> None:
     else:
         with FileSystems.create(uri, compression_type=CompressionTypes.UNCOMPRESSED) as f:
             f.write(data)
+
+
+class StreamWriter:
+    """A file written piece by piece (``with StreamWriter(uri) as w: w.write(b"...")``), never whole in
+    memory: ``FileSystems.create`` streams to local disk or as a multipart upload. An empty file goes
+    through :func:`write_bytes` (S3 refuses a multipart upload without parts). Only for files inside
+    a temp directory that :func:`commit` moves into place: the file itself is not renamed."""
+
+    def __init__(self, uri: str):
+        self.uri, self._f = uri, None
+
+    def __enter__(self) -> "StreamWriter":
+        return self
+
+    def write(self, data: bytes) -> None:
+        if not data:
+            return
+        if self._f is None:
+            if is_local(self.uri):
+                _mkdirs(posixpath.dirname(self.uri))
+            self._f = FileSystems.create(self.uri, compression_type=CompressionTypes.UNCOMPRESSED)
+        self._f.write(data)
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc_type is not None:  # the caller's error wins; the partial file is in a temp dir that goes
+            if self._f is not None:
+                import contextlib
+
+                with contextlib.suppress(Exception):
+                    self._f.close()
+            return False
+        if self._f is not None:
+            self._f.close()
+        else:
+            write_bytes(self.uri, b"")
+        return False
 
 
 def _put_empty_s3_object(uri: str) -> None:
@@ -222,3 +258,90 @@ def read_json_object(path) -> dict:
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a JSON object")
     return data
+
+
+def copy_tree_to_local(uri: str, dest: str, include: Callable[[str], bool] = lambda rel: True) -> list[str]:
+    """Copies the files under a directory URI (or object-store prefix) whose relative path passes
+    ``include`` into the local ``dest``, keeping relative paths; ``dest`` appears whole or not at all
+    (built under a temp name, each file fsynced, renamed). Returns the relative paths copied. An
+    existing ``dest`` is kept as it is (another process won the race)."""
+    import os
+    import shutil
+    import tempfile
+
+    base = uri.rstrip("/") + "/"
+    files = [(p, p[len(base):]) for p in list_files(join(uri, "**")) if p.startswith(base) and not p.endswith("/")]
+    files = [(p, rel) for p, rel in files if include(rel)]
+    if not files:
+        raise FileNotFoundError(f"{uri}: no files to copy")
+    parent = os.path.dirname(os.path.abspath(dest))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(dest)}.", dir=parent)
+    try:
+        for path, rel in files:
+            if any(part in ("", ".", "..") for part in rel.split("/")):
+                raise ValueError(f"{path}: refusing a path that would leave {dest}")
+            target = os.path.join(tmp, *rel.split("/"))
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as src, open(target, "wb") as out:
+                shutil.copyfileobj(src, out, 1 << 20)
+                out.flush()
+                os.fsync(out.fileno())  # a copy cut short by a host crash must not be trusted later
+        try:
+            os.rename(tmp, dest)
+        except OSError:
+            if not os.path.isdir(dest):  # not lost to a concurrent copy: a real failure
+                raise
+        fsync_dir(parent)
+        return [rel for _, rel in files]
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def cache_root() -> str:
+    """Where local copies of remote files live: ``$SSDFLOW_CACHE_DIR``, else a per-user directory in
+    the temp dir. Created private (0700); refused when another user owns it or others may write to
+    it, since a planted directory there would be loaded as a model."""
+    import os
+    import stat
+    import tempfile
+
+    root = os.environ.get("SSDFLOW_CACHE_DIR") or os.path.join(tempfile.gettempdir(), f"ssdflow-cache-{os.getuid()}")
+    os.makedirs(root, mode=0o700, exist_ok=True)
+    st = os.stat(root)
+    if st.st_uid != os.getuid() or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise PermissionError(f"cache directory {root} must belong to this user and not be writable by others "
+                              "(set SSDFLOW_CACHE_DIR to a private directory)")
+    return root
+
+
+def local_dir(uri: str, key: str, include: Callable[[str], bool] = lambda rel: True,
+              is_valid: Callable[[str], bool] = lambda path: True) -> str:
+    """A local directory with the contents of ``uri``: the path itself when it is local, else a copy
+    under :func:`cache_root` made once per ``key`` (e.g. a content fingerprint) and reused by later
+    calls from any process of this user on the machine (they wait for a copy in progress rather than
+    download it again). A copy that fails ``is_valid`` is replaced.
+
+    Why: TensorFlow reads SavedModels from local disk and gs:// only (its s3:// support moved out, to
+    tensorflow-io), and a remote worker should fetch a model once, not once per bundle.
+    """
+    import fcntl
+    import os
+    import re
+    import shutil
+
+    if is_local(uri):
+        return uri[len("file://"):] if uri.startswith("file://") else uri
+    if not re.fullmatch(r"[A-Za-z0-9._-]{1,128}", key) or key.startswith("."):
+        raise ValueError(f"cache key {key!r}: letters, digits, '.', '_', '-' only")
+    root = cache_root()
+    dest = os.path.join(root, key)
+    with open(os.path.join(root, f".{key}.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one download per machine; the others wait for it
+        if os.path.isdir(dest) and not is_valid(dest):
+            shutil.rmtree(dest)
+        if not os.path.isdir(dest):
+            copy_tree_to_local(uri, dest, include)
+            if not is_valid(dest):
+                raise ValueError(f"{uri}: the local copy does not match {key} (the source changed while it was copied?)")
+    return dest

@@ -1,7 +1,7 @@
 """A served run whose processes are SIGKILLed is marked Crashed and rerun, and the rerun's outputs
 equal an uninterrupted run's (real `prefect server` on 127.0.0.1, real `ssdflow serve`).
 
-Timeline: batch-score starts (10 chunks of 6 raccoon images, one pipeline run each); once some chunks are committed
+Timeline: batch-score starts (10 chunks of 6 raccoon images in one pipeline run, each committed as it finishes); once some chunks are committed
 the serving process group gets SIGKILL (serve and the flow-run process die together) and serve is
 started again. Heartbeats stop, so ``ssdflow: mark silent runs crashed`` sets the run CRASHED,
 ``ssdflow: rerun crashed runs`` creates a rerun with the same config and ``attempt`` 1, and the
@@ -46,9 +46,9 @@ def test_killed_run_is_marked_crashed_and_rerun_to_the_same_outputs(raccoon_mode
     images, _ = raccoon_subset(tmp_path, CHUNKS * CHUNK_SIZE, labels=False)
     images = str(images)
     config = {"model": raccoon_model, "images": [images], "out": str(tmp_path / "scored"), "score_threshold": 0.0,
-              "max_detections": 5, "chunk_size": CHUNK_SIZE, "chunks_per_run": 1}
-    reference = tmp_path / "reference"  # uninterrupted, in one pipeline run: chunk results do not depend on the waves
-    run_score(ScoreConfig(**{**config, "out": str(reference), "chunks_per_run": CHUNKS}))
+              "max_detections": 5, "chunk_size": CHUNK_SIZE}
+    reference = tmp_path / "reference"  # uninterrupted
+    run_score(ScoreConfig(**{**config, "out": str(reference)}))
 
     with prefect_stack(tmp_path / "prefect", tmp_path / "home", ["--silence-seconds", str(SILENCE)]) as stack:
         api, serving = stack["api"], stack["serving"]

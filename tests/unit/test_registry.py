@@ -100,6 +100,25 @@ def test_set_champion_refuses_uncommitted_or_missing(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == ["champion.json"]  # no temp files
 
 
+def test_resolve_model_uri_takes_a_saved_model_or_the_champion(tmp_path):
+    v = make_version(tmp_path, 0.5)
+    (tmp_path / v / "saved_model.pb").write_bytes(b"graph")
+    with pytest.raises(FileNotFoundError, match="neither a SavedModel"):
+        registry.resolve_model_uri(str(tmp_path))  # no champion yet
+    registry.set_champion(tmp_path, v, {"promoted": True})
+    assert registry.resolve_model_uri(str(tmp_path) + "/") == str(tmp_path / v)
+    assert registry.resolve_model_uri(str(tmp_path / v)) == str(tmp_path / v)
+    assert registry.resolve_model_dir(tmp_path) == tmp_path / v
+    with pytest.raises(ValueError, match="local path"):
+        registry.resolve_model_dir("s3://bucket/models")
+    (tmp_path / "champion.json").write_text(json.dumps({"version": "../elsewhere"}))
+    with pytest.raises(ValueError, match="not a champion record"):
+        registry.resolve_model_uri(str(tmp_path))
+    (tmp_path / "champion.json").write_text(json.dumps({"version": "20200101T000000Z-0000"}))
+    with pytest.raises(FileNotFoundError, match="not committed"):
+        registry.resolve_model_uri(str(tmp_path))
+
+
 # --- label maps and policy -----------------------------------------------------------------------
 
 
