@@ -14,10 +14,13 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.portability import python_urns
+from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
 
 log = logging.getLogger(__name__)
@@ -70,7 +73,38 @@ def worker_filesystems(flags: list[str]) -> None:
 def make_pipeline(options: PipelineOptions) -> beam.Pipeline:
     runner = options.view_as(StandardOptions).runner
     if runner in _LOCAL:
-        from apache_beam.runners.portability.fn_api_runner import FnApiRunner
-
-        return beam.Pipeline(runner=FnApiRunner(), options=options)
+        return beam.Pipeline(runner=LocalRunner(provision_info=_local_provision_info(options)), options=options)
     return beam.Pipeline(options=options)
+
+
+class LocalRunner(FnApiRunner):
+    """The FnApiRunner, whose ``multi_processing`` workers start through :mod:`ssdflow.beam_worker`
+    (Beam's harness with a quiet console) instead of Beam's bare harness module."""
+
+    BEAM_WORKER = f"{sys.executable} -m apache_beam.runners.worker.sdk_worker_main"
+    SSDFLOW_WORKER = f"{sys.executable} -m ssdflow.beam_worker"
+
+    def run_via_runner_api(self, pipeline_proto, options):
+        for env in pipeline_proto.components.environments.values():
+            if env.urn == python_urns.SUBPROCESS_SDK and env.payload.decode() == self.BEAM_WORKER:
+                env.payload = self.SSDFLOW_WORKER.encode()
+        return super().run_via_runner_api(pipeline_proto, options)
+
+
+def _local_provision_info(options: PipelineOptions):
+    """What the FnApiRunner's worker processes (multi_processing mode) are told about the job.
+
+    Built directly, the FnApiRunner hands its workers no pipeline options at all: their Beam
+    FileSystems then lack the job's S3/GCS options (endpoint, region, credentials flags), and each
+    worker logs its harness chatter (channels opened, "sdk harness starting" …) at INFO on the
+    user's console. Workers get the job's options as a portable runner would send them, with the
+    harness log level at WARNING unless the flags chose one (``--default_sdk_harness_log_level``).
+    """
+    from apache_beam.portability.api import beam_provision_api_pb2
+    from apache_beam.runners.portability.fn_api_runner.fn_runner import ExtendedProvisionInfo
+    from apache_beam.runners.portability.portable_runner import JobServiceHandle
+
+    chosen = options.get_all_options(drop_default=True)
+    chosen.setdefault("default_sdk_harness_log_level", "WARNING")
+    return ExtendedProvisionInfo(beam_provision_api_pb2.ProvisionInfo(
+        retrieval_token="unused-retrieval-token", pipeline_options=JobServiceHandle.encode_pipeline_options(chosen)))

@@ -1,0 +1,36 @@
+"""Entry point of the local DirectRunner's worker processes (``multi_processing`` mode).
+
+Beam starts each worker as ``python -m apache_beam.runners.worker.sdk_worker_main``; that harness
+logs its start-up at INFO on stderr (channels opened, "sdk harness starting" …), logs a warning
+about a semi-persistent directory that only a container worker has, and imports Beam's GCP module,
+whose "apitools not found" warning is a false alarm for ssdflow. On a user's console, twice per
+core, that is noise. :class:`ssdflow.beam_runner.LocalRunner` starts this module instead: the
+same harness, with ssdflow's false-alarm filter and warnings and errors only on stderr.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import ssdflow  # noqa: F401  (installs the false-alarm filter before Beam's modules are imported)
+
+# Logged by the harness when no semi-persistent directory is provided, which only a container
+# worker has: local workers unpickle with the job's own modules and lose nothing.
+_NO_DIRECTORY = "No semi_persistent_directory found"
+
+
+def main() -> None:
+    console = logging.StreamHandler()
+    console.setLevel(logging.WARNING)
+    console.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    logging.getLogger().addHandler(console)  # so that Beam's later logging.basicConfig() adds no INFO handler
+    logging.getLogger().setLevel(logging.WARNING)
+    from apache_beam.runners.worker import sdk_worker_main
+
+    logging.getLogger(sdk_worker_main.__name__).addFilter(lambda r: not str(r.msg).startswith(_NO_DIRECTORY))
+    sdk_worker_main.main(sys.argv)
+
+
+if __name__ == "__main__":
+    main()
