@@ -735,14 +735,9 @@ def build_pipeline(p: beam.Pipeline, cfg: IngestConfig, tmp_dir: str, class_name
     )
 
 
-def _absolute(uri: str | None) -> str | None:
-    """Local paths become absolute, so rejected.jsonl names files unambiguously (and workers agree)."""
-    return os.path.abspath(uri) if uri and storage.is_local(uri) and not uri.startswith("file://") else uri
-
-
 def run_ingest(cfg: IngestConfig) -> dict:
     """Runs the ingest job to completion and commits its output; returns stats.json's content."""
-    cfg = cfg.model_copy(update={k: _absolute(getattr(cfg, k)) for k in ("images", "labels", "out", "classes", "label_map")})
+    cfg = cfg.model_copy(update={k: storage.absolute(getattr(cfg, k)) for k in ("images", "labels", "out", "classes", "label_map")})
     pipeline_options(cfg.pipeline_flags())  # first: the listing below needs the S3/GCS options
     inputs = storage.count_files(image_pattern(cfg.images), limit=MULTI_PROCESS_MIN_FILES)
     if not inputs:

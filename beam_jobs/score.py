@@ -141,6 +141,23 @@ def write_listings(out: str, version: str, chunks: list[Chunk], threads: int = 1
         list(pool.map(write, chunks))
 
 
+def prune_attempts(out: str, version: str, chunks: list[Chunk], threads: int = 16) -> None:
+    """Deletes the attempts that a chunk's ``_SUCCESS`` does not name: what a killed run's chunk in
+    flight left, or the loser of a retried bundle. Only for chunks committed by this run: the
+    others were pruned by the run that committed them."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def prune(c: Chunk) -> None:
+        d = chunk_dir(out, version, c.chunk_id)
+        keep = json.loads(storage.read_text(storage.join(d, storage.SUCCESS)))["attempt"]
+        attempts = {u[len(d) + 1:].split("/", 1)[0] for u in storage.list_files(storage.join(d, "*", "*"))}
+        for attempt in sorted(attempts - {keep}):
+            storage.delete_tree(storage.join(d, attempt))
+
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(prune, chunks))
+
+
 def read_listing(out: str, version: str, chunk_id: str) -> Chunk:
     listing = json.loads(storage.read_text(storage.join(chunk_dir(out, version, chunk_id), LISTING)))
     return Chunk(chunk_id, listing["index"], listing["kind"], tuple(listing["uris"]))
@@ -413,12 +430,14 @@ RESULTS_LAYOUT = 2  # in every chunk id: commits of an older layout (no summary 
 
 def run_score(cfg: ScoreConfig) -> dict:
     """Scores what is not yet committed, assembles the outputs, writes ``_SUCCESS``; returns its manifest."""
-    cfg = cfg.model_copy(update={"out": os.path.abspath(cfg.out) if storage.is_local(cfg.out) else cfg.out,
-                                 "model": os.path.abspath(cfg.model) if storage.is_local(cfg.model) else cfg.model,
-                                 "images": [os.path.abspath(i) if storage.is_local(i) else i for i in cfg.images]})
+    cfg = cfg.model_copy(update={"out": storage.absolute(cfg.out), "model": storage.absolute(cfg.model),
+                                 "images": [storage.absolute(i) for i in cfg.images]})
     options = pipeline_options(cfg.pipeline_flags())
     model = resolve_model(cfg.model)
-    results_key = f"{RESULTS_LAYOUT}:{model.fingerprint}:{cfg.score_threshold}:{cfg.max_detections}:{cfg.max_pixels}"
+    # Everything that can change a chunk's results. The batch size too: batch shapes change oneDNN's
+    # float rounding, and with it near-tied scores, so a commit made with another batch size is not reused.
+    results_key = (f"{RESULTS_LAYOUT}:{model.fingerprint}:{cfg.score_threshold}:{cfg.max_detections}:{cfg.max_pixels}:"
+                   f"{cfg.max_batch_size}")
     chunks = plan_chunks(cfg.images, cfg.chunk_size, results_key)
     todo = [c for c in chunks if not storage.exists(storage.join(chunk_dir(cfg.out, model.version, c.chunk_id), storage.SUCCESS))]
     log.info("score: %d chunks, %d already committed for model %s", len(chunks), len(chunks) - len(todo), model.version)
@@ -427,6 +446,7 @@ def run_score(cfg: ScoreConfig) -> dict:
         write_listings(cfg.out, model.version, todo)
         with make_pipeline(options) as p:
             build_pipeline(p, cfg, model, todo)
+        prune_attempts(cfg.out, model.version, todo)
     return assemble(cfg, model, chunks, scored_now=len(todo))
 
 

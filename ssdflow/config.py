@@ -28,6 +28,10 @@ GENERATED_VERSION_RE = re.compile(r"^(\d{8}T\d{6}Z)-[0-9a-f]{4}$")
 # The finest level's anchor scale by its stride when nothing else sets it: 4x the stride at 320 px
 # (SSD's 0.2 at stride 16, FPNLite's 0.1 at stride 8).
 DEFAULT_FIRST_SCALE = {8: 0.1, 16: 0.2}
+# BatchNorm moving-average momentum by how the backbone starts: the TF OD API's 0.997 for
+# fine-tuning pretrained weights; 0.9 from scratch (raccoon, 30-minute budget: 0.997 peaked at
+# epoch 5 and swung between 0.38 and 0.55 after; docs/benchmarks.md).
+BN_MOMENTUM = {"pretrained": 0.997, "scratch": 0.9}
 
 
 def models_dir_of(model: str) -> str:
@@ -167,7 +171,9 @@ class TrainSettings(BaseModel):
     promotion_tolerance: float = Field(0.0, ge=0, le=1, description="Promote if challenger mAP@.5 >= champion's - tolerance")
     min_map: float = Field(0.05, ge=0, le=1, description="Quality floor: never promote a model below this val mAP@.5, the first champion included")
     on_label_map_change: str = Field("refuse", pattern="^(refuse|promote_if_only_added)$", description="Policy when classes changed")
-    bn_momentum: float = Field(0.997, gt=0.0, lt=1.0, description="BatchNorm momentum; lower (0.9) for short runs from scratch")
+    bn_momentum: float | None = Field(None, gt=0.0, lt=1.0, description=(
+        "BatchNorm moving-average momentum; default: 0.997 (the TF OD API's) with pretrained backbone weights, "
+        "0.9 from scratch, where the moving statistics must follow weights that change fast (docs/benchmarks.md)"))
     augment: bool = Field(True, description="Photometric jitter, SSD random crop and flips on training images")
     ema_momentum: float = Field(0.0, ge=0, lt=1, description="Evaluate and export an exponential moving average of the weights with this momentum per step; 0: the raw weights")
     precision: Literal["auto", "float32", "mixed_bfloat16", "mixed_float16"] = Field("auto", description=(
@@ -191,9 +197,15 @@ class TrainSettings(BaseModel):
         """The epochs this run may take: the set bound, else the budget decides (20 with no budget)."""
         return self.epochs or (MAX_EPOCHS if self.time_budget else 20)
 
+    def batch_norm_momentum(self) -> float:
+        """The set momentum, else the default for how the backbone starts (BN_MOMENTUM)."""
+        if self.bn_momentum is not None:
+            return self.bn_momentum
+        return BN_MOMENTUM["scratch" if self.backbone_weights == "none" else "pretrained"]
+
     def model(self, num_classes: int, fitted_stride: int = 16, fitted_min_scale: float | None = None) -> ModelConfig:
         """The architecture; the values fitted to the training boxes apply where the settings leave them open."""
-        return ModelConfig(alpha=self.alpha, image_size=self.image_size, num_classes=num_classes, bn_momentum=self.bn_momentum,
+        return ModelConfig(alpha=self.alpha, image_size=self.image_size, num_classes=num_classes, bn_momentum=self.batch_norm_momentum(),
                            finest_stride=self.finest_stride or fitted_stride, min_scale=self.min_scale or fitted_min_scale)
 
 

@@ -24,7 +24,7 @@ def demo_train_settings(minutes: float = DEMO_MINUTES, epochs: int | None = None
     Fitting runs to its time budget with val mAP@.5 every epoch, and the best epoch is exported.
     """
     return TrainSettings(alpha=0.35, image_size=128, epochs=epochs, time_budget=minutes, batch_size=16,
-                         backbone_weights="none", learning_rate=3e-3, bn_momentum=0.9)
+                         backbone_weights="none", learning_rate=3e-3)
 
 
 def demo_configs(workdir: str, images: str, labels: str, minutes: float = DEMO_MINUTES,

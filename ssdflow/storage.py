@@ -27,6 +27,14 @@ def is_local(uri: str) -> bool:
     return "://" not in uri or uri.startswith("file://")
 
 
+def absolute(uri: str | None) -> str | None:
+    """A local path made absolute (so that outputs name files unambiguously and workers in other
+    directories agree); URIs, ``file://`` ones included, and None unchanged."""
+    import os
+
+    return os.path.abspath(uri) if uri and "://" not in uri else uri
+
+
 def read_bytes(uri: str) -> bytes:
     with FileSystems.open(uri, compression_type=CompressionTypes.UNCOMPRESSED) as f:
         return f.read()
@@ -37,13 +45,20 @@ def read_text(uri: str) -> str:
 
 
 def write_bytes(uri: str, data: bytes) -> None:
-    """Writes a whole file. Object stores commit on close; locally the file is renamed into place."""
+    """Writes a whole file. Object stores commit on close; locally the file is synced to disk and
+    renamed into place, so a ``_SUCCESS`` written after it never outlives its data in a power loss."""
     if is_local(uri):
-        tmp = f"{uri}.tmp-{uuid.uuid4().hex[:8]}"
+        import os
+
+        path = uri[len("file://"):] if uri.startswith("file://") else uri
         _mkdirs(posixpath.dirname(uri))
-        with FileSystems.create(tmp, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+        with open(tmp, "wb") as f:
             f.write(data)
-        FileSystems.rename([tmp], [uri])
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        fsync_dir(os.path.dirname(path) or ".")
     elif not data and uri.startswith("s3://"):
         _put_empty_s3_object(uri)
     else:

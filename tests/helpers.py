@@ -148,11 +148,19 @@ def moto_s3(access_key_id: str = "testing", secret_access_key: str = "testing-se
                 os.environ[k] = v
 
 
+class PortableArgs(list):
+    """Beam arguments for a local job service and worker pool, with the two processes (``job``, ``pool``)."""
+
+    job: subprocess.Popen
+    pool: subprocess.Popen
+
+
 @contextlib.contextmanager
 def portable_beam(worker_cwd: str | Path | None = None, worker_env: dict | None = None):
     """Beam's local job service and an external SDK worker pool, both on 127.0.0.1 (subprocesses,
-    stopped by PID); yields the Beam arguments that send a pipeline to them. The worker pool runs in
-    ``worker_cwd`` (default: the repository) with ``worker_env`` added to this process's environment."""
+    stopped by PID); yields the Beam arguments that send a pipeline to them (a list whose ``job`` and
+    ``pool`` attributes are the two processes). The worker pool runs in ``worker_cwd`` (default: the
+    repository) with ``worker_env`` added to this process's environment."""
     import sys
 
     env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""),
@@ -167,7 +175,10 @@ def portable_beam(worker_cwd: str | Path | None = None, worker_env: dict | None 
     try:
         wait_for_port(job_port, proc=job)
         wait_for_port(pool_port, proc=pool)
-        yield [f"--job_endpoint=127.0.0.1:{job_port}", "--environment_type=EXTERNAL", f"--environment_config=127.0.0.1:{pool_port}"]
+        args = PortableArgs([f"--job_endpoint=127.0.0.1:{job_port}", "--environment_type=EXTERNAL",
+                             f"--environment_config=127.0.0.1:{pool_port}"])
+        args.job, args.pool = job, pool
+        yield args
     finally:
         stop_process(pool)
         stop_process(job)

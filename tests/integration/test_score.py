@@ -222,6 +222,56 @@ def test_resume_after_sigkill_scores_only_what_is_left(raccoon_model, tmp_path, 
         assert a.name == b.name and a.read_bytes() == b.read_bytes()
 
 
+def _cycled_images(tmp_path, n: int) -> str:
+    """n distinct image paths (raccoon's JPEGs cycled, as symbolic links)."""
+    sources = sorted((raccoon_or_skip() / "images").glob("*.jpg"))
+    d = tmp_path / "cycled"
+    d.mkdir()
+    for i in range(n):
+        os.symlink(sources[i % len(sources)], d / f"img{i:04d}.jpg")
+    return str(d)
+
+
+def test_portable_runner_killed_worker_then_rerun_equals_an_uninterrupted_run(raccoon_model, tmp_path):
+    """1,000 images in 10 chunks on the PortableRunner: one pipeline run; the worker pool killed
+    mid-run loses only the chunks in flight, and a rerun (new job service and workers) scores what
+    is left, to outputs equal to an uninterrupted DirectRunner run."""
+    images = _cycled_images(tmp_path, 1000)
+    same = ["--score-threshold", "0", "--chunk-size", "100", "--max-batch-size", "8"]
+    ref = tmp_path / "ref"
+    run_score(ScoreConfig(model=raccoon_model, images=[images], out=str(ref), score_threshold=0.0, chunk_size=100, max_batch_size=8))
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "ssdflow.cli", "score", "--model", raccoon_model, "--images", images, "--out", str(out),
+           *same, "--runner", "PortableRunner"]
+    chunks_root = out / "chunks" / os.path.basename(raccoon_model)
+    with portable_beam() as portable_args:
+        proc = subprocess.Popen([*cmd, *portable_args], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                start_new_session=True)
+        deadline = time.time() + 300
+        while time.time() < deadline and proc.poll() is None:
+            if chunks_root.exists() and len(list(chunks_root.glob("*/_SUCCESS"))) >= 2:
+                break
+            time.sleep(0.02)
+        os.killpg(portable_args.pool.pid, signal.SIGKILL)  # the workers die mid-run
+        portable_args.pool.wait()
+        try:
+            proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:  # a driver still waiting on a dead worker is stopped too
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    committed = len(list(chunks_root.glob("*/_SUCCESS")))
+    assert 2 <= committed < 10, f"kill landed after {committed} of 10 chunks"
+    assert proc.returncode != 0 and not (out / "_SUCCESS").exists()  # the interrupted run never looks complete
+
+    with portable_beam() as portable_args:
+        done = subprocess.run([*cmd, *portable_args], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"{10 - committed} of 10 chunks scored now" in done.stdout
+    assert _lines(out) == _lines(ref) and len(_lines(ref)) == 1000
+    for a, b in zip(sorted(ref.glob("detections-*.jsonl")), sorted(out.glob("detections-*.jsonl")), strict=True):
+        assert a.name == b.name and a.read_bytes() == b.read_bytes()
+
+
 BUCKET = "ssdflow-score"
 
 

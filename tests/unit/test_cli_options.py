@@ -68,3 +68,10 @@ def test_score_takes_repeated_images_and_comma_separated_formats():
                                  overrides={"formats": _formats(ScoreConfig.model_fields["formats"].default_factory())})
     assert code == 0, output
     assert cfg.images == ["/a", "s3://b/c"] and [f.value for f in cfg.formats] == ["jsonl", "coco"] and cfg.score_threshold == 0.5
+
+
+def test_batch_norm_momentum_follows_how_the_backbone_starts():
+    base = dict(data="d", models="m")
+    assert TrainConfig(**base, backbone_weights="none").model(1).bn_momentum == 0.9
+    assert TrainConfig(**base, backbone_weights="imagenet").model(1).bn_momentum == 0.997
+    assert TrainConfig(**base, backbone_weights="none", bn_momentum=0.99).model(1).bn_momentum == 0.99  # a set value wins

@@ -60,3 +60,26 @@ def test_stream_writer_writes_pieces_and_empty_files(tmp_path):
     with storage.StreamWriter(str(tmp_path / "empty.jsonl")):
         pass
     assert (tmp_path / "empty.jsonl").read_bytes() == b""
+
+
+def test_a_chunk_keeps_only_the_attempt_its_success_names(tmp_path):
+    """A retried bundle (two complete attempts) and a killed one (files, no _SUCCESS of its own):
+    pruning keeps exactly the attempt _SUCCESS names, and the chunk still reads back whole."""
+    from beam_jobs.score import Chunk, chunk_dir, commit_chunk, prune_attempts
+
+    out, version, chunk = str(tmp_path), "v1", Chunk("c0", 0, "files", ("a.jpg",))
+    records = [{"source": f"img{i}.jpg", "model_version": version, "width": 50, "height": 40, "detections": []} for i in (2, 0, 1)]
+    counts = Counter({"images_in": 3, "files_skipped": 0})
+    first = commit_chunk(out, version, chunk.chunk_id, counts, records, [])
+    second = commit_chunk(out, version, chunk.chunk_id, counts, records, [])  # the retry's _SUCCESS replaced the first's
+    d = tmp_path / "chunks" / version / "c0"
+    (d / "deadbeef0000").mkdir()
+    (d / "deadbeef0000" / "detections.jsonl").write_text("half a line")
+    assert {p.name for p in d.iterdir() if p.is_dir()} == {first["attempt"], second["attempt"], "deadbeef0000"}
+
+    prune_attempts(out, version, [chunk])
+    assert {p.name for p in d.iterdir() if p.is_dir()} == {second["attempt"]}
+    manifest = json.loads(storage.read_text(storage.join(chunk_dir(out, version, "c0"), storage.SUCCESS)))
+    assert manifest["attempt"] == second["attempt"] and manifest["images_scored"] == 3
+    lines = (d / second["attempt"] / "detections.jsonl").read_text().splitlines()
+    assert [json.loads(line)["source"] for line in lines] == sorted(r["source"] for r in records)
