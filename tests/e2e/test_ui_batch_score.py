@@ -51,7 +51,7 @@ def test_custom_run_of_batch_score_from_the_ui(stack):
         expect(field).to_be_visible(timeout=30_000)
         field.fill("0.05")
         page.get_by_role("button", name="Submit").click()
-        page.wait_for_url("**tab=Runs**", timeout=90_000)  # the UI shows the deployment's runs (the server answers slowly while 2 other test workers load both cores)
+        page.wait_for_url("**tab=Runs**", timeout=180_000)  # the UI shows the deployment's runs (the server answers slowly while 2 other test workers load both cores)
         runs = []
         for _ in range(60):
             _, runs = request("POST", f"{s['api']}/flow_runs/filter", {"deployments": {"id": {"any_": [dep["id"]]}}})
