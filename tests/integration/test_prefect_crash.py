@@ -22,7 +22,7 @@ from tests.prefect_stack import prefect_stack, request, wait_for_run
 pytestmark = pytest.mark.integration
 
 SILENCE = 45  # seconds without a heartbeat (sent every 30 s) before a run counts as dead
-CHUNKS, CHUNK_SIZE = 10, 6
+CHUNKS, CHUNK_SIZE = 30, 6  # enough chunks that the kill lands mid-run now that one pipeline scores them all at once
 
 
 def _committed(out) -> int:
