@@ -322,7 +322,9 @@ class _EncodeFn(beam.DoFn):
         try:
             data = storage.read_bytes(path)
         except Exception as e:  # a storage error is this image's problem, not the job's
-            rej = R.Rejection(path, R.UNREADABLE, R.describe(e))
+            # A throttled or timed-out read is kept apart from a missing file: the nightly flow
+            # ingests again (instead of reusing this output) while such rejections stand.
+            rej = R.Rejection(path, R.READ_RETRYABLE if storage.is_transient(e) else R.UNREADABLE, R.describe(e))
             self.outcomes.append(ImageOutcome(record.key, path, "", None, boxes_in=boxes_in, rejections=(rej,)))
             self.rejected.inc()
             return
@@ -758,7 +760,8 @@ def run_ingest(cfg: IngestConfig) -> dict:
         stats = json.loads(storage.read_text(storage.join(final_dir, "stats.json")))
         names = stats["shards"] + ["label_map.json", "label_map.pbtxt", "stats.json", "rejected.jsonl"]
         manifest = {"job": "ingest", "images_in": stats["images_in"], "images_written": stats["images_written"]["total"],
-                    "images_rejected": stats["images_rejected"]["total"], "boxes_written": stats["boxes_written"]}
+                    "images_rejected": stats["images_rejected"]["total"], "boxes_written": stats["boxes_written"],
+                    "images_retryable": stats["images_rejected"].get(R.READ_RETRYABLE, 0)}
         storage.commit(final_dir, cfg.out, names, manifest, OUTPUT_PATTERNS)
     finally:
         storage.delete_tree(tmp_dir)

@@ -23,6 +23,7 @@ AMBIGUOUS_NAME = "ambiguous_name"  # two image files share a file stem, so label
 MULTIPLE_LABELS = "multiple_labels"  # two label records claim the same image
 EMPTY_FILE = "empty_file"
 UNREADABLE = "unreadable"  # the storage layer could not read the bytes
+READ_RETRYABLE = "read_error_retryable"  # ... for now: throttled, timed out or a server error; a rerun tries again
 DECODE_ERROR = "decode_error"  # not an image, truncated, or corrupt body
 TOO_MANY_PIXELS = "too_many_pixels"  # decompression-bomb guard (--max-pixels)
 DUPLICATE = "duplicate"  # byte-identical to another image that is kept

@@ -38,6 +38,7 @@ import tarfile
 import uuid
 from collections import Counter, deque
 from dataclasses import dataclass
+from typing import Callable
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
@@ -46,17 +47,17 @@ from apache_beam.utils import shared
 
 from beam_jobs.ingest import IMAGE_EXTENSIONS, image_pattern
 from beam_jobs.model_handler import SavedModelDetector, saved_model_fingerprint
-from beam_jobs.records import UNDECODABLE_NAME, describe, is_text_name, printable_name
+from beam_jobs.records import READ_RETRYABLE, UNDECODABLE_NAME, UNREADABLE, describe, is_text_name, printable_name
 from ssdflow import storage
 from ssdflow.beam_runner import make_pipeline, pipeline_options, worker_filesystems
 from ssdflow.config import OutputFormat, ScoreConfig
-from ssdflow.schema import LabelMap
+from ssdflow.schema import MODEL_INFO, LabelMap
 
 log = logging.getLogger(__name__)
 
 _NS = "ssdflow.score"
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
-OUTPUT_PATTERNS = ("detections-*.jsonl", "detections-*.parquet", "errors.jsonl", "coco_results.json", "summary.json",
+OUTPUT_PATTERNS = ("detections-*.jsonl", "detections-*.parquet", "errors.jsonl", "coco.json", "coco_results.json", "summary.json",
                    "preview/*.jpg")
 ROUND = 4  # decimals kept in outputs: batch composition must not change a single written byte
 
@@ -71,6 +72,16 @@ class ModelRef:
     version: str
     fingerprint: str  # of the SavedModel's graph and variables index: chunks are keyed on it
     label_names: dict  # id → name
+    class_thresholds: dict  # id → score threshold calibrated on val at training time ({} for older models)
+
+    def score_thresholds(self, setting: float | None) -> dict[int, float]:
+        """Each class id's score threshold for ``--score-threshold`` (None, "auto": the calibrated
+        ones, ``FALLBACK_SCORE_THRESHOLD`` where there is none; a number: that for every class)."""
+        from ssdflow.config import FALLBACK_SCORE_THRESHOLD
+
+        if setting is None:
+            return {i: float(self.class_thresholds.get(i, FALLBACK_SCORE_THRESHOLD)) for i in sorted(self.label_names)}
+        return {i: float(setting) for i in sorted(self.label_names)}
 
 
 @dataclass(frozen=True)
@@ -88,8 +99,11 @@ def resolve_model(model: str) -> ModelRef:
 
     model_dir = resolve_model_uri(model)
     label_map = LabelMap.parse(storage.read_text(storage.join(model_dir, "label_map.json")), "label_map.json")
+    info_uri = storage.join(model_dir, MODEL_INFO)
+    info = json.loads(storage.read_text(info_uri)) if storage.exists(info_uri) else {}
+    thresholds = {int(i): float(t) for i, t in (info.get("class_score_thresholds") or {}).items()}
     return ModelRef(model_dir, posixpath.basename(model_dir.rstrip("/")), saved_model_fingerprint(model_dir),
-                    dict(label_map.names_by_id()))
+                    dict(label_map.names_by_id()), thresholds)
 
 
 def _is_tar(path: str) -> bool:
@@ -128,24 +142,32 @@ def chunk_dir(out: str, version: str, chunk_id: str) -> str:
 LISTING = "listing.json"  # a pending chunk's files, written by the driver, read by the worker that scores it
 
 
-def write_listings(out: str, version: str, chunks: list[Chunk], threads: int = 16) -> None:
+def for_each_chunk(fn: Callable[[Chunk], None], chunks: list[Chunk], threads: int = 16) -> None:
+    """Runs ``fn`` over the chunks from a thread pool: per-chunk storage calls are latency-bound
+    (an object store's round trip), and a run can have thousands of chunks."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(fn, chunks))  # list(): re-raises the first failure
+
+
+def write_listings(out: str, version: str, chunks: list[Chunk]) -> None:
     """Each pending chunk's listing beside its future commit: the pipeline then carries only chunk
     ids (a runner's job graph holds what ``Create`` gets, and an archive's listing can be gigabytes)."""
-    from concurrent.futures import ThreadPoolExecutor
 
     def write(c: Chunk) -> None:
         storage.write_text(storage.join(chunk_dir(out, version, c.chunk_id), LISTING),
                            json.dumps({"index": c.index, "kind": c.kind, "uris": list(c.uris)}))
 
-    with ThreadPoolExecutor(threads) as pool:
-        list(pool.map(write, chunks))
+    for_each_chunk(write, chunks)
 
 
-def prune_attempts(out: str, version: str, chunks: list[Chunk], threads: int = 16) -> None:
+def prune_attempts(out: str, version: str, chunks: list[Chunk]) -> None:
     """Deletes the attempts that a chunk's ``_SUCCESS`` does not name: what a killed run's chunk in
     flight left, or the loser of a retried bundle. Only for chunks committed by this run: the
-    others were pruned by the run that committed them."""
-    from concurrent.futures import ThreadPoolExecutor
+    others were pruned by the run that committed them. (``assemble`` reads the same small
+    manifests again, one chunk at a time; pruning stays here, in parallel, because listing and
+    deleting are the slow part on an object store.)"""
 
     def prune(c: Chunk) -> None:
         d = chunk_dir(out, version, c.chunk_id)
@@ -154,8 +176,29 @@ def prune_attempts(out: str, version: str, chunks: list[Chunk], threads: int = 1
         for attempt in sorted(attempts - {keep}):
             storage.delete_tree(storage.join(d, attempt))
 
-    with ThreadPoolExecutor(threads) as pool:
-        list(pool.map(prune, chunks))
+    for_each_chunk(prune, chunks)
+
+
+def committed(out: str, version: str, chunk_id: str) -> bool:
+    """Whether a chunk's results are final: its ``_SUCCESS`` exists and no image in it failed for a
+    reason that may pass (``read_error_retryable``); such a chunk is scored again by the next run."""
+    try:
+        manifest = json.loads(storage.read_text(storage.join(chunk_dir(out, version, chunk_id), storage.SUCCESS)))
+    except FileNotFoundError:
+        return False
+    return not manifest.get("images_retryable")
+
+
+def prune_other_versions(out: str, keep_version: str) -> list[str]:
+    """Deletes ``OUT/chunks/<v>/`` of every model version but ``keep_version`` (a rerun reuses only
+    the chunks of the model it scores with; another champion's are a full copy of every detection);
+    returns the versions deleted."""
+    root = storage.join(out, "chunks")
+    found = {u[len(root) + 1:].split("/", 1)[0] for u in storage.list_files(storage.join(root, "*", "*", "*"))}
+    gone = sorted(v for v in found if v and v != keep_version)
+    for version in gone:
+        storage.delete_tree(storage.join(root, version))
+    return gone
 
 
 def read_listing(out: str, version: str, chunk_id: str) -> Chunk:
@@ -229,8 +272,8 @@ class ChunkReader:
                         yield source, _check(source, tar.extractfile(member).read(), self.max_pixels)
                     elif not member.isdir():  # FIFOs, devices: never opened, but accounted for
                         yield source, ("error", "special_member", f"tar member of type {member.type!r} is not a regular file")
-        except (tarfile.TarError, OSError, EOFError) as e:
-            yield uri, ("error", "unreadable_archive", describe(e))
+        except Exception as e:  # a storage or format error is this archive's problem, not the job's
+            yield uri, ("error", READ_RETRYABLE if storage.is_transient(e) else "unreadable_archive", describe(e))
 
 
 def _is_image_name(source: str) -> bool:
@@ -267,24 +310,27 @@ def _load(uri: str, max_pixels: int | None = None):
         return _check(uri, b"", max_pixels)
     try:
         data = storage.read_bytes(uri)
-    except Exception as e:
-        return "error", "unreadable", describe(e)
+    except Exception as e:  # transient errors are kept apart: a rerun scores their chunk again
+        return "error", READ_RETRYABLE if storage.is_transient(e) else UNREADABLE, describe(e)
     return _check(uri, data, max_pixels)
 
 
 # --- results ------------------------------------------------------------------------------------
-def to_record(key, inference: dict, model: ModelRef, score_threshold: float, max_detections: int):
-    """One image's JSONL record (pixels and normalized boxes), or an error dict."""
+def to_record(key, inference: dict, model: ModelRef, thresholds: dict[int, float], max_detections: int):
+    """One image's JSONL record (pixels and normalized boxes), or an error dict. ``thresholds``: each
+    class id's minimum score (:meth:`ModelRef.score_thresholds`)."""
     chunk_id, source, width, height = key
     if "error" in inference:
         return chunk_id, None, {"source": source, "reason": "decode_error", "detail": inference["error"]}
     n = int(inference["num_detections"])
     detections = []
     for box, score, cls in zip(inference["detection_boxes"][:n], inference["detection_scores"][:n], inference["detection_classes"][:n]):
-        if score < score_threshold or len(detections) >= max_detections:
+        label_id = int(round(float(cls)))
+        # Compared as written (rounded), so the outputs keep exactly the scores at or above the threshold;
+        # a class id outside the label map (none of ssdflow's models emits one) would need a score of 1.
+        if round(float(score), ROUND) < thresholds.get(label_id, 1.0) or len(detections) >= max_detections:
             continue
         ymin, xmin, ymax, xmax = (float(v) for v in box)
-        label_id = int(round(float(cls)))
         detections.append({
             "label": model.label_names.get(label_id, str(label_id)),
             "label_id": label_id,
@@ -337,6 +383,7 @@ def commit_chunk(out: str, version: str, chunk_id: str, counts: Counter, records
     counts = Counter(counts)
     counts["images_scored"], counts["images_failed"] = len(records), len(errors)
     counts["detections"] = sum(len(r["detections"]) for r in records)
+    counts["images_retryable"] = sum(e["reason"] == READ_RETRYABLE for e in errors)
     if counts["images_in"] != counts["images_scored"] + counts["images_failed"]:
         raise ScoreError(f"chunk {chunk_id}: images_in {counts['images_in']} != scored {counts['images_scored']} + failed {counts['images_failed']}")
     d = chunk_dir(out, version, chunk_id)
@@ -346,7 +393,6 @@ def commit_chunk(out: str, version: str, chunk_id: str, counts: Counter, records
     storage.write_text(storage.join(a, "detections.jsonl"), "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
     storage.write_text(storage.join(a, "errors.jsonl"), "".join(json.dumps(e, sort_keys=True) + "\n" for e in errors))
     storage.write_bytes(storage.join(a, "detections.parquet"), parquet_bytes(records))
-    storage.write_text(storage.join(a, "coco_results.part"), so.coco_fragment(records))
     manifest = {**dict(counts), "summary": so.summary_part(records), "attempt": attempt}
     storage.write_text(storage.join(d, storage.SUCCESS), json.dumps(manifest, sort_keys=True) + "\n")
     return manifest
@@ -361,7 +407,7 @@ class ScoreChunks(beam.DoFn):
 
     def __init__(self, cfg: ScoreConfig, model: ModelRef):
         self.out, self.model, self.flags = cfg.out, model, cfg.pipeline_flags()
-        self.threshold, self.max_det, self.batch_size = cfg.score_threshold, cfg.max_detections, cfg.max_batch_size
+        self.thresholds, self.max_det, self.batch_size = model.score_thresholds(cfg.score_threshold), cfg.max_detections, cfg.max_batch_size
         self.reader = ChunkReader(cfg.read_threads, cfg.max_pixels)
         self.handler = SavedModelDetector(model.model_dir, max_batch_size=cfg.max_batch_size, fingerprint=model.fingerprint)
         self._shared = shared.Shared()  # one loaded model per worker process, shared by its threads
@@ -376,8 +422,7 @@ class ScoreChunks(beam.DoFn):
         self.reader.close()
 
     def process(self, chunk_id: str):
-        d = chunk_dir(self.out, self.model.version, chunk_id)
-        if storage.exists(storage.join(d, storage.SUCCESS)):  # a retried or speculative bundle: done already
+        if committed(self.out, self.model.version, chunk_id):  # a retried or speculative bundle: done already
             return
         chunk = read_listing(self.out, self.model.version, chunk_id)
         counts: Counter = Counter({"images_in": 0, "files_skipped": 0})
@@ -407,7 +452,7 @@ class ScoreChunks(beam.DoFn):
 
     def _infer(self, keys: list, batch: list[bytes], records: list[dict], errors: list[dict]) -> None:
         for key, prediction in zip(keys, self.handler.run_inference(batch, self._model)):
-            _, record, error = to_record(key, prediction.inference, self.model, self.threshold, self.max_det)
+            _, record, error = to_record(key, prediction.inference, self.model, self.thresholds, self.max_det)
             if record is None:
                 errors.append(error)
             else:
@@ -436,10 +481,13 @@ def run_score(cfg: ScoreConfig) -> dict:
     model = resolve_model(cfg.model)
     # Everything that can change a chunk's results. The batch size too: batch shapes change oneDNN's
     # float rounding, and with it near-tied scores, so a commit made with another batch size is not reused.
-    results_key = (f"{RESULTS_LAYOUT}:{model.fingerprint}:{cfg.score_threshold}:{cfg.max_detections}:{cfg.max_pixels}:"
+    thresholds = model.score_thresholds(cfg.score_threshold)
+    results_key = (f"{RESULTS_LAYOUT}:{model.fingerprint}:{json.dumps(thresholds)}:{cfg.max_detections}:{cfg.max_pixels}:"
                    f"{cfg.max_batch_size}")
     chunks = plan_chunks(cfg.images, cfg.chunk_size, results_key)
-    todo = [c for c in chunks if not storage.exists(storage.join(chunk_dir(cfg.out, model.version, c.chunk_id), storage.SUCCESS))]
+    done = set()
+    for_each_chunk(lambda c: committed(cfg.out, model.version, c.chunk_id) and done.add(c.chunk_id), chunks)
+    todo = [c for c in chunks if c.chunk_id not in done]
     log.info("score: %d chunks, %d already committed for model %s", len(chunks), len(chunks) - len(todo), model.version)
     storage.invalidate(cfg.out)
     if todo:
@@ -447,7 +495,17 @@ def run_score(cfg: ScoreConfig) -> dict:
         with make_pipeline(options) as p:
             build_pipeline(p, cfg, model, todo)
         prune_attempts(cfg.out, model.version, todo)
-    return assemble(cfg, model, chunks, scored_now=len(todo))
+    manifest = assemble(cfg, model, chunks, scored_now=len(todo))
+    if not cfg.keep_chunks:
+        for version in prune_other_versions(cfg.out, model.version):
+            log.info("score: deleted the chunk results of model %s (--keep-chunks keeps them)", version)
+    return manifest
+
+
+def used_thresholds(cfg: ScoreConfig, model: ModelRef) -> dict:
+    """``{"setting": "auto" | number, "per_class": {name: threshold}}``: what the outputs were filtered with."""
+    return {"setting": "auto" if cfg.score_threshold is None else cfg.score_threshold,
+            "per_class": {model.label_names[i]: t for i, t in model.score_thresholds(cfg.score_threshold).items()}}
 
 
 def assemble(cfg: ScoreConfig, model: ModelRef, chunks: list[Chunk], scored_now: int) -> dict:
@@ -464,7 +522,8 @@ def assemble(cfg: ScoreConfig, model: ModelRef, chunks: list[Chunk], scored_now:
         counts: Counter = Counter()
         parts, names, previews = [], [], []
         errors_out = storage.StreamWriter(storage.join(tmp, "errors.jsonl"))
-        coco_out = so.CocoWriter(storage.join(tmp, "coco_results.json")) if OutputFormat.coco in cfg.formats else None
+        coco_out = (so.CocoWriter(storage.join(tmp, "coco.json"), storage.join(tmp, "coco_results.json"), model.label_names)
+                    if OutputFormat.coco in cfg.formats else None)
         with errors_out, (coco_out or contextlib.nullcontext()):
             for c in chunks:
                 d = chunk_dir(cfg.out, model.version, c.chunk_id)
@@ -473,10 +532,12 @@ def assemble(cfg: ScoreConfig, model: ModelRef, chunks: list[Chunk], scored_now:
                 d = storage.join(d, manifest.pop("attempt"))  # the attempt _SUCCESS names: complete by construction
                 counts.update(manifest)
                 errors_out.write(storage.read_bytes(storage.join(d, "errors.jsonl")))
-                if coco_out is not None:
-                    coco_out.add(storage.read_text(storage.join(d, "coco_results.part")))
-                if len(previews) < cfg.preview and manifest["images_scored"]:
-                    previews.extend(so.read_jsonl(storage.join(d, "detections.jsonl"))[: cfg.preview - len(previews)])
+                wanted = cfg.preview - len(previews) if manifest["images_scored"] else 0
+                if coco_out is not None or wanted > 0:  # one chunk's records in memory at a time
+                    records = so.read_jsonl(storage.join(d, "detections.jsonl"))
+                    if coco_out is not None:
+                        coco_out.add(records)
+                    previews.extend(records[:max(wanted, 0)])
                 shard = f"detections-{c.index:05d}-of-{n:05d}"
                 for fmt, suffix in ((OutputFormat.jsonl, "jsonl"), (OutputFormat.parquet, "parquet")):
                     if fmt in cfg.formats:
@@ -484,12 +545,13 @@ def assemble(cfg: ScoreConfig, model: ModelRef, chunks: list[Chunk], scored_now:
                         names.append(f"{shard}.{suffix}")
         names.append("errors.jsonl")
         if coco_out is not None:
-            names.append("coco_results.json")
+            names += ["coco.json", "coco_results.json"]
         if counts["images_in"] != counts["images_scored"] + counts["images_failed"]:
             raise ScoreError(f"counts do not reconcile: {dict(counts)}")
         summary = so.summarize(parts, counts, model.version)
         inputs_key = hashlib.sha256(json.dumps([c.uris for c in chunks]).encode()).hexdigest()[:16]
         summary["inputs_fingerprint"] = inputs_key
+        summary["score_thresholds"] = used_thresholds(cfg, model)
         summary["change_since_previous"] = so.change_since(previous, summary, previous is not None and previous.get("inputs_fingerprint") == inputs_key)
         storage.write_text(storage.join(tmp, "summary.json"), json.dumps(summary, indent=2) + "\n")
         names.append("summary.json")
@@ -498,7 +560,8 @@ def assemble(cfg: ScoreConfig, model: ModelRef, chunks: list[Chunk], scored_now:
             storage.write_bytes(storage.join(tmp, name), so.draw_preview(so.read_source(record["source"]), record))
             names.append(name)
         manifest = {"job": "score", "model_version": model.version, "model_dir": model.model_dir, "chunks": n,
-                    "chunks_scored_now": scored_now, **{k: counts.get(k, 0) for k in ("images_in", "images_scored", "images_failed", "detections", "files_skipped")}}
+                    "score_thresholds": used_thresholds(cfg, model),
+                    "chunks_scored_now": scored_now, **{k: counts.get(k, 0) for k in ("images_in", "images_scored", "images_failed", "images_retryable", "detections", "files_skipped")}}
         storage.commit(tmp, cfg.out, names, manifest, OUTPUT_PATTERNS)
     finally:
         storage.delete_tree(tmp)

@@ -65,43 +65,65 @@ def change_since(previous: dict | None, current: dict, same_inputs: bool) -> dic
     }
 
 
-def coco_results(records: list[dict]) -> list[dict]:
-    """COCO detection results: image_id is the source URI, bbox [x, y, w, h] in pixels."""
-    return [
-        {"image_id": r["source"], "category_id": d["label_id"], "score": d["score"],
-         "bbox": [d["box"]["xmin"], d["box"]["ymin"], round(d["box"]["xmax"] - d["box"]["xmin"], 2),
-                  round(d["box"]["ymax"] - d["box"]["ymin"], 2)]}
-        for r in records for d in r["detections"]
-    ]
-
-
-def coco_fragment(records: list[dict]) -> str:
-    """One chunk's COCO results as the inside of a JSON array (``json.dumps``'s own separators), so
-    that chunks' fragments joined by ``", "`` inside ``[ ]`` are the JSON of the whole list."""
-    return ", ".join(json.dumps(r) for r in coco_results(records))
+def _coco_bbox(box: dict) -> list[float]:
+    """COCO's [x, y, width, height] in pixels from our pixel box."""
+    return [box["xmin"], box["ymin"], round(box["xmax"] - box["xmin"], 2), round(box["ymax"] - box["ymin"], 2)]
 
 
 class CocoWriter:
-    """coco_results.json streamed from the chunks' fragments: one JSON array, never whole in memory."""
+    """``coco.json``, a whole COCO dataset (``images`` with integer ids, file_name, width, height;
+    ``categories``; ``annotations`` with a ``score``), which labelling and dataset tools import
+    (CVAT, FiftyOne, Label Studio's COCO import), and ``coco_results.json``, COCO's detection-results
+    list keyed by the same image ids (what pycocotools' ``loadRes`` takes). Both are streamed chunk
+    by chunk, never whole in memory; the annotations wait in a local temp file until the images
+    array is closed. Ids count from 1 in output order (chunks in order, sources sorted within a
+    chunk), so a rerun gives the same ids."""
 
-    def __init__(self, uri: str):
-        self._out = storage.StreamWriter(uri)
-        self._first = True
+    def __init__(self, dataset_uri: str, results_uri: str, label_names: dict[int, str]):
+        self._dataset, self._results = storage.StreamWriter(dataset_uri), storage.StreamWriter(results_uri)
+        self._categories = [{"id": int(i), "name": n, "supercategory": ""} for i, n in sorted(label_names.items())]
+        self._images = self._annotations = 0
+        self._spool = None
 
     def __enter__(self):
-        self._out.__enter__()
-        self._out.write(b"[")
+        import tempfile
+
+        self._dataset.__enter__()
+        self._results.__enter__()
+        self._spool = tempfile.TemporaryFile()
+        self._dataset.write(b'{"categories": ' + json.dumps(self._categories).encode() + b', "images": [')
+        self._results.write(b"[")
         return self
 
-    def add(self, fragment: str) -> None:
-        if fragment:
-            self._out.write((fragment if self._first else ", " + fragment).encode())
-            self._first = False
+    def add(self, records: list[dict]) -> None:
+        """One chunk's records (as in its detections.jsonl, in order)."""
+        for r in records:
+            self._images += 1
+            image = {"id": self._images, "file_name": r["source"], "width": r["width"], "height": r["height"]}
+            self._dataset.write(((", " if self._images > 1 else "") + json.dumps(image)).encode())
+            for d in r["detections"]:
+                self._annotations += 1
+                bbox = _coco_bbox(d["box"])
+                result = {"image_id": self._images, "category_id": d["label_id"], "bbox": bbox, "score": d["score"]}
+                annotation = {"id": self._annotations, **result, "area": round(bbox[2] * bbox[3], 2), "iscrowd": 0}
+                sep = ", " if self._annotations > 1 else ""
+                self._spool.write((sep + json.dumps(annotation)).encode())
+                self._results.write((sep + json.dumps(result)).encode())
 
     def __exit__(self, *exc):
-        if exc[0] is None:
-            self._out.write(b"]")
-        return self._out.__exit__(*exc)
+        try:
+            if exc[0] is None:
+                self._dataset.write(b'], "annotations": [')
+                self._spool.seek(0)
+                while block := self._spool.read(1 << 20):
+                    self._dataset.write(block)
+                self._dataset.write(b"]}")
+                self._results.write(b"]")
+        finally:
+            self._spool.close()
+            self._results.__exit__(*exc)
+            self._dataset.__exit__(*exc)
+        return False
 
 
 def draw_preview(data: bytes, record: dict) -> bytes:

@@ -237,6 +237,10 @@ def quality(args) -> None:
                   f"{', '.join(m['phases_ended_by'])} | {minutes:.1f} min |", flush=True)
             print("  AP@.5 per class: " + ", ".join(f"{c} {v['AP@.5'] if v.get('AP@.5') is not None else float('nan'):.3f}" for c, v in m["per_class"].items()),
                   flush=True)
+            t = m["score_thresholds"]  # issue 13: calibrated per-class thresholds against the best single one
+            print(f"  val F1 per class, calibrated threshold vs the best single threshold ({t['global']['threshold']}): "
+                  + ", ".join(f"{c} {p['f1']:.3f} at {p['threshold']} vs {t['global']['per_class_f1'][c]:.3f}"
+                              for c, p in t["per_class"].items()), flush=True)
         if len(scores) > 1:
             print(f"| {name} | mean ± sd | {label} | {statistics.mean(scores):.3f} ± {statistics.stdev(scores):.3f} | | | | | |")
 

@@ -43,7 +43,7 @@ def model_card(model_dir: str, decision: dict, key: str = "model-card") -> None:
 
 
 def scoring_summary(manifest: dict, summary: dict, out: str, key: str = "scoring-summary") -> None:
-    rows = [{"metric": k, "value": manifest.get(k)} for k in ("images_in", "images_scored", "images_failed", "detections", "files_skipped", "chunks", "chunks_scored_now")]
+    rows = [{"metric": k, "value": manifest.get(k)} for k in ("images_in", "images_scored", "images_failed", "images_retryable", "detections", "files_skipped", "chunks", "chunks_scored_now")]
     rows += [{"metric": f"detections[{c}]", "value": n} for c, n in summary.get("detections_per_class", {}).items()]
     rows += [{"metric": "mean_boxes_per_image", "value": summary.get("mean_boxes_per_image")},
              {"metric": "images_without_detections", "value": summary.get("images_without_detections")}]

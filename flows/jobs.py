@@ -62,8 +62,11 @@ def ingest_unless_unchanged(cfg: IngestConfig) -> dict:
     from ssdflow import storage
 
     fingerprint = fingerprint_inputs(cfg)
-    output_gone = storage.read_success(cfg.out) is None  # a cache hit must never point at a deleted output
-    return ingest_task.with_options(refresh_cache=output_gone)(cfg, fingerprint)
+    success = storage.read_success(cfg.out)
+    # A cache hit must never point at a deleted output, nor at one that lacks images whose reads
+    # failed for now (throttled, timed out): those are tried again.
+    stale = success is None or bool(success.get("images_retryable"))
+    return ingest_task.with_options(refresh_cache=stale)(cfg, fingerprint)
 
 
 class _PrefectEpochLogger(keras.callbacks.Callback):
@@ -132,6 +135,9 @@ def score_task(cfg: ScoreConfig) -> dict:
     artifacts.scoring_summary(manifest, summary, cfg.out)
     get_run_logger().info("score: %d images in, %d scored, %d failed, %d detections", manifest["images_in"],
                           manifest["images_scored"], manifest["images_failed"], manifest["detections"])
+    if manifest.get("images_retryable"):  # the next run (or a retry of this one) scores their chunks again
+        get_run_logger().warning("score: %d images could not be read for now (read_error_retryable in errors.jsonl)",
+                                 manifest["images_retryable"])
     return manifest
 
 

@@ -53,6 +53,27 @@ def compare_task(champion_dir: str, challenger_dir: str, data_dir: str, n: int, 
     return rows
 
 
+@task(name="nothing-to-learn?")
+def skip_if_nothing_to_learn(config: NightlyConfig) -> dict | None:
+    """The champion, as a training result, when it was trained on tonight's data (the same ingest
+    output) with tonight's settings; None when there is something to learn."""
+    from model import registry
+    from model.run_record import champion_trained_alike, data_fingerprint
+
+    cfg = config.train_config()
+    version = champion_trained_alike(cfg)
+    if version is None:
+        return None
+    reason = (f"training skipped: champion {version} was trained on this data (fingerprint {data_fingerprint(cfg.data)}) "
+              f"with these settings; nothing new to learn")
+    get_run_logger().info("nightly: %s", reason)
+    create_markdown_artifact(f"## Training skipped\n\n{reason}. A change to the images, the labels or the training "
+                             f"settings trains a challenger again.\n", key="training-skipped")
+    metrics = json.loads((registry.version_dir(cfg.models, version) / "metrics.json").read_text())
+    return {"version": version, "model_dir": str(registry.version_dir(cfg.models, version)), "skipped": True,
+            "metrics": {k: metrics.get(k) for k in ("mAP", "mAP@.5")}, "decision": {"promoted": False, "reason": reason}}
+
+
 @flow(name="nightly-retrain", log_prints=True)
 def nightly_flow(config: NightlyConfig, attempt: Attempt = 0) -> dict:
     """Ingest tonight's data → train → evaluate → promote → (optionally) score an archive with the champion."""
@@ -67,9 +88,9 @@ def nightly_flow(config: NightlyConfig, attempt: Attempt = 0) -> dict:
                           description="Tonight's ingest beside last night's")
 
     champion_before = registry.read_champion(config.models) if os.path.isdir(config.models) else None
-    trained = train_task(config.train_config(), attempt)
+    trained = skip_if_nothing_to_learn(config) or train_task(config.train_config(), attempt)
     run_dir = os.path.join(config.models, HISTORY, datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ"))
-    if champion_before and config.comparison_images:
+    if champion_before and config.comparison_images and not trained.get("skipped"):
         compare_task(str(registry.version_dir(config.models, champion_before["version"])), trained["model_dir"],
                      config.ingest.out, config.comparison_images, run_dir)
 
@@ -84,7 +105,8 @@ def nightly_flow(config: NightlyConfig, attempt: Attempt = 0) -> dict:
     with open(tmp, "w") as f:
         json.dump(stats, f, indent=2)
     os.replace(tmp, last_path)
-    log.info("nightly: %s", "new champion " + trained["version"] if trained["decision"]["promoted"] else "champion kept")
+    log.info("nightly: %s", "new champion " + trained["version"] if trained["decision"]["promoted"] else
+             "champion kept" + (" (nothing to learn)" if trained.get("skipped") else ""))
     return {"ingest": {"images_written": stats["images_written"]["total"]}, "train": trained, "score": scored}
 
 

@@ -23,6 +23,8 @@ from ssdflow import storage
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from model.thresholds import calibrate
+
 
 @dataclass
 class ImageGroundTruth:
@@ -87,8 +89,11 @@ def coco_metrics(
     groundtruth: Iterable[ImageGroundTruth],
     detections: Iterable[ImageDetections],
     label_map: Mapping[str, int],
+    target_precision: float | None = None,
 ) -> dict:
-    """COCO bbox metrics (AP@[.5:.95], AP@.5, AP@.75, AP by area, AR@100, per-class AP).
+    """COCO bbox metrics (AP@[.5:.95], AP@.5, AP@.75, AP by area, AR@100, per-class AP), and per-class
+    score thresholds calibrated on these images (``score_thresholds``, model/thresholds.py: max F1,
+    or the most recall at ``target_precision``).
 
     Every image in ``groundtruth`` is evaluated, including images with no boxes (detections on them
     are false positives). Detections for an image not in ``groundtruth`` are a ValueError, as are
@@ -203,6 +208,7 @@ def coco_metrics(
         "AR@100": _none_if_missing(stats[8]),
         "per_class": per_class,
         "pr_curves": pr_curves,
+        "score_thresholds": calibrate(ev, names_by_id, target_precision),
         "num_images": len(images),
         "num_groundtruth": len(gt_anns),
         "num_detections": len(dt_anns),

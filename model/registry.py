@@ -156,7 +156,8 @@ def list_versions(models_root: str | os.PathLike) -> list[str]:
     )
 
 
-def _committed_dir(models_root: str | os.PathLike, version: str) -> Path:
+def committed_dir(models_root: str | os.PathLike, version: str) -> Path:
+    """MODELS/<version>, refusing a version that is not committed (missing, or still staging)."""
     path = version_dir(models_root, version)
     if not path.is_dir():
         raise FileNotFoundError(f"version {version} is not committed under {models_root} (no {path})")
@@ -177,7 +178,7 @@ def set_champion(models_root: str | os.PathLike, version: str, decision: dict) -
     """Points champion.json at a committed version (atomically). Raises FileNotFoundError if
     MODELS/<version> is missing (or still staging), so champion.json never names a half-written model.
     Returns the champion record written."""
-    vdir = _committed_dir(models_root, version)
+    vdir = committed_dir(models_root, version)
     metrics_path = vdir / METRICS
     record = {
         "version": version,
@@ -233,7 +234,7 @@ def _score(metrics: Mapping | None, metric: str) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def _describe_diff(diff: dict) -> str:
+def describe_diff(diff: dict) -> str:
     parts = []
     if diff["added"]:
         parts.append(f"added {diff['added']}")
@@ -295,7 +296,7 @@ def decide(
     if diff is None:
         return record(False, f"not promoted: champion {champion_version} has no label map to compare with")
     if not diff["identical"]:
-        what = _describe_diff(diff)
+        what = describe_diff(diff)
         if diff["removed"] or diff["renumbered"]:
             return record(False, f"not promoted: label map changed ({what}); removed or renumbered classes "
                                  f"are never promoted automatically")
@@ -317,10 +318,14 @@ def decide(
 
 
 def _append_line(path: Path, line: str) -> None:
-    """One os.write of one whole line on an O_APPEND descriptor, so lines never interleave."""
+    """One os.write of one whole line on an O_APPEND descriptor, so lines never interleave. A torn
+    last line (a crash mid-write) is ended first, so it spoils only itself, not this line."""
     data = (line.rstrip("\n") + "\n").encode("utf-8")
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
     try:
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            data = b"\n" + data
         written = os.write(fd, data)
         if written != len(data):
             raise OSError(f"short write appending to {path}")
@@ -360,7 +365,7 @@ def promote_if_better(
     """
     policy = policy or PromotionPolicy()
     root = Path(models_root)
-    challenger_dir = _committed_dir(root, challenger_version)
+    challenger_dir = committed_dir(root, challenger_version)
     challenger_metrics = _read_json(challenger_dir / METRICS)
     challenger_label_map = _read_label_map(challenger_dir / LABEL_MAP)
 
@@ -370,7 +375,7 @@ def promote_if_better(
         if champion is not None:
             if champion.get("version") == challenger_version:
                 raise ValueError(f"{challenger_version} is already the champion")
-            champion_dir = _committed_dir(root, champion["version"])
+            champion_dir = committed_dir(root, champion["version"])
             label_map_path = champion_dir / LABEL_MAP
             champion_label_map = _read_label_map(label_map_path) if label_map_path.exists() else None
             champion_metrics = evaluate_fn(champion_dir)
@@ -381,6 +386,95 @@ def promote_if_better(
         _append_line(root / DECISIONS, json.dumps(decision, sort_keys=True, allow_nan=False))
         if decision["promoted"]:
             set_champion(root, challenger_version, decision)
+    return decision
+
+
+# --- management by hand (``ssdflow models``) --------------------------------------------------------
+
+
+def read_decisions(models_root: str | os.PathLike) -> list[dict]:
+    """MODELS/decisions.jsonl, oldest first ([] if there is none). A torn last line (a crash mid-append
+    on a filesystem without atomic appends) is skipped, never fatal."""
+    path = Path(models_root) / DECISIONS
+    if not path.exists():
+        return []
+    decisions = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        with contextlib.suppress(ValueError):
+            record = json.loads(line)
+            if isinstance(record, dict):
+                decisions.append(record)
+    return decisions
+
+
+def champion_history(models_root: str | os.PathLike) -> list[str]:
+    """The champions in the order they took over, the current one last, replayed from decisions.jsonl:
+    a promotion (automatic or by hand) pushes its version, a rollback pops. A champion.json that the
+    log does not explain (written by an older ssdflow) is appended, so the last entry is always the
+    current champion."""
+    stack: list[str] = []
+    for d in read_decisions(models_root):
+        if d.get("action") == "rollback":
+            if stack:
+                stack.pop()
+        elif d.get("promoted") and d.get("challenger"):
+            stack.append(d["challenger"])
+    champion = read_champion(models_root)
+    if champion is not None and (not stack or stack[-1] != champion.get("version")):
+        stack.append(champion["version"])
+    return stack
+
+
+def describe_versions(models_root: str | os.PathLike) -> list[dict]:
+    """One row per committed version, oldest first: its metrics, its promotion decision and whether
+    it is the champion (what ``ssdflow models list`` prints)."""
+    root = Path(models_root)
+    champion = (read_champion(root) or {}).get("version")
+    rows = []
+    for version in list_versions(root):
+        vdir = root / version
+        metrics = _read_json(vdir / METRICS) if (vdir / METRICS).exists() else {}
+        decision = _read_json(vdir / DECISION) if (vdir / DECISION).exists() else {}
+        rows.append({"version": version, "champion": version == champion,
+                     "mAP@.5": _score(metrics, "mAP@.5"), "mAP": _score(metrics, "mAP"),
+                     "promoted": decision.get("promoted"), "reason": decision.get("reason")})
+    return rows
+
+
+def _manual_record(action: str, version: str, previous: str | None, by: str, reason: str) -> dict:
+    return {"action": action, "challenger": version, "champion": previous, "promoted": True, "manual": True,
+            "by": by, "reason": f"{action} by hand: {reason}", "decided_at": _iso()}
+
+
+def promote_version(models_root: str | os.PathLike, version: str, by: str, reason: str) -> dict:
+    """Makes a committed version the champion by hand, whatever its metrics (the person decides);
+    recorded in decisions.jsonl and champion.json with who and why. Returns the decision record."""
+    root = Path(models_root)
+    committed_dir(root, version)
+    with _promotion_lock(root):
+        previous = (read_champion(root) or {}).get("version")
+        if previous == version:
+            raise ValueError(f"{version} is already the champion")
+        decision = _manual_record("promote", version, previous, by, reason)
+        _append_line(root / DECISIONS, json.dumps(decision, sort_keys=True, allow_nan=False))
+        set_champion(root, version, decision)
+    return decision
+
+
+def rollback(models_root: str | os.PathLike, by: str, reason: str) -> dict:
+    """Makes the previous champion the champion again (undoes the last promotion; a second rollback
+    goes one further back). Refuses when there is no previous champion or its directory is gone."""
+    root = Path(models_root)
+    with _promotion_lock(root):
+        history = champion_history(root)
+        if len(history) < 2:
+            raise ValueError(f"{root}: no previous champion to roll back to "
+                             f"({'no champion at all' if not history else 'only ' + history[0] + ' was ever champion'})")
+        current, target = history[-1], history[-2]
+        committed_dir(root, target)
+        decision = _manual_record("rollback", target, current, by, reason)
+        _append_line(root / DECISIONS, json.dumps(decision, sort_keys=True, allow_nan=False))
+        set_champion(root, target, decision)
     return decision
 
 

@@ -19,7 +19,7 @@ import socket
 from model import registry, report
 from model.anchors import feature_map_sizes
 from ssdflow import storage
-from ssdflow.config import ModelConfig, TrainConfig
+from ssdflow.config import FALLBACK_SCORE_THRESHOLD, ModelConfig, TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +41,18 @@ def data_fingerprint(data_dir: str) -> str:
 def run_config(cfg: TrainConfig) -> dict:
     """What an interrupted run must share with its resumption: the settings and the data."""
     return {"train": cfg.model_dump(exclude={"resume", "fresh"}), "data_fingerprint": data_fingerprint(cfg.data)}
+
+
+def champion_trained_alike(cfg: TrainConfig) -> str | None:
+    """The champion's version if it was trained with exactly these settings on exactly this data:
+    a nightly run then has nothing to learn (training again would only add a near-copy)."""
+    champion = registry.read_champion(cfg.models) if os.path.isdir(cfg.models) else None
+    if champion is None:
+        return None
+    path = registry.version_dir(cfg.models, champion["version"]) / "metrics.json"
+    if path.exists() and json.loads(path.read_text()).get("run_key") == run_key(run_config(cfg)):
+        return champion["version"]
+    return None
 
 
 def run_key(config: dict) -> str:
@@ -134,6 +146,7 @@ def write_model_card(path: str, version: str, cfg: TrainConfig, model_cfg: Model
 - Created: {dt.datetime.now(dt.timezone.utc).isoformat(timespec='seconds')}
 - Architecture: {_architecture_text(model_cfg)}
 - Backbone weights: {cfg.backbone_weights}
+- Started from: {metrics.get('initialized_from', 'backbone')}
 - Training data: `{cfg.data}` (fingerprint {fingerprint}; {metrics['train_images']} train / {metrics['val_images']} val images)
 - Training: {metrics['epochs']} epochs of at most {metrics['max_epochs']} in {metrics['fit_seconds']:.0f} s (time budget {_budget_text(cfg)}; phases ended by {', '.join(metrics['phases_ended_by']) or 'nothing'}; fine-tune share {cfg.fine_tune_fraction:g}), batch {cfg.batch_size}, peak LR {cfg.learning_rate:g}, {cfg.classification_loss} loss
 - Exported weights: {_best_epoch_text(metrics)}
@@ -151,6 +164,7 @@ def write_model_card(path: str, version: str, cfg: TrainConfig, model_cfg: Model
 | --- | --- | --- |
 {per_class}
 
+{_thresholds_text(metrics.get("score_thresholds"))}
 {report.markdown(os.path.dirname(path))}
 ## Configuration
 
@@ -160,6 +174,27 @@ def write_model_card(path: str, version: str, cfg: TrainConfig, model_cfg: Model
 """
     with open(path, "w") as f:
         f.write(text)
+
+
+def _thresholds_text(calibration: dict | None) -> str:
+    """The per-class score thresholds that ``ssdflow score`` applies by default, with what they give on val."""
+    if not calibration:
+        return ""
+    target = "the best F1" if calibration["target"] == "max_f1" else calibration["target"].replace(">=", " ≥ ")
+    rows = "\n".join(
+        f"| {name} | {_fmt(p['threshold'])} | {_fmt(p['precision'])} | {_fmt(p['recall'])} | {_fmt(p['f1'])} | "
+        f"{_fmt(calibration['global']['per_class_f1'].get(name))} | {p['val_objects']} |"
+        for name, p in calibration["per_class"].items())
+    return f"""## Score thresholds (calibrated on the val split, IoU 0.5)
+
+Each class's threshold is chosen for {target}; `ssdflow score` applies them (`--score-threshold auto`, the
+default), {FALLBACK_SCORE_THRESHOLD} for a class without one. The best single threshold for all classes would be
+{_fmt(calibration['global']['threshold'])}.
+
+| class | threshold | precision | recall | F1 | F1 at the best single threshold | val objects |
+| --- | --- | --- | --- | --- | --- | --- |
+{rows}
+"""
 
 
 def _architecture_text(cfg: ModelConfig) -> str:

@@ -28,7 +28,8 @@ from dataclasses import dataclass
 import keras
 import tensorflow as tf
 
-from model import registry, report
+from model import registry, report, warm_start
+from model.thresholds import thresholds_by_id
 from model.anchors import fitted_finest_stride, fitted_min_scale, generate_anchors
 from model.callbacks import AverageWeights, EpochCheckpoint, KeepBest, ValidationMAP
 from model.dataset import box_sides, count_records, make_dataset, read_label_map, shard_files
@@ -163,11 +164,18 @@ def train(cfg: TrainConfig, extra_callbacks: tuple = (), verbose="auto", reuse_c
     """
     label_map = read_label_map(cfg.data)
     train_files = shard_files(cfg.data, "train")
-    # Architecture and anchors left open by the settings are fitted to the training boxes' sizes.
-    sides = box_sides(train_files) if cfg.finest_stride is None or cfg.min_scale is None else []
-    stride = cfg.finest_stride or fitted_finest_stride(sides)
-    model_cfg = cfg.model(num_classes=len(label_map), fitted_stride=stride,
-                          fitted_min_scale=None if cfg.min_scale else fitted_min_scale(sides, cfg.image_size, stride))
+    try:
+        start, start_text = warm_start.resolve(cfg, label_map)
+    except warm_start.WarmStartError as e:
+        raise TrainError(str(e)) from None
+    log.info("train: starting from %s", start_text)
+    if start is not None:  # a warm start keeps the starting model's architecture and anchors
+        model_cfg = start.model_cfg
+    else:  # architecture and anchors left open by the settings are fitted to the training boxes' sizes
+        sides = box_sides(train_files) if cfg.finest_stride is None or cfg.min_scale is None else []
+        stride = cfg.finest_stride or fitted_finest_stride(sides)
+        model_cfg = cfg.model(num_classes=len(label_map), fitted_stride=stride,
+                              fitted_min_scale=None if cfg.min_scale else fitted_min_scale(sides, cfg.image_size, stride))
     shard_files(cfg.data, "val")  # fails early, with a clear message, when the val split has no shards
     n_train, n_val = count_records(cfg.data, "train"), count_records(cfg.data, "val")
     if n_val == 0:
@@ -178,8 +186,17 @@ def train(cfg: TrainConfig, extra_callbacks: tuple = (), verbose="auto", reuse_c
     steps = cfg.steps_per_epoch or max(1, n_train // batch_size)
     pretrained = cfg.backbone_weights != "none"
     epochs = cfg.max_epochs()
-    fine_tune_epochs = int(round(epochs * cfg.fine_tune_fraction)) if pretrained else 0
-    frozen_epochs = epochs - fine_tune_epochs
+    budget_minutes = cfg.time_budget
+    if start is not None:  # warm: one fine-tuning phase, a share of the budget (or of the set epochs)
+        fine_tune_epochs = frozen_epochs = 0
+        if cfg.time_budget:
+            budget_minutes = cfg.time_budget * cfg.warm_start_fraction
+        if cfg.epochs:
+            epochs = max(1, int(round(cfg.epochs * cfg.warm_start_fraction)))
+        fine_tune_epochs = epochs
+    else:
+        fine_tune_epochs = int(round(epochs * cfg.fine_tune_fraction)) if pretrained else 0
+        frozen_epochs = epochs - fine_tune_epochs
 
     # One training per models directory at a time: it owns MODELS/.train-run until it ends.
     with training_lock(cfg.models), precision_policy(cfg.precision) as precision:
@@ -192,7 +209,11 @@ def train(cfg: TrainConfig, extra_callbacks: tuple = (), verbose="auto", reuse_c
 
         strategy = distribution_strategy()
         with strategy.scope():
-            model = build_ssd(model_cfg, None if cfg.backbone_weights == "none" else cfg.backbone_weights)
+            if start is not None:
+                model = build_ssd(model_cfg, None)
+                model.load_weights(start.weights)
+            else:
+                model = build_ssd(model_cfg, None if cfg.backbone_weights == "none" else cfg.backbone_weights)
             loss = SSDLoss(num_classes=model_cfg.num_classes, classification=cfg.classification_loss)
         anchors = generate_anchors(model_cfg)
         train_ds = make_dataset(train_files, anchors, model_cfg.image_size, model_cfg.variances, batch_size, training=True,
@@ -210,7 +231,7 @@ def train(cfg: TrainConfig, extra_callbacks: tuple = (), verbose="auto", reuse_c
                                                               patience=cfg.early_stopping_patience))
         warmup = int(cfg.warmup_epochs * steps)
         # The budget is shared as the epochs are: the frozen phase may use its share, fine-tuning what is left.
-        clock = Clock(run_dir, cfg.time_budget * 60 if cfg.time_budget else None)
+        clock = Clock(run_dir, budget_minutes * 60 if budget_minutes else None)
         budget = clock.budget if clock.budget is not None else math.inf
         epochs_run, ended = 0, []
         if frozen_epochs:
@@ -241,14 +262,21 @@ def train(cfg: TrainConfig, extra_callbacks: tuple = (), verbose="auto", reuse_c
         model.save_weights(os.path.join(staging, KERAS_WEIGHTS))  # lets `ssdflow export` rebuild and re-export
         serve, _loaded = load_detector(str(staging))  # the exported artifact itself is what gets scored and drawn
         exported = lambda images: serve(images=images)  # noqa: E731
-        metrics = score_detector(exported, cfg.data, "val", label_map)
+        metrics = score_detector(exported, cfg.data, "val", label_map, cfg.target_precision)
         report.draw_pr_curves(metrics["pr_curves"], os.path.join(staging, report.PR_CURVES))
         report.draw_val_examples(exported, cfg.data, os.path.join(staging, report.VAL_EXAMPLES))
+        if class_thresholds := thresholds_by_id(metrics["score_thresholds"], label_map):
+            # Known only now, from the exported model's own val detections: saved again with them (same
+            # weights, so the same detections and metrics).
+            del serve, _loaded, exported
+            export_saved_model(exportable, model_cfg, label_map, str(staging), score_threshold=cfg.score_threshold,
+                               iou_threshold=cfg.iou_threshold, max_detections=cfg.max_detections,
+                               class_thresholds=class_thresholds)
         metrics.update(data_fingerprint=fingerprint, run_key=run_key(config), val_images=n_val, train_images=n_train, epochs=epochs_run,
                        max_epochs=epochs, time_budget_minutes=cfg.time_budget or None, fit_seconds=round(fit_seconds, 1),
                        phases_ended_by=ended,
                        validation_history=val_map.history, best_epoch=best_epoch, best_phase=best.best_phase if best_epoch else None,
-                       precision=precision)
+                       precision=precision, initialized_from=start_text)
         write_metrics(os.path.join(staging, "metrics.json"), metrics)
         write_model_card(os.path.join(staging, "model_card.md"), version, cfg, model_cfg, metrics, label_map, fingerprint)
         if os.path.isdir(os.path.join(run_dir, "logs")):  # TensorBoard logs stay with the version they describe

@@ -39,11 +39,13 @@ def detections_and_groundtruth(detect: Callable[[tf.Tensor], dict], files: list[
     return groundtruth, detections
 
 
-def score_detector(detect: Callable[[tf.Tensor], dict], data_dir: str, split: str = "val", label_map=None) -> dict:
-    """COCO metrics of ``detect`` on ``split`` of an ingest output."""
+def score_detector(detect: Callable[[tf.Tensor], dict], data_dir: str, split: str = "val", label_map=None,
+                   target_precision: float | None = None) -> dict:
+    """COCO metrics of ``detect`` on ``split`` of an ingest output (with per-class score thresholds
+    calibrated on it, :mod:`model.thresholds`)."""
     label_map = label_map or read_label_map(data_dir)
     gt, dt = detections_and_groundtruth(detect, shard_files(data_dir, split))
-    return coco_metrics(gt, dt, label_map)
+    return coco_metrics(gt, dt, label_map, target_precision)
 
 
 def score_saved_model(model_dir: str, data_dir: str, split: str = "val") -> dict:

@@ -65,7 +65,8 @@ def worker_filesystems(flags: list[str]) -> None:
     in-process (PortableRunner with ``--environment_type=EXTERNAL``, the way Flink and Spark run
     Python) never does, and its first s3:// call fails with "Must provide one of client or
     options". DoFns that touch storage call this from ``setup``; where the options are set already,
-    setting the job's own options again changes nothing.
+    setting the job's own options again changes nothing. (Local multi-process workers get the
+    options from :class:`LocalRunner`'s provision info; this call is for the in-process pools.)
     """
     FileSystems.set_options(PipelineOptions(flags=flags))
 

@@ -66,6 +66,9 @@ def _print_ingest_summary(out: str, stats: dict) -> None:
     reasons = {k: v for k, v in r.items() if k != "total"}
     if reasons:
         typer.echo(f"  rejected by reason: {json.dumps(reasons)}")
+    if r.get("read_error_retryable"):
+        typer.echo(f"  {r['read_error_retryable']} images could not be read for now (throttled, timed out or a storage "
+                   f"server error): run the same command again to ingest them")
     skipped = stats.get("files_skipped", {})
     if skipped.get("total"):
         typer.echo(f"  skipped {skipped['total']} files that are not images, e.g. {', '.join(skipped['examples'][:3])}")
@@ -115,7 +118,7 @@ def evaluate(
 
 @app.command()
 def export(
-    model: str = typer.Option(..., help="A registered model directory (MODELS/<version>)"),
+    model: str = typer.Option(..., help="A registered model directory (MODELS/<version>), or a models directory (its champion)"),
     out: str = typer.Option(..., help="Directory for the new SavedModel"),
     score_threshold: Optional[float] = typer.Option(None, help="Minimum detection score (default: the model's)"),
     iou_threshold: Optional[float] = typer.Option(None, help="NMS IoU threshold (default: the model's)"),
@@ -123,12 +126,117 @@ def export(
 ) -> None:
     """Re-export a trained model as a SavedModel (bytes in, TF OD API detection keys out), e.g. with new thresholds."""
     from model.export import reexport
+    from model.registry import resolve_model_dir
 
+    try:
+        model = str(resolve_model_dir(model))
+    except (FileNotFoundError, ValueError) as e:
+        fail(str(e))
     reexport(model, out, score_threshold=score_threshold, iou_threshold=iou_threshold, max_detections=max_detections)
     typer.echo(f"export: SavedModel written to {out}")
 
 
-@config_command(app, ScoreConfig, beam=True, overrides={"formats": _formats(ScoreConfig.model_fields["formats"].default_factory())})
+models_app = typer.Typer(help="List the registered model versions, promote one by hand, roll back to the previous champion.",
+                         no_args_is_help=True)
+app.add_typer(models_app, name="models")
+_MODELS = typer.Option(..., "--models", help="The models directory (MODELS: one subdirectory per version, champion.json)")
+_BY = typer.Option(None, "--by", help="Who decides (recorded in decisions.jsonl; default: the login name)")
+
+
+def _who(by: Optional[str]) -> str:
+    import getpass
+
+    if by:
+        return by
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no login name in a bare container
+        return "unknown"
+
+
+def _models_root(models: str) -> str:
+    from model.registry import list_versions
+
+    if not os.path.isdir(models) or not list_versions(models):
+        fail(f"--models {models}: no registered model versions there")
+    return models
+
+
+@models_app.command("list")
+def models_list(models: str = _MODELS) -> None:
+    """The versions, oldest first, with their val metrics and promotion decision; * marks the champion."""
+    from model.registry import describe_versions
+
+    def num(v):
+        return "-" if v is None else f"{v:.3f}"
+
+    typer.echo(f"{'':2}{'version':24} {'mAP@.5':>7} {'mAP':>7}  decision")
+    for row in describe_versions(_models_root(models)):
+        decided = "" if row["reason"] is None else row["reason"]
+        typer.echo(f"{'*' if row['champion'] else ' ':2}{row['version']:24} {num(row['mAP@.5']):>7} {num(row['mAP']):>7}  {decided}")
+
+
+@models_app.command("show")
+def models_show(version: str = typer.Argument(..., help="A version, or 'champion'"), models: str = _MODELS) -> None:
+    """One version's metrics (per class too), promotion decision, label map and files, as JSON."""
+    from model import registry
+
+    root = _models_root(models)
+    if version == "champion":
+        version = (registry.read_champion(root) or {}).get("version") or fail(f"--models {models}: no champion")
+    try:
+        vdir = registry.committed_dir(root, version)
+    except (FileNotFoundError, ValueError) as e:
+        fail(str(e))
+    info = {"version": version, "path": str(vdir), "champion": (registry.read_champion(root) or {}).get("version") == version}
+    for key, name in (("metrics", registry.METRICS), ("decision", registry.DECISION), ("label_map", registry.LABEL_MAP)):
+        info[key] = json.loads((vdir / name).read_text()) if (vdir / name).exists() else None
+    info["files"] = sorted(p.name for p in vdir.iterdir())
+    typer.echo(json.dumps(info, indent=2, sort_keys=True))
+
+
+@models_app.command("promote")
+def models_promote(version: str = typer.Argument(..., help="The version to make the champion"), models: str = _MODELS,
+                   reason: str = typer.Option(..., "--reason", help="Why (recorded in decisions.jsonl)"), by: Optional[str] = _BY) -> None:
+    """Make a version the champion by hand, whatever its metrics; recorded with who and why."""
+    from model.registry import promote_version
+
+    try:
+        decision = promote_version(_models_root(models), version, _who(by), reason)
+    except (FileNotFoundError, ValueError) as e:
+        fail(str(e))
+    typer.echo(f"champion: {decision['challenger']} (was {decision['champion'] or 'none'}); {decision['reason']}")
+
+
+@models_app.command("rollback")
+def models_rollback(models: str = _MODELS, reason: str = typer.Option(..., "--reason", help="Why (recorded in decisions.jsonl)"),
+                    by: Optional[str] = _BY) -> None:
+    """Make the previous champion the champion again (undo the last promotion); recorded with who and why."""
+    from model.registry import rollback
+
+    try:
+        decision = rollback(_models_root(models), _who(by), reason)
+    except (FileNotFoundError, ValueError) as e:
+        fail(str(e))
+    typer.echo(f"champion: {decision['challenger']} (rolled back from {decision['champion']}); {decision['reason']}")
+
+
+def _score_threshold() -> tuple:
+    """ScoreConfig.score_threshold as users type it: ``auto`` (the config's None) or a number."""
+    def parse(text: str):
+        if text.strip().lower() == "auto":
+            return None
+        try:
+            return float(text)
+        except ValueError:
+            raise typer.BadParameter(f"{text!r} is neither 'auto' nor a number", param_hint="--score-threshold") from None
+
+    option = typer.Option("auto", "--score-threshold", help=ScoreConfig.model_fields["score_threshold"].description)
+    return str, option, parse
+
+
+@config_command(app, ScoreConfig, beam=True, overrides={"formats": _formats(ScoreConfig.model_fields["formats"].default_factory()),
+                                                        "score_threshold": _score_threshold()})
 def score(cfg: ScoreConfig) -> None:
     """Score image archives with an exported model (a Beam job, chunk by chunk) and write detections back to storage.
 
@@ -142,6 +250,12 @@ def score(cfg: ScoreConfig) -> None:
         fail(str(e))
     typer.echo(f"score: {m['images_in']} images in, {m['images_scored']} scored, {m['images_failed']} failed, "
                f"{m['detections']} detections (model {m['model_version']}; {m['chunks_scored_now']} of {m['chunks']} chunks scored now)")
+    if m.get("images_retryable"):
+        typer.echo(f"  {m['images_retryable']} of the failed images could not be read for now (throttled, timed out or a "
+                   f"storage server error): run the same command again to score them (reason read_error_retryable in errors.jsonl)")
+    used = m["score_thresholds"]
+    typer.echo(f"  score thresholds ({'calibrated per class on val' if used['setting'] == 'auto' else 'one for every class'}): "
+               + ", ".join(f"{name} {t:g}" for name, t in used["per_class"].items()))
     typer.echo(f"  output: {cfg.out}  (detections-*.jsonl/.parquet, errors.jsonl, summary.json, _SUCCESS)")
 
 

@@ -48,9 +48,11 @@ def _plain(annotation) -> Any:
     if typing.get_origin(annotation) is typing.Annotated:
         return _plain(typing.get_args(annotation)[0])
     if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        args = [a for a in typing.get_args(annotation)
+                if (typing.get_args(a)[0] if typing.get_origin(a) is typing.Annotated else a) is not type(None)]
         if len(args) == 1:
             return _plain(args[0])
+
     if typing.get_origin(annotation) is list:
         return list[_plain(typing.get_args(annotation)[0])]
     return annotation

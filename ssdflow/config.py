@@ -11,7 +11,7 @@ import os
 import posixpath
 import re
 from enum import Enum
-from typing import ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -21,6 +21,14 @@ from ssdflow.roots import Location
 # Defaults the jobs' code shares with the configs: they live here, the bottom layer, so that
 # configs import nothing from the jobs.
 DEFAULT_MAX_PIXELS = 40_000_000  # 8000 x 5000; a 30,000 x 30,000 bomb is 900 M
+# Scoring's threshold for a class that calibration gave none (no val objects or detections), and
+# for models exported before calibration existed.
+FALLBACK_SCORE_THRESHOLD = 0.3
+# None ("auto" on the command line, an empty field in the Prefect form): each class's threshold
+# calibrated on val at training time (model/thresholds.py); a number: one threshold for every class.
+# The member titles name the Prefect form's two tabs.
+ScoreThreshold = (Annotated[float, Field(ge=0.0, le=1.0, title="one number for every class")]
+                  | Annotated[None, Field(title="auto (calibrated per class)")])
 DEFAULT_CLIP_TOLERANCE = 0.05  # boxes up to 5% of the image size outside it are clipped, not rejected
 MAX_EPOCHS = 1000
 # The registry's generated version ids, <UTC YYYYmmddTHHMMSSZ>-<4 hex> (model/registry.py issues them).
@@ -152,6 +160,12 @@ class TrainSettings(BaseModel):
     time_budget: float = Field(30.0, ge=0, le=7 * 24 * 60, description="Minutes of fitting (validation included): phases and learning-rate schedule are fitted to it; 0: no limit")
     batch_size: int = Field(16, ge=1, le=1024, description="Global batch size")
     backbone_weights: str = Field("imagenet", description="imagenet | none | PATH to a MobileNetV2 no-top weights file")
+    init_from: str = Field("backbone", description=(
+        "Where the weights start: backbone (--backbone-weights; frozen, then fine-tuned) | champion (warm start: the "
+        "models directory's champion, its architecture and weights, one fine-tuning phase at fine_tune_lr_factor x the "
+        "peak learning rate, warm_start_fraction of the budget) | auto (champion when there is one with the data's label "
+        "map, else backbone; the nightly default) | PATH (a registered model directory)"))
+    warm_start_fraction: float = Field(1 / 3, gt=0, le=1, description="Share of the time budget (or of --epochs) a warm-started run takes")
     resume: bool = Field(False, description="Continue an interrupted run from its last checkpoint")
     fresh: bool = Field(False, description="Discard an interrupted run's checkpoints (MODELS/.train-run) and start over")
     learning_rate: float = Field(1e-3, gt=0, le=1.0, description="Peak learning rate (after warm-up)")
@@ -166,6 +180,9 @@ class TrainSettings(BaseModel):
         "time (the cosine schedule gains most at its end, and the best epoch is exported anyway)"))
     steps_per_epoch: int | None = Field(None, ge=1, description="Default: one pass over the train split")
     score_threshold: float = Field(0.01, ge=0, lt=1, description="Exported model's minimum score")
+    target_precision: float | None = Field(None, gt=0, le=1, description=(
+        "Calibrate each class's score threshold for this val precision (the most recall reaching it); default: "
+        "the threshold of the best F1"))
     iou_threshold: float = Field(0.5, gt=0, le=1, description="Exported model's NMS IoU threshold")
     max_detections: int = Field(100, ge=1, le=1000, description="Exported model's detections per image")
     promotion_tolerance: float = Field(0.0, ge=0, le=1, description="Promote if challenger mAP@.5 >= champion's - tolerance")
@@ -192,6 +209,11 @@ class TrainSettings(BaseModel):
     @classmethod
     def _weights_file_under_roots(cls, value: str) -> str:
         return value if value in ("imagenet", "none") else roots.check(value)  # a weights file is read like any input
+
+    @field_validator("init_from")
+    @classmethod
+    def _start_under_roots(cls, value: str) -> str:
+        return value if value in ("backbone", "champion", "auto") else roots.check(value)
 
     def max_epochs(self) -> int:
         """The epochs this run may take: the set bound, else the budget decides (20 with no budget)."""
@@ -229,13 +251,16 @@ class ScoreConfig(BeamOptions):
     images: list[Location] = Field(..., min_length=1, description="Directories, globs (local, s3://, gs://) or .tar archives")
     out: Location = Field(..., description="Output directory URI")
     formats: list[OutputFormat] = Field(default_factory=lambda: [OutputFormat.jsonl, OutputFormat.parquet], description="Output formats")
-    score_threshold: float = Field(0.3, ge=0.0, le=1.0, description="Keep detections scoring at least this")
+    score_threshold: ScoreThreshold = Field(None, description=(
+        "Keep detections scoring at least this, one number for every class; default (auto): each class's threshold "
+        f"calibrated on val at training time, {FALLBACK_SCORE_THRESHOLD} for a class without one"))
     max_detections: int = Field(100, ge=1, le=1000, description="Detections kept per image")
     max_batch_size: int = Field(64, ge=1, le=1024, description="Inference batch (the last of a chunk may be smaller; 64 measured faster than 32 on CPU, docs/benchmarks.md)")
     chunk_size: int = Field(1000, ge=1, le=1_000_000, description="Images per resumable chunk (a tar archive is one chunk)")
     preview: int = Field(0, ge=0, le=1000, description="Write this many JPEGs with the boxes drawn")
     read_threads: int = Field(8, ge=1, le=64, description="Files read ahead concurrently per worker (object stores need several)")
     max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1, description="Images with more pixels are refused (decompression-bomb guard)")
+    keep_chunks: bool = Field(False, description="Keep the per-chunk results of other model versions under OUT/chunks/ (by default a complete run deletes them: they are only reused by a rerun with the same model)")
 
     # Settings of earlier versions, dropped with a warning so that saved configs keep working.
     REMOVED: ClassVar[dict[str, str]] = {
@@ -270,8 +295,15 @@ class NightlyConfig(BaseModel):
     train: TrainSettings = Field(default_factory=TrainSettings, description="Training settings")
     score_images: list[Location] = Field(default_factory=list, description="Archive to score with the champion afterwards (empty: skip)")
     score_out: Location | None = Field(None, description="Where the scoring output goes (required with score_images)")
-    score_threshold: float = Field(0.3, ge=0.0, le=1.0, description="Minimum detection score when scoring")
+    score_threshold: ScoreThreshold = Field(None, description="Minimum detection score when scoring, one number for every class; default (auto): per class, calibrated on val")
     comparison_images: int = Field(3, ge=0, le=20, description="Val images drawn with champion and challenger detections side by side")
+
+    @model_validator(mode="after")
+    def _warm_by_default(self) -> "NightlyConfig":
+        # Nightly runs start from the champion unless the settings say otherwise (model/warm_start.py).
+        if "init_from" not in self.train.model_fields_set:
+            self.train = self.train.model_copy(update={"init_from": "auto"})
+        return self
 
     @model_validator(mode="after")
     def _check(self) -> "NightlyConfig":

@@ -142,6 +142,11 @@ def tf_feature_spec():
 
 
 # --- label map -------------------------------------------------------------------------------
+# An exported model's metadata file beside its SavedModel (architecture, thresholds, calibrated
+# per-class score thresholds); written by model/export.py, read by scoring without TensorFlow.
+MODEL_INFO = "ssdflow_model.json"
+
+
 class LabelMap(dict):
     """Class name → id, ids from 1 (0 is background). Serialized as JSON and as TF OD API pbtxt."""
 

@@ -40,6 +40,37 @@ def read_bytes(uri: str) -> bytes:
         return f.read()
 
 
+def is_transient(error: BaseException) -> bool:
+    """Whether a storage error may pass on its own: throttling (429), a timeout (408), a server
+    error (5xx) or a dropped connection, after the retries of the client underneath (botocore's,
+    Beam's) ran out. A missing or forbidden file, and anything unrecognized, is not.
+
+    Beam wraps client errors in its own (``S3ClientError(str(e), code)``); the chain of causes is
+    followed, so a connection error under a code-less wrapper still counts.
+    """
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)):
+            return False
+        if isinstance(error, (TimeoutError, ConnectionError)):
+            return True
+        code = getattr(error, "code", None)
+        if code is None:
+            code = getattr(error, "status_code", None)
+        try:
+            code = int(code)
+        except (TypeError, ValueError):
+            code = None
+        if code is not None:
+            return code in (408, 429) or code >= 500
+        # botocore's EndpointConnectionError, ConnectTimeoutError, ReadTimeoutError; urllib3's alike
+        if any("ConnectionError" in k.__name__ or "Timeout" in k.__name__ for k in type(error).__mro__):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
 def read_text(uri: str) -> str:
     return read_bytes(uri).decode("utf-8")
 
@@ -48,17 +79,7 @@ def write_bytes(uri: str, data: bytes) -> None:
     """Writes a whole file. Object stores commit on close; locally the file is synced to disk and
     renamed into place, so a ``_SUCCESS`` written after it never outlives its data in a power loss."""
     if is_local(uri):
-        import os
-
-        path = uri[len("file://"):] if uri.startswith("file://") else uri
-        _mkdirs(posixpath.dirname(uri))
-        tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        fsync_dir(os.path.dirname(path) or ".")
+        atomic_write_local(uri[len("file://"):] if uri.startswith("file://") else uri, data)
     elif not data and uri.startswith("s3://"):
         _put_empty_s3_object(uri)
     else:
@@ -225,9 +246,10 @@ def cleanup_stale_tmp(out: str) -> None:
         delete([p for p in list_files(join(out, TMP_PREFIX + "*", "**"))])
 
 
-def atomic_write_local(path, text: str) -> None:
+def atomic_write_local(path, data: str | bytes) -> None:
     """Local file write that readers see whole or not at all: temp file in the same directory,
-    fsync, os.replace, then fsync of the directory. Mode 0644 (other services read these files)."""
+    fsync, os.replace, then fsync of the directory, so a ``_SUCCESS`` written after it never
+    outlives its data in a power loss. Text is UTF-8. Mode 0644 (other services read these files)."""
     import contextlib
     import os
     import tempfile
@@ -237,9 +259,9 @@ def atomic_write_local(path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+        with os.fdopen(fd, "wb") as f:
             os.fchmod(f.fileno(), 0o644)  # mkstemp makes 0600
-            f.write(text)
+            f.write(data.encode("utf-8") if isinstance(data, str) else data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

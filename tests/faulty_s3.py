@@ -10,6 +10,7 @@ without reaching moto, as S3 does when it throttles. Which uploads fail:
 * ``fail_every=k``: the k-th, 2k-th, ... upload request (counted over the proxy's lifetime);
 * ``fail_first=n``: the first n upload requests (a burst: consecutive failures, retries included);
 * ``fail_when=callable(method, path_with_query) -> bool``: narrows which requests count as uploads.
+* ``methods=("GET", "HEAD")``: reads fail instead (uploads by default; reset by every ``configure``).
 
 ``injected`` counts the answers the proxy made up; ``log`` holds (method, path, status, injected)
 for every request, so a test can check that each injected failure was followed by a successful
@@ -29,7 +30,8 @@ UPLOAD_METHODS = ("PUT", "POST")
 HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailers",
               "transfer-encoding", "upgrade", "content-length"}
 ERRORS = {503: ("SlowDown", "Please reduce your request rate."),
-          500: ("InternalError", "We encountered an internal error. Please try again.")}
+          500: ("InternalError", "We encountered an internal error. Please try again."),
+          429: ("TooManyRequests", "Please reduce your request rate.")}  # retried by neither botocore nor Beam: fast tests
 
 
 def operation(method: str, path: str) -> str:
@@ -45,12 +47,13 @@ def operation(method: str, path: str) -> str:
 
 class FaultyS3Proxy:
     def __init__(self, upstream: str, *, fail_every: int = 0, fail_first: int = 0, status: int = 503,
-                 fail_when=None, host: str = "127.0.0.1"):
+                 fail_when=None, methods: tuple[str, ...] = UPLOAD_METHODS, host: str = "127.0.0.1"):
         if status not in ERRORS:
             raise ValueError(f"status must be one of {sorted(ERRORS)}")
         up = urlsplit(upstream)
         self.upstream_host, self.upstream_port = up.hostname, up.port or 80
         self.fail_every, self.fail_first, self.status, self.fail_when = fail_every, fail_first, status, fail_when
+        self.methods = methods
         self.uploads = 0  # upload requests seen (each retry counts again)
         self.injected = 0  # of which answered with an injected error
         self.log: list[tuple[str, str, int, bool]] = []
@@ -84,9 +87,11 @@ class FaultyS3Proxy:
         self.stop()
 
     def configure(self, *, fail_every: int | None = None, fail_first: int | None = None, status: int | None = None,
-                  fail_when=...) -> None:
-        """Changes the fault plan (and resets the counters) between runs."""
+                  fail_when=..., methods: tuple[str, ...] = UPLOAD_METHODS) -> None:
+        """Changes the fault plan (and resets the counters) between runs; ``methods`` is reset to the
+        uploads unless given, so a test that fails reads leaves no trap for the next."""
         with self._lock:
+            self.methods = methods
             if fail_every is not None:
                 self.fail_every = fail_every
             if fail_first is not None:
@@ -102,7 +107,7 @@ class FaultyS3Proxy:
     # --- the fault plan ------------------------------------------------------------------------
     def _decide(self, method: str, path: str) -> bool:
         """Whether this request gets an injected error (called once per request, under the lock)."""
-        if method not in UPLOAD_METHODS or (self.fail_when is not None and not self.fail_when(method, path)):
+        if method not in self.methods or (self.fail_when is not None and not self.fail_when(method, path)):
             return False
         self.uploads += 1
         fail = (self.fail_first and self.uploads <= self.fail_first) or (self.fail_every and self.uploads % self.fail_every == 0)

@@ -47,9 +47,16 @@ def test_custom_run_of_batch_score_from_the_ui(stack):
         page.goto(f"{s['url']}/v2/deployments/deployment/{dep['id']}")
         page.get_by_role("button", name="Run", exact=True).first.click()
         page.get_by_role("menuitem", name="Custom run").click()
-        field = page.get_by_label("Score Threshold (Optional)")
-        expect(field).to_be_visible(timeout=30_000)
+        # A number or auto (None): two tabs, named by the schema's member titles; the number's is chosen here.
+        number = page.get_by_role("tab", name="one number for every class")
+        expect(number).to_be_visible(timeout=30_000)
+        expect(page.get_by_role("tab", name="auto (calibrated per class)")).to_be_visible()
+        if number.get_attribute("aria-selected") != "true":  # the deployment's default is a number: already chosen
+            number.click()
+        field = page.get_by_role("tabpanel", name="one number for every class").get_by_role("spinbutton")
         field.fill("0.05")
+        expect(field).to_have_value("0.05")
+        field.press("Tab")  # the form takes the value on change
         page.get_by_role("button", name="Submit").click()
         page.wait_for_url("**tab=Runs**", timeout=180_000)  # the UI shows the deployment's runs (the server answers slowly while 2 other test workers load both cores)
         runs = []

@@ -292,5 +292,5 @@ def _name_in_every_output(case, run):
 
     sources = {s for f in run.out.glob("detections-*.parquet") for s in pq.read_table(f).column("source").to_pylist()}
     assert any(s.endswith("raccoön-日本.jpg") for s in sources)
-    coco = json.loads((run.out / "coco_results.json").read_text(encoding="utf-8"))
-    assert any(d["image_id"].endswith("raccoön-日本.jpg") for d in coco)
+    coco = json.loads((run.out / "coco.json").read_text(encoding="utf-8"))
+    assert any(i["file_name"].endswith("raccoön-日本.jpg") for i in coco["images"])

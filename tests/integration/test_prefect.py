@@ -101,13 +101,28 @@ def test_nightly_retrain_then_batch_score_from_the_api(prefect, tmp_path):
     card = arts["model-card"]["data"]
     assert card.count("](data:image/png;base64,") == 1 and "](data:image/jpeg;base64," in card, card[:2000]
 
-    # The same night again: ingest is cached (inputs unchanged), a second model is compared side by side.
+    # The same night again: ingest is cached (inputs unchanged), and the champion was trained on this
+    # data with these settings, so nothing is trained or promoted (the archive is still scored).
+    versions = sorted(p.name for p in models.iterdir() if (p / "saved_model.pb").exists())
+    decisions = (models / "decisions.jsonl").read_text()
     run2 = _run(prefect, "nightly-retrain", nightly)
     assert run2["state_type"] == "COMPLETED", run2["state"]
-    assert "champion-vs-challenger" in _artifacts(prefect, run2["id"])
+    arts2 = _artifacts(prefect, run2["id"])
+    assert "training-skipped" in arts2 and "champion-vs-challenger" not in arts2, sorted(arts2)
+    assert champion["version"] in arts2["training-skipped"]["data"]
+    assert sorted(p.name for p in models.iterdir() if (p / "saved_model.pb").exists()) == versions
+    assert (models / "decisions.jsonl").read_text() == decisions
     _, tasks = _request("POST", f"{prefect['api']}/task_runs/filter", {"flow_runs": {"id": {"any_": [run2["id"]]}}})
     ingest_states = [t["state"]["name"] for t in tasks if t["name"].startswith("ingest")]
     assert ingest_states == ["Cached"], ingest_states
+    assert "score" in {t["name"].split("-")[0] for t in tasks}
+
+    # Other settings: something to learn; the challenger is trained and drawn beside the champion.
+    nightly["config"]["train"]["steps_per_epoch"] = 3
+    run2b = _run(prefect, "nightly-retrain", nightly)
+    assert run2b["state_type"] == "COMPLETED", run2b["state"]
+    assert "champion-vs-challenger" in _artifacts(prefect, run2b["id"])
+    assert len([p for p in models.iterdir() if (p / "saved_model.pb").exists()]) == len(versions) + 1
 
     out = tmp_path / "scored"
     score = {"config": {"model": str(models), "images": [str(images)], "out": str(out), "score_threshold": 0.0, "max_detections": 3}}

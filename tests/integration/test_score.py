@@ -72,6 +72,10 @@ def test_scores_raccoon_val_images(raccoon_records, raccoon_model, tmp_path):
     assert total_rows == m["detections"] == sum(len(r["detections"]) for r in records)
     coco = json.loads((out / "coco_results.json").read_text())
     assert len(coco) == m["detections"] and len(coco[0]["bbox"]) == 4
+    dataset = json.loads((out / "coco.json").read_text())
+    assert [i["file_name"] for i in dataset["images"]] == [r["source"] for r in records]  # ids 1.. in output order
+    assert dataset["categories"] == [{"id": 1, "name": "raccoon", "supercategory": ""}]
+    assert {d["image_id"] for d in coco} <= {i["id"] for i in dataset["images"]}
     summary = json.loads((out / "summary.json").read_text())
     assert summary["detections_per_class"] == {"raccoon": m["detections"]}
     assert sum(summary["score_histogram"].values()) == m["detections"]
@@ -369,3 +373,29 @@ def test_portable_runner_with_images_model_and_outputs_on_s3(raccoon_model, tmp_
         assert [portable[k] for k in keys] == [direct[k] for k in keys] == [4, 13, 12, 1, direct["detections"]]
         assert _s3_detections(s3, "portable") == _s3_detections(s3, "direct")
         assert len(_s3_detections(s3, "portable")) == 12
+
+
+def test_auto_thresholds_are_the_models_calibrated_ones(raccoon_records, raccoon_model, tmp_path):
+    """Training calibrates each class's threshold on val and stores it in the SavedModel (a lookup by
+    label id) and its metadata; scoring applies it by default, and a number overrides it."""
+    info = json.loads((Path(raccoon_model) / "ssdflow_model.json").read_text())
+    metrics = json.loads((Path(raccoon_model) / "metrics.json").read_text())
+    calibrated = metrics["score_thresholds"]["per_class"]["raccoon"]["threshold"]
+    assert calibrated is not None and info["class_score_thresholds"] == {"1": calibrated}
+    loaded = tf.saved_model.load(raccoon_model)
+    assert loaded.class_score_thresholds.numpy()[1] == pytest.approx(calibrated)
+    assert "## Score thresholds" in (Path(raccoon_model) / "model_card.md").read_text()
+
+    images, _ = _val_images(raccoon_records, tmp_path)
+    auto = run_score(ScoreConfig(model=raccoon_model, images=[images], out=str(tmp_path / "auto")))
+    assert auto["score_thresholds"] == {"setting": "auto", "per_class": {"raccoon": calibrated}}  # the default
+    scores = [d["score"] for r in _lines(tmp_path / "auto") for d in r["detections"]]
+    assert all(s >= calibrated for s in scores)
+    fixed = run_score(ScoreConfig(model=raccoon_model, images=[images], out=str(tmp_path / "fixed"), score_threshold=0.0))
+    assert fixed["score_thresholds"]["per_class"] == {"raccoon": 0.0}
+    everything = [d["score"] for r in _lines(tmp_path / "fixed") for d in r["detections"]]
+    assert sorted(s for s in everything if s >= calibrated) == sorted(scores) and scores  # as written, none lost
+    strict = run_score(ScoreConfig(model=raccoon_model, images=[images], out=str(tmp_path / "strict"), score_threshold=1.0))
+    assert strict["detections"] == 0 < auto["detections"]  # a number overrides the calibrated threshold
+    summary = json.loads((tmp_path / "auto" / "summary.json").read_text())
+    assert summary["score_thresholds"]["per_class"] == {"raccoon": calibrated}

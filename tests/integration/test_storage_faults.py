@@ -116,6 +116,37 @@ def test_ingest_survives_upload_faults(s3):
             assert got[name] == want[name], name
 
 
+def test_ingest_keeps_an_image_that_cannot_be_read_for_now_apart(s3):
+    """S3 throttles the reads of one image past every retry: ingest completes with that image
+    rejected as ``read_error_retryable`` (not ``unreadable``, which is final) and says so in its
+    ``_SUCCESS`` (the nightly flow ingests again instead of reusing such an output); the next
+    ingest, with S3 well again, writes it (test_ingest_survives_upload_faults compares a whole
+    output with a fault-free run's)."""
+    endpoint, client, proxy = s3
+    _upload_raccoon(client)
+    from beam_jobs.ingest import run_ingest
+    from ssdflow.config import IngestConfig
+
+    def ingest(out, url):
+        return run_ingest(IngestConfig(images=f"s3://{BUCKET}/raw/images/", labels=f"s3://{BUCKET}/raw/labels/", format="voc",
+                                       out=f"s3://{BUCKET}/{out}", beam_args=[f"--s3_endpoint_url={url}", *REGION]))
+
+    proxy.configure(fail_every=1, fail_first=0, status=429, methods=("GET", "HEAD"),
+                    fail_when=lambda method, path: "/raw/images/raccoon-12.jpg" in path)
+    stats = ingest("ingest-read-faulty", proxy.url)
+    assert proxy.injected_requests(), "no read was refused: the test proves nothing"
+    assert stats["images_rejected"] == {"total": 2, "duplicate": 1, "read_error_retryable": 1}
+    assert storage.read_success(f"s3://{BUCKET}/ingest-read-faulty")["images_retryable"] == 1
+    rejected = [json.loads(line) for line in _objects(client, "ingest-read-faulty/")["rejected.jsonl"].splitlines()]
+    assert [r["source"].rsplit("/", 1)[-1] for r in rejected if r["reason"] == "read_error_retryable"] == ["raccoon-12.jpg"]
+
+    proxy.configure(fail_every=0, fail_first=0, fail_when=None)
+    again = ingest("ingest-read-faulty", proxy.url)
+    assert again["images_rejected"] == {"total": 1, "duplicate": 1}  # as a run that met no fault
+    assert again["images_written"]["total"] == stats["images_written"]["total"] + 1
+    assert storage.read_success(f"s3://{BUCKET}/ingest-read-faulty")["images_retryable"] == 0
+
+
 def test_score_survives_upload_faults(s3, raccoon_model):
     endpoint, client, proxy = s3
     from beam_jobs.score import run_score
@@ -151,6 +182,52 @@ def test_score_survives_upload_faults(s3, raccoon_model):
             assert got[name] == want[name], name
     chunk_errors = sorted(v for k, v in got.items() if k.startswith("chunks/") and k.endswith("/errors.jsonl"))
     assert chunk_errors[0] == b"" and b"broken.jpg" in chunk_errors[1]  # an empty object is written, not refused
+
+
+def test_an_image_that_cannot_be_read_for_now_is_scored_by_the_next_run(s3, raccoon_model):
+    """S3 throttles the reads of one image past every retry (429 to its HEAD and GET): the run
+    completes, with that image failed as ``read_error_retryable`` (not ``unreadable``, which is
+    final), and the next run scores that chunk again, and only it: the outputs then equal a run
+    that met no fault, and the chunk keeps one attempt."""
+    endpoint, client, proxy = s3
+    from beam_jobs.score import run_score
+    from ssdflow.config import ScoreConfig
+
+    for i in range(6):
+        client.put_object(Bucket=BUCKET, Key=f"throttled/img{i}.jpg", Body=_jpeg(10 + i))
+
+    def score(out, url):  # two chunks: img0-2 and img3-5
+        return run_score(ScoreConfig(model=raccoon_model, images=[f"s3://{BUCKET}/throttled/"], out=f"s3://{BUCKET}/{out}",
+                                     score_threshold=0.0, chunk_size=3, formats=["jsonl", "parquet", "coco"],
+                                     beam_args=[f"--s3_endpoint_url={url}", *REGION]))
+
+    ref = score("read-ref", endpoint)
+    proxy.configure(fail_every=1, fail_first=0, status=429, methods=("GET", "HEAD"),
+                    fail_when=lambda method, path: "/throttled/img4.jpg" in path)
+    first = score("read-faulty", proxy.url)
+    assert proxy.injected_requests(), "no read was refused: the test proves nothing"
+    assert (first["images_in"], first["images_scored"], first["images_failed"], first["images_retryable"]) == (6, 5, 1, 1)
+    errors = [json.loads(line) for line in _objects(client, "read-faulty/")["errors.jsonl"].splitlines()]
+    assert [(e["source"].rsplit("/", 1)[-1], e["reason"]) for e in errors] == [("img4.jpg", "read_error_retryable")]
+
+    proxy.configure(fail_every=0, fail_first=0, fail_when=None)  # S3 is well again
+    second = score("read-faulty", proxy.url)
+    assert (second["chunks_scored_now"], second["images_failed"], second["images_retryable"]) == (1, 0, 0)
+    assert {k: v for k, v in second.items() if k != "chunks_scored_now"} == {k: v for k, v in ref.items() if k != "chunks_scored_now"}
+    want, got = _objects(client, "read-ref/"), _objects(client, "read-faulty/")
+    for name in _assert_committed(got)["files"]:
+        if name == "summary.json":  # the rerun's also says what changed since the first run: one image more scored
+            summary = json.loads(got[name])
+            assert summary.pop("change_since_previous")["images_failed"] == -1
+            assert summary == {k: v for k, v in json.loads(want[name]).items() if k != "change_since_previous"}
+        else:
+            assert got[name] == want[name], name
+    attempts = {k.split("/")[3] for k in got if k.startswith("chunks/") and k.count("/") == 4}
+    assert len(attempts) == 2  # one per chunk: the first run's attempt at the rescored chunk was pruned
+    from beam_jobs.score import committed
+
+    chunk_ids = {k.split("/")[2] for k in got if k.startswith("chunks/")}
+    assert all(committed(f"s3://{BUCKET}/read-faulty", second["model_version"], c) for c in chunk_ids)  # final now
 
 
 def test_a_failed_write_never_leaves_a_partial_object(s3, monkeypatch):

@@ -185,3 +185,44 @@ def test_champion_and_challenger_drawn_side_by_side(trained, shapes, tmp_path):
         assert row["ground_truth_boxes"] >= 1
         with Image.open(row["file"]) as img:
             assert img.format == "JPEG" and img.width == 2 * 128 + 10  # both panels at the val images' size
+
+
+def test_warm_start_continues_from_the_champion(trained, shapes, tmp_path):
+    """--init-from champion: the run starts from the champion's architecture and weights (at a
+    learning rate too small to move them, the challenger detects exactly what the champion does),
+    one fine-tuning phase, and the model card and metrics say where it started. A label map that
+    differs refuses the explicit start and sends ``auto`` (the nightly default) to the backbone."""
+    import shutil
+
+    from model import registry
+    from model.run_record import TrainError
+    from model.train import train
+
+    models = tmp_path / "models"
+    shutil.copytree(shapes["models"], models)
+    champion = registry.read_champion(models)["version"]
+    # Settings that differ from the champion's architecture (alpha, size) are the champion's in a warm start.
+    warm = train(TrainConfig(data=shapes["records"], models=str(models), **{**TINY, "alpha": 0.5, "image_size": 160,
+                                                                           "epochs": 3, "steps_per_epoch": 1,
+                                                                           "learning_rate": 1e-12, "init_from": "champion"}),
+                 verbose=0)
+    assert warm.metrics["initialized_from"].startswith(f"champion {champion}")
+    assert warm.metrics["epochs"] == 1 and warm.metrics["phases_ended_by"] == ["epochs"]  # a third of 3, one phase
+    info = json.load(open(os.path.join(warm.model_dir, "ssdflow_model.json")))["model"]
+    assert (info["alpha"], info["image_size"]) == (0.35, 128)
+    assert f"Started from: champion {champion}" in open(os.path.join(warm.model_dir, "model_card.md")).read()
+    image = tf.constant([(shapes["images"] / "im0.jpg").read_bytes()])
+    before = tf.saved_model.load(str(models / champion)).signatures["serving_default"](images=image)
+    after = tf.saved_model.load(warm.model_dir).signatures["serving_default"](images=image)
+    assert float(tf.reduce_max(tf.abs(before["detection_scores"] - after["detection_scores"]))) < 1e-3
+
+    champion = registry.read_champion(models)["version"]  # the warm challenger, promoted or not
+    label_map = json.loads((models / champion / "label_map.json").read_text())
+    label_map["classes"] = [{**c, "name": c["name"] + "-renamed"} for c in label_map["classes"]]
+    (models / champion / "label_map.json").write_text(json.dumps(label_map))
+    with pytest.raises(TrainError, match="label map differs"):
+        train(TrainConfig(data=shapes["records"], models=str(models), **{**TINY, "epochs": 1, "steps_per_epoch": 1,
+                                                                        "init_from": "champion"}), verbose=0)
+    fallback = train(TrainConfig(data=shapes["records"], models=str(models), **{**TINY, "epochs": 1, "steps_per_epoch": 1,
+                                                                               "init_from": "auto"}), verbose=0)
+    assert fallback.metrics["initialized_from"].startswith("backbone (none): the champion cannot start this run")

@@ -34,3 +34,27 @@ def test_otherwise_the_flags_are_left_alone(four_cores, flags, files):
 def test_one_core_means_one_process(monkeypatch):
     monkeypatch.setattr(beam_runner, "usable_cores", lambda: 1)
     assert local_parallelism(["--runner=DirectRunner"], 10**6) == ["--runner=DirectRunner"]
+
+
+def test_multi_process_workers_start_through_ssdflows_quiet_harness(monkeypatch):
+    """LocalRunner swaps Beam's worker command by exact string: if a Beam upgrade changed that
+    string, the swap would stop silently (and the console be noisy again). This builds the job
+    graph a multi_processing run hands its workers and checks the swap still finds the command."""
+    import apache_beam as beam
+    from apache_beam.portability import python_urns
+    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+
+    seen = []
+
+    def capture(self, pipeline_proto, options):
+        seen.extend(env for env in pipeline_proto.components.environments.values()
+                    if env.urn == python_urns.SUBPROCESS_SDK)
+        raise StopIteration  # the graph is all this test needs; nothing runs
+
+    monkeypatch.setattr(FnApiRunner, "run_via_runner_api", capture)
+    options = beam_runner.pipeline_options(["--direct_running_mode=multi_processing", "--direct_num_workers=2"])
+    p = beam_runner.make_pipeline(options)
+    _ = p | beam.Create([1]) | beam.Map(lambda x: x)
+    with pytest.raises(StopIteration):
+        p.run()
+    assert [env.payload.decode() for env in seen] == [beam_runner.LocalRunner.SSDFLOW_WORKER]

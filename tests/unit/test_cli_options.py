@@ -75,3 +75,19 @@ def test_batch_norm_momentum_follows_how_the_backbone_starts():
     assert TrainConfig(**base, backbone_weights="none").model(1).bn_momentum == 0.9
     assert TrainConfig(**base, backbone_weights="imagenet").model(1).bn_momentum == 0.997
     assert TrainConfig(**base, backbone_weights="none", bn_momentum=0.99).model(1).bn_momentum == 0.99  # a set value wins
+
+
+def test_score_threshold_is_auto_by_default_or_one_number():
+    from ssdflow.cli import _score_threshold
+
+    def run(*extra):
+        return _capture(ScoreConfig, ["--model", "/m", "--images", "/a", "--out", "/o", *extra], beam=True,
+                        overrides={"score_threshold": _score_threshold()})
+
+    assert run()[2].score_threshold is None  # auto: the model's calibrated per-class thresholds
+    assert run("--score-threshold", "AUTO")[2].score_threshold is None
+    assert run("--score-threshold", "0.25")[2].score_threshold == 0.25
+    code, output, cfg = run("--score-threshold", "high")
+    assert code == 2 and cfg is None and "--score-threshold" in output
+    code, output, cfg = run("--score-threshold", "1.5")
+    assert code == 2 and cfg is None and "--score-threshold" in output

@@ -291,3 +291,65 @@ def test_promote_if_better_requires_committed_challenger(tmp_path):
         registry.promote_if_better(tmp_path, v, StubEvaluate({}), PromotionPolicy())
     assert not (tmp_path / "decisions.jsonl").exists()
     assert registry.read_champion(tmp_path) is None
+
+
+# --- management by hand (ssdflow models) ------------------------------------------------------------
+
+
+def test_promote_by_hand_and_roll_back_step_by_step(tmp_path):
+    """Rollbacks undo promotions in reverse order (automatic and by hand alike), each recorded with
+    who and why; with nothing left to undo, rollback refuses and changes nothing."""
+    root = tmp_path / "MODELS"
+    v1, v2, v3 = make_version(root, 0.5), make_version(root, 0.6), make_version(root, 0.4)
+    registry.promote_if_better(root, v1, StubEvaluate({}))
+    registry.promote_if_better(root, v2, StubEvaluate({"mAP@.5": 0.5}))
+    assert registry.read_champion(root)["version"] == v2
+
+    d = registry.promote_version(root, v3, "ana", "v3 handles the night images")  # worse on val: the person decides
+    assert registry.read_champion(root)["version"] == v3
+    assert (d["action"], d["by"], d["champion"], d["manual"]) == ("promote", "ana", v2, True)
+    assert "v3 handles the night images" in d["reason"]
+    assert registry.champion_history(root) == [v1, v2, v3]
+    with pytest.raises(ValueError, match="already the champion"):
+        registry.promote_version(root, v3, "ana", "again")
+
+    first = registry.rollback(root, "ben", "v3 misses raccoons")
+    assert registry.read_champion(root)["version"] == v2 and first["champion"] == v3 and first["by"] == "ben"
+    registry.rollback(root, "ben", "v2 too")
+    assert registry.read_champion(root)["version"] == v1
+    before = (root / "champion.json").read_bytes(), (root / "decisions.jsonl").read_bytes()
+    with pytest.raises(ValueError, match="no previous champion"):
+        registry.rollback(root, "ben", "one more")
+    assert ((root / "champion.json").read_bytes(), (root / "decisions.jsonl").read_bytes()) == before
+    assert [(x.get("action"), x["challenger"]) for x in decisions(root) if x["promoted"]] == [
+        (None, v1), (None, v2), ("promote", v3), ("rollback", v2), ("rollback", v1)]
+
+
+def test_promote_by_hand_refuses_what_is_not_committed(tmp_path):
+    root = tmp_path / "MODELS"
+    make_version(root, 0.5)
+    staging = registry.new_version(root)
+    registry.staging_dir(root, staging)
+    for version in (staging, "20990101T000000Z-0000"):
+        with pytest.raises(FileNotFoundError):
+            registry.promote_version(root, version, "ana", "why")
+    with pytest.raises(ValueError):
+        registry.promote_version(root, "../escape", "ana", "why")
+    assert registry.read_champion(root) is None
+
+
+def test_history_explains_a_champion_the_log_does_not(tmp_path):
+    """A champion.json without decisions (an older ssdflow, or the log lost) is still the current
+    champion; a torn last log line is skipped."""
+    root = tmp_path / "MODELS"
+    v1, v2 = make_version(root, 0.5), make_version(root, 0.6)
+    registry.promote_if_better(root, v1, StubEvaluate({}))
+    registry.set_champion(root, v2, {"reason": "written by hand"})
+    with open(root / "decisions.jsonl", "a") as f:
+        f.write('{"promoted": true, "challen')
+    assert registry.champion_history(root) == [v1, v2]
+    assert [r["champion"] for r in registry.describe_versions(root)] == [False, True]
+    registry.rollback(root, "ana", "v2 was never decided")
+    assert registry.read_champion(root)["version"] == v1
+    assert registry.champion_history(root) == [v1]  # the rollback's line survived the torn one before it
+    assert registry.read_decisions(root)[-1]["action"] == "rollback"

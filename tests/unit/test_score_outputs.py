@@ -37,18 +37,46 @@ def test_summary_from_chunk_parts_equals_the_whole():
     assert summary["mean_boxes_per_image"] == round(counts["detections"] / len(flat), 4)
 
 
-def test_streamed_coco_results_are_the_json_of_the_whole_list(tmp_path):
-    chunks = [_records(n, seed) for seed, n in enumerate([3, 0, 9, 1])]
-    uri = str(tmp_path / "coco_results.json")
-    with so.CocoWriter(uri) as w:
+def _coco(tmp_path, chunks, name="c"):
+    dataset, results = tmp_path / f"{name}.json", tmp_path / f"{name}_results.json"
+    with so.CocoWriter(str(dataset), str(results), {2: "dog", 1: "cat"}) as w:
         for c in chunks:
-            w.add(so.coco_fragment(c))
-    text = (tmp_path / "coco_results.json").read_text()
-    assert text == json.dumps(so.coco_results([r for c in chunks for r in c]))
-    assert len(json.loads(text)) == sum(len(r["detections"]) for c in chunks for r in c) > 0
-    with so.CocoWriter(str(tmp_path / "none.json")) as w:
-        w.add(so.coco_fragment(_records(4, 99)[:0]))
-    assert (tmp_path / "none.json").read_text() == "[]"
+            w.add(c)
+    return dataset, results
+
+
+def test_coco_outputs_are_a_dataset_and_results_that_pycocotools_loads(tmp_path):
+    """Streamed chunk by chunk: a COCO dataset with integer ids (what labelling tools import) and
+    a results list keyed by the same ids, which pycocotools loads together."""
+    from pycocotools.coco import COCO
+
+    chunks = [_records(n, seed) for seed, n in enumerate([3, 0, 9, 1])]
+    for c in chunks:
+        for r in c:
+            r.update(width=64, height=48)
+    flat = [r for c in chunks for r in c]
+    dataset_path, results_path = _coco(tmp_path, chunks)
+    dataset, results = json.loads(dataset_path.read_text()), json.loads(results_path.read_text())
+    assert dataset["categories"] == [{"id": 1, "name": "cat", "supercategory": ""}, {"id": 2, "name": "dog", "supercategory": ""}]
+    assert [(i["id"], i["file_name"], i["width"], i["height"]) for i in dataset["images"]] == [
+        (k + 1, r["source"], 64, 48) for k, r in enumerate(flat)]
+    n = sum(len(r["detections"]) for r in flat)
+    assert [a["id"] for a in dataset["annotations"]] == list(range(1, n + 1)) and n > 0
+    first = next(k for k, r in enumerate(flat) if r["detections"])
+    a, d = dataset["annotations"][0], flat[first]["detections"][0]
+    assert (a["image_id"], a["category_id"], a["score"], a["iscrowd"]) == (first + 1, d["label_id"], d["score"], 0)
+    assert a["bbox"] == [d["box"]["xmin"], d["box"]["ymin"], 10.5, 7.25] and a["area"] == round(10.5 * 7.25, 2)
+    assert results == [{k: a[k] for k in ("image_id", "category_id", "bbox", "score")} for a in dataset["annotations"]]
+
+    gt = COCO(str(dataset_path))  # pycocotools: the dataset indexes, and loadRes accepts the results for it
+    assert len(gt.getImgIds()) == len(flat) and len(gt.getAnnIds()) == n
+    assert len(gt.loadRes(str(results_path)).getAnnIds()) == n
+
+
+def test_coco_outputs_without_detections_are_valid(tmp_path):
+    dataset, results = _coco(tmp_path, [[]], "none")
+    assert json.loads(dataset.read_text())["images"] == [] and json.loads(dataset.read_text())["annotations"] == []
+    assert results.read_text() == "[]"
 
 
 def test_stream_writer_writes_pieces_and_empty_files(tmp_path):
