@@ -38,7 +38,7 @@ import tarfile
 import uuid
 from collections import Counter, deque
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, TypeVar
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
@@ -54,6 +54,7 @@ from ssdflow.config import OutputFormat, ScoreConfig
 from ssdflow.schema import MODEL_INFO, LabelMap
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 _NS = "ssdflow.score"
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
@@ -142,13 +143,13 @@ def chunk_dir(out: str, version: str, chunk_id: str) -> str:
 LISTING = "listing.json"  # a pending chunk's files, written by the driver, read by the worker that scores it
 
 
-def for_each_chunk(fn: Callable[[Chunk], None], chunks: list[Chunk], threads: int = 16) -> None:
-    """Runs ``fn`` over the chunks from a thread pool: per-chunk storage calls are latency-bound
-    (an object store's round trip), and a run can have thousands of chunks."""
+def for_each_chunk(fn: Callable[[Chunk], T], chunks: list[Chunk], threads: int = 16) -> list[T]:
+    """``fn`` of each chunk, in order, run from a thread pool: per-chunk storage calls are
+    latency-bound (an object store's round trip), and a run can have thousands of chunks."""
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(threads) as pool:
-        list(pool.map(fn, chunks))  # list(): re-raises the first failure
+        return list(pool.map(fn, chunks))  # list(): re-raises the first failure
 
 
 def write_listings(out: str, version: str, chunks: list[Chunk]) -> None:
@@ -485,9 +486,8 @@ def run_score(cfg: ScoreConfig) -> dict:
     results_key = (f"{RESULTS_LAYOUT}:{model.fingerprint}:{json.dumps(thresholds)}:{cfg.max_detections}:{cfg.max_pixels}:"
                    f"{cfg.max_batch_size}")
     chunks = plan_chunks(cfg.images, cfg.chunk_size, results_key)
-    done = set()
-    for_each_chunk(lambda c: committed(cfg.out, model.version, c.chunk_id) and done.add(c.chunk_id), chunks)
-    todo = [c for c in chunks if c.chunk_id not in done]
+    final = for_each_chunk(lambda c: committed(cfg.out, model.version, c.chunk_id), chunks)
+    todo = [c for c, done in zip(chunks, final) if not done]
     log.info("score: %d chunks, %d already committed for model %s", len(chunks), len(chunks) - len(todo), model.version)
     storage.invalidate(cfg.out)
     if todo:
@@ -551,7 +551,8 @@ def assemble(cfg: ScoreConfig, model: ModelRef, chunks: list[Chunk], scored_now:
         summary = so.summarize(parts, counts, model.version)
         inputs_key = hashlib.sha256(json.dumps([c.uris for c in chunks]).encode()).hexdigest()[:16]
         summary["inputs_fingerprint"] = inputs_key
-        summary["score_thresholds"] = used_thresholds(cfg, model)
+        used = used_thresholds(cfg, model)
+        summary["score_thresholds"] = used
         summary["change_since_previous"] = so.change_since(previous, summary, previous is not None and previous.get("inputs_fingerprint") == inputs_key)
         storage.write_text(storage.join(tmp, "summary.json"), json.dumps(summary, indent=2) + "\n")
         names.append("summary.json")
@@ -560,7 +561,7 @@ def assemble(cfg: ScoreConfig, model: ModelRef, chunks: list[Chunk], scored_now:
             storage.write_bytes(storage.join(tmp, name), so.draw_preview(so.read_source(record["source"]), record))
             names.append(name)
         manifest = {"job": "score", "model_version": model.version, "model_dir": model.model_dir, "chunks": n,
-                    "score_thresholds": used_thresholds(cfg, model),
+                    "score_thresholds": used,
                     "chunks_scored_now": scored_now, **{k: counts.get(k, 0) for k in ("images_in", "images_scored", "images_failed", "images_retryable", "detections", "files_skipped")}}
         storage.commit(tmp, cfg.out, names, manifest, OUTPUT_PATTERNS)
     finally:

@@ -58,18 +58,18 @@ def skip_if_nothing_to_learn(config: NightlyConfig) -> dict | None:
     """The champion, as a training result, when it was trained on tonight's data (the same ingest
     output) with tonight's settings; None when there is something to learn."""
     from model import registry
-    from model.run_record import champion_trained_alike, data_fingerprint
+    from model.run_record import champion_trained_alike
 
     cfg = config.train_config()
-    version = champion_trained_alike(cfg)
-    if version is None:
+    alike = champion_trained_alike(cfg)
+    if alike is None:
         return None
-    reason = (f"training skipped: champion {version} was trained on this data (fingerprint {data_fingerprint(cfg.data)}) "
+    version, metrics = alike
+    reason = (f"training skipped: champion {version} was trained on this data (fingerprint {metrics['data_fingerprint']}) "
               f"with these settings; nothing new to learn")
     get_run_logger().info("nightly: %s", reason)
     create_markdown_artifact(f"## Training skipped\n\n{reason}. A change to the images, the labels or the training "
                              f"settings trains a challenger again.\n", key="training-skipped")
-    metrics = json.loads((registry.version_dir(cfg.models, version) / "metrics.json").read_text())
     return {"version": version, "model_dir": str(registry.version_dir(cfg.models, version)), "skipped": True,
             "metrics": {k: metrics.get(k) for k in ("mAP", "mAP@.5")}, "decision": {"promoted": False, "reason": reason}}
 

@@ -22,8 +22,7 @@ import tensorflow as tf
 from model.anchors import generate_anchors
 from model.postprocess import postprocess
 from ssdflow.config import FALLBACK_SCORE_THRESHOLD, ModelConfig
-from ssdflow.schema import MODEL_INFO, LabelMap
-KERAS_WEIGHTS = "keras.weights.h5"  # the trained Keras weights beside the SavedModel: `ssdflow export` rebuilds from them
+from ssdflow.schema import KERAS_WEIGHTS, MODEL_INFO, LabelMap
 
 
 class Detector(tf.Module):

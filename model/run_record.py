@@ -43,16 +43,16 @@ def run_config(cfg: TrainConfig) -> dict:
     return {"train": cfg.model_dump(exclude={"resume", "fresh"}), "data_fingerprint": data_fingerprint(cfg.data)}
 
 
-def champion_trained_alike(cfg: TrainConfig) -> str | None:
-    """The champion's version if it was trained with exactly these settings on exactly this data:
-    a nightly run then has nothing to learn (training again would only add a near-copy)."""
+def champion_trained_alike(cfg: TrainConfig) -> tuple[str, dict] | None:
+    """(the champion's version, its metrics) if it was trained with exactly these settings on
+    exactly this data: a nightly run then has nothing to learn (training again would only add a
+    near-copy); None otherwise."""
     champion = registry.read_champion(cfg.models) if os.path.isdir(cfg.models) else None
     if champion is None:
         return None
     path = registry.version_dir(cfg.models, champion["version"]) / "metrics.json"
-    if path.exists() and json.loads(path.read_text()).get("run_key") == run_key(run_config(cfg)):
-        return champion["version"]
-    return None
+    metrics = json.loads(path.read_text()) if path.exists() else {}
+    return (champion["version"], metrics) if metrics.get("run_key") == run_key(run_config(cfg)) else None
 
 
 def run_key(config: dict) -> str:

@@ -18,6 +18,7 @@ On GPUs the same code runs with mixed precision (``precision_policy``) and Mirro
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -188,12 +189,11 @@ def train(cfg: TrainConfig, extra_callbacks: tuple = (), verbose="auto", reuse_c
     epochs = cfg.max_epochs()
     budget_minutes = cfg.time_budget
     if start is not None:  # warm: one fine-tuning phase, a share of the budget (or of the set epochs)
-        fine_tune_epochs = frozen_epochs = 0
         if cfg.time_budget:
             budget_minutes = cfg.time_budget * cfg.warm_start_fraction
         if cfg.epochs:
             epochs = max(1, int(round(cfg.epochs * cfg.warm_start_fraction)))
-        fine_tune_epochs = epochs
+        frozen_epochs, fine_tune_epochs = 0, epochs
     else:
         fine_tune_epochs = int(round(epochs * cfg.fine_tune_fraction)) if pretrained else 0
         frozen_epochs = epochs - fine_tune_epochs
@@ -257,8 +257,10 @@ def train(cfg: TrainConfig, extra_callbacks: tuple = (), verbose="auto", reuse_c
         version = registry.new_version(cfg.models)
         staging = registry.staging_dir(cfg.models, version)
         exportable = model if precision == "float32" else float32_twin(model, model_cfg)
-        export_saved_model(exportable, model_cfg, label_map, str(staging), score_threshold=cfg.score_threshold,
-                           iou_threshold=cfg.iou_threshold, max_detections=cfg.max_detections)
+        export = functools.partial(export_saved_model, exportable, model_cfg, label_map, str(staging),
+                                   score_threshold=cfg.score_threshold, iou_threshold=cfg.iou_threshold,
+                                   max_detections=cfg.max_detections)
+        export()
         model.save_weights(os.path.join(staging, KERAS_WEIGHTS))  # lets `ssdflow export` rebuild and re-export
         serve, _loaded = load_detector(str(staging))  # the exported artifact itself is what gets scored and drawn
         exported = lambda images: serve(images=images)  # noqa: E731
@@ -269,9 +271,7 @@ def train(cfg: TrainConfig, extra_callbacks: tuple = (), verbose="auto", reuse_c
             # Known only now, from the exported model's own val detections: saved again with them (same
             # weights, so the same detections and metrics).
             del serve, _loaded, exported
-            export_saved_model(exportable, model_cfg, label_map, str(staging), score_threshold=cfg.score_threshold,
-                               iou_threshold=cfg.iou_threshold, max_detections=cfg.max_detections,
-                               class_thresholds=class_thresholds)
+            export(class_thresholds=class_thresholds)
         metrics.update(data_fingerprint=fingerprint, run_key=run_key(config), val_images=n_val, train_images=n_train, epochs=epochs_run,
                        max_epochs=epochs, time_budget_minutes=cfg.time_budget or None, fit_seconds=round(fit_seconds, 1),
                        phases_ended_by=ended,

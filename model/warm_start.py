@@ -16,9 +16,7 @@ from pathlib import Path
 
 from model import registry
 from ssdflow.config import ModelConfig, TrainConfig
-from ssdflow.schema import MODEL_INFO, LabelMap
-
-KERAS_WEIGHTS = "keras.weights.h5"  # model/export.py writes it beside the SavedModel
+from ssdflow.schema import KERAS_WEIGHTS, MODEL_INFO, LabelMap
 
 
 class WarmStartError(ValueError):

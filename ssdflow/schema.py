@@ -145,6 +145,8 @@ def tf_feature_spec():
 # An exported model's metadata file beside its SavedModel (architecture, thresholds, calibrated
 # per-class score thresholds); written by model/export.py, read by scoring without TensorFlow.
 MODEL_INFO = "ssdflow_model.json"
+# The trained Keras weights beside the SavedModel: `ssdflow export` rebuilds from them, warm starts load them.
+KERAS_WEIGHTS = "keras.weights.h5"
 
 
 class LabelMap(dict):
