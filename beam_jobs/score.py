@@ -32,7 +32,6 @@ import hashlib
 import io
 import json
 import logging
-import os
 import posixpath
 import tarfile
 import uuid

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 
+import numpy as np
 import tensorflow as tf
 
 from model.augment import augment
@@ -41,14 +42,12 @@ def count_records(data_dir: str, split: str) -> int:
     return int(stats["images_written"][split])
 
 
-def box_sides(files: list[str], max_images: int = 5000) -> "np.ndarray":
+def box_sides(files: list[str], max_images: int = 5000) -> np.ndarray:
     """Geometric-mean side sqrt(h * w) of the boxes in the first ``max_images`` records, as a
     fraction of the image side (boxes are normalized, and training resizes to a square): [M] float32.
 
     Reads only the box features, so it costs a pass over the records' headers, not a decode.
     """
-    import numpy as np
-
     spec = {k: tf.io.VarLenFeature(tf.float32) for k in (schema.YMIN, schema.XMIN, schema.YMAX, schema.XMAX)}
 
     def sides(serialized):

@@ -15,8 +15,9 @@ set +e
 # Three xdist workers on 2 cores: many tests wait (servers, heartbeats, killed processes), so a third
 # worker fills the gaps (2 workers: 10.5 min, 3: 8.4, 4: 9.0; docs/benchmarks.md). Servers use free
 # ports, outputs go to tmp_path; a file's tests stay on one worker so its module fixtures (a trained
-# model, a Prefect stack) are built once. The 15 slowest tests are listed.
-.venv/bin/python -m pytest -ra -n "${SSDFLOW_TEST_WORKERS:-3}" --dist loadfile --durations=15 "$@"
+# model, a Prefect stack) are built once; files go out longest first (tests/conftest.py SLOW_FIRST,
+# kept by --no-loadscope-reorder). The 15 slowest tests are listed.
+.venv/bin/python -m pytest -ra -n "${SSDFLOW_TEST_WORKERS:-3}" --dist loadfile --no-loadscope-reorder --durations=15 "$@"
 rc=$?
 set -e
 if [ "$rc" -eq 5 ]; then echo "no tests collected" >&2; exit 1; fi

@@ -18,18 +18,23 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 
-# Longest first (seconds in a 2-worker run, --durations): the scheduler hands files out in this order.
+# Longest first (seconds of each file in a 3-worker run, --durations=0, 2026-12-03): the scheduler
+# hands files out in this order (scripts/test.sh passes --no-loadscope-reorder, or xdist would
+# reorder them by test count and start the long files of few tests last).
 SLOW_FIRST = (
-    "integration/test_prefect.py",  # nightly twice + batch-score on a real server, ~190 s
-    "integration/test_train.py",  # three trainings, export, reload, evaluate, ~190 s
-    "integration/test_prefect_crash.py",  # waits out a heartbeat, ~130 s
-    "integration/test_train_resume.py",  # a training killed and resumed, ~100 s
-    "integration/test_security.py",
-    "integration/test_score.py",
-    "integration/test_storage_faults.py",
+    "integration/test_storage_faults.py",  # scoring and ingest through a faulty S3 proxy, ~195 s
+    "integration/test_train.py",  # three trainings, export, reload, evaluate, ~175 s
+    "integration/test_score_portable.py",  # PortableRunner: killed workers, S3-only workers, ~110 s
+    "integration/test_score.py",  # ~95 s
+    "integration/test_prefect_crash.py",  # waits out a heartbeat, ~90 s
+    "integration/test_train_resume.py",  # a training killed and resumed, ~80 s
+    "integration/test_prefect.py",  # nightly three times on a real server, ~75 s
+    "integration/test_security.py",  # S3 jobs with every logger at DEBUG, ~65 s
+    "integration/test_deploy.py",  # prefect deploy and a worker, ~60 s
+    "integration/test_ingest_runners.py",
     "integration/test_hostile_inputs.py",
-    "integration/test_demo.py",
     "e2e/test_ui_batch_score.py",
+    "integration/test_demo.py",
 )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import signal
@@ -11,7 +12,9 @@ import subprocess
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -182,3 +185,24 @@ def portable_beam(worker_cwd: str | Path | None = None, worker_env: dict | None 
     finally:
         stop_process(pool)
         stop_process(job)
+
+
+def detection_lines(out) -> list[dict]:
+    """Every detection record of a local scoring output, in shard order."""
+    return [r for f in sorted(os.listdir(out)) if f.startswith("detections-") and f.endswith(".jsonl") for r in read_jsonl(os.path.join(out, f))]
+
+
+def noise_jpeg(seed: int) -> bytes:
+    """A small random-noise JPEG (80x64), distinct per seed."""
+    rng = np.random.default_rng(seed)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (64, 80, 3), dtype=np.uint8)).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+def upload_models_dir(s3, bucket: str, model_dir, prefix: str) -> None:
+    """An exported model as the champion of a models directory on S3 (``prefix/<version>/``, ``prefix/champion.json``)."""
+    version = os.path.basename(str(model_dir).rstrip("/"))
+    for path in sorted(p for p in Path(model_dir).rglob("*") if p.is_file()):
+        s3.put_object(Bucket=bucket, Key=f"{prefix}/{version}/{path.relative_to(model_dir).as_posix()}", Body=path.read_bytes())
+    s3.put_object(Bucket=bucket, Key=f"{prefix}/champion.json", Body=json.dumps({"version": version}).encode())

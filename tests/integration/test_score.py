@@ -20,7 +20,7 @@ from PIL import Image
 from beam_jobs.score import run_score
 from ssdflow.beam_runner import make_pipeline
 from ssdflow.config import ScoreConfig
-from tests.helpers import REPO, moto_s3, portable_beam, raccoon_or_skip, read_jsonl
+from tests.helpers import REPO, detection_lines, moto_s3, noise_jpeg, portable_beam, raccoon_or_skip, read_jsonl, upload_models_dir
 
 pytestmark = pytest.mark.integration
 tf = pytest.importorskip("tensorflow")
@@ -39,10 +39,6 @@ def _val_images(raccoon_records, tmp_path) -> list[str]:
     return str(d), keys
 
 
-def _lines(out) -> list[dict]:
-    return [r for f in sorted(os.listdir(out)) if f.startswith("detections-") and f.endswith(".jsonl") for r in read_jsonl(os.path.join(out, f))]
-
-
 def test_scores_raccoon_val_images(raccoon_records, raccoon_model, tmp_path):
     images, keys = _val_images(raccoon_records, tmp_path)
     out = tmp_path / "out"
@@ -52,7 +48,7 @@ def test_scores_raccoon_val_images(raccoon_records, raccoon_model, tmp_path):
     assert (m["images_in"], m["images_scored"], m["images_failed"]) == (n, n, 0)
     assert m["chunks"] == m["chunks_scored_now"] == -(-n // 8)
     assert json.loads((out / "_SUCCESS").read_text())["images_scored"] == n
-    records = _lines(out)
+    records = detection_lines(out)
     assert sorted(os.path.basename(r["source"])[:-4] for r in records) == keys
     version = os.path.basename(raccoon_model)
     for r in records:
@@ -102,26 +98,19 @@ def test_scores_raccoon_val_images(raccoon_records, raccoon_model, tmp_path):
     assert not (out / "preview").exists() or not list((out / "preview").glob("*.jpg"))  # preview not asked this time
 
 
-def _jpeg(seed: int) -> bytes:
-    rng = np.random.default_rng(seed)
-    buf = io.BytesIO()
-    Image.fromarray(rng.integers(0, 255, (64, 80, 3), dtype=np.uint8)).save(buf, format="JPEG")
-    return buf.getvalue()
-
-
 def test_archives_and_bad_files_are_all_accounted_for(raccoon_model, tmp_path):
     d = tmp_path / "imgs"
     d.mkdir()
     for i in range(3):
-        (d / f"good{i}.jpg").write_bytes(_jpeg(i))
-    good = _jpeg(9)
+        (d / f"good{i}.jpg").write_bytes(noise_jpeg(i))
+    good = noise_jpeg(9)
     (d / "corrupt.jpg").write_bytes(good[:200] + b"\x00" * 50 + b"garbage" * 40)  # valid header, broken body
     (d / "empty.jpg").write_bytes(b"")
     (d / "text.jpg").write_text("not an image")
     (d / "notes.txt").write_text("skipped")
     tar_path = tmp_path / "batch.tar"
     with tarfile.open(tar_path, "w") as tar:
-        for name, data in (("a/one.jpg", _jpeg(11)), ("two.png", _png()), ("bad.jpg", b"nope"), ("README", b"skip me")):
+        for name, data in (("a/one.jpg", noise_jpeg(11)), ("two.png", _png()), ("bad.jpg", b"nope"), ("README", b"skip me")):
             info = tarfile.TarInfo(name)
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
@@ -138,7 +127,7 @@ def test_archives_and_bad_files_are_all_accounted_for(raccoon_model, tmp_path):
     errors = {os.path.basename(e["source"]): e["reason"] for e in read_jsonl(out / "errors.jsonl")}
     assert errors == {"corrupt.jpg": "decode_error", "empty.jpg": "empty_file", "text.jpg": "decode_error",
                       "batch.tar#bad.jpg": "decode_error", "batch.tar#link.jpg": "link_member"}
-    sources = {r["source"] for r in _lines(out)}
+    sources = {r["source"] for r in detection_lines(out)}
     assert f"{tar_path}#a/one.jpg" in sources and f"{tar_path}#two.png" in sources
     assert not (tmp_path / "a").exists() and not (out / "a").exists()  # members are streamed, never extracted
 
@@ -181,13 +170,13 @@ def test_runners_give_the_same_detections(raccoon_model, tmp_path):
     mp = tmp_path / "mp"
     run_score(ScoreConfig(model=raccoon_model, images=[images], out=str(mp), **same,
                           beam_args=["--direct_running_mode=multi_processing", "--direct_num_workers=2"]))
-    assert _lines(mp) == _lines(ref)
+    assert detection_lines(mp) == detection_lines(ref)
 
     with portable_beam() as portable_args:
         portable = tmp_path / "portable"
         run_score(ScoreConfig(model=raccoon_model, images=[images], out=str(portable), **same, runner="PortableRunner",
                               beam_args=portable_args))
-        assert _lines(portable) == _lines(ref)
+        assert detection_lines(portable) == detection_lines(ref)
 
 
 def test_resume_after_sigkill_scores_only_what_is_left(raccoon_model, tmp_path, monkeypatch):
@@ -220,59 +209,9 @@ def test_resume_after_sigkill_scores_only_what_is_left(raccoon_model, tmp_path, 
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"{6 - len(committed)} of 6 chunks scored now" in done.stdout
-    assert _lines(out) == _lines(ref)
+    assert detection_lines(out) == detection_lines(ref)
     assert (out / "errors.jsonl").read_text() == (ref / "errors.jsonl").read_text()
     for a, b in zip(sorted(ref.glob("detections-*.jsonl")), sorted(out.glob("detections-*.jsonl"))):
-        assert a.name == b.name and a.read_bytes() == b.read_bytes()
-
-
-def _cycled_images(tmp_path, n: int) -> str:
-    """n distinct image paths (raccoon's JPEGs cycled, as symbolic links)."""
-    sources = sorted((raccoon_or_skip() / "images").glob("*.jpg"))
-    d = tmp_path / "cycled"
-    d.mkdir()
-    for i in range(n):
-        os.symlink(sources[i % len(sources)], d / f"img{i:04d}.jpg")
-    return str(d)
-
-
-def test_portable_runner_killed_worker_then_rerun_equals_an_uninterrupted_run(raccoon_model, tmp_path):
-    """1,000 images in 10 chunks on the PortableRunner: one pipeline run; the worker pool killed
-    mid-run loses only the chunks in flight, and a rerun (new job service and workers) scores what
-    is left, to outputs equal to an uninterrupted DirectRunner run."""
-    images = _cycled_images(tmp_path, 1000)
-    same = ["--score-threshold", "0", "--chunk-size", "100", "--max-batch-size", "8"]
-    ref = tmp_path / "ref"
-    run_score(ScoreConfig(model=raccoon_model, images=[images], out=str(ref), score_threshold=0.0, chunk_size=100, max_batch_size=8))
-    out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "ssdflow.cli", "score", "--model", raccoon_model, "--images", images, "--out", str(out),
-           *same, "--runner", "PortableRunner"]
-    chunks_root = out / "chunks" / os.path.basename(raccoon_model)
-    with portable_beam() as portable_args:
-        proc = subprocess.Popen([*cmd, *portable_args], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                start_new_session=True)
-        deadline = time.time() + 300
-        while time.time() < deadline and proc.poll() is None:
-            if chunks_root.exists() and len(list(chunks_root.glob("*/_SUCCESS"))) >= 2:
-                break
-            time.sleep(0.02)
-        os.killpg(portable_args.pool.pid, signal.SIGKILL)  # the workers die mid-run
-        portable_args.pool.wait()
-        try:
-            proc.wait(timeout=120)
-        except subprocess.TimeoutExpired:  # a driver still waiting on a dead worker is stopped too
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    committed = len(list(chunks_root.glob("*/_SUCCESS")))
-    assert 2 <= committed < 10, f"kill landed after {committed} of 10 chunks"
-    assert proc.returncode != 0 and not (out / "_SUCCESS").exists()  # the interrupted run never looks complete
-
-    with portable_beam() as portable_args:
-        done = subprocess.run([*cmd, *portable_args], cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert f"{10 - committed} of 10 chunks scored now" in done.stdout
-    assert _lines(out) == _lines(ref) and len(_lines(ref)) == 1000
-    for a, b in zip(sorted(ref.glob("detections-*.jsonl")), sorted(out.glob("detections-*.jsonl")), strict=True):
         assert a.name == b.name and a.read_bytes() == b.read_bytes()
 
 
@@ -283,7 +222,7 @@ def test_s3_in_and_out(raccoon_model, tmp_path):
     pytest.importorskip("boto3")
     with moto_s3(bucket=BUCKET) as (endpoint, s3):
         for i in range(5):
-            s3.put_object(Bucket=BUCKET, Key=f"archive/img{i}.jpg", Body=_jpeg(i))
+            s3.put_object(Bucket=BUCKET, Key=f"archive/img{i}.jpg", Body=noise_jpeg(i))
         s3.put_object(Bucket=BUCKET, Key="archive/broken.jpg", Body=b"xx")
         m = run_score(ScoreConfig(model=raccoon_model, images=[f"s3://{BUCKET}/archive/"], out=f"s3://{BUCKET}/scored",
                                   score_threshold=0.0, beam_args=[f"--s3_endpoint_url={endpoint}", "--s3_region_name=us-east-1"]))
@@ -308,7 +247,7 @@ def test_model_on_s3_is_resolved_through_its_champion_and_copied_once(raccoon_mo
     images = tmp_path / "images"
     images.mkdir()
     for i in range(4):
-        (images / f"img{i}.jpg").write_bytes(_jpeg(i))
+        (images / f"img{i}.jpg").write_bytes(noise_jpeg(i))
     local = run_score(ScoreConfig(model=raccoon_model, images=[str(images)], out=str(tmp_path / "local"), score_threshold=0.0))
 
     cache = tmp_path / "cache"
@@ -317,7 +256,7 @@ def test_model_on_s3_is_resolved_through_its_champion_and_copied_once(raccoon_mo
     copy = storage.copy_tree_to_local
     monkeypatch.setattr(storage, "copy_tree_to_local", lambda *a, **k: copies.append(a[0]) or copy(*a, **k))
     with moto_s3(bucket=BUCKET) as (endpoint, s3):
-        _upload_models_dir(s3, raccoon_model, "models")
+        upload_models_dir(s3, BUCKET, raccoon_model, "models")
         beam_args = [f"--s3_endpoint_url={endpoint}", "--s3_region_name=us-east-1"]
         for out in ("remote", "again"):
             remote = run_score(ScoreConfig(model=f"s3://{BUCKET}/models", images=[str(images)], out=str(tmp_path / out),
@@ -331,48 +270,8 @@ def test_model_on_s3_is_resolved_through_its_champion_and_copied_once(raccoon_mo
     (copied,) = [d for d in cache.iterdir() if not d.name.startswith(".")]
     assert (copied / "saved_model.pb").is_file() and (copied / "variables" / "variables.index").is_file()
     assert not (copied / "keras.weights.h5").exists() and not (copied / "metrics.json").exists()  # only what loading reads
-    assert _lines(tmp_path / "remote") == _lines(tmp_path / "again") == _lines(tmp_path / "local")
+    assert detection_lines(tmp_path / "remote") == detection_lines(tmp_path / "again") == detection_lines(tmp_path / "local")
     assert not (tmp_path / "none").exists()  # refused before anything was written
-
-
-def _upload_models_dir(s3, model_dir, prefix: str) -> None:
-    """An exported model as the champion of a models directory on S3 (``prefix/<version>/``, ``prefix/champion.json``)."""
-    version = os.path.basename(str(model_dir).rstrip("/"))
-    for path in sorted(p for p in Path(model_dir).rglob("*") if p.is_file()):
-        s3.put_object(Bucket=BUCKET, Key=f"{prefix}/{version}/{path.relative_to(model_dir).as_posix()}", Body=path.read_bytes())
-    s3.put_object(Bucket=BUCKET, Key=f"{prefix}/champion.json", Body=json.dumps({"version": version}).encode())
-
-
-def _s3_detections(s3, prefix: str) -> list[dict]:
-    keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix=f"{prefix}/detections-")["Contents"] if o["Key"].endswith(".jsonl"))
-    return [json.loads(line) for k in keys for line in s3.get_object(Bucket=BUCKET, Key=k)["Body"].read().decode().splitlines()]
-
-
-def test_portable_runner_with_images_model_and_outputs_on_s3(raccoon_model, tmp_path, monkeypatch):
-    """The path beyond one machine, proven locally: a PortableRunner job whose external workers run
-    elsewhere and know only s3:// URIs (images, model, outputs on moto's S3 server) scores in one
-    pipeline run what the DirectRunner scores, and the workers, not the driver, fetched the model."""
-    pytest.importorskip("boto3")
-    driver_cache, worker_cache, elsewhere = tmp_path / "driver-cache", tmp_path / "worker-cache", tmp_path / "elsewhere"
-    elsewhere.mkdir()
-    monkeypatch.setenv("SSDFLOW_CACHE_DIR", str(driver_cache))
-    with moto_s3(bucket=BUCKET) as (endpoint, s3):
-        _upload_models_dir(s3, raccoon_model, "models")
-        for i in range(12):
-            s3.put_object(Bucket=BUCKET, Key=f"archive/img{i:02d}.jpg", Body=_jpeg(i))
-        s3.put_object(Bucket=BUCKET, Key="archive/broken.jpg", Body=b"xx")
-        s3_args = [f"--s3_endpoint_url={endpoint}", "--s3_region_name=us-east-1"]
-        common = dict(model=f"s3://{BUCKET}/models", images=[f"s3://{BUCKET}/archive/"], score_threshold=0.0, chunk_size=4)
-        with portable_beam(worker_cwd=elsewhere, worker_env={"SSDFLOW_CACHE_DIR": str(worker_cache)}) as portable_args:
-            portable = run_score(ScoreConfig(**common, out=f"s3://{BUCKET}/portable", runner="PortableRunner",
-                                             beam_args=portable_args + s3_args))
-        assert not driver_cache.exists()  # the driver never loaded the model
-        assert [d.name for d in worker_cache.iterdir() if (d / "saved_model.pb").is_file()]  # the workers fetched it from S3
-        direct = run_score(ScoreConfig(**common, out=f"s3://{BUCKET}/direct", beam_args=s3_args))
-        keys = ("chunks", "images_in", "images_scored", "images_failed", "detections")
-        assert [portable[k] for k in keys] == [direct[k] for k in keys] == [4, 13, 12, 1, direct["detections"]]
-        assert _s3_detections(s3, "portable") == _s3_detections(s3, "direct")
-        assert len(_s3_detections(s3, "portable")) == 12
 
 
 def test_auto_thresholds_are_the_models_calibrated_ones(raccoon_records, raccoon_model, tmp_path):
@@ -389,11 +288,11 @@ def test_auto_thresholds_are_the_models_calibrated_ones(raccoon_records, raccoon
     images, _ = _val_images(raccoon_records, tmp_path)
     auto = run_score(ScoreConfig(model=raccoon_model, images=[images], out=str(tmp_path / "auto")))
     assert auto["score_thresholds"] == {"setting": "auto", "per_class": {"raccoon": calibrated}}  # the default
-    scores = [d["score"] for r in _lines(tmp_path / "auto") for d in r["detections"]]
+    scores = [d["score"] for r in detection_lines(tmp_path / "auto") for d in r["detections"]]
     assert all(s >= calibrated for s in scores)
     fixed = run_score(ScoreConfig(model=raccoon_model, images=[images], out=str(tmp_path / "fixed"), score_threshold=0.0))
     assert fixed["score_thresholds"]["per_class"] == {"raccoon": 0.0}
-    everything = [d["score"] for r in _lines(tmp_path / "fixed") for d in r["detections"]]
+    everything = [d["score"] for r in detection_lines(tmp_path / "fixed") for d in r["detections"]]
     assert sorted(s for s in everything if s >= calibrated) == sorted(scores) and scores  # as written, none lost
     strict = run_score(ScoreConfig(model=raccoon_model, images=[images], out=str(tmp_path / "strict"), score_threshold=1.0))
     assert strict["detections"] == 0 < auto["detections"]  # a number overrides the calibrated threshold
