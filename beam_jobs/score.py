@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import heapq
 import io
 import json
 import logging
@@ -44,6 +45,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.utils import shared
 
+from beam_jobs import labelling
 from beam_jobs.ingest import IMAGE_EXTENSIONS, image_pattern
 from beam_jobs.model_handler import SavedModelDetector, saved_model_fingerprint
 from beam_jobs.records import READ_RETRYABLE, UNDECODABLE_NAME, UNREADABLE, describe, is_text_name, printable_name
@@ -58,7 +60,7 @@ T = TypeVar("T")
 _NS = "ssdflow.score"
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
 OUTPUT_PATTERNS = ("detections-*.jsonl", "detections-*.parquet", "errors.jsonl", "coco.json", "coco_results.json", "summary.json",
-                   "preview/*.jpg")
+                   "preview/*.jpg", *labelling.OUTPUT_PATTERNS)
 ROUND = 4  # decimals kept in outputs: batch composition must not change a single written byte
 
 
@@ -371,11 +373,13 @@ def parquet_bytes(records: list[dict]) -> bytes:
     return buf.getvalue()
 
 
-def commit_chunk(out: str, version: str, chunk_id: str, counts: Counter, records: list[dict], errors: list[dict]) -> dict:
+def commit_chunk(out: str, version: str, chunk_id: str, counts: Counter, records: list[dict], errors: list[dict],
+                 candidates: list[dict] = ()) -> dict:
     """Writes one chunk's results under ``chunks/<version>/<id>/<attempt>/``, then ``_SUCCESS`` in
     ``chunks/<version>/<id>/`` naming that attempt; returns the manifest (counts, the chunk's share of
     the summary, the attempt). A runner may run a bundle twice at once (a retry beside a straggler);
-    each attempt writes only its own files, and ``_SUCCESS``, one whole object, names a complete one."""
+    each attempt writes only its own files, and ``_SUCCESS``, one whole object, names a complete one.
+    ``candidates``: the chunk's most uncertain images (``labelling.ChunkPool``), for ``--select``."""
     from beam_jobs import score_outputs as so
 
     records = sorted(records, key=lambda r: r["source"])
@@ -393,6 +397,7 @@ def commit_chunk(out: str, version: str, chunk_id: str, counts: Counter, records
     storage.write_text(storage.join(a, "detections.jsonl"), "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
     storage.write_text(storage.join(a, "errors.jsonl"), "".join(json.dumps(e, sort_keys=True) + "\n" for e in errors))
     storage.write_bytes(storage.join(a, "detections.parquet"), parquet_bytes(records))
+    storage.write_text(storage.join(a, "candidates.jsonl"), "".join(json.dumps(c, sort_keys=True) + "\n" for c in candidates))
     manifest = {**dict(counts), "summary": so.summary_part(records), "attempt": attempt}
     storage.write_text(storage.join(d, storage.SUCCESS), json.dumps(manifest, sort_keys=True) + "\n")
     return manifest
@@ -427,6 +432,7 @@ class ScoreChunks(beam.DoFn):
         chunk = read_listing(self.out, self.model.version, chunk_id)
         counts: Counter = Counter({"images_in": 0, "files_skipped": 0})
         records, errors, keys, batch = [], [], [], []
+        pool = labelling.ChunkPool()
         for source, outcome in self.reader.members(chunk):
             if outcome is None:
                 counts["files_skipped"] += 1
@@ -440,23 +446,24 @@ class ScoreChunks(beam.DoFn):
             keys.append((chunk.chunk_id, source, width, height))
             batch.append(data)
             if len(batch) >= self.batch_size:
-                self._infer(keys, batch, records, errors)
+                self._infer(keys, batch, records, errors, pool)
                 keys, batch = [], []
         if batch:
-            self._infer(keys, batch, records, errors)
-        manifest = commit_chunk(self.out, self.model.version, chunk.chunk_id, counts, records, errors)
+            self._infer(keys, batch, records, errors, pool)
+        manifest = commit_chunk(self.out, self.model.version, chunk.chunk_id, counts, records, errors, pool.candidates())
         Metrics.counter(_NS, "chunks_committed").inc()
         Metrics.counter(_NS, "images_scored").inc(manifest["images_scored"])
         Metrics.counter(_NS, "images_failed").inc(manifest["images_failed"])
         yield chunk.chunk_id
 
-    def _infer(self, keys: list, batch: list[bytes], records: list[dict], errors: list[dict]) -> None:
+    def _infer(self, keys: list, batch: list[bytes], records: list[dict], errors: list[dict], pool: labelling.ChunkPool) -> None:
         for key, prediction in zip(keys, self.handler.run_inference(batch, self._model)):
             _, record, error = to_record(key, prediction.inference, self.model, self.thresholds, self.max_det)
             if record is None:
                 errors.append(error)
             else:
                 records.append(record)
+                pool.add(record, labelling.image_uncertainty(prediction.inference, self.thresholds, self.model.label_names))
 
 
 def build_pipeline(p, cfg: ScoreConfig, model: ModelRef, chunks: list[Chunk]):
@@ -470,7 +477,7 @@ def build_pipeline(p, cfg: ScoreConfig, model: ModelRef, chunks: list[Chunk]):
 
 
 # --- driver ---------------------------------------------------------------------------------------
-RESULTS_LAYOUT = 2  # in every chunk id: commits of an older layout (no summary part) are never reused
+RESULTS_LAYOUT = 3  # in every chunk id: commits of an older layout (no summary part, no candidates) are never reused
 
 
 def run_score(cfg: ScoreConfig) -> dict:
@@ -523,6 +530,7 @@ def assemble(cfg: ScoreConfig, model: ModelRef, chunks: list[Chunk], scored_now:
         errors_out = storage.StreamWriter(storage.join(tmp, "errors.jsonl"))
         coco_out = (so.CocoWriter(storage.join(tmp, "coco.json"), storage.join(tmp, "coco_results.json"), model.label_names)
                     if OutputFormat.coco in cfg.formats else None)
+        candidates: list[dict] = []  # the best SCAN_FACTOR * select so far, over every chunk's pool
         with errors_out, (coco_out or contextlib.nullcontext()):
             for c in chunks:
                 d = chunk_dir(cfg.out, model.version, c.chunk_id)
@@ -537,6 +545,9 @@ def assemble(cfg: ScoreConfig, model: ModelRef, chunks: list[Chunk], scored_now:
                     if coco_out is not None:
                         coco_out.add(records)
                     previews.extend(records[:max(wanted, 0)])
+                if cfg.select:
+                    candidates = heapq.nsmallest(labelling.SCAN_FACTOR * cfg.select,
+                                                 candidates + so.read_jsonl(storage.join(d, "candidates.jsonl")), key=labelling.rank_key)
                 shard = f"detections-{c.index:05d}-of-{n:05d}"
                 for fmt, suffix in ((OutputFormat.jsonl, "jsonl"), (OutputFormat.parquet, "parquet")):
                     if fmt in cfg.formats:
@@ -555,6 +566,16 @@ def assemble(cfg: ScoreConfig, model: ModelRef, chunks: list[Chunk], scored_now:
         summary["change_since_previous"] = so.change_since(previous, summary, previous is not None and previous.get("inputs_fingerprint") == inputs_key)
         storage.write_text(storage.join(tmp, "summary.json"), json.dumps(summary, indent=2) + "\n")
         names.append("summary.json")
+        selected = {}
+        if cfg.select:
+            picked, selected = labelling.select(candidates, cfg.select, so.read_source, threads=cfg.read_threads)
+            root = storage.join(cfg.out, labelling.LABELLING_DIR)
+            for name, data in labelling.batch_files(picked, model.version, [model.label_names[i] for i in sorted(model.label_names)], root).items():
+                storage.write_bytes(storage.join(tmp, name), data)
+                names.append(name)
+            selected["selected"] = len(picked)
+            log.info("score: %d images selected for labelling under %s (%d candidates, %d near-duplicates skipped)",
+                     len(picked), root, selected["candidates"], selected["near_duplicates_skipped"])
         for i, record in enumerate(previews):
             name = f"preview/{i:04d}.jpg"
             storage.write_bytes(storage.join(tmp, name), so.draw_preview(so.read_source(record["source"]), record))
@@ -562,6 +583,8 @@ def assemble(cfg: ScoreConfig, model: ModelRef, chunks: list[Chunk], scored_now:
         manifest = {"job": "score", "model_version": model.version, "model_dir": model.model_dir, "chunks": n,
                     "score_thresholds": used,
                     "chunks_scored_now": scored_now, **{k: counts.get(k, 0) for k in ("images_in", "images_scored", "images_failed", "images_retryable", "detections", "files_skipped")}}
+        if cfg.select:
+            manifest["labelling"] = selected
         storage.commit(tmp, cfg.out, names, manifest, OUTPUT_PATTERNS)
     finally:
         storage.delete_tree(tmp)

@@ -133,6 +133,8 @@ def score_task(cfg: ScoreConfig) -> dict:
     manifest = run_score(cfg)
     summary = json.loads(storage.read_text(storage.join(cfg.out, "summary.json")))
     artifacts.scoring_summary(manifest, summary, cfg.out)
+    if manifest.get("labelling"):
+        artifacts.labelling_batch(cfg.out, manifest["labelling"])
     get_run_logger().info("score: %d images in, %d scored, %d failed, %d detections", manifest["images_in"],
                           manifest["images_scored"], manifest["images_failed"], manifest["detections"])
     if manifest.get("images_retryable"):  # the next run (or a retry of this one) scores their chunks again

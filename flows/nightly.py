@@ -99,7 +99,7 @@ def nightly_flow(config: NightlyConfig, attempt: Attempt = 0) -> dict:
         log.warning("nightly: no champion yet (%s), so the archive is not scored", trained["decision"]["reason"])
     elif config.score_images:
         scored = score_task(ScoreConfig(model=config.models, images=config.score_images, out=config.score_out,
-                                        score_threshold=config.score_threshold))
+                                        score_threshold=config.score_threshold, select=config.select))
     os.makedirs(os.path.dirname(last_path), exist_ok=True)
     tmp = last_path + ".tmp"
     with open(tmp, "w") as f:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 import keras
 import tensorflow as tf
@@ -56,7 +57,8 @@ class ValidationMAP(keras.callbacks.Callback):
         super().__init__()
         self.detect_fn, self.data_dir, self.label_map, self.every = detect_fn, data_dir, label_map, every
         self.phase = None  # set before each phase: Keras counts epochs per fit() call
-        self.history: list[dict] = []
+        self.history: list[dict] = []  # per evaluation: phase, epoch, mAP, mAP@.5, seconds since this callback was made
+        self._started = time.monotonic()
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is None or (epoch + 1) % self.every:
@@ -64,7 +66,8 @@ class ValidationMAP(keras.callbacks.Callback):
         metrics = score_detector(self.detect_fn, self.data_dir, "val", self.label_map)
         logs["val_mAP"] = metrics["mAP"]
         logs["val_mAP@.5"] = metrics["mAP@.5"]
-        self.history.append({"phase": self.phase, "epoch": epoch + 1, "mAP": metrics["mAP"], "mAP@.5": metrics["mAP@.5"]})
+        self.history.append({"phase": self.phase, "epoch": epoch + 1, "mAP": metrics["mAP"], "mAP@.5": metrics["mAP@.5"],
+                             "seconds": round(time.monotonic() - self._started, 1)})
 
 
 class KeepBest(keras.callbacks.Callback):

@@ -257,6 +257,12 @@ def score(cfg: ScoreConfig) -> None:
     typer.echo(f"  score thresholds ({'calibrated per class on val' if used['setting'] == 'auto' else 'one for every class'}): "
                + ", ".join(f"{name} {t:g}" for name, t in used["per_class"].items()))
     typer.echo(f"  output: {cfg.out}  (detections-*.jsonl/.parquet, errors.jsonl, summary.json, _SUCCESS)")
+    if "labelling" in m:
+        sel = m["labelling"]
+        typer.echo(f"  labelling batch: {sel['selected']} images worth labelling next in {cfg.out.rstrip('/')}/labelling/ "
+                   f"(images/, annotations/ as Pascal VOC, label_studio.json, reasons.csv; {sel['near_duplicates_skipped']} "
+                   f"near-duplicates skipped). Correct the VOC files, then: ssdflow ingest --images …/labelling/images "
+                   f"--labels …/labelling/annotations --format voc")
 
 
 @app.command()

@@ -258,6 +258,9 @@ class ScoreConfig(BeamOptions):
     max_batch_size: int = Field(64, ge=1, le=1024, description="Inference batch (the last of a chunk may be smaller; 64 measured faster than 32 on CPU, docs/benchmarks.md)")
     chunk_size: int = Field(1000, ge=1, le=1_000_000, description="Images per resumable chunk (a tar archive is one chunk)")
     preview: int = Field(0, ge=0, le=1000, description="Write this many JPEGs with the boxes drawn")
+    select: int = Field(0, ge=0, le=1000, description=(
+        "Images worth labelling next: write the N most uncertain (near-duplicates skipped) to OUT/labelling/ with "
+        "VOC and Label Studio pre-annotations and a CSV of reasons; 0: none"))
     read_threads: int = Field(8, ge=1, le=64, description="Files read ahead concurrently per worker (object stores need several)")
     max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1, description="Images with more pixels are refused (decompression-bomb guard)")
     keep_chunks: bool = Field(False, description="Keep the per-chunk results of other model versions under OUT/chunks/ (by default a complete run deletes them: they are only reused by a rerun with the same model)")
@@ -296,6 +299,7 @@ class NightlyConfig(BaseModel):
     score_images: list[Location] = Field(default_factory=list, description="Archive to score with the champion afterwards (empty: skip)")
     score_out: Location | None = Field(None, description="Where the scoring output goes (required with score_images)")
     score_threshold: ScoreThreshold = Field(None, description="Minimum detection score when scoring, one number for every class; default (auto): per class, calibrated on val")
+    select: int = Field(0, ge=0, le=1000, description="Images of the scored archive worth labelling next (OUT/labelling/); 0: none")
     comparison_images: int = Field(3, ge=0, le=20, description="Val images drawn with champion and challenger detections side by side")
 
     @model_validator(mode="after")
@@ -309,6 +313,8 @@ class NightlyConfig(BaseModel):
     def _check(self) -> "NightlyConfig":
         if self.score_images and not self.score_out:
             raise ValueError("score_out is required when score_images is set")
+        if self.select and not self.score_images:
+            raise ValueError("select picks images of the scored archive: set score_images (and score_out) too")
         if self.score_out and roots.is_under(self.score_out, roots.normalize(self.models)):
             raise ValueError(f"score_out {self.score_out} lies inside the models directory {self.models}")
         return self

@@ -89,7 +89,7 @@ def test_nightly_retrain_from_the_api_trains_skips_and_retrains(prefect, tmp_pat
         "models": str(models),
         "train": {"alpha": 0.35, "image_size": 128, "epochs": 1, "steps_per_epoch": 2, "batch_size": 8, "backbone_weights": "none",
                   "eval_every": 1000, "min_map": 0.0},
-        "score_images": [str(images)], "score_out": str(tmp_path / "nightly-scored"), "comparison_images": 2}}
+        "score_images": [str(images)], "score_out": str(tmp_path / "nightly-scored"), "select": 3, "comparison_images": 2}}
     run = _run(prefect, "nightly-retrain", nightly)
     assert run["state_type"] == "COMPLETED", run["state"]
     champion = json.loads((models / "champion.json").read_text())
@@ -100,6 +100,10 @@ def test_nightly_retrain_from_the_api_trains_skips_and_retrains(prefect, tmp_pat
     # The card shows its PR curves and drawn val images inline: the UI cannot reach the model directory.
     card = arts["model-card"]["data"]
     assert card.count("](data:image/png;base64,") == 1 and "](data:image/jpeg;base64," in card, card[:2000]
+    # The images worth labelling next, as a table with thumbnails the UI shows inline.
+    batch = arts["labelling-batch"]["data"]
+    assert "3 images worth labelling next" in batch and batch.count("](data:image/jpeg;base64,") == 3, batch[:2000]
+    assert len(list((tmp_path / "nightly-scored" / "labelling" / "annotations").glob("*.xml"))) == 3
 
     # The same night again: ingest is cached (inputs unchanged), and the champion was trained on this
     # data with these settings, so nothing is trained or promoted (the archive is still scored).

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 import os
@@ -298,3 +299,43 @@ def test_auto_thresholds_are_the_models_calibrated_ones(raccoon_records, raccoon
     assert strict["detections"] == 0 < auto["detections"]  # a number overrides the calibrated threshold
     summary = json.loads((tmp_path / "auto" / "summary.json").read_text())
     assert summary["score_thresholds"]["per_class"] == {"raccoon": calibrated}
+
+
+def test_select_writes_a_labelling_batch_that_ingests_back_with_no_rejection(raccoon_model, tmp_path):
+    """``--select N``: the most uncertain images, one per scene (three byte-identical copies of one
+    image are near-duplicates), with VOC pre-annotations that ``ingest`` reads back with no
+    rejection; another N reuses the committed chunks and replaces the batch wholly."""
+    from beam_jobs.ingest import run_ingest
+    from ssdflow.config import IngestConfig
+
+    root = raccoon_or_skip() / "images"
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    for i in (1, 2, 3, 4, 5):
+        os.symlink(root / f"raccoon-{i}.jpg", archive / f"raccoon-{i}.jpg")
+    for k in range(3):
+        os.symlink(root / "raccoon-5.jpg", archive / f"copy{k}-of-5.jpg")
+    out = tmp_path / "scored"
+    m = run_score(ScoreConfig(model=raccoon_model, images=[str(archive)], out=str(out), chunk_size=3, select=6))
+    # Six asked, five distinct scenes: every candidate considered, the three copies' later ones skipped.
+    assert m["labelling"] == {"candidates": 8, "considered": 8, "near_duplicates_skipped": 3, "unreadable": 0, "selected": 5}
+    batch = out / "labelling"
+    rows = list(csv.DictReader((batch / "reasons.csv").open()))
+    assert len({os.path.realpath(r["source"]) for r in rows}) == 5
+    assert [float(r["uncertainty"]) for r in rows] == sorted((float(r["uncertainty"]) for r in rows), reverse=True)
+    assert all(r["reason"] for r in rows) and sorted(p.name for p in (batch / "images").iterdir()) == sorted(
+        os.path.basename(r["image"]) for r in rows)
+    tasks = json.loads((batch / "label_studio.json").read_text())
+    assert [t["data"]["image"] for t in tasks] == [f"{batch}/{r['image']}" for r in rows]
+    boxes = sum(int(r["detections"]) for r in rows)
+
+    stats = run_ingest(IngestConfig(images=str(batch / "images"), labels=str(batch / "annotations"), format="voc",
+                                    out=str(tmp_path / "relabelled")))
+    assert stats["images_in"] == 5 and stats["images_written"]["total"] == 5
+    assert sum(stats["images_rejected"].values()) == 0 and sum(stats["boxes_rejected"].values()) == 0
+    assert stats["boxes_written"] == boxes
+
+    again = run_score(ScoreConfig(model=raccoon_model, images=[str(archive)], out=str(out), chunk_size=3, select=2))
+    assert again["chunks_scored_now"] == 0 and again["labelling"]["selected"] == 2
+    assert len(list((batch / "images").iterdir())) == 2 == len(list((batch / "annotations").iterdir()))
+    assert [r["source"] for r in csv.DictReader((batch / "reasons.csv").open())] == [r["source"] for r in rows[:2]]
