@@ -2,9 +2,9 @@
 pre-annotations that labelling tools import (Pascal VOC XML, Label Studio tasks) with the reason
 each image was chosen.
 
-How an image is ranked (uncertainty sampling against the thresholds the outputs are filtered with):
-every raw detection of the model (score ≥ the export floor, before the class threshold) gets a
-*closeness* to its class threshold t, 1.0 at t and falling linearly to 0.0 at score 0 and at
+How an image is ranked (uncertainty sampling against the model's calibrated class thresholds, its
+decision boundary, whatever threshold filters the outputs): every raw detection of the model
+(score ≥ the export floor, before any threshold) gets a *closeness* to its class threshold t, 1.0 at t and falling linearly to 0.0 at score 0 and at
 score 1. An image's uncertainty is its most uncertain decision (the highest closeness), ties
 broken by how many of its boxes are ambiguous (closeness ≥ 0.5). A box scored 0.44 against a
 threshold of 0.45 is a coin toss that a label settles; a box at 0.98 or 0.02 is not.

@@ -413,6 +413,9 @@ class ScoreChunks(beam.DoFn):
     def __init__(self, cfg: ScoreConfig, model: ModelRef):
         self.out, self.model, self.flags = cfg.out, model, cfg.pipeline_flags()
         self.thresholds, self.max_det, self.batch_size = model.score_thresholds(cfg.score_threshold), cfg.max_detections, cfg.max_batch_size
+        # Uncertainty is measured against the model's own decision thresholds (calibrated per class),
+        # whatever --score-threshold filters the outputs with: a 0.0 filter would make every weak box "uncertain".
+        self.decision_thresholds = model.score_thresholds(None)
         self.reader = ChunkReader(cfg.read_threads, cfg.max_pixels)
         self.handler = SavedModelDetector(model.model_dir, max_batch_size=cfg.max_batch_size, fingerprint=model.fingerprint)
         self._shared = shared.Shared()  # one loaded model per worker process, shared by its threads
@@ -463,7 +466,7 @@ class ScoreChunks(beam.DoFn):
                 errors.append(error)
             else:
                 records.append(record)
-                pool.add(record, labelling.image_uncertainty(prediction.inference, self.thresholds, self.model.label_names))
+                pool.add(record, labelling.image_uncertainty(prediction.inference, self.decision_thresholds, self.model.label_names))
 
 
 def build_pipeline(p, cfg: ScoreConfig, model: ModelRef, chunks: list[Chunk]):

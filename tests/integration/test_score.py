@@ -339,3 +339,6 @@ def test_select_writes_a_labelling_batch_that_ingests_back_with_no_rejection(rac
     assert again["chunks_scored_now"] == 0 and again["labelling"]["selected"] == 2
     assert len(list((batch / "images").iterdir())) == 2 == len(list((batch / "annotations").iterdir()))
     assert [r["source"] for r in csv.DictReader((batch / "reasons.csv").open())] == [r["source"] for r in rows[:2]]
+    # Uncertainty is against the model's calibrated thresholds, not the output filter: the same choice with 0.0.
+    run_score(ScoreConfig(model=raccoon_model, images=[str(archive)], out=str(tmp_path / "all"), chunk_size=3, select=2, score_threshold=0.0))
+    assert [r["source"] for r in csv.DictReader((tmp_path / "all" / "labelling" / "reasons.csv").open())] == [r["source"] for r in rows[:2]]
