@@ -42,6 +42,13 @@ def model_card(model_dir: str, decision: dict, key: str = "model-card") -> None:
     create_link_artifact(model_dir, link_text="model directory (SavedModel)", key=_key(f"{key}-link"))
 
 
+def model_versions(versions: list[dict], models: str, key: str = "model-versions") -> None:
+    """The registered versions, oldest first (``registry.describe_versions``), champion marked."""
+    rows = [{"champion": "*" if v["champion"] else "", "version": v["version"], "mAP@.5": v["mAP@.5"], "mAP": v["mAP"],
+             "decision": v["reason"]} for v in versions]
+    create_table_artifact(rows, key=_key(key), description=f"Model versions in {models}")
+
+
 def scoring_summary(manifest: dict, summary: dict, out: str, key: str = "scoring-summary") -> None:
     rows = [{"metric": k, "value": manifest.get(k)} for k in ("images_in", "images_scored", "images_failed", "images_retryable", "detections", "files_skipped", "chunks", "chunks_scored_now")]
     rows += [{"metric": f"detections[{c}]", "value": n} for c, n in summary.get("detections_per_class", {}).items()]

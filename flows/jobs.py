@@ -17,7 +17,7 @@ from prefect.concurrency.sync import concurrency
 
 from flows import artifacts
 from flows.recovery import Attempt
-from ssdflow.config import IngestConfig, ScoreConfig, TrainConfig
+from ssdflow.config import IngestConfig, ModelsConfig, ScoreConfig, TrainConfig
 
 TRAIN_CONCURRENCY = "ssdflow-train"  # a global concurrency limit of 1: two trainings never overlap
 
@@ -161,3 +161,24 @@ def train_flow(config: TrainConfig, attempt: Attempt = 0) -> dict:
 def score_flow(config: ScoreConfig, attempt: Attempt = 0) -> dict:
     """Score image archives with the champion (or a given model); detections back to storage."""
     return score_task(config)
+
+
+@flow(name="models", log_prints=True)
+def models_flow(config: ModelsConfig) -> dict:
+    """List the model versions, promote one by hand, or roll back to the previous champion (what
+    ``ssdflow models`` does), recorded with who and why; the versions after it as a table."""
+    from prefect.runtime import flow_run
+
+    from model import registry
+
+    decision = None
+    by = config.by or f"prefect flow run {flow_run.get_name()}"
+    if config.action == "promote":
+        decision = registry.promote_version(config.models, config.version, by, config.reason)
+    elif config.action == "rollback":
+        decision = registry.rollback(config.models, by, config.reason)
+    if decision is not None:
+        get_run_logger().info("models: champion %s (was %s); %s", decision["challenger"], decision["champion"], decision["reason"])
+    versions = registry.describe_versions(config.models)
+    artifacts.model_versions(versions, config.models)
+    return {"champion": (registry.read_champion(config.models) or {}).get("version"), "decision": decision, "versions": versions}

@@ -14,11 +14,13 @@ from flows.jobs import ingest_unless_unchanged, score_task, train_task
 from flows.recovery import Attempt
 from ssdflow.config import DemoConfig, NightlyConfig, ScoreConfig
 
-HISTORY = "nightly"  # MODELS/nightly/last_ingest_stats.json, MODELS/nightly/<run>/compare-*.jpg
+# MODELS/.nightly/last_ingest_stats.json, MODELS/.nightly/<run>/compare-*.jpg: a dot directory, so the
+# registry never lists it as a model version (before 2026-12-03 it was MODELS/nightly/, still read).
+HISTORY, OLD_HISTORY = ".nightly", "nightly"
 
 
-def _last_stats_path(models: str) -> str:
-    return os.path.join(models, HISTORY, "last_ingest_stats.json")
+def _last_stats_path(models: str, history: str = HISTORY) -> str:
+    return os.path.join(models, history, "last_ingest_stats.json")
 
 
 def ingest_changes(previous: dict | None, current: dict) -> list[dict]:
@@ -81,7 +83,8 @@ def nightly_flow(config: NightlyConfig, attempt: Attempt = 0) -> dict:
 
     log = get_run_logger()
     last_path = _last_stats_path(config.models)
-    previous = json.load(open(last_path)) if os.path.exists(last_path) else None
+    found = next((p for p in (last_path, _last_stats_path(config.models, OLD_HISTORY)) if os.path.exists(p)), None)
+    previous = json.load(open(found)) if found else None
     stats = ingest_unless_unchanged(config.ingest)
     artifacts.ingest_stats(stats, config.ingest.out)
     create_table_artifact(ingest_changes(previous, stats), key="ingest-since-last-night",

@@ -4,7 +4,8 @@ Deployments:
 
 * ``nightly-retrain`` — cron ``0 2 * * *`` in the configured time zone;
 * ``batch-score`` — no schedule: run it from the UI (Run → Custom run) or the API;
-* ``ingest``, ``train``, ``demo`` — on demand.
+* ``ingest``, ``train``, ``demo`` — on demand;
+* ``models`` — list the versions, promote one by hand, roll back (as ``ssdflow models``).
 
 Every run sends heartbeats; runs that fall silent are marked Crashed and rerun (a bounded number
 of times) by two automations that serve keeps up to date (flows/recovery.py).
@@ -26,10 +27,10 @@ from prefect import serve
 from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
 from prefect.schedules import Cron
 
-from flows.jobs import TRAIN_CONCURRENCY, ingest_flow, score_flow, train_flow
+from flows.jobs import TRAIN_CONCURRENCY, ingest_flow, models_flow, score_flow, train_flow
 from flows import recovery
 from flows.nightly import demo_flow, nightly_flow
-from ssdflow.config import DemoConfig, IngestConfig, NightlyConfig, ScoreConfig, ServeConfig
+from ssdflow.config import DemoConfig, IngestConfig, ModelsConfig, NightlyConfig, ScoreConfig, ServeConfig
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +119,9 @@ def build_deployments(params: dict, timezone: str = "UTC", home: str = "ssdflow_
         ingest_flow.to_deployment(name="ingest", parameters={"config": dump(params["ingest"])}, concurrency_limit=_queued(max_runs),
                                   tags=["ssdflow"]),
         train_flow.to_deployment(name="train", parameters={"config": dump(params["train"])}, concurrency_limit=1, tags=["ssdflow"]),
+        models_flow.to_deployment(name="models", parameters={"config": dump(ModelsConfig(models=params["nightly"].models))},
+                                  concurrency_limit=1, description="List model versions, promote one by hand, roll back",
+                                  tags=["ssdflow"]),
         demo_flow.to_deployment(name="demo", parameters={"config": dump(DemoConfig(workdir=os.path.join(os.path.abspath(home), "demo")))},
                                 tags=["ssdflow"]),
     ]

@@ -4,7 +4,12 @@ Contract (what the scoring job and users rely on; nothing else of model/ is need
 
 * ``serving_default(images: tf.string [B])`` — JPEG/PNG bytes, any size; returns the TF OD API
   exporter's keys: ``detection_boxes`` [B, D, 4] normalized (ymin, xmin, ymax, xmax),
-  ``detection_scores`` [B, D], ``detection_classes`` [B, D] (label ids from 1), ``num_detections`` [B].
+  ``detection_scores`` [B, D], ``detection_classes`` [B, D] (label ids from 1, as floats),
+  ``num_detections`` [B]. ``serve_pixels(pixels: float32 [B, S, S, 3])``: decoded and resized.
+* As the TF OD API's exports are (a drop-in for their clients): the loaded object is callable,
+  ``detect_fn(uint8 [B, H, W, 3])`` → the same dict, any H and W; and the signatures
+  ``image_tensor(input_tensor: uint8 [B, H, W, 3])`` and ``encoded_image_string_tensor(input_tensor:
+  tf.string [B])`` have the TF OD API's input name for TF Serving clients (``signature_name``).
 * ``class_score_thresholds``: a variable [num_classes + 1], indexed by label id, with each class's
   score threshold calibrated on val (model/thresholds.py; ``FALLBACK_SCORE_THRESHOLD`` where
   there was none), for consumers to apply; the signatures' own outputs are not filtered by it.
@@ -57,6 +62,17 @@ class Detector(tf.Module):
         # the graph in the SavedModel: a smaller file that loads faster in every scoring worker.
         return self.serve_pixels(pixels)
 
+    @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name="input_tensor")])
+    def __call__(self, input_tensor):
+        """The TF OD API's ``detect_fn(input_tensor)``: uint8 images [B, H, W, 3] of any size, resized as
+        decoded bytes are (bilinear, in float), so the same image gives the same detections."""
+        return self.serve_pixels(tf.image.resize(tf.cast(input_tensor, tf.float32), [self.size, self.size]))
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="input_tensor")])
+    def serve_encoded(self, input_tensor):
+        """``serving_default`` under the TF OD API's ``encoded_image_string_tensor`` input name."""
+        return self.serve(input_tensor)
+
     @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32, name="pixels")])
     def serve_pixels(self, pixels):
         """Pre-decoded batches [B, S, S, 3] in 0..255 (for callers that decode themselves)."""
@@ -73,7 +89,9 @@ def export_saved_model(keras_model, cfg: ModelConfig, label_map: LabelMap, out_d
     """Writes the SavedModel and its contract files into ``out_dir`` (which should be a staging dir).
     ``class_thresholds``: {label id: calibrated score threshold}, stored in the SavedModel and beside it."""
     detector = Detector(keras_model, cfg, score_threshold, iou_threshold, max_detections, class_thresholds)
-    tf.saved_model.save(detector, out_dir, signatures={"serving_default": detector.serve, "serve_pixels": detector.serve_pixels})
+    tf.saved_model.save(detector, out_dir, signatures={"serving_default": detector.serve, "serve_pixels": detector.serve_pixels,
+                                                       "image_tensor": detector.__call__,
+                                                       "encoded_image_string_tensor": detector.serve_encoded})
     with open(os.path.join(out_dir, "label_map.json"), "w") as f:
         f.write(label_map.to_json())
     info = {"model": cfg.model_dump(), "score_threshold": score_threshold, "iou_threshold": iou_threshold,

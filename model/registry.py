@@ -146,13 +146,15 @@ def commit_version(models_root: str | os.PathLike, version: str) -> Path:
 
 
 def list_versions(models_root: str | os.PathLike) -> list[str]:
-    """Committed versions, sorted (staging directories and files are not versions)."""
+    """Committed versions, sorted: directories holding a label map, as every export does (staging
+    directories, files and other directories, such as an older nightly flow's ``nightly/``
+    history, are not versions)."""
     root = Path(models_root)
     if not root.is_dir():
         return []
     return sorted(
         e.name for e in root.iterdir()
-        if e.is_dir() and _VERSION_RE.match(e.name) and e.name not in {CHAMPION, DECISIONS}
+        if e.is_dir() and _VERSION_RE.match(e.name) and e.name not in {CHAMPION, DECISIONS} and (e / LABEL_MAP).is_file()
     )
 
 

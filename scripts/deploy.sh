@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Registers ssdflow's five deployments on the ssdflow-process work pool of the Prefect server at
+# Registers ssdflow's six deployments on the ssdflow-process work pool of the Prefect server at
 # PREFECT_API_URL (deploy/prefect.yaml), with the automations and the training concurrency limit.
 # Required: SSDFLOW_REPO (this repository, as the workers see it), SSDFLOW_DATA (root of the default
 # paths), SSDFLOW_TIMEZONE (of the nightly 02:00 schedule). Then: prefect worker start --pool ssdflow-process

@@ -337,6 +337,29 @@ class ServeConfig(BaseModel):
     ingest: IngestConfig | None = Field(None, description="The ingest deployment's config (default: the nightly's)")
 
 
+class ModelsConfig(BaseModel):
+    """The ``models`` deployment: ``ssdflow models list | promote | rollback`` from the Prefect UI."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    models: Location = Field(..., description="The models directory (registry): versions, champion.json, decisions.jsonl")
+    action: Literal["list", "promote", "rollback"] = Field("list", description=(
+        "list: the versions and their metrics; promote: make VERSION the champion by hand; rollback: the previous champion again"))
+    version: str | None = Field(None, description="The version to promote (promote only)")
+    reason: str | None = Field(None, description="Why (recorded in decisions.jsonl; required for promote and rollback)")
+    by: str | None = Field(None, description="Who decides (recorded in decisions.jsonl; default: the flow run's name)")
+
+    @model_validator(mode="after")
+    def _complete(self):
+        if self.action != "list" and not (self.reason or "").strip():
+            raise ValueError(f"{self.action} needs a reason (recorded in decisions.jsonl with who decided)")
+        if self.action == "promote" and not self.version:
+            raise ValueError("promote needs the version to make the champion")
+        if self.action != "promote" and self.version:
+            raise ValueError(f"version is for promote; {self.action} takes none")
+        return self
+
+
 class DemoConfig(BaseModel):
     """The embedded default: synthetic data → ingest → train → score, locally."""
 

@@ -1,4 +1,4 @@
-"""deploy/prefect.yaml deploys: `scripts/deploy.sh` (prefect deploy --all) registers the five deployments
+"""deploy/prefect.yaml deploys: `scripts/deploy.sh` (prefect deploy --all) registers the six deployments
 on a process work pool of a real `prefect server` on 127.0.0.1 that requires authentication, as the
 README sets it up, and a `prefect worker` runs one to Completed."""
 
@@ -33,7 +33,7 @@ def test_deploy_refuses_without_its_variables(tmp_path):
     assert proc.returncode == 2 and "SSDFLOW_DATA SSDFLOW_TIMEZONE" in proc.stderr
 
 
-def test_prefect_yaml_registers_five_deployments_and_a_worker_runs_one(tmp_path, shapes):
+def test_prefect_yaml_registers_six_deployments_and_a_worker_runs_one(tmp_path, shapes):
     prefect_home, data = tmp_path / "prefect", tmp_path / "data"
     auth = f"ssdflow:{secrets.token_urlsafe(16)}"
     with prefect_server(prefect_home, auth=auth) as api:
@@ -43,7 +43,7 @@ def test_prefect_yaml_registers_five_deployments_and_a_worker_runs_one(tmp_path,
 
         _, deployments = request("POST", f"{api}/deployments/filter", {}, auth=auth)
         by_name = {d["name"]: d for d in deployments}
-        assert set(by_name) == {"nightly-retrain", "batch-score", "ingest", "train", "demo"}
+        assert set(by_name) == {"nightly-retrain", "batch-score", "ingest", "train", "models", "demo"}
         assert {d["work_pool_name"] for d in deployments} == {"ssdflow-process"}
         schedule = by_name["nightly-retrain"]["schedules"][0]["schedule"]
         assert schedule["cron"] == "0 2 * * *" and schedule["timezone"] == "Europe/Berlin"

@@ -45,7 +45,7 @@ def _artifacts(prefect, run_id: str) -> dict:
 
 def test_deployments_and_the_nightly_schedule(prefect):
     deps = prefect["deployments"]
-    assert {"nightly-retrain", "batch-score", "ingest", "train", "demo"} <= set(deps)
+    assert {"nightly-retrain", "batch-score", "ingest", "train", "models", "demo"} <= set(deps)
     nightly = deps["nightly-retrain"]
     crons = [s["schedule"] for s in nightly["schedules"]]
     assert crons and crons[0]["cron"] == "0 2 * * *" and crons[0]["timezone"] == "Europe/Berlin"
@@ -132,3 +132,27 @@ def test_nightly_retrain_from_the_api_trains_skips_and_retrains(prefect, tmp_pat
     assert "champion-vs-challenger" in _artifacts(prefect, run2b["id"])
     assert len([p for p in models.iterdir() if (p / "saved_model.pb").exists()]) == len(versions) + 1
 
+
+    # The models deployment: a version promoted by hand from the UI, then rolled back, each recorded
+    # with who and why; a promote without a reason fails before it changes anything (the schema
+    # cannot say "reason required for promote", so the config's validator says it when the run starts).
+    two = sorted(p.name for p in models.iterdir() if (p / "saved_model.pb").exists())
+    before = json.loads((models / "champion.json").read_text())["version"]
+    other = next(v for v in two if v != before)
+    refused = _run(prefect, "models", {"config": {"models": str(models), "action": "promote", "version": other}})
+    assert refused["state_type"] == "FAILED" and "needs a reason" in json.dumps(refused["state"]), refused["state"]
+    assert json.loads((models / "champion.json").read_text())["version"] == before
+    promote = {"config": {"models": str(models), "action": "promote", "version": other, "reason": "looks better on site", "by": "ana"}}
+    run4 = _run(prefect, "models", promote)
+    assert run4["state_type"] == "COMPLETED", run4["state"]
+    assert json.loads((models / "champion.json").read_text())["version"] == other
+    rows = _artifacts(prefect, run4["id"])["model-versions"]["data"]
+    rows = json.loads(rows) if isinstance(rows, str) else rows
+    assert {r["version"] for r in rows if r["champion"] == "*"} == {other} and len(rows) == 2
+    run5 = _run(prefect, "models", {"config": {"models": str(models), "action": "rollback", "reason": "false alarms"}})
+    assert run5["state_type"] == "COMPLETED", run5["state"]
+    assert json.loads((models / "champion.json").read_text())["version"] == before
+    last = [json.loads(line) for line in (models / "decisions.jsonl").read_text().splitlines()][-2:]
+    assert [(d["action"], d["by"], d["reason"]) for d in last] == [
+        ("promote", "ana", "promote by hand: looks better on site"),
+        ("rollback", f"prefect flow run {run5['name']}", "rollback by hand: false alarms")]

@@ -47,7 +47,7 @@ def test_images_carry_every_package_of_the_project():
             assert f"COPY {name} {name}" in (DEPLOY / dockerfile).read_text(), (dockerfile, name)
 
 
-def test_prefect_yaml_has_the_five_deployments_with_valid_parameters():
+def test_prefect_yaml_has_the_six_deployments_with_valid_parameters():
     text = "\n".join(line for line in (DEPLOY / "prefect.yaml").read_text().splitlines() if not line.lstrip().startswith("#"))
     variables = set(re.findall(r"\{\{\s*\$(\w+)\s*\}\}", text))
     assert variables == {"SSDFLOW_REPO", "SSDFLOW_DATA", "SSDFLOW_TIMEZONE"}
@@ -58,7 +58,7 @@ def test_prefect_yaml_has_the_five_deployments_with_valid_parameters():
     config = yaml.safe_load(re.sub(r"\{\{\s*\$(\w+)\s*\}\}", lambda m: {"SSDFLOW_TIMEZONE": "UTC"}.get(m.group(1), "/x"), text))
     assert config["prefect-version"] == prefect.__version__
     deployments = {d["name"]: d for d in config["deployments"]}
-    assert set(deployments) == {"nightly-retrain", "batch-score", "ingest", "train", "demo"}  # as `ssdflow serve`
+    assert set(deployments) == {"nightly-retrain", "batch-score", "ingest", "train", "models", "demo"}  # as `ssdflow serve`
     for name, d in deployments.items():
         module, _, attr = d["entrypoint"].partition(":")
         flow = getattr(importlib.import_module(module.removesuffix(".py").replace("/", ".")), attr)

@@ -49,6 +49,7 @@ def test_staging_then_commit(tmp_path):
     staging = registry.staging_dir(tmp_path, v)
     assert staging.is_dir() and staging.name.startswith(".staging-")
     (staging / "metrics.json").write_text("{}")
+    (staging / "label_map.json").write_text(LabelMap(LM).to_json())
     assert registry.list_versions(tmp_path) == []  # staging is not a version
     assert not registry.version_dir(tmp_path, v).exists()
 
@@ -74,6 +75,7 @@ def test_list_versions_sorted_and_missing_root(tmp_path):
     assert registry.list_versions(tmp_path / "nope") == []
     a, b = make_version(tmp_path, 0.5), make_version(tmp_path, 0.6)
     (tmp_path / "champion.json").write_text("{}")
+    (tmp_path / "nightly" / "20261201T020000Z").mkdir(parents=True)  # an older nightly flow's history: not a version
     assert registry.list_versions(tmp_path) == sorted([a, b])
 
 

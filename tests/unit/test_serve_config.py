@@ -72,6 +72,26 @@ def test_scoring_and_ingest_runs_queue_beyond_the_run_limit(tmp_path):
         d = deployments[name]
         assert (d.concurrency_limit, d.concurrency_options.collision_strategy.value) == (3, "ENQUEUE"), name
     assert deployments["nightly-retrain"].concurrency_limit == 1 and deployments["train"].concurrency_limit == 1
+    assert deployments["models"].concurrency_limit == 1
+    assert deployments["models"].parameters["config"] == {"models": GOOD["nightly"]["models"], "action": "list", "version": None,
+                                                        "reason": None, "by": None}
+
+
+@pytest.mark.parametrize("config, problem", [
+    ({"action": "promote", "version": "v1"}, "needs a reason"),
+    ({"action": "rollback", "reason": "  "}, "needs a reason"),
+    ({"action": "promote", "reason": "better"}, "needs the version"),
+    ({"action": "list", "version": "v1"}, "version is for promote"),
+    ({"action": "delete", "reason": "x"}, "action"),
+])
+def test_the_models_deployment_refuses_an_incomplete_decision(config, problem):
+    from pydantic import ValidationError
+
+    from ssdflow.config import ModelsConfig
+
+    with pytest.raises(ValidationError, match=problem):
+        ModelsConfig(models="/m", **config)
+    assert ModelsConfig(models="/m", action="rollback", reason="false alarms").by is None
 
 
 
