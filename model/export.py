@@ -47,8 +47,16 @@ class Detector(tf.Module):
         self.score_threshold = score_threshold
         self.iou_threshold = iou_threshold
         self.max_detections = max_detections
-        lookup = [1.0] + [float((class_thresholds or {}).get(i, FALLBACK_SCORE_THRESHOLD)) for i in range(1, cfg.num_classes + 1)]
-        self.class_score_thresholds = tf.Variable(lookup, trainable=False, name="class_score_thresholds")
+        object.__setattr__(self, "cfg", cfg)  # plain Python state, not tracked (nothing of it belongs in the SavedModel)
+        self.class_score_thresholds = tf.Variable(tf.zeros([cfg.num_classes + 1]), trainable=False, name="class_score_thresholds")
+        self.set_class_thresholds(class_thresholds or {})
+
+    def set_class_thresholds(self, thresholds: dict[int, float]) -> None:
+        """Each class id's calibrated score threshold (``FALLBACK_SCORE_THRESHOLD`` where none), into
+        the ``class_score_thresholds`` lookup that the SavedModel carries; the detections do not change."""
+        object.__setattr__(self, "class_thresholds", {int(i): float(t) for i, t in thresholds.items()})
+        lookup = [1.0] + [self.class_thresholds.get(i, FALLBACK_SCORE_THRESHOLD) for i in range(1, self.cfg.num_classes + 1)]
+        self.class_score_thresholds.assign(lookup)
 
     def _decode(self, data):
         image = tf.io.decode_image(data, channels=3, expand_animations=False)
@@ -89,14 +97,21 @@ def export_saved_model(keras_model, cfg: ModelConfig, label_map: LabelMap, out_d
     """Writes the SavedModel and its contract files into ``out_dir`` (which should be a staging dir).
     ``class_thresholds``: {label id: calibrated score threshold}, stored in the SavedModel and beside it."""
     detector = Detector(keras_model, cfg, score_threshold, iou_threshold, max_detections, class_thresholds)
+    return save_detector(detector, label_map, out_dir)
+
+
+def save_detector(detector: Detector, label_map: LabelMap, out_dir: str) -> str:
+    """``detector`` as a SavedModel with its contract files (label map, ``ssdflow_model.json``) in
+    ``out_dir``. Training scores the same ``Detector``'s signature functions before it saves them
+    once, with the thresholds calibrated on that score (what is saved is what was scored)."""
     tf.saved_model.save(detector, out_dir, signatures={"serving_default": detector.serve, "serve_pixels": detector.serve_pixels,
                                                        "image_tensor": detector.__call__,
                                                        "encoded_image_string_tensor": detector.serve_encoded})
     with open(os.path.join(out_dir, "label_map.json"), "w") as f:
         f.write(label_map.to_json())
-    info = {"model": cfg.model_dump(), "score_threshold": score_threshold, "iou_threshold": iou_threshold,
-            "max_detections": max_detections, "input": "images: tf.string [B] (JPEG/PNG bytes)",
-            "class_score_thresholds": {str(i): float(t) for i, t in sorted((class_thresholds or {}).items())}}
+    info = {"model": detector.cfg.model_dump(), "score_threshold": detector.score_threshold, "iou_threshold": detector.iou_threshold,
+            "max_detections": detector.max_detections, "input": "images: tf.string [B] (JPEG/PNG bytes)",
+            "class_score_thresholds": {str(i): t for i, t in sorted(detector.class_thresholds.items())}}
     with open(os.path.join(out_dir, MODEL_INFO), "w") as f:
         json.dump(info, f, indent=2)
     return out_dir

@@ -18,7 +18,6 @@ On GPUs the same code runs with mixed precision (``precision_policy``) and Mirro
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import logging
 import math
@@ -35,7 +34,7 @@ from model.anchors import fitted_finest_stride, fitted_min_scale, generate_ancho
 from model.callbacks import AverageWeights, EpochCheckpoint, KeepBest, ValidationMAP
 from model.dataset import box_sides, count_records, make_dataset, read_label_map, shard_files
 from model.evaluate import write_metrics
-from model.export import KERAS_WEIGHTS, export_saved_model, load_detector
+from model.export import KERAS_WEIGHTS, Detector, save_detector
 from model.losses import SSDLoss
 from model.run_record import (RUN_DIR, TrainError, completed_version, decision_markdown, prepare_run_dir, run_config, run_key,
                               training_lock, write_model_card)
@@ -257,21 +256,16 @@ def train(cfg: TrainConfig, extra_callbacks: tuple = (), verbose="auto", reuse_c
         version = registry.new_version(cfg.models)
         staging = registry.staging_dir(cfg.models, version)
         exportable = model if precision == "float32" else float32_twin(model, model_cfg)
-        export = functools.partial(export_saved_model, exportable, model_cfg, label_map, str(staging),
-                                   score_threshold=cfg.score_threshold, iou_threshold=cfg.iou_threshold,
-                                   max_detections=cfg.max_detections)
-        export()
-        model.save_weights(os.path.join(staging, KERAS_WEIGHTS))  # lets `ssdflow export` rebuild and re-export
-        serve, _loaded = load_detector(str(staging))  # the exported artifact itself is what gets scored and drawn
-        exported = lambda images: serve(images=images)  # noqa: E731
+        # The export's own signature function is scored and drawn, then saved once with the thresholds
+        # calibrated on that score (a threshold changes no detection, only the lookup the model carries).
+        detector = Detector(exportable, model_cfg, cfg.score_threshold, cfg.iou_threshold, cfg.max_detections)
+        exported = lambda images: detector.serve(images)  # noqa: E731
         metrics = score_detector(exported, cfg.data, "val", label_map, cfg.target_precision)
         report.draw_pr_curves(metrics["pr_curves"], os.path.join(staging, report.PR_CURVES))
         report.draw_val_examples(exported, cfg.data, os.path.join(staging, report.VAL_EXAMPLES))
-        if class_thresholds := thresholds_by_id(metrics["score_thresholds"], label_map):
-            # Known only now, from the exported model's own val detections: saved again with them (same
-            # weights, so the same detections and metrics).
-            del serve, _loaded, exported
-            export(class_thresholds=class_thresholds)
+        detector.set_class_thresholds(thresholds_by_id(metrics["score_thresholds"], label_map))
+        save_detector(detector, label_map, str(staging))
+        model.save_weights(os.path.join(staging, KERAS_WEIGHTS))  # lets `ssdflow export` rebuild and re-export
         metrics.update(data_fingerprint=fingerprint, run_key=run_key(config), val_images=n_val, train_images=n_train, epochs=epochs_run,
                        max_epochs=epochs, time_budget_minutes=cfg.time_budget or None, fit_seconds=round(fit_seconds, 1),
                        phases_ended_by=ended,
