@@ -63,11 +63,16 @@ class ValidationMAP(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if logs is None or (epoch + 1) % self.every:
             return
-        metrics = score_detector(self.detect_fn, self.data_dir, "val", self.label_map)
+        metrics = self.evaluate(epoch + 1)
         logs["val_mAP"] = metrics["mAP"]
         logs["val_mAP@.5"] = metrics["mAP@.5"]
-        self.history.append({"phase": self.phase, "epoch": epoch + 1, "mAP": metrics["mAP"], "mAP@.5": metrics["mAP@.5"],
+
+    def evaluate(self, epoch: int, phase: str | None = None) -> dict:
+        """COCO metrics of the current weights on val, recorded in ``history`` as ``epoch`` of the phase."""
+        metrics = score_detector(self.detect_fn, self.data_dir, "val", self.label_map)
+        self.history.append({"phase": phase or self.phase, "epoch": epoch, "mAP": metrics["mAP"], "mAP@.5": metrics["mAP@.5"],
                              "seconds": round(time.monotonic() - self._started, 1)})
+        return metrics
 
 
 class KeepBest(keras.callbacks.Callback):
@@ -84,7 +89,8 @@ class KeepBest(keras.callbacks.Callback):
     def __init__(self, path: str):
         super().__init__()
         self.path = path
-        self.best, self.best_epoch, self.phase, self.best_phase = -1.0, 0, None, None
+        # best_epoch None: nothing evaluated yet; 0: the weights the run started from (a warm start's).
+        self.best, self.best_epoch, self.phase, self.best_phase = -1.0, None, None, None
         if os.path.exists(path + ".json") and os.path.exists(path):
             with open(path + ".json") as f:
                 saved = json.load(f)
@@ -92,17 +98,22 @@ class KeepBest(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         score = (logs or {}).get(self.MONITOR)
-        if score is None or score <= self.best:
+        if score is not None:
+            self.consider(self.model, float(score), epoch + 1, self.phase)
+
+    def consider(self, model, score: float, epoch: int, phase: str | None) -> None:
+        """Keeps ``model``'s weights if ``score`` beats the best so far (epoch 0: the starting weights)."""
+        if score <= self.best:
             return
-        self.best, self.best_epoch, self.best_phase = float(score), epoch + 1, self.phase
+        self.best, self.best_epoch, self.best_phase = score, epoch, phase
         tmp = self.path + ".tmp.weights.h5"
-        self.model.save_weights(tmp)
+        model.save_weights(tmp)
         os.replace(tmp, self.path)
-        storage.write_json_local(self.path + ".json", {"score": self.best, "epoch": self.best_epoch, "phase": self.phase})
+        storage.write_json_local(self.path + ".json", {"score": self.best, "epoch": self.best_epoch, "phase": phase})
 
     def restore(self, model) -> int | None:
         """Loads the best weights into ``model``; returns their epoch (None when nothing was evaluated)."""
-        if not self.best_epoch:
+        if self.best_epoch is None:
             return None
         model.load_weights(self.path)
         return self.best_epoch

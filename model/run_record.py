@@ -213,6 +213,9 @@ def _best_epoch_text(metrics: dict) -> str:
     best = metrics.get("best_epoch")
     if best is None:
         return "the last epoch's (no val evaluation during training)"
+    if best == 0:
+        return (f"the starting weights' (no epoch of this run beat them on val mAP@.5; "
+                f"{len(metrics.get('validation_history', []))} evaluated)")
     return (f"{metrics.get('best_phase')} epoch {best}, the best val mAP@.5 of the "
             f"{len(metrics.get('validation_history', []))} evaluated")
 

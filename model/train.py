@@ -228,6 +228,12 @@ def train(cfg: TrainConfig, extra_callbacks: tuple = (), verbose="auto", reuse_c
         if cfg.early_stopping_patience and cfg.eval_every <= epochs:  # early stopping needs val mAP in the logs
             callbacks.insert(3, keras.callbacks.EarlyStopping(monitor=KeepBest.MONITOR, mode="max",
                                                               patience=cfg.early_stopping_patience))
+        if start is not None and best.best_epoch is None and cfg.eval_every <= epochs:
+            # A warm start is kept only where it improves: its starting weights compete as epoch 0,
+            # so a run whose every epoch scores below the champion it began from exports that champion's weights.
+            start_score = val_map.evaluate(0, phase="start")["mAP@.5"]
+            best.consider(model, start_score, 0, "start")
+            log.info("train: the starting weights score val mAP@.5 %.4f", start_score)
         warmup = int(cfg.warmup_epochs * steps)
         # The budget is shared as the epochs are: the frozen phase may use its share, fine-tuning what is left.
         clock = Clock(run_dir, budget_minutes * 60 if budget_minutes else None)
@@ -269,7 +275,7 @@ def train(cfg: TrainConfig, extra_callbacks: tuple = (), verbose="auto", reuse_c
         metrics.update(data_fingerprint=fingerprint, run_key=run_key(config), val_images=n_val, train_images=n_train, epochs=epochs_run,
                        max_epochs=epochs, time_budget_minutes=cfg.time_budget or None, fit_seconds=round(fit_seconds, 1),
                        phases_ended_by=ended,
-                       validation_history=val_map.history, best_epoch=best_epoch, best_phase=best.best_phase if best_epoch else None,
+                       validation_history=val_map.history, best_epoch=best_epoch, best_phase=best.best_phase if best_epoch is not None else None,
                        precision=precision, initialized_from=start_text)
         write_metrics(os.path.join(staging, "metrics.json"), metrics)
         write_model_card(os.path.join(staging, "model_card.md"), version, cfg, model_cfg, metrics, label_map, fingerprint)

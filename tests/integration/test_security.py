@@ -375,5 +375,5 @@ def test_tar_members_never_escape_the_output_and_links_are_refused(raccoon_model
     assert previews == [f"preview/{i:04d}.jpg" for i in range(scored)]  # named by position, never by member name
     for p in written:
         assert re.fullmatch(r"(_SUCCESS|errors\.jsonl|summary\.json|detections-\d{5}-of-\d{5}\.(jsonl|parquet)|preview/\d{4}\.jpg|"
-                            r"chunks/[\w.-]+/[0-9a-f]+/(_SUCCESS|listing\.json|[0-9a-f]{12}/(detections\.jsonl|detections\.parquet|errors\.jsonl|coco_results\.part)))", p), p
+                            r"chunks/[\w.-]+/[0-9a-f]+/(_SUCCESS|listing\.json|[0-9a-f]{12}/(detections\.jsonl|detections\.parquet|errors\.jsonl|candidates\.jsonl|coco_results\.part)))", p), p
         assert (out / p).resolve().is_relative_to(out.resolve())

@@ -262,6 +262,21 @@ def test_warm_start_continues_from_the_champion(trained, shapes, tmp_path):
     after = tf.saved_model.load(warm.model_dir).signatures["serving_default"](images=image)
     assert float(tf.reduce_max(tf.abs(before["detection_scores"] - after["detection_scores"]))) < 1e-3
 
+    # A warm start that only gets worse (Adam at learning rate 1.0 wrecks the weights) exports the weights
+    # it started from: they compete as epoch 0 on val.
+    start = registry.read_champion(models)["version"]
+    start_map = json.loads((models / start / "metrics.json").read_text())["mAP@.5"]
+    wrecked = train(TrainConfig(data=shapes["records"], models=str(models), **{**TINY, "epochs": 3, "steps_per_epoch": 2,
+                                                                              "learning_rate": 1.0, "fine_tune_lr_factor": 1.0,
+                                                                              "eval_every": 1,
+                                                                              "init_from": "champion"}), verbose=0)
+    history = wrecked.metrics["validation_history"]
+    assert [(h["phase"], h["epoch"]) for h in history] == [("start", 0), ("phase2", 1)]
+    assert history[0]["mAP@.5"] == pytest.approx(start_map) and history[1]["mAP@.5"] < start_map
+    assert (wrecked.metrics["best_epoch"], wrecked.metrics["best_phase"]) == (0, "start")
+    assert wrecked.metrics["mAP@.5"] == pytest.approx(start_map)
+    assert "the starting weights'" in open(os.path.join(wrecked.model_dir, "model_card.md")).read()
+
     champion = registry.read_champion(models)["version"]  # the warm challenger, promoted or not
     label_map = json.loads((models / champion / "label_map.json").read_text())
     label_map["classes"] = [{**c, "name": c["name"] + "-renamed"} for c in label_map["classes"]]
