@@ -266,7 +266,7 @@ def test_warm_start_continues_from_the_champion(trained, shapes, tmp_path):
     # it started from: they compete as epoch 0 on val.
     start = registry.read_champion(models)["version"]
     start_map = json.loads((models / start / "metrics.json").read_text())["mAP@.5"]
-    wrecked = train(TrainConfig(data=shapes["records"], models=str(models), **{**TINY, "epochs": 3, "steps_per_epoch": 2,
+    wrecked = train(TrainConfig(data=shapes["records"], models=str(models), **{**TINY, "epochs": 3, "steps_per_epoch": 1,
                                                                               "learning_rate": 1.0, "fine_tune_lr_factor": 1.0,
                                                                               "eval_every": 1,
                                                                               "init_from": "champion"}), verbose=0)
