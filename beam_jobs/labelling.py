@@ -69,39 +69,19 @@ def rank_key(candidate: dict) -> tuple:
 
 
 class ChunkPool:
-    """The ``size`` most uncertain images of one chunk (a bounded heap): ``add`` per scored image,
-    ``candidates()`` in rank order, as written to the chunk's ``candidates.jsonl``."""
+    """The ``size`` most uncertain images of one chunk: ``add`` per scored image, ``candidates()``
+    in rank order, as written to the chunk's ``candidates.jsonl`` (the chunk's records are in
+    memory anyway until it is committed, so its candidates are kept whole and cut at the end)."""
 
     def __init__(self, size: int = POOL_PER_CHUNK):
-        self.size, self._heap = size, []
+        self.size, self._all = size, []
 
     def add(self, record: dict, uncertainty: dict) -> None:
-        candidate = {**uncertainty, "source": record["source"], "width": record["width"], "height": record["height"],
-                     "detections": record["detections"]}
-        # heapq keeps the smallest on top: the entry whose rank is worst is the one pushed out.
-        entry = (_Desc(rank_key(candidate)), candidate)
-        if len(self._heap) < self.size:
-            heapq.heappush(self._heap, entry)
-        elif entry[0] > self._heap[0][0]:
-            heapq.heapreplace(self._heap, entry)
+        self._all.append({**uncertainty, "source": record["source"], "width": record["width"], "height": record["height"],
+                          "detections": record["detections"]})
 
     def candidates(self) -> list[dict]:
-        return sorted((c for _, c in self._heap), key=rank_key)
-
-
-class _Desc:
-    """Orders rank keys in reverse, so a min-heap holds the best ``size`` keys with the worst on top."""
-
-    __slots__ = ("key",)
-
-    def __init__(self, key: tuple):
-        self.key = key
-
-    def __lt__(self, other: _Desc) -> bool:
-        return self.key > other.key
-
-    def __gt__(self, other: _Desc) -> bool:
-        return self.key < other.key
+        return heapq.nsmallest(self.size, self._all, key=rank_key)
 
 
 def dhash(data: bytes, size: int = 8) -> int:
@@ -145,8 +125,7 @@ def select(candidates: Iterable[dict], n: int, read: Callable[[str], bytes], thr
             if data is None:
                 counts["unreadable"] += 1
                 continue
-            twin = next((p for p in picked if bin(p["dhash"] ^ h).count("1") <= NEAR_DUPLICATE_BITS), None)
-            if twin is not None:
+            if any(bin(p["dhash"] ^ h).count("1") <= NEAR_DUPLICATE_BITS for p in picked):
                 counts["near_duplicates_skipped"] += 1
                 continue
             picked.append({**c, "rank": len(picked) + 1, "dhash": h, "data": data})
