@@ -11,7 +11,6 @@ import json
 import os
 from datetime import timedelta
 
-import keras
 from prefect import flow, get_run_logger, task
 from prefect.concurrency.sync import concurrency
 
@@ -69,23 +68,6 @@ def ingest_unless_unchanged(cfg: IngestConfig) -> dict:
     return ingest_task.with_options(refresh_cache=stale)(cfg, fingerprint)
 
 
-class _PrefectEpochLogger(keras.callbacks.Callback):
-    """Per-epoch lines in the flow run's log (not Keras's progress bar) and a progress artifact."""
-
-    def __init__(self, total_epochs: int, progress: artifacts.ProgressArtifact):
-        super().__init__()
-        self.total, self.progress, self.done = total_epochs, progress, 0
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.done += 1
-        shown = ", ".join(f"{k} {v:.4f}" for k, v in (logs or {}).items() if isinstance(v, (int, float)))
-        get_run_logger().info("train: epoch %d (at most %d): %s", self.done, self.total, shown)
-        # Whichever ends the run first, its epochs or its time budget (the training clock's share,
-        # model/schedule.py's TimeBudget), sets the progress shown.
-        used = (logs or {}).get("time_budget_used", 0.0)
-        self.progress.update(100.0 * min(1.0, max(self.done / self.total, used)))
-
-
 def after_crash(cfg: TrainConfig, attempt: int) -> tuple[TrainConfig, bool]:
     """(config, reuse_completed) for an orchestrated training, which nobody is there to answer:
     an interrupted run of the same settings and data is resumed from its last epoch checkpoint (a
@@ -108,12 +90,13 @@ def after_crash(cfg: TrainConfig, attempt: int) -> tuple[TrainConfig, bool]:
 
 @task(name="train-evaluate-promote")
 def train_task(cfg: TrainConfig, attempt: int = 0) -> dict:
+    from flows.epoch_log import PrefectEpochLogger
     from model.train import train
 
     cfg, reuse_completed = after_crash(cfg, attempt)
     progress = artifacts.ProgressArtifact(f"training at most {cfg.max_epochs()} epochs on {cfg.data}")
     with concurrency(TRAIN_CONCURRENCY, occupy=1):
-        result = train(cfg, extra_callbacks=(_PrefectEpochLogger(cfg.max_epochs(), progress),), verbose=0,
+        result = train(cfg, extra_callbacks=(PrefectEpochLogger(cfg.max_epochs(), progress),), verbose=0,
                        reuse_completed=reuse_completed)
     progress.update(100.0)
     artifacts.training_metrics(result.metrics)

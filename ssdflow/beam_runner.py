@@ -22,8 +22,11 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from apache_beam.portability import python_urns
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
+from ssdflow.s3_clients import share_s3_clients
+
 
 log = logging.getLogger(__name__)
+share_s3_clients()  # every process that builds or runs ssdflow's pipelines imports this module
 
 # Below this many input files a local job stays in one process: starting the worker processes
 # (each imports Beam and the job's modules) costs more than the second core saves (docs/benchmarks.md).

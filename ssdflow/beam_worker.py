@@ -28,6 +28,10 @@ def main() -> None:
     logging.getLogger().setLevel(logging.WARNING)
     from apache_beam.runners.worker import sdk_worker_main
 
+    from ssdflow.s3_clients import share_s3_clients
+
+    share_s3_clients()  # before any bundle: Beam's reads of Beam-only stages (matching files) too
+
     logging.getLogger(sdk_worker_main.__name__).addFilter(lambda r: not str(r.msg).startswith(_NO_DIRECTORY))
     sdk_worker_main.main(sys.argv)
 

@@ -22,19 +22,21 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 # hands files out in this order (scripts/test.sh passes --no-loadscope-reorder, or xdist would
 # reorder them by test count and start the long files of few tests last).
 SLOW_FIRST = (
-    "integration/test_storage_faults.py",  # scoring and ingest through a faulty S3 proxy, ~195 s
-    "integration/test_train.py",  # three trainings, export, reload, evaluate, ~175 s
-    "integration/test_score_portable.py",  # PortableRunner: killed workers, S3-only workers, ~110 s
-    "integration/test_score.py",  # ~95 s
-    "integration/test_prefect_crash.py",  # waits out a heartbeat, ~90 s
-    "integration/test_train_resume.py",  # a training killed and resumed, ~80 s
-    "integration/test_prefect.py",  # nightly three times on a real server, ~75 s
-    "integration/test_security.py",  # S3 jobs with every logger at DEBUG, ~65 s
-    "integration/test_deploy.py",  # prefect deploy and a worker, ~60 s
+    "integration/test_train.py",  # trainings, export, reload, evaluate, warm start, ~285 s
+    "integration/test_prefect.py",  # nightly three times and the models flow on a real server, ~105 s
+    "integration/test_train_resume.py",  # a training killed and resumed, ~95 s
+    "integration/test_score_portable.py",  # PortableRunner: killed workers, S3-only workers, ~95 s
+    "integration/test_prefect_crash.py",  # waits out a heartbeat, ~85 s
+    "integration/test_storage_faults.py",  # scoring and ingest through a faulty S3 proxy, ~75 s
+    "integration/test_score.py",  # ~65 s
+    "integration/test_demo.py",
+    "integration/test_deploy.py",  # prefect deploy and a worker
+    "integration/test_security.py",  # S3 jobs with every logger at DEBUG
+    "e2e/test_ui_batch_score.py",
+    "integration/test_ingest_raccoon.py",
+    "integration/test_flows.py",
     "integration/test_ingest_runners.py",
     "integration/test_hostile_inputs.py",
-    "e2e/test_ui_batch_score.py",
-    "integration/test_demo.py",
 )
 
 
