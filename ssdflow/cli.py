@@ -94,20 +94,28 @@ def train(cfg: TrainConfig) -> None:
 
 @app.command()
 def evaluate(
-    model: str = typer.Option(..., help="An exported model directory, or a models directory (its champion)"),
+    model: str = typer.Option(..., help="An exported model directory, a models directory (its champion), or a .tflite file"),
     data: str = typer.Option(..., help="Ingest output directory"),
     split: str = typer.Option("val", help="train | val"),
     out: Optional[str] = typer.Option(None, help="Write the metrics JSON here (default: print only)"),
 ) -> None:
-    """COCO metrics (pycocotools) of an exported model on an ingest output's split."""
-    from model.validation import score_saved_model
+    """COCO metrics (pycocotools) of an exported model, SavedModel or TFLite, on an ingest output's split."""
     from model.registry import resolve_model_dir
 
-    try:
-        model_dir = resolve_model_dir(model)
-    except (FileNotFoundError, ValueError) as e:
-        fail(str(e))
-    metrics = score_saved_model(str(model_dir), data, split)
+    if model.endswith(".tflite"):
+        if not os.path.isfile(model):
+            fail(f"--model {model}: no such file")
+        from model.validation import score_tflite
+
+        metrics = score_tflite(model, data, split)
+    else:
+        from model.validation import score_saved_model
+
+        try:
+            model_dir = resolve_model_dir(model)
+        except (FileNotFoundError, ValueError) as e:
+            fail(str(e))
+        metrics = score_saved_model(str(model_dir), data, split)
     text = json.dumps(metrics, indent=2, sort_keys=True)
     if out:
         from model.evaluate import write_metrics
@@ -119,19 +127,55 @@ def evaluate(
 @app.command()
 def export(
     model: str = typer.Option(..., help="A registered model directory (MODELS/<version>), or a models directory (its champion)"),
-    out: str = typer.Option(..., help="Directory for the new SavedModel"),
+    out: Optional[str] = typer.Option(None, help="Directory for the new SavedModel (--format savedmodel); "
+                                      "a .tflite is always written beside the model's SavedModel"),
+    format: str = typer.Option("savedmodel", "--format", help="savedmodel | tflite"),
+    quantize: str = typer.Option("none", help="TFLite only: none (float32) | float16 | int8 (needs --data)"),
+    data: Optional[str] = typer.Option(None, help="Ingest output: int8 calibrates on its train split; with it, "
+                                       "the .tflite is also scored on its val split (mAP in the model card)"),
     score_threshold: Optional[float] = typer.Option(None, help="Minimum detection score (default: the model's)"),
     iou_threshold: Optional[float] = typer.Option(None, help="NMS IoU threshold (default: the model's)"),
     max_detections: Optional[int] = typer.Option(None, help="Detections per image (default: the model's)"),
 ) -> None:
-    """Re-export a trained model as a SavedModel (bytes in, TF OD API detection keys out), e.g. with new thresholds."""
-    from model.export import reexport
+    """Export a trained model: again as a SavedModel (bytes in, TF OD API detection keys out), e.g. with
+    new thresholds; or as TFLite with TFLite's SSD post-processing op, metadata and label file."""
     from model.registry import resolve_model_dir
 
+    if format not in ("savedmodel", "tflite"):
+        fail(f"--format {format!r}: one of savedmodel, tflite")
+    if format == "savedmodel" and not out:
+        fail("--format savedmodel needs --out (the directory for the new SavedModel)")
+    if format == "tflite":
+        if quantize not in ("none", "float16", "int8"):
+            fail(f"--quantize {quantize!r}: one of none, float16, int8")
+        if quantize == "int8" and not data:
+            fail("--quantize int8 needs --data: an ingest output whose train split calibrates the int8 ranges")
+        if out or score_threshold is not None or iou_threshold is not None or max_detections is not None:
+            fail("--format tflite takes the model's own thresholds and writes beside its SavedModel: "
+                 "drop --out and the threshold options (re-export the SavedModel with them first)")
     try:
         model = str(resolve_model_dir(model))
     except (FileNotFoundError, ValueError) as e:
-        fail(str(e))
+        fail(f"--model: {e}")
+    if format == "tflite":
+        from model.tflite import TFLiteExportError, export_tflite
+
+        try:
+            entry = export_tflite(model, quantize, data)
+        except TFLiteExportError as e:
+            fail(str(e))
+        path = os.path.join(model, entry["file"])
+        typer.echo(f"export: {path} ({entry['bytes'] / 1e6:.2f} MB, {quantize})")
+        if data:
+            from model.tflite import record
+            from model.validation import score_tflite
+
+            metrics = score_tflite(path, data, "val")
+            record(model, entry, {k: metrics[k] for k in ("mAP", "mAP@.5", "mAP@.75")})
+            typer.echo(f"export: val mAP@.5 {metrics['mAP@.5']:.4f} (TFLite interpreter), in {entry['file']}'s model card row")
+        return
+    from model.export import reexport
+
     reexport(model, out, score_threshold=score_threshold, iou_threshold=iou_threshold, max_detections=max_detections)
     typer.echo(f"export: SavedModel written to {out}")
 

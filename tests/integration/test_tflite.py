@@ -1,0 +1,114 @@
+"""``ssdflow export --format tflite``: TFLite's SSD post-processing op, metadata and label file, the
+same COCO metrics as the SavedModel through TFLite's interpreter, int8 calibrated on the train split,
+and bad input refused naming the flag (issue 14). Quality of int8 on a trained model: bench/tflite.py."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from ssdflow.cli import app
+
+pytestmark = pytest.mark.integration
+pytest.importorskip("tensorflow")
+
+
+def _cli(*args: str):
+    return CliRunner().invoke(app, list(args))
+
+
+def _ops(path: Path) -> tuple[set[str], dict]:
+    from model.tflite import TFLiteDetector
+
+    interpreter = TFLiteDetector(str(path)).interpreter
+    return {op["op_name"] for op in interpreter._get_ops_details()}, interpreter.get_input_details()[0]
+
+
+def test_tflite_export_carries_postprocessing_and_metadata_and_scores_as_the_savedmodel(raccoon_model, raccoon_records, tmp_path):
+    from model import tflite_metadata
+
+    model = tmp_path / "model"
+    shutil.copytree(raccoon_model, model)  # the shared fixture stays untouched
+    saved_map = json.loads((model / "metrics.json").read_text())["mAP@.5"]
+
+    result = _cli("export", "--model", str(model), "--format", "tflite", "--data", raccoon_records)
+    assert result.exit_code == 0, result.output
+    assert f"export: {model / 'model.tflite'}" in result.output
+    manifest = json.loads((model / "tflite.json").read_text())
+    assert manifest["model.tflite"]["quantize"] == "none"
+    # Loosely: the fixture is a 3-step model whose boxes are still its anchors (many reach past the
+    # image, and TFLite's op suppresses before clipping where Detector clips first) and whose scores
+    # all sit near 0.01 (ties reorder on float noise). Issue 14's 0.005 is measured on a trained
+    # model by bench/tflite.py; the exact agreement is checked on one image below.
+    assert abs(manifest["model.tflite"]["metrics"]["mAP@.5"] - saved_map) <= 0.03, (manifest, saved_map)
+
+    ops, inp = _ops(model / "model.tflite")
+    assert "TFLite_Detection_PostProcess" in ops and not {"VAR_HANDLE", "READ_VARIABLE"} & ops  # weights frozen in
+    assert inp["dtype"].__name__ == "float32" and list(inp["shape"]) == [1, 128, 128, 3]
+    meta = tflite_metadata.read((model / "model.tflite").read_bytes())
+    assert meta["labels"] == ["raccoon"] and meta["label_file"] == {"name": "labelmap.txt", "type": 3}
+    assert meta["outputs"] == ["score", "location", "number of detections", "category"]
+    assert (meta["input"]["mean"], meta["input"]["std"], meta["box_index"]) == ([0.0], [1.0], [1, 0, 3, 2])
+    assert meta["version"] == model.name
+
+    # The same image, the same best detection as the SavedModel's (the op decodes and suppresses as Detector does).
+    import tensorflow as tf
+
+    from model.tflite import TFLiteDetector
+    from tests.helpers import raccoon_or_skip
+
+    image = tf.constant([(raccoon_or_skip() / "images" / "raccoon-1.jpg").read_bytes()])
+    lite = {k: v.numpy()[0] for k, v in TFLiteDetector(str(model / "model.tflite"))(image).items()}
+    saved = {k: v.numpy()[0] for k, v in tf.saved_model.load(str(model)).signatures["serving_default"](images=image).items()}
+    n = int(saved["num_detections"])
+    for i in range(5):  # matched, not indexed: this model's anchors tie on score, and ties may come out in any order
+        assert any(abs(lite["detection_scores"][i] - saved["detection_scores"][j]) <= 1e-4
+                   and abs(lite["detection_boxes"][i] - saved["detection_boxes"][j]).max() <= 1e-3
+                   and lite["detection_classes"][i] == saved["detection_classes"][j] for j in range(n)), i
+
+    # `evaluate` on the file gives what the export recorded.
+    result = _cli("evaluate", "--model", str(model / "model.tflite"), "--data", raccoon_records)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output[result.output.index("{"):])["mAP@.5"] == manifest["model.tflite"]["metrics"]["mAP@.5"]
+
+    # int8: calibrated on the train split, uint8 pixels in, a fraction of the size.
+    result = _cli("export", "--model", str(model), "--format", "tflite", "--quantize", "int8", "--data", raccoon_records)
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((model / "tflite.json").read_text())
+    entry = manifest["model_int8.tflite"]
+    assert entry["calibration"] == raccoon_records and entry["bytes"] < 0.45 * manifest["model.tflite"]["bytes"]
+    ops, inp = _ops(model / "model_int8.tflite")
+    assert "TFLite_Detection_PostProcess" in ops and inp["dtype"].__name__ == "uint8"
+    assert inp["quantization"] == (1.0, 0)  # raw pixels: the network scales them itself
+    card = (model / "model_card.md").read_text()
+    assert card.count("## TFLite") == 1 and "| `model.tflite` | none |" in card and "| `model_int8.tflite` | int8 |" in card
+    assert not [p.name for p in model.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_tflite_export_refuses_bad_input_naming_the_flag(raccoon_model, tmp_path):
+    model = tmp_path / "model"
+    shutil.copytree(raccoon_model, model)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    no_savedmodel = tmp_path / "weights-only"
+    no_savedmodel.mkdir()
+    for name in ("ssdflow_model.json", "label_map.json"):
+        shutil.copy(model / name, no_savedmodel / name)
+    cases = [
+        (["--model", str(model), "--format", "onnx"], "--format 'onnx'"),
+        (["--model", str(model), "--format", "tflite", "--quantize", "int4"], "--quantize 'int4'"),
+        (["--model", str(model), "--format", "tflite", "--quantize", "int8"], "--quantize int8 needs --data"),
+        (["--model", str(model), "--format", "tflite", "--data", str(empty)], f"--data {empty}: not a complete ingest output"),
+        (["--model", str(empty), "--format", "tflite"], "--model"),
+        (["--model", str(no_savedmodel), "--format", "tflite"], "--model"),
+    ]
+    before = sorted(p.name for p in model.iterdir())
+    for args, message in cases:
+        result = _cli("export", *args)
+        assert result.exit_code == 2, (args, result.output)
+        assert message in result.output, (args, result.output)
+    assert sorted(p.name for p in model.iterdir()) == before  # nothing written
