@@ -42,6 +42,16 @@ def model_card(model_dir: str, decision: dict, key: str = "model-card") -> None:
     create_link_artifact(model_dir, link_text="model directory (SavedModel)", key=_key(f"{key}-link"))
 
 
+def tflite_exports(model_dir: str, files: dict, key: str = "tflite-exports") -> None:
+    """The champion's .tflite files (model/tflite.py's tflite.json entries) with size and val mAP."""
+    rows = [{"file": name, "quantization": e["quantize"], "MB": round(e["bytes"] / 1e6, 2),
+             "val mAP@.5": (e.get("metrics") or {}).get("mAP@.5"), "input": e["input"]} for name, e in sorted(files.items())]
+    create_table_artifact(rows, key=_key(key), description=f"TFLite files of {model_dir}")
+    for name in sorted(files):
+        create_link_artifact(f"{model_dir}/{name}", link_text=f"{name} ({files[name]['bytes'] / 1e6:.2f} MB)",
+                             key=_key(f"{key}-{name.removesuffix('.tflite')}"))
+
+
 def model_versions(versions: list[dict], models: str, key: str = "model-versions") -> None:
     """The registered versions, oldest first (``registry.describe_versions``), champion marked."""
     rows = [{"champion": "*" if v["champion"] else "", "version": v["version"], "mAP@.5": v["mAP@.5"], "mAP": v["mAP"],

@@ -301,6 +301,9 @@ class NightlyConfig(BaseModel):
     score_threshold: ScoreThreshold = Field(None, description="Minimum detection score when scoring, one number for every class; default (auto): per class, calibrated on val")
     select: int = Field(0, ge=0, le=1000, description="Images of the scored archive worth labelling next (OUT/labelling/); 0: none")
     comparison_images: int = Field(3, ge=0, le=20, description="Val images drawn with champion and challenger detections side by side")
+    tflite: list[Literal["none", "float16", "int8"]] = Field(default_factory=list, description=(
+        "TFLite files the champion gets (none: float32; int8 calibrated on tonight's train split), each scored on val; "
+        "a champion that has one already keeps it (empty: no TFLite)"))
 
     @model_validator(mode="after")
     def _warm_by_default(self) -> "NightlyConfig":

@@ -89,7 +89,8 @@ def test_nightly_retrain_from_the_api_trains_skips_and_retrains(prefect, tmp_pat
         "models": str(models),
         "train": {"alpha": 0.35, "image_size": 128, "epochs": 1, "steps_per_epoch": 2, "batch_size": 8, "backbone_weights": "none",
                   "eval_every": 1000, "min_map": 0.0},
-        "score_images": [str(images)], "score_out": str(tmp_path / "nightly-scored"), "select": 3, "comparison_images": 2}}
+        "score_images": [str(images)], "score_out": str(tmp_path / "nightly-scored"), "select": 3, "comparison_images": 2,
+        "tflite": ["float16"]}}
     run = _run(prefect, "nightly-retrain", nightly)
     assert run["state_type"] == "COMPLETED", run["state"]
     champion = json.loads((models / "champion.json").read_text())
@@ -104,6 +105,11 @@ def test_nightly_retrain_from_the_api_trains_skips_and_retrains(prefect, tmp_pat
     batch = arts["labelling-batch"]["data"]
     assert "3 images worth labelling next" in batch and batch.count("](data:image/jpeg;base64,") == 3, batch[:2000]
     assert len(list((tmp_path / "nightly-scored" / "labelling" / "annotations").glob("*.xml"))) == 3
+    # The champion as TFLite (issue 14 item 5): the file beside its SavedModel, scored on val, in a table.
+    assert (models / champion["version"] / "model_float16.tflite").stat().st_size > 0
+    rows = arts["tflite-exports"]["data"]
+    rows = json.loads(rows) if isinstance(rows, str) else rows
+    assert [(r["file"], r["quantization"]) for r in rows] == [("model_float16.tflite", "float16")] and rows[0]["val mAP@.5"] is not None
 
     # The same night again: ingest is cached (inputs unchanged), and the champion was trained on this
     # data with these settings, so nothing is trained or promoted (the archive is still scored).
