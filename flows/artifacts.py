@@ -85,15 +85,16 @@ class ProgressArtifact:
 def labelling_batch(out: str, labelling: dict, key: str = "labelling-batch", thumbnails: int = 24) -> None:
     """The images worth labelling next as a table: thumbnail (inline: the UI cannot reach ``out``),
     rank, uncertainty and reason; plus a link to the batch (images, VOC, Label Studio JSON)."""
-    import base64
     import csv
     import io
 
     from PIL import Image
 
+    from beam_jobs.labelling import LABELLING_DIR
+    from model.report import data_uri
     from ssdflow import storage
 
-    root = storage.join(out, "labelling")
+    root = storage.join(out, LABELLING_DIR)
     rows = list(csv.DictReader(io.StringIO(storage.read_text(storage.join(root, "reasons.csv")))))
     lines = ["| # | image | uncertainty | reason |", "| ---: | --- | ---: | --- |"]
     for row in rows[:thumbnails]:
@@ -101,8 +102,7 @@ def labelling_batch(out: str, labelling: dict, key: str = "labelling-batch", thu
         img.thumbnail((128, 128))
         buf = io.BytesIO()
         img.save(buf, format="JPEG", quality=80)
-        uri = "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
-        lines.append(f"| {row['rank']} | ![{row['image']}]({uri}) | {row['uncertainty']} | {row['reason']} |")
+        lines.append(f"| {row['rank']} | ![{row['image']}]({data_uri(buf.getvalue(), 'image/jpeg')}) | {row['uncertainty']} | {row['reason']} |")
     more = f"\n\n{len(rows) - thumbnails} more in reasons.csv." if len(rows) > thumbnails else ""
     text = (f"## {len(rows)} images worth labelling next\n\n{labelling.get('near_duplicates_skipped', 0)} near-duplicates "
             f"skipped. Correct `annotations/*.xml` (Pascal VOC) or import `label_studio.json`, then ingest the batch.\n\n"

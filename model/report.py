@@ -103,6 +103,11 @@ def draw_val_examples(serve, data_dir: str, out_dir: str, n: int = 4, threshold:
     return files
 
 
+def data_uri(data: bytes, mime: str) -> str:
+    """An image as a base64 data URI, for markdown that a Prefect artifact shows (it cannot reach files)."""
+    return f"data:{mime};base64,{base64.b64encode(data).decode()}"
+
+
 def markdown(model_dir: str, inline: bool = False) -> str:
     """The model card's "Look" section: the PR curves and the drawn val images of ``model_dir``.
 
@@ -117,7 +122,7 @@ def markdown(model_dir: str, inline: bool = False) -> str:
             return f"![{alt}]({rel})"
         mime = "image/png" if rel.endswith(".png") else "image/jpeg"
         with open(path, "rb") as f:
-            return f"![{alt}](data:{mime};base64,{base64.b64encode(f.read()).decode()})"
+            return f"![{alt}]({data_uri(f.read(), mime)})"
 
     examples_dir = os.path.join(model_dir, VAL_EXAMPLES)
     examples = sorted(os.listdir(examples_dir)) if os.path.isdir(examples_dir) else []
