@@ -223,6 +223,7 @@ MODEL_LOADERS = {
     ("model/callbacks.py", "self._manager().checkpoint.restore"), ("model/train.py", "checkpoint.restore"),  # EpochCheckpoint.restore → the former
     ("model/callbacks.py", "model.load_weights"), ("model/train.py", "best.restore"),  # KeepBest: the run's own best.weights.h5
     ("model/train.py", "model.load_weights"),  # a warm start: a registered model's keras.weights.h5 (model/warm_start.py)
+    ("model/tflite.py", "model.load_weights"),  # TFLite export: a registered model's keras.weights.h5
 }
 DATA_LOADERS = {"json.load", "json.loads", "yaml.safe_load", "img.load"}
 
