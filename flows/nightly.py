@@ -55,20 +55,16 @@ def compare_task(champion_dir: str, challenger_dir: str, data_dir: str, n: int, 
     return rows
 
 
-@task(name="nothing-to-learn?")
 @task(name="export-tflite")
 def tflite_task(model_dir: str, variants: list[str], data_dir: str) -> dict:
     """The champion's .tflite files: each variant it lacks is exported and scored on val (issue 14)."""
-    from model.tflite import MANIFEST, export_tflite, record, tflite_name
-    from model.validation import score_tflite
+    from model.tflite import MANIFEST, export_tflite, tflite_name
 
     for quantize in variants:
         if os.path.exists(os.path.join(model_dir, tflite_name(quantize))):
             continue  # exported on an earlier night: the champion has not changed since
-        entry = export_tflite(model_dir, quantize, data_dir)
-        metrics = score_tflite(os.path.join(model_dir, entry["file"]), data_dir)
-        record(model_dir, entry, {k: metrics[k] for k in ("mAP", "mAP@.5", "mAP@.75")})
-        get_run_logger().info("tflite: %s, %.2f MB, val mAP@.5 %.4f", entry["file"], entry["bytes"] / 1e6, metrics["mAP@.5"])
+        entry = export_tflite(model_dir, quantize, data_dir)  # scored on val and recorded
+        get_run_logger().info("tflite: %s, %.2f MB, val mAP@.5 %.4f", entry["file"], entry["bytes"] / 1e6, entry["metrics"]["mAP@.5"])
     with open(os.path.join(model_dir, MANIFEST)) as f:
         files = json.load(f)
     wanted = {tflite_name(q) for q in variants}
@@ -77,6 +73,7 @@ def tflite_task(model_dir: str, variants: list[str], data_dir: str) -> dict:
     return files
 
 
+@task(name="nothing-to-learn?")
 def skip_if_nothing_to_learn(config: NightlyConfig) -> dict | None:
     """The champion, as a training result, when it was trained on tonight's data (the same ingest
     output) with tonight's settings; None when there is something to learn."""
@@ -123,7 +120,7 @@ def nightly_flow(config: NightlyConfig, attempt: Attempt = 0) -> dict:
         tflite_task(str(registry.version_dir(config.models, champion["version"])), list(config.tflite), config.ingest.out)
 
     scored = None
-    if config.score_images and registry.read_champion(config.models) is None:
+    if config.score_images and champion is None:
         log.warning("nightly: no champion yet (%s), so the archive is not scored", trained["decision"]["reason"])
     elif config.score_images:
         scored = score_task(ScoreConfig(model=config.models, images=config.score_images, out=config.score_out,

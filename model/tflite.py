@@ -127,11 +127,7 @@ def resize(data: bytes, size: int) -> np.ndarray:
 
 
 def convert(model_dir: str, quantize: str = "none", data: str | None = None) -> bytes:
-    """The .tflite bytes (without metadata) of a registered model directory."""
-    if quantize not in QUANTIZE:
-        raise TFLiteExportError(f"--quantize {quantize!r}: one of {', '.join(QUANTIZE)}")
-    if quantize == "int8" and not data:
-        raise TFLiteExportError("--quantize int8 needs --data: an ingest output whose train split calibrates the int8 ranges")
+    """The .tflite bytes (without metadata) of a registered model directory (inputs checked by ``export_tflite``)."""
     model, cfg, info = load_keras(model_dir)
     module = TFLiteSSD(model, cfg, info["score_threshold"], info["iou_threshold"], info["max_detections"])
     converter = tf.lite.TFLiteConverter.from_concrete_functions([module.detect.get_concrete_function()], module)
@@ -146,8 +142,13 @@ def convert(model_dir: str, quantize: str = "none", data: str | None = None) -> 
 
 
 def export_tflite(model_dir: str, quantize: str = "none", data: str | None = None) -> dict:
-    """Writes ``model_dir/model[_QUANTIZE].tflite`` (with metadata and the label file) atomically,
-    records it in ``tflite.json`` and the model card; returns its manifest entry."""
+    """Writes ``model_dir/model[_QUANTIZE].tflite`` (with metadata and the label file) atomically;
+    with ``data``, also scores it on that ingest output's val split (TFLite's interpreter). Records it,
+    with its metrics, in ``tflite.json`` and the model card; returns its manifest entry."""
+    if quantize not in QUANTIZE:
+        raise TFLiteExportError(f"--quantize {quantize!r}: one of {', '.join(QUANTIZE)}")
+    if quantize == "int8" and not data:
+        raise TFLiteExportError("--quantize int8 needs --data: an ingest output whose train split calibrates the int8 ranges")
     if not Path(model_dir, "saved_model.pb").is_file() or not Path(model_dir, KERAS_WEIGHTS).is_file():
         raise TFLiteExportError(f"--model {model_dir}: no exported model there (saved_model.pb and {KERAS_WEIGHTS} are needed)")
     if data and not Path(data, "_SUCCESS").is_file():
@@ -169,15 +170,21 @@ def export_tflite(model_dir: str, quantize: str = "none", data: str | None = Non
     entry = {"file": name, "quantize": quantize, "bytes": len(model), "sha256": hashlib.sha256(model).hexdigest(),
              "input": "uint8 [1, S, S, 3]" if quantize == "int8" else "float32 [1, S, S, 3], 0..255",
              "calibration": data if quantize == "int8" else None, "seconds": round(time.perf_counter() - t0, 1)}
+    if data:
+        from model.validation import score_tflite
+
+        metrics = score_tflite(str(Path(model_dir, name)), data, "val")
+        entry["metrics"] = {k: metrics[k] for k in ("mAP", "mAP@.5", "mAP@.75")}
     record(model_dir, entry)
     return entry
 
 
-def record(model_dir: str, entry: dict, metrics: dict | None = None) -> None:
-    """``entry`` (and its ``metrics`` where measured) into tflite.json and the model card's TFLite section."""
+def record(model_dir: str, entry: dict) -> None:
+    """``entry`` (with its ``metrics`` where measured) into tflite.json and the model card's TFLite section;
+    it replaces the file's earlier entry whole, so a new file never shows the old one's metrics."""
     path = Path(model_dir, MANIFEST)
     files = json.loads(path.read_text()) if path.is_file() else {}
-    files[entry["file"]] = {**entry, "metrics": metrics} if metrics else entry  # a new file drops the old one's metrics
+    files[entry["file"]] = entry
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(files, indent=2, sort_keys=True))
     os.replace(tmp, path)

@@ -126,6 +126,7 @@ def test_nightly_retrain_from_the_api_trains_skips_and_retrains(prefect, tmp_pat
     ingest_states = [t["state"]["name"] for t in tasks if t["name"].startswith("ingest")]
     assert ingest_states == ["Cached"], ingest_states
     assert "score" in {t["name"].split("-")[0] for t in tasks}
+    assert any(t["name"].startswith("nothing-to-learn?") for t in tasks)  # the skip decision is a task run the UI shows
     # Scoring with the champion (a models directory) reports as batch-score does (the crash test and
     # the browser test run batch-score itself through the API).
     assert {"scoring-summary", "scoring-summary-output"} <= set(arts2), sorted(arts2)
