@@ -1,4 +1,4 @@
-"""A RunInference ModelHandler for ssdflow's exported SavedModel.
+"""RunInference ModelHandlers for ssdflow's exported models: the SavedModel, and its .tflite files.
 
 Beam's built-in TensorFlow handler needs ``tensorflow_hub`` and loads with
 ``tf.keras.models.load_model``, which Keras 3 refuses for SavedModel directories; ssdflow's export
@@ -9,12 +9,17 @@ The scoring job (beam_jobs/score.py) calls it as RunInference would: the model l
 worker process through Beam's ``shared.Shared`` and shared by the process's threads, batches cut
 from a chunk's images. A model on s3:// or gs:// is copied to the worker's local disk once per
 machine (only the SavedModel's files), checked against its fingerprint, and loaded from there.
+
+``TFLiteDetectorHandler`` runs a .tflite export (``ssdflow export --format tflite``; int8 pays on
+CPUs with VNNI) through TFLite's interpreter with the same per-image outputs, so scoring, chunks and
+resume do not know which one ran.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 from typing import Any, Iterable, Sequence
 
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
@@ -33,6 +38,13 @@ def saved_model_fingerprint(model_dir: str) -> str:
     for name in FINGERPRINTED:
         h.update(storage.read_bytes(storage.join(model_dir, *name.split("/"))))
     return h.hexdigest()[:16]
+
+
+def file_fingerprint(uri: str) -> str:
+    """16 hex digits of a single model file's sha256 (a .tflite; local path, s3:// or gs://)."""
+    from ssdflow import storage
+
+    return hashlib.sha256(storage.read_bytes(uri)).hexdigest()[:16]
 
 
 def _saved_model_file(rel: str) -> bool:
@@ -91,6 +103,72 @@ class SavedModelDetector(ModelHandler[bytes, PredictionResult, Any]):
 
         out = serve(images=tf.constant(list(batch), dtype=tf.string))
         return {k: out[k].numpy() for k in OUTPUT_KEYS}
+
+    def batch_elements_kwargs(self):
+        return dict(self._batch)
+
+    def get_num_bytes(self, batch: Sequence[bytes]) -> int:
+        return sum(len(b) for b in batch)
+
+    def get_metrics_namespace(self) -> str:
+        return "ssdflow.score"
+
+
+class _InterpreterPerThread:
+    """A .tflite file's bytes, and one interpreter per thread that uses them (an interpreter is not
+    thread-safe; the bytes are shared). Beam's ``Shared`` keeps one of these per worker process."""
+
+    def __init__(self, content: bytes, num_threads: int):
+        self.content, self.num_threads = content, num_threads
+        self._local = threading.local()
+
+    def detector(self):
+        from model.tflite import TFLiteDetector
+
+        if getattr(self._local, "detector", None) is None:
+            self._local.detector = TFLiteDetector(content=self.content, num_threads=self.num_threads)
+        return self._local.detector
+
+
+class TFLiteDetectorHandler(ModelHandler[bytes, PredictionResult, Any]):
+    """Encoded image bytes → the PredictionResults ``SavedModelDetector`` gives, from a .tflite file.
+
+    Each image is decoded and resized as the SavedModel's ``serving_default`` does, then run alone
+    (the file's input is [1, S, S, 3]); one that cannot be decoded gets ``{"error": message}``. The
+    file (local, s3:// or gs://) is read once per worker process and must match ``fingerprint``.
+    ``num_threads``: the interpreter's threads (default: the usable cores, as the local runner scores
+    in one process).
+    """
+
+    def __init__(self, model_uri: str, max_batch_size: int = 32, fingerprint: str | None = None, num_threads: int | None = None):
+        self._model_uri, self._fingerprint, self._num_threads = model_uri, fingerprint, num_threads
+        self._batch = {"min_batch_size": 1, "max_batch_size": max_batch_size}
+
+    def load_model(self) -> _InterpreterPerThread:
+        from ssdflow import storage
+        from ssdflow.beam_runner import usable_cores
+
+        content = storage.read_bytes(self._model_uri)
+        found = hashlib.sha256(content).hexdigest()[:16]
+        if self._fingerprint and found != self._fingerprint:
+            raise RuntimeError(f"{self._model_uri} changed while the job ran (fingerprint {found}, expected {self._fingerprint})")
+        return _InterpreterPerThread(content, self._num_threads or usable_cores())
+
+    def run_inference(self, batch: Sequence[bytes], model: _InterpreterPerThread, inference_args=None) -> Iterable[PredictionResult]:
+        import tensorflow as tf
+
+        from model.tflite import resize
+
+        detector = model.detector()
+        results = []
+        for data in batch:
+            try:
+                pixels = resize(data, detector.size)
+            except tf.errors.InvalidArgumentError as e:
+                results.append(PredictionResult(None, {"error": _reason(e.message)}))
+                continue
+            results.append(PredictionResult(None, detector.detect_pixels(pixels)))
+        return results
 
     def batch_elements_kwargs(self):
         return dict(self._batch)

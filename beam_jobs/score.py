@@ -47,7 +47,7 @@ from apache_beam.utils import shared
 
 from beam_jobs import labelling
 from beam_jobs.ingest import IMAGE_EXTENSIONS, image_pattern
-from beam_jobs.model_handler import SavedModelDetector, saved_model_fingerprint
+from beam_jobs.model_handler import SavedModelDetector, TFLiteDetectorHandler, file_fingerprint, saved_model_fingerprint
 from beam_jobs.records import READ_RETRYABLE, UNDECODABLE_NAME, UNREADABLE, describe, is_text_name, printable_name
 from ssdflow import storage
 from ssdflow.beam_runner import make_pipeline, pipeline_options, worker_filesystems
@@ -71,10 +71,21 @@ class ScoreError(RuntimeError):
 @dataclass(frozen=True)
 class ModelRef:
     model_dir: str
-    version: str
-    fingerprint: str  # of the SavedModel's graph and variables index: chunks are keyed on it
+    version: str  # the registered version; "<version>.<file stem>" for a .tflite file (outputs name it)
+    fingerprint: str  # of the SavedModel's graph and variables index (or the .tflite file): chunks are keyed on it
     label_names: dict  # id → name
     class_thresholds: dict  # id → score threshold calibrated on val at training time ({} for older models)
+    tflite_file: str | None = None  # a .tflite export of model_dir, run instead of the SavedModel
+
+    @property
+    def runtime(self) -> str:
+        return "tflite" if self.tflite_file else "saved_model"
+
+    def handler(self, max_batch_size: int):
+        """The ModelHandler that runs this model: TFLite's interpreter for a .tflite file, else TensorFlow."""
+        if self.tflite_file:
+            return TFLiteDetectorHandler(self.tflite_file, max_batch_size=max_batch_size, fingerprint=self.fingerprint)
+        return SavedModelDetector(self.model_dir, max_batch_size=max_batch_size, fingerprint=self.fingerprint)
 
     def score_thresholds(self, setting: float | None) -> dict[int, float]:
         """Each class id's score threshold for ``--score-threshold`` (None, "auto": the calibrated
@@ -95,17 +106,32 @@ class Chunk:
 
 
 def resolve_model(model: str) -> ModelRef:
-    """The model ``--model`` names (a SavedModel directory or a models directory's champion; local,
-    s3:// or gs://), fingerprinted by its graph and variables index."""
+    """The model ``--model`` names (a SavedModel directory, a models directory's champion, or a .tflite
+    file exported beside a SavedModel; local, s3:// or gs://), fingerprinted by its graph and variables
+    index (a .tflite: by its bytes)."""
     from model.registry import resolve_model_uri  # only the path rule; no TensorFlow import
 
-    model_dir = resolve_model_uri(model)
+    tflite_file = None
+    if str(model).lower().endswith(".tflite"):
+        tflite_file = str(model)
+        if not storage.exists(tflite_file):
+            raise FileNotFoundError(f"{tflite_file}: no such .tflite file (`ssdflow export --format tflite` writes one)")
+        model_dir = posixpath.dirname(tflite_file)
+        if not storage.exists(storage.join(model_dir, "label_map.json")):
+            raise FileNotFoundError(f"{tflite_file}: not beside its exported model (no label_map.json in {model_dir})")
+    else:
+        model_dir = resolve_model_uri(model)
     label_map = LabelMap.parse(storage.read_text(storage.join(model_dir, "label_map.json")), "label_map.json")
     info_uri = storage.join(model_dir, MODEL_INFO)
     info = json.loads(storage.read_text(info_uri)) if storage.exists(info_uri) else {}
     thresholds = {int(i): float(t) for i, t in (info.get("class_score_thresholds") or {}).items()}
-    return ModelRef(model_dir, posixpath.basename(model_dir.rstrip("/")), saved_model_fingerprint(model_dir),
-                    dict(label_map.names_by_id()), thresholds)
+    version = posixpath.basename(model_dir.rstrip("/"))
+    if tflite_file:
+        version = f"{version}.{posixpath.basename(tflite_file)[:-len('.tflite')]}"
+        fingerprint = file_fingerprint(tflite_file)
+    else:
+        fingerprint = saved_model_fingerprint(model_dir)
+    return ModelRef(model_dir, version, fingerprint, dict(label_map.names_by_id()), thresholds, tflite_file)
 
 
 def _is_tar(path: str) -> bool:
@@ -417,7 +443,7 @@ class ScoreChunks(beam.DoFn):
         # whatever --score-threshold filters the outputs with: a 0.0 filter would make every weak box "uncertain".
         self.decision_thresholds = model.score_thresholds(None)
         self.reader = ChunkReader(cfg.read_threads, cfg.max_pixels)
-        self.handler = SavedModelDetector(model.model_dir, max_batch_size=cfg.max_batch_size, fingerprint=model.fingerprint)
+        self.handler = model.handler(cfg.max_batch_size)
         self._shared = shared.Shared()  # one loaded model per worker process, shared by its threads
         self._model = None
 
@@ -583,7 +609,8 @@ def assemble(cfg: ScoreConfig, model: ModelRef, chunks: list[Chunk], scored_now:
             name = f"preview/{i:04d}.jpg"
             storage.write_bytes(storage.join(tmp, name), so.draw_preview(so.read_source(record["source"]), record))
             names.append(name)
-        manifest = {"job": "score", "model_version": model.version, "model_dir": model.model_dir, "chunks": n,
+        manifest = {"job": "score", "model_version": model.version, "model_dir": model.model_dir, "runtime": model.runtime,
+                    **({"model_file": model.tflite_file} if model.tflite_file else {}), "chunks": n,
                     "score_thresholds": used,
                     "chunks_scored_now": scored_now, **{k: counts.get(k, 0) for k in ("images_in", "images_scored", "images_failed", "images_retryable", "detections", "files_skipped")}}
         if cfg.select:

@@ -16,8 +16,12 @@ JPEG end marker; synthetic 640x480 scenes when raccoon is absent) and an SSD exp
 * (b2)  Keras per image: ``model.predict(x[None])`` on pre-decoded pixels + the same postprocess
         (box decoding, NMS), eager.
 
-Prints images/s for each and the ratios job/(a) (goal >= 0.9), job/(b1) (goal >= 1.3) and
-job/(b2) (goal >= 4). (a2)/(a) shows what decoding costs; for a small model (low --alpha, small
+* tflite-Q: ``run_score`` with ``--model model_Q.tflite`` (``--tflite``, default float16 and int8:
+        the same network exported by ``ssdflow export --format tflite``, run by TFLite's interpreter
+        one image per call; int8 calibrated on raccoon's train split), the same N images.
+
+Prints images/s for each and the ratios job/(a) (goal >= 0.9), job/(b1) (goal >= 1.3),
+job/(b2) (goal >= 4) and tflite-Q/job (issue 14: int8 >= 2). (a2)/(a) shows what decoding costs; for a small model (low --alpha, small
 --image-size) the network is cheap, so decoding is relatively more of the work and (a2), and with
 it the job, falls further below (a).
 """
@@ -107,6 +111,27 @@ def make_model(work: Path, cfg):
     shutil.rmtree(model_dir, ignore_errors=True)
     staging.rename(model_dir)
     return model_dir, keras_model, json.loads(info_path.read_text()), False
+
+
+def make_tflite(work: Path, model_dir: Path, quantize: str) -> tuple[Path, bool]:
+    """model_dir/model[_Q].tflite, exported unless present; int8 calibrates on an ingest of raccoon in workdir/records."""
+    from model.tflite import export_tflite, tflite_name
+
+    path = model_dir / tflite_name(quantize)
+    if path.is_file():
+        return path, True
+    data = None
+    if quantize == "int8":
+        from beam_jobs.ingest import run_ingest
+        from ssdflow.config import IngestConfig
+
+        data = work / "records"
+        if not (data / "_SUCCESS").is_file():
+            if not (RACCOON / "annotations").is_dir():
+                raise SystemExit("--tflite int8 calibrates on raccoon's train split: ../shared/datasets/raccoon is absent")
+            run_ingest(IngestConfig(images=str(RACCOON / "images"), labels=str(RACCOON / "annotations"), format="voc", out=str(data)))
+    export_tflite(str(model_dir), quantize, str(data) if data else None)
+    return path, False
 
 
 def decode_pixels(encoded: list[bytes], size: int, limit_bytes: int):
@@ -216,6 +241,7 @@ def main() -> None:
     ap.add_argument("--per-image", type=int, default=200, help="images timed by the per-image loops (b1), (b2)")
     ap.add_argument("--chunk-size", type=int, default=0, help="the job's chunk size; 0: N (one chunk, so one worker does all of it)")
     ap.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "ssdflow-bench-score"))
+    ap.add_argument("--tflite", default="float16,int8", help="TFLite variants scored by the job too (none, float16, int8; '' for none)")
     ap.add_argument("--beam-args", default="", help='extra Beam flags as one string, e.g. '
                     '"--direct_running_mode=multi_processing --direct_num_workers=2"; default: in-process DirectRunner')
     args = ap.parse_args()
@@ -224,6 +250,7 @@ def main() -> None:
     beam_args = shlex.split(args.beam_args)
 
     # Import everything first: the runs are timed as library calls, not interpreter start-up.
+    import ssdflow  # noqa: F401  (first: TensorFlow's start-up lines are filtered)
     import tensorflow as tf
 
     import beam_jobs.score  # noqa: F401
@@ -255,6 +282,12 @@ def main() -> None:
 
     chunk_size = args.chunk_size or n
     runner = " ".join(beam_args) or "in-process DirectRunner (FnApiRunner)"
+    variants = [q for q in args.tflite.split(",") if q]
+    lite_files = {}
+    for q in variants:
+        t, (path, reused) = timed(make_tflite, work, model_dir, q)
+        lite_files[q] = path
+        print(f"tflite: {path.name} ({path.stat().st_size / 1e6:.2f} MB, {'reused' if reused else 'exported'}, {t:.1f}s)")
     print(f"N {n}, batch {batch}, per-image loops {per_image} images, job chunk size {chunk_size} "
           f"({-(-n // chunk_size)} chunk(s)), {os.cpu_count()} CPUs, job: {runner}")
     print()
@@ -267,6 +300,7 @@ def main() -> None:
     a2 = rate_bytes(serve, encoded, batch)
     b1 = rate_tutorial(serve, files[:per_image])
     b2 = rate_keras(keras_model, pixels, per_image, cfg, info)
+    lite = {q: n / run_job(path, images, work / f"out-{q}", n, batch, chunk_size, beam_args) for q, path in lite_files.items()}
 
     print(f"{'':5s}{'':70s}{'images/s':>10s}")
     print(f"{'job':5s}{'run_score end to end (jsonl + parquet, incl. start-up)':70s}{job:10.1f}   ({t_job:.1f} s)")
@@ -274,10 +308,14 @@ def main() -> None:
     print(f"{'(a2)':5s}{f'serving_default, in-memory encoded batches of {batch}':70s}{a2:10.1f}   (decoding: {a2 / a - 1:+.0%} vs (a))")
     print(f"{'(b1)':5s}{'TF OD API tutorial: serving_default per image (file read + batch 1)':70s}{b1:10.1f}   ({per_image} images)")
     print(f"{'(b2)':5s}{'Keras model.predict per image + postprocess (eager), pre-decoded':70s}{b2:10.1f}   ({per_image} images)")
+    for q, rate in lite.items():
+        print(f"{'':5s}{f'run_score --model {lite_files[q].name} (TFLite interpreter, {q})':70s}{rate:10.1f}")
     print()
     print(f"ratio job / (a):  {job / a:5.2f}   (goal >= 0.9)")
     print(f"ratio job / (b1): {job / b1:5.2f}   (goal >= 1.3)")
     print(f"ratio job / (b2): {job / b2:5.2f}   (goal >= 4)")
+    for q, rate in lite.items():
+        print(f"ratio tflite-{q} / job: {rate / job:5.2f}" + ("   (goal >= 2)" if q == "int8" else ""))
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 import time
 import uuid
 import warnings
@@ -138,7 +139,10 @@ def convert(model_dir: str, quantize: str = "none", data: str | None = None) -> 
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.representative_dataset = lambda: representative_images(data, cfg.image_size)
         converter.inference_input_type = tf.uint8  # pixels as they are: scale 1, zero point 0 (the range is 0..255)
-    return converter.convert()
+    from ssdflow.quiet import TFLITE_NOISE, filtered_stderr
+
+    with filtered_stderr(TFLITE_NOISE):  # the quantizer prints its settings to fd 2
+        return converter.convert()
 
 
 def export_tflite(model_dir: str, quantize: str = "none", data: str | None = None) -> dict:
@@ -215,15 +219,23 @@ def _card_section(files: dict) -> str:
 class TFLiteDetector:
     """A .tflite detector run by TFLite's interpreter (XNNPACK on CPU), with the SavedModel's outputs:
     encoded images [B] → ``detection_boxes`` [B, D, 4], ``detection_scores``, ``detection_classes``
-    (label ids from 1, float), ``num_detections`` [B]; one interpreter call per image (the input is [1, S, S, 3])."""
+    (label ids from 1, float), ``num_detections`` [B]; one interpreter call per image (the input is [1, S, S, 3]).
 
-    def __init__(self, path: str, num_threads: int | None = None):
+    ``path`` (a local file) or ``content`` (the file's bytes, e.g. read from object storage). An
+    interpreter is not thread-safe: one detector per thread (beam_jobs/model_handler.py keeps one per thread).
+    """
+
+    def __init__(self, path: str | None = None, num_threads: int | None = None, content: bytes | None = None):
+        if (path is None) == (content is None):
+            raise ValueError("TFLiteDetector: give path or content")
         with warnings.catch_warnings():  # TensorFlow's interpreter warns that LiteRT's package will replace it
             warnings.filterwarnings("ignore", message=r"(?s).*tf\.lite\.Interpreter is deprecated", category=UserWarning)
-            self.interpreter = tf.lite.Interpreter(model_path=str(path), num_threads=num_threads)
+            self.interpreter = (tf.lite.Interpreter(model_path=str(path), num_threads=num_threads) if content is None
+                                else tf.lite.Interpreter(model_content=content, num_threads=num_threads))
         self.runner = self.interpreter.get_signature_runner()
         inp = self.interpreter.get_input_details()[0]
         self.size, self.dtype = int(inp["shape"][1]), inp["dtype"]
+        _first_call_quietly(self)
 
     def detect_pixels(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
         """[S, S, 3] float 0..255 → one image's outputs (boxes [D, 4] clipped to the image, scores [D],
@@ -238,3 +250,21 @@ class TFLiteDetector:
     def __call__(self, images) -> dict[str, tf.Tensor]:
         per_image = [self.detect_pixels(resize(data, self.size)) for data in np.asarray(images).ravel()]
         return {k: tf.constant(np.stack([o[k] for o in per_image])) for k in per_image[0]}
+
+
+_announced = threading.Lock()
+_quiet_done = False
+
+
+def _first_call_quietly(detector: TFLiteDetector) -> None:
+    """Runs the process's first interpreter call on a blank image with TFLite's one-time "Created
+    TensorFlow Lite XNNPACK delegate" line filtered out of the console (it allocates the tensors too)."""
+    global _quiet_done
+    from ssdflow.quiet import TFLITE_NOISE, filtered_stderr
+
+    with _announced:
+        if _quiet_done:
+            return
+        with filtered_stderr(TFLITE_NOISE):
+            detector.detect_pixels(np.zeros((detector.size, detector.size, 3), np.float32))
+        _quiet_done = True

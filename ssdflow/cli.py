@@ -274,7 +274,7 @@ def _score_threshold() -> tuple:
 def score(cfg: ScoreConfig) -> None:
     """Score image archives with an exported model (a Beam job, chunk by chunk) and write detections back to storage.
 
-    Outputs in --out: detections-*.jsonl, detections-*.parquet (one row per detection), errors.jsonl, summary.json, coco_results.json (--formats ...,coco), preview/*.jpg (--preview N) and, last, _SUCCESS. --model may be local, s3:// or gs://. A rerun scores only the chunks not yet committed for that model. Further Beam pipeline options pass through to the runner.
+    Outputs in --out: detections-*.jsonl, detections-*.parquet (one row per detection), errors.jsonl, summary.json, coco_results.json (--formats ...,coco), preview/*.jpg (--preview N) and, last, _SUCCESS. --model may be local, s3:// or gs://; a .tflite file exported beside a model (`ssdflow export --format tflite`) is run by TFLite's interpreter. A rerun scores only the chunks not yet committed for that model. Further Beam pipeline options pass through to the runner.
     """
     from beam_jobs.score import ScoreError, run_score
 
@@ -283,7 +283,7 @@ def score(cfg: ScoreConfig) -> None:
     except (ScoreError, FileNotFoundError) as e:
         fail(str(e))
     typer.echo(f"score: {m['images_in']} images in, {m['images_scored']} scored, {m['images_failed']} failed, "
-               f"{m['detections']} detections (model {m['model_version']}; {m['chunks_scored_now']} of {m['chunks']} chunks scored now)")
+               f"{m['detections']} detections (model {m['model_version']}{', TFLite' if m['runtime'] == 'tflite' else ''}; {m['chunks_scored_now']} of {m['chunks']} chunks scored now)")
     if m.get("images_retryable"):
         typer.echo(f"  {m['images_retryable']} of the failed images could not be read for now (throttled, timed out or a "
                    f"storage server error): run the same command again to score them (reason read_error_retryable in errors.jsonl)")

@@ -47,6 +47,8 @@ def models_dir_of(model: str) -> str:
     version (a generated version id, or a folder beside the registry's champion.json), else itself
     (a models directory, or an exported model outside any registry)."""
     path = roots.normalize(model) or model.rstrip("/")
+    if path.lower().endswith(".tflite"):  # a file exported beside a model: that model's
+        return models_dir_of(posixpath.dirname(path))
     remote = "://" in path
     parent = posixpath.dirname(path) if remote else os.path.dirname(path)
     is_version = bool(GENERATED_VERSION_RE.match(posixpath.basename(path))) or (
@@ -247,7 +249,8 @@ class OutputFormat(str, Enum):
 class ScoreConfig(BeamOptions):
     """Batch scoring: image archives → detections in storage, resumable chunk by chunk."""
 
-    model: Location = Field(..., description="Exported model directory, or a models directory (its champion is used)")
+    model: Location = Field(..., description=("Exported model directory, a models directory (its champion is used), or a .tflite "
+                                              "file exported beside a model (run by TFLite's interpreter; int8 is faster on CPUs)"))
     images: list[Location] = Field(..., min_length=1, description="Directories, globs (local, s3://, gs://) or .tar archives")
     out: Location = Field(..., description="Output directory URI")
     formats: list[OutputFormat] = Field(default_factory=lambda: [OutputFormat.jsonl, OutputFormat.parquet], description="Output formats")

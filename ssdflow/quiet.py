@@ -29,6 +29,12 @@ NOISE = re.compile(
     r"|failed call to cuInit"
     r"|Unable to register cu(DNN|FFT|BLAS) factory"
 )
+# TFLite's: the converter's quantizer reports its settings, and the interpreter announces its CPU
+# delegate the first time a process runs a model.
+TFLITE_NOISE = re.compile(
+    r"^fully_quantize: \d+, inference_type: \d+, input_inference_type"
+    r"|INFO: Created TensorFlow Lite XNNPACK delegate for CPU"
+)
 
 
 @contextlib.contextmanager

@@ -112,3 +112,73 @@ def test_tflite_export_refuses_bad_input_naming_the_flag(raccoon_model, tmp_path
         assert result.exit_code == 2, (args, result.output)
         assert message in result.output, (args, result.output)
     assert sorted(p.name for p in model.iterdir()) == before  # nothing written
+
+
+def test_score_runs_a_tflite_file_with_the_savedmodels_outputs_chunks_and_resume(raccoon_model, tmp_path):
+    from beam_jobs.score import run_score
+    from ssdflow.config import ScoreConfig
+    from tests.helpers import raccoon_or_skip
+
+    model = tmp_path / "model"
+    shutil.copytree(raccoon_model, model)
+    assert _cli("export", "--model", str(model), "--format", "tflite").exit_code == 0
+    images = tmp_path / "images"
+    images.mkdir()
+    for path in sorted((raccoon_or_skip() / "images").glob("*.jpg"))[:5]:
+        shutil.copy(path, images / path.name)
+    good = (images / sorted(p.name for p in images.iterdir())[0]).read_bytes()
+    (images / "zz-corrupt.jpg").write_bytes(good[:400] + b"\x00" * 50 + b"garbage" * 40)  # valid header, broken body
+
+    def score(model_arg: Path, out: Path) -> tuple[dict, dict]:
+        m = run_score(ScoreConfig(model=str(model_arg), images=[str(images)], out=str(out), score_threshold=0.0,
+                                  max_detections=5, chunk_size=3))
+        records = {}
+        for shard in sorted(out.glob("detections-*.jsonl")):
+            for line in shard.read_text().splitlines():
+                r = json.loads(line)
+                records[Path(r["source"]).name] = r
+        return m, records
+
+    lite_m, lite = score(model / "model.tflite", tmp_path / "out-lite")
+    saved_m, saved = score(model, tmp_path / "out-saved")
+    assert (lite_m["runtime"], lite_m["model_file"], lite_m["model_version"]) == ("tflite", str(model / "model.tflite"), f"{model.name}.model")
+    assert saved_m["runtime"] == "saved_model" and "model_file" not in saved_m
+    for key in ("images_in", "images_scored", "images_failed", "chunks"):
+        assert lite_m[key] == saved_m[key], key
+    assert (lite_m["images_in"], lite_m["images_failed"]) == (6, 1)
+    errors = [json.loads(line) for line in (tmp_path / "out-lite" / "errors.jsonl").read_text().splitlines()]
+    assert [(Path(e["source"]).name, e["reason"]) for e in errors] == [("zz-corrupt.jpg", "decode_error")]
+    assert lite.keys() == saved.keys() and len(lite) == 5
+    for name in lite:  # the same network on the same pixels: the best score agrees (ties may order boxes differently)
+        assert lite[name]["model_version"] == f"{model.name}.model" and lite[name]["detections"]
+        assert abs(lite[name]["detections"][0]["score"] - saved[name]["detections"][0]["score"]) <= 2e-4, name
+    chunks = tmp_path / "out-lite" / "chunks"
+    assert [p.name for p in chunks.iterdir()] == [f"{model.name}.model"]  # chunks keyed by the file, apart from the SavedModel's
+
+    # Resume: the same file again scores nothing new; a changed file is another model.
+    again, _ = score(model / "model.tflite", tmp_path / "out-lite")
+    assert again["chunks_scored_now"] == 0 and again["images_scored"] == 5
+    shutil.copy(model / "model.tflite", model / "model_copy.tflite")
+    with open(model / "model_copy.tflite", "ab") as f:
+        f.write(b"\0")  # other bytes, same network: still a different file to the chunk keys
+    other, _ = score(model / "model_copy.tflite", tmp_path / "out-lite")
+    assert other["chunks_scored_now"] == other["chunks"] == 2 and other["model_version"] == f"{model.name}.model_copy"
+
+    # TFLite's console lines (the XNNPACK delegate's announcement at a process's first call) are filtered.
+    import subprocess
+    import sys
+
+    code = ("import ssdflow, numpy as np; from model.tflite import TFLiteDetector; "
+            f"d = TFLiteDetector({str(model / 'model.tflite')!r}); d.detect_pixels(np.zeros((d.size, d.size, 3), np.float32)); "
+            "import sys; print('ran', file=sys.stderr)")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0 and "ran" in run.stderr and "XNNPACK" not in run.stderr, run.stderr
+
+    # A .tflite that is not there, or not beside its model, is refused by name.
+    result = _cli("score", "--model", str(model / "model_int8.tflite"), "--images", str(images), "--out", str(tmp_path / "o3"))
+    assert result.exit_code != 0 and "model_int8.tflite: no such .tflite file" in result.output
+    stray = tmp_path / "stray"
+    stray.mkdir()
+    shutil.copy(model / "model.tflite", stray / "model.tflite")
+    result = _cli("score", "--model", str(stray / "model.tflite"), "--images", str(images), "--out", str(tmp_path / "o4"))
+    assert result.exit_code != 0 and "not beside its exported model" in result.output

@@ -85,11 +85,13 @@ def test_scoring_never_writes_into_the_models_directory(tmp_path, monkeypatch):
     version = models / "20261125T143012Z-3fa2"
     version.mkdir(parents=True)
     (version / "saved_model.pb").write_bytes(b"")
-    for model in (models, version):  # a models directory, or one of its versions
+    for model in (models, version, version / "model_int8.tflite"):  # a models directory, one of its versions, a version's .tflite
         with pytest.raises(ValidationError, match="inside the models directory"):
             ScoreConfig(model=str(model), images=["/a"], out=str(models / "scored"))
     with pytest.raises(ValidationError, match="inside the models directory"):
         ScoreConfig(model="s3://b/models/20261125T143012Z-3fa2", images=["/a"], out="s3://b/models/x")
+    with pytest.raises(ValidationError, match="inside the models directory"):
+        ScoreConfig(model="s3://b/models/20261125T143012Z-3fa2/model.tflite", images=["/a"], out="s3://b/models/x")
     with pytest.raises(ValidationError, match="inside the models directory"):
         NightlyConfig(ingest={"images": "/i", "labels": "/l", "format": "voc", "out": "/r"}, models=str(models),
                       score_images=["/a"], score_out=str(models / "out"))
