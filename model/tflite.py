@@ -69,7 +69,13 @@ class TFLiteSSD(tf.Module):
 
     def __init__(self, keras_model, cfg: ModelConfig, score_threshold: float, iou_threshold: float, max_detections: int):
         super().__init__(name="ssdflow_tflite")
-        object.__setattr__(self, "network", keras_model)  # as Detector: track the variables, not the Keras graph
+        import keras
+
+        # The network up to its two concatenations, before they are joined into one tensor: int8 gives
+        # each tensor one scale, and box encodings (a few units) and class logits (tens) sharing one
+        # would cost the encodings most of their resolution.
+        heads = keras.Model(keras_model.input, [keras_model.get_layer("boxes").output, keras_model.get_layer("class_logits").output])
+        object.__setattr__(self, "network", heads)  # as Detector: track the variables, not the Keras graph
         self.network_variables = [v.value for v in keras_model.weights]  # (tracked, the converter freezes them)
         self.anchors = tf.constant(corners_to_center(generate_anchors(cfg)).numpy(), tf.float32)  # (cy, cx, h, w)
         implements = _postprocess_signature(cfg, score_threshold, iou_threshold, max_detections)
@@ -85,11 +91,11 @@ class TFLiteSSD(tf.Module):
         self.detect = tf.function(self._detect, input_signature=[tf.TensorSpec([1, size, size, 3], tf.float32, name="image")])
 
     def _detect(self, image):
-        predictions = self.network(image, training=False)  # [1, A, 4 + C + 1]: encodings, then class logits
-        scores = tf.nn.softmax(predictions[..., 4:], axis=-1)  # with background at 0, as the op expects
+        encodings, logits = self.network(image, training=False)  # [1, A, 4], [1, A, C + 1]
+        scores = tf.nn.softmax(logits, axis=-1)  # with background at 0, as the op expects
         # Reversed as the TF OD API's export reverses them: the subgraph's outputs then come in the
         # order TF2 detection .tflite files have (scores, boxes, count, classes).
-        return self.postprocess(predictions[..., :4], scores, self.anchors)[::-1]
+        return self.postprocess(encodings, scores, self.anchors)[::-1]
 
 
 def load_keras(model_dir: str):
