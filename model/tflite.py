@@ -23,6 +23,7 @@ import json
 import os
 import threading
 import time
+import typing
 import uuid
 import warnings
 from pathlib import Path
@@ -34,10 +35,10 @@ import tensorflow as tf
 from model import tflite_metadata
 from model.anchors import generate_anchors
 from model.box_coder import corners_to_center
-from ssdflow.config import ModelConfig
+from ssdflow.config import ModelConfig, TFLiteQuantize
 from ssdflow.schema import KERAS_WEIGHTS, MODEL_INFO, LabelMap
 
-QUANTIZE = ("none", "float16", "int8")
+QUANTIZE = typing.get_args(TFLiteQuantize)  # ("none", "float16", "int8")
 CALIBRATION_IMAGES = 100  # representative images for int8 (the TFLite docs suggest ~100-500)
 MANIFEST = "tflite.json"  # the TFLite files of a model directory, with sizes and checksums
 
@@ -133,9 +134,8 @@ def resize(data: bytes, size: int) -> np.ndarray:
     return tf.image.resize(tf.cast(image, tf.float32), [size, size]).numpy()
 
 
-def convert(model_dir: str, quantize: str = "none", data: str | None = None) -> bytes:
-    """The .tflite bytes (without metadata) of a registered model directory (inputs checked by ``export_tflite``)."""
-    model, cfg, info = load_keras(model_dir)
+def convert(model, cfg: ModelConfig, info: dict, quantize: str = "none", data: str | None = None) -> bytes:
+    """The .tflite bytes (without metadata) of a trained Keras SSD (``load_keras``'s; inputs checked by ``export_tflite``)."""
     module = TFLiteSSD(model, cfg, info["score_threshold"], info["iou_threshold"], info["max_detections"])
     converter = tf.lite.TFLiteConverter.from_concrete_functions([module.detect.get_concrete_function()], module)
     if quantize == "float16":
@@ -164,8 +164,8 @@ def export_tflite(model_dir: str, quantize: str = "none", data: str | None = Non
     if data and not Path(data, "_SUCCESS").is_file():
         raise TFLiteExportError(f"--data {data}: not a complete ingest output (no _SUCCESS)")
     t0 = time.perf_counter()
-    model = convert(model_dir, quantize, data)
-    cfg, _ = load_info(model_dir)
+    keras_model, cfg, info = load_keras(model_dir)
+    model = convert(keras_model, cfg, info, quantize, data)
     label_map = LabelMap.parse(Path(model_dir, "label_map.json").read_text(), "label_map.json")
     version = Path(model_dir).name
     meta = tflite_metadata.build_metadata(

@@ -33,6 +33,8 @@ DEFAULT_CLIP_TOLERANCE = 0.05  # boxes up to 5% of the image size outside it are
 MAX_EPOCHS = 1000
 # The registry's generated version ids, <UTC YYYYmmddTHHMMSSZ>-<4 hex> (model/registry.py issues them).
 GENERATED_VERSION_RE = re.compile(r"^(\d{8}T\d{6}Z)-[0-9a-f]{4}$")
+# TFLite export variants (model/tflite.py): float32, float16 weights, full integer.
+TFLiteQuantize = Literal["none", "float16", "int8"]
 # The finest level's anchor scale by its stride when nothing else sets it: 4x the stride at 320 px
 # (SSD's 0.2 at stride 16, FPNLite's 0.1 at stride 8).
 DEFAULT_FIRST_SCALE = {8: 0.1, 16: 0.2}
@@ -304,7 +306,7 @@ class NightlyConfig(BaseModel):
     score_threshold: ScoreThreshold = Field(None, description="Minimum detection score when scoring, one number for every class; default (auto): per class, calibrated on val")
     select: int = Field(0, ge=0, le=1000, description="Images of the scored archive worth labelling next (OUT/labelling/); 0: none")
     comparison_images: int = Field(3, ge=0, le=20, description="Val images drawn with champion and challenger detections side by side")
-    tflite: list[Literal["none", "float16", "int8"]] = Field(default_factory=list, description=(
+    tflite: list[TFLiteQuantize] = Field(default_factory=list, description=(
         "TFLite files the champion gets (none: float32; int8 calibrated on tonight's train split), each scored on val; "
         "a champion that has one already keeps it (empty: no TFLite)"))
 
