@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Iterable, Sequence
 
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
@@ -114,20 +115,33 @@ class SavedModelDetector(ModelHandler[bytes, PredictionResult, Any]):
         return "ssdflow.score"
 
 
-class _InterpreterPerThread:
-    """A .tflite file's bytes, and one interpreter per thread that uses them (an interpreter is not
-    thread-safe; the bytes are shared). Beam's ``Shared`` keeps one of these per worker process."""
+class _InterpreterPool:
+    """A .tflite file's bytes and ``workers`` threads, each with its own single-threaded interpreter (an
+    interpreter is not thread-safe): the images of a batch are decoded and run in parallel, one per
+    thread. On 2 cores that measured faster than one interpreter using both cores with decoding in
+    between (docs/benchmarks.md, "Scoring with TFLite"). Beam's ``Shared`` keeps one pool per worker process."""
 
-    def __init__(self, content: bytes, num_threads: int):
-        self.content, self.num_threads = content, num_threads
+    def __init__(self, content: bytes, workers: int):
+        self.content = content
         self._local = threading.local()
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="ssdflow-tflite")
 
-    def detector(self):
-        from model.tflite import TFLiteDetector
+    def run(self, batch: Sequence[bytes]) -> list[dict]:
+        return list(self._pool.map(self._one, batch))
 
-        if getattr(self._local, "detector", None) is None:
-            self._local.detector = TFLiteDetector(content=self.content, num_threads=self.num_threads)
-        return self._local.detector
+    def _one(self, data: bytes) -> dict:
+        import tensorflow as tf
+
+        from model.tflite import TFLiteDetector, resize
+
+        detector = getattr(self._local, "detector", None)
+        if detector is None:
+            detector = self._local.detector = TFLiteDetector(content=self.content, num_threads=1)
+        try:
+            pixels = resize(data, detector.size)  # decoded and resized as the SavedModel's serving_default does
+        except tf.errors.InvalidArgumentError as e:
+            return {"error": _reason(e.message)}
+        return detector.detect_pixels(pixels)
 
 
 class TFLiteDetectorHandler(ModelHandler[bytes, PredictionResult, Any]):
@@ -136,15 +150,14 @@ class TFLiteDetectorHandler(ModelHandler[bytes, PredictionResult, Any]):
     Each image is decoded and resized as the SavedModel's ``serving_default`` does, then run alone
     (the file's input is [1, S, S, 3]); one that cannot be decoded gets ``{"error": message}``. The
     file (local, s3:// or gs://) is read once per worker process and must match ``fingerprint``.
-    ``num_threads``: the interpreter's threads (default: the usable cores, as the local runner scores
-    in one process).
+    ``workers``: images run at once, each on its own single-threaded interpreter (default: the usable cores).
     """
 
-    def __init__(self, model_uri: str, max_batch_size: int = 32, fingerprint: str | None = None, num_threads: int | None = None):
-        self._model_uri, self._fingerprint, self._num_threads = model_uri, fingerprint, num_threads
+    def __init__(self, model_uri: str, max_batch_size: int = 32, fingerprint: str | None = None, workers: int | None = None):
+        self._model_uri, self._fingerprint, self._workers = model_uri, fingerprint, workers
         self._batch = {"min_batch_size": 1, "max_batch_size": max_batch_size}
 
-    def load_model(self) -> _InterpreterPerThread:
+    def load_model(self) -> _InterpreterPool:
         from ssdflow import storage
         from ssdflow.beam_runner import usable_cores
 
@@ -152,23 +165,10 @@ class TFLiteDetectorHandler(ModelHandler[bytes, PredictionResult, Any]):
         found = hashlib.sha256(content).hexdigest()[:16]
         if self._fingerprint and found != self._fingerprint:
             raise RuntimeError(f"{self._model_uri} changed while the job ran (fingerprint {found}, expected {self._fingerprint})")
-        return _InterpreterPerThread(content, self._num_threads or usable_cores())
+        return _InterpreterPool(content, self._workers or usable_cores())
 
-    def run_inference(self, batch: Sequence[bytes], model: _InterpreterPerThread, inference_args=None) -> Iterable[PredictionResult]:
-        import tensorflow as tf
-
-        from model.tflite import resize
-
-        detector = model.detector()
-        results = []
-        for data in batch:
-            try:
-                pixels = resize(data, detector.size)
-            except tf.errors.InvalidArgumentError as e:
-                results.append(PredictionResult(None, {"error": _reason(e.message)}))
-                continue
-            results.append(PredictionResult(None, detector.detect_pixels(pixels)))
-        return results
+    def run_inference(self, batch: Sequence[bytes], model: _InterpreterPool, inference_args=None) -> Iterable[PredictionResult]:
+        return [PredictionResult(None, inference) for inference in model.run(batch)]
 
     def batch_elements_kwargs(self):
         return dict(self._batch)
