@@ -258,7 +258,7 @@ def main() -> None:
     ap.add_argument("--time-budget", type=float, default=30.0, help="minutes of fitting per run (quality; 0: none)")
     ap.add_argument("--seeds", default="0", help="comma-separated seeds (quality), e.g. 0,1,2 for mean and spread")
     ap.add_argument("--pretrained-only", action="store_true", help="skip the from-scratch run (quality)")
-    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the product's, by how the backbone starts)")
     ap.add_argument("--dataset", choices=sorted(DATASETS), default="raccoon", help="what quality trains and scores on")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="a training setting for every run (quality), e.g. --set early_stopping_patience=10")

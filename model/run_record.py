@@ -148,7 +148,7 @@ def write_model_card(path: str, version: str, cfg: TrainConfig, model_cfg: Model
 - Backbone weights: {cfg.backbone_weights}
 - Started from: {metrics.get('initialized_from', 'backbone')}
 - Training data: `{cfg.data}` (fingerprint {fingerprint}; {metrics['train_images']} train / {metrics['val_images']} val images)
-- Training: {metrics['epochs']} epochs of at most {metrics['max_epochs']} in {metrics['fit_seconds']:.0f} s (time budget {_budget_text(cfg)}; phases ended by {', '.join(metrics['phases_ended_by']) or 'nothing'}; fine-tune share {cfg.fine_tune_fraction:g}), batch {cfg.batch_size}, peak LR {cfg.learning_rate:g}, {cfg.classification_loss} loss
+- Training: {metrics['epochs']} epochs of at most {metrics['max_epochs']} in {metrics['fit_seconds']:.0f} s (time budget {_budget_text(cfg)}; phases ended by {', '.join(metrics['phases_ended_by']) or 'nothing'}; fine-tune share {cfg.fine_tune_fraction:g}), batch {cfg.batch_size}, peak LR {cfg.peak_learning_rate():g}, {cfg.classification_loss} loss
 - Exported weights: {_best_epoch_text(metrics)}
 
 ## Metrics on the val split (COCO, pycocotools)

@@ -242,14 +242,14 @@ def train(cfg: TrainConfig, extra_callbacks: tuple = (), verbose="auto", reuse_c
         if frozen_epochs:
             if pretrained:
                 freeze_backbone(model)
-            run, why = _fit_phase(model, "phase1", run_dir, train_ds, frozen_epochs, steps, cfg.learning_rate, warmup,
+            run, why = _fit_phase(model, "phase1", run_dir, train_ds, frozen_epochs, steps, cfg.peak_learning_rate(), warmup,
                                   loss, callbacks, verbose, clock, budget * frozen_epochs / epochs, cfg.ema_momentum)
             epochs_run += run
             ended.append(why)
         if fine_tune_epochs:
             unfreeze_top(model, cfg.unfreeze_from_block)
             run, why = _fit_phase(model, "phase2", run_dir, train_ds, fine_tune_epochs, steps,
-                                  cfg.learning_rate * cfg.fine_tune_lr_factor, 0, loss, callbacks, verbose, clock, budget,
+                                  cfg.peak_learning_rate() * cfg.fine_tune_lr_factor, 0, loss, callbacks, verbose, clock, budget,
                                   cfg.ema_momentum)
             epochs_run += run
             ended.append(why)

@@ -77,6 +77,14 @@ def test_batch_norm_momentum_follows_how_the_backbone_starts():
     assert TrainConfig(**base, backbone_weights="none", bn_momentum=0.99).model(1).bn_momentum == 0.99  # a set value wins
 
 
+def test_peak_learning_rate_follows_how_the_backbone_starts():
+    base = dict(data="d", models="m")
+    assert TrainConfig(**base, backbone_weights="none").peak_learning_rate() == 1e-3
+    assert TrainConfig(**base, backbone_weights="imagenet").peak_learning_rate() == 3e-3
+    assert TrainConfig(**base, backbone_weights="none", learning_rate=5e-4).peak_learning_rate() == 5e-4  # a set value wins
+    assert _capture(TrainConfig, ["--data", "d", "--models", "m", "--learning-rate", "2e-3"])[2].learning_rate == 2e-3
+
+
 def test_score_threshold_is_auto_by_default_or_one_number():
     from ssdflow.cli import _score_threshold
 
