@@ -53,7 +53,22 @@ def _saved_model_file(rel: str) -> bool:
     return rel in ("saved_model.pb", "fingerprint.pb") or rel.startswith(("variables/", "assets/"))
 
 
-class SavedModelDetector(ModelHandler[bytes, PredictionResult, Any]):
+class _EncodedImagesHandler(ModelHandler[bytes, PredictionResult, Any]):
+    """What ssdflow's handlers share: encoded image bytes in, batches of ``self._batch``'s sizes."""
+
+    _batch: dict
+
+    def batch_elements_kwargs(self):
+        return dict(self._batch)
+
+    def get_num_bytes(self, batch: Sequence[bytes]) -> int:
+        return sum(len(b) for b in batch)
+
+    def get_metrics_namespace(self) -> str:
+        return "ssdflow.score"
+
+
+class SavedModelDetector(_EncodedImagesHandler):
     """Encoded image bytes → PredictionResult whose ``inference`` is a dict of numpy arrays per image.
 
     A batch that fails as a whole (one image TensorFlow cannot decode) is retried image by image,
@@ -105,15 +120,6 @@ class SavedModelDetector(ModelHandler[bytes, PredictionResult, Any]):
         out = serve(images=tf.constant(list(batch), dtype=tf.string))
         return {k: out[k].numpy() for k in OUTPUT_KEYS}
 
-    def batch_elements_kwargs(self):
-        return dict(self._batch)
-
-    def get_num_bytes(self, batch: Sequence[bytes]) -> int:
-        return sum(len(b) for b in batch)
-
-    def get_metrics_namespace(self) -> str:
-        return "ssdflow.score"
-
 
 class _InterpreterPool:
     """A .tflite file's bytes and ``workers`` threads, each with its own single-threaded interpreter (an
@@ -144,7 +150,7 @@ class _InterpreterPool:
         return detector.detect_pixels(pixels)
 
 
-class TFLiteDetectorHandler(ModelHandler[bytes, PredictionResult, Any]):
+class TFLiteDetectorHandler(_EncodedImagesHandler):
     """Encoded image bytes → the PredictionResults ``SavedModelDetector`` gives, from a .tflite file.
 
     Each image is decoded and resized as the SavedModel's ``serving_default`` does, then run alone
@@ -169,15 +175,6 @@ class TFLiteDetectorHandler(ModelHandler[bytes, PredictionResult, Any]):
 
     def run_inference(self, batch: Sequence[bytes], model: _InterpreterPool, inference_args=None) -> Iterable[PredictionResult]:
         return [PredictionResult(None, inference) for inference in model.run(batch)]
-
-    def batch_elements_kwargs(self):
-        return dict(self._batch)
-
-    def get_num_bytes(self, batch: Sequence[bytes]) -> int:
-        return sum(len(b) for b in batch)
-
-    def get_metrics_namespace(self) -> str:
-        return "ssdflow.score"
 
 
 _NOISE = ("Graph execution error", "Detected at node", "<stack traces", "[[", "File ")

@@ -164,6 +164,20 @@ def test_score_runs_a_tflite_file_with_the_savedmodels_outputs_chunks_and_resume
     other, _ = score(model / "model_copy.tflite", tmp_path / "out-lite")
     assert other["chunks_scored_now"] == other["chunks"] == 2 and other["model_version"] == f"{model.name}.model_copy"
 
+    # The same file on S3 (moto's server on 127.0.0.1): read through Beam FileSystems, the same detections.
+    pytest.importorskip("boto3")
+    from tests.helpers import moto_s3, upload_models_dir
+
+    with moto_s3(bucket="ssdflow-tflite") as (endpoint, s3):
+        upload_models_dir(s3, "ssdflow-tflite", model, "models")
+        remote = run_score(ScoreConfig(model=f"s3://ssdflow-tflite/models/{model.name}/model.tflite", images=[str(images)],
+                                       out=str(tmp_path / "out-s3"), score_threshold=0.0, max_detections=5, chunk_size=3,
+                                       beam_args=[f"--s3_endpoint_url={endpoint}", "--s3_region_name=us-east-1"]))
+    assert remote["runtime"] == "tflite" and remote["model_version"] == lite_m["model_version"]
+    remote_records = {Path(r["source"]).name: r for shard in sorted((tmp_path / "out-s3").glob("detections-*.jsonl"))
+                      for r in map(json.loads, shard.read_text().splitlines())}
+    assert remote_records == lite
+
     # TFLite's console lines (the XNNPACK delegate's announcement at a process's first call) are filtered.
     import subprocess
     import sys
