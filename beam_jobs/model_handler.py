@@ -45,7 +45,12 @@ def file_fingerprint(uri: str) -> str:
     """16 hex digits of a single model file's sha256 (a .tflite; local path, s3:// or gs://)."""
     from ssdflow import storage
 
-    return hashlib.sha256(storage.read_bytes(uri)).hexdigest()[:16]
+    return content_fingerprint(storage.read_bytes(uri))
+
+
+def content_fingerprint(content: bytes) -> str:
+    """:func:`file_fingerprint` of bytes already read."""
+    return hashlib.sha256(content).hexdigest()[:16]
 
 
 def _saved_model_file(rel: str) -> bool:
@@ -168,7 +173,7 @@ class TFLiteDetectorHandler(_EncodedImagesHandler):
         from ssdflow.beam_runner import usable_cores
 
         content = storage.read_bytes(self._model_uri)
-        found = hashlib.sha256(content).hexdigest()[:16]
+        found = content_fingerprint(content)
         if self._fingerprint and found != self._fingerprint:
             raise RuntimeError(f"{self._model_uri} changed while the job ran (fingerprint {found}, expected {self._fingerprint})")
         return _InterpreterPool(content, self._workers or usable_cores())

@@ -58,17 +58,15 @@ def compare_task(champion_dir: str, challenger_dir: str, data_dir: str, n: int, 
 @task(name="export-tflite")
 def tflite_task(model_dir: str, variants: list[str], data_dir: str) -> dict:
     """The champion's .tflite files: each variant it lacks is exported and scored on val (issue 14)."""
-    from model.tflite import MANIFEST, export_tflite, tflite_name
+    from model.tflite import export_tflite, manifest, tflite_name
 
     for quantize in variants:
         if os.path.exists(os.path.join(model_dir, tflite_name(quantize))):
             continue  # exported on an earlier night: the champion has not changed since
         entry = export_tflite(model_dir, quantize, data_dir)  # scored on val and recorded
         get_run_logger().info("tflite: %s, %.2f MB, val mAP@.5 %.4f", entry["file"], entry["bytes"] / 1e6, entry["metrics"]["mAP@.5"])
-    with open(os.path.join(model_dir, MANIFEST)) as f:
-        files = json.load(f)
     wanted = {tflite_name(q) for q in variants}
-    files = {name: e for name, e in files.items() if name in wanted}
+    files = {name: e for name, e in manifest(model_dir).items() if name in wanted}
     artifacts.tflite_exports(model_dir, files)
     return files
 

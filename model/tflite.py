@@ -189,11 +189,17 @@ def export_tflite(model_dir: str, quantize: str = "none", data: str | None = Non
     return entry
 
 
+def manifest(model_dir: str) -> dict:
+    """``tflite.json`` of a model directory: file name → its entry ({} before any export)."""
+    path = Path(model_dir, MANIFEST)
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
 def record(model_dir: str, entry: dict) -> None:
     """``entry`` (with its ``metrics`` where measured) into tflite.json and the model card's TFLite section;
     it replaces the file's earlier entry whole, so a new file never shows the old one's metrics."""
     path = Path(model_dir, MANIFEST)
-    files = json.loads(path.read_text()) if path.is_file() else {}
+    files = manifest(model_dir)
     files[entry["file"]] = entry
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(files, indent=2, sort_keys=True))
