@@ -4,8 +4,8 @@ Pipeline shape (each box a composite PTransform)::
 
     ListImages ─┐
                 ├─ MatchLabelsToImages ─ EncodeExamples ─ PlanAndWriteShards ─────────── WriteMetadata
-    ParseLabels ┘        (join on stem)     (batched)      (dedup per hash bucket,      (books, stats,
-                                                            layout per part file,        rejected.jsonl)
+    ParseLabels ┘   (join on stem, per     (batched)      (dedup per hash bucket,      (books, stats,
+                     hash bucket, packed)                   layout per part file,        rejected.jsonl)
                                                             shards copied in parallel)
 
 Design notes:
@@ -35,6 +35,7 @@ import uuid
 import zlib
 from collections import Counter, defaultdict
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import apache_beam as beam
 from apache_beam.io import fileio
@@ -63,6 +64,20 @@ _NS = "ssdflow.ingest"
 
 class IngestError(RuntimeError):
     """The job cannot start or its result does not reconcile; the message says what to fix."""
+
+
+# --- the hand-over between this job's own stages ----------------------------------------------------
+def pack(items: list) -> bytes:
+    """Many small records → one opaque element. 20k small objects through Beam's coders at every
+    stage boundary cost seconds, and a local runner that groups in its own process holds each one
+    decoded; our own pickled bytes cost milliseconds and far less memory. Only this job makes
+    and reads these blobs, in memory, between its stages; they are never written to storage."""
+    return pickle.dumps(items, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def unpack(blob: bytes) -> list:
+    """The records of a blob made by :func:`pack` in an earlier stage of this job."""
+    return pickle.loads(blob)
 
 
 # --- small records passed between stages ---------------------------------------------------------
@@ -247,57 +262,137 @@ class ParseLabels(beam.PTransform):
         return {"records": parsed.records, "rejected": rejected}
 
 
+class Matched(NamedTuple):
+    """MatchLabelsToImages' outputs: (image path, LabelRecord) pairs and Rejections."""
+
+    candidates: beam.PCollection
+    rejected: beam.PCollection
+
+
+JOIN_BUCKETS = 64  # the join groups by hash bucket of the key, not by key (see MatchLabelsToImages)
+CANDIDATES_PER_CHUNK = 256  # matched pairs handed to the encoders as one element
+
+
+def _join_bucket(key: str) -> int:
+    return zlib.crc32(key.encode("utf-8", "surrogateescape")) % JOIN_BUCKETS
+
+
+class _PackByBucket(beam.DoFn):
+    """(key, value) → (join bucket, pickled list of (key, value)): one element per bucket and
+    bundle (or per PACK_LIMIT pairs, which bounds a worker's memory on a large bundle)."""
+
+    PACK_LIMIT = 1024
+
+    def start_bundle(self):
+        self.buckets: dict[int, list] = defaultdict(list)
+
+    def process(self, kv):
+        bucket = _join_bucket(kv[0])
+        pairs = self.buckets[bucket]
+        pairs.append(kv)
+        if len(pairs) >= self.PACK_LIMIT:
+            yield bucket, pack(pairs)
+            self.buckets[bucket] = []
+
+    def finish_bundle(self):
+        for bucket, pairs in self.buckets.items():
+            if pairs:
+                yield WindowedValue((bucket, pack(pairs)), MIN_TIMESTAMP, [GlobalWindow()])
+        self.buckets = defaultdict(list)
+
+
 class _MatchDoFn(beam.DoFn):
+    """One join bucket → candidate chunks (pickled lists of (image path, LabelRecord)), and a
+    rejection for every image or label record that cannot be paired one to one."""
+
     def __init__(self, unlabeled_is_negative: bool):
         self.unlabeled_is_negative = unlabeled_is_negative
 
     def process(self, element):
-        key, grouped = element
-        images, labels = sorted(grouped["images"]), list(grouped["labels"])
-        rejected = lambda rej: beam.pvalue.TaggedOutput("rejected", rej)  # noqa: E731
+        _, grouped = element
+        images, labels = defaultdict(list), defaultdict(list)
+        for blob in grouped["images"]:
+            for key, path in unpack(blob):
+                images[key].append(path)
+        for blob in grouped["labels"]:
+            for key, rec in unpack(blob):
+                labels[key].append(rec)
+        candidates = []
+        for key in sorted(images.keys() | labels.keys()):
+            for out in self.match(key, sorted(images.get(key, ())), labels.get(key, [])):
+                if isinstance(out, R.Rejection):
+                    yield beam.pvalue.TaggedOutput("rejected", out)
+                else:
+                    candidates.append(out)
+        # Chunks of (nearly) equal size: a local runner deals them to its workers in turn, so a full
+        # chunk followed by a remainder in every bucket would hand one worker all the full ones.
+        n = -(-len(candidates) // CANDIDATES_PER_CHUNK)
+        for i in range(n):
+            yield pack(candidates[i * len(candidates) // n:(i + 1) * len(candidates) // n])
+
+    def match(self, key: str, images: list[str], labels: list[R.LabelRecord]):
+        """One key's image files and label records → (image path, LabelRecord) or Rejections."""
         if not images:
             for rec in labels:
-                yield rejected(R.Rejection(rec.source, R.MISSING_IMAGE, f"label names image {rec.image_name!r}, not found among --images"))
+                yield R.Rejection(rec.source, R.MISSING_IMAGE, f"label names image {rec.image_name!r}, not found among --images")
             return
         if len(images) > 1:
             for path in images:
-                yield rejected(R.Rejection(path, R.AMBIGUOUS_NAME, f"{len(images)} images share the name {key!r}: {', '.join(images)}"))
+                yield R.Rejection(path, R.AMBIGUOUS_NAME, f"{len(images)} images share the name {key!r}: {', '.join(images)}")
             return
         if len(labels) > 1:
             sources = ", ".join(sorted(r.source for r in labels))
-            yield rejected(R.Rejection(images[0], R.MULTIPLE_LABELS, f"{len(labels)} label records name this image: {sources}"))
+            yield R.Rejection(images[0], R.MULTIPLE_LABELS, f"{len(labels)} label records name this image: {sources}")
             return
         if not labels:
             if self.unlabeled_is_negative:  # YOLO convention: no .txt means no objects
                 yield images[0], R.LabelRecord(image_name=posixpath.basename(images[0]), source=images[0])
             else:
-                yield rejected(R.Rejection(images[0], R.NO_LABEL, "no label file mentions this image"))
+                yield R.Rejection(images[0], R.NO_LABEL, "no label file mentions this image")
             return
         yield images[0], labels[0]
 
 
 class MatchLabelsToImages(beam.PTransform):
-    """Joins label records and image files on the file stem → (image path, LabelRecord)."""
+    """Joins label records and image files on the file stem → (image path, LabelRecord).
+
+    The join groups by a hash bucket of the key (JOIN_BUCKETS groups), with each bundle's pairs
+    packed into one pickled element per bucket, and hands the matched pairs on in chunks of
+    CANDIDATES_PER_CHUNK, reshuffled so the encoders get them spread over workers. A per-key
+    CoGroupByKey moves two elements per image through the shuffle, and a local runner groups in
+    the driver's process, holding each one decoded: seconds of per-element coding and the
+    driver's largest memory cost. Here the shuffle carries a few compact blobs per bucket and
+    bundle; a bucket's pairs (1/64 of the archive) meet in one worker.
+    """
 
     def __init__(self, unlabeled_is_negative: bool):
         super().__init__()
         self.unlabeled_is_negative = unlabeled_is_negative
 
     def expand(self, pcolls):
-        return (
-            pcolls
+        packed = {name: pcolls[name] | f"Pack{name.title()}" >> beam.ParDo(_PackByBucket()) for name in ("images", "labels")}
+        matched = (
+            packed
             | "Join" >> beam.CoGroupByKey()
-            | "Match" >> beam.ParDo(_MatchDoFn(self.unlabeled_is_negative)).with_outputs("rejected", main="candidates")
+            | "Match" >> beam.ParDo(_MatchDoFn(self.unlabeled_is_negative)).with_outputs("rejected", main="chunks")
         )
+        candidates = (
+            matched.chunks
+            | "Spread" >> beam.Reshuffle()
+            | "Unpack" >> beam.FlatMap(unpack)
+        )
+        return Matched(candidates, matched.rejected)
 
 
 class _EncodeFn(beam.DoFn):
     """Encodes images and appends the valid ones to one part file per split and bundle.
 
-    Outcomes are emitted once per bundle, as one list, so the rest of the pipeline handles a few
-    elements per worker instead of one per image. A retried bundle leaves orphan part files that
-    no outcome names; they go away with the run's temp directory.
+    Outcomes are emitted as lists (one per bundle, or per OUTCOMES_PER_BLOB images), so the rest of
+    the pipeline handles a few elements per worker instead of one per image. A retried bundle
+    leaves orphan part files that no outcome names; they go away with the run's temp directory.
     """
+
+    OUTCOMES_PER_BLOB = 2000
 
     def __init__(self, parts_dir: str, cfg: IngestConfig, label_map_fixed: bool):
         self.parts_dir = parts_dir
@@ -327,7 +422,14 @@ class _EncodeFn(beam.DoFn):
             rej = R.Rejection(path, R.READ_RETRYABLE if storage.is_transient(e) else R.UNREADABLE, R.describe(e))
             self.outcomes.append(ImageOutcome(record.key, path, "", None, boxes_in=boxes_in, rejections=(rej,)))
             self.rejected.inc()
-            return
+        else:
+            self.encode(path, record, data, boxes_in, label_map)
+        if len(self.outcomes) >= self.OUTCOMES_PER_BLOB:  # bounds a worker's memory on a large bundle
+            yield self.blob()
+
+    def encode(self, path: str, record: R.LabelRecord, data: bytes, boxes_in: int, label_map) -> None:
+        """Encodes one image, appends its framed record to this bundle's part file for its split
+        (when valid) and its outcome to ``self.outcomes``."""
         enc = encode_image(record, path, data, label_map, label_map_fixed=self.label_map_fixed,
                            max_pixels=self.max_pixels, clip_tolerance=self.clip_tolerance)
         if enc.example is None:
@@ -353,14 +455,17 @@ class _EncodeFn(beam.DoFn):
         for _, handle in self.files.values():
             handle.close()
         if self.outcomes:
-            # One opaque blob per bundle: 20k small objects through Beam's coder at every stage
-            # boundary cost seconds; our own pickled bytes (made and read by this job) cost ms.
-            yield WindowedValue(pickle.dumps(self.outcomes, protocol=pickle.HIGHEST_PROTOCOL), MIN_TIMESTAMP, [GlobalWindow()])
-        self.files, self.outcomes = {}, []
+            yield WindowedValue(self.blob(), MIN_TIMESTAMP, [GlobalWindow()])
+        self.files = {}
+
+    def blob(self) -> bytes:
+        """The outcomes so far as one element (:func:`pack`), and a fresh list."""
+        blob, self.outcomes = pack(self.outcomes), []
+        return blob
 
 
 class EncodeExamples(beam.PTransform):
-    """(path, LabelRecord) → pickled lists of ImageOutcome (one per bundle); records land in part files."""
+    """(path, LabelRecord) → packed lists of ImageOutcome (per bundle or OUTCOMES_PER_BLOB); records land in part files."""
 
     def __init__(self, parts_dir: str, cfg: IngestConfig, label_map, label_map_fixed: bool):
         super().__init__()
@@ -385,10 +490,10 @@ def _bucket(o: ImageOutcome) -> int:
 def by_hash_bucket(blob: bytes):
     """One bundle's pickled outcomes → (bucket, pickled outcomes of that bucket), at most DEDUP_BUCKETS."""
     buckets: dict[int, list[ImageOutcome]] = defaultdict(list)
-    for o in pickle.loads(blob):
+    for o in unpack(blob):
         buckets[_bucket(o)].append(o)
     for bucket, outcomes in buckets.items():
-        yield bucket, pickle.dumps(outcomes, protocol=pickle.HIGHEST_PROTOCOL)
+        yield bucket, pack(outcomes)
 
 
 def _rejection_line(r: R.Rejection) -> str:
@@ -411,7 +516,7 @@ class _Dedup(beam.DoFn):
 
     def process(self, element):
         bucket, blobs = element
-        outcomes = sorted((o for blob in blobs for o in pickle.loads(blob)), key=lambda o: (o.key, o.source))
+        outcomes = sorted((o for blob in blobs for o in unpack(blob)), key=lambda o: (o.key, o.source))
         books: Counter = Counter(images_in=len(outcomes))
         lines: list[str] = []
         by_sha: dict[str, list[ImageOutcome]] = defaultdict(list)
@@ -475,9 +580,11 @@ def plan_layout(rows: list[tuple[str, str, int, bool]], num_shards: int | None, 
     """Shards from (part, split, kept bytes, dropped) rows, one per part file.
 
     With ``num_shards`` the kept records of a split are cut into that many shards of about equal
-    bytes (records in part-file order). Without it, whole part files are packed in name order into
-    shards of about ``target_bytes``; a shard that is one part file with nothing dropped is a
-    rename, not a copy (the common case: no bytes move twice). Every split gets at least one shard.
+    bytes (records in part-file order). Without it, a part file of at least half ``target_bytes``
+    is a shard by itself, and smaller ones are packed in name order into shards of at most
+    ``target_bytes``; a shard that is one part file with nothing dropped is a rename, not a copy
+    (the common case: no bytes move twice; copying a 130 MB val split cost 1.5 s of a 20 s job).
+    Every split gets at least one shard.
     """
     placement, shards_per_split, bytes_per_split, names = {}, {}, {}, []
     for split in SPLITS:
@@ -490,12 +597,15 @@ def plan_layout(rows: list[tuple[str, str, int, bool]], num_shards: int | None, 
             n, bytes_per_split[split] = num_shards, start
         else:
             groups: list[list[tuple]] = []
-            size = target_bytes
+            small, size = None, 0
             for row in parts:
-                if size + row[2] > target_bytes or not groups:
-                    groups.append([])
-                    size = 0
-                groups[-1].append(row)
+                if 2 * row[2] >= target_bytes:  # big enough to be a shard on its own: no copy
+                    groups.append([row])
+                    continue
+                if small is None or size + row[2] > target_bytes:
+                    small, size = [], 0
+                    groups.append(small)
+                small.append(row)
                 size += row[2]
             for i, group in enumerate(groups):
                 for part, _, _, dropped in group:

@@ -19,13 +19,14 @@ def test_whole_parts_packed_in_name_order_and_lone_clean_parts_renamed():
                  PartSummary("/p/train-c.part", "train", ((0, 10),), dropped=False),
                  PartSummary("/p/train-d.part", "train", (), dropped=True)]  # every record a dropped twin
     layout = plan_layout([(s.part, s.split, s.kept_bytes, s.dropped) for s in summaries], None, target_bytes=110)
-    # a (50 bytes) opens shard 0; b (100) does not fit beside it; c (10) fits beside b; d has nothing kept.
-    # val has no part at all and still gets its one (empty) shard.
+    # a (50 bytes, under half the target) opens the packed shard 0; b (100, at least half the
+    # target) is a shard by itself; c (10) joins a; d has nothing kept. val has no part at all and
+    # still gets its one (empty) shard.
     assert layout.names == ("train-00000-of-00002.tfrecord", "train-00001-of-00002.tfrecord", "val-00000-of-00001.tfrecord")
     pieces = _pieces(summaries, layout)
-    assert pieces["train-00000-of-00002.tfrecord"] == [("/p/train-a.part", ((0, 30), (50, 20)), False)]  # dropped: copied
-    assert sorted(pieces["train-00001-of-00002.tfrecord"]) == [("/p/train-b.part", ((0, 100),), False),
+    assert sorted(pieces["train-00000-of-00002.tfrecord"]) == [("/p/train-a.part", ((0, 30), (50, 20)), False),  # dropped: copied
                                                                ("/p/train-c.part", ((0, 10),), False)]
+    assert pieces["train-00001-of-00002.tfrecord"] == [("/p/train-b.part", ((0, 100),), True)]  # a rename
     assert "val-00000-of-00001.tfrecord" not in pieces
     alone = plan_layout([("/p/train-b.part", "train", 100, False)], None, target_bytes=50)
     assert list(shard_pieces(summaries[0], alone)) == [("train-00000-of-00001.tfrecord", ("/p/train-b.part", ((0, 100),), True))]

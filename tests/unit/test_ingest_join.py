@@ -1,0 +1,41 @@
+"""Ingest's join by hash bucket: packed pairs in, equal-sized candidate chunks out."""
+
+from __future__ import annotations
+
+from beam_jobs import records as R
+from beam_jobs.ingest import CANDIDATES_PER_CHUNK, JOIN_BUCKETS, _join_bucket, _MatchDoFn, _PackByBucket, pack, unpack
+
+
+def _bucket(pairs) -> dict:
+    return {"images": [pack([(k, v) for k, v in pairs if isinstance(v, str)])],
+            "labels": [pack([(k, v) for k, v in pairs if not isinstance(v, str)])]}
+
+
+def test_a_bucket_yields_candidate_chunks_of_nearly_equal_size_and_its_rejections():
+    """A local runner deals chunks to its workers in turn: a full chunk and a small remainder per
+    bucket would give one worker every full chunk."""
+    n = CANDIDATES_PER_CHUNK + 44
+    pairs = [(f"k{i:04d}", f"i/k{i:04d}.jpg") for i in range(n)] + [(f"k{i:04d}", R.LabelRecord(f"k{i:04d}.jpg", "l.csv")) for i in range(n)]
+    pairs += [("lonely", "i/lonely.jpg"), ("ghost", R.LabelRecord("ghost.jpg", "l.csv"))]
+    out = list(_MatchDoFn(unlabeled_is_negative=False).process((7, _bucket(pairs))))
+    chunks = [unpack(o) for o in out if isinstance(o, bytes)]
+    rejected = sorted((o.value.source, o.value.reason) for o in out if not isinstance(o, bytes))
+    assert sorted(len(c) for c in chunks) == [n // 2, n - n // 2]
+    assert sorted(path for c in chunks for path, _ in c) == sorted(f"i/k{i:04d}.jpg" for i in range(n))
+    assert all(rec.key == path[2:-4] for c in chunks for path, rec in c)
+    assert rejected == [("i/lonely.jpg", R.NO_LABEL), ("l.csv", R.MISSING_IMAGE)]
+
+
+def test_pairs_are_packed_per_bucket_and_flushed_at_the_limit():
+    fn = _PackByBucket()
+    fn.PACK_LIMIT = 10  # so that 3000 pairs over 64 buckets reach it
+    fn.start_bundle()
+    keys = [f"img{i}" for i in range(3000)]
+    early = [out for k in keys for out in fn.process((k, f"/i/{k}.jpg"))]
+    late = [wv.value for wv in fn.finish_bundle()]
+    emitted = early + late
+    assert early and all(len(unpack(blob)) == fn.PACK_LIMIT for _, blob in early)
+    got = {k: (b, p) for b, blob in emitted for k, p in unpack(blob)}
+    assert sorted(got) == sorted(keys)
+    assert all(b == _join_bucket(k) and 0 <= b < JOIN_BUCKETS and p == f"/i/{k}.jpg" for k, (b, p) in got.items())
+    assert len(late) <= JOIN_BUCKETS
