@@ -102,7 +102,7 @@ class IngestConfig(BeamOptions):
     out: Location = Field(..., description="Output directory URI; replaced wholly on rerun")
     val_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="Share of images in the val split (stable hash of the image key)")
     num_shards: int | None = Field(None, ge=1, le=10_000, description="Shards per split; default: automatic by size")
-    target_shard_mb: int = Field(128, ge=1, le=4096, description="Shard size aimed at when --num-shards is not given")
+    target_shard_mb: int = Field(128, ge=1, le=4096, description="Shard size aimed at when --num-shards is not given; a worker's output of at least half of it is one shard, written once")
     classes: Location | None = Field(None, description="YOLO class names: a text file (one per line) or a data.yaml")
     label_map: Location | None = Field(None, description="Fixed label map (label_map.json or .pbtxt); unknown classes are then rejected")
     max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1, description="Images with more pixels are rejected (decompression-bomb guard)")
