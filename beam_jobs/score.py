@@ -51,7 +51,7 @@ from beam_jobs.model_handler import SavedModelDetector, TFLiteDetectorHandler, f
 from beam_jobs.records import READ_RETRYABLE, UNDECODABLE_NAME, UNREADABLE, describe, is_text_name, printable_name
 from ssdflow import storage
 from ssdflow.beam_runner import make_pipeline, pipeline_options, worker_filesystems
-from ssdflow.config import OutputFormat, ScoreConfig
+from ssdflow.config import OutputFormat, ScoreConfig, is_tflite
 from ssdflow.schema import MODEL_INFO, LabelMap
 
 log = logging.getLogger(__name__)
@@ -112,7 +112,7 @@ def resolve_model(model: str) -> ModelRef:
     from model.registry import resolve_model_uri  # only the path rule; no TensorFlow import
 
     tflite_file = None
-    if str(model).lower().endswith(".tflite"):
+    if is_tflite(model):
         tflite_file = str(model)
         if not storage.exists(tflite_file):
             raise FileNotFoundError(f"{tflite_file}: no such .tflite file (`ssdflow export --format tflite` writes one)")

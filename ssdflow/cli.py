@@ -12,7 +12,7 @@ from typing import Optional
 import typer
 
 from ssdflow.cli_options import config_command, fail
-from ssdflow.config import MAX_EPOCHS, IngestConfig, ScoreConfig, TrainConfig
+from ssdflow.config import MAX_EPOCHS, IngestConfig, ScoreConfig, TrainConfig, is_tflite
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # Prefect: no telemetry from an offline machine (it would also hold SQLite locks in the heartbeat).
@@ -102,7 +102,7 @@ def evaluate(
     """COCO metrics (pycocotools) of an exported model, SavedModel or TFLite, on an ingest output's split."""
     from model.registry import resolve_model_dir
 
-    if model.endswith(".tflite"):
+    if is_tflite(model):
         if not os.path.isfile(model):
             fail(f"--model {model}: no such file")
         from model.validation import score_tflite

@@ -48,12 +48,18 @@ BN_MOMENTUM = {"pretrained": 0.997, "scratch": 0.9}
 LEARNING_RATE = {"pretrained": 3e-3, "scratch": 1e-3}
 
 
+def is_tflite(model: str) -> bool:
+    """Whether a ``--model`` value names a .tflite file (any case: ``MODEL.TFLITE`` too), not a
+    SavedModel or models directory."""
+    return str(model).lower().endswith(".tflite")
+
+
 def models_dir_of(model: str) -> str:
     """The models directory a ``model`` value belongs to: its parent when it names one registered
     version (a generated version id, or a folder beside the registry's champion.json), else itself
     (a models directory, or an exported model outside any registry)."""
     path = roots.normalize(model) or model.rstrip("/")
-    if path.lower().endswith(".tflite"):  # a file exported beside a model: that model's
+    if is_tflite(path):  # a file exported beside a model: that model's
         return models_dir_of(posixpath.dirname(path))
     remote = "://" in path
     parent = posixpath.dirname(path) if remote else os.path.dirname(path)

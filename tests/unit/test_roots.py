@@ -125,3 +125,19 @@ def test_an_exported_model_outside_a_registry_may_be_scored_beside_it(tmp_path, 
     (tmp_path / "champion.json").write_text("{}")  # now tmp_path is a registry and model one of its versions
     with pytest.raises(ValidationError, match="inside the models directory"):
         ScoreConfig(model=str(tmp_path / "model"), images=["/a"], out=str(tmp_path / "out"))
+
+
+def test_a_tflite_file_is_recognized_in_any_case_by_evaluate_score_and_the_models_rule(tmp_path):
+    from typer.testing import CliRunner
+
+    from beam_jobs.score import resolve_model
+    from ssdflow.cli import app
+    from ssdflow.config import is_tflite, models_dir_of
+
+    missing = tmp_path / "models" / "20261125T143012Z-3fa2" / "MODEL_INT8.TFLITE"
+    assert is_tflite(str(missing)) and not is_tflite(str(missing.parent))
+    assert models_dir_of(str(missing)) == models_dir_of(str(missing.parent))
+    result = CliRunner().invoke(app, ["evaluate", "--model", str(missing), "--data", str(tmp_path)])
+    assert result.exit_code != 0 and "no such file" in result.output  # not "not a model directory"
+    with pytest.raises(FileNotFoundError, match="no such .tflite file"):
+        resolve_model(str(missing))
