@@ -488,7 +488,7 @@ def _bucket(o: ImageOutcome) -> int:
 
 
 def by_hash_bucket(blob: bytes):
-    """One bundle's pickled outcomes → (bucket, pickled outcomes of that bucket), at most DEDUP_BUCKETS."""
+    """One packed list of outcomes → (bucket, packed outcomes of that bucket), at most DEDUP_BUCKETS."""
     buckets: dict[int, list[ImageOutcome]] = defaultdict(list)
     for o in unpack(blob):
         buckets[_bucket(o)].append(o)
