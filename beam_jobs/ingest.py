@@ -864,7 +864,7 @@ def run_ingest(cfg: IngestConfig) -> dict:
     storage.invalidate(cfg.out)
     tmp_dir = storage.new_tmp_dir(cfg.out)
     try:
-        with make_pipeline(options) as p:
+        with make_pipeline(options, preload=("beam_jobs.ingest",)) as p:
             build_pipeline(p, cfg, tmp_dir, class_names, fixed_map)
         final_dir = storage.join(tmp_dir, "final")
         stats = json.loads(storage.read_text(storage.join(final_dir, "stats.json")))

@@ -527,7 +527,7 @@ def run_score(cfg: ScoreConfig) -> dict:
     storage.invalidate(cfg.out)
     if todo:
         write_listings(cfg.out, model.version, todo)
-        with make_pipeline(options) as p:
+        with make_pipeline(options, preload=("beam_jobs.score",)) as p:
             build_pipeline(p, cfg, model, todo)
         prune_attempts(cfg.out, model.version, todo)
     manifest = assemble(cfg, model, chunks, scored_now=len(todo))

@@ -18,10 +18,11 @@ import sys
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 from apache_beam.portability import python_urns
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
+from ssdflow import worker_pool
 from ssdflow.s3_clients import share_s3_clients
 
 
@@ -74,25 +75,45 @@ def worker_filesystems(flags: list[str]) -> None:
     FileSystems.set_options(PipelineOptions(flags=flags))
 
 
-def make_pipeline(options: PipelineOptions) -> beam.Pipeline:
+def make_pipeline(options: PipelineOptions, preload: tuple[str, ...] = ()) -> beam.Pipeline:
+    """A pipeline for ``options``' runner. A local ``multi_processing`` run's worker processes start
+    now, importing Beam and ``preload`` (the job's modules) while the caller builds the pipeline."""
     runner = options.view_as(StandardOptions).runner
     if runner in _LOCAL:
-        return beam.Pipeline(runner=LocalRunner(provision_info=_local_provision_info(options)), options=options)
+        local = LocalRunner(provision_info=_local_provision_info(options), workers=_local_workers(options), preload=preload)
+        return beam.Pipeline(runner=local, options=options)
     return beam.Pipeline(options=options)
 
 
+def _local_workers(options: PipelineOptions) -> int:
+    """How many worker processes the FnApiRunner will start for these options (0: it runs in-process)."""
+    direct = options.view_as(DirectOptions)
+    if direct.direct_running_mode != "multi_processing":
+        return 0
+    if direct.direct_num_workers == 0:  # the FnApiRunner's "one per CPU"
+        return os.cpu_count() or 1
+    return direct.direct_num_workers or 1
+
+
 class LocalRunner(FnApiRunner):
-    """The FnApiRunner, whose ``multi_processing`` workers start through :mod:`ssdflow.beam_worker`
-    (Beam's harness with a quiet console) instead of Beam's bare harness module."""
+    """The FnApiRunner, whose ``multi_processing`` workers are started ahead of the run
+    (:mod:`ssdflow.worker_pool`) and run :mod:`ssdflow.beam_worker` (Beam's harness with a quiet
+    console) instead of Beam's bare harness module."""
 
     BEAM_WORKER = f"{sys.executable} -m apache_beam.runners.worker.sdk_worker_main"
-    SSDFLOW_WORKER = f"{sys.executable} -m ssdflow.beam_worker"
+
+    def __init__(self, *, provision_info, workers: int = 0, preload: tuple[str, ...] = ()):
+        super().__init__(provision_info=provision_info)
+        self.workers = worker_pool.WorkerPool(workers, preload)
 
     def run_via_runner_api(self, pipeline_proto, options):
         for env in pipeline_proto.components.environments.values():
             if env.urn == python_urns.SUBPROCESS_SDK and env.payload.decode() == self.BEAM_WORKER:
-                env.payload = self.SSDFLOW_WORKER.encode()
-        return super().run_via_runner_api(pipeline_proto, options)
+                env.urn, env.payload = worker_pool.URN, self.workers.id.encode()
+        try:
+            return super().run_via_runner_api(pipeline_proto, options)
+        finally:
+            self.workers.close()  # any the run did not take
 
 
 def _local_provision_info(options: PipelineOptions):

@@ -10,10 +10,15 @@ same harness, with ssdflow's false-alarm filter and warnings and errors only on 
 
 from __future__ import annotations
 
+import importlib
+import json
 import logging
+import os
 import sys
 
 import ssdflow  # noqa: F401  (installs the false-alarm filter before Beam's modules are imported)
+
+AWAIT_JOB = "--await-job"  # started by ssdflow.worker_pool: wait on stdin for the job's environment
 
 # Logged by the harness when no semi-persistent directory is provided, which only a container
 # worker has: local workers unpickle with the job's own modules and lose nothing.
@@ -33,7 +38,22 @@ def main() -> None:
     share_s3_clients()  # before any bundle: Beam's reads of Beam-only stages (matching files) too
 
     logging.getLogger(sdk_worker_main.__name__).addFilter(lambda r: not str(r.msg).startswith(_NO_DIRECTORY))
+    if AWAIT_JOB in sys.argv:  # started ahead of the job (ssdflow.worker_pool): load, then wait for it
+        for module in sys.argv[sys.argv.index(AWAIT_JOB) + 1:]:
+            importlib.import_module(module)
+        line = sys.stdin.readline()
+        if not line:  # the driver ended, or its run did not need this worker
+            os._exit(0)
+        os.environ.update(json.loads(line))
     sdk_worker_main.main(sys.argv)
+    # The harness returns once the runner has said it is done: every bundle finished, its files
+    # closed. The runner waits for this process to exit before the job can commit, and the
+    # interpreter's teardown (thousands of Beam modules, gRPC threads) takes about half a second
+    # per job on 2 busy cores, so skip it.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":

@@ -186,7 +186,7 @@ def test_resume_after_sigkill_scores_only_what_is_left(raccoon_model, tmp_path, 
     images = _many_images(tmp_path, 36)
     ref = tmp_path / "ref"
     pipelines = []
-    monkeypatch.setattr(beam_jobs.score, "make_pipeline", lambda options: pipelines.append(options) or make_pipeline(options))
+    monkeypatch.setattr(beam_jobs.score, "make_pipeline", lambda options, **kw: pipelines.append(options) or make_pipeline(options, **kw))
     run_score(ScoreConfig(model=raccoon_model, images=[images], out=str(ref), score_threshold=0.0, chunk_size=6))
     assert len(pipelines) == 1  # all six chunks in one pipeline run, each committed as it finished (below)
     out = tmp_path / "out"

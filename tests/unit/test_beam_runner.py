@@ -37,24 +37,34 @@ def test_one_core_means_one_process(monkeypatch):
 
 
 def test_multi_process_workers_start_through_ssdflows_quiet_harness(monkeypatch):
-    """LocalRunner swaps Beam's worker command by exact string: if a Beam upgrade changed that
-    string, the swap would stop silently (and the console be noisy again). This builds the job
-    graph a multi_processing run hands its workers and checks the swap still finds the command."""
+    """LocalRunner swaps Beam's worker command by exact string for its pre-started workers
+    (ssdflow/worker_pool.py): if a Beam upgrade changed that string, the swap would stop silently
+    (the console be noisy again, the workers start late). This builds the job graph a
+    multi_processing run hands its workers and checks the swap still finds the command."""
     import apache_beam as beam
-    from apache_beam.portability import python_urns
     from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+
+    from ssdflow import worker_pool
 
     seen = []
 
     def capture(self, pipeline_proto, options):
-        seen.extend(env for env in pipeline_proto.components.environments.values()
-                    if env.urn == python_urns.SUBPROCESS_SDK)
+        seen.extend(pipeline_proto.components.environments.values())
         raise StopIteration  # the graph is all this test needs; nothing runs
 
     monkeypatch.setattr(FnApiRunner, "run_via_runner_api", capture)
     options = beam_runner.pipeline_options(["--direct_running_mode=multi_processing", "--direct_num_workers=2"])
     p = beam_runner.make_pipeline(options)
+    started = list(p.runner.workers._idle)
+    assert len(started) == 2  # started with the pipeline, before it is built or run
     _ = p | beam.Create([1]) | beam.Map(lambda x: x)
     with pytest.raises(StopIteration):
         p.run()
-    assert [env.payload.decode() for env in seen] == [beam_runner.LocalRunner.SSDFLOW_WORKER]
+    assert [(env.urn, env.payload.decode()) for env in seen] == [(worker_pool.URN, p.runner.workers.id)]
+    # The run ended without taking them: they are ended, not left waiting.
+    assert p.runner.workers.idle == 0 and [proc.returncode for proc in started] == [0, 0]
+
+
+def test_a_run_in_one_process_starts_no_workers():
+    p = beam_runner.make_pipeline(beam_runner.pipeline_options(["--direct_num_workers=1"]))
+    assert p.runner.workers.idle == 0
