@@ -5,7 +5,9 @@ logs its start-up at INFO on stderr (channels opened, "sdk harness starting" …
 about a semi-persistent directory that only a container worker has, and imports Beam's GCP module,
 whose "apitools not found" warning is a false alarm for ssdflow. On a user's console, twice per
 core, that is noise. :class:`ssdflow.beam_runner.LocalRunner` starts this module instead: the
-same harness, with ssdflow's false-alarm filter and warnings and errors only on stderr.
+same harness, with ssdflow's false-alarm filter and warnings and errors only on stderr. Started
+with ``--await-job`` (by :mod:`ssdflow.worker_pool`, before the job exists), it imports first and
+then reads the job's connection details from stdin.
 """
 
 from __future__ import annotations
@@ -40,7 +42,10 @@ def main() -> None:
     logging.getLogger(sdk_worker_main.__name__).addFilter(lambda r: not str(r.msg).startswith(_NO_DIRECTORY))
     if AWAIT_JOB in sys.argv:  # started ahead of the job (ssdflow.worker_pool): load, then wait for it
         for module in sys.argv[sys.argv.index(AWAIT_JOB) + 1:]:
-            importlib.import_module(module)
+            try:
+                importlib.import_module(module)
+            except Exception:  # noqa: BLE001  a head start only: the job's own unpickling raises the real error
+                pass
         line = sys.stdin.readline()
         if not line:  # the driver ended, or its run did not need this worker
             os._exit(0)

@@ -45,8 +45,7 @@ def start_worker_process(preload: tuple[str, ...] = ()) -> subprocess.Popen:
 
 def _end(processes: list[subprocess.Popen]) -> None:
     for proc in processes:
-        if proc.poll() is None:
-            proc.stdin.close()  # end-of-file: the worker exits without a job
+        proc.stdin.close()  # end-of-file: a waiting worker exits without a job
     for proc in processes:
         try:
             proc.wait(timeout=5)
