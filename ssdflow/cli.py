@@ -52,6 +52,9 @@ def ingest(cfg: IngestConfig) -> None:
     """
     from beam_jobs.ingest import IngestError, run_ingest
 
+    from ssdflow import allocator
+
+    allocator.tune_this_process()  # a process that runs this job only: a local run's driver is its shuffle service
     try:
         stats = run_ingest(cfg)
     except IngestError as e:

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.integration
 
 
 def _where(_):
-    return os.getpid(), os.environ.get("WORKER_ID", "")
+    return str(os.getpid()), os.environ.get("WORKER_ID", "")
 
 
 def test_the_pre_started_workers_do_the_runs_work_and_exit_after_it(tmp_path):
@@ -25,7 +25,7 @@ def test_the_pre_started_workers_do_the_runs_work_and_exit_after_it(tmp_path):
     started = list(p.runner.workers._idle)
     out = tmp_path / "where"
     (p | beam.Create(range(200)) | beam.Reshuffle() | beam.Map(_where) | beam.Distinct()
-       | beam.Map(lambda w: f"{w[0]} {w[1]}") | beam.io.WriteToText(str(out), shard_name_template=""))
+       | beam.Map(" ".join) | beam.io.WriteToText(str(out), shard_name_template=""))
     p.run().wait_until_finish()
     rows = [line.split() for line in out.read_text().splitlines()]
     pids = {int(pid) for pid, _ in rows}
