@@ -67,8 +67,9 @@ class WorkerPool:
         self._finalizer = weakref.finalize(self, _end, self._idle)
 
     @property
-    def idle(self) -> int:
-        return len(self._idle)
+    def waiting(self) -> tuple[subprocess.Popen, ...]:
+        """The started processes no run has taken yet."""
+        return tuple(self._idle)
 
     def take(self) -> subprocess.Popen:
         """A started worker, or a new one when every started one is taken (or has died)."""
@@ -86,10 +87,6 @@ class WorkerPool:
         _end(idle)
 
 
-def pool(pool_id: str) -> WorkerPool | None:
-    return _POOLS.get(pool_id)
-
-
 @worker_handlers.WorkerHandler.register_environment(URN, bytes)
 class PrewarmedWorkerHandler(worker_handlers.GrpcWorkerHandler):
     """Beam's SubprocessSdkWorkerHandler, with the process taken from a :class:`WorkerPool`."""
@@ -100,7 +97,7 @@ class PrewarmedWorkerHandler(worker_handlers.GrpcWorkerHandler):
         self._thread: threading.Thread | None = None
 
     def start_worker(self) -> None:
-        found = pool(self._pool_id)
+        found = _POOLS.get(self._pool_id)
         proc = found.take() if found is not None else start_worker_process()
         self._thread = threading.Thread(name="run_worker", target=self._run, args=(proc,), daemon=True)
         self._thread.start()

@@ -55,16 +55,16 @@ def test_multi_process_workers_start_through_ssdflows_quiet_harness(monkeypatch)
     monkeypatch.setattr(FnApiRunner, "run_via_runner_api", capture)
     options = beam_runner.pipeline_options(["--direct_running_mode=multi_processing", "--direct_num_workers=2"])
     p = beam_runner.make_pipeline(options)
-    started = list(p.runner.workers._idle)
+    started = list(p.runner.workers.waiting)
     assert len(started) == 2  # started with the pipeline, before it is built or run
     _ = p | beam.Create([1]) | beam.Map(lambda x: x)
     with pytest.raises(StopIteration):
         p.run()
     assert [(env.urn, env.payload.decode()) for env in seen] == [(worker_pool.URN, p.runner.workers.id)]
     # The run ended without taking them: they are ended, not left waiting.
-    assert p.runner.workers.idle == 0 and [proc.returncode for proc in started] == [0, 0]
+    assert p.runner.workers.waiting == () and [proc.returncode for proc in started] == [0, 0]
 
 
 def test_a_run_in_one_process_starts_no_workers():
     p = beam_runner.make_pipeline(beam_runner.pipeline_options(["--direct_num_workers=1"]))
-    assert p.runner.workers.idle == 0
+    assert p.runner.workers.waiting == ()
