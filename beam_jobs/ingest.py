@@ -2,11 +2,11 @@
 
 Pipeline shape (each box a composite PTransform)::
 
-    ListImages ─┐
-                ├─ MatchLabelsToImages ─ EncodeExamples ─ PlanAndWriteShards ─────────── WriteMetadata
-    ParseLabels ┘   (join on stem, per     (batched)      (dedup per hash bucket,      (books, stats,
-                     hash bucket, packed)                   layout per part file,        rejected.jsonl)
-                                                            shards copied in parallel)
+    ListFiles ─┬─ ListImages ──┐
+               └─ ParseLabels ─┴─ MatchLabelsToImages ─ EncodeExamples ─ PlanAndWriteShards ──── WriteMetadata
+      (both patterns            (join on stem, per     (batched)      (dedup per hash bucket,   (books, stats,
+       at once)                  hash bucket, packed)                  layout per part file,     rejected.jsonl)
+                                                                       shards copied in parallel)
 
 Design notes:
 
@@ -38,7 +38,6 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import apache_beam as beam
-from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import GlobalWindow
@@ -180,31 +179,60 @@ def load_fixed_label_map(cfg: IngestConfig) -> LabelMap | None:
 
 
 # --- transforms ----------------------------------------------------------------------------------
-class ListImages(beam.PTransform):
-    """Image files under a directory or glob → (key, path). Other files are skipped and counted;
-    names that are not valid UTF-8 are rejected (tag 'rejected')."""
+class ImageFile(NamedTuple):
+    """A listed image file: its path, and its size in bytes (which spreads the encoders' work evenly)."""
 
-    def __init__(self, pattern: str):
+    path: str
+    size: int
+
+
+class _MatchPattern(beam.DoFn):
+    """(name, file pattern) → the matched files' FileMetadata, tagged with the name."""
+
+    def process(self, named_pattern):
+        name, pattern = named_pattern
+        for meta in FileSystems.match([pattern])[0].metadata_list:
+            yield beam.pvalue.TaggedOutput(name, meta)
+
+
+class ListFiles(beam.PTransform):
+    """{name: file pattern} → {name: PCollection of FileMetadata}, an empty match allowed.
+
+    One element per pattern, reshuffled: a runner with several workers lists the patterns (the
+    images and the label files) at the same time, where one ``MatchFiles`` per pattern would run
+    one listing after the other on a local runner."""
+
+    def __init__(self, patterns: dict[str, str]):
         super().__init__()
-        self.pattern = pattern
+        self.patterns = patterns
 
     def expand(self, pbegin):
+        names = sorted(self.patterns)
+        listed = (
+            pbegin
+            | "Patterns" >> beam.Create([(name, self.patterns[name]) for name in names])  # reshuffles 2+ elements
+            | "Match" >> beam.ParDo(_MatchPattern()).with_outputs(*names)
+        )
+        return {name: listed[name] for name in names}
+
+
+class ListImages(beam.PTransform):
+    """FileMetadata of the files under --images → (key, ImageFile). Other files are skipped and
+    counted; names that are not valid UTF-8 are rejected (tag 'rejected')."""
+
+    def expand(self, files):
         skipped = Metrics.counter(_NS, "files_skipped")
 
         def keyed(meta):
             if not R.is_text_name(meta.path):
                 yield beam.pvalue.TaggedOutput("rejected", R.undecodable_name(meta.path))
             elif _ext(meta.path) in IMAGE_EXTENSIONS:
-                yield R.image_key(meta.path), meta.path
+                yield R.image_key(meta.path), ImageFile(meta.path, meta.size_in_bytes)
             else:
                 skipped.inc()
                 yield beam.pvalue.TaggedOutput("skipped", meta.path)
 
-        return (
-            pbegin
-            | "Match" >> fileio.MatchFiles(self.pattern, empty_match_treatment=fileio.EmptyMatchTreatment.ALLOW)
-            | "Key" >> beam.FlatMap(keyed).with_outputs("skipped", "rejected", main="images")
-        )
+        return files | "Key" >> beam.FlatMap(keyed).with_outputs("skipped", "rejected", main="images")
 
 
 class _ParseLabelFiles(beam.DoFn):
@@ -229,15 +257,16 @@ class _ParseLabelFiles(beam.DoFn):
 
 
 class ParseLabels(beam.PTransform):
-    """Label files → {"records": (key, LabelRecord), "rejected": Rejection} (file-level problems)."""
+    """FileMetadata of the files under --labels → {"records": (key, LabelRecord), "rejected":
+    Rejection} (file-level problems); files that are not label files of the format are ignored."""
 
     FILES_PER_TASK = 128
 
-    def __init__(self, pattern: str, fmt: str, class_names: list[str] | None):
+    def __init__(self, fmt: str, class_names: list[str] | None):
         super().__init__()
-        self.pattern, self.fmt, self.class_names = pattern, fmt, class_names
+        self.fmt, self.class_names = fmt, class_names
 
-    def expand(self, pbegin):
+    def expand(self, files):
         fmt, n = self.fmt, self.FILES_PER_TASK
 
         def path_of(meta):
@@ -247,8 +276,7 @@ class ParseLabels(beam.PTransform):
                 yield beam.pvalue.TaggedOutput("rejected", R.undecodable_name(meta.path, R.LABEL_FILE))
 
         paths = (
-            pbegin
-            | "Match" >> fileio.MatchFiles(self.pattern, empty_match_treatment=fileio.EmptyMatchTreatment.ALLOW)
+            files
             | "LabelFilesOnly" >> beam.Filter(lambda meta: is_label_file(fmt, meta.path))
             | "Paths" >> beam.FlatMap(path_of).with_outputs("rejected", main="paths")
         )
@@ -312,8 +340,8 @@ class _MatchDoFn(beam.DoFn):
         _, grouped = element
         images, labels = defaultdict(list), defaultdict(list)
         for blob in grouped["images"]:
-            for key, path in unpack(blob):
-                images[key].append(path)
+            for key, image in unpack(blob):
+                images[key].append(image)
         for blob in grouped["labels"]:
             for key, rec in unpack(blob):
                 labels[key].append(rec)
@@ -324,41 +352,55 @@ class _MatchDoFn(beam.DoFn):
                     yield beam.pvalue.TaggedOutput("rejected", out)
                 else:
                     candidates.append(out)
-        # Chunks of (nearly) equal size: a local runner deals them to its workers in turn, so a full
-        # chunk followed by a remainder in every bucket would hand one worker all the full ones.
-        n = -(-len(candidates) // CANDIDATES_PER_CHUNK)
-        for i in range(n):
-            yield pack(candidates[i * len(candidates) // n:(i + 1) * len(candidates) // n])
+        for chunk in deal_by_size(candidates, -(-len(candidates) // CANDIDATES_PER_CHUNK)):
+            yield pack([(image.path, record) for image, record in chunk])
 
-    def match(self, key: str, images: list[str], labels: list[R.LabelRecord]):
-        """One key's image files and label records → (image path, LabelRecord) or Rejections."""
+    def match(self, key: str, images: list[ImageFile], labels: list[R.LabelRecord]):
+        """One key's image files and label records → (ImageFile, LabelRecord) or Rejections."""
         if not images:
             for rec in labels:
                 yield R.Rejection(rec.source, R.MISSING_IMAGE, f"label names image {rec.image_name!r}, not found among --images")
             return
         if len(images) > 1:
-            for path in images:
-                yield R.Rejection(path, R.AMBIGUOUS_NAME, f"{len(images)} images share the name {key!r}: {', '.join(images)}")
+            paths = ", ".join(image.path for image in images)
+            for image in images:
+                yield R.Rejection(image.path, R.AMBIGUOUS_NAME, f"{len(images)} images share the name {key!r}: {paths}")
             return
+        path = images[0].path
         if len(labels) > 1:
             sources = ", ".join(sorted(r.source for r in labels))
-            yield R.Rejection(images[0], R.MULTIPLE_LABELS, f"{len(labels)} label records name this image: {sources}")
+            yield R.Rejection(path, R.MULTIPLE_LABELS, f"{len(labels)} label records name this image: {sources}")
             return
         if not labels:
             if self.unlabeled_is_negative:  # YOLO convention: no .txt means no objects
-                yield images[0], R.LabelRecord(image_name=posixpath.basename(images[0]), source=images[0])
+                yield images[0], R.LabelRecord(image_name=posixpath.basename(path), source=path)
             else:
-                yield R.Rejection(images[0], R.NO_LABEL, "no label file mentions this image")
+                yield R.Rejection(path, R.NO_LABEL, "no label file mentions this image")
             return
         yield images[0], labels[0]
 
 
+def deal_by_size(candidates: list[tuple[ImageFile, R.LabelRecord]], n: int) -> list[list]:
+    """Candidates → ``n`` chunks of equal count (±1) and nearly equal bytes, each in the input's order.
+
+    The largest image goes to the first chunk, the next to the second, …, then back from the last
+    (snake order). A local runner hands each worker a fixed share of the chunks before it starts, so
+    chunks of equal count but unequal bytes left one worker encoding 8 % longer than the other."""
+    seats: list[list[int]] = [[] for _ in range(n)]
+    for rank, i in enumerate(sorted(range(len(candidates)), key=lambda i: (-candidates[i][0].size, i))):
+        lap, seat = divmod(rank, n)
+        seats[seat if lap % 2 == 0 else n - 1 - seat].append(i)
+    return [[candidates[i] for i in sorted(seat)] for seat in seats]
+
+
 class MatchLabelsToImages(beam.PTransform):
-    """Joins label records and image files on the file stem → (image path, LabelRecord).
+    """Joins label records and image files on the file stem: {"images": (key, ImageFile), "labels":
+    (key, LabelRecord)} → (image path, LabelRecord).
 
     The join groups by a hash bucket of the key (JOIN_BUCKETS groups), with each bundle's pairs
-    packed into one pickled element per bucket, and hands the matched pairs on in chunks of
-    CANDIDATES_PER_CHUNK, reshuffled so the encoders get them spread over workers. A per-key
+    packed into one pickled element per bucket, and hands the matched pairs on in chunks of about
+    CANDIDATES_PER_CHUNK (equal bytes within a bucket, see :func:`deal_by_size`), reshuffled so the
+    encoders get them spread over workers. A per-key
     CoGroupByKey moves two elements per image through the shuffle, and a local runner groups in
     the driver's process, holding each one decoded: seconds of per-element coding and the
     driver's largest memory cost. Here the shuffle carries a few compact blobs per bucket and
@@ -811,8 +853,9 @@ def build_pipeline(p: beam.Pipeline, cfg: IngestConfig, tmp_dir: str, class_name
     parts_dir, final_dir = storage.join(tmp_dir, "parts"), storage.join(tmp_dir, "final")
     fragments_dir = storage.join(tmp_dir, "rejected")
     fmt = cfg.format.value
-    images = p | "ListImages" >> ListImages(image_pattern(cfg.images))
-    labels = p | "ParseLabels" >> ParseLabels(label_pattern(cfg.labels), fmt, class_names)
+    files = p | "ListFiles" >> ListFiles({"images": image_pattern(cfg.images), "labels": label_pattern(cfg.labels)})
+    images = files["images"] | "ListImages" >> ListImages()
+    labels = files["labels"] | "ParseLabels" >> ParseLabels(fmt, class_names)
 
     if fixed_map is not None:
         label_map = p | "FixedLabelMap" >> beam.Create([fixed_map])

@@ -144,6 +144,10 @@ def main() -> None:
     t, (images, labels) = timed(make_replicas, work / "data", args.records)
     print(f"data: {args.records} records in {work / 'data'} ({t:.1f}s to prepare)")
     beam_args = args.beam_args.split()
+    # The job and the loops each start without an earlier run's output: deleting a gigabyte of old
+    # shards (the job's commit replaces them; the loop's open truncates its file) is not this work.
+    for old in (work / "out", work / "loop.tfrecord", work / "tutorial.tfrecord"):
+        shutil.rmtree(old) if old.is_dir() else old.unlink(missing_ok=True)
 
     t_job, stats = timed(run_job, images, labels, work / "out", beam_args)
     assert stats["images_written"]["total"] == args.records, stats["images_rejected"]

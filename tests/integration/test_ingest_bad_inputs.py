@@ -14,7 +14,7 @@ import apache_beam as beam
 from PIL import Image
 
 from beam_jobs import records as R
-from beam_jobs.ingest import IngestError, MatchLabelsToImages, run_ingest
+from beam_jobs.ingest import ImageFile, IngestError, MatchLabelsToImages, run_ingest
 from ssdflow.config import IngestConfig
 from tests.helpers import read_ingest_output, read_jsonl
 
@@ -150,7 +150,7 @@ def test_match_labels_to_images_transform():
     rec_b2 = R.LabelRecord(image_name="b.png", source="l/b2.xml")
     rec_g = R.LabelRecord(image_name="ghost.jpg", source="l/ghost.xml")
     with BeamTestPipeline() as p:
-        images = p | "I" >> beam.Create([("a", "i/a.jpg"), ("b", "i/b.jpg"), ("c", "i/c.jpg"), ("d", "i/d.jpg"), ("d", "i/d.png")])
+        images = p | "I" >> beam.Create([(p[2], ImageFile(p, 100)) for p in ("i/a.jpg", "i/b.jpg", "i/c.jpg", "i/d.jpg", "i/d.png")])
         labels = p | "L" >> beam.Create([("a", rec_a), ("b", rec_b), ("b", rec_b2), ("ghost", rec_g)])
         out = {"images": images, "labels": labels} | MatchLabelsToImages(unlabeled_is_negative=False)
         assert_that(out.candidates, equal_to([("i/a.jpg", rec_a)]), label="candidates")

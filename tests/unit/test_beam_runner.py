@@ -68,3 +68,22 @@ def test_multi_process_workers_start_through_ssdflows_quiet_harness(monkeypatch)
 def test_a_run_in_one_process_starts_no_workers():
     p = beam_runner.make_pipeline(beam_runner.pipeline_options(["--direct_num_workers=1"]))
     assert p.runner.workers.waiting == ()
+
+
+def test_job_options_parse_the_flags_once_per_view_and_share_the_values(monkeypatch):
+    """Beam asks for hundreds of views while building a job; each used to parse the flags anew."""
+    import copy
+
+    from apache_beam.options import pipeline_options as po
+
+    options = beam_runner.pipeline_options(["--direct_num_workers=3"])
+    parsed, parse = [], po._BeamArgumentParser.parse_known_args
+    monkeypatch.setattr(po._BeamArgumentParser, "parse_known_args", lambda self, *a, **k: parsed.append(1) or parse(self, *a, **k))
+    views = [options.view_as(po.DirectOptions) for _ in range(50)] + [options.view_as(po.TypeOptions) for _ in range(50)]
+    assert len(parsed) == 2 and views[0] is views[49]
+    views[0].direct_num_workers = 5  # a view writes the shared values, as Beam's views do
+    assert options.get_all_options(drop_default=True) == {"direct_num_workers": 5}
+    twin = copy.deepcopy(options)
+    twin.view_as(po.DirectOptions).direct_num_workers = 7
+    assert options.view_as(po.DirectOptions).direct_num_workers == 5 and twin.get_all_options()["direct_num_workers"] == 7
+
