@@ -11,8 +11,10 @@ Pipeline shape (each box a composite PTransform)::
 Design notes:
 
 * Per-element overhead dominates naive Beam jobs here, so the heavy stage works on batches of
-  images, and each batch writes its records straight into a part file. Only small metadata
-  (key, sha256, offset, length) travels through the pipeline, never image bytes.
+  images, and each batch writes its records straight into a part file. Per-image records (label
+  records, outcomes: key, sha256, offset, length) go from stage to stage in files of a few hundred
+  (:class:`Spill`) whose names alone go through the shuffle, never image bytes: a local runner's
+  shuffle is its driver's memory, which stays flat however large the archive.
 * Duplicates (same sha256 of the file bytes) can only be known once every image is hashed, so
   the part files hold every valid image. Dedup then runs per hash bucket (twins share a sha256,
   hence a bucket; the smallest key is kept, the same on every run and runner), the shard layout
@@ -26,11 +28,13 @@ Design notes:
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 import os
 import pickle
 import posixpath
+import secrets
 import uuid
 import zlib
 from collections import Counter, defaultdict
@@ -66,17 +70,36 @@ class IngestError(RuntimeError):
 
 
 # --- the hand-over between this job's own stages ----------------------------------------------------
-def pack(items: list) -> bytes:
-    """Many small records → one opaque element. 20k small objects through Beam's coders at every
-    stage boundary cost seconds, and a local runner that groups in its own process holds each one
-    decoded; our own pickled bytes cost milliseconds and far less memory. Only this job makes
-    and reads these blobs, in memory, between its stages; they are never written to storage."""
-    return pickle.dumps(items, protocol=pickle.HIGHEST_PROTOCOL)
+class Spill:
+    """Hands many small records from one stage of this job to a later one through a file in the
+    run's temp directory; only the file's name goes through the shuffle.
 
+    Per-image records through Beam's shuffle cost seconds of per-element coding, and a local
+    runner's shuffle is its driver's memory: it held about 1.4 KB per image (300 MB at 100,000
+    images). One file per few hundred records keeps the driver's memory flat however large the
+    archive, on every runner. The files are pickles, so each starts with an HMAC-SHA256 of its bytes
+    under a key made for this run, which travels inside the job's DoFns and never to storage: a
+    file that anyone else wrote or changed in the temp directory is refused before it is unpickled.
+    A retried bundle leaves files no element names; they go with the temp directory."""
 
-def unpack(blob: bytes) -> list:
-    """The records of a blob made by :func:`pack` in an earlier stage of this job."""
-    return pickle.loads(blob)
+    def __init__(self, directory: str, key: bytes):
+        self.directory, self.key = directory, key
+
+    def write(self, items: list) -> str:
+        """``items`` → the name of a new file holding them."""
+        blob = pickle.dumps(items, protocol=pickle.HIGHEST_PROTOCOL)
+        path = storage.join(self.directory, f"{uuid.uuid4().hex}.pkl")
+        with FileSystems.create(path) as f:  # no fsync: a crash loses the run's temp directory anyway
+            f.write(hmac.digest(self.key, blob, "sha256") + blob)
+        return path
+
+    def read(self, path: str) -> list:
+        """The items of a file made by :meth:`write` in this run, after checking its HMAC."""
+        data = storage.read_bytes(path)
+        mac, blob = data[:32], data[32:]
+        if not hmac.compare_digest(mac, hmac.digest(self.key, blob, "sha256")):
+            raise IngestError(f"{path}: not written by this run (its HMAC does not match); refusing to unpickle it")
+        return pickle.loads(blob)
 
 
 # --- small records passed between stages ---------------------------------------------------------
@@ -306,10 +329,13 @@ def _join_bucket(key: str) -> int:
 
 
 class _PackByBucket(beam.DoFn):
-    """(key, value) → (join bucket, pickled list of (key, value)): one element per bucket and
+    """(key, value) → (join bucket, spill file of (key, value) pairs): one element per bucket and
     bundle (or per PACK_LIMIT pairs, which bounds a worker's memory on a large bundle)."""
 
     PACK_LIMIT = 1024
+
+    def __init__(self, spill: Spill):
+        self.spill = spill
 
     def start_bundle(self):
         self.buckets: dict[int, list] = defaultdict(list)
@@ -319,31 +345,32 @@ class _PackByBucket(beam.DoFn):
         pairs = self.buckets[bucket]
         pairs.append(kv)
         if len(pairs) >= self.PACK_LIMIT:
-            yield bucket, pack(pairs)
+            yield bucket, self.spill.write(pairs)
             self.buckets[bucket] = []
 
     def finish_bundle(self):
         for bucket, pairs in self.buckets.items():
             if pairs:
-                yield WindowedValue((bucket, pack(pairs)), MIN_TIMESTAMP, [GlobalWindow()])
+                yield WindowedValue((bucket, self.spill.write(pairs)), MIN_TIMESTAMP, [GlobalWindow()])
         self.buckets = defaultdict(list)
 
 
 class _MatchDoFn(beam.DoFn):
-    """One join bucket → candidate chunks (pickled lists of (image path, LabelRecord)), and a
+    """One join bucket → candidate chunks (spill files of (image path, LabelRecord) pairs), and a
     rejection for every image or label record that cannot be paired one to one."""
 
-    def __init__(self, unlabeled_is_negative: bool):
+    def __init__(self, unlabeled_is_negative: bool, spill: Spill):
         self.unlabeled_is_negative = unlabeled_is_negative
+        self.spill = spill
 
     def process(self, element):
         _, grouped = element
         images, labels = defaultdict(list), defaultdict(list)
-        for blob in grouped["images"]:
-            for key, image in unpack(blob):
+        for path in grouped["images"]:
+            for key, image in self.spill.read(path):
                 images[key].append(image)
-        for blob in grouped["labels"]:
-            for key, rec in unpack(blob):
+        for path in grouped["labels"]:
+            for key, rec in self.spill.read(path):
                 labels[key].append(rec)
         candidates = []
         for key in sorted(images.keys() | labels.keys()):
@@ -353,7 +380,7 @@ class _MatchDoFn(beam.DoFn):
                 else:
                     candidates.append(out)
         for chunk in deal_by_size(candidates, -(-len(candidates) // CANDIDATES_PER_CHUNK)):
-            yield pack([(image.path, record) for image, record in chunk])
+            yield self.spill.write([(image.path, record) for image, record in chunk])
 
     def match(self, key: str, images: list[ImageFile], labels: list[R.LabelRecord]):
         """One key's image files and label records → (ImageFile, LabelRecord) or Rejections."""
@@ -398,30 +425,31 @@ class MatchLabelsToImages(beam.PTransform):
     (key, LabelRecord)} → (image path, LabelRecord).
 
     The join groups by a hash bucket of the key (JOIN_BUCKETS groups), with each bundle's pairs
-    packed into one pickled element per bucket, and hands the matched pairs on in chunks of about
-    CANDIDATES_PER_CHUNK (equal bytes within a bucket, see :func:`deal_by_size`), reshuffled so the
-    encoders get them spread over workers. A per-key
-    CoGroupByKey moves two elements per image through the shuffle, and a local runner groups in
-    the driver's process, holding each one decoded: seconds of per-element coding and the
-    driver's largest memory cost. Here the shuffle carries a few compact blobs per bucket and
-    bundle; a bucket's pairs (1/64 of the archive) meet in one worker.
+    spilled to one file per bucket, and hands the matched pairs on in chunks of about
+    CANDIDATES_PER_CHUNK (equal bytes within a bucket, see :func:`deal_by_size`), also spilled,
+    reshuffled so the encoders get them spread over workers. A per-key CoGroupByKey moves two
+    elements per image through the shuffle, and a local runner groups in the driver's process,
+    holding each one decoded: seconds of per-element coding and the driver's largest memory cost.
+    Here the shuffle carries a few file names per bucket and bundle; a bucket's pairs (1/64 of
+    the archive) meet in one worker.
     """
 
-    def __init__(self, unlabeled_is_negative: bool):
+    def __init__(self, unlabeled_is_negative: bool, spill: Spill):
         super().__init__()
-        self.unlabeled_is_negative = unlabeled_is_negative
+        self.unlabeled_is_negative, self.spill = unlabeled_is_negative, spill
 
     def expand(self, pcolls):
-        packed = {name: pcolls[name] | f"Pack{name.title()}" >> beam.ParDo(_PackByBucket()) for name in ("images", "labels")}
+        spill = self.spill
+        packed = {name: pcolls[name] | f"Pack{name.title()}" >> beam.ParDo(_PackByBucket(spill)) for name in ("images", "labels")}
         matched = (
             packed
             | "Join" >> beam.CoGroupByKey()
-            | "Match" >> beam.ParDo(_MatchDoFn(self.unlabeled_is_negative)).with_outputs("rejected", main="chunks")
+            | "Match" >> beam.ParDo(_MatchDoFn(self.unlabeled_is_negative, spill)).with_outputs("rejected", main="chunks")
         )
         candidates = (
             matched.chunks
             | "Spread" >> beam.Reshuffle()
-            | "Unpack" >> beam.FlatMap(unpack)
+            | "Unspill" >> beam.FlatMap(spill.read)
         )
         return Matched(candidates, matched.rejected)
 
@@ -429,12 +457,12 @@ class MatchLabelsToImages(beam.PTransform):
 class _EncodeFn(beam.DoFn):
     """Encodes images and appends the valid ones to one part file per split and bundle.
 
-    Outcomes are emitted as lists (one per bundle, or per OUTCOMES_PER_BLOB images), so the rest of
+    Outcomes are emitted as lists (one per bundle, or per OUTCOMES_PER_LIST images), so the rest of
     the pipeline handles a few elements per worker instead of one per image. A retried bundle
     leaves orphan part files that no outcome names; they go away with the run's temp directory.
     """
 
-    OUTCOMES_PER_BLOB = 2000
+    OUTCOMES_PER_LIST = 2000
 
     def __init__(self, parts_dir: str, cfg: IngestConfig, label_map_fixed: bool):
         self.parts_dir = parts_dir
@@ -466,8 +494,8 @@ class _EncodeFn(beam.DoFn):
             self.rejected.inc()
         else:
             self.encode(path, record, data, boxes_in, label_map)
-        if len(self.outcomes) >= self.OUTCOMES_PER_BLOB:  # bounds a worker's memory on a large bundle
-            yield self.blob()
+        if len(self.outcomes) >= self.OUTCOMES_PER_LIST:  # bounds a worker's memory on a large bundle
+            yield self.take_outcomes()
 
     def encode(self, path: str, record: R.LabelRecord, data: bytes, boxes_in: int, label_map) -> None:
         """Encodes one image, appends its framed record to this bundle's part file for its split
@@ -497,17 +525,17 @@ class _EncodeFn(beam.DoFn):
         for _, handle in self.files.values():
             handle.close()
         if self.outcomes:
-            yield WindowedValue(self.blob(), MIN_TIMESTAMP, [GlobalWindow()])
+            yield WindowedValue(self.take_outcomes(), MIN_TIMESTAMP, [GlobalWindow()])
         self.files = {}
 
-    def blob(self) -> bytes:
-        """The outcomes so far as one element (:func:`pack`), and a fresh list."""
-        blob, self.outcomes = pack(self.outcomes), []
-        return blob
+    def take_outcomes(self) -> list[ImageOutcome]:
+        """The outcomes so far, as one element, and a fresh list."""
+        outcomes, self.outcomes = self.outcomes, []
+        return outcomes
 
 
 class EncodeExamples(beam.PTransform):
-    """(path, LabelRecord) → packed lists of ImageOutcome (per bundle or OUTCOMES_PER_BLOB); records land in part files."""
+    """(path, LabelRecord) → lists of ImageOutcome (per bundle or OUTCOMES_PER_LIST); records land in part files."""
 
     def __init__(self, parts_dir: str, cfg: IngestConfig, label_map, label_map_fixed: bool):
         super().__init__()
@@ -529,13 +557,13 @@ def _bucket(o: ImageOutcome) -> int:
     return zlib.crc32(o.source.encode("utf-8", "surrogateescape")) % DEDUP_BUCKETS
 
 
-def by_hash_bucket(blob: bytes):
-    """One packed list of outcomes → (bucket, packed outcomes of that bucket), at most DEDUP_BUCKETS."""
+def by_hash_bucket(outcomes: list[ImageOutcome], spill: Spill):
+    """A list of outcomes → (bucket, spill file of that bucket's outcomes), at most DEDUP_BUCKETS."""
     buckets: dict[int, list[ImageOutcome]] = defaultdict(list)
-    for o in unpack(blob):
+    for o in outcomes:
         buckets[_bucket(o)].append(o)
-    for bucket, outcomes in buckets.items():
-        yield bucket, pack(outcomes)
+    for bucket, some in buckets.items():
+        yield bucket, spill.write(some)
 
 
 def _rejection_line(r: R.Rejection) -> str:
@@ -553,12 +581,12 @@ class _Dedup(beam.DoFn):
     runner), each part file's (offset, length, kept) entries, and the bucket's books; its rejected
     lines go to a fragment of rejected.jsonl."""
 
-    def __init__(self, fragments_dir: str):
-        self.fragments_dir = fragments_dir
+    def __init__(self, fragments_dir: str, spill: Spill):
+        self.fragments_dir, self.spill = fragments_dir, spill
 
     def process(self, element):
-        bucket, blobs = element
-        outcomes = sorted((o for blob in blobs for o in unpack(blob)), key=lambda o: (o.key, o.source))
+        bucket, paths = element
+        outcomes = sorted((o for path in paths for o in self.spill.read(path)), key=lambda o: (o.key, o.source))
         books: Counter = Counter(images_in=len(outcomes))
         lines: list[str] = []
         by_sha: dict[str, list[ImageOutcome]] = defaultdict(list)
@@ -811,19 +839,20 @@ class _WriteMetadata(beam.DoFn):
 
 
 class PlanAndWriteShards(beam.PTransform):
-    """Pickled outcome blobs → dedup by content hash per bucket, the shard layout from one row per
+    """Lists of ImageOutcome → dedup by content hash per bucket, the shard layout from one row per
     part file, shards written in parallel; outputs (books, layout, shard names written)."""
 
-    def __init__(self, final_dir: str, fragments_dir: str, num_shards: int | None, target_bytes: int):
+    def __init__(self, final_dir: str, fragments_dir: str, num_shards: int | None, target_bytes: int, spill: Spill):
         super().__init__()
         self.final_dir, self.fragments_dir, self.num_shards, self.target_bytes = final_dir, fragments_dir, num_shards, target_bytes
+        self.spill = spill
 
-    def expand(self, blobs):
+    def expand(self, outcome_lists):
         dedup = (
-            blobs
-            | "ByHashBucket" >> beam.FlatMap(by_hash_bucket)
+            outcome_lists
+            | "ByHashBucket" >> beam.FlatMap(by_hash_bucket, self.spill)
             | "GroupByBucket" >> beam.GroupByKey()
-            | "Dedup" >> beam.ParDo(_Dedup(self.fragments_dir)).with_outputs("books", main="entries")
+            | "Dedup" >> beam.ParDo(_Dedup(self.fragments_dir, self.spill)).with_outputs("books", main="entries")
         )
         parts = (
             dedup.entries
@@ -852,6 +881,7 @@ def build_pipeline(p: beam.Pipeline, cfg: IngestConfig, tmp_dir: str, class_name
     """Adds the ingest transforms to ``p``; outputs land in ``tmp_dir/final``."""
     parts_dir, final_dir = storage.join(tmp_dir, "parts"), storage.join(tmp_dir, "final")
     fragments_dir = storage.join(tmp_dir, "rejected")
+    spill = Spill(storage.join(tmp_dir, "spill"), secrets.token_bytes(32))
     fmt = cfg.format.value
     files = p | "ListFiles" >> ListFiles({"images": image_pattern(cfg.images), "labels": label_pattern(cfg.labels)})
     images = files["images"] | "ListImages" >> ListImages()
@@ -867,7 +897,7 @@ def build_pipeline(p: beam.Pipeline, cfg: IngestConfig, tmp_dir: str, class_name
             | "BuildLabelMap" >> beam.Map(LabelMap.from_names)
         )
 
-    matched = {"images": images.images, "labels": labels["records"]} | "MatchLabelsToImages" >> MatchLabelsToImages(unlabeled_is_negative=fmt == "yolo")
+    matched = {"images": images.images, "labels": labels["records"]} | "MatchLabelsToImages" >> MatchLabelsToImages(fmt == "yolo", spill)
     early_books = (
         (images.rejected, labels["rejected"], matched.rejected)
         | "EarlyRejections" >> beam.Flatten()
@@ -877,9 +907,9 @@ def build_pipeline(p: beam.Pipeline, cfg: IngestConfig, tmp_dir: str, class_name
     )
     skipped = images.skipped | "CountSkipped" >> beam.CombineGlobally(_SkippedFiles())
 
-    blobs = matched.candidates | "EncodeExamples" >> EncodeExamples(parts_dir, cfg, label_map, fixed_map is not None)
-    books, layout, written = blobs | "PlanAndWriteShards" >> PlanAndWriteShards(
-        final_dir, fragments_dir, cfg.num_shards, cfg.target_shard_mb * 2**20)
+    outcomes = matched.candidates | "EncodeExamples" >> EncodeExamples(parts_dir, cfg, label_map, fixed_map is not None)
+    books, layout, written = outcomes | "PlanAndWriteShards" >> PlanAndWriteShards(
+        final_dir, fragments_dir, cfg.num_shards, cfg.target_shard_mb * 2**20, spill)
     return (
         (books, early_books)
         | "AllBooks" >> beam.Flatten()

@@ -14,7 +14,7 @@ import apache_beam as beam
 from PIL import Image
 
 from beam_jobs import records as R
-from beam_jobs.ingest import ImageFile, IngestError, MatchLabelsToImages, run_ingest
+from beam_jobs.ingest import ImageFile, IngestError, MatchLabelsToImages, Spill, run_ingest
 from ssdflow.config import IngestConfig
 from tests.helpers import read_ingest_output, read_jsonl
 
@@ -143,7 +143,7 @@ def test_missing_inputs_fail_with_a_clear_error(tmp_path):
         run_ingest(IngestConfig(images=str(tmp_path / "images"), labels=str(tmp_path / "labels"), format="yolo", out=str(tmp_path / "o")))
 
 
-def test_match_labels_to_images_transform():
+def test_match_labels_to_images_transform(tmp_path):
     """The join as a composite PTransform, on TestPipeline with assert_that."""
     rec_a = R.LabelRecord(image_name="a.jpg", source="l/a.xml")
     rec_b = R.LabelRecord(image_name="b.jpg", source="l/b.xml")
@@ -152,7 +152,8 @@ def test_match_labels_to_images_transform():
     with BeamTestPipeline() as p:
         images = p | "I" >> beam.Create([(p[2], ImageFile(p, 100)) for p in ("i/a.jpg", "i/b.jpg", "i/c.jpg", "i/d.jpg", "i/d.png")])
         labels = p | "L" >> beam.Create([("a", rec_a), ("b", rec_b), ("b", rec_b2), ("ghost", rec_g)])
-        out = {"images": images, "labels": labels} | MatchLabelsToImages(unlabeled_is_negative=False)
+        spill = Spill(str(tmp_path / "spill"), os.urandom(32))
+        out = {"images": images, "labels": labels} | MatchLabelsToImages(unlabeled_is_negative=False, spill=spill)
         assert_that(out.candidates, equal_to([("i/a.jpg", rec_a)]), label="candidates")
         assert_that(
             out.rejected | beam.Map(lambda r: (r.source, r.reason)),

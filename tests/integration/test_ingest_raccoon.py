@@ -246,8 +246,6 @@ def test_directories_are_read_at_any_depth_and_skipped_files_are_named(tmp_path)
 def test_no_step_holds_every_image_outcome(tmp_path, monkeypatch):
     """Dedup runs per hash bucket and the shard layout per part file: no DoFn call sees all 200
     outcomes (a single-process gather would not scale to 10^7 images), and the books still reconcile."""
-    import pickle
-
     import beam_jobs.ingest as ingest
 
     root = raccoon_or_skip()
@@ -255,7 +253,7 @@ def test_no_step_holds_every_image_outcome(tmp_path, monkeypatch):
     original = ingest._Dedup.process
 
     def counting(self, element):
-        seen.append(sum(len(pickle.loads(blob)) for blob in element[1]))
+        seen.append(sum(len(self.spill.read(path)) for path in element[1]))
         yield from original(self, element)
 
     monkeypatch.setattr(ingest._Dedup, "process", counting)

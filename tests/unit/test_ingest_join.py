@@ -1,25 +1,36 @@
-"""Ingest's join by hash bucket: packed pairs in, equal-sized candidate chunks out."""
+"""Ingest's join by hash bucket: spilled pairs in, equal-sized candidate chunks out; the spill
+files themselves (authenticated pickles in the run's temp directory)."""
 
 from __future__ import annotations
 
+import os
+import pickle
+
+import pytest
+
 from beam_jobs import records as R
-from beam_jobs.ingest import CANDIDATES_PER_CHUNK, JOIN_BUCKETS, ImageFile, _join_bucket, _MatchDoFn, _PackByBucket, deal_by_size, pack, unpack
+from beam_jobs.ingest import CANDIDATES_PER_CHUNK, JOIN_BUCKETS, ImageFile, IngestError, Spill, _join_bucket, _MatchDoFn, _PackByBucket, deal_by_size
 
 
-def _bucket(pairs) -> dict:
-    return {"images": [pack([(k, v) for k, v in pairs if isinstance(v, ImageFile)])],
-            "labels": [pack([(k, v) for k, v in pairs if not isinstance(v, ImageFile)])]}
+@pytest.fixture
+def spill(tmp_path) -> Spill:
+    return Spill(str(tmp_path / "spill"), os.urandom(32))
 
 
-def test_a_bucket_yields_candidate_chunks_of_nearly_equal_size_and_its_rejections():
+def _bucket(pairs, spill: Spill) -> dict:
+    return {"images": [spill.write([(k, v) for k, v in pairs if isinstance(v, ImageFile)])],
+            "labels": [spill.write([(k, v) for k, v in pairs if not isinstance(v, ImageFile)])]}
+
+
+def test_a_bucket_yields_candidate_chunks_of_nearly_equal_size_and_its_rejections(spill):
     """A local runner deals chunks to its workers in turn: a full chunk and a small remainder per
     bucket would give one worker every full chunk."""
     n = CANDIDATES_PER_CHUNK + 44
     pairs = [(f"k{i:04d}", ImageFile(f"i/k{i:04d}.jpg", 1000 + i)) for i in range(n)] + [(f"k{i:04d}", R.LabelRecord(f"k{i:04d}.jpg", "l.csv")) for i in range(n)]
     pairs += [("lonely", ImageFile("i/lonely.jpg", 5)), ("ghost", R.LabelRecord("ghost.jpg", "l.csv"))]
-    out = list(_MatchDoFn(unlabeled_is_negative=False).process((7, _bucket(pairs))))
-    chunks = [unpack(o) for o in out if isinstance(o, bytes)]
-    rejected = sorted((o.value.source, o.value.reason) for o in out if not isinstance(o, bytes))
+    out = list(_MatchDoFn(False, spill).process((7, _bucket(pairs, spill))))
+    chunks = [spill.read(o) for o in out if isinstance(o, str)]
+    rejected = sorted((o.value.source, o.value.reason) for o in out if not isinstance(o, str))
     assert sorted(len(c) for c in chunks) == [n // 2, n - n // 2]
     assert sorted(path for c in chunks for path, _ in c) == sorted(f"i/k{i:04d}.jpg" for i in range(n))
     assert all(rec.key == path[2:-4] for c in chunks for path, rec in c)
@@ -41,16 +52,42 @@ def test_chunks_are_dealt_by_size_so_that_each_holds_about_the_same_bytes():
     assert all(chunk == sorted(chunk, key=lambda c: c[0].path) for chunk in chunks)
 
 
-def test_pairs_are_packed_per_bucket_and_flushed_at_the_limit():
-    fn = _PackByBucket()
+def test_pairs_are_spilled_per_bucket_and_flushed_at_the_limit(spill):
+    fn = _PackByBucket(spill)
     fn.PACK_LIMIT = 10  # so that 3000 pairs over 64 buckets reach it
     fn.start_bundle()
     keys = [f"img{i}" for i in range(3000)]
     early = [out for k in keys for out in fn.process((k, f"/i/{k}.jpg"))]
     late = [wv.value for wv in fn.finish_bundle()]
     emitted = early + late
-    assert early and all(len(unpack(blob)) == fn.PACK_LIMIT for _, blob in early)
-    got = {k: (b, p) for b, blob in emitted for k, p in unpack(blob)}
+    assert early and all(len(spill.read(blob)) == fn.PACK_LIMIT for _, blob in early)
+    got = {k: (b, p) for b, blob in emitted for k, p in spill.read(blob)}
     assert sorted(got) == sorted(keys)
     assert all(b == _join_bucket(k) and 0 <= b < JOIN_BUCKETS and p == f"/i/{k}.jpg" for k, (b, p) in got.items())
     assert len(late) <= JOIN_BUCKETS
+
+
+def test_a_spill_file_not_written_by_this_run_is_refused_before_it_is_unpickled(spill, tmp_path):
+    """Anyone who can write to the output's temp directory could put a pickle there that runs code
+    when loaded; a file must carry this run's HMAC to be read at all."""
+    path = spill.write([("k", 1)])
+    assert spill.read(path) == [("k", 1)]
+    with pytest.raises(IngestError, match="HMAC"):  # another run, another key
+        Spill(spill.directory, os.urandom(32)).read(path)
+
+    class Boom:  # unpickling this creates a file: the test sees whether loads ran
+        def __reduce__(self):
+            return (open, (str(tmp_path / "pwned"), "w"))
+
+    evil = pickle.dumps([Boom()])
+    with open(path, "wb") as f:
+        f.write(b"\0" * 32 + evil)
+    with pytest.raises(IngestError, match="not written by this run"):
+        spill.read(path)
+    with open(spill.write([("k", 2)]), "rb") as f:
+        mac = f.read(32)
+    with open(path, "wb") as f:  # this run's MAC of other bytes, with the payload swapped
+        f.write(mac + evil)
+    with pytest.raises(IngestError):
+        spill.read(path)
+    assert not (tmp_path / "pwned").exists()
