@@ -14,7 +14,7 @@ import apache_beam as beam
 from PIL import Image
 
 from beam_jobs import records as R
-from beam_jobs.ingest import ImageFile, IngestError, MatchLabelsToImages, Spill, run_ingest
+from beam_jobs.ingest import ImageFile, IngestError, ListFiles, ListImages, MatchLabelsToImages, Spill, run_ingest
 from ssdflow.config import IngestConfig
 from tests.helpers import read_ingest_output, read_jsonl
 
@@ -161,3 +161,23 @@ def test_match_labels_to_images_transform(tmp_path):
                       ("i/d.png", R.AMBIGUOUS_NAME), ("l/ghost.xml", R.MISSING_IMAGE)]),
             label="rejected",
         )
+
+
+def test_list_files_matches_every_pattern_with_sizes_and_list_images_keys_them(tmp_path):
+    """ListFiles as a composite PTransform (both patterns in one reshuffled stage), on TestPipeline:
+    each name gets its own pattern's files, at any depth, with their sizes; an empty match is no error."""
+    (tmp_path / "i" / "train").mkdir(parents=True)
+    (tmp_path / "l").mkdir()
+    (tmp_path / "i" / "a.jpg").write_bytes(b"x" * 3)
+    (tmp_path / "i" / "train" / "b.png").write_bytes(b"x" * 5)
+    (tmp_path / "i" / "notes.txt").write_text("not an image")
+    (tmp_path / "l" / "a.xml").write_text("<annotation/>")
+    with BeamTestPipeline() as p:
+        files = p | ListFiles({"images": str(tmp_path / "i" / "**"), "labels": str(tmp_path / "l" / "*"),
+                               "nothing": str(tmp_path / "none" / "*")})
+        assert_that(files["labels"] | "L" >> beam.Map(lambda m: m.path), equal_to([str(tmp_path / "l" / "a.xml")]), label="labels")
+        assert_that(files["nothing"], equal_to([]), label="nothing")
+        images = files["images"] | ListImages()
+        assert_that(images.images | beam.MapTuple(lambda key, f: (key, os.path.relpath(f.path, tmp_path), f.size)),
+                    equal_to([("a", "i/a.jpg", 3), ("b", "i/train/b.png", 5)]), label="images")
+        assert_that(images.skipped | "S" >> beam.Map(os.path.basename), equal_to(["notes.txt"]), label="skipped")
