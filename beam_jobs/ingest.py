@@ -53,7 +53,7 @@ from beam_jobs.encode import encode_image, split_for
 from beam_jobs.parsers import is_label_file, parse_label_file
 from beam_jobs.parsers.yolo import load_class_names
 from ssdflow import storage, tfrecord
-from ssdflow.beam_runner import MULTI_PROCESS_MIN_FILES, local_parallelism, make_pipeline, pipeline_options
+from ssdflow.beam_runner import MULTI_PROCESS_MIN_FILES, local_parallelism, make_pipeline, pipeline_options, worker_filesystems
 from ssdflow.config import IngestConfig, LabelFormat
 from ssdflow.schema import LabelMap
 
@@ -100,6 +100,31 @@ class Spill:
         if not hmac.compare_digest(mac, hmac.digest(self.key, blob, "sha256")):
             raise IngestError(f"{path}: not written by this run (its HMAC does not match); refusing to unpickle it")
         return pickle.loads(blob)
+
+
+class _StorageDoFn(beam.DoFn):
+    """A DoFn of this job that reads or writes storage. ``setup`` gives the worker process's Beam
+    FileSystems the job's options (S3 endpoint, region …): a harness that an external worker pool
+    runs in-process (PortableRunner with ``--environment_type=EXTERNAL``, as Flink and Spark run
+    Python) is never given them (:func:`ssdflow.beam_runner.worker_filesystems`)."""
+
+    def __init__(self, flags=()):
+        self.flags = list(flags)
+
+    def setup(self):
+        if self.flags:
+            worker_filesystems(self.flags)
+
+
+class _StorageCall(_StorageDoFn):
+    """``fn(element, *args)``'s outputs (an iterable), as a :class:`_StorageDoFn`."""
+
+    def __init__(self, flags, fn, *args):
+        super().__init__(flags)
+        self.fn, self.args = fn, args
+
+    def process(self, element):
+        yield from self.fn(element, *self.args)
 
 
 # --- small records passed between stages ---------------------------------------------------------
@@ -209,7 +234,7 @@ class ImageFile(NamedTuple):
     size: int
 
 
-class _MatchPattern(beam.DoFn):
+class _MatchPattern(_StorageDoFn):
     """(name, file pattern) → the matched files' FileMetadata, tagged with the name."""
 
     def process(self, named_pattern):
@@ -225,16 +250,16 @@ class ListFiles(beam.PTransform):
     images and the label files) at the same time, where one ``MatchFiles`` per pattern would run
     one listing after the other on a local runner."""
 
-    def __init__(self, patterns: dict[str, str]):
+    def __init__(self, patterns: dict[str, str], flags=()):
         super().__init__()
-        self.patterns = patterns
+        self.patterns, self.flags = patterns, flags
 
     def expand(self, pbegin):
         names = sorted(self.patterns)
         listed = (
             pbegin
             | "Patterns" >> beam.Create([(name, self.patterns[name]) for name in names])  # reshuffles 2+ elements
-            | "Match" >> beam.ParDo(_MatchPattern()).with_outputs(*names)
+            | "Match" >> beam.ParDo(_MatchPattern(self.flags)).with_outputs(*names)
         )
         return {name: listed[name] for name in names}
 
@@ -258,10 +283,11 @@ class ListImages(beam.PTransform):
         return files | "Key" >> beam.FlatMap(keyed).with_outputs("skipped", "rejected", main="images")
 
 
-class _ParseLabelFiles(beam.DoFn):
+class _ParseLabelFiles(_StorageDoFn):
     """Parses a batch of label files (batched so thousands of small XML files spread over workers)."""
 
-    def __init__(self, fmt: str, class_names: list[str] | None):
+    def __init__(self, fmt: str, class_names: list[str] | None, flags=()):
+        super().__init__(flags)
         self.fmt = fmt
         self.class_names = class_names
 
@@ -285,9 +311,9 @@ class ParseLabels(beam.PTransform):
 
     FILES_PER_TASK = 128
 
-    def __init__(self, fmt: str, class_names: list[str] | None):
+    def __init__(self, fmt: str, class_names: list[str] | None, flags=()):
         super().__init__()
-        self.fmt, self.class_names = fmt, class_names
+        self.fmt, self.class_names, self.flags = fmt, class_names, flags
 
     def expand(self, files):
         fmt, n = self.fmt, self.FILES_PER_TASK
@@ -307,7 +333,7 @@ class ParseLabels(beam.PTransform):
             paths.paths
             | "Batch" >> beam.BatchElements(min_batch_size=n, max_batch_size=n)
             | "Spread" >> beam.Reshuffle()  # matching happens in one place; parsing should not
-            | "Parse" >> beam.ParDo(_ParseLabelFiles(self.fmt, self.class_names)).with_outputs("rejected", main="records")
+            | "Parse" >> beam.ParDo(_ParseLabelFiles(self.fmt, self.class_names, self.flags)).with_outputs("rejected", main="records")
         )
         rejected = (paths.rejected, parsed.rejected) | "AllRejected" >> beam.Flatten()
         return {"records": parsed.records, "rejected": rejected}
@@ -328,13 +354,14 @@ def _join_bucket(key: str) -> int:
     return zlib.crc32(key.encode("utf-8", "surrogateescape")) % JOIN_BUCKETS
 
 
-class _PackByBucket(beam.DoFn):
+class _PackByBucket(_StorageDoFn):
     """(key, value) → (join bucket, spill file of (key, value) pairs): one element per bucket and
     bundle (or per PACK_LIMIT pairs, which bounds a worker's memory on a large bundle)."""
 
     PACK_LIMIT = 1024
 
-    def __init__(self, spill: Spill):
+    def __init__(self, spill: Spill, flags=()):
+        super().__init__(flags)
         self.spill = spill
 
     def start_bundle(self):
@@ -355,11 +382,12 @@ class _PackByBucket(beam.DoFn):
         self.buckets = defaultdict(list)
 
 
-class _MatchDoFn(beam.DoFn):
+class _MatchDoFn(_StorageDoFn):
     """One join bucket → candidate chunks (spill files of (image path, LabelRecord) pairs), and a
     rejection for every image or label record that cannot be paired one to one."""
 
-    def __init__(self, unlabeled_is_negative: bool, spill: Spill):
+    def __init__(self, unlabeled_is_negative: bool, spill: Spill, flags=()):
+        super().__init__(flags)
         self.unlabeled_is_negative = unlabeled_is_negative
         self.spill = spill
 
@@ -434,27 +462,27 @@ class MatchLabelsToImages(beam.PTransform):
     the archive) meet in one worker.
     """
 
-    def __init__(self, unlabeled_is_negative: bool, spill: Spill):
+    def __init__(self, unlabeled_is_negative: bool, spill: Spill, flags=()):
         super().__init__()
-        self.unlabeled_is_negative, self.spill = unlabeled_is_negative, spill
+        self.unlabeled_is_negative, self.spill, self.flags = unlabeled_is_negative, spill, flags
 
     def expand(self, pcolls):
-        spill = self.spill
-        packed = {name: pcolls[name] | f"Pack{name.title()}" >> beam.ParDo(_PackByBucket(spill)) for name in ("images", "labels")}
+        spill, flags = self.spill, self.flags
+        packed = {name: pcolls[name] | f"Pack{name.title()}" >> beam.ParDo(_PackByBucket(spill, flags)) for name in ("images", "labels")}
         matched = (
             packed
             | "Join" >> beam.CoGroupByKey()
-            | "Match" >> beam.ParDo(_MatchDoFn(self.unlabeled_is_negative, spill)).with_outputs("rejected", main="chunks")
+            | "Match" >> beam.ParDo(_MatchDoFn(self.unlabeled_is_negative, spill, flags)).with_outputs("rejected", main="chunks")
         )
         candidates = (
             matched.chunks
             | "Spread" >> beam.Reshuffle()
-            | "Unspill" >> beam.FlatMap(spill.read)
+            | "Unspill" >> beam.ParDo(_StorageCall(flags, spill.read))
         )
         return Matched(candidates, matched.rejected)
 
 
-class _EncodeFn(beam.DoFn):
+class _EncodeFn(_StorageDoFn):
     """Encodes images and appends the valid ones to one part file per split and bundle.
 
     Outcomes are emitted as lists (one per bundle, or per OUTCOMES_PER_LIST images), so the rest of
@@ -465,6 +493,7 @@ class _EncodeFn(beam.DoFn):
     OUTCOMES_PER_LIST = 2000
 
     def __init__(self, parts_dir: str, cfg: IngestConfig, label_map_fixed: bool):
+        super().__init__(cfg.pipeline_flags())
         self.parts_dir = parts_dir
         self.val_fraction = cfg.val_fraction
         self.max_pixels = cfg.max_pixels
@@ -472,6 +501,7 @@ class _EncodeFn(beam.DoFn):
         self.label_map_fixed = label_map_fixed
 
     def setup(self):
+        super().setup()
         self.encoded = Metrics.counter(_NS, "images_encoded")
         self.rejected = Metrics.counter(_NS, "images_rejected_before_dedup")
         self.boxes = Metrics.counter(_NS, "boxes_encoded")
@@ -576,12 +606,13 @@ def _write_fragment(fragments_dir: str, name: str, lines: list[str]) -> None:
         storage.write_text(storage.join(fragments_dir, name), "".join(sorted(lines)))
 
 
-class _Dedup(beam.DoFn):
+class _Dedup(_StorageDoFn):
     """One bucket's outcomes → the twins dropped (the smallest key kept, the same on every run and
     runner), each part file's (offset, length, kept) entries, and the bucket's books; its rejected
     lines go to a fragment of rejected.jsonl."""
 
-    def __init__(self, fragments_dir: str, spill: Spill):
+    def __init__(self, fragments_dir: str, spill: Spill, flags=()):
+        super().__init__(flags)
         self.fragments_dir, self.spill = fragments_dir, spill
 
     def process(self, element):
@@ -621,8 +652,8 @@ class _Dedup(beam.DoFn):
         yield beam.pvalue.TaggedOutput("books", books)
 
 
-def _early_books(element, fragments_dir: str) -> Counter:
-    """Rejections made before encoding (listing, label files, matching), one bucket of them."""
+def _early_books(element, fragments_dir: str):
+    """Rejections made before encoding (listing, label files, matching), one bucket of them → its books."""
     bucket, rejections = element
     books: Counter = Counter()
     for rej in rejections:
@@ -634,7 +665,7 @@ def _early_books(element, fragments_dir: str) -> Counter:
         elif rej.kind == R.LABEL_FILE:
             books["label_files_rejected"] += 1
     _write_fragment(fragments_dir, f"early-{bucket:05d}.jsonl", [_rejection_line(r) for r in rejections])
-    return books
+    yield books
 
 
 def summarize_part(element) -> PartSummary:
@@ -719,11 +750,12 @@ def shard_pieces(summary: PartSummary, layout: Layout):
         yield shard_name(split, i, n), (summary.part, _merge_ranges(ranges), False)
 
 
-class _WriteShard(beam.DoFn):
+class _WriteShard(_StorageDoFn):
     """(shard name, its pieces) → the shard: the part file renamed, or the pieces' byte ranges copied
     in part-file order (TFRecord frames are self-contained: no record is parsed again)."""
 
-    def __init__(self, final_dir: str):
+    def __init__(self, final_dir: str, flags=()):
+        super().__init__(flags)
         self.final_dir = final_dir
 
     def process(self, element):
@@ -816,10 +848,11 @@ class _MergeBooks(beam.CombineFn):
         return acc
 
 
-class _WriteMetadata(beam.DoFn):
+class _WriteMetadata(_StorageDoFn):
     """stats.json (the books checked), label maps, and rejected.jsonl streamed from its fragments."""
 
-    def __init__(self, final_dir: str, fragments_dir: str):
+    def __init__(self, final_dir: str, fragments_dir: str, flags=()):
+        super().__init__(flags)
         self.final_dir, self.fragments_dir = final_dir, fragments_dir
 
     def process(self, books, layout: Layout, shard_names, label_map, skipped):
@@ -842,17 +875,17 @@ class PlanAndWriteShards(beam.PTransform):
     """Lists of ImageOutcome → dedup by content hash per bucket, the shard layout from one row per
     part file, shards written in parallel; outputs (books, layout, shard names written)."""
 
-    def __init__(self, final_dir: str, fragments_dir: str, num_shards: int | None, target_bytes: int, spill: Spill):
+    def __init__(self, final_dir: str, fragments_dir: str, num_shards: int | None, target_bytes: int, spill: Spill, flags=()):
         super().__init__()
         self.final_dir, self.fragments_dir, self.num_shards, self.target_bytes = final_dir, fragments_dir, num_shards, target_bytes
-        self.spill = spill
+        self.spill, self.flags = spill, flags
 
     def expand(self, outcome_lists):
         dedup = (
             outcome_lists
-            | "ByHashBucket" >> beam.FlatMap(by_hash_bucket, self.spill)
+            | "ByHashBucket" >> beam.ParDo(_StorageCall(self.flags, by_hash_bucket, self.spill))
             | "GroupByBucket" >> beam.GroupByKey()
-            | "Dedup" >> beam.ParDo(_Dedup(self.fragments_dir, self.spill)).with_outputs("books", main="entries")
+            | "Dedup" >> beam.ParDo(_Dedup(self.fragments_dir, self.spill, self.flags)).with_outputs("books", main="entries")
         )
         parts = (
             dedup.entries
@@ -871,7 +904,7 @@ class PlanAndWriteShards(beam.PTransform):
             (pieces, every_shard)
             | "AllPieces" >> beam.Flatten()
             | "GroupByShard" >> beam.GroupByKey()
-            | "WriteShards" >> beam.ParDo(_WriteShard(self.final_dir))
+            | "WriteShards" >> beam.ParDo(_WriteShard(self.final_dir, self.flags))
             | "CollectShards" >> beam.combiners.ToList()
         )
         return dedup.books, layout, written
@@ -882,10 +915,10 @@ def build_pipeline(p: beam.Pipeline, cfg: IngestConfig, tmp_dir: str, class_name
     parts_dir, final_dir = storage.join(tmp_dir, "parts"), storage.join(tmp_dir, "final")
     fragments_dir = storage.join(tmp_dir, "rejected")
     spill = Spill(storage.join(tmp_dir, "spill"), secrets.token_bytes(32))
-    fmt = cfg.format.value
-    files = p | "ListFiles" >> ListFiles({"images": image_pattern(cfg.images), "labels": label_pattern(cfg.labels)})
+    fmt, flags = cfg.format.value, cfg.pipeline_flags()
+    files = p | "ListFiles" >> ListFiles({"images": image_pattern(cfg.images), "labels": label_pattern(cfg.labels)}, flags)
     images = files["images"] | "ListImages" >> ListImages()
-    labels = files["labels"] | "ParseLabels" >> ParseLabels(fmt, class_names)
+    labels = files["labels"] | "ParseLabels" >> ParseLabels(fmt, class_names, flags)
 
     if fixed_map is not None:
         label_map = p | "FixedLabelMap" >> beam.Create([fixed_map])
@@ -897,25 +930,25 @@ def build_pipeline(p: beam.Pipeline, cfg: IngestConfig, tmp_dir: str, class_name
             | "BuildLabelMap" >> beam.Map(LabelMap.from_names)
         )
 
-    matched = {"images": images.images, "labels": labels["records"]} | "MatchLabelsToImages" >> MatchLabelsToImages(fmt == "yolo", spill)
+    matched = {"images": images.images, "labels": labels["records"]} | "MatchLabelsToImages" >> MatchLabelsToImages(fmt == "yolo", spill, flags)
     early_books = (
         (images.rejected, labels["rejected"], matched.rejected)
         | "EarlyRejections" >> beam.Flatten()
         | "EarlyByBucket" >> beam.Map(lambda r: (zlib.crc32(r.source.encode("utf-8", "surrogateescape")) % DEDUP_BUCKETS, r))
         | "GroupEarly" >> beam.GroupByKey()
-        | "EarlyBooks" >> beam.Map(_early_books, fragments_dir)
+        | "EarlyBooks" >> beam.ParDo(_StorageCall(flags, _early_books, fragments_dir))
     )
     skipped = images.skipped | "CountSkipped" >> beam.CombineGlobally(_SkippedFiles())
 
     outcomes = matched.candidates | "EncodeExamples" >> EncodeExamples(parts_dir, cfg, label_map, fixed_map is not None)
     books, layout, written = outcomes | "PlanAndWriteShards" >> PlanAndWriteShards(
-        final_dir, fragments_dir, cfg.num_shards, cfg.target_shard_mb * 2**20, spill)
+        final_dir, fragments_dir, cfg.num_shards, cfg.target_shard_mb * 2**20, spill, flags)
     return (
         (books, early_books)
         | "AllBooks" >> beam.Flatten()
         | "MergeBooks" >> beam.CombineGlobally(_MergeBooks())
         | "WriteMetadata" >> beam.ParDo(
-            _WriteMetadata(final_dir, fragments_dir), beam.pvalue.AsSingleton(layout), beam.pvalue.AsSingleton(written),
+            _WriteMetadata(final_dir, fragments_dir, flags), beam.pvalue.AsSingleton(layout), beam.pvalue.AsSingleton(written),
             beam.pvalue.AsSingleton(label_map), beam.pvalue.AsSingleton(skipped))
     )
 

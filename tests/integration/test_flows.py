@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import os
 import pytest
+# Imported at collection, before any test has started threads: importing Prefect's server modules
+# compiles some through beartype's import hook, and CPython 3.11.7's AST constructor can raise a
+# spurious "recursion depth mismatch" SystemError when other threads run meanwhile (cpython#106905).
+from prefect.testing.utilities import prefect_test_harness
 
 from tests.helpers import raccoon_subset
 
@@ -12,8 +16,6 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def harness():
-    from prefect.testing.utilities import prefect_test_harness
-
     with prefect_test_harness(server_startup_timeout=120):
         yield
 

@@ -7,6 +7,7 @@ in-process runs hide (unpicklable transforms, module-level state).
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -64,25 +65,45 @@ def test_direct_runner_multi_processing(subset, tmp_path, capfd):
         assert noise not in console, console[-2000:]
 
 
-def test_multi_processing_workers_get_the_jobs_s3_options(subset, tmp_path):
-    """Worker processes read and write s3:// with the endpoint given only as a Beam flag: the
-    runner hands them the job's options (they had none, and their first S3 call failed)."""
-    images, labels, ref_stats, ref = subset
-    with moto_s3(bucket="runners") as (endpoint, client):
+def _ingest_on_s3(subset, tmp_path, runner_args: list[str], pool_cwd: Path | None = None) -> Path:
+    """The subset uploaded to moto's S3 server, ingested from and to s3:// with the endpoint given
+    only as a Beam flag (on the PortableRunner with an external worker pool running in ``pool_cwd``
+    when it is given), the output downloaded; checks the stats against the local run's."""
+    images, labels, ref_stats, _ = subset
+    with moto_s3(bucket="runners") as (endpoint, client), \
+            (portable_beam(worker_cwd=pool_cwd) if pool_cwd else contextlib.nullcontext([])) as portable_args:  # after moto: its credentials
+        runner = "PortableRunner" if pool_cwd else "DirectRunner"
         for local, prefix in ((images, "in/images"), (labels, "in/labels")):
             for name in sorted(os.listdir(local)):
                 client.put_object(Bucket="runners", Key=f"{prefix}/{name}", Body=(Path(local) / name).read_bytes())
         stats = run_ingest(IngestConfig(images="s3://runners/in/images", labels="s3://runners/in/labels", format="voc",
-                                        out="s3://runners/out", beam_args=[
-                                            f"--s3_endpoint_url={endpoint}", "--s3_region_name=us-east-1",
-                                            "--direct_running_mode=multi_processing", "--direct_num_workers=2"]))
+                                        out="s3://runners/out", runner=runner, beam_args=[
+                                            f"--s3_endpoint_url={endpoint}", "--s3_region_name=us-east-1", *runner_args, *portable_args]))
         assert stats["images_written"] == ref_stats["images_written"]
         local_out = tmp_path / "out"
         local_out.mkdir()
         for obj in client.list_objects_v2(Bucket="runners", Prefix="out/")["Contents"]:
             (local_out / obj["Key"][len("out/"):]).write_bytes(client.get_object(Bucket="runners", Key=obj["Key"])["Body"].read())
     assert (local_out / "_SUCCESS").exists()
-    assert sorted(_summary(local_out).values()) == sorted(ref.values())  # same images and boxes as the local run
+    return local_out
+
+
+def test_multi_processing_workers_get_the_jobs_s3_options(subset, tmp_path):
+    """Worker processes read and write s3:// with the endpoint given only as a Beam flag: the
+    runner hands them the job's options (they had none, and their first S3 call failed)."""
+    out = _ingest_on_s3(subset, tmp_path, ["--direct_running_mode=multi_processing", "--direct_num_workers=2"])
+    assert sorted(_summary(out).values()) == sorted(subset[3].values())  # same images and boxes as the local run
+
+
+def test_a_bare_external_worker_pool_reads_and_writes_s3_with_the_jobs_options(subset, tmp_path):
+    """An external worker pool started as bare Python (no container, the way a Flink or Spark
+    cluster may run Python) runs its harnesses in-process and never gives them the job's options:
+    each of ingest's DoFns that touches storage sets them up itself. The pool runs in a directory
+    where the driver's local paths mean nothing; everything it reads and writes is on S3."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    out = _ingest_on_s3(subset, tmp_path, [], pool_cwd=elsewhere)
+    assert sorted(_summary(out).values()) == sorted(subset[3].values())
 
 
 def test_portable_runner_with_external_worker_pool(subset, tmp_path):
