@@ -32,12 +32,13 @@ def training_metrics(metrics: dict, key: str = "training-metrics") -> None:
 
 
 def model_card(model_dir: str, decision: dict, key: str = "model-card") -> None:
-    from model import report
+    from model import registry, report
+    from ssdflow import storage
 
-    with open(f"{model_dir}/model_card.md") as f:
-        card = f.read()
+    card = storage.read_text(storage.join(model_dir, "model_card.md"))
+    local = registry.local_copy(model_dir)  # the card's images, read from files
     # The UI cannot reach the model directory's files: the card's images go in as data URIs.
-    card = card.replace(report.markdown(model_dir), report.markdown(model_dir, inline=True))
+    card = card.replace(report.markdown(local), report.markdown(local, inline=True))
     create_markdown_artifact(card, key=_key(key), description=f"{'Promoted' if decision['promoted'] else 'Not promoted'}: {decision['reason']}")
     create_link_artifact(model_dir, link_text="model directory (SavedModel)", key=_key(f"{key}-link"))
 

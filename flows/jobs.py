@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from datetime import timedelta
 
 from prefect import flow, get_run_logger, task
@@ -75,15 +74,17 @@ def after_crash(cfg: TrainConfig, attempt: int) -> tuple[TrainConfig, bool]:
     settings or data cannot be continued and is discarded (``fresh``), where ``ssdflow train``
     would stop and ask. A rerun (``attempt`` > 0) also reuses a version the crashed run already
     committed instead of training a duplicate."""
-    from model.run_record import RUN_DIR, can_resume
+    from model.run_record import can_resume, has_interrupted_run, run_dir_uri
+    from ssdflow import storage
 
+    storage.configure(cfg.storage_args)
     if not cfg.resume and not cfg.fresh:
         if can_resume(cfg):
             get_run_logger().info("train: resuming the interrupted training of these settings and data from its last checkpoint")
             cfg = cfg.model_copy(update={"resume": True})
-        elif os.path.exists(os.path.join(cfg.models, RUN_DIR, "run.json")):
+        elif has_interrupted_run(cfg.models):
             get_run_logger().warning("train: discarding an interrupted training of other settings or data in %s",
-                                     os.path.join(cfg.models, RUN_DIR))
+                                     run_dir_uri(cfg.models))
             cfg = cfg.model_copy(update={"fresh": True})
     return cfg, attempt > 0
 
@@ -153,7 +154,9 @@ def models_flow(config: ModelsConfig) -> dict:
     from prefect.runtime import flow_run
 
     from model import registry
+    from ssdflow import storage
 
+    storage.configure(config.storage_args)
     decision = None
     by = config.by or f"prefect flow run {flow_run.get_name()}"
     if config.action == "promote":

@@ -12,6 +12,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from flows import artifacts
 from flows.jobs import ingest_unless_unchanged, score_task, train_task
 from flows.recovery import Attempt
+from ssdflow import storage
 from ssdflow.config import DemoConfig, NightlyConfig, ScoreConfig
 
 # MODELS/.nightly/last_ingest_stats.json, MODELS/.nightly/<run>/compare-*.jpg: a dot directory, so the
@@ -20,7 +21,7 @@ HISTORY, OLD_HISTORY = ".nightly", "nightly"
 
 
 def _last_stats_path(models: str, history: str = HISTORY) -> str:
-    return os.path.join(models, history, "last_ingest_stats.json")
+    return storage.join(models, history, "last_ingest_stats.json")
 
 
 def ingest_changes(previous: dict | None, current: dict) -> list[dict]:
@@ -44,9 +45,18 @@ def ingest_changes(previous: dict | None, current: dict) -> list[dict]:
 
 @task(name="compare-champion-challenger")
 def compare_task(champion_dir: str, challenger_dir: str, data_dir: str, n: int, out_dir: str) -> list[dict]:
-    from model.compare import side_by_side
+    import tempfile
 
-    rows = side_by_side(champion_dir, challenger_dir, data_dir, n, out_dir)
+    from model.compare import side_by_side
+    from model.dataset import local_records
+    from model.registry import local_copy
+
+    with tempfile.TemporaryDirectory(prefix="ssdflow-compare-") as drawn:
+        local_out = out_dir if storage.is_local(out_dir) else drawn  # drawn here, then uploaded beside the models
+        rows = side_by_side(local_copy(champion_dir), local_copy(challenger_dir), local_records(data_dir), n, local_out)
+        if local_out != out_dir:
+            storage.upload_tree(local_out, out_dir)
+            rows = [dict(r, file=storage.join(out_dir, os.path.basename(r["file"]))) for r in rows]
     table = "\n".join(f"| {r['image']} | {r['ground_truth_boxes']} | {r['champion_boxes']} | {r['challenger_boxes']} | `{r['file']}` |" for r in rows)
     create_markdown_artifact(
         "## Champion (left) and challenger (right) on the same val images\n\n"
@@ -98,23 +108,27 @@ def nightly_flow(config: NightlyConfig, attempt: Attempt = 0) -> dict:
     from model import registry
 
     log = get_run_logger()
+    storage.configure(config.storage_args())  # the registry's reads and writes, outside the ingest pipeline
     last_path = _last_stats_path(config.models)
-    found = next((p for p in (last_path, _last_stats_path(config.models, OLD_HISTORY)) if os.path.exists(p)), None)
-    previous = json.load(open(found)) if found else None
+    found = next((p for p in (last_path, _last_stats_path(config.models, OLD_HISTORY)) if storage.exists(p)), None)
+    previous = json.loads(storage.read_text(found)) if found else None
     stats = ingest_unless_unchanged(config.ingest)
     artifacts.ingest_stats(stats, config.ingest.out)
     create_table_artifact(ingest_changes(previous, stats), key="ingest-since-last-night",
                           description="Tonight's ingest beside last night's")
 
-    champion_before = registry.read_champion(config.models) if os.path.isdir(config.models) else None
+    champion_before = registry.read_champion(config.models)
     trained = skip_if_nothing_to_learn(config) or train_task(config.train_config(), attempt)
-    run_dir = os.path.join(config.models, HISTORY, datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ"))
+    run_dir = storage.join(config.models, HISTORY, datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ"))
     if champion_before and config.comparison_images and not trained.get("skipped"):
         compare_task(str(registry.version_dir(config.models, champion_before["version"])), trained["model_dir"],
                      config.ingest.out, config.comparison_images, run_dir)
 
     champion = registry.read_champion(config.models)
-    if config.tflite and champion:
+    if config.tflite and champion and not storage.is_local(config.models):
+        log.warning("nightly: TFLite files are made for a champion on local disk only; %s is in object storage "
+                    "(run `ssdflow export --format tflite` on a local copy)", config.models)
+    elif config.tflite and champion:
         tflite_task(str(registry.version_dir(config.models, champion["version"])), list(config.tflite), config.ingest.out)
 
     scored = None
@@ -122,12 +136,9 @@ def nightly_flow(config: NightlyConfig, attempt: Attempt = 0) -> dict:
         log.warning("nightly: no champion yet (%s), so the archive is not scored", trained["decision"]["reason"])
     elif config.score_images:
         scored = score_task(ScoreConfig(model=config.models, images=config.score_images, out=config.score_out,
-                                        score_threshold=config.score_threshold, select=config.select))
-    os.makedirs(os.path.dirname(last_path), exist_ok=True)
-    tmp = last_path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(stats, f, indent=2)
-    os.replace(tmp, last_path)
+                                        score_threshold=config.score_threshold, select=config.select,
+                                        beam_args=config.storage_args()))
+    storage.write_text(last_path, json.dumps(stats, indent=2))
     log.info("nightly: %s", "new champion " + trained["version"] if trained["decision"]["promoted"] else
              "champion kept" + (" (nothing to learn)" if trained.get("skipped") else ""))
     return {"ingest": {"images_written": stats["images_written"]["total"]}, "train": trained, "score": scored}

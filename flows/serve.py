@@ -119,7 +119,7 @@ def build_deployments(params: dict, timezone: str = "UTC", home: str = "ssdflow_
         ingest_flow.to_deployment(name="ingest", parameters={"config": dump(params["ingest"])}, concurrency_limit=_queued(max_runs),
                                   tags=["ssdflow"]),
         train_flow.to_deployment(name="train", parameters={"config": dump(params["train"])}, concurrency_limit=1, tags=["ssdflow"]),
-        models_flow.to_deployment(name="models", parameters={"config": dump(ModelsConfig(models=params["nightly"].models))},
+        models_flow.to_deployment(name="models", parameters={"config": dump(ModelsConfig(models=params["nightly"].models, storage_args=params["nightly"].storage_args()))},
                                   concurrency_limit=1, description="List model versions, promote one by hand, roll back",
                                   tags=["ssdflow"]),
         demo_flow.to_deployment(name="demo", parameters={"config": dump(DemoConfig(workdir=os.path.join(os.path.abspath(home), "demo")))},

@@ -8,8 +8,11 @@ Everything runs in the tf.data graph, in parallel, so the accelerator never wait
 
 from __future__ import annotations
 
+import glob
+import hashlib
 import json
 import os
+import shutil
 
 import numpy as np
 import tensorflow as tf
@@ -21,6 +24,32 @@ from ssdflow import schema, storage
 
 class DatasetError(RuntimeError):
     pass
+
+
+def local_records(data_dir: str) -> str:
+    """The complete ingest output ``data_dir`` on local disk, where tf.data reads it at disk speed.
+
+    A local output is read where it is. One in object storage (s3://, gs://: TensorFlow 2.21 reads no
+    s3:// itself) is copied once into this machine's cache (``$SSDFLOW_CACHE_DIR``), file by file in
+    1 MiB pieces (memory does not grow with the data), the files its ``_SUCCESS`` manifest names and
+    nothing else; the copy is keyed by the location and the manifest, so a new ingest output is
+    fetched anew and a rerun (or the resumption of a killed training) on the same machine is not.
+    Older copies of the same location are removed, so the cache holds one copy per data location.
+    """
+    if storage.is_local(data_dir):
+        return storage.local_dir(data_dir, "unused")
+    manifest = storage.read_success(data_dir)
+    if manifest is None:
+        raise DatasetError(f"{data_dir}: no _SUCCESS: not a complete ingest output (run `ssdflow ingest` first)")
+    wanted = {storage.SUCCESS, *manifest.get("files", [])}
+    where = hashlib.sha256(data_dir.rstrip("/").encode()).hexdigest()[:12]
+    key = f"records-{where}-{hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()[:16]}"
+    local = storage.local_dir(data_dir, key, include=lambda rel: rel in wanted,
+                              is_valid=lambda path: storage.read_success(path) == manifest)
+    for old in glob.glob(os.path.join(os.path.dirname(local), f"records-{where}-*")):
+        if old != local:
+            shutil.rmtree(old, ignore_errors=True)
+    return local
 
 
 def shard_files(data_dir: str, split: str) -> list[str]:

@@ -15,16 +15,22 @@ import logging
 import os
 import shutil
 import socket
+import threading
+import time
 
 from model import registry, report
 from model.anchors import feature_map_sizes
-from ssdflow import storage
+from ssdflow import cas, storage
 from ssdflow.config import FALLBACK_SCORE_THRESHOLD, ModelConfig, TrainConfig
 
 log = logging.getLogger(__name__)
 
 RUN_DIR = ".train-run"  # MODELS/.train-run: the checkpoints of the run in progress or interrupted
-LOCK = ".train.lock"  # MODELS/.train.lock: held by the training in progress
+LOCK = ".train.lock"  # MODELS/.train.lock (local disk): flocked by the training in progress
+LEASE = ".train.lease"  # MODELS/.train.lease (object stores): the lease of the training in progress
+# A lease's length: a killed training's lease is free after at most this long (shorter than the
+# 90 s after which a silent Prefect run is marked crashed and rerun); renewed every quarter of it.
+LEASE_SECONDS = float(os.environ.get("SSDFLOW_LEASE_SECONDS", "60"))
 
 
 class TrainError(RuntimeError):
@@ -40,19 +46,24 @@ def data_fingerprint(data_dir: str) -> str:
 
 def run_config(cfg: TrainConfig) -> dict:
     """What an interrupted run must share with its resumption: the settings and the data."""
-    return {"train": cfg.model_dump(exclude={"resume", "fresh"}), "data_fingerprint": data_fingerprint(cfg.data)}
+    # Not where storage is reached (storage_args): a run resumed through another endpoint is the same run.
+    return {"train": cfg.model_dump(exclude={"resume", "fresh", "storage_args"}), "data_fingerprint": data_fingerprint(cfg.data)}
 
 
 def champion_trained_alike(cfg: TrainConfig) -> tuple[str, dict] | None:
     """(the champion's version, its metrics) if it was trained with exactly these settings on
     exactly this data: a nightly run then has nothing to learn (training again would only add a
     near-copy); None otherwise."""
-    champion = registry.read_champion(cfg.models) if os.path.isdir(cfg.models) else None
+    champion = registry.read_champion(cfg.models)
     if champion is None:
         return None
-    path = registry.version_dir(cfg.models, champion["version"]) / "metrics.json"
-    metrics = json.loads(path.read_text()) if path.exists() else {}
+    metrics = _metrics(cfg.models, champion["version"])
     return (champion["version"], metrics) if metrics.get("run_key") == run_key(run_config(cfg)) else None
+
+
+def _metrics(models: str, version: str) -> dict:
+    uri = storage.join(registry.version_dir(models, version), registry.METRICS)
+    return json.loads(storage.read_text(uri)) if storage.exists(uri) else {}
 
 
 def run_key(config: dict) -> str:
@@ -64,59 +75,123 @@ def completed_version(cfg: TrainConfig) -> str | None:
     """The newest committed version trained with exactly these settings on exactly this data."""
     key = run_key(run_config(cfg))
     for version in reversed(registry.list_versions(cfg.models)):
-        path = registry.version_dir(cfg.models, version) / "metrics.json"
-        if path.exists() and json.loads(path.read_text()).get("run_key") == key:
+        if _metrics(cfg.models, version).get("run_key") == key:
             return version
     return None
 
 
+def run_dir_uri(models: str) -> str:
+    """MODELS/.train-run: where an interrupted run's checkpoints are found, on the models' storage."""
+    return storage.join(models, RUN_DIR)
+
+
+def local_run_dir(models: str) -> str:
+    """Where the run's checkpoints are written (TensorFlow writes them to local disk): MODELS/.train-run
+    itself on local disk; for an object store a directory in this machine's cache, mirrored to
+    MODELS/.train-run after every epoch (:class:`RunMirror`), so another machine can resume."""
+    if storage.is_local(models):
+        return os.path.join(storage.absolute(models), RUN_DIR)
+    return os.path.join(storage.cache_root(), "runs", hashlib.sha256(models.rstrip("/").encode()).hexdigest()[:16])
+
+
+def _saved_config(models: str) -> dict | None:
+    uri = storage.join(run_dir_uri(models), "run.json")
+    return json.loads(storage.read_text(uri)) if storage.exists(uri) else None
+
+
 def can_resume(cfg: TrainConfig) -> bool:
     """Whether ``MODELS/.train-run`` holds an interrupted run of exactly these settings and data."""
-    saved = os.path.join(cfg.models, RUN_DIR, "run.json")
-    if not os.path.exists(saved):
-        return False
-    with open(saved) as f:
-        return json.load(f) == run_config(cfg)
+    return _saved_config(cfg.models) == run_config(cfg)
+
+
+def has_interrupted_run(models: str) -> bool:
+    return _saved_config(models) is not None
+
+
+def discard_run(models: str) -> None:
+    """Removes the run directory, here and (object stores) in MODELS/.train-run."""
+    shutil.rmtree(local_run_dir(models), ignore_errors=True)
+    if not storage.is_local(models):
+        storage.delete_tree(run_dir_uri(models))
 
 
 def prepare_run_dir(cfg: TrainConfig, config: dict) -> str:
-    """``MODELS/.train-run`` for this run: the interrupted run's, with ``resume``; a new one otherwise.
+    """The local run directory for this run: the interrupted run's, with ``resume`` (fetched from the
+    models' storage when it is an object store, so a run killed on one machine resumes on another);
+    a new one otherwise.
 
     A run directory that is still there holds an interrupted run (a finished run removes its own):
     its checkpoints are kept unless ``fresh`` says to discard them, so a second ``ssdflow train`` on
     the same models directory never deletes a crashed run's progress by accident.
     """
-    run_dir = os.path.join(cfg.models, RUN_DIR)
-    saved = os.path.join(run_dir, "run.json")
-    if os.path.exists(saved) and not cfg.fresh:
-        with open(saved) as f:
-            same = json.load(f) == config
+    where = run_dir_uri(cfg.models)
+    run_dir = local_run_dir(cfg.models)
+    saved = _saved_config(cfg.models)
+    if saved is not None and not cfg.fresh:
+        same = saved == config
         if cfg.resume and same:
+            if not storage.is_local(cfg.models):
+                shutil.rmtree(run_dir, ignore_errors=True)
+                storage.copy_tree_to_local(where, run_dir)
             return run_dir
         if cfg.resume:
-            raise TrainError(f"--resume: the interrupted run in {run_dir} used other settings or data; "
+            raise TrainError(f"--resume: the interrupted run in {where} used other settings or data; "
                              "pass --fresh to discard its checkpoints and start over")
         what = "these settings and data: pass --resume to continue it" if same else "other settings or data"
-        raise TrainError(f"{run_dir} holds an interrupted run of {what}, or --fresh to discard its checkpoints and start over")
+        raise TrainError(f"{where} holds an interrupted run of {what}, or --fresh to discard its checkpoints and start over")
     if cfg.resume:
-        log.warning("train: --resume, but %s holds no interrupted run: starting a new one", run_dir)
-    shutil.rmtree(run_dir, ignore_errors=True)
+        log.warning("train: --resume, but %s holds no interrupted run: starting a new one", where)
+    discard_run(cfg.models)
     os.makedirs(run_dir)
-    with open(saved, "w") as f:
-        json.dump(config, f, indent=2, sort_keys=True)
+    storage.write_json_local(os.path.join(run_dir, "run.json"), config)
+    if not storage.is_local(cfg.models):
+        storage.write_text(storage.join(where, "run.json"), json.dumps(config, indent=2, sort_keys=True) + "\n")
     return run_dir
+
+
+class RunMirror:
+    """Copies what changed in the local run directory to MODELS/.train-run on an object store, and
+    removes there what is gone here (checkpoints past ``max_to_keep``). TensorFlow's checkpoint
+    index files (``checkpoint``) go last, so the remote copy never names a checkpoint it lacks.
+    A no-op for local models, whose run directory is MODELS/.train-run itself."""
+
+    def __init__(self, models: str, run_dir: str):
+        self.local, self.remote = run_dir, run_dir_uri(models)
+        self.enabled = not storage.is_local(models)
+        self.sent: dict[str, tuple[float, int]] = {}
+
+    def __call__(self) -> None:
+        if not self.enabled:
+            return
+        now = {}
+        for rel in storage.list_tree(self.local):
+            st = os.stat(os.path.join(self.local, rel))
+            now[rel] = (st.st_mtime, st.st_size)
+        changed = sorted((rel for rel, state in now.items() if self.sent.get(rel) != state),
+                         key=lambda rel: (os.path.basename(rel) == "checkpoint", rel))
+        storage.upload_tree(self.local, self.remote, changed)
+        storage.delete([storage.join(self.remote, rel) for rel in self.sent if rel not in now])
+        self.sent = now
 
 
 @contextlib.contextmanager
 def training_lock(models: str):
-    """Holds ``MODELS/.train.lock`` (an exclusive flock) for a whole training: a second training on
-    the same models directory fails at once, naming the first, instead of sharing its run directory.
+    """One training per models location at a time: a second one fails at once, naming the first,
+    instead of sharing its run directory. Yields a check that raises TrainError if the lock was
+    lost (a lease taken over), for the training to call before it commits anything.
 
-    flock works between processes of one machine (and on most network file systems); the lock goes
-    with the process, so a killed training never leaves a stale lock behind.
+    On local disk an exclusive flock of ``MODELS/.train.lock`` (between the processes of one machine
+    and on most network file systems; it goes with the process, so a killed training never leaves
+    a stale lock). On an object store a lease (:class:`Lease`, ``MODELS/.train.lease``), which
+    another machine can see and a killed training's lease expires.
     """
+    if not storage.is_local(models):
+        with Lease(storage.join(models, LEASE)).held() as lease:
+            yield lease.check
+        return
     import fcntl
 
+    models = storage.absolute(models)
     os.makedirs(models, exist_ok=True)
     f = open(os.path.join(models, LOCK), "a+")
     try:
@@ -129,12 +204,97 @@ def training_lock(models: str):
     try:
         f.seek(0)
         f.truncate()
-        f.write(f"pid {os.getpid()} on {socket.gethostname()}, since {dt.datetime.now(dt.timezone.utc).isoformat(timespec='seconds')}\n")
+        f.write(_holder() + "\n")
         f.flush()
-        yield
+        yield lambda: None
     finally:
         fcntl.flock(f, fcntl.LOCK_UN)
         f.close()
+
+
+def _holder() -> str:
+    return f"pid {os.getpid()} on {socket.gethostname()}, since {dt.datetime.now(dt.timezone.utc).isoformat(timespec='seconds')}"
+
+
+class Lease:
+    """A lease object on an object store: {holder, expires_at}, taken and renewed by compare-and-swap
+    (:mod:`ssdflow.cas`), so of two trainings that start at once exactly one holds it.
+
+    Taken for ``seconds``; a thread renews it every ``seconds / 4`` while it is held. A lease whose
+    holder was killed expires after at most ``seconds`` (at once, when the holder was a process of
+    this machine that is gone); a lease this holder lost (it could not renew in time and another
+    took it over) is reported by :meth:`check`.
+    """
+
+    def __init__(self, uri: str, seconds: float = LEASE_SECONDS):
+        self.uri, self.seconds = uri, seconds
+        self.holder = _holder()
+        self._state = None
+        self._stop = threading.Event()
+        self.lost: str | None = None
+
+    def _record(self, held: bool) -> bytes:
+        expires = time.time() + self.seconds if held else 0.0
+        return json.dumps({"holder": self.holder if held else None, "host": socket.gethostname(), "pid": os.getpid(),
+                           "expires_at": expires,
+                           "expires": dt.datetime.fromtimestamp(expires, dt.timezone.utc).isoformat(timespec="seconds")}).encode()
+
+    @staticmethod
+    def _live(lease: dict) -> bool:
+        """Whether a lease still holds: not expired, and not left by a process of this machine that is gone."""
+        if not lease.get("holder") or float(lease.get("expires_at", 0)) <= time.time():
+            return False
+        if lease.get("host") == socket.gethostname() and isinstance(lease.get("pid"), int):
+            try:
+                os.kill(lease["pid"], 0)
+            except ProcessLookupError:
+                return False
+            except PermissionError:  # another user's process: alive
+                pass
+        return True
+
+    def acquire(self) -> None:
+        for _ in range(3):
+            current = cas.read(self.uri)
+            lease = json.loads(current.data) if current.exists else {}
+            if self._live(lease):
+                raise TrainError(f"another training is running on {self.uri.rsplit('/', 1)[0]} ({lease['holder']}; "
+                                 f"its lease runs to {lease.get('expires')} unless renewed); wait for it to end, or use another --models")
+            try:
+                self._state = cas.swap(self.uri, self._record(True), current)
+                return
+            except cas.Conflict:
+                continue  # another training took or renewed it in between: look again
+        raise TrainError(f"{self.uri}: the training lease keeps changing; another training is starting")
+
+    def _renew(self) -> None:
+        while not self._stop.wait(self.seconds / 4):
+            try:
+                self._state = cas.swap(self.uri, self._record(True), self._state)
+            except cas.Conflict:
+                self.lost = f"the lease {self.uri} was taken over (this training could not renew it in time)"
+                log.error("train: %s", self.lost)
+                return
+            except Exception as e:  # noqa: BLE001 - a storage hiccup: try again at the next beat
+                log.warning("train: renewing the lease %s failed (%s); trying again", self.uri, e)
+
+    def check(self) -> None:
+        if self.lost:
+            raise TrainError(self.lost)
+
+    @contextlib.contextmanager
+    def held(self):
+        self.acquire()
+        renewer = threading.Thread(target=self._renew, name="ssdflow-lease", daemon=True)
+        renewer.start()
+        try:
+            yield self
+        finally:
+            self._stop.set()
+            renewer.join()
+            if not self.lost:
+                with contextlib.suppress(cas.Conflict):
+                    cas.swap(self.uri, self._record(False), self._state)
 
 
 def write_model_card(path: str, version: str, cfg: TrainConfig, model_cfg: ModelConfig, metrics: dict, label_map,
@@ -169,7 +329,7 @@ def write_model_card(path: str, version: str, cfg: TrainConfig, model_cfg: Model
 ## Configuration
 
 ```json
-{json.dumps(cfg.model_dump(), indent=2)}
+{json.dumps(cfg.model_dump(exclude={"storage_args"}), indent=2)}
 ```
 """
     with open(path, "w") as f:

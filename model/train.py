@@ -32,15 +32,16 @@ from model import registry, report, warm_start
 from model.thresholds import thresholds_by_id
 from model.anchors import fitted_finest_stride, fitted_min_scale, generate_anchors
 from model.callbacks import AverageWeights, EpochCheckpoint, KeepBest, ValidationMAP
-from model.dataset import box_sides, count_records, make_dataset, read_label_map, shard_files
+from model.dataset import box_sides, count_records, local_records, make_dataset, read_label_map, shard_files
 from model.evaluate import write_metrics
 from model.export import KERAS_WEIGHTS, Detector, save_detector
 from model.losses import SSDLoss
-from model.run_record import (RUN_DIR, TrainError, completed_version, decision_markdown, prepare_run_dir, run_config, run_key,
-                              training_lock, write_model_card)
+from model.run_record import (RunMirror, TrainError, completed_version, decision_markdown, discard_run, prepare_run_dir, run_config,
+                              run_key, training_lock, write_model_card)
 from model.schedule import Clock, TimeBudget, WarmupCosine
 from model.ssd import build_ssd, freeze_backbone, unfreeze_top
 from model.validation import make_detect_fn, score_detector, score_saved_model
+from ssdflow import storage
 from ssdflow.config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -92,22 +93,29 @@ def float32_twin(model: keras.Model, model_cfg) -> keras.Model:
 
 
 # --- the run -------------------------------------------------------------------------------------
-def _finish_completed(cfg: TrainConfig, version: str) -> "TrainResult":
+def _finish_completed(cfg: TrainConfig, version: str, records: str) -> "TrainResult":
     """A rerun after a crash that happened once ``version`` was committed: no second training, no
     second version; the promotion decision is made now only if the crash came before it."""
     model_dir = registry.version_dir(cfg.models, version)
-    metrics = json.loads((model_dir / "metrics.json").read_text())
-    decision_path = model_dir / "decision.json"
-    if decision_path.exists():
-        decision = json.loads(decision_path.read_text())
+    metrics = json.loads(storage.read_text(storage.join(model_dir, registry.METRICS)))
+    decision_uri = storage.join(model_dir, registry.DECISION)
+    if storage.exists(decision_uri):
+        decision = json.loads(storage.read_text(decision_uri))
     else:
-        policy = promotion_policy(cfg)
-        decision = registry.promote_if_better(cfg.models, version, lambda d: score_saved_model(str(d), cfg.data, "val"), policy)
-        with open(model_dir / "model_card.md", "a") as f:
-            f.write(decision_markdown(decision))
-    shutil.rmtree(os.path.join(cfg.models, RUN_DIR), ignore_errors=True)
+        decision = _promote(cfg, version, records)
+    discard_run(cfg.models)
     log.warning("train: %s was already trained with these settings and data; reusing it", version)
-    return TrainResult(version, str(model_dir), metrics, decision, 0)
+    return TrainResult(version, model_dir, metrics, decision, 0)
+
+
+def _promote(cfg: TrainConfig, version: str, records: str) -> dict:
+    """Promotes a committed version if it beats the champion (re-scored on ``records``' val split),
+    and adds the decision to its model card."""
+    decision = registry.promote_if_better(cfg.models, version, lambda d: score_saved_model(registry.local_copy(d), records, "val"),
+                                          promotion_policy(cfg))
+    card = storage.join(registry.version_dir(cfg.models, version), "model_card.md")
+    storage.write_text(card, storage.read_text(card) + decision_markdown(decision))
+    return decision
 
 
 def promotion_policy(cfg: TrainConfig) -> registry.PromotionPolicy:
@@ -116,7 +124,8 @@ def promotion_policy(cfg: TrainConfig) -> registry.PromotionPolicy:
 
 
 def _fit_phase(model, name: str, run_dir: str, train_ds, epochs: int, steps: int, lr: float, warmup_steps: int,
-               loss, callbacks: list, verbose, clock: Clock, deadline: float, ema_momentum: float = 0.0) -> tuple[int, str]:
+               loss, callbacks: list, verbose, clock: Clock, deadline: float, ema_momentum: float = 0.0,
+               after_checkpoint: list = ()) -> tuple[int, str]:
     """Compiles and fits one phase, resuming from its checkpoint, until its epochs, early stopping or
     the clock's ``deadline`` (seconds of the run); returns the epochs run now and what ended the phase."""
     done_marker = os.path.join(run_dir, f"{name}.done")
@@ -146,7 +155,7 @@ def _fit_phase(model, name: str, run_dir: str, train_ds, epochs: int, steps: int
     try:
         # shuffle=False: the stream is shuffled already (model/dataset.py); Keras would warn that it ignores True.
         history = model.fit(train_ds, epochs=epochs, initial_epoch=initial, steps_per_epoch=steps, shuffle=False,
-                            callbacks=[budget, *callbacks, checkpoint], verbose=verbose)
+                            callbacks=[budget, *callbacks, checkpoint, *after_checkpoint], verbose=verbose)
     finally:
         clock.stop()
     open(done_marker, "w").close()
@@ -162,8 +171,10 @@ def train(cfg: TrainConfig, extra_callbacks: tuple = (), verbose="auto", reuse_c
     ``reuse_completed`` (set by orchestration when it reruns crashed work): if a committed version
     was trained with exactly these settings and data, return it instead of training a duplicate.
     """
-    label_map = read_label_map(cfg.data)
-    train_files = shard_files(cfg.data, "train")
+    storage.configure(cfg.storage_args)
+    records = local_records(cfg.data)  # the ingest output on local disk (fetched once from object storage)
+    label_map = read_label_map(records)
+    train_files = shard_files(records, "train")
     try:
         start, start_text = warm_start.resolve(cfg, label_map)
     except warm_start.WarmStartError as e:
@@ -176,8 +187,8 @@ def train(cfg: TrainConfig, extra_callbacks: tuple = (), verbose="auto", reuse_c
         stride = cfg.finest_stride or fitted_finest_stride(sides)
         model_cfg = cfg.model(num_classes=len(label_map), fitted_stride=stride,
                               fitted_min_scale=None if cfg.min_scale else fitted_min_scale(sides, cfg.image_size, stride))
-    shard_files(cfg.data, "val")  # fails early, with a clear message, when the val split has no shards
-    n_train, n_val = count_records(cfg.data, "train"), count_records(cfg.data, "val")
+    shard_files(records, "val")  # fails early, with a clear message, when the val split has no shards
+    n_train, n_val = count_records(records, "train"), count_records(records, "val")
     if n_val == 0:
         raise TrainError(f"{cfg.data}: the val split is empty; ingest with --val-fraction > 0")
     if n_train == 0:
@@ -198,12 +209,13 @@ def train(cfg: TrainConfig, extra_callbacks: tuple = (), verbose="auto", reuse_c
         frozen_epochs = epochs - fine_tune_epochs
 
     # One training per models directory at a time: it owns MODELS/.train-run until it ends.
-    with training_lock(cfg.models), precision_policy(cfg.precision) as precision:
+    with training_lock(cfg.models) as still_held, precision_policy(cfg.precision) as precision:
         config = run_config(cfg)
         fingerprint = config["data_fingerprint"]
         if reuse_completed and (done := completed_version(cfg)) is not None:
-            return _finish_completed(cfg, done)
+            return _finish_completed(cfg, done, records)
         run_dir = prepare_run_dir(cfg, config)
+        mirror = RunMirror(cfg.models, run_dir)  # object-store models: checkpoints there too, after every epoch
         keras.utils.set_random_seed(cfg.seed)
 
         strategy = distribution_strategy()
@@ -218,11 +230,12 @@ def train(cfg: TrainConfig, extra_callbacks: tuple = (), verbose="auto", reuse_c
         train_ds = make_dataset(train_files, anchors, model_cfg.image_size, model_cfg.variances, batch_size, training=True,
                                 deterministic=cfg.deterministic, seed=cfg.seed, augmentation=cfg.augment, repeat=True)
         detect = make_detect_fn(model, model_cfg, cfg.score_threshold, cfg.iou_threshold, cfg.max_detections)
-        val_map = ValidationMAP(detect, cfg.data, label_map, cfg.eval_every)
+        val_map = ValidationMAP(detect, records, label_map, cfg.eval_every)
         best = KeepBest(os.path.join(run_dir, "best.weights.h5"))
         average = AverageWeights()  # val mAP and the kept best epoch see the averaged weights, checkpoints the raw ones
         callbacks = [average.swap_in, val_map, best, average.swap_out,
                      keras.callbacks.TensorBoard(os.path.join(run_dir, "logs"), write_graph=False), *extra_callbacks]
+        after_checkpoint = [keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: mirror())]
         # Off by default: on raccoon, patience 5 ended both phases at 0.46 val mAP@.5 where running on to the
         # budget reached 0.83; between new bests, fine-tuning went 16 evaluations (docs/benchmarks.md).
         if cfg.early_stopping_patience and cfg.eval_every <= epochs:  # early stopping needs val mAP in the logs
@@ -243,14 +256,16 @@ def train(cfg: TrainConfig, extra_callbacks: tuple = (), verbose="auto", reuse_c
             if pretrained:
                 freeze_backbone(model)
             run, why = _fit_phase(model, "phase1", run_dir, train_ds, frozen_epochs, steps, cfg.peak_learning_rate(), warmup,
-                                  loss, callbacks, verbose, clock, budget * frozen_epochs / epochs, cfg.ema_momentum)
+                                  loss, callbacks, verbose, clock, budget * frozen_epochs / epochs, cfg.ema_momentum, after_checkpoint)
+            mirror()
             epochs_run += run
             ended.append(why)
         if fine_tune_epochs:
             unfreeze_top(model, cfg.unfreeze_from_block)
             run, why = _fit_phase(model, "phase2", run_dir, train_ds, fine_tune_epochs, steps,
                                   cfg.peak_learning_rate() * cfg.fine_tune_lr_factor, 0, loss, callbacks, verbose, clock, budget,
-                                  cfg.ema_momentum)
+                                  cfg.ema_momentum, after_checkpoint)
+            mirror()
             epochs_run += run
             ended.append(why)
         fit_seconds = clock.elapsed()
@@ -266,9 +281,9 @@ def train(cfg: TrainConfig, extra_callbacks: tuple = (), verbose="auto", reuse_c
         # calibrated on that score (a threshold changes no detection, only the lookup the model carries).
         detector = Detector(exportable, model_cfg, cfg.score_threshold, cfg.iou_threshold, cfg.max_detections)
         exported = lambda images: detector.serve(images)  # noqa: E731
-        metrics = score_detector(exported, cfg.data, "val", label_map, cfg.target_precision)
+        metrics = score_detector(exported, records, "val", label_map, cfg.target_precision)
         report.draw_pr_curves(metrics["pr_curves"], os.path.join(staging, report.PR_CURVES))
-        report.draw_val_examples(exported, cfg.data, os.path.join(staging, report.VAL_EXAMPLES))
+        report.draw_val_examples(exported, records, os.path.join(staging, report.VAL_EXAMPLES))
         detector.set_class_thresholds(thresholds_by_id(metrics["score_thresholds"], label_map))
         save_detector(detector, label_map, str(staging))
         model.save_weights(os.path.join(staging, KERAS_WEIGHTS))  # lets `ssdflow export` rebuild and re-export
@@ -281,11 +296,8 @@ def train(cfg: TrainConfig, extra_callbacks: tuple = (), verbose="auto", reuse_c
         write_model_card(os.path.join(staging, "model_card.md"), version, cfg, model_cfg, metrics, label_map, fingerprint)
         if os.path.isdir(os.path.join(run_dir, "logs")):  # TensorBoard logs stay with the version they describe
             shutil.copytree(os.path.join(run_dir, "logs"), os.path.join(staging, "logs"))
+        still_held()  # a training whose lease was taken over must not commit beside the one that took it
         model_dir = registry.commit_version(cfg.models, version)
-
-        policy = promotion_policy(cfg)
-        decision = registry.promote_if_better(cfg.models, version, lambda d: score_saved_model(str(d), cfg.data, "val"), policy)
-        with open(os.path.join(model_dir, "model_card.md"), "a") as f:
-            f.write(decision_markdown(decision))
-        shutil.rmtree(run_dir, ignore_errors=True)
-        return TrainResult(version, str(model_dir), metrics, decision, epochs_run)
+        decision = _promote(cfg, version, records)
+        discard_run(cfg.models)
+        return TrainResult(version, model_dir, metrics, decision, epochs_run)

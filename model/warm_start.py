@@ -44,16 +44,20 @@ def resolve(cfg: TrainConfig, label_map: LabelMap) -> tuple[WarmStart | None, st
     if cfg.init_from == "backbone":
         return None, f"backbone ({cfg.backbone_weights})"
     if cfg.init_from in ("champion", "auto"):
-        champion = registry.read_champion(cfg.models) if Path(cfg.models).is_dir() else None
+        champion = registry.read_champion(cfg.models)
         if champion is None:
             if cfg.init_from == "champion":
                 raise WarmStartError(f"--init-from champion: {cfg.models} has no champion yet; use --init-from backbone")
             return None, f"backbone ({cfg.backbone_weights}): no champion yet"
-        model_dir = registry.version_dir(cfg.models, champion["version"])
+        model_uri = registry.version_dir(cfg.models, champion["version"])
     else:
-        model_dir = Path(cfg.init_from)
+        model_uri = cfg.init_from
     try:
-        start = _load(model_dir, label_map)
+        try:
+            local = Path(registry.local_copy(model_uri))
+        except (OSError, ValueError) as e:  # Beam's BeamIOError is an OSError
+            raise WarmStartError(f"{model_uri} cannot be read ({e})") from None
+        start = _load(local, model_uri, label_map)
     except WarmStartError as e:
         if cfg.init_from != "auto":
             raise
@@ -62,13 +66,14 @@ def resolve(cfg: TrainConfig, label_map: LabelMap) -> tuple[WarmStart | None, st
     return start, f"{what} {start.version} (warm start: its architecture and weights)"
 
 
-def _load(model_dir: Path, label_map: LabelMap) -> WarmStart:
+def _load(model_dir: Path, uri: str, label_map: LabelMap) -> WarmStart:
+    """The warm start from a model directory on local disk (``uri``: where it came from)."""
     for name in (MODEL_INFO, KERAS_WEIGHTS, "label_map.json"):
         if not (model_dir / name).is_file():
-            raise WarmStartError(f"{model_dir} is not a registered ssdflow model (no {name})")
+            raise WarmStartError(f"{uri} is not a registered ssdflow model (no {name})")
     theirs = LabelMap.parse((model_dir / "label_map.json").read_text(encoding="utf-8"), "label_map.json")
     if dict(theirs) != dict(label_map):
         diff = registry.label_map_diff(theirs, label_map)
         raise WarmStartError(f"its label map differs from the data's ({registry.describe_diff(diff)})")
     info = json.loads((model_dir / MODEL_INFO).read_text(encoding="utf-8"))
-    return WarmStart(str(model_dir), model_dir.name, ModelConfig(**info["model"]))
+    return WarmStart(str(model_dir), uri.rstrip("/").rsplit("/", 1)[-1], ModelConfig(**info["model"]))

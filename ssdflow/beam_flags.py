@@ -69,3 +69,48 @@ def check(args: list[str], runner: str, own_options: list[str]) -> None:
             problems.append(f"unknown option {flag}{hint}")
     if problems:
         raise ValueError("; ".join(problems))
+
+
+# The options classes that configure Beam's filesystems (object-store endpoints, regions, keys).
+STORAGE_OPTION_CLASSES = ("S3Options", "GoogleCloudOptions", "AzureOptions", "HadoopFileSystemOptions")
+
+
+@functools.lru_cache(maxsize=1)
+def _storage_parser():
+    from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
+
+    parser = _BeamArgumentParser(allow_abbrev=False)
+    for cls in {c.__name__: c for c in PipelineOptions.__subclasses__() if c.__name__ in STORAGE_OPTION_CLASSES}.values():
+        cls._add_argparse_args(parser)  # noqa: SLF001 - Beam's own way to assemble its parser
+    return parser
+
+
+def check_storage(args: list[str]) -> None:
+    """Raises ValueError naming each argument that is not an option of Beam's filesystems
+    (``--s3_endpoint_url=…``, ``--s3_region_name=…``, ``--project=…``), with the nearest one."""
+    _, unknown = _storage_parser().parse_known_args(list(args))
+    names = sorted(s for a in _storage_parser()._actions for s in a.option_strings if s.startswith("--"))
+    problems = []
+    for arg in unknown:
+        flag = arg.split("=", 1)[0]
+        near = difflib.get_close_matches(flag, names, n=1, cutoff=0.75)
+        problems.append(f"unknown option {flag}" + (f" (did you mean {near[0]}?)" if near else
+                                                     " (only object-store options, such as --s3_endpoint_url=URL, are taken here)"))
+    if problems:
+        raise ValueError("; ".join(problems))
+
+
+def storage_flags(args: list[str]) -> list[str]:
+    """The arguments of a Beam job's ``args`` that configure its filesystems (``--flag=value`` or
+    ``--flag value``), for the steps of the same run that touch storage outside Beam (training,
+    the registry)."""
+    parser = _storage_parser()
+    takes_value = {s: a.nargs != 0 for a in parser._actions for s in a.option_strings}
+    picked, args = [], list(args)
+    for i, arg in enumerate(args):
+        flag = arg.split("=", 1)[0]
+        if flag in takes_value:
+            picked.append(arg)
+            if "=" not in arg and takes_value[flag] and i + 1 < len(args):
+                picked.append(args[i + 1])
+    return picked

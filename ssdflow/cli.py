@@ -11,7 +11,7 @@ from typing import Optional
 
 import typer
 
-from ssdflow.cli_options import config_command, fail
+from ssdflow.cli_options import PASS_THROUGH, config_command, fail
 from ssdflow.config import MAX_EPOCHS, IngestConfig, ScoreConfig, TrainConfig, is_tflite
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -78,9 +78,12 @@ def _print_ingest_summary(out: str, stats: dict) -> None:
     typer.echo(f"  output: {out}  (stats.json, rejected.jsonl, label_map.json, {len(stats['shards'])} shards, _SUCCESS)")
 
 
-@config_command(app, TrainConfig)
+@config_command(app, TrainConfig, storage=True)
 def train(cfg: TrainConfig) -> None:
-    """Train the SSD on an ingest output, evaluate it (COCO mAP), export a SavedModel, promote it if it beats the champion."""
+    """Train the SSD on an ingest output, evaluate it (COCO mAP), export a SavedModel, promote it if it beats the champion.
+
+    --data and --models may be local, s3:// or gs://; object-store options pass through in Beam's spelling (--s3_endpoint_url=URL).
+    """
     from model.dataset import DatasetError
     from model.ssd import BackboneWeightsError
     from model.train import TrainError, train as run_train
@@ -176,7 +179,7 @@ def export(
 models_app = typer.Typer(help="List the registered model versions, promote one by hand, roll back to the previous champion.",
                          no_args_is_help=True)
 app.add_typer(models_app, name="models")
-_MODELS = typer.Option(..., "--models", help="The models directory (MODELS: one subdirectory per version, champion.json)")
+_MODELS = typer.Option(..., "--models", help="The models directory (MODELS: one subdirectory per version, champion.json): local, s3:// or gs://; object-store options such as --s3_endpoint_url=URL may follow")
 _BY = typer.Option(None, "--by", help="Who decides (recorded in decisions.jsonl; default: the login name)")
 
 
@@ -191,16 +194,23 @@ def _who(by: Optional[str]) -> str:
         return "unknown"
 
 
-def _models_root(models: str) -> str:
+def _models_root(models: str, ctx: typer.Context) -> str:
+    """MODELS, once its object-store options (the command's further arguments) are set."""
     from model.registry import list_versions
+    from ssdflow import beam_flags, storage
 
-    if not os.path.isdir(models) or not list_versions(models):
+    try:
+        beam_flags.check_storage(ctx.args)
+    except ValueError as e:
+        fail(str(e))
+    storage.configure(ctx.args)
+    if not list_versions(models):
         fail(f"--models {models}: no registered model versions there")
     return models
 
 
-@models_app.command("list")
-def models_list(models: str = _MODELS) -> None:
+@models_app.command("list", context_settings=PASS_THROUGH)
+def models_list(ctx: typer.Context, models: str = _MODELS) -> None:
     """The versions, oldest first, with their val metrics and promotion decision; * marks the champion."""
     from model.registry import describe_versions
 
@@ -208,51 +218,53 @@ def models_list(models: str = _MODELS) -> None:
         return "-" if v is None else f"{v:.3f}"
 
     typer.echo(f"{'':2}{'version':24} {'mAP@.5':>7} {'mAP':>7}  decision")
-    for row in describe_versions(_models_root(models)):
+    for row in describe_versions(_models_root(models, ctx)):
         decided = "" if row["reason"] is None else row["reason"]
         typer.echo(f"{'*' if row['champion'] else ' ':2}{row['version']:24} {num(row['mAP@.5']):>7} {num(row['mAP']):>7}  {decided}")
 
 
-@models_app.command("show")
-def models_show(version: str = typer.Argument(..., help="A version, or 'champion'"), models: str = _MODELS) -> None:
+@models_app.command("show", context_settings=PASS_THROUGH)
+def models_show(ctx: typer.Context, version: str = typer.Argument(..., help="A version, or 'champion'"), models: str = _MODELS) -> None:
     """One version's metrics (per class too), promotion decision, label map and files, as JSON."""
     from model import registry
+    from ssdflow import storage
 
-    root = _models_root(models)
+    root = _models_root(models, ctx)
     if version == "champion":
         version = (registry.read_champion(root) or {}).get("version") or fail(f"--models {models}: no champion")
     try:
         vdir = registry.committed_dir(root, version)
     except (FileNotFoundError, ValueError) as e:
         fail(str(e))
-    info = {"version": version, "path": str(vdir), "champion": (registry.read_champion(root) or {}).get("version") == version}
+    info = {"version": version, "path": vdir, "champion": (registry.read_champion(root) or {}).get("version") == version}
     for key, name in (("metrics", registry.METRICS), ("decision", registry.DECISION), ("label_map", registry.LABEL_MAP)):
-        info[key] = json.loads((vdir / name).read_text()) if (vdir / name).exists() else None
-    info["files"] = sorted(p.name for p in vdir.iterdir())
+        uri = storage.join(vdir, name)
+        info[key] = json.loads(storage.read_text(uri)) if storage.exists(uri) else None
+    info["files"] = sorted({rel.split("/", 1)[0] for rel in storage.list_tree(vdir)})
     typer.echo(json.dumps(info, indent=2, sort_keys=True))
 
 
-@models_app.command("promote")
-def models_promote(version: str = typer.Argument(..., help="The version to make the champion"), models: str = _MODELS,
+@models_app.command("promote", context_settings=PASS_THROUGH)
+def models_promote(ctx: typer.Context, version: str = typer.Argument(..., help="The version to make the champion"), models: str = _MODELS,
                    reason: str = typer.Option(..., "--reason", help="Why (recorded in decisions.jsonl)"), by: Optional[str] = _BY) -> None:
     """Make a version the champion by hand, whatever its metrics; recorded with who and why."""
     from model.registry import promote_version
 
     try:
-        decision = promote_version(_models_root(models), version, _who(by), reason)
+        decision = promote_version(_models_root(models, ctx), version, _who(by), reason)
     except (FileNotFoundError, ValueError) as e:
         fail(str(e))
     typer.echo(f"champion: {decision['challenger']} (was {decision['champion'] or 'none'}); {decision['reason']}")
 
 
-@models_app.command("rollback")
-def models_rollback(models: str = _MODELS, reason: str = typer.Option(..., "--reason", help="Why (recorded in decisions.jsonl)"),
+@models_app.command("rollback", context_settings=PASS_THROUGH)
+def models_rollback(ctx: typer.Context, models: str = _MODELS, reason: str = typer.Option(..., "--reason", help="Why (recorded in decisions.jsonl)"),
                     by: Optional[str] = _BY) -> None:
     """Make the previous champion the champion again (undo the last promotion); recorded with who and why."""
     from model.registry import rollback
 
     try:
-        decision = rollback(_models_root(models), _who(by), reason)
+        decision = rollback(_models_root(models, ctx), _who(by), reason)
     except (FileNotFoundError, ValueError) as e:
         fail(str(e))
     typer.echo(f"champion: {decision['challenger']} (rolled back from {decision['champion']}); {decision['reason']}")

@@ -20,7 +20,7 @@ from pydantic_core import PydanticUndefined
 
 from ssdflow.config import BeamOptions
 
-BEAM_PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
+PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
 
 
 def fail(message: str) -> typing.NoReturn:
@@ -84,15 +84,17 @@ def _option(name: str, field) -> tuple[Any, Any, Callable[[Any], Any]]:
 
 
 def config_command(app: typer.Typer, cls: type[BaseModel], *, name: str | None = None, beam: bool = False,
-                   overrides: dict[str, tuple[Any, Any, Callable[[Any], Any]]] | None = None):
+                   storage: bool = False, overrides: dict[str, tuple[Any, Any, Callable[[Any], Any]]] | None = None):
     """Registers the decorated ``body(cfg)`` as a subcommand whose options are ``cls``'s fields.
 
-    ``beam``: options the command does not know are Beam pipeline options and go to ``beam_args``
-    (which the config then checks). ``overrides``: field → (annotation, typer.Option, converter)
-    where the CLI spells a field differently (e.g. a comma-separated list).
+    ``beam``: options the command does not know are Beam pipeline options and go to ``beam_args``;
+    ``storage``: they are object-store options (``--s3_endpoint_url=…``) and go to ``storage_args``
+    (the config checks either). ``overrides``: field → (annotation, typer.Option, converter) where
+    the CLI spells a field differently (e.g. a comma-separated list).
     """
     overrides = overrides or {}
-    fields = {n: f for n, f in cls.model_fields.items() if not (beam and n == "beam_args")}
+    extra = "beam_args" if beam else "storage_args" if storage else None
+    fields = {n: f for n, f in cls.model_fields.items() if n != extra}
     # Required options first, then the job's own in the config's order, then where it runs (--runner).
     inherited = set(BeamOptions.model_fields) if beam else set()
     ordered = sorted(fields, key=lambda n: (not fields[n].is_required(), n in inherited))
@@ -102,17 +104,17 @@ def config_command(app: typer.Typer, cls: type[BaseModel], *, name: str | None =
         def command(**kwargs):
             ctx = kwargs.pop("ctx", None)
             values = {n: specs[n][2](kwargs[n]) for n in specs}
-            if beam:
-                values["beam_args"] = list(ctx.args)
+            if extra:
+                values[extra] = list(ctx.args)
             body(build_config(cls, **values))
 
-        params = [inspect.Parameter("ctx", inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context)] if beam else []
+        params = [inspect.Parameter("ctx", inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context)] if extra else []
         params += [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=kind)
                    for n, (kind, option, _) in specs.items()]
         command.__signature__ = inspect.Signature(params)
         command.__doc__ = body.__doc__
         command.__name__ = name or body.__name__
-        app.command(name=name or body.__name__, context_settings=BEAM_PASS_THROUGH if beam else None)(command)
+        app.command(name=name or body.__name__, context_settings=PASS_THROUGH if extra else None)(command)
         return body
 
     return register

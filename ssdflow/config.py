@@ -99,6 +99,26 @@ class BeamOptions(BaseModel):
         return flags
 
 
+class StorageOptions(BaseModel):
+    """Object-store options for a job that is not a Beam pipeline but reads and writes through Beam's
+    filesystems (training, the registry)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    storage_args: list[str] = Field(default_factory=list, description=(
+        "Object-store options in Beam's spelling, e.g. --s3_endpoint_url=http://minio:9000 (credentials come from the "
+        "environment: AWS_ACCESS_KEY_ID …, or AWS_ENDPOINT_URL instead of the flag)"))
+
+    @field_validator("storage_args")
+    @classmethod
+    def _storage_flags(cls, value: list[str]) -> list[str]:
+        if value:
+            from ssdflow import beam_flags
+
+            beam_flags.check_storage(value)
+        return value
+
+
 class IngestConfig(BeamOptions):
     """Images + labels → sharded TFRecords (train/val), label map, stats, rejected lines."""
 
@@ -253,7 +273,7 @@ class TrainSettings(BaseModel):
                            finest_stride=self.finest_stride or fitted_stride, min_scale=self.min_scale or fitted_min_scale)
 
 
-class TrainConfig(TrainSettings):
+class TrainConfig(TrainSettings, StorageOptions):
     """Ingest output → trained, evaluated, exported model in a registry, promoted if it beats the champion."""
 
     data: Location = Field(..., description="Ingest output directory (with _SUCCESS)")
@@ -345,8 +365,14 @@ class NightlyConfig(BaseModel):
             raise ValueError(f"score_out {self.score_out} lies inside the models directory {self.models}")
         return self
 
+    def storage_args(self) -> list[str]:
+        """The ingest's object-store options, which every other step of the night needs too."""
+        from ssdflow import beam_flags
+
+        return beam_flags.storage_flags(self.ingest.beam_args)
+
     def train_config(self) -> TrainConfig:
-        return TrainConfig(data=self.ingest.out, models=self.models, **self.train.model_dump())
+        return TrainConfig(data=self.ingest.out, models=self.models, storage_args=self.storage_args(), **self.train.model_dump())
 
 
 class ServeConfig(BaseModel):
@@ -363,7 +389,7 @@ class ServeConfig(BaseModel):
     ingest: IngestConfig | None = Field(None, description="The ingest deployment's config (default: the nightly's)")
 
 
-class ModelsConfig(BaseModel):
+class ModelsConfig(StorageOptions):
     """The ``models`` deployment: ``ssdflow models list | promote | rollback`` from the Prefect UI."""
 
     model_config = ConfigDict(extra="forbid")

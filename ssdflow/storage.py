@@ -14,9 +14,36 @@ from typing import Callable, Iterable
 
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from ssdflow.s3_clients import share_s3_clients
 
 SUCCESS = "_SUCCESS"
 TMP_PREFIX = ".ssdflow-tmp-"
+
+if FileSystems._pipeline_options is None:  # noqa: SLF001 - Beam keeps them there
+    # Outside a Beam job (training, the registry) nothing gives FileSystems options, and Beam's S3
+    # filesystem refuses to work without any ("Must provide one of client or options"). Empty
+    # options leave boto3 to its environment (AWS_ENDPOINT_URL, credentials, region); a job's own
+    # options, set later (ssdflow.beam_runner, :func:`configure`), replace these.
+    FileSystems.set_options(PipelineOptions(flags=[]))
+share_s3_clients()  # one boto3 client per process and settings, not one per call (ssdflow/s3_clients.py)
+
+
+def configure(flags: list[str]) -> None:
+    """Gives this process's storage calls object-store options in Beam's spelling
+    (``--s3_endpoint_url=…``, ``--s3_region_name=…``); no flags leaves what is set."""
+    if flags:
+        FileSystems.set_options(PipelineOptions(flags=list(flags)))
+
+
+def s3_client(uri: str):
+    """The boto3 S3 client Beam's filesystem uses for ``uri`` (its endpoint, region, credentials),
+    for the calls Beam does not make: an empty object, a conditional write."""
+    from apache_beam.io.aws import s3io
+
+    options = getattr(FileSystems.get_filesystem(uri), "_options", None)
+    return s3io.S3IO(options=options if options is not None else {}).client.client
 
 
 def join(base: str, *parts: str) -> str:
@@ -134,9 +161,8 @@ def _put_empty_s3_object(uri: str) -> None:
     """
     from apache_beam.io.aws import s3io
 
-    options = getattr(FileSystems.get_filesystem(uri), "_options", None)
     bucket, key = s3io.parse_s3_path(uri)
-    s3io.S3IO(options=options if options is not None else {}).client.client.put_object(Bucket=bucket, Key=key, Body=b"")
+    s3_client(uri).put_object(Bucket=bucket, Key=key, Body=b"")
 
 
 def write_text(uri: str, text: str) -> None:
@@ -168,6 +194,38 @@ def any_file(pattern: str) -> bool:
 def count_files(pattern: str, limit: int) -> int:
     """Files a glob matches, counted up to ``limit`` (a cheap lower bound on huge prefixes)."""
     return len(FileSystems.match([pattern], limits=[limit])[0].metadata_list)
+
+
+def list_tree(uri: str) -> list[str]:
+    """Every file below a directory URI (or object-store prefix), as paths relative to it, sorted."""
+    base = uri.rstrip("/") + "/"
+    if is_local(uri):
+        import os
+
+        root = base[len("file://"):] if base.startswith("file://") else base
+        return sorted(os.path.relpath(os.path.join(d, f), root) for d, _, files in os.walk(root) for f in files)
+    return [p[len(base):] for p in list_files(join(uri, "**")) if p.startswith(base) and not p.endswith("/")]
+
+
+def upload_tree(local: str, uri: str, files: Iterable[str] | None = None) -> list[str]:
+    """Copies files under the local directory ``local`` to ``uri`` (any storage), keeping relative
+    paths: ``files`` (relative paths, in that order) or every file; returns the paths copied."""
+    import os
+    import shutil
+
+    copied = []
+    for rel in list_tree(local) if files is None else files:
+        target = join(uri, rel)
+        if is_local(target):
+            _mkdirs(posixpath.dirname(target))
+        with open(os.path.join(local, rel), "rb") as src:
+            if os.fstat(src.fileno()).st_size == 0:
+                write_bytes(target, b"")
+            else:
+                with FileSystems.create(target, compression_type=CompressionTypes.UNCOMPRESSED) as out:
+                    shutil.copyfileobj(src, out, 1 << 20)
+        copied.append(rel)
+    return copied
 
 
 def list_dir(uri: str) -> list[str]:
@@ -306,9 +364,7 @@ def copy_tree_to_local(uri: str, dest: str, include: Callable[[str], bool] = lam
     import shutil
     import tempfile
 
-    base = uri.rstrip("/") + "/"
-    files = [(p, p[len(base):]) for p in list_files(join(uri, "**")) if p.startswith(base) and not p.endswith("/")]
-    files = [(p, rel) for p, rel in files if include(rel)]
+    files = [(join(uri, rel), rel) for rel in list_tree(uri) if include(rel)]
     if not files:
         raise FileNotFoundError(f"{uri}: no files to copy")
     parent = os.path.dirname(os.path.abspath(dest))

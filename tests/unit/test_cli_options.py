@@ -18,7 +18,8 @@ JOBS = {"ingest": IngestConfig, "train": TrainConfig, "score": ScoreConfig}
 @pytest.mark.parametrize("command", sorted(JOBS))
 def test_every_config_field_is_an_option_of_its_command(command):
     options = {opt for param in get_command(app).commands[command].params for opt in param.opts}
-    missing = [option_name(f) for f in JOBS[command].model_fields if f != "beam_args" and option_name(f) not in options]
+    passed_through = {"beam_args", "storage_args"}  # the further arguments, not an option of their own
+    missing = [option_name(f) for f in JOBS[command].model_fields if f not in passed_through and option_name(f) not in options]
     assert not missing, f"ssdflow {command} lacks {missing}"
 
 
@@ -48,6 +49,27 @@ def test_defaults_are_the_configs_defaults():
     code, output, cfg = _capture(IngestConfig, ["--images", "/i", "--labels", "/l", "--format", "VOC", "--out", "/o"], beam=True)
     assert code == 0, output
     assert cfg == IngestConfig(images="/i", labels="/l", format="voc", out="/o")
+
+
+def test_object_store_options_pass_through_to_storage_args_and_others_are_refused():
+    code, output, cfg = _capture(TrainConfig, ["--data", "s3://b/records", "--models", "s3://b/models",
+                                               "--s3_endpoint_url=http://127.0.0.1:9000", "--s3_region_name", "eu-west-1"], storage=True)
+    assert code == 0, output
+    assert cfg.storage_args == ["--s3_endpoint_url=http://127.0.0.1:9000", "--s3_region_name", "eu-west-1"]
+    code, output, cfg = _capture(TrainConfig, ["--data", "/d", "--models", "/m", "--s3_endpoint_uri=http://x"], storage=True)
+    assert code == 2 and cfg is None
+    assert "unknown option --s3_endpoint_uri (did you mean --s3_endpoint_url?)" in output
+    code, output, cfg = _capture(TrainConfig, ["--data", "/d", "--models", "/m", "--direct_num_workers=2"], storage=True)
+    assert code == 2 and "only object-store options" in output
+
+
+def test_a_night_carries_its_ingest_s_object_store_options_to_training():
+    from ssdflow.config import NightlyConfig
+
+    night = NightlyConfig(ingest=IngestConfig(images="s3://b/i", labels="s3://b/l", format="voc", out="s3://b/r",
+                                              beam_args=["--s3_endpoint_url", "http://127.0.0.1:9000", "--direct_num_workers=2"]),
+                          models="s3://b/models")
+    assert night.train_config().storage_args == ["--s3_endpoint_url", "http://127.0.0.1:9000"]
 
 
 def test_a_value_out_of_the_configs_bounds_is_refused_naming_the_option():

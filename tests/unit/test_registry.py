@@ -20,10 +20,10 @@ CHAMP = {"version": "v1", "promoted_at": "2026-01-01T00:00:00Z", "metrics": {}, 
 def make_version(root: Path, map50: float | None, label_map=LM, map_all: float = 0.3) -> str:
     """A committed fake version (no SavedModel: the registry never loads models itself)."""
     version = registry.new_version(root)
-    staging = registry.staging_dir(root, version)
+    staging = Path(registry.staging_dir(root, version))
     (staging / "metrics.json").write_text(json.dumps({"mAP@.5": map50, "mAP": map_all}))
     (staging / "label_map.json").write_text(LabelMap(label_map).to_json())
-    registry.commit_version(root, version)
+    Path(registry.commit_version(root, version))
     return version
 
 
@@ -46,15 +46,15 @@ def test_new_version_sorts_after_existing_versions_on_disk(tmp_path):
 
 def test_staging_then_commit(tmp_path):
     v = registry.new_version(tmp_path)
-    staging = registry.staging_dir(tmp_path, v)
+    staging = Path(registry.staging_dir(tmp_path, v))
     assert staging.is_dir() and staging.name.startswith(".staging-")
     (staging / "metrics.json").write_text("{}")
     (staging / "label_map.json").write_text(LabelMap(LM).to_json())
     assert registry.list_versions(tmp_path) == []  # staging is not a version
-    assert not registry.version_dir(tmp_path, v).exists()
+    assert not Path(registry.version_dir(tmp_path, v)).exists()
 
-    committed = registry.commit_version(tmp_path, v)
-    assert committed == registry.version_dir(tmp_path, v) == tmp_path / v
+    committed = Path(registry.commit_version(tmp_path, v))
+    assert committed == Path(registry.version_dir(tmp_path, v)) == tmp_path / v
     assert (committed / "metrics.json").read_text() == "{}"
     assert not staging.exists()
     assert registry.list_versions(tmp_path) == [v]
@@ -62,13 +62,13 @@ def test_staging_then_commit(tmp_path):
 
 def test_commit_refuses_existing_target_and_missing_staging(tmp_path):
     v = registry.new_version(tmp_path)
-    registry.staging_dir(tmp_path, v)
+    Path(registry.staging_dir(tmp_path, v))
     (tmp_path / v).mkdir()  # an (empty) directory in the way: rename(2) alone would replace it
     with pytest.raises(FileExistsError):
-        registry.commit_version(tmp_path, v)
+        Path(registry.commit_version(tmp_path, v))
     assert (tmp_path / f".staging-{v}").is_dir()
     with pytest.raises(FileNotFoundError):
-        registry.commit_version(tmp_path, "never-staged")
+        Path(registry.commit_version(tmp_path, "never-staged"))
 
 
 def test_list_versions_sorted_and_missing_root(tmp_path):
@@ -82,24 +82,24 @@ def test_list_versions_sorted_and_missing_root(tmp_path):
 def test_version_names_cannot_escape_the_root(tmp_path):
     for bad in ["../x", ".staging-x", "a/b", ""]:
         with pytest.raises(ValueError):
-            registry.version_dir(tmp_path, bad)
+            Path(registry.version_dir(tmp_path, bad))
 
 
 def test_set_champion_refuses_uncommitted_or_missing(tmp_path):
     v = registry.new_version(tmp_path)
-    registry.staging_dir(tmp_path, v)
+    Path(registry.staging_dir(tmp_path, v))
     with pytest.raises(FileNotFoundError):
         registry.set_champion(tmp_path, v, {"promoted": True})
     with pytest.raises(FileNotFoundError):
         registry.set_champion(tmp_path, "20200101T000000Z-0000", {"promoted": True})
     assert registry.read_champion(tmp_path) is None
 
-    registry.commit_version(tmp_path, v)
+    Path(registry.commit_version(tmp_path, v))
     registry.set_champion(tmp_path, v, {"promoted": True})
     champ = registry.read_champion(tmp_path)
     assert champ["version"] == v and champ["decision"] == {"promoted": True}
     assert champ["promoted_at"].endswith("Z")
-    assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == ["champion.json"]  # no temp files
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_file() and not p.name.endswith(".lock")) == ["champion.json"]  # no temp files
 
 
 def test_resolve_model_uri_takes_a_saved_model_or_the_champion(tmp_path):
@@ -110,9 +110,7 @@ def test_resolve_model_uri_takes_a_saved_model_or_the_champion(tmp_path):
     registry.set_champion(tmp_path, v, {"promoted": True})
     assert registry.resolve_model_uri(str(tmp_path) + "/") == str(tmp_path / v)
     assert registry.resolve_model_uri(str(tmp_path / v)) == str(tmp_path / v)
-    assert registry.resolve_model_dir(tmp_path) == tmp_path / v
-    with pytest.raises(ValueError, match="local path"):
-        registry.resolve_model_dir("s3://bucket/models")
+    assert Path(registry.resolve_model_dir(tmp_path)) == tmp_path / v
     (tmp_path / "champion.json").write_text(json.dumps({"version": "../elsewhere"}))
     with pytest.raises(ValueError, match="not a champion record"):
         registry.resolve_model_uri(str(tmp_path))
@@ -288,7 +286,7 @@ def test_promote_if_better_end_to_end(tmp_path):
 
 def test_promote_if_better_requires_committed_challenger(tmp_path):
     v = registry.new_version(tmp_path)
-    registry.staging_dir(tmp_path, v)
+    Path(registry.staging_dir(tmp_path, v))
     with pytest.raises(FileNotFoundError):
         registry.promote_if_better(tmp_path, v, StubEvaluate({}), PromotionPolicy())
     assert not (tmp_path / "decisions.jsonl").exists()
@@ -331,7 +329,7 @@ def test_promote_by_hand_refuses_what_is_not_committed(tmp_path):
     root = tmp_path / "MODELS"
     make_version(root, 0.5)
     staging = registry.new_version(root)
-    registry.staging_dir(root, staging)
+    Path(registry.staging_dir(root, staging))
     for version in (staging, "20990101T000000Z-0000"):
         with pytest.raises(FileNotFoundError):
             registry.promote_version(root, version, "ana", "why")

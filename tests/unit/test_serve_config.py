@@ -74,7 +74,7 @@ def test_scoring_and_ingest_runs_queue_beyond_the_run_limit(tmp_path):
     assert deployments["nightly-retrain"].concurrency_limit == 1 and deployments["train"].concurrency_limit == 1
     assert deployments["models"].concurrency_limit == 1
     assert deployments["models"].parameters["config"] == {"models": GOOD["nightly"]["models"], "action": "list", "version": None,
-                                                        "reason": None, "by": None}
+                                                        "reason": None, "by": None, "storage_args": []}
 
 
 @pytest.mark.parametrize("config, problem", [

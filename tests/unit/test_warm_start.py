@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -16,7 +17,7 @@ LM = LabelMap({"cat": 1, "dog": 2})
 
 def _version(root, label_map=LM, files=("ssdflow_model.json", "keras.weights.h5", "label_map.json")) -> str:
     version = registry.new_version(root)
-    staging = registry.staging_dir(root, version)
+    staging = Path(registry.staging_dir(root, version))
     (staging / "metrics.json").write_text(json.dumps({"mAP@.5": 0.5}))
     if "label_map.json" in files:
         (staging / "label_map.json").write_text(label_map.to_json())
@@ -24,7 +25,7 @@ def _version(root, label_map=LM, files=("ssdflow_model.json", "keras.weights.h5"
         (staging / "ssdflow_model.json").write_text(json.dumps({"model": ModelConfig(alpha=0.5, image_size=160, num_classes=2).model_dump()}))
     if "keras.weights.h5" in files:
         (staging / "keras.weights.h5").write_bytes(b"weights")
-    registry.commit_version(root, version)
+    Path(registry.commit_version(root, version))
     return version
 
 
