@@ -3,6 +3,7 @@
     .venv/bin/python -m bench.train throughput --alpha 1.0 --image-size 320
     .venv/bin/python -m bench.train startup --alpha 0.35 --image-size 128
     .venv/bin/python -m bench.train precision --alpha 1.0 --image-size 320
+    .venv/bin/python -m bench.train s3 --image-size 320
     .venv/bin/python -m bench.train quality --weights ../shared/weights/mobilenet_v2_1.0_imagenet_dogs_no_top.weights.h5 \
         [--time-budget 30] [--seeds 0,1,2] [--pretrained-only] [--set KEY=VALUE ...] [--history FILE]
 
@@ -16,6 +17,10 @@ top blocks unfrozen); each variant in a fresh process; prints the ratios against
 throughput: training images/s fed from the TFRecord stream (parse, decode, augment, resize, target
 encoding in tf.data) against the same model fed one in-memory batch over and over; prints the
 ratio (goal >= 0.9: the input pipeline is never the bottleneck).
+
+s3: the training input from an ingest output in S3 (moto's server on 127.0.0.1: the records fetched
+into the cache once, then streamed from the copy) against the same output on local disk, per epoch
+and over 1, 10 and 300 epochs with the fetch counted; prints the ratios (goal >= 0.9).
 
 quality: raccoon (or --dataset small-shapes, the small-object stress set) → ingest → train with the
 product's defaults (time budget, per-epoch val mAP, best epoch exported; --set KEY=VALUE changes a
@@ -100,6 +105,61 @@ def throughput(args) -> None:
     print(f"in-memory batch:  {mem:7.1f} img/s (repeat: {mem2:.1f})")
     print(f"TFRecord stream:  {tfr:7.1f} img/s (parse, decode, augment, resize, encode targets)")
     print(f"ratio stream / in-memory: {tfr / ((mem + mem2) / 2):.2f}   (goal >= 0.9)")
+
+
+def s3_input(args) -> None:
+    """Training fed from an ingest output in S3 (moto's server on 127.0.0.1) against the same output on
+    local disk, in one run: the fetch into the cache, then the stream from the copy."""
+    import tensorflow as tf
+
+    from model.anchors import generate_anchors
+    from model.dataset import count_records, local_records, make_dataset, read_label_map, shard_files
+    from ssdflow import storage
+    from ssdflow.config import ModelConfig
+    from tests.helpers import moto_s3
+
+    data = ingest_raccoon(Path(args.workdir) / "records")
+    cfg = ModelConfig(alpha=args.alpha, image_size=args.image_size, num_classes=len(read_label_map(data)))
+    anchors = generate_anchors(cfg)
+    n_train = count_records(data, "train")
+    steps = max(1, n_train // args.batch_size)  # one epoch per measurement
+
+    def epoch_seconds(records: str) -> float:
+        """Seconds to take one epoch of batches from the stream (parse, decode, augment, resize, encode
+        targets): what the input pipeline alone can feed, with no model to hide behind."""
+        stream = make_dataset(shard_files(records, "train"), anchors, cfg.image_size, cfg.variances, args.batch_size,
+                              training=True, repeat=True)
+        it = iter(stream)
+        next(it)  # trace
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            tf.nest.map_structure(lambda t: t.numpy(), next(it))
+        return time.perf_counter() - t0
+
+    with moto_s3(bucket="bench") as (endpoint, _), tempfile.TemporaryDirectory() as cache:
+        os.environ["SSDFLOW_CACHE_DIR"] = cache
+        storage.configure([f"--s3_endpoint_url={endpoint}"])
+        storage.upload_tree(data, "s3://bench/records")
+        local = [epoch_seconds(data)]
+        t0 = time.perf_counter()
+        copy = local_records("s3://bench/records")
+        fetch = time.perf_counter() - t0
+        remote = [epoch_seconds(copy)]
+        for _ in range(args.repeats - 1):  # alternating, so drift shows in both
+            local.append(epoch_seconds(data))
+            remote.append(epoch_seconds(copy))
+        t0 = time.perf_counter()
+        assert local_records("s3://bench/records") == copy
+        again = time.perf_counter() - t0
+    size = sum(os.path.getsize(os.path.join(copy_root, f)) for copy_root, _, files in os.walk(data) for f in files)
+    lo, re = min(local), min(remote)
+    print(f"raccoon train split: {n_train} images, {size / 1e6:.1f} MB of records; batch {args.batch_size}, {steps} steps an epoch")
+    print(f"fetch from S3 into the cache: {fetch:.2f} s (a rerun that finds the copy: {again:.2f} s)")
+    print(f"one epoch of input, local disk: {lo:.2f} s (runs: {', '.join(f'{x:.2f}' for x in local)})")
+    print(f"one epoch of input, from S3:    {re:.2f} s (runs: {', '.join(f'{x:.2f}' for x in remote)})")
+    print(f"ratio S3 / local, per epoch after the fetch: {lo / re:.2f}")
+    for epochs in (1, 10, 300):
+        print(f"ratio S3 / local over {epochs} epochs, fetch included: {epochs * lo / (fetch + epochs * re):.2f}")
 
 
 def startup(args) -> None:
@@ -247,7 +307,7 @@ def quality(args) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=["throughput", "quality", "startup", "precision"])
+    ap.add_argument("what", choices=["throughput", "quality", "startup", "precision", "s3"])
     ap.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "ssdflow-bench-train"))
     ap.add_argument("--alpha", type=float, default=1.0)
     ap.add_argument("--image-size", type=int, default=320)
@@ -264,8 +324,9 @@ def main() -> None:
                     help="a training setting for every run (quality), e.g. --set early_stopping_patience=10")
     ap.add_argument("--history", help="append each run's per-evaluation val mAP as JSON lines to this file (quality)")
     ap.add_argument("--weights", help="pretrained MobileNetV2 no-top weights file (quality)")
+    ap.add_argument("--repeats", type=int, default=3, help="alternating measurements of each side (s3)")
     args = ap.parse_args()
-    {"throughput": throughput, "quality": quality, "startup": startup, "precision": precision}[args.what](args)
+    {"throughput": throughput, "quality": quality, "startup": startup, "precision": precision, "s3": s3_input}[args.what](args)
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ SLOW_FIRST = (
     "integration/test_prefect_crash.py",  # waits out a heartbeat, ~85 s
     "integration/test_storage_faults.py",  # scoring and ingest through a faulty S3 proxy, ~75 s
     "integration/test_score.py",  # ~65 s
+    "integration/test_train_s3.py",  # two trainings and a scoring on moto's S3, one killed, ~65 s
     "integration/test_demo.py",
     "integration/test_tflite.py",  # three TFLite conversions and their scoring, ~45 s
     "integration/test_deploy.py",  # prefect deploy and a worker
@@ -36,6 +37,7 @@ SLOW_FIRST = (
     "e2e/test_ui_batch_score.py",
     "integration/test_ingest_raccoon.py",
     "integration/test_flows.py",
+    "integration/test_registry_s3.py",  # 50 racing promotions, leases, ~15 s
     "integration/test_ingest_runners.py",
     "integration/test_hostile_inputs.py",
 )
