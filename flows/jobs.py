@@ -17,7 +17,34 @@ from flows import artifacts
 from flows.recovery import Attempt
 from ssdflow.config import IngestConfig, ModelsConfig, ScoreConfig, TrainConfig
 
-TRAIN_CONCURRENCY = "ssdflow-train"  # a global concurrency limit of 1: two trainings never overlap
+TRAIN_CONCURRENCY = "ssdflow-train"  # global concurrency limits of 1, one per models location
+
+
+def train_limit(models: str) -> str:
+    """The name of the global concurrency limit that keeps two trainings on ``models`` from overlapping,
+    ``ssdflow-train-<hash of the location>``: trainings on two registries never wait for each other."""
+    from ssdflow import roots
+
+    location = roots.normalize(models) or models
+    return f"{TRAIN_CONCURRENCY}-{hashlib.sha256(location.rstrip('/').encode()).hexdigest()[:12]}"
+
+
+def ensure_train_limit(models: str) -> str:
+    """Creates the training limit of ``models`` (a limit of 1) unless it exists; returns its name."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+
+    name = train_limit(models)
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_global_concurrency_limit_by_name(name)
+        except ObjectNotFound:
+            try:
+                client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
+            except ObjectAlreadyExists:  # another run created it in between
+                pass
+    return name
 
 
 def input_fingerprint(cfg: IngestConfig) -> str:
@@ -96,7 +123,9 @@ def train_task(cfg: TrainConfig, attempt: int = 0) -> dict:
 
     cfg, reuse_completed = after_crash(cfg, attempt)
     progress = artifacts.ProgressArtifact(f"training at most {cfg.max_epochs()} epochs on {cfg.data}")
-    with concurrency(TRAIN_CONCURRENCY, occupy=1):
+    # A lease of 60 s (Prefect's least; renewed while the training lives): a killed training's slot
+    # frees within about a minute, before its rerun (90 s of silence) asks for it.
+    with concurrency(ensure_train_limit(cfg.models), occupy=1, strict=True, lease_duration=60):
         result = train(cfg, extra_callbacks=(PrefectEpochLogger(cfg.max_epochs(), progress),), verbose=0,
                        reuse_completed=reuse_completed)
     progress.update(100.0)

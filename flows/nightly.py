@@ -81,6 +81,17 @@ def tflite_task(model_dir: str, variants: list[str], data_dir: str) -> dict:
     return files
 
 
+@task(name="push-to-serving")
+def push_task(models: str, base: str) -> dict:
+    """The champion as TensorFlow Serving's next integer version under ``base`` (nothing when it is there already)."""
+    from model.push import push
+
+    result = push(models, base)
+    get_run_logger().info("push: %s", f"champion {result['version']} written to {result['path']}" if result["pushed"]
+                          else f"{result['path']} holds champion {result['version']} already")
+    return result
+
+
 @task(name="nothing-to-learn?")
 def skip_if_nothing_to_learn(config: NightlyConfig) -> dict | None:
     """The champion, as a training result, when it was trained on tonight's data (the same ingest
@@ -131,6 +142,8 @@ def nightly_flow(config: NightlyConfig, attempt: Attempt = 0) -> dict:
     elif config.tflite and champion:
         tflite_task(str(registry.version_dir(config.models, champion["version"])), list(config.tflite), config.ingest.out)
 
+    pushed = push_task(config.models, config.push_to) if config.push_to and champion else None
+
     scored = None
     if config.score_images and champion is None:
         log.warning("nightly: no champion yet (%s), so the archive is not scored", trained["decision"]["reason"])
@@ -141,7 +154,7 @@ def nightly_flow(config: NightlyConfig, attempt: Attempt = 0) -> dict:
     storage.write_text(last_path, json.dumps(stats, indent=2))
     log.info("nightly: %s", "new champion " + trained["version"] if trained["decision"]["promoted"] else
              "champion kept" + (" (nothing to learn)" if trained.get("skipped") else ""))
-    return {"ingest": {"images_written": stats["images_written"]["total"]}, "train": trained, "score": scored}
+    return {"ingest": {"images_written": stats["images_written"]["total"]}, "train": trained, "push": pushed, "score": scored}
 
 
 @flow(name="demo", log_prints=True)

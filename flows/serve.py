@@ -27,7 +27,7 @@ from prefect import serve
 from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
 from prefect.schedules import Cron
 
-from flows.jobs import TRAIN_CONCURRENCY, ingest_flow, models_flow, score_flow, train_flow
+from flows.jobs import ensure_train_limit, ingest_flow, models_flow, score_flow, train_flow
 from flows import recovery
 from flows.nightly import demo_flow, nightly_flow
 from ssdflow.config import DemoConfig, IngestConfig, ModelsConfig, NightlyConfig, ScoreConfig, ServeConfig
@@ -127,18 +127,6 @@ def build_deployments(params: dict, timezone: str = "UTC", home: str = "ssdflow_
     ]
 
 
-def ensure_concurrency_limit() -> None:
-    """The global limit that keeps two trainings from overlapping (created once; idempotent)."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
-
-    with get_client(sync_client=True) as client:
-        try:
-            client.read_global_concurrency_limit_by_name(TRAIN_CONCURRENCY)
-        except Exception:
-            client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=TRAIN_CONCURRENCY, limit=1))
-
-
 def run_serve(home: str = "ssdflow_home", config_file: str | None = None, timezone: str = "UTC",
               silence_seconds: int = recovery.SILENCE_SECONDS, max_runs: int | None = None) -> None:
     """Registers and serves every deployment until interrupted, with crash detection and reruns.
@@ -154,6 +142,6 @@ def run_serve(home: str = "ssdflow_home", config_file: str | None = None, timezo
         log.warning("PREFECT_API_URL is not set: deployments go to a temporary local server (start one with "
                     "`prefect server start --host 127.0.0.1 --port 4200`)")
     os.environ.update(recovery.heartbeat_env())  # inherited by every flow-run process serve starts
-    ensure_concurrency_limit()
+    ensure_train_limit(params["nightly"].models)  # shown in the UI before the first night; trainings create theirs anyway
     recovery.ensure_automations(silence_seconds)
     serve(*build_deployments(params, timezone, home, max_runs), limit=max_runs)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Registers ssdflow's six deployments on the ssdflow-process work pool of the Prefect server at
-# PREFECT_API_URL (deploy/prefect.yaml), with the automations and the training concurrency limit.
+# PREFECT_API_URL (deploy/prefect.yaml), with the automations.
 # Required: SSDFLOW_REPO (this repository, as the workers see it), SSDFLOW_DATA (root of the default
 # paths), SSDFLOW_TIMEZONE (of the nightly 02:00 schedule). Then: prefect worker start --pool ssdflow-process
 set -euo pipefail

@@ -270,6 +270,25 @@ def models_rollback(ctx: typer.Context, models: str = _MODELS, reason: str = typ
     typer.echo(f"champion: {decision['challenger']} (rolled back from {decision['champion']}); {decision['reason']}")
 
 
+@models_app.command("push", context_settings=PASS_THROUGH)
+def models_push(ctx: typer.Context, models: str = _MODELS,
+                to: str = typer.Option(..., "--to", help="TensorFlow Serving's model base path (local, s3://, gs://): the champion "
+                                       "goes to TO/<next integer>/")) -> None:
+    """Hand the champion to TensorFlow Serving: TO/<next integer>/ (saved_model.pb, variables/, assets/ with the label
+    map); nothing when TO's highest version is the champion already. Serve it with
+    `tensorflow_model_server --model_name=ssdflow --model_base_path=TO`."""
+    from model.push import PushError, push
+
+    try:
+        result = push(_models_root(models, ctx), to)
+    except (PushError, FileNotFoundError, ValueError) as e:
+        fail(str(e))
+    if result["pushed"]:
+        typer.echo(f"push: champion {result['version']} written to {result['path']}")
+    else:
+        typer.echo(f"push: {result['path']} holds champion {result['version']} already; nothing written")
+
+
 def _score_threshold() -> tuple:
     """ScoreConfig.score_threshold as users type it: ``auto`` (the config's None) or a number."""
     def parse(text: str):
@@ -338,17 +357,16 @@ def serve(
 def automations(
     silence_seconds: int = typer.Option(90, min=45, max=3600, help="A run without a heartbeat (sent every 30 s) for this long is marked Crashed and rerun"),
 ) -> None:
-    """Create or update the automations that mark silent runs Crashed and rerun them (at most twice), and the one-training-at-a-time limit, against PREFECT_API_URL.
+    """Create or update the automations that mark silent runs Crashed and rerun them (at most twice), against PREFECT_API_URL.
 
-    `ssdflow serve` does this itself; run it once when deployments run on a work pool (deploy/prefect.yaml).
+    `ssdflow serve` does this itself; run it once when deployments run on a work pool (deploy/prefect.yaml). Trainings
+    create their own concurrency limit, one per models location (ssdflow-train-<hash>): one training at a time on each.
     """
     from flows.recovery import ensure_automations
-    from flows.serve import ensure_concurrency_limit
 
     for name in ensure_automations(silence_seconds):
         typer.echo(f"automation: {name}")
-    ensure_concurrency_limit()
-    typer.echo("concurrency limit: one training at a time")
+    typer.echo("concurrency limits: one training at a time per models location (created by the first training there)")
 
 
 @app.command()

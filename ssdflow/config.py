@@ -344,6 +344,9 @@ class NightlyConfig(BaseModel):
     score_threshold: ScoreThreshold = Field(None, description="Minimum detection score when scoring, one number for every class; default (auto): per class, calibrated on val")
     select: int = Field(0, ge=0, le=1000, description="Images of the scored archive worth labelling next (OUT/labelling/); 0: none")
     comparison_images: int = Field(3, ge=0, le=20, description="Val images drawn with champion and challenger detections side by side")
+    push_to: Location | None = Field(None, description=(
+        "Hand the champion to TensorFlow Serving after the night: PUSH_TO/<next integer>/ when it changed "
+        "(tensorflow_model_server --model_base_path=PUSH_TO); empty: no push"))
     tflite: list[TFLiteQuantize] = Field(default_factory=list, description=(
         "TFLite files the champion gets (none: float32; int8 calibrated on tonight's train split), each scored on val; "
         "a champion that has one already keeps it (empty: no TFLite)"))
@@ -363,6 +366,8 @@ class NightlyConfig(BaseModel):
             raise ValueError("select picks images of the scored archive: set score_images (and score_out) too")
         if self.score_out and roots.is_under(self.score_out, roots.normalize(self.models)):
             raise ValueError(f"score_out {self.score_out} lies inside the models directory {self.models}")
+        if self.push_to and roots.is_under(self.push_to, roots.normalize(self.models)):
+            raise ValueError(f"push_to {self.push_to} lies inside the models directory {self.models}")
         return self
 
     def storage_args(self) -> list[str]:

@@ -22,6 +22,7 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 # hands files out in this order (scripts/test.sh passes --no-loadscope-reorder, or xdist would
 # reorder them by test count and start the long files of few tests last).
 SLOW_FIRST = (
+    "integration/test_two_workers_s3.py",  # the nightly loop, a scoring and a killed training on two workers, ~200 s
     "integration/test_train.py",  # trainings, export, reload, evaluate, warm start, ~285 s
     "integration/test_prefect.py",  # nightly three times and the models flow on a real server, ~105 s
     "integration/test_train_resume.py",  # a training killed and resumed, ~95 s

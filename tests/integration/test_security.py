@@ -255,6 +255,7 @@ def test_models_load_only_from_savedmodel_or_weights_h5_and_the_registry_is_json
     assert isinstance(champion, dict) and champion["version"] == model_dir.name
     assert all(isinstance(json.loads(line), dict) for line in (models / registry.DECISIONS).read_text().splitlines() if line)
     allowed = re.compile(r"(saved_model\.pb|fingerprint\.pb|variables/variables\.(index|data-\d{5}-of-\d{5})|assets/.*|[\w.-]+\.json|[\w.-]+\.md|keras\.weights\.h5"
+                         r"|_SUCCESS"  # the version's manifest (JSON)
                          r"|logs/\w+/events\.out\.tfevents\.[\w.-]+"  # TensorBoard: TFRecord-framed protobuf summaries
                          r"|pr_curves\.png|val_examples/val-\d{2}\.jpg)")  # the model card's pictures (model/report.py)
     for path in sorted(p for p in model_dir.rglob("*") if p.is_file()):
@@ -262,7 +263,7 @@ def test_models_load_only_from_savedmodel_or_weights_h5_and_the_registry_is_json
         assert allowed.fullmatch(rel), f"unexpected file in a registered model: {rel}"
         head = path.read_bytes()[:8]
         assert not (head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")), f"{rel} looks like a pickle"
-        if rel.endswith(".json"):
+        if rel.endswith(".json") or rel == registry.MANIFEST:
             json.loads(path.read_text())
     assert (model_dir / export.KERAS_WEIGHTS).read_bytes()[:8] == b"\x89HDF\r\n\x1a\n"
 
