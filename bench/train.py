@@ -4,6 +4,7 @@
     .venv/bin/python -m bench.train startup --alpha 0.35 --image-size 128
     .venv/bin/python -m bench.train precision --alpha 1.0 --image-size 320
     .venv/bin/python -m bench.train s3 --image-size 320
+    .venv/bin/python -m bench.train s3-quality --alpha 0.35 --image-size 192 --epochs 10
     .venv/bin/python -m bench.train quality --weights ../shared/weights/mobilenet_v2_1.0_imagenet_dogs_no_top.weights.h5 \
         [--time-budget 30] [--seeds 0,1,2] [--pretrained-only] [--set KEY=VALUE ...] [--history FILE]
 
@@ -21,6 +22,9 @@ ratio (goal >= 0.9: the input pipeline is never the bottleneck).
 s3: the training input from an ingest output in S3 (moto's server on 127.0.0.1: the records fetched
 into the cache once, then streamed from the copy) against the same output on local disk, per epoch
 and over 1, 10 and 300 epochs with the fetch counted; prints the ratios (goal >= 0.9).
+
+s3-quality: the same training (fixed epochs, seed 0, deterministic input) with data and models on
+local disk and in S3; prints both val mAP@.5 and the gap (goal: within 0.02).
 
 quality: raccoon (or --dataset small-shapes, the small-object stress set) → ingest → train with the
 product's defaults (time budget, per-epoch val mAP, best epoch exported; --set KEY=VALUE changes a
@@ -160,6 +164,38 @@ def s3_input(args) -> None:
     print(f"ratio S3 / local, per epoch after the fetch: {lo / re:.2f}")
     for epochs in (1, 10, 300):
         print(f"ratio S3 / local over {epochs} epochs, fetch included: {epochs * lo / (fetch + epochs * re):.2f}")
+
+
+def s3_quality(args) -> None:
+    """The same training (fixed epochs, seed, deterministic input) with data and models on local disk
+    and in S3 (moto's server on 127.0.0.1): the champion's val mAP@.5 should not depend on where
+    things are stored."""
+    from model.train import train
+    from ssdflow import storage
+    from ssdflow.config import TrainConfig
+    from tests.helpers import moto_s3
+
+    data = ingest_raccoon(Path(args.workdir) / "records")
+    settings = dict(alpha=args.alpha, image_size=args.image_size, batch_size=args.batch_size, epochs=args.epochs or 10,
+                    time_budget=0, backbone_weights=args.weights or "none", seed=0, deterministic=True, min_map=0.0)
+    with moto_s3(bucket="bench") as (endpoint, _), tempfile.TemporaryDirectory() as work:
+        os.environ["SSDFLOW_CACHE_DIR"] = os.path.join(work, "cache")
+        storage.configure([f"--s3_endpoint_url={endpoint}"])
+        storage.upload_tree(data, "s3://bench/records")
+        results = {}
+        for where, cfg in (("local disk", TrainConfig(data=data, models=os.path.join(work, "models"), **settings)),
+                           ("S3", TrainConfig(data="s3://bench/records", models="s3://bench/models", **settings))):
+            t0 = time.perf_counter()
+            result = train(cfg, verbose=0)
+            results[where] = (result, time.perf_counter() - t0)
+    print(f"raccoon, alpha {args.alpha:g}, {args.image_size} px, {settings['epochs']} epochs, backbone {settings['backbone_weights']}, "
+          f"seed 0, deterministic input")
+    print("| data and models | val mAP@.5 | val mAP | promoted | seconds (whole training) |")
+    print("| --- | ---: | ---: | --- | ---: |")
+    for where, (result, seconds) in results.items():
+        print(f"| {where} | {result.metrics['mAP@.5']:.4f} | {result.metrics['mAP']:.4f} | {result.decision['promoted']} | {seconds:.0f} |")
+    gap = results["S3"][0].metrics["mAP@.5"] - results["local disk"][0].metrics["mAP@.5"]
+    print(f"S3 - local mAP@.5: {gap:+.4f}   (goal: within 0.02)")
 
 
 def startup(args) -> None:
@@ -307,7 +343,7 @@ def quality(args) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=["throughput", "quality", "startup", "precision", "s3"])
+    ap.add_argument("what", choices=["throughput", "quality", "startup", "precision", "s3", "s3-quality"])
     ap.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "ssdflow-bench-train"))
     ap.add_argument("--alpha", type=float, default=1.0)
     ap.add_argument("--image-size", type=int, default=320)
@@ -326,7 +362,8 @@ def main() -> None:
     ap.add_argument("--weights", help="pretrained MobileNetV2 no-top weights file (quality)")
     ap.add_argument("--repeats", type=int, default=3, help="alternating measurements of each side (s3)")
     args = ap.parse_args()
-    {"throughput": throughput, "quality": quality, "startup": startup, "precision": precision, "s3": s3_input}[args.what](args)
+    {"throughput": throughput, "quality": quality, "startup": startup, "precision": precision, "s3": s3_input,
+     "s3-quality": s3_quality}[args.what](args)
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ def local_records(data_dir: str) -> str:
     Older copies of the same location are removed, so the cache holds one copy per data location.
     """
     if storage.is_local(data_dir):
-        return storage.local_dir(data_dir, "unused")
+        return storage.local_path(data_dir)
     manifest = storage.read_success(data_dir)
     if manifest is None:
         raise DatasetError(f"{data_dir}: no _SUCCESS: not a complete ingest output (run `ssdflow ingest` first)")

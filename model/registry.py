@@ -240,7 +240,7 @@ def local_copy(model_dir: str) -> str:
     directory itself when it is local, else a copy in this machine's cache, made once per content
     (keyed by the URI and the bytes of its manifest, or of its saved_model.pb when it has none)."""
     if storage.is_local(model_dir):
-        return storage.local_dir(model_dir, "unused")
+        return storage.local_path(model_dir)
     base = model_dir.rstrip("/")
     marker = storage.join(base, MANIFEST) if storage.exists(storage.join(base, MANIFEST)) else storage.join(base, "saved_model.pb")
     digest = hashlib.sha256(base.encode() + b"\0" + storage.read_bytes(marker)).hexdigest()[:24]

@@ -46,7 +46,7 @@ def read(uri: str) -> Versioned:
         return _s3_read(uri)
     if scheme == "gs":
         return _gcs_read(uri)
-    path = _local(uri)
+    path = storage.local_path(uri)
     try:
         with open(path, "rb") as f:
             data = f.read()
@@ -63,7 +63,7 @@ def swap(uri: str, data: bytes, expected: Versioned) -> Versioned:
         return _s3_swap(uri, data, expected)
     if scheme == "gs":
         return _gcs_swap(uri, data, expected)
-    path = _local(uri)
+    path = storage.local_path(uri)
     with _local_lock(path):
         current = read(path)
         if current.token != expected.token:
@@ -73,11 +73,7 @@ def swap(uri: str, data: bytes, expected: Versioned) -> Versioned:
 
 
 def _scheme(uri: str) -> str:
-    return uri.split("://", 1)[0] if "://" in uri and not uri.startswith("file://") else "local"
-
-
-def _local(uri: str) -> str:
-    return uri[len("file://"):] if uri.startswith("file://") else uri
+    return "local" if storage.is_local(uri) else uri.split("://", 1)[0]
 
 
 def _digest(data: bytes) -> str:

@@ -54,6 +54,11 @@ def is_local(uri: str) -> bool:
     return "://" not in uri or uri.startswith("file://")
 
 
+def local_path(uri: str) -> str:
+    """The filesystem path of a local URI (``file://`` removed)."""
+    return uri[len("file://"):] if uri.startswith("file://") else uri
+
+
 def absolute(uri: str | None) -> str | None:
     """A local path made absolute (so that outputs name files unambiguously and workers in other
     directories agree); URIs, ``file://`` ones included, and None unchanged."""
@@ -106,7 +111,7 @@ def write_bytes(uri: str, data: bytes) -> None:
     """Writes a whole file. Object stores commit on close; locally the file is synced to disk and
     renamed into place, so a ``_SUCCESS`` written after it never outlives its data in a power loss."""
     if is_local(uri):
-        atomic_write_local(uri[len("file://"):] if uri.startswith("file://") else uri, data)
+        atomic_write_local(local_path(uri), data)
     elif not data and uri.startswith("s3://"):
         _put_empty_s3_object(uri)
     else:
@@ -202,7 +207,7 @@ def list_tree(uri: str) -> list[str]:
     if is_local(uri):
         import os
 
-        root = base[len("file://"):] if base.startswith("file://") else base
+        root = local_path(base)
         return sorted(os.path.relpath(os.path.join(d, f), root) for d, _, files in os.walk(root) for f in files)
     return [p[len(base):] for p in list_files(join(uri, "**")) if p.startswith(base) and not p.endswith("/")]
 
@@ -424,7 +429,7 @@ def local_dir(uri: str, key: str, include: Callable[[str], bool] = lambda rel: T
     import shutil
 
     if is_local(uri):
-        return uri[len("file://"):] if uri.startswith("file://") else uri
+        return local_path(uri)
     if not re.fullmatch(r"[A-Za-z0-9._-]{1,128}", key) or key.startswith("."):
         raise ValueError(f"cache key {key!r}: letters, digits, '.', '_', '-' only")
     root = cache_root()
