@@ -68,12 +68,12 @@ def compare_task(champion_dir: str, challenger_dir: str, data_dir: str, n: int, 
 @task(name="export-tflite")
 def tflite_task(model_dir: str, variants: list[str], data_dir: str) -> dict:
     """The champion's .tflite files: each variant it lacks is exported and scored on val (issue 14)."""
-    from model.tflite import export_tflite, manifest, tflite_name
+    from model.tflite import export_tflite_beside, manifest, tflite_name
 
     for quantize in variants:
-        if os.path.exists(os.path.join(model_dir, tflite_name(quantize))):
+        if storage.exists(storage.join(model_dir, tflite_name(quantize))):
             continue  # exported on an earlier night: the champion has not changed since
-        entry = export_tflite(model_dir, quantize, data_dir)  # scored on val and recorded
+        entry = export_tflite_beside(model_dir, quantize, data_dir)  # scored on val and recorded
         get_run_logger().info("tflite: %s, %.2f MB, val mAP@.5 %.4f", entry["file"], entry["bytes"] / 1e6, entry["metrics"]["mAP@.5"])
     wanted = {tflite_name(q) for q in variants}
     files = {name: e for name, e in manifest(model_dir).items() if name in wanted}
@@ -136,10 +136,7 @@ def nightly_flow(config: NightlyConfig, attempt: Attempt = 0) -> dict:
                      config.ingest.out, config.comparison_images, run_dir)
 
     champion = registry.read_champion(config.models)
-    if config.tflite and champion and not storage.is_local(config.models):
-        log.warning("nightly: TFLite files are made for a champion on local disk only; %s is in object storage "
-                    "(run `ssdflow export --format tflite` on a local copy)", config.models)
-    elif config.tflite and champion:
+    if config.tflite and champion:
         tflite_task(str(registry.version_dir(config.models, champion["version"])), list(config.tflite), config.ingest.out)
 
     pushed = push_task(config.models, config.push_to) if config.push_to and champion else None

@@ -33,6 +33,7 @@ import numpy as np
 import tensorflow as tf
 
 from model import tflite_metadata
+from ssdflow import storage
 from model.anchors import generate_anchors
 from model.box_coder import corners_to_center
 from ssdflow.config import ModelConfig, TFLiteQuantize
@@ -189,10 +190,34 @@ def export_tflite(model_dir: str, quantize: str = "none", data: str | None = Non
     return entry
 
 
+def export_tflite_beside(model_uri: str, quantize: str = "none", data: str | None = None) -> dict:
+    """:func:`export_tflite` for a model directory on any storage (local, s3://, gs://), ``data`` too.
+
+    A model in a bucket is exported in this machine's copy of it (its tflite.json and model card
+    fetched fresh first: they change after the version's commit), and the .tflite, tflite.json and
+    model card go back beside its SavedModel, the .tflite first."""
+    from model.dataset import local_records
+    from model.registry import local_copy
+
+    data = local_records(data) if data else None
+    if storage.is_local(model_uri):
+        return export_tflite(storage.local_path(model_uri), quantize, data)
+    local = local_copy(model_uri)
+    for name in (MANIFEST, "model_card.md"):
+        uri, path = storage.join(model_uri, name), Path(local, name)
+        if storage.exists(uri):
+            storage.atomic_write_local(path, storage.read_bytes(uri))
+        else:
+            path.unlink(missing_ok=True)
+    entry = export_tflite(local, quantize, data)
+    storage.upload_tree(local, model_uri, [entry["file"], MANIFEST, "model_card.md"])
+    return entry
+
+
 def manifest(model_dir: str) -> dict:
-    """``tflite.json`` of a model directory: file name → its entry ({} before any export)."""
-    path = Path(model_dir, MANIFEST)
-    return json.loads(path.read_text()) if path.is_file() else {}
+    """``tflite.json`` of a model directory (local or in a bucket): file name → its entry ({} before any export)."""
+    uri = storage.join(model_dir, MANIFEST)
+    return json.loads(storage.read_text(uri)) if storage.exists(uri) else {}
 
 
 def record(model_dir: str, entry: dict) -> None:

@@ -98,15 +98,37 @@ def train(cfg: TrainConfig) -> None:
     typer.echo(f"  model: {result.model_dir}")
 
 
-@app.command()
+def _storage_options(ctx: typer.Context) -> None:
+    """Sets the command's further arguments as object-store options (``--s3_endpoint_url=…``)."""
+    from ssdflow import beam_flags, storage
+
+    try:
+        beam_flags.check_storage(ctx.args)
+    except ValueError as e:
+        fail(str(e))
+    storage.configure(ctx.args)
+
+
+@app.command(context_settings=PASS_THROUGH)
 def evaluate(
+    ctx: typer.Context,
     model: str = typer.Option(..., help="An exported model directory, a models directory (its champion), or a .tflite file"),
     data: str = typer.Option(..., help="Ingest output directory"),
     split: str = typer.Option("val", help="train | val"),
     out: Optional[str] = typer.Option(None, help="Write the metrics JSON here (default: print only)"),
 ) -> None:
-    """COCO metrics (pycocotools) of an exported model, SavedModel or TFLite, on an ingest output's split."""
+    """COCO metrics (pycocotools) of an exported model, SavedModel or TFLite, on an ingest output's split.
+
+    --model (but a .tflite) and --data may be local, s3:// or gs://; object-store options pass through (--s3_endpoint_url=URL).
+    """
+    from model.dataset import DatasetError, local_records
     from model.registry import resolve_model_dir
+
+    _storage_options(ctx)
+    try:
+        data = local_records(data)
+    except DatasetError as e:
+        fail(str(e))
 
     if is_tflite(model):
         if not os.path.isfile(model):
@@ -130,8 +152,9 @@ def evaluate(
     typer.echo(text)
 
 
-@app.command()
+@app.command(context_settings=PASS_THROUGH)
 def export(
+    ctx: typer.Context,
     model: str = typer.Option(..., help="A registered model directory (MODELS/<version>), or a models directory (its champion)"),
     out: Optional[str] = typer.Option(None, help="Directory for the new SavedModel (--format savedmodel); "
                                       "a .tflite is always written beside the model's SavedModel"),
@@ -144,8 +167,13 @@ def export(
     max_detections: Optional[int] = typer.Option(None, help="Detections per image (default: the model's)"),
 ) -> None:
     """Export a trained model: again as a SavedModel (bytes in, TF OD API detection keys out), e.g. with
-    new thresholds; or as TFLite with TFLite's SSD post-processing op, metadata and label file."""
-    from model.registry import resolve_model_dir
+    new thresholds; or as TFLite with TFLite's SSD post-processing op, metadata and label file.
+
+    --model and --data may be local, s3:// or gs:// (a .tflite goes back beside the model there); object-store options pass through (--s3_endpoint_url=URL).
+    """
+    from model.registry import resolve_model_dir, resolve_model_uri
+
+    _storage_options(ctx)
 
     if format not in ("savedmodel", "tflite"):
         fail(f"--format {format!r}: one of savedmodel, tflite")
@@ -156,17 +184,19 @@ def export(
             fail("--format tflite takes the model's own thresholds and writes beside its SavedModel: "
                  "drop --out and the threshold options (re-export the SavedModel with them first)")
     try:
-        model = str(resolve_model_dir(model))
+        model = resolve_model_uri(model) if format == "tflite" else resolve_model_dir(model)
     except (FileNotFoundError, ValueError) as e:
         fail(f"--model: {e}")
     if format == "tflite":
-        from model.tflite import TFLiteExportError, export_tflite
+        from model.dataset import DatasetError
+        from model.tflite import TFLiteExportError, export_tflite_beside
+        from ssdflow import storage
 
         try:
-            entry = export_tflite(model, quantize, data)
-        except TFLiteExportError as e:
+            entry = export_tflite_beside(model, quantize, data)
+        except (TFLiteExportError, DatasetError) as e:
             fail(str(e))
-        typer.echo(f"export: {os.path.join(model, entry['file'])} ({entry['bytes'] / 1e6:.2f} MB, {quantize})")
+        typer.echo(f"export: {storage.join(model, entry['file'])} ({entry['bytes'] / 1e6:.2f} MB, {quantize})")
         if "metrics" in entry:
             typer.echo(f"export: val mAP@.5 {entry['metrics']['mAP@.5']:.4f} (TFLite interpreter), in {entry['file']}'s model card row")
         return
@@ -197,13 +227,8 @@ def _who(by: Optional[str]) -> str:
 def _models_root(models: str, ctx: typer.Context) -> str:
     """MODELS, once its object-store options (the command's further arguments) are set."""
     from model.registry import list_versions
-    from ssdflow import beam_flags, storage
 
-    try:
-        beam_flags.check_storage(ctx.args)
-    except ValueError as e:
-        fail(str(e))
-    storage.configure(ctx.args)
+    _storage_options(ctx)
     if not list_versions(models):
         fail(f"--models {models}: no registered model versions there")
     return models

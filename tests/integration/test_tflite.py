@@ -198,3 +198,36 @@ def test_score_runs_a_tflite_file_with_the_savedmodels_outputs_chunks_and_resume
     shutil.copy(model / "model.tflite", stray / "model.tflite")
     result = _cli("score", "--model", str(stray / "model.tflite"), "--images", str(images), "--out", str(tmp_path / "o4"))
     assert result.exit_code != 0 and "not beside its exported model" in result.output
+
+
+def test_tflite_export_of_a_champion_in_s3_goes_back_beside_it(raccoon_model, raccoon_records, tmp_path, monkeypatch):
+    """`ssdflow export --format tflite --model s3://…/models --data s3://…/records`: exported from this
+    machine's copy, the .tflite, tflite.json and the model card's TFLite row written back to the bucket."""
+    pytest.importorskip("boto3")
+    from model import registry
+    from ssdflow import storage
+    from tests.helpers import moto_s3
+
+    monkeypatch.setenv("SSDFLOW_CACHE_DIR", str(tmp_path / "cache"))
+    with moto_s3(bucket="ssdflow-lite") as (endpoint, s3):
+        storage.configure([f"--s3_endpoint_url={endpoint}"])
+        models = "s3://ssdflow-lite/models"
+        version = registry.new_version(models)
+        shutil.copytree(raccoon_model, registry.staging_dir(models, version), dirs_exist_ok=True,
+                        ignore=shutil.ignore_patterns("_SUCCESS", "*.tflite", "tflite.json"))
+        registry.commit_version(models, version)
+        registry.promote_version(models, version, "ana", "the first")
+        card_before = s3.get_object(Bucket="ssdflow-lite", Key=f"models/{version}/model_card.md")["Body"].read().decode()
+        storage.upload_tree(raccoon_records, "s3://ssdflow-lite/records")
+
+        result = _cli("export", "--format", "tflite", "--model", models, "--data", "s3://ssdflow-lite/records",
+                      f"--s3_endpoint_url={endpoint}")
+        assert result.exit_code == 0, result.output
+        assert f"export: {models}/{version}/model.tflite" in result.output
+        stored = {o["Key"] for o in s3.list_objects_v2(Bucket="ssdflow-lite", Prefix=f"models/{version}/")["Contents"]}
+        assert {f"models/{version}/model.tflite", f"models/{version}/tflite.json"} <= stored
+        entry = json.loads(s3.get_object(Bucket="ssdflow-lite", Key=f"models/{version}/tflite.json")["Body"].read())["model.tflite"]
+        assert 0 <= entry["metrics"]["mAP@.5"] <= 1
+        card = s3.get_object(Bucket="ssdflow-lite", Key=f"models/{version}/model_card.md")["Body"].read().decode()
+        assert card.startswith(card_before.split("<!-- ssdflow: tflite -->")[0].rstrip("\n")) and "| `model.tflite` | none |" in card
+        assert registry.list_versions(models) == [version]  # the version is still whole: its manifest untouched
