@@ -967,7 +967,8 @@ def run_ingest(cfg: IngestConfig) -> dict:
     fixed_map = load_fixed_label_map(cfg)
 
     storage.cleanup_stale_tmp(cfg.out)
-    storage.invalidate(cfg.out)
+    # The previous output stays complete and usable until this run commits (storage.commit removes
+    # its _SUCCESS first): everything before that is written under the run's temp directory.
     tmp_dir = storage.new_tmp_dir(cfg.out)
     try:
         with make_pipeline(options, preload=("beam_jobs.ingest",)) as p:

@@ -524,7 +524,8 @@ def run_score(cfg: ScoreConfig) -> dict:
     final = for_each_chunk(lambda c: committed(cfg.out, model.version, c.chunk_id), chunks)
     todo = [c for c, done in zip(chunks, final) if not done]
     log.info("score: %d chunks, %d already committed for model %s", len(chunks), len(chunks) - len(todo), model.version)
-    storage.invalidate(cfg.out)
+    # The previous outputs stay complete and usable until assemble() commits the new ones: chunk
+    # results go under OUT/chunks/, the outputs under a temp directory.
     if todo:
         write_listings(cfg.out, model.version, todo)
         with make_pipeline(options, preload=("beam_jobs.score",)) as p:

@@ -202,12 +202,16 @@ def test_rerun_replaces_previous_output_wholly(tmp_path):
     assert len(read_ingest_output(out)) == 3
 
 
-def test_a_crashed_run_never_looks_complete(tmp_path, monkeypatch):
+def test_a_failed_rerun_leaves_the_previous_output_complete(tmp_path, monkeypatch):
+    """A run that fails before its commit (here while planning shards) changes nothing of the previous
+    complete output: its _SUCCESS and every file it lists stay byte for byte, and `train` can still
+    read it; the failed run's temp directory is gone."""
     root = raccoon_or_skip()
     out = tmp_path / "out"
     cfg = IngestConfig(images=str(root / "images" / "raccoon-1*.jpg"), labels=str(root / "annotations"), format="voc", out=str(out))
     run_ingest(cfg)
-    assert (out / "_SUCCESS").exists()
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    assert "_SUCCESS" in before
 
     import beam_jobs.ingest as ingest
 
@@ -217,8 +221,8 @@ def test_a_crashed_run_never_looks_complete(tmp_path, monkeypatch):
     monkeypatch.setattr(ingest, "plan_layout", boom)
     with pytest.raises(Exception, match="injected failure"):
         run_ingest(cfg)
-    assert not (out / "_SUCCESS").exists()
-    assert storage.read_success(str(out)) is None
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    assert storage.read_success(str(out))["files"] == sorted(set(before) - {"_SUCCESS"})
     assert not [f for f in os.listdir(out) if f.startswith(storage.TMP_PREFIX)]
 
 

@@ -342,3 +342,24 @@ def test_select_writes_a_labelling_batch_that_ingests_back_with_no_rejection(rac
     # Uncertainty is against the model's calibrated thresholds, not the output filter: the same choice with 0.0.
     run_score(ScoreConfig(model=raccoon_model, images=[str(archive)], out=str(tmp_path / "all"), chunk_size=3, select=2, score_threshold=0.0))
     assert [r["source"] for r in csv.DictReader((tmp_path / "all" / "labelling" / "reasons.csv").open())] == [r["source"] for r in rows[:2]]
+
+
+def test_a_failed_rerun_leaves_the_previous_outputs_complete(raccoon_model, tmp_path, monkeypatch):
+    """A scoring run that fails before its commit (here inside the pipeline, on new images) leaves the
+    previous complete outputs as they were: _SUCCESS and every file it lists, byte for byte."""
+    import beam_jobs.score
+
+    out = tmp_path / "out"
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    run_score(ScoreConfig(model=raccoon_model, images=[_many_images(tmp_path / "a", 4)], out=str(out), score_threshold=0.0))
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    assert "_SUCCESS" in before
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("injected failure inside the pipeline")
+
+    monkeypatch.setattr(beam_jobs.score, "build_pipeline", boom)
+    with pytest.raises(RuntimeError, match="injected failure"):
+        run_score(ScoreConfig(model=raccoon_model, images=[_many_images(tmp_path / "b", 5)], out=str(out), score_threshold=0.0))
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before

@@ -291,7 +291,8 @@ def test_a_failed_write_never_leaves_a_partial_object(s3, monkeypatch):
 
 
 def test_ingest_fails_without_success_when_retries_run_out(s3):
-    """A fault longer than the retry budget fails the job; the output is never marked complete."""
+    """A fault longer than the retry budget fails the job; the new output is never marked complete,
+    and the previous complete output is left as it was."""
     endpoint, client, proxy = s3
     _upload_raccoon(client)
     client.put_object(Bucket=BUCKET, Key="ingest-burst/_SUCCESS", Body=b'{"files": []}')  # a previous complete run
@@ -305,5 +306,5 @@ def test_ingest_fails_without_success_when_retries_run_out(s3):
                                 beam_args=[f"--s3_endpoint_url={proxy.url}", *REGION]))
     assert proxy.injected >= 3
     objs = _objects(client, "ingest-burst/")
-    assert "_SUCCESS" not in objs  # invalidated before the run; never rewritten
-    assert not [k for k in objs if k.endswith("stats.json")]
+    assert client.get_object(Bucket=BUCKET, Key="ingest-burst/_SUCCESS")["Body"].read() == b'{"files": []}'  # untouched
+    assert not [k for k in objs if k.endswith("stats.json")]  # nothing of the failed run, temp files included
