@@ -105,6 +105,7 @@ def can_resume(cfg: TrainConfig) -> bool:
 
 
 def has_interrupted_run(models: str) -> bool:
+    """Whether MODELS/.train-run holds a run (of any settings) that did not finish."""
     return _saved_config(models) is not None
 
 

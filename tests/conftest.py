@@ -30,7 +30,6 @@ SLOW_FIRST = (
     "integration/test_prefect_crash.py",  # waits out a heartbeat, ~85 s
     "integration/test_storage_faults.py",  # scoring and ingest through a faulty S3 proxy, ~75 s
     "integration/test_score.py",  # ~65 s
-    "integration/test_train_s3.py",  # a training on moto's S3, ~30 s
     "integration/test_demo.py",
     "integration/test_tflite.py",  # three TFLite conversions and their scoring, ~45 s
     "integration/test_deploy.py",  # prefect deploy and a worker

@@ -5,7 +5,7 @@ scripts/deploy.sh with ``SSDFLOW_DATA=s3://…``; the endpoint reaches boto3 as 
 no parameter of any run names a local path or an endpoint.
 
 * worker A runs the nightly deployment: ingest → train → promote → push → score, all on S3;
-* worker B runs a batch-score with the champion A made;
+* worker B runs a batch-score with the champion A made, and `ssdflow models list` reads the registry;
 * a training SIGKILLed on A (with its worker), once marked Crashed, is rerun by the automation and
   resumed on B from the checkpoints in S3.
 """
@@ -72,7 +72,8 @@ class Worker:
     def __init__(self, home, base_env: dict, name: str):
         self.dir = home / name
         (self.dir / "cache").mkdir(parents=True)
-        self.env = {**base_env, "SSDFLOW_CACHE_DIR": str(self.dir / "cache"), "HOME": str(self.dir)}
+        self.env = {**base_env, "SSDFLOW_CACHE_DIR": str(self.dir / "cache"), "HOME": str(self.dir),
+                    "PREFECT_WORKER_QUERY_SECONDS": "1"}  # Prefect's 10 s between polls would be most of a run's wait
         self.name, self.proc = name, None
 
     def start(self):
@@ -137,6 +138,17 @@ def test_the_nightly_loop_runs_on_two_workers_that_share_only_s3(shapes, tmp_pat
             assert [k for k in stored if k.startswith("ssdflow/models/decisions/")]
             summary = json.loads(client.get_object(Bucket=BUCKET, Key="ssdflow/scored/summary.json")["Body"].read())
             assert summary["model_version"] == champion and summary["images_scored"] == 12
+            # The version is whole: its manifest lists every file of it; the card names no endpoint.
+            manifest = json.loads(client.get_object(Bucket=BUCKET, Key=f"ssdflow/models/{champion}/_SUCCESS")["Body"].read())
+            assert {"saved_model.pb", "label_map.json", "metrics.json", "model_card.md", "keras.weights.h5"} <= set(manifest["files"])
+            assert sorted(f"ssdflow/models/{champion}/{f}" for f in manifest["files"]) == [
+                k for k in stored if k.startswith(f"ssdflow/models/{champion}/") and not k.endswith(("_SUCCESS", "decision.json"))]
+            card = client.get_object(Bucket=BUCKET, Key=f"ssdflow/models/{champion}/model_card.md")["Body"].read().decode()
+            assert "## Promotion decision" in card and endpoint not in card
+            # A read the records from one local copy of exactly the files the ingest output's manifest names.
+            records = json.loads(client.get_object(Bucket=BUCKET, Key="ssdflow/records/_SUCCESS")["Body"].read())["files"]
+            (copy,) = [p for p in (a.dir / "cache").iterdir() if p.name.startswith("records-")]
+            assert sorted(os.listdir(copy)) == sorted(["_SUCCESS", *records])
             a.stop()
 
             # Worker B: a batch-score with the champion A made.
@@ -147,6 +159,9 @@ def test_the_nightly_loop_runs_on_two_workers_that_share_only_s3(shapes, tmp_pat
             summary = json.loads(client.get_object(Bucket=BUCKET, Key="ssdflow/scored-b/summary.json")["Body"].read())
             assert summary["model_version"] == champion and summary["images_scored"] == 12
             b.stop()
+            listed = subprocess.run([sys.executable, "-m", "ssdflow.cli", "models", "list", "--models", f"{DATA}/models",
+                                     f"--s3_endpoint_url={endpoint}"], cwd=b.dir, env=b.env, capture_output=True, text=True, timeout=120)
+            assert listed.returncode == 0 and f"* {champion}" in listed.stdout, listed.stderr[-3000:]
 
             # A training killed on A, with its worker, resumes on B from its checkpoints in S3.
             a.start()
