@@ -77,7 +77,10 @@ class Worker:
         self.name, self.proc = name, None
 
     def start(self):
-        self.proc = subprocess.Popen([f"{BIN}/prefect", "worker", "start", "--pool", "ssdflow-process", "--name", self.name],
+        # At a lower CPU priority (the flow runs inherit it): this test's runs have minutes to finish,
+        # the suite's other files (the browser test's page loads) run beside it on 2 cores.
+        self.proc = subprocess.Popen(["nice", "-n", "10", f"{BIN}/prefect", "worker", "start", "--pool", "ssdflow-process",
+                                      "--name", self.name],
                                      cwd=self.dir, env=self.env, stdout=open(self.dir / "worker.log", "a"),
                                      stderr=subprocess.STDOUT, start_new_session=True)
         return self
