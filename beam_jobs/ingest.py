@@ -52,7 +52,7 @@ from beam_jobs import records as R
 from beam_jobs.encode import encode_image, split_for
 from beam_jobs.parsers import is_label_file, parse_label_file
 from beam_jobs.parsers.yolo import load_class_names
-from ssdflow import storage, tfrecord
+from ssdflow import out_dir, storage, tfrecord
 from ssdflow.beam_runner import MULTI_PROCESS_MIN_FILES, local_parallelism, make_pipeline, pipeline_options, worker_filesystems
 from ssdflow.config import IngestConfig, LabelFormat
 from ssdflow.schema import LabelMap
@@ -62,6 +62,7 @@ log = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 SPLITS = ("train", "val")
 OUTPUT_PATTERNS = ("train-*.tfrecord", "val-*.tfrecord", "label_map.json", "label_map.pbtxt", "stats.json", "rejected.jsonl")
+OWN_TOP_LEVEL = (*OUTPUT_PATTERNS, "test-*.tfrecord")  # what --out may hold from an earlier ingest (ssdflow/out_dir.py)
 _NS = "ssdflow.ingest"
 
 
@@ -640,6 +641,7 @@ class _Dedup(_StorageDoFn):
             entries[kept.part].append((kept.offset, kept.length, True))
             books[f"written/{kept.split}"] += 1
             books.update({f"class/{name}": n for name, n in kept.class_counts})
+            books[f"boxes_split/{kept.split}"] += sum(n for _, n in kept.class_counts)
             books.update({f"stats/{name}": n for name, n in kept.stats})
             books["boxes_in_written"] += kept.boxes_in
             books["boxes_rejected_written"] += len(kept.rejections)
@@ -775,7 +777,8 @@ class _WriteShard(_StorageDoFn):
         yield name
 
 
-def build_stats(books: Counter, label_map: LabelMap, shards: list[str], skipped: tuple[int, list[str]]) -> dict:
+def build_stats(books: Counter, label_map: LabelMap, shards: list[str], skipped: tuple, ignored: tuple = (0, {}, []),
+                fmt: str = "") -> dict:
     """stats.json from the merged books; raises IngestError if the counts do not reconcile."""
     def group(prefix: str) -> dict[str, int]:
         return {k[len(prefix):]: v for k, v in sorted(books.items()) if k.startswith(prefix) and v}
@@ -795,10 +798,17 @@ def build_stats(books: Counter, label_map: LabelMap, shards: list[str], skipped:
         "boxes_rejected": {"total": sum(boxes_rejected.values()), **boxes_rejected},
         "boxes_in_rejected_images": books["boxes_in_rejected_images"],
         "boxes_per_class": {name: per_class.get(name, 0) for name in sorted(label_map, key=label_map.get)},
+        "boxes_per_split": {s: books[f"boxes_split/{s}"] for s in SPLITS},
         "label_files_rejected": books["label_files_rejected"],
+        # Files under --labels that are not label files of --format (nor images, nor YOLO's class files).
+        "label_files_ignored": _file_sample(ignored),
+        "format": fmt,
         "shards": sorted(shards),
-        "files_skipped": {"total": skipped[0], "examples": list(skipped[1])},  # _SkippedFiles sorts and cuts
+        "files_skipped": _file_sample(skipped),  # _SkippedFiles sorts and cuts
     }
+    hint = format_hint(fmt, stats["label_files_ignored"])
+    if hint:
+        stats["format_hint"] = hint
     # The job checks its own books: every image and every box of a written image is accounted for.
     if images_in != images_written + n_rejected:
         raise IngestError(f"counts do not reconcile: images_in {images_in} != written {images_written} + rejected {n_rejected}")
@@ -812,20 +822,64 @@ SKIPPED_EXAMPLES = 10  # skipped files named in stats.json (all are counted)
 
 
 class _SkippedFiles(beam.CombineFn):
-    """Skipped paths → (count, the alphabetically first few): all of them counted, a few named."""
+    """Paths → (count, count per extension, the alphabetically first few): all of them counted, a few named."""
 
     def create_accumulator(self):
-        return 0, []
+        return 0, {}, []
 
     def add_input(self, acc, path):
-        return acc[0] + 1, sorted(acc[1] + [path])[:SKIPPED_EXAMPLES]
+        ext = _ext(path)
+        return acc[0] + 1, {**acc[1], ext: acc[1].get(ext, 0) + 1}, sorted(acc[2] + [path])[:SKIPPED_EXAMPLES]
 
     def merge_accumulators(self, accs):
-        accs = list(accs)
-        return sum(a[0] for a in accs), sorted(p for a in accs for p in a[1])[:SKIPPED_EXAMPLES]
+        accs, by_ext = list(accs), Counter()
+        for a in accs:
+            by_ext.update(a[1])
+        return sum(a[0] for a in accs), dict(by_ext), sorted(p for a in accs for p in a[2])[:SKIPPED_EXAMPLES]
 
     def extract_output(self, acc):
         return acc
+
+
+def _file_sample(sample) -> dict:
+    total, by_ext, examples = sample
+    return {"total": total, "by_extension": dict(sorted(by_ext.items(), key=lambda kv: (-kv[1], kv[0]))), "examples": list(examples)}
+
+
+# Which format a label file's extension suggests, for the hint when --format names another.
+FORMAT_OF_EXTENSION = {".xml": "voc", ".json": "coco", ".csv": "csv", ".txt": "yolo"}
+COMPANION_FILES = ("data.yaml", "data.yml", "classes.txt")  # beside YOLO labels, not label files
+
+
+def format_hint(fmt: str, ignored: dict) -> str | None:
+    """A line naming the format the ignored files under --labels look like, when it is not ``fmt``."""
+    for ext, n in ignored.get("by_extension", {}).items():
+        guess = FORMAT_OF_EXTENSION.get(ext)
+        if guess and guess != fmt:
+            return (f"{n} {ext} files under --labels were not read as {fmt} labels: they look like {guess} labels "
+                    f"(--format {guess})")
+    return None
+
+
+def unusable(stats: dict) -> str | None:
+    """Why an output with these stats must not be committed as a success (nothing to train or score
+    on), or None. The reasons come with it: the biggest causes and the format hint."""
+    written, boxes = stats["images_written"], stats["boxes_written"]
+    if written["total"] and boxes and (stats["boxes_per_split"].get("train", 0) or not written.get("train")):
+        return None
+    reasons = {k: v for k, v in stats["images_rejected"].items() if k != "total"}
+    top = ", ".join(f"{k} {v}" for k, v in sorted(reasons.items(), key=lambda kv: -kv[1])[:3])
+    if not written["total"]:
+        why = f"nothing written: {stats['images_in']} images in, every one rejected" + (f" ({top})" if top else "")
+    elif not boxes:
+        box_reasons = {k: v for k, v in stats["boxes_rejected"].items() if k != "total"}
+        why = (f"no boxes written: {written['total']} images written, none with a box"
+               + (f" ({stats['boxes_rejected']['total']} boxes rejected: {json.dumps(box_reasons)})" if box_reasons else ""))
+    else:
+        why = (f"no boxes in the train split: all {boxes} boxes fell in val ({written['train']} train images, none with a "
+               f"box): lower --val-fraction or add labelled images")
+    hint = stats.get("format_hint")
+    return why + (f"; {hint}" if hint else "")
 
 
 class _MergeBooks(beam.CombineFn):
@@ -851,14 +905,14 @@ class _MergeBooks(beam.CombineFn):
 class _WriteMetadata(_StorageDoFn):
     """stats.json (the books checked), label maps, and rejected.jsonl streamed from its fragments."""
 
-    def __init__(self, final_dir: str, fragments_dir: str, flags=()):
+    def __init__(self, final_dir: str, fragments_dir: str, fmt: str, flags=()):
         super().__init__(flags)
-        self.final_dir, self.fragments_dir = final_dir, fragments_dir
+        self.final_dir, self.fragments_dir, self.fmt = final_dir, fragments_dir, fmt
 
-    def process(self, books, layout: Layout, shard_names, label_map, skipped):
+    def process(self, books, layout: Layout, shard_names, label_map, skipped, ignored):
         if sorted(shard_names) != list(layout.names):
             raise IngestError(f"shards written {sorted(shard_names)} differ from the plan {list(layout.names)}")
-        stats = build_stats(books, label_map, list(layout.names), skipped)
+        stats = build_stats(books, label_map, list(layout.names), skipped, ignored, self.fmt)
         storage.write_text(storage.join(self.final_dir, "stats.json"), json.dumps(stats, indent=2) + "\n")
         # early-* before images-*, buckets in order: the same bytes on every run and runner
         with storage.StreamWriter(storage.join(self.final_dir, "rejected.jsonl")) as out:
@@ -939,6 +993,13 @@ def build_pipeline(p: beam.Pipeline, cfg: IngestConfig, tmp_dir: str, class_name
         | "EarlyBooks" >> beam.ParDo(_StorageCall(flags, _early_books, fragments_dir))
     )
     skipped = images.skipped | "CountSkipped" >> beam.CombineGlobally(_SkippedFiles())
+    ignored = (
+        files["labels"]
+        | "NotLabelFiles" >> beam.FlatMap(lambda meta: [] if (
+            is_label_file(fmt, meta.path) or _ext(meta.path) in IMAGE_EXTENSIONS
+            or posixpath.basename(meta.path).lower() in COMPANION_FILES) else [meta.path])
+        | "CountIgnored" >> beam.CombineGlobally(_SkippedFiles())
+    )
 
     outcomes = matched.candidates | "EncodeExamples" >> EncodeExamples(parts_dir, cfg, label_map, fixed_map is not None)
     books, layout, written = outcomes | "PlanAndWriteShards" >> PlanAndWriteShards(
@@ -948,9 +1009,19 @@ def build_pipeline(p: beam.Pipeline, cfg: IngestConfig, tmp_dir: str, class_name
         | "AllBooks" >> beam.Flatten()
         | "MergeBooks" >> beam.CombineGlobally(_MergeBooks())
         | "WriteMetadata" >> beam.ParDo(
-            _WriteMetadata(final_dir, fragments_dir, flags), beam.pvalue.AsSingleton(layout), beam.pvalue.AsSingleton(written),
-            beam.pvalue.AsSingleton(label_map), beam.pvalue.AsSingleton(skipped))
+            _WriteMetadata(final_dir, fragments_dir, fmt, flags), beam.pvalue.AsSingleton(layout), beam.pvalue.AsSingleton(written),
+            beam.pvalue.AsSingleton(label_map), beam.pvalue.AsSingleton(skipped), beam.pvalue.AsSingleton(ignored))
     )
+
+
+def _first_rejection(final_dir: str) -> str:
+    """"; e.g. SOURCE: DETAIL" from the run's first rejected line (the run's rejected.jsonl is not kept)."""
+    try:
+        with FileSystems.open(storage.join(final_dir, "rejected.jsonl")) as f:
+            first = json.loads(f.readline() or "null")
+    except (OSError, ValueError):
+        return ""
+    return f"; e.g. {first['source']}: {first['detail'] or first['reason']}" if first else ""
 
 
 def run_ingest(cfg: IngestConfig) -> dict:
@@ -965,6 +1036,10 @@ def run_ingest(cfg: IngestConfig) -> dict:
         raise IngestError(f"--labels {cfg.labels}: no files found")
     class_names = load_class_names_for(cfg)
     fixed_map = load_fixed_label_map(cfg)
+    try:
+        remove = out_dir.check(cfg.out, "ingest", OWN_TOP_LEVEL, cfg.overwrite)
+    except out_dir.OutDirError as e:
+        raise IngestError(str(e)) from None
 
     storage.cleanup_stale_tmp(cfg.out)
     # The previous output stays complete and usable until this run commits (storage.commit removes
@@ -975,11 +1050,14 @@ def run_ingest(cfg: IngestConfig) -> dict:
             build_pipeline(p, cfg, tmp_dir, class_names, fixed_map)
         final_dir = storage.join(tmp_dir, "final")
         stats = json.loads(storage.read_text(storage.join(final_dir, "stats.json")))
+        problem = unusable(stats)
+        if problem:  # not committed: the previous output, if any, stays as it was
+            raise IngestError(problem + _first_rejection(final_dir))
         names = stats["shards"] + ["label_map.json", "label_map.pbtxt", "stats.json", "rejected.jsonl"]
         manifest = {"job": "ingest", "images_in": stats["images_in"], "images_written": stats["images_written"]["total"],
                     "images_rejected": stats["images_rejected"]["total"], "boxes_written": stats["boxes_written"],
                     "images_retryable": stats["images_rejected"].get(R.READ_RETRYABLE, 0)}
-        storage.commit(final_dir, cfg.out, names, manifest, OUTPUT_PATTERNS)
+        storage.commit(final_dir, cfg.out, names, manifest, OUTPUT_PATTERNS, remove)
     finally:
         storage.delete_tree(tmp_dir)
     return stats

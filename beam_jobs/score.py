@@ -49,7 +49,7 @@ from beam_jobs import labelling
 from beam_jobs.ingest import IMAGE_EXTENSIONS, image_pattern
 from beam_jobs.model_handler import SavedModelDetector, TFLiteDetectorHandler, file_fingerprint, saved_model_fingerprint
 from beam_jobs.records import READ_RETRYABLE, UNDECODABLE_NAME, UNREADABLE, describe, is_text_name, printable_name
-from ssdflow import storage
+from ssdflow import out_dir, storage
 from ssdflow.beam_runner import make_pipeline, pipeline_options, worker_filesystems
 from ssdflow.config import OutputFormat, ScoreConfig, is_tflite
 from ssdflow.schema import MODEL_INFO, LabelMap
@@ -61,6 +61,9 @@ _NS = "ssdflow.score"
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
 OUTPUT_PATTERNS = ("detections-*.jsonl", "detections-*.parquet", "errors.jsonl", "coco.json", "coco_results.json", "summary.json",
                    "preview/*.jpg", *labelling.OUTPUT_PATTERNS)
+# What --out may hold from an earlier score run (ssdflow/out_dir.py): its outputs, the chunk results.
+OWN_TOP_LEVEL = ("detections-*.jsonl", "detections-*.parquet", "errors.jsonl", "coco.json", "coco_results.json", "summary.json",
+                 "preview/", f"{labelling.LABELLING_DIR}/", "chunks/")
 ROUND = 4  # decimals kept in outputs: batch composition must not change a single written byte
 
 
@@ -514,6 +517,10 @@ def run_score(cfg: ScoreConfig) -> dict:
     cfg = cfg.model_copy(update={"out": storage.absolute(cfg.out), "model": storage.absolute(cfg.model),
                                  "images": [storage.absolute(i) for i in cfg.images]})
     options = pipeline_options(cfg.pipeline_flags())
+    try:
+        remove = out_dir.check(cfg.out, "score", OWN_TOP_LEVEL, cfg.overwrite)
+    except out_dir.OutDirError as e:
+        raise ScoreError(str(e)) from None
     model = resolve_model(cfg.model)
     # Everything that can change a chunk's results. The batch size too: batch shapes change oneDNN's
     # float rounding, and with it near-tied scores, so a commit made with another batch size is not reused.
@@ -531,7 +538,7 @@ def run_score(cfg: ScoreConfig) -> dict:
         with make_pipeline(options, preload=("beam_jobs.score",)) as p:
             build_pipeline(p, cfg, model, todo)
         prune_attempts(cfg.out, model.version, todo)
-    manifest = assemble(cfg, model, chunks, scored_now=len(todo))
+    manifest = assemble(cfg, model, chunks, scored_now=len(todo), remove=remove)
     if not cfg.keep_chunks:
         for version in prune_other_versions(cfg.out, model.version):
             log.info("score: deleted the chunk results of model %s (--keep-chunks keeps them)", version)
@@ -539,12 +546,17 @@ def run_score(cfg: ScoreConfig) -> dict:
 
 
 def used_thresholds(cfg: ScoreConfig, model: ModelRef) -> dict:
-    """``{"setting": "auto" | number, "per_class": {name: threshold}}``: what the outputs were filtered with."""
-    return {"setting": "auto" if cfg.score_threshold is None else cfg.score_threshold,
+    """``{"setting": "auto" | number, "per_class": {name: threshold}}``: what the outputs were filtered
+    with; with ``auto``, ``fallback`` names the classes that had no calibrated threshold (they got
+    FALLBACK_SCORE_THRESHOLD)."""
+    used = {"setting": "auto" if cfg.score_threshold is None else cfg.score_threshold,
             "per_class": {model.label_names[i]: t for i, t in model.score_thresholds(cfg.score_threshold).items()}}
+    if cfg.score_threshold is None:
+        used["fallback"] = [model.label_names[i] for i in sorted(model.label_names) if i not in model.class_thresholds]
+    return used
 
 
-def assemble(cfg: ScoreConfig, model: ModelRef, chunks: list[Chunk], scored_now: int) -> dict:
+def assemble(cfg: ScoreConfig, model: ModelRef, chunks: list[Chunk], scored_now: int, remove: list[str] = ()) -> dict:
     """The final outputs from the chunk commits, in chunk order, under a temp dir, then committed
     with ``_SUCCESS`` last. One chunk's records at a time are in memory (shards are copied, errors
     and COCO results concatenated, the summary merged from the chunks' parts)."""
@@ -616,7 +628,7 @@ def assemble(cfg: ScoreConfig, model: ModelRef, chunks: list[Chunk], scored_now:
                     "chunks_scored_now": scored_now, **{k: counts.get(k, 0) for k in ("images_in", "images_scored", "images_failed", "images_retryable", "detections", "files_skipped")}}
         if cfg.select:
             manifest["labelling"] = selected
-        storage.commit(tmp, cfg.out, names, manifest, OUTPUT_PATTERNS)
+        storage.commit(tmp, cfg.out, names, manifest, OUTPUT_PATTERNS, remove)
     finally:
         storage.delete_tree(tmp)
     return manifest

@@ -36,11 +36,12 @@ def local_records(data_dir: str) -> str:
     fetched anew and a rerun (or the resumption of a killed training) on the same machine is not.
     Older copies of the same location are removed, so the cache holds one copy per data location.
     """
+    manifest = storage.read_success(data_dir)
+    if manifest is None or manifest.get("job", "ingest") != "ingest":
+        what = "no _SUCCESS" if manifest is None else f"its _SUCCESS is a {manifest['job']} output's"
+        raise DatasetError(f"{data_dir}: {what}: not a complete ingest output (run `ssdflow ingest` first)")
     if storage.is_local(data_dir):
         return storage.local_path(data_dir)
-    manifest = storage.read_success(data_dir)
-    if manifest is None:
-        raise DatasetError(f"{data_dir}: no _SUCCESS: not a complete ingest output (run `ssdflow ingest` first)")
     wanted = {storage.SUCCESS, *manifest.get("files", [])}
     where = hashlib.sha256(data_dir.rstrip("/").encode()).hexdigest()[:12]
     key = f"records-{where}-{hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()[:16]}"

@@ -60,6 +60,7 @@ DECISION = "decision.json"
 METRICS = "metrics.json"
 LABEL_MAP = "label_map.json"
 MANIFEST = storage.SUCCESS
+SAVED_MODEL = "saved_model.pb"  # every version has one; an ingest or score output beside them does not
 STAGING_PREFIX = ".staging-"
 # How often a promotion reads, decides and tries to swap before it gives up: each retry means
 # another promotion changed the champion in between, which takes seconds (a champion evaluation).
@@ -123,10 +124,11 @@ def _entries(root: str) -> tuple[set[str], set[str]]:
             return set(), set()
         names = set(os.listdir(path))
         return names, {n for n in names if _VERSION_RE.match(n) and n not in _NOT_VERSIONS and _committed_here(os.path.join(path, n))}
-    files = storage.list_tree(root)
+    files = set(storage.list_tree(root))
     names = {f.split("/", 1)[0] for f in files}
     return names, {f.split("/", 1)[0] for f in files if f.count("/") == 1 and f.endswith("/" + MANIFEST)
-                   and _VERSION_RE.match(f.split("/", 1)[0]) and f.split("/", 1)[0] not in _NOT_VERSIONS}
+                   and _VERSION_RE.match(f.split("/", 1)[0]) and f.split("/", 1)[0] not in _NOT_VERSIONS
+                   and f"{f.split('/', 1)[0]}/{SAVED_MODEL}" in files}  # an ingest or score output has a _SUCCESS too
 
 
 def new_version(models_root) -> str:
@@ -164,13 +166,15 @@ def is_committed(models_root, version: str) -> bool:
     root = _root(models_root)
     if storage.is_local(root):
         return _committed_here(version_dir(root, version))
-    return storage.exists(storage.join(version_dir(root, version), MANIFEST))
+    return storage.exists(storage.join(version_dir(root, version), MANIFEST)) and storage.exists(
+        storage.join(version_dir(root, version), SAVED_MODEL))
 
 
 def _committed_here(path: str) -> bool:
     """A local version directory (which a rename made whole) with its manifest, or with the label
     map that every export writes (versions committed before manifests were)."""
-    return os.path.isfile(os.path.join(path, MANIFEST)) or os.path.isfile(os.path.join(path, LABEL_MAP))
+    return os.path.isfile(os.path.join(path, SAVED_MODEL)) and (
+        os.path.isfile(os.path.join(path, MANIFEST)) or os.path.isfile(os.path.join(path, LABEL_MAP)))
 
 
 def _local_staging(root: str, version: str) -> str:

@@ -2,6 +2,12 @@
 training, Prefect orchestration)."""
 
 import logging
+from importlib import metadata
+
+try:
+    __version__ = metadata.version("ssdflow")
+except metadata.PackageNotFoundError:  # run from a checkout that was never installed
+    __version__ = "0+unknown"
 
 from ssdflow import quiet
 

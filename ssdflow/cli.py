@@ -7,7 +7,7 @@ import json
 import logging
 import os
 import sys
-from typing import Optional
+from typing import Literal, Optional
 
 import typer
 
@@ -31,11 +31,30 @@ logging.getLogger().addFilter(_DropNoise())
 
 app = typer.Typer(
     name="ssdflow",
-    help="Keep an SSD object detector fresh on your own images: ingest (Beam), train (Keras), score (Beam).",
+    help=("Keep an SSD object detector fresh on your own images: ingest (Beam), train (Keras), score (Beam).\n\n"
+          "Exit codes: 0 the output is complete and usable; 2 a mistake to fix (options, inputs, a server not running; "
+          "one line says which); 1 a bug in ssdflow (with its traceback); 130 interrupted. --debug (anywhere on the "
+          "line) shows the traceback of a mistake too."),
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        import ssdflow
+
+        typer.echo(f"ssdflow {ssdflow.__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: bool = typer.Option(False, "--version", callback=_show_version, is_eager=True, help="Print the version and exit"),
+    debug: bool = typer.Option(False, "--debug", help="Show the traceback of any failure, a mistake's too (also SSDFLOW_DEBUG=1)"),
+) -> None:
+    """Keep an SSD object detector fresh on your own images."""
 
 
 def _formats(default: list) -> tuple:
@@ -72,6 +91,12 @@ def _print_ingest_summary(out: str, stats: dict) -> None:
     if r.get("read_error_retryable"):
         typer.echo(f"  {r['read_error_retryable']} images could not be read for now (throttled, timed out or a storage "
                    f"server error): run the same command again to ingest them")
+    ignored = stats.get("label_files_ignored", {})
+    if ignored.get("total"):
+        by_ext = ", ".join(f"{ext or '(none)'}: {n}" for ext, n in ignored["by_extension"].items())
+        typer.echo(f"  ignored {ignored['total']} files under --labels that are not {stats.get('format', '')} label files ({by_ext})")
+    if stats.get("format_hint"):
+        typer.echo(f"  {stats['format_hint']}")
     skipped = stats.get("files_skipped", {})
     if skipped.get("total"):
         typer.echo(f"  skipped {skipped['total']} files that are not images, e.g. {', '.join(skipped['examples'][:3])}")
@@ -114,25 +139,26 @@ def evaluate(
     ctx: typer.Context,
     model: str = typer.Option(..., help="An exported model directory, a models directory (its champion), or a .tflite file"),
     data: str = typer.Option(..., help="Ingest output directory"),
-    split: str = typer.Option("val", help="train | val"),
+    split: Literal["train", "val", "test"] = typer.Option("val", help="The split to score (test: where the ingest output has one)"),
     out: Optional[str] = typer.Option(None, help="Write the metrics JSON here (default: print only)"),
 ) -> None:
     """COCO metrics (pycocotools) of an exported model, SavedModel or TFLite, on an ingest output's split.
 
     --model (but a .tflite) and --data may be local, s3:// or gs://; object-store options pass through (--s3_endpoint_url=URL).
     """
-    from model.dataset import DatasetError, local_records
+    from model.dataset import DatasetError, local_records, shard_files
     from model.registry import resolve_model_dir
 
     _storage_options(ctx)
+    if is_tflite(model) and not os.path.isfile(model):
+        fail(f"--model {model}: no such file")
     try:
         data = local_records(data)
+        shard_files(data, split)  # before the model loads: a split that is not there is a one-line error
     except DatasetError as e:
-        fail(str(e))
+        fail(f"{e}" + (" (an ingest output has a test split when its images come in a test/ folder)" if split == "test" else ""))
 
     if is_tflite(model):
-        if not os.path.isfile(model):
-            fail(f"--model {model}: no such file")
         from model.validation import score_tflite
 
         metrics = score_tflite(model, data, split)
@@ -158,8 +184,8 @@ def export(
     model: str = typer.Option(..., help="A registered model directory (MODELS/<version>), or a models directory (its champion)"),
     out: Optional[str] = typer.Option(None, help="Directory for the new SavedModel (--format savedmodel); "
                                       "a .tflite is always written beside the model's SavedModel"),
-    format: str = typer.Option("savedmodel", "--format", help="savedmodel | tflite"),
-    quantize: str = typer.Option("none", help="TFLite only: none (float32) | float16 | int8 (needs --data)"),
+    format: Literal["savedmodel", "tflite"] = typer.Option("savedmodel", "--format", help="What to write"),
+    quantize: Literal["none", "float16", "int8"] = typer.Option("none", help="TFLite only: none (float32), float16 weights, or int8 (needs --data)"),
     data: Optional[str] = typer.Option(None, help="Ingest output: int8 calibrates on its train split; with it, "
                                        "the .tflite is also scored on its val split (mAP in the model card)"),
     score_threshold: Optional[float] = typer.Option(None, help="Minimum detection score (default: the model's)"),
@@ -175,8 +201,6 @@ def export(
 
     _storage_options(ctx)
 
-    if format not in ("savedmodel", "tflite"):
-        fail(f"--format {format!r}: one of savedmodel, tflite")
     if format == "savedmodel" and not out:
         fail("--format savedmodel needs --out (the directory for the new SavedModel)")
     if format == "tflite":
@@ -347,8 +371,12 @@ def score(cfg: ScoreConfig) -> None:
         typer.echo(f"  {m['images_retryable']} of the failed images could not be read for now (throttled, timed out or a "
                    f"storage server error): run the same command again to score them (reason read_error_retryable in errors.jsonl)")
     used = m["score_thresholds"]
-    typer.echo(f"  score thresholds ({'calibrated per class on val' if used['setting'] == 'auto' else 'one for every class'}): "
-               + ", ".join(f"{name} {t:g}" for name, t in used["per_class"].items()))
+    fallback = set(used.get("fallback", ()))
+    if used["setting"] == "auto":
+        typer.echo("  score thresholds (auto: calibrated per class on val at training time): " + ", ".join(
+            f"{name} {t:g}" + (" (none calibrated: the fallback)" if name in fallback else "") for name, t in used["per_class"].items()))
+    else:
+        typer.echo(f"  score threshold {used['setting']:g} for every class")
     typer.echo(f"  output: {cfg.out}  (detections-*.jsonl/.parquet, errors.jsonl, summary.json, _SUCCESS)")
     if "labelling" in m:
         sel = m["labelling"]
@@ -366,7 +394,8 @@ def serve(
     silence_seconds: int = typer.Option(90, min=45, max=3600, help="A run without a heartbeat (sent every 30 s) for this long is marked Crashed and rerun"),
     max_runs: Optional[int] = typer.Option(None, min=1, max=1000, help="Flow runs at once; further batch-score and ingest runs queue (default: one per core, fewer if memory is short: 2 GB each)"),
 ) -> None:
-    """Register and serve the Prefect deployments (nightly-retrain at 02:00, batch-score, ingest, train, demo) against PREFECT_API_URL until stopped.
+    """Register and serve the Prefect deployments against PREFECT_API_URL until stopped: nightly-retrain (02:00),
+    batch-score, ingest, train, models (promote / roll back from the UI) and demo.
 
     Runs send heartbeats; a run whose process died is marked Crashed and run again, at most twice (Prefect automations created here).
     """
@@ -408,11 +437,14 @@ def demo(
     run_demo(workdir=workdir, num_images=images, seed=seed, minutes=minutes, epochs=epochs, echo=typer.echo)
 
 
-def main() -> None:  # pragma: no cover - console entry point
+def main() -> int:  # pragma: no cover - console entry point
+    """The console script: exit codes and one-line mistakes as ssdflow/cli_errors.py sets them."""
+    from ssdflow.cli_errors import run_cli
+
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     # botocore's wire log prints request headers, the access key id among them: never below INFO.
     logging.getLogger("botocore.endpoint").setLevel(logging.INFO)
-    app()
+    return run_cli()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -23,6 +23,21 @@ from ssdflow.config import BeamOptions
 PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
 
 
+def _value_hint(self, ctx):
+    """What the help's type column shows: nothing for a flag (Typer 0.29 shows ``<bool>`` on flags
+    that take no value, ``--help`` included), ``<str>…`` for an option that may be repeated."""
+    if self.is_flag or self.count:
+        return None
+    shown = _typer_display_type(self, ctx)
+    if getattr(self, "multiple", False) and shown and shown.startswith("<list["):
+        return "<" + shown[len("<list["):-2] + ">… (repeat the option)"
+    return shown
+
+
+_typer_display_type = typer.core.TyperOption.display_type_rich
+typer.core.TyperOption.display_type_rich = _value_hint
+
+
 def fail(message: str) -> typing.NoReturn:
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     raise typer.Exit(2)
@@ -40,7 +55,7 @@ def build_config(cls: type[BaseModel], **values):
         # A model-level error (no field in its location) is about the options as a whole.
         lines = [(f"{option_name(str(err['loc'][0]))}{''.join(f'[{p}]' for p in err['loc'][1:])}: " if err["loc"] else "")
                  + err["msg"].removeprefix("Value error, ") for err in e.errors()]
-        fail("invalid options:\n  " + "\n  ".join(lines))
+        fail(lines[0] if len(lines) == 1 else "invalid options:\n  " + "\n  ".join(lines))
 
 
 def _plain(annotation) -> Any:
@@ -79,7 +94,9 @@ def _option(name: str, field) -> tuple[Any, Any, Callable[[Any], Any]]:
         decls = [f"{option_name(name)}/--no-{name.replace('_', '-')}"]
     kind = typing.Optional[annotation] if default is None else annotation
     case_insensitive = isinstance(annotation, type) and issubclass(annotation, enum.Enum)
-    option = typer.Option(default, *decls, help=field.description, case_sensitive=not case_insensitive)
+    # A float default shown as typed (1/3 would read 0.3333333333333333).
+    shown = f"{default:.4g}" if isinstance(default, float) and f"{default:.4g}" != repr(default) else True
+    option = typer.Option(default, *decls, help=field.description, case_sensitive=not case_insensitive, show_default=shown)
     return kind, option, convert
 
 

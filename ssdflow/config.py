@@ -13,7 +13,7 @@ import re
 from enum import Enum
 from typing import Annotated, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from ssdflow import roots
 from ssdflow.roots import Location
@@ -46,6 +46,25 @@ BN_MOMENTUM = {"pretrained": 0.997, "scratch": 0.9}
 # budget: val mAP@.5 0.964 against 0.918 with 1e-3, last epoch 0.931 against 0.869; at 100 epochs
 # 0.931 against 0.747), 1e-3 from scratch, where it is what was measured (docs/benchmarks.md).
 LEARNING_RATE = {"pretrained": 3e-3, "scratch": 1e-3}
+
+
+OUT_HELP = ("Output directory (local path, s3://, gs://): new, empty, or holding an earlier {job} output, which this run "
+            "replaces when it completes (the earlier one stays usable until then)")
+OVERWRITE_HELP = "Write into an --out that holds another job's output or files this job does not write: they are removed when this run completes"
+IMAGE_SIZE_HELP = "Square input size in pixels: a multiple of 32 (the coarsest stride), 96 to 1024: 320, 416, 512 …"
+
+
+def _image_size(value):
+    """The refusal of a size that is no multiple of 32 names the two nearest that are (pydantic's
+    own message would only say "multiple of 32"); the bounds stay in the schema for Prefect's form."""
+    if isinstance(value, int) and 96 <= value <= 1024 and value % 32:
+        lower, upper = value // 32 * 32, value // 32 * 32 + 32
+        near = " or ".join(str(v) for v in (lower, upper) if 96 <= v <= 1024)
+        raise ValueError(f"{value} is not a multiple of 32 (the network's coarsest stride): use {near}")
+    return value
+
+
+ImageSize = Annotated[int, Field(ge=96, le=1024, multiple_of=32), BeforeValidator(_image_size)]
 
 
 def is_tflite(model: str) -> bool:
@@ -125,7 +144,7 @@ class IngestConfig(BeamOptions):
     images: Location = Field(..., description="Directory or glob of images (local path, s3://, gs://)")
     labels: Location = Field(..., description="Label file, or directory of label files")
     format: LabelFormat = Field(..., description="Label format")
-    out: Location = Field(..., description="Output directory URI; replaced wholly on rerun")
+    out: Location = Field(..., description=OUT_HELP.format(job="ingest"))
     val_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="Share of images in the val split (stable hash of the image key)")
     num_shards: int | None = Field(None, ge=1, le=10_000, description="Shards per split; default: automatic by size")
     target_shard_mb: int = Field(128, ge=1, le=4096, description="Shard size aimed at when --num-shards is not given; a worker's output of at least half of it is one shard, written once")
@@ -133,6 +152,7 @@ class IngestConfig(BeamOptions):
     label_map: Location | None = Field(None, description="Fixed label map (label_map.json or .pbtxt); unknown classes are then rejected")
     max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1, description="Images with more pixels are rejected (decompression-bomb guard)")
     clip_tolerance: float = Field(DEFAULT_CLIP_TOLERANCE, ge=0.0, le=1.0, description="Boxes this far (fraction of the image) outside are clipped; further out, rejected")
+    overwrite: bool = Field(False, description=OVERWRITE_HELP)
 
     @model_validator(mode="after")
     def _check(self) -> "IngestConfig":
@@ -155,7 +175,7 @@ class ModelConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     alpha: float = Field(1.0, ge=0.35, le=1.4, description="MobileNetV2 width multiplier")
-    image_size: int = Field(320, ge=96, le=1024, multiple_of=32, description="Square input size in pixels")
+    image_size: ImageSize = Field(320, description=IMAGE_SIZE_HELP)
     num_classes: int = Field(1, ge=1, le=1000, description="Object classes, without background")
     finest_stride: Literal[8, 16] = Field(16, description=(
         "Stride of the finest feature level: 16 (SSDLite on MobileNetV2's stride-16 and 32 maps) or 8 (FPN-lite: "
@@ -183,7 +203,7 @@ class TrainSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     alpha: float = Field(1.0, ge=0.35, le=1.4, description="MobileNetV2 width multiplier")
-    image_size: int = Field(320, ge=96, le=1024, multiple_of=32, description="Square input size")
+    image_size: ImageSize = Field(320, description=IMAGE_SIZE_HELP)
     finest_stride: Literal[8, 16] | None = Field(None, description=(
         "Finest feature level: 16 (SSDLite) or 8 (FPN-lite, for small objects); default: 8 when a tenth of the "
         "training boxes are under 10 % of the image side, else 16"))
@@ -209,7 +229,7 @@ class TrainSettings(BaseModel):
     fine_tune_fraction: float = Field(0.5, ge=0, le=1, description="Share of epochs with the backbone's top blocks unfrozen")
     fine_tune_lr_factor: float = Field(0.1, gt=0, le=1, description="Learning-rate factor of the fine-tuning phase")
     unfreeze_from_block: int = Field(11, ge=0, le=16, description="First MobileNetV2 block trained in fine-tuning")
-    classification_loss: str = Field("focal", pattern="^(focal|softmax_hnm)$", description="focal | softmax_hnm (3:1 hard negatives)")
+    classification_loss: Literal["focal", "softmax_hnm"] = Field("focal", description="focal (RetinaNet's) or softmax_hnm (softmax with 3:1 hard negatives, the original SSD's)")
     eval_every: int = Field(1, ge=1, description="Epochs between val mAP evaluations (the best evaluated epoch is exported)")
     early_stopping_patience: int | None = Field(None, ge=1, description=(
         "Evaluations without a new best val mAP@.5 before a phase stops; default: none, the phase runs to its epochs or "
@@ -223,7 +243,7 @@ class TrainSettings(BaseModel):
     max_detections: int = Field(100, ge=1, le=1000, description="Exported model's detections per image")
     promotion_tolerance: float = Field(0.0, ge=0, le=1, description="Promote if challenger mAP@.5 >= champion's - tolerance")
     min_map: float = Field(0.05, ge=0, le=1, description="Quality floor: never promote a model below this val mAP@.5, the first champion included")
-    on_label_map_change: str = Field("refuse", pattern="^(refuse|promote_if_only_added)$", description="Policy when classes changed")
+    on_label_map_change: Literal["refuse", "promote_if_only_added"] = Field("refuse", description="When the challenger's classes differ from the champion's: refuse to promote, or promote if classes were only added")
     bn_momentum: float | None = Field(None, gt=0.0, lt=1.0, description=(
         "BatchNorm moving-average momentum; default: 0.997 (the TF OD API's) with pretrained backbone weights, "
         "0.9 from scratch, where the moving statistics must follow weights that change fast (docs/benchmarks.md)"))
@@ -292,7 +312,7 @@ class ScoreConfig(BeamOptions):
     model: Location = Field(..., description=("Exported model directory, a models directory (its champion is used), or a .tflite "
                                               "file exported beside a model (run by TFLite's interpreter; int8 is faster on CPUs)"))
     images: list[Location] = Field(..., min_length=1, description="Directories, globs (local, s3://, gs://) or .tar archives")
-    out: Location = Field(..., description="Output directory URI")
+    out: Location = Field(..., description=OUT_HELP.format(job="score"))
     formats: list[OutputFormat] = Field(default_factory=lambda: [OutputFormat.jsonl, OutputFormat.parquet], description="Output formats")
     score_threshold: ScoreThreshold = Field(None, description=(
         "Keep detections scoring at least this, one number for every class; default (auto): each class's threshold "
@@ -306,6 +326,7 @@ class ScoreConfig(BeamOptions):
         "VOC and Label Studio pre-annotations and a CSV of reasons; 0: none"))
     read_threads: int = Field(8, ge=1, le=64, description="Files read ahead concurrently per worker (object stores need several)")
     max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1, description="Images with more pixels are refused (decompression-bomb guard)")
+    overwrite: bool = Field(False, description=OVERWRITE_HELP)
     keep_chunks: bool = Field(False, description="Keep the per-chunk results of other model versions under OUT/chunks/ (by default a complete run deletes them: they are only reused by a rerun with the same model)")
 
     # Settings of earlier versions, dropped with a warning so that saved configs keep working.

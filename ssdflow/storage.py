@@ -272,15 +272,23 @@ def invalidate(out: str) -> None:
     delete([join(out, SUCCESS)])
 
 
-def commit(tmp_dir: str, out: str, names: list[str], manifest: dict, replace_patterns: Iterable[str] = ()) -> None:
+def commit(tmp_dir: str, out: str, names: list[str], manifest: dict, replace_patterns: Iterable[str] = (),
+           remove: Iterable[str] = ()) -> None:
     """Moves ``names`` from ``tmp_dir`` into ``out`` and writes ``_SUCCESS`` last.
 
     Files of a previous run in ``out`` matching ``replace_patterns`` are removed first, so a rerun
-    replaces the old output wholly. ``_SUCCESS`` is deleted before anything else moves.
+    replaces the old output wholly; so are ``remove`` (top-level names in ``out``, ``name/`` a
+    directory: what ``--overwrite`` replaces, ssdflow/out_dir.py). ``_SUCCESS`` is deleted before
+    anything else moves.
     """
     invalidate(out)
     old = {p for pat in replace_patterns for p in list_files(join(out, pat))}
     delete(sorted(old))
+    for name in remove:
+        if name.endswith("/"):
+            delete_tree(join(out, name.rstrip("/")))
+        else:
+            delete([join(out, name)])
     _mkdirs(out)
     for n in names:  # one by one: names may hold subdirectories (preview/0001.jpg)
         move(join(tmp_dir, n), join(out, n))

@@ -32,6 +32,7 @@ SLOW_FIRST = (
     "integration/test_score.py",  # ~65 s
     "integration/test_demo.py",
     "integration/test_tflite.py",  # three TFLite conversions and their scoring, ~45 s
+    "integration/test_new_user_mistakes.py",  # an ingest, a scoring and 19 mistakes, ~45 s
     "integration/test_deploy.py",  # prefect deploy and a worker
     "integration/test_security.py",  # S3 jobs with every logger at DEBUG
     "e2e/test_ui_batch_score.py",

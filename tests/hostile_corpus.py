@@ -304,6 +304,10 @@ CASES: tuple[Case, ...] = (
          detail="not valid UTF-8", score=(("latin1-\\xe9.jpg", "undecodable_name"),),
          note="a latin-1 byte (0xE9) in the image's and the label's names: both are rejected at listing, "
               "named with the byte written as \\xe9 (Beam's coders and the JSON outputs need text)"),
+    Case("utf8_name_beside_them", "latin1", _image_case("plain.jpg", solid_jpeg((90, 90, 30)), [("cat", 2, 2, 30, 30)]),
+         written=("plain",), boxes=1, score=(("plain.jpg", SCORED),),
+         note="an ordinary image beside the latin-1 names is written and scored (a run that writes nothing at all "
+              "exits non-zero without committing: tests/integration/test_new_user_mistakes.py)"),
     Case("duplicate_images", "voc", _duplicates,
          rejected=(("dup-b.jpg", "duplicate"),), written=("dup-a",), boxes=2, detail="dup-a.jpg",
          score=(("dup-a.jpg", SCORED), ("dup-b.jpg", SCORED)),

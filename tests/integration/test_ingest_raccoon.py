@@ -243,7 +243,7 @@ def test_directories_are_read_at_any_depth_and_skipped_files_are_named(tmp_path)
     (images / "train" / "README.txt").write_text("not an image")
     stats = run_ingest(IngestConfig(images=str(images), labels=str(labels), format="voc", out=str(tmp_path / "out")))
     assert stats["images_in"] == stats["images_written"]["total"] == 10
-    assert stats["files_skipped"] == {"total": 1, "examples": [str(images / "train" / "README.txt")]}
+    assert stats["files_skipped"] == {"total": 1, "by_extension": {".txt": 1}, "examples": [str(images / "train" / "README.txt")]}
     assert read_json(tmp_path / "out" / "stats.json")["files_skipped"]["total"] == 1
 
 

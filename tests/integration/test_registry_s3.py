@@ -36,6 +36,7 @@ def make_version(root: str, map50: float) -> str:
         json.dump({"mAP@.5": map50, "mAP": map50 / 2}, f)
     with open(f"{staging}/label_map.json", "w") as f:
         f.write(LabelMap(LM).to_json())
+    open(f"{staging}/saved_model.pb", "wb").close()  # the registry knows a version by it, never loads it
     registry.commit_version(root, version)
     return version
 
@@ -54,7 +55,7 @@ def test_versions_are_listed_only_with_their_manifest_and_promotion_works_by_han
     assert v1 > "30000101T000000Z-dead" and registry.list_versions(root) == [v1, v2]
     assert f"hand/{v1}/_SUCCESS" in keys(client, "hand/")
     manifest = json.loads(client.get_object(Bucket=BUCKET, Key=f"hand/{v1}/_SUCCESS")["Body"].read())
-    assert manifest["files"] == ["label_map.json", "metrics.json"]
+    assert manifest["files"] == ["label_map.json", "metrics.json", "saved_model.pb"]
     with pytest.raises(FileExistsError):
         registry.staging_dir(root, v1)
 

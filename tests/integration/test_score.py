@@ -288,7 +288,7 @@ def test_auto_thresholds_are_the_models_calibrated_ones(raccoon_records, raccoon
 
     images, _ = _val_images(raccoon_records, tmp_path)
     auto = run_score(ScoreConfig(model=raccoon_model, images=[images], out=str(tmp_path / "auto")))
-    assert auto["score_thresholds"] == {"setting": "auto", "per_class": {"raccoon": calibrated}}  # the default
+    assert auto["score_thresholds"] == {"setting": "auto", "per_class": {"raccoon": calibrated}, "fallback": []}  # the default
     scores = [d["score"] for r in detection_lines(tmp_path / "auto") for d in r["detections"]]
     assert all(s >= calibrated for s in scores)
     fixed = run_score(ScoreConfig(model=raccoon_model, images=[images], out=str(tmp_path / "fixed"), score_threshold=0.0))

@@ -101,10 +101,10 @@ def test_tflite_export_refuses_bad_input_naming_the_flag(raccoon_model, tmp_path
     for name in ("ssdflow_model.json", "label_map.json"):
         shutil.copy(model / name, no_savedmodel / name)
     cases = [
-        (["--model", str(model), "--format", "onnx"], "--format 'onnx'"),
-        (["--model", str(model), "--format", "tflite", "--quantize", "int4"], "--quantize 'int4'"),
+        (["--model", str(model), "--format", "onnx"], "'onnx' is not one of"),  # click's choices
+        (["--model", str(model), "--format", "tflite", "--quantize", "int4"], "'int4' is not one of"),
         (["--model", str(model), "--format", "tflite", "--quantize", "int8"], "--quantize int8 needs --data"),
-        (["--model", str(model), "--format", "tflite", "--data", str(empty)], f"--data {empty}: not a complete ingest output"),
+        (["--model", str(model), "--format", "tflite", "--data", str(empty)], f"{empty}: no _SUCCESS: not a complete ingest output"),
         (["--model", str(empty), "--format", "tflite"], "--model"),
         (["--model", str(no_savedmodel), "--format", "tflite"], "--model"),
     ]

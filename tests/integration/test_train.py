@@ -243,7 +243,7 @@ def test_warm_start_continues_from_the_champion(trained, shapes, tmp_path):
     """--init-from champion: the run starts from the champion's architecture and weights (at a
     learning rate too small to move them, the challenger detects exactly what the champion does),
     one fine-tuning phase, and the model card and metrics say where it started. A label map that
-    differs refuses the explicit start and sends ``auto`` (the nightly default) to the backbone."""
+    differs refuses the explicit start."""
     import shutil
 
     from model import registry
@@ -290,6 +290,5 @@ def test_warm_start_continues_from_the_champion(trained, shapes, tmp_path):
     with pytest.raises(TrainError, match="label map differs"):
         train(TrainConfig(data=shapes["records"], models=str(models), **{**TINY, "epochs": 1, "steps_per_epoch": 1,
                                                                         "init_from": "champion"}), verbose=0)
-    fallback = train(TrainConfig(data=shapes["records"], models=str(models), **{**TINY, "epochs": 1, "steps_per_epoch": 1,
-                                                                               "init_from": "auto"}), verbose=0)
-    assert fallback.metrics["initialized_from"].startswith("backbone (none): the champion cannot start this run")
+    # ``auto`` then starts from the backbone, saying why (warm_start.resolve, tests/unit/test_warm_start.py;
+    # the sentence lands in the metrics as the champion start's did above).

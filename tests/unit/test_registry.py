@@ -18,9 +18,11 @@ CHAMP = {"version": "v1", "promoted_at": "2026-01-01T00:00:00Z", "metrics": {}, 
 
 
 def make_version(root: Path, map50: float | None, label_map=LM, map_all: float = 0.3) -> str:
-    """A committed fake version (no SavedModel: the registry never loads models itself)."""
+    """A committed fake version (an empty saved_model.pb: the registry knows a version by that file
+    but never loads models itself)."""
     version = registry.new_version(root)
     staging = Path(registry.staging_dir(root, version))
+    (staging / "saved_model.pb").write_bytes(b"")
     (staging / "metrics.json").write_text(json.dumps({"mAP@.5": map50, "mAP": map_all}))
     (staging / "label_map.json").write_text(LabelMap(label_map).to_json())
     Path(registry.commit_version(root, version))
@@ -50,6 +52,7 @@ def test_staging_then_commit(tmp_path):
     assert staging.is_dir() and staging.name.startswith(".staging-")
     (staging / "metrics.json").write_text("{}")
     (staging / "label_map.json").write_text(LabelMap(LM).to_json())
+    (staging / "saved_model.pb").write_bytes(b"")
     assert registry.list_versions(tmp_path) == []  # staging is not a version
     assert not Path(registry.version_dir(tmp_path, v)).exists()
 
@@ -87,7 +90,7 @@ def test_version_names_cannot_escape_the_root(tmp_path):
 
 def test_set_champion_refuses_uncommitted_or_missing(tmp_path):
     v = registry.new_version(tmp_path)
-    Path(registry.staging_dir(tmp_path, v))
+    (Path(registry.staging_dir(tmp_path, v)) / "saved_model.pb").write_bytes(b"")
     with pytest.raises(FileNotFoundError):
         registry.set_champion(tmp_path, v, {"promoted": True})
     with pytest.raises(FileNotFoundError):

@@ -1,0 +1,110 @@
+"""Which split an image goes to, and how YOLO labels find their images: as users bring their data.
+
+A split is taken, in this order, from:
+
+1. a YOLO ``data.yaml``'s ``train`` / ``val`` / ``test`` directories (Ultralytics' dataset file);
+2. a directory of the image's path below ``--images`` named for a split (``train/``, ``val/``,
+   ``valid/``, ``test/`` … at any depth: ``images/train/x.jpg``, ``train/images/x.jpg``);
+3. the label file's path below ``--labels``, its directories or its name (COCO's
+   ``instances_val2017.json``, Roboflow's ``valid/_annotations.coco.json``);
+4. else a stable hash of the image key against ``--val-fraction`` (the same on every run and runner).
+
+YOLO pairs an image with its label file by path, as Ultralytics does (``images/…/x.jpg`` ↔
+``labels/…/x.txt``), not by file stem, so ``train/x.jpg`` and ``val/x.jpg`` are two images.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import posixpath
+import re
+from typing import Mapping
+
+SPLITS = ("train", "val", "test")
+# Folder and file-name words for each split (Ultralytics, Roboflow, COCO, Kaggle spellings).
+SPLIT_WORDS = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val", "dev": "val",
+               "test": "test", "testing": "test"}
+_GLOB = re.compile(r"[*?\[]")
+_WORDS = re.compile(r"[^a-z]+")
+
+
+def hash_split(key: str, val_fraction: float) -> str:
+    """'val' or 'train' from a stable hash of the image key: the same on every run and runner."""
+    h = int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "big")
+    return "val" if h / 2**64 < val_fraction else "train"
+
+
+def root_of(location: str) -> str:
+    """The directory a ``--images`` / ``--labels`` value lists below: a directory itself, or the
+    part of a glob (or file path) before its file name, without a trailing slash."""
+    match = _GLOB.search(location)
+    head = location[:match.start()] if match else location
+    if match or posixpath.splitext(head)[1]:  # a glob, or a single file: its directory
+        head = posixpath.dirname(head)
+    return head.rstrip("/")
+
+
+def relative(path: str, root: str) -> str:
+    """``path`` below ``root`` ("" when it is not below it)."""
+    root = root.rstrip("/") + "/"
+    return path[len(root):] if path.startswith(root) else ""
+
+
+def split_of_dirs(rel: str) -> str | None:
+    """The split a relative path's directories name (the deepest that names one), or None."""
+    for part in reversed(rel.split("/")[:-1]):
+        split = SPLIT_WORDS.get(part.lower())
+        if split:
+            return split
+    return None
+
+
+def split_of_label_file(rel: str) -> str | None:
+    """The split a label file's relative path names: its directories, else a word of its name
+    (``instances_val2017.json`` → val, ``train.json`` → train)."""
+    split = split_of_dirs(rel)
+    if split:
+        return split
+    stem = posixpath.splitext(posixpath.basename(rel))[0].lower()
+    for word in _WORDS.split(stem):
+        if word in SPLIT_WORDS:
+            return SPLIT_WORDS[word]
+    return None
+
+
+def yolo_key(rel: str) -> str:
+    """The join key of a YOLO image or label file from its path below --images / --labels: the path
+    without its extension, ``images`` and ``labels`` directories left out (Ultralytics pairs
+    ``images/train/x.jpg`` with ``labels/train/x.txt``)."""
+    parts = [p for p in rel.split("/")[:-1] if p not in ("images", "labels")]
+    return "/".join([*parts, posixpath.splitext(posixpath.basename(rel))[0]])
+
+
+def yaml_split_dirs(doc: Mapping, yaml_dir: str) -> dict[str, str]:
+    """{directory (absolute, no trailing slash): split} from a data.yaml's train/val/test entries
+    (a directory or a list of them, relative to its ``path`` or to the file's directory; list files
+    (.txt) are not read)."""
+    base = doc.get("path") or ""
+    base = base if "://" in str(base) or str(base).startswith("/") else posixpath.normpath(posixpath.join(yaml_dir, str(base)))
+    dirs = {}
+    for key, split in (("train", "train"), ("val", "val"), ("test", "test")):
+        entries = doc.get(key) or []
+        for entry in entries if isinstance(entries, list) else [entries]:
+            entry = str(entry)
+            if posixpath.splitext(entry)[1]:  # a .txt list of image paths: not read
+                continue
+            where = entry if "://" in entry or entry.startswith("/") else posixpath.join(base, entry)
+            dirs[posixpath.normpath(where) if "://" not in where else where.rstrip("/")] = split
+    return dirs
+
+
+def split_of(image_path: str, images_root: str, label_source: str, labels_root: str, key: str, val_fraction: float,
+             yaml_dirs: Mapping[str, str] | None = None) -> str:
+    """The image's split: data.yaml's directories, the image's folders, the label file's, else the hash."""
+    for directory, split in sorted((yaml_dirs or {}).items(), key=lambda kv: -len(kv[0])):
+        if image_path.startswith(directory + "/"):
+            return split
+    split = split_of_dirs(relative(image_path, images_root))
+    if split is None and label_source and label_source != image_path:
+        split = split_of_label_file(relative(label_source.split("#", 1)[0], labels_root))
+    return split or hash_split(key, val_fraction)
