@@ -35,12 +35,6 @@ class Encoded:
         return sum(self.class_counts.values())
 
 
-def split_for(key: str, val_fraction: float) -> str:
-    """'val' or 'train' from a stable hash of the image key: the same on every run and runner."""
-    h = int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "big")
-    return "val" if h / 2**64 < val_fraction else "train"
-
-
 def encode_image(
     record: R.LabelRecord,
     source: str,

@@ -49,7 +49,8 @@ from apache_beam.utils.timestamp import MIN_TIMESTAMP
 from apache_beam.utils.windowed_value import WindowedValue
 
 from beam_jobs import records as R
-from beam_jobs.encode import encode_image, split_for
+from beam_jobs.encode import encode_image
+from beam_jobs.splits import SPLITS, Pairing, root_of, yaml_split_dirs
 from beam_jobs.parsers import is_label_file, parse_label_file
 from beam_jobs.parsers.yolo import load_class_names
 from ssdflow import out_dir, storage, tfrecord
@@ -60,9 +61,9 @@ from ssdflow.schema import LabelMap
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
-SPLITS = ("train", "val")
-OUTPUT_PATTERNS = ("train-*.tfrecord", "val-*.tfrecord", "label_map.json", "label_map.pbtxt", "stats.json", "rejected.jsonl")
-OWN_TOP_LEVEL = (*OUTPUT_PATTERNS, "test-*.tfrecord")  # what --out may hold from an earlier ingest (ssdflow/out_dir.py)
+OUTPUT_PATTERNS = ("train-*.tfrecord", "val-*.tfrecord", "test-*.tfrecord", "label_map.json", "label_map.pbtxt", "stats.json",
+                   "rejected.jsonl")
+OWN_TOP_LEVEL = OUTPUT_PATTERNS  # what --out may hold from an earlier ingest (ssdflow/out_dir.py)
 _NS = "ssdflow.ingest"
 
 
@@ -198,14 +199,20 @@ def _ext(path: str) -> str:
     return posixpath.splitext(path)[1].lower()
 
 
+def _yolo_companions(cfg: IngestConfig) -> list[str]:
+    """Where YOLO's class names may be, in order: --classes; else beside the labels, then one level
+    up (Ultralytics keeps data.yaml at the dataset's root, above images/ and labels/)."""
+    if cfg.classes:
+        return [cfg.classes]
+    base = cfg.labels.rstrip("/") if _is_dir(cfg.labels) else posixpath.dirname(cfg.labels)
+    return [storage.join(d, n) for d in (base, posixpath.dirname(base)) for n in ("data.yaml", "data.yml", "classes.txt")]
+
+
 def load_class_names_for(cfg: IngestConfig) -> list[str] | None:
-    """YOLO class names from --classes, else a data.yaml / classes.txt beside the labels."""
+    """YOLO class names from --classes, else a data.yaml / classes.txt beside the labels or one level up."""
     if cfg.format != LabelFormat.yolo:
         return None
-    candidates = [cfg.classes] if cfg.classes else []
-    if not cfg.classes:
-        base = cfg.labels if _is_dir(cfg.labels) else posixpath.dirname(cfg.labels)
-        candidates = [storage.join(base, n) for n in ("data.yaml", "data.yml", "classes.txt")]
+    candidates = _yolo_companions(cfg)
     for uri in candidates:
         if storage.exists(uri):
             try:
@@ -216,6 +223,28 @@ def load_class_names_for(cfg: IngestConfig) -> list[str] | None:
         "YOLO labels carry class indexes only: pass --classes FILE (one name per line, or a data.yaml "
         f"with `names`); none found at {', '.join(candidates)}"
     )
+
+
+def pairing_for(cfg: IngestConfig) -> Pairing:
+    """How this run keys and splits: the roots of --images and --labels, YOLO's path pairing, and the
+    train/val/test directories of a data.yaml (the one the class names come from)."""
+    def root(location: str) -> str:
+        return location.rstrip("/") if not _has_glob(location) and _is_dir(location) else root_of(location)
+
+    yaml_dirs: dict[str, str] = {}
+    if cfg.format == LabelFormat.yolo:
+        import yaml
+
+        found = next((u for u in _yolo_companions(cfg) if u.endswith((".yaml", ".yml")) and storage.exists(u)), None)
+        if found:
+            try:
+                doc = yaml.safe_load(storage.read_text(found))
+            except (yaml.YAMLError, UnicodeDecodeError) as e:
+                raise IngestError(f"{found}: not valid YAML: {e}") from None
+            if isinstance(doc, dict):
+                yaml_dirs = yaml_split_dirs(doc, posixpath.dirname(found))
+    return Pairing(root(cfg.images), root(cfg.labels), cfg.val_fraction, by_path=cfg.format == LabelFormat.yolo,
+                   yaml_dirs=tuple(sorted(yaml_dirs.items())))
 
 
 def load_fixed_label_map(cfg: IngestConfig) -> LabelMap | None:
@@ -267,16 +296,22 @@ class ListFiles(beam.PTransform):
 
 class ListImages(beam.PTransform):
     """FileMetadata of the files under --images → (key, ImageFile). Other files are skipped and
-    counted; names that are not valid UTF-8 are rejected (tag 'rejected')."""
+    counted; names that are not valid UTF-8 are rejected (tag 'rejected'). The key is the file
+    stem, or for YOLO the path below --images (``pairing``, beam_jobs/splits.py)."""
+
+    def __init__(self, pairing: Pairing | None = None):
+        super().__init__()
+        self.pairing = pairing or Pairing("", "", 0.0)
 
     def expand(self, files):
         skipped = Metrics.counter(_NS, "files_skipped")
+        key_of = self.pairing.image_key
 
         def keyed(meta):
             if not R.is_text_name(meta.path):
                 yield beam.pvalue.TaggedOutput("rejected", R.undecodable_name(meta.path))
             elif _ext(meta.path) in IMAGE_EXTENSIONS:
-                yield R.image_key(meta.path), ImageFile(meta.path, meta.size_in_bytes)
+                yield key_of(meta.path), ImageFile(meta.path, meta.size_in_bytes)
             else:
                 skipped.inc()
                 yield beam.pvalue.TaggedOutput("skipped", meta.path)
@@ -287,10 +322,11 @@ class ListImages(beam.PTransform):
 class _ParseLabelFiles(_StorageDoFn):
     """Parses a batch of label files (batched so thousands of small XML files spread over workers)."""
 
-    def __init__(self, fmt: str, class_names: list[str] | None, flags=()):
+    def __init__(self, fmt: str, class_names: list[str] | None, flags=(), pairing: Pairing | None = None):
         super().__init__(flags)
         self.fmt = fmt
         self.class_names = class_names
+        self.pairing = pairing or Pairing("", "", 0.0)
 
     def process(self, paths):
         for path in paths:
@@ -299,7 +335,7 @@ class _ParseLabelFiles(_StorageDoFn):
             except Exception as e:  # storage errors become dead letters, not job failures
                 yield beam.pvalue.TaggedOutput("rejected", R.Rejection(path, R.MALFORMED_LABEL_FILE, f"cannot read: {e}", R.LABEL_FILE))
                 continue
-            result = parse_label_file(self.fmt, path, data, class_names=self.class_names)
+            result = parse_label_file(self.fmt, path, data, class_names=self.class_names, join_key=self.pairing.label_key(path))
             for rej in result.rejections:
                 yield beam.pvalue.TaggedOutput("rejected", rej)
             for rec in result.records:
@@ -312,9 +348,9 @@ class ParseLabels(beam.PTransform):
 
     FILES_PER_TASK = 128
 
-    def __init__(self, fmt: str, class_names: list[str] | None, flags=()):
+    def __init__(self, fmt: str, class_names: list[str] | None, flags=(), pairing: Pairing | None = None):
         super().__init__()
-        self.fmt, self.class_names, self.flags = fmt, class_names, flags
+        self.fmt, self.class_names, self.flags, self.pairing = fmt, class_names, flags, pairing
 
     def expand(self, files):
         fmt, n = self.fmt, self.FILES_PER_TASK
@@ -334,7 +370,7 @@ class ParseLabels(beam.PTransform):
             paths.paths
             | "Batch" >> beam.BatchElements(min_batch_size=n, max_batch_size=n)
             | "Spread" >> beam.Reshuffle()  # matching happens in one place; parsing should not
-            | "Parse" >> beam.ParDo(_ParseLabelFiles(self.fmt, self.class_names, self.flags)).with_outputs("rejected", main="records")
+            | "Parse" >> beam.ParDo(_ParseLabelFiles(self.fmt, self.class_names, self.flags, self.pairing)).with_outputs("rejected", main="records")
         )
         rejected = (paths.rejected, parsed.rejected) | "AllRejected" >> beam.Flatten()
         return {"records": parsed.records, "rejected": rejected}
@@ -429,7 +465,7 @@ class _MatchDoFn(_StorageDoFn):
             return
         if not labels:
             if self.unlabeled_is_negative:  # YOLO convention: no .txt means no objects
-                yield images[0], R.LabelRecord(image_name=posixpath.basename(path), source=path)
+                yield images[0], R.LabelRecord(image_name=posixpath.basename(path), source=path, join_key=key)
             else:
                 yield R.Rejection(path, R.NO_LABEL, "no label file mentions this image")
             return
@@ -493,10 +529,10 @@ class _EncodeFn(_StorageDoFn):
 
     OUTCOMES_PER_LIST = 2000
 
-    def __init__(self, parts_dir: str, cfg: IngestConfig, label_map_fixed: bool):
+    def __init__(self, parts_dir: str, cfg: IngestConfig, label_map_fixed: bool, pairing: Pairing | None = None):
         super().__init__(cfg.pipeline_flags())
         self.parts_dir = parts_dir
-        self.val_fraction = cfg.val_fraction
+        self.pairing = pairing or Pairing("", "", cfg.val_fraction)
         self.max_pixels = cfg.max_pixels
         self.clip_tolerance = cfg.clip_tolerance
         self.label_map_fixed = label_map_fixed
@@ -538,7 +574,7 @@ class _EncodeFn(_StorageDoFn):
             self.outcomes.append(ImageOutcome(enc.key, path, enc.sha256, None, boxes_in=boxes_in,
                                               rejections=tuple(enc.rejections), stats=tuple(enc.stats.items())))
             return
-        split = split_for(enc.key, self.val_fraction)
+        split = self.pairing.split(path, record.source, enc.key)  # the user's own split, else the hash
         if split not in self.files:
             part = storage.join(self.parts_dir, f"{split}-{uuid.uuid4().hex}.part")
             self.files[split] = (part, FileSystems.create(part))
@@ -568,13 +604,13 @@ class _EncodeFn(_StorageDoFn):
 class EncodeExamples(beam.PTransform):
     """(path, LabelRecord) → lists of ImageOutcome (per bundle or OUTCOMES_PER_LIST); records land in part files."""
 
-    def __init__(self, parts_dir: str, cfg: IngestConfig, label_map, label_map_fixed: bool):
+    def __init__(self, parts_dir: str, cfg: IngestConfig, label_map, label_map_fixed: bool, pairing: Pairing | None = None):
         super().__init__()
-        self.parts_dir, self.cfg, self.label_map, self.fixed = parts_dir, cfg, label_map, label_map_fixed
+        self.parts_dir, self.cfg, self.label_map, self.fixed, self.pairing = parts_dir, cfg, label_map, label_map_fixed, pairing
 
     def expand(self, candidates):
         return candidates | "Encode" >> beam.ParDo(
-            _EncodeFn(self.parts_dir, self.cfg, self.fixed), beam.pvalue.AsSingleton(self.label_map))
+            _EncodeFn(self.parts_dir, self.cfg, self.fixed, self.pairing), beam.pvalue.AsSingleton(self.label_map))
 
 
 # --- dedup, shard layout and the books: no worker holds every image's outcome ------------------------
@@ -687,11 +723,13 @@ def plan_layout(rows: list[tuple[str, str, int, bool]], num_shards: int | None, 
     is a shard by itself, and smaller ones are packed in name order into shards of at most
     ``target_bytes``; a shard that is one part file with nothing dropped is a rename, not a copy
     (the common case: no bytes move twice; copying a 130 MB val split cost 1.5 s of a 20 s job).
-    Every split gets at least one shard.
+    train and val get at least one shard each; test only when it has records.
     """
     placement, shards_per_split, bytes_per_split, names = {}, {}, {}, []
     for split in SPLITS:
         parts = sorted((r for r in rows if r[1] == split and r[2] > 0), key=lambda r: r[0])
+        if split == "test" and not parts:  # train and val always have shards (training reads both); test when given
+            continue
         if num_shards:
             start = 0
             for part, _, kept_bytes, _ in parts:
@@ -964,15 +1002,17 @@ class PlanAndWriteShards(beam.PTransform):
         return dedup.books, layout, written
 
 
-def build_pipeline(p: beam.Pipeline, cfg: IngestConfig, tmp_dir: str, class_names, fixed_map: LabelMap | None):
+def build_pipeline(p: beam.Pipeline, cfg: IngestConfig, tmp_dir: str, class_names, fixed_map: LabelMap | None,
+                   pairing: Pairing | None = None):
     """Adds the ingest transforms to ``p``; outputs land in ``tmp_dir/final``."""
     parts_dir, final_dir = storage.join(tmp_dir, "parts"), storage.join(tmp_dir, "final")
     fragments_dir = storage.join(tmp_dir, "rejected")
     spill = Spill(storage.join(tmp_dir, "spill"), secrets.token_bytes(32))
     fmt, flags = cfg.format.value, cfg.pipeline_flags()
     files = p | "ListFiles" >> ListFiles({"images": image_pattern(cfg.images), "labels": label_pattern(cfg.labels)}, flags)
-    images = files["images"] | "ListImages" >> ListImages()
-    labels = files["labels"] | "ParseLabels" >> ParseLabels(fmt, class_names, flags)
+    pairing = pairing or pairing_for(cfg)
+    images = files["images"] | "ListImages" >> ListImages(pairing)
+    labels = files["labels"] | "ParseLabels" >> ParseLabels(fmt, class_names, flags, pairing)
 
     if fixed_map is not None:
         label_map = p | "FixedLabelMap" >> beam.Create([fixed_map])
@@ -1001,7 +1041,7 @@ def build_pipeline(p: beam.Pipeline, cfg: IngestConfig, tmp_dir: str, class_name
         | "CountIgnored" >> beam.CombineGlobally(_SkippedFiles())
     )
 
-    outcomes = matched.candidates | "EncodeExamples" >> EncodeExamples(parts_dir, cfg, label_map, fixed_map is not None)
+    outcomes = matched.candidates | "EncodeExamples" >> EncodeExamples(parts_dir, cfg, label_map, fixed_map is not None, pairing)
     books, layout, written = outcomes | "PlanAndWriteShards" >> PlanAndWriteShards(
         final_dir, fragments_dir, cfg.num_shards, cfg.target_shard_mb * 2**20, spill, flags)
     return (
@@ -1036,6 +1076,7 @@ def run_ingest(cfg: IngestConfig) -> dict:
         raise IngestError(f"--labels {cfg.labels}: no files found")
     class_names = load_class_names_for(cfg)
     fixed_map = load_fixed_label_map(cfg)
+    pairing = pairing_for(cfg)
     try:
         remove = out_dir.check(cfg.out, "ingest", OWN_TOP_LEVEL, cfg.overwrite)
     except out_dir.OutDirError as e:
@@ -1047,7 +1088,7 @@ def run_ingest(cfg: IngestConfig) -> dict:
     tmp_dir = storage.new_tmp_dir(cfg.out)
     try:
         with make_pipeline(options, preload=("beam_jobs.ingest",)) as p:
-            build_pipeline(p, cfg, tmp_dir, class_names, fixed_map)
+            build_pipeline(p, cfg, tmp_dir, class_names, fixed_map, pairing)
         final_dir = storage.join(tmp_dir, "final")
         stats = json.loads(storage.read_text(storage.join(final_dir, "stats.json")))
         problem = unusable(stats)

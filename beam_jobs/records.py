@@ -109,10 +109,13 @@ class LabelRecord:
     width: int | None = None  # image size the label file claims; the real image wins
     height: int | None = None
     rejections: tuple[Rejection, ...] = field(default=())  # boxes the parser already refused
+    # The join key when the label file's path decides it (YOLO pairs by path: beam_jobs/splits.py);
+    # None: the image name's stem.
+    join_key: str | None = None
 
     @property
     def key(self) -> str:
-        return image_key(self.image_name)
+        return self.join_key if self.join_key is not None else image_key(self.image_name)
 
 
 def image_key(name: str) -> str:

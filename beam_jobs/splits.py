@@ -18,7 +18,10 @@ from __future__ import annotations
 import hashlib
 import posixpath
 import re
+from dataclasses import dataclass
 from typing import Mapping
+
+from beam_jobs.records import image_key
 
 SPLITS = ("train", "val", "test")
 # Folder and file-name words for each split (Ultralytics, Roboflow, COCO, Kaggle spellings).
@@ -45,7 +48,9 @@ def root_of(location: str) -> str:
 
 
 def relative(path: str, root: str) -> str:
-    """``path`` below ``root`` ("" when it is not below it)."""
+    """``path`` below ``root`` ("" when it is not below it, or no root is given)."""
+    if not root:
+        return ""
     root = root.rstrip("/") + "/"
     return path[len(root):] if path.startswith(root) else ""
 
@@ -108,3 +113,30 @@ def split_of(image_path: str, images_root: str, label_source: str, labels_root: 
     if split is None and label_source and label_source != image_path:
         split = split_of_label_file(relative(label_source.split("#", 1)[0], labels_root))
     return split or hash_split(key, val_fraction)
+
+
+@dataclass(frozen=True)
+class Pairing:
+    """How one ingest run keys images and label records, and splits images: built once by the
+    driver from the options, carried to every worker."""
+
+    images_root: str
+    labels_root: str
+    val_fraction: float
+    by_path: bool = False  # YOLO: images/…/x.jpg ↔ labels/…/x.txt; the other formats join on the file stem
+    yaml_dirs: tuple[tuple[str, str], ...] = ()  # (directory, split) from a data.yaml
+
+    def image_key(self, path: str) -> str:
+        if self.by_path:
+            return yolo_key(relative(path, self.images_root) or posixpath.basename(path))
+        return image_key(path)
+
+    def label_key(self, source: str) -> str | None:
+        """The join key a label file gives its record (YOLO), or None: the record's image name decides."""
+        if self.by_path:
+            return yolo_key(relative(source, self.labels_root) or posixpath.basename(source))
+        return None
+
+    def split(self, image_path: str, label_source: str, key: str) -> str:
+        return split_of(image_path, self.images_root, label_source, self.labels_root, key, self.val_fraction,
+                        dict(self.yaml_dirs))

@@ -83,7 +83,8 @@ def ingest(cfg: IngestConfig) -> None:
 
 def _print_ingest_summary(out: str, stats: dict) -> None:
     w, r = stats["images_written"], stats["images_rejected"]
-    typer.echo(f"ingest: {stats['images_in']} images in, {w['total']} written (train {w['train']}, val {w['val']}), "
+    test = f", test {w['test']}" if w.get("test") else ""
+    typer.echo(f"ingest: {stats['images_in']} images in, {w['total']} written (train {w['train']}, val {w['val']}{test}), "
                f"{r['total']} rejected, {stats['boxes_written']} boxes written")
     reasons = {k: v for k, v in r.items() if k != "total"}
     if reasons:

@@ -107,7 +107,7 @@ def argv_mistake(cmd, args: Sequence[str]) -> str | None:
     positional = sum(1 for p in cmd.params if isinstance(p, typer.core.TyperArgument))
     seen: dict[str, int] = {}
     strays: list[str] = []
-    i, previous = 0, None
+    i = 0
     while i < len(args):
         tok = args[i]
         if tok == "--":
@@ -118,7 +118,6 @@ def argv_mistake(cmd, args: Sequence[str]) -> str | None:
             if not multiple:
                 seen[field] = seen.get(field, 0) + 1
             i += 1 if "=" in tok else 2
-            previous = name
             continue
         if name in flags:
             nxt = args[i + 1] if i + 1 < len(args) else None

@@ -145,7 +145,10 @@ class IngestConfig(BeamOptions):
     labels: Location = Field(..., description="Label file, or directory of label files")
     format: LabelFormat = Field(..., description="Label format")
     out: Location = Field(..., description=OUT_HELP.format(job="ingest"))
-    val_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="Share of images in the val split (stable hash of the image key)")
+    val_fraction: float = Field(0.1, ge=0.0, lt=1.0, description=(
+        "Share of images put in val by a stable hash of the image key, for images whose data brings no split of its own "
+        "(folders train/ val/ test/ at any depth, a YOLO data.yaml's directories, per-split label files such as "
+        "instances_val2017.json)"))
     num_shards: int | None = Field(None, ge=1, le=10_000, description="Shards per split; default: automatic by size")
     target_shard_mb: int = Field(128, ge=1, le=4096, description="Shard size aimed at when --num-shards is not given; a worker's output of at least half of it is one shard, written once")
     classes: Location | None = Field(None, description="YOLO class names: a text file (one per line) or a data.yaml")

@@ -40,6 +40,7 @@ SLOW_FIRST = (
     "integration/test_flows.py",
     "integration/test_registry_s3.py",  # 50 racing promotions, leases, ~15 s
     "integration/test_ingest_runners.py",
+    "integration/test_ingest_splits.py",
     "integration/test_hostile_inputs.py",
 )
 

@@ -36,8 +36,10 @@ def is_label_file(fmt: str, path: str) -> bool:
     return name.endswith(LABEL_EXTENSIONS[fmt])
 
 
-def parse_label_file(fmt: str, source: str, data: bytes, class_names: Sequence[str] | None = None) -> ParseResult:
-    """Parse one label file of format ``fmt``; YOLO needs ``class_names``."""
+def parse_label_file(fmt: str, source: str, data: bytes, class_names: Sequence[str] | None = None,
+                     join_key: str | None = None) -> ParseResult:
+    """Parse one label file of format ``fmt``; YOLO needs ``class_names``, and takes the ``join_key``
+    its path gives (it pairs by path, beam_jobs/splits.py)."""
     if fmt == "voc":
         return voc.parse(source, data)
     if fmt == "coco":
@@ -47,5 +49,5 @@ def parse_label_file(fmt: str, source: str, data: bytes, class_names: Sequence[s
     if fmt == "yolo":
         if class_names is None:
             raise ValueError("the yolo format needs class_names (from classes.txt or data.yaml)")
-        return yolo.parse(source, data, class_names)
+        return yolo.parse(source, data, class_names, join_key=join_key)
     raise ValueError(f"unknown label format {fmt!r}; expected one of {', '.join(FORMATS)}")

@@ -29,7 +29,8 @@ from beam_jobs.records import (
 )
 
 
-def parse(source: str, data: bytes, class_names: Sequence[str], image_name: str | None = None) -> ParseResult:
+def parse(source: str, data: bytes, class_names: Sequence[str], image_name: str | None = None,
+          join_key: str | None = None) -> ParseResult:
     """Parse one YOLO label file into a single :class:`LabelRecord`; bad lines become rejections."""
     try:
         text = data.decode("utf-8-sig")
@@ -48,6 +49,7 @@ def parse(source: str, data: bytes, class_names: Sequence[str], image_name: str 
         source=source,
         boxes=tuple(boxes),
         rejections=tuple(rejections),
+        join_key=join_key,
     )
     return ParseResult(records=(record,))
 

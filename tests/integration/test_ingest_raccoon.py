@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from beam_jobs.encode import split_for
+from beam_jobs.splits import hash_split as split_for
 from beam_jobs.ingest import run_ingest
 from ssdflow import schema, storage
 from ssdflow.config import IngestConfig

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from beam_jobs.encode import split_for
+from beam_jobs.splits import hash_split as split_for
 from ssdflow.config import TrainConfig
 from tests.helpers import REPO, SHAPES_VAL_FRACTION as VAL_FRACTION, TINY_TRAIN as TINY
 

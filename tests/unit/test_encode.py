@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from beam_jobs import records as R
-from beam_jobs.encode import encode_image, split_for
+from beam_jobs.encode import encode_image
+from beam_jobs.splits import hash_split as split_for
 from beam_jobs.images import orient_box
 from ssdflow import schema
 from tests.unit.imaging import encode, jpeg, noise, solid
@@ -223,7 +224,7 @@ def test_split_is_deterministic():
 def test_split_is_the_same_in_another_process():
     # str hash() is salted per process; the split must not depend on it.
     keys = [f"img-{i}" for i in range(50)]
-    code = "from beam_jobs.encode import split_for; print(''.join('v' if split_for(f'img-{i}', 0.5) == 'val' else 't' for i in range(50)))"
+    code = "from beam_jobs.splits import hash_split as split_for; print(''.join('v' if split_for(f'img-{i}', 0.5) == 'val' else 't' for i in range(50)))"
     env = {**os.environ, "PYTHONHASHSEED": "12345"}
     other = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True, check=True)
     here = "".join("v" if split_for(k, 0.5) == "val" else "t" for k in keys)
