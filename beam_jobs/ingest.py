@@ -53,7 +53,7 @@ from beam_jobs.encode import encode_image
 from beam_jobs.splits import SPLITS, Pairing, root_of, yaml_split_dirs
 from beam_jobs.parsers import is_label_file, parse_label_file
 from beam_jobs.parsers.yolo import load_class_names
-from ssdflow import out_dir, storage, tfrecord
+from ssdflow import out_dir, progress, storage, tfrecord
 from ssdflow.beam_runner import MULTI_PROCESS_MIN_FILES, local_parallelism, make_pipeline, pipeline_options, worker_filesystems
 from ssdflow.config import IngestConfig, LabelFormat
 from ssdflow.schema import LabelMap
@@ -265,12 +265,23 @@ class ImageFile(NamedTuple):
 
 
 class _MatchPattern(_StorageDoFn):
-    """(name, file pattern) → the matched files' FileMetadata, tagged with the name."""
+    """(name, file pattern) → the matched files' FileMetadata, tagged with the name. With
+    ``totals_dir``, the image files listed for 'images' are marked there (the progress's total)."""
+
+    def __init__(self, flags=(), totals_dir: str | None = None):
+        super().__init__(flags)
+        self.totals_dir = totals_dir
 
     def process(self, named_pattern):
         name, pattern = named_pattern
+        images = 0
         for meta in FileSystems.match([pattern])[0].metadata_list:
+            images += name == "images" and _ext(meta.path) in IMAGE_EXTENSIONS
             yield beam.pvalue.TaggedOutput(name, meta)
+        if self.totals_dir and images:
+            marks = progress.Marks(self.totals_dir)
+            marks.add(images)
+            marks.flush()
 
 
 class ListFiles(beam.PTransform):
@@ -280,16 +291,16 @@ class ListFiles(beam.PTransform):
     images and the label files) at the same time, where one ``MatchFiles`` per pattern would run
     one listing after the other on a local runner."""
 
-    def __init__(self, patterns: dict[str, str], flags=()):
+    def __init__(self, patterns: dict[str, str], flags=(), totals_dir: str | None = None):
         super().__init__()
-        self.patterns, self.flags = patterns, flags
+        self.patterns, self.flags, self.totals_dir = patterns, flags, totals_dir
 
     def expand(self, pbegin):
         names = sorted(self.patterns)
         listed = (
             pbegin
             | "Patterns" >> beam.Create([(name, self.patterns[name]) for name in names])  # reshuffles 2+ elements
-            | "Match" >> beam.ParDo(_MatchPattern(self.flags)).with_outputs(*names)
+            | "Match" >> beam.ParDo(_MatchPattern(self.flags, self.totals_dir)).with_outputs(*names)
         )
         return {name: listed[name] for name in names}
 
@@ -423,10 +434,11 @@ class _MatchDoFn(_StorageDoFn):
     """One join bucket → candidate chunks (spill files of (image path, LabelRecord) pairs), and a
     rejection for every image or label record that cannot be paired one to one."""
 
-    def __init__(self, unlabeled_is_negative: bool, spill: Spill, flags=()):
+    def __init__(self, unlabeled_is_negative: bool, spill: Spill, flags=(), progress_dir: str | None = None):
         super().__init__(flags)
         self.unlabeled_is_negative = unlabeled_is_negative
         self.spill = spill
+        self.progress_dir = progress_dir
 
     def process(self, element):
         _, grouped = element
@@ -437,13 +449,18 @@ class _MatchDoFn(_StorageDoFn):
         for path in grouped["labels"]:
             for key, rec in self.spill.read(path):
                 labels[key].append(rec)
-        candidates = []
+        candidates, rejected_images = [], 0
         for key in sorted(images.keys() | labels.keys()):
             for out in self.match(key, sorted(images.get(key, ())), labels.get(key, [])):
                 if isinstance(out, R.Rejection):
+                    rejected_images += out.kind == R.IMAGE and out.reason != R.MISSING_IMAGE
                     yield beam.pvalue.TaggedOutput("rejected", out)
                 else:
                     candidates.append(out)
+        if self.progress_dir and rejected_images:  # done: they never reach the encoders
+            marks = progress.Marks(self.progress_dir)
+            marks.add(rejected_images)
+            marks.flush()
         for chunk in deal_by_size(candidates, -(-len(candidates) // CANDIDATES_PER_CHUNK)):
             yield self.spill.write([(image.path, record) for image, record in chunk])
 
@@ -499,9 +516,9 @@ class MatchLabelsToImages(beam.PTransform):
     the archive) meet in one worker.
     """
 
-    def __init__(self, unlabeled_is_negative: bool, spill: Spill, flags=()):
+    def __init__(self, unlabeled_is_negative: bool, spill: Spill, flags=(), progress_dir: str | None = None):
         super().__init__()
-        self.unlabeled_is_negative, self.spill, self.flags = unlabeled_is_negative, spill, flags
+        self.unlabeled_is_negative, self.spill, self.flags, self.progress_dir = unlabeled_is_negative, spill, flags, progress_dir
 
     def expand(self, pcolls):
         spill, flags = self.spill, self.flags
@@ -509,7 +526,7 @@ class MatchLabelsToImages(beam.PTransform):
         matched = (
             packed
             | "Join" >> beam.CoGroupByKey()
-            | "Match" >> beam.ParDo(_MatchDoFn(self.unlabeled_is_negative, spill, flags)).with_outputs("rejected", main="chunks")
+            | "Match" >> beam.ParDo(_MatchDoFn(self.unlabeled_is_negative, spill, flags, self.progress_dir)).with_outputs("rejected", main="chunks")
         )
         candidates = (
             matched.chunks
@@ -529,9 +546,11 @@ class _EncodeFn(_StorageDoFn):
 
     OUTCOMES_PER_LIST = 2000
 
-    def __init__(self, parts_dir: str, cfg: IngestConfig, label_map_fixed: bool, pairing: Pairing | None = None):
+    def __init__(self, parts_dir: str, cfg: IngestConfig, label_map_fixed: bool, pairing: Pairing | None = None,
+                 progress_dir: str | None = None):
         super().__init__(cfg.pipeline_flags())
         self.parts_dir = parts_dir
+        self.progress_dir = progress_dir
         self.pairing = pairing or Pairing("", "", cfg.val_fraction)
         self.max_pixels = cfg.max_pixels
         self.clip_tolerance = cfg.clip_tolerance
@@ -544,6 +563,7 @@ class _EncodeFn(_StorageDoFn):
         self.boxes = Metrics.counter(_NS, "boxes_encoded")
 
     def start_bundle(self):
+        self.marks = progress.Marks(self.progress_dir) if self.progress_dir else None
         self.files: dict[str, tuple[str, object]] = {}
         self.offsets: Counter = Counter()
         self.outcomes: list[ImageOutcome] = []
@@ -561,6 +581,8 @@ class _EncodeFn(_StorageDoFn):
             self.rejected.inc()
         else:
             self.encode(path, record, data, boxes_in, label_map)
+        if self.marks is not None:
+            self.marks.add(1)
         if len(self.outcomes) >= self.OUTCOMES_PER_LIST:  # bounds a worker's memory on a large bundle
             yield self.take_outcomes()
 
@@ -591,6 +613,8 @@ class _EncodeFn(_StorageDoFn):
     def finish_bundle(self):
         for _, handle in self.files.values():
             handle.close()
+        if self.marks is not None:
+            self.marks.flush()
         if self.outcomes:
             yield WindowedValue(self.take_outcomes(), MIN_TIMESTAMP, [GlobalWindow()])
         self.files = {}
@@ -604,13 +628,15 @@ class _EncodeFn(_StorageDoFn):
 class EncodeExamples(beam.PTransform):
     """(path, LabelRecord) → lists of ImageOutcome (per bundle or OUTCOMES_PER_LIST); records land in part files."""
 
-    def __init__(self, parts_dir: str, cfg: IngestConfig, label_map, label_map_fixed: bool, pairing: Pairing | None = None):
+    def __init__(self, parts_dir: str, cfg: IngestConfig, label_map, label_map_fixed: bool, pairing: Pairing | None = None,
+                 progress_dir: str | None = None):
         super().__init__()
         self.parts_dir, self.cfg, self.label_map, self.fixed, self.pairing = parts_dir, cfg, label_map, label_map_fixed, pairing
+        self.progress_dir = progress_dir
 
     def expand(self, candidates):
         return candidates | "Encode" >> beam.ParDo(
-            _EncodeFn(self.parts_dir, self.cfg, self.fixed, self.pairing), beam.pvalue.AsSingleton(self.label_map))
+            _EncodeFn(self.parts_dir, self.cfg, self.fixed, self.pairing, self.progress_dir), beam.pvalue.AsSingleton(self.label_map))
 
 
 # --- dedup, shard layout and the books: no worker holds every image's outcome ------------------------
@@ -1009,7 +1035,9 @@ def build_pipeline(p: beam.Pipeline, cfg: IngestConfig, tmp_dir: str, class_name
     fragments_dir = storage.join(tmp_dir, "rejected")
     spill = Spill(storage.join(tmp_dir, "spill"), secrets.token_bytes(32))
     fmt, flags = cfg.format.value, cfg.pipeline_flags()
-    files = p | "ListFiles" >> ListFiles({"images": image_pattern(cfg.images), "labels": label_pattern(cfg.labels)}, flags)
+    progress_dir, totals_dir = storage.join(tmp_dir, PROGRESS_DIR), storage.join(tmp_dir, PROGRESS_TOTAL_DIR)
+    files = p | "ListFiles" >> ListFiles({"images": image_pattern(cfg.images), "labels": label_pattern(cfg.labels)}, flags,
+                                         totals_dir)
     pairing = pairing or pairing_for(cfg)
     images = files["images"] | "ListImages" >> ListImages(pairing)
     labels = files["labels"] | "ParseLabels" >> ParseLabels(fmt, class_names, flags, pairing)
@@ -1024,7 +1052,8 @@ def build_pipeline(p: beam.Pipeline, cfg: IngestConfig, tmp_dir: str, class_name
             | "BuildLabelMap" >> beam.Map(LabelMap.from_names)
         )
 
-    matched = {"images": images.images, "labels": labels["records"]} | "MatchLabelsToImages" >> MatchLabelsToImages(fmt == "yolo", spill, flags)
+    matched = {"images": images.images, "labels": labels["records"]} | "MatchLabelsToImages" >> MatchLabelsToImages(
+        fmt == "yolo", spill, flags, progress_dir)
     early_books = (
         (images.rejected, labels["rejected"], matched.rejected)
         | "EarlyRejections" >> beam.Flatten()
@@ -1041,7 +1070,8 @@ def build_pipeline(p: beam.Pipeline, cfg: IngestConfig, tmp_dir: str, class_name
         | "CountIgnored" >> beam.CombineGlobally(_SkippedFiles())
     )
 
-    outcomes = matched.candidates | "EncodeExamples" >> EncodeExamples(parts_dir, cfg, label_map, fixed_map is not None, pairing)
+    outcomes = matched.candidates | "EncodeExamples" >> EncodeExamples(parts_dir, cfg, label_map, fixed_map is not None, pairing,
+                                                                       progress_dir)
     books, layout, written = outcomes | "PlanAndWriteShards" >> PlanAndWriteShards(
         final_dir, fragments_dir, cfg.num_shards, cfg.target_shard_mb * 2**20, spill, flags)
     return (
@@ -1064,8 +1094,14 @@ def _first_rejection(final_dir: str) -> str:
     return f"; e.g. {first['source']}: {first['detail'] or first['reason']}" if first else ""
 
 
-def run_ingest(cfg: IngestConfig) -> dict:
-    """Runs the ingest job to completion and commits its output; returns stats.json's content."""
+PROGRESS_DIR, PROGRESS_TOTAL_DIR = "progress", "progress-total"  # marks under the run's temp directory
+
+
+def run_ingest(cfg: IngestConfig, on_progress=None) -> dict:
+    """Runs the ingest job to completion and commits its output; returns stats.json's content.
+
+    Progress (images done of those listed, rate, ETA) goes to stderr while it runs: a bar on a
+    terminal, a plain line every 10 s in a log; ``on_progress(done, total)`` too (a Prefect artifact)."""
     cfg = cfg.model_copy(update={k: storage.absolute(getattr(cfg, k)) for k in ("images", "labels", "out", "classes", "label_map")})
     pipeline_options(cfg.pipeline_flags())  # first: the listing below needs the S3/GCS options
     inputs = storage.count_files(image_pattern(cfg.images), limit=MULTI_PROCESS_MIN_FILES)
@@ -1087,7 +1123,10 @@ def run_ingest(cfg: IngestConfig) -> dict:
     # its _SUCCESS first): everything before that is written under the run's temp directory.
     tmp_dir = storage.new_tmp_dir(cfg.out)
     try:
-        with make_pipeline(options, preload=("beam_jobs.ingest",)) as p:
+        reporter = progress.Reporter("ingest", lambda: progress.counted(storage.join(tmp_dir, PROGRESS_DIR)),
+                                     total=lambda: progress.counted(storage.join(tmp_dir, PROGRESS_TOTAL_DIR)),
+                                     on_update=on_progress)
+        with reporter, make_pipeline(options, preload=("beam_jobs.ingest",)) as p:
             build_pipeline(p, cfg, tmp_dir, class_names, fixed_map, pairing)
         final_dir = storage.join(tmp_dir, "final")
         stats = json.loads(storage.read_text(storage.join(final_dir, "stats.json")))

@@ -49,7 +49,7 @@ from beam_jobs import labelling
 from beam_jobs.ingest import IMAGE_EXTENSIONS, image_pattern
 from beam_jobs.model_handler import SavedModelDetector, TFLiteDetectorHandler, file_fingerprint, saved_model_fingerprint
 from beam_jobs.records import READ_RETRYABLE, UNDECODABLE_NAME, UNREADABLE, describe, is_text_name, printable_name
-from ssdflow import out_dir, storage
+from ssdflow import out_dir, progress, storage
 from ssdflow.beam_runner import make_pipeline, pipeline_options, worker_filesystems
 from ssdflow.config import OutputFormat, ScoreConfig, is_tflite
 from ssdflow.schema import MODEL_INFO, LabelMap
@@ -439,8 +439,9 @@ class ScoreChunks(beam.DoFn):
     Counters (namespace ``ssdflow.score``): chunks_committed, images_scored, images_failed.
     """
 
-    def __init__(self, cfg: ScoreConfig, model: ModelRef):
+    def __init__(self, cfg: ScoreConfig, model: ModelRef, progress_dir: str | None = None):
         self.out, self.model, self.flags = cfg.out, model, cfg.pipeline_flags()
+        self.progress_dir = progress_dir
         self.thresholds, self.max_det, self.batch_size = model.score_thresholds(cfg.score_threshold), cfg.max_detections, cfg.max_batch_size
         # Uncertainty is measured against the model's own decision thresholds (calibrated per class),
         # whatever --score-threshold filters the outputs with: a 0.0 filter would make every weak box "uncertain".
@@ -465,7 +466,10 @@ class ScoreChunks(beam.DoFn):
         counts: Counter = Counter({"images_in": 0, "files_skipped": 0})
         records, errors, keys, batch = [], [], [], []
         pool = labelling.ChunkPool()
+        marks = progress.Marks(self.progress_dir) if self.progress_dir else None
         for source, outcome in self.reader.members(chunk):
+            if marks is not None:
+                marks.add(1)
             if outcome is None:
                 counts["files_skipped"] += 1
                 continue
@@ -483,6 +487,8 @@ class ScoreChunks(beam.DoFn):
         if batch:
             self._infer(keys, batch, records, errors, pool)
         manifest = commit_chunk(self.out, self.model.version, chunk.chunk_id, counts, records, errors, pool.candidates())
+        if marks is not None:
+            marks.flush()
         Metrics.counter(_NS, "chunks_committed").inc()
         Metrics.counter(_NS, "images_scored").inc(manifest["images_scored"])
         Metrics.counter(_NS, "images_failed").inc(manifest["images_failed"])
@@ -498,13 +504,13 @@ class ScoreChunks(beam.DoFn):
                 pool.add(record, labelling.image_uncertainty(prediction.inference, self.decision_thresholds, self.model.label_names))
 
 
-def build_pipeline(p, cfg: ScoreConfig, model: ModelRef, chunks: list[Chunk]):
+def build_pipeline(p, cfg: ScoreConfig, model: ModelRef, chunks: list[Chunk], progress_dir: str | None = None):
     """One run over ``chunks`` (their listings written), spread over the workers (``Create``
     reshuffles what it creates); each chunk committed as soon as it is scored."""
     return (
         p
         | "ChunkIds" >> beam.Create([c.chunk_id for c in chunks])
-        | "ScoreChunks" >> beam.ParDo(ScoreChunks(cfg, model))
+        | "ScoreChunks" >> beam.ParDo(ScoreChunks(cfg, model, progress_dir))
     )
 
 
@@ -512,8 +518,12 @@ def build_pipeline(p, cfg: ScoreConfig, model: ModelRef, chunks: list[Chunk]):
 RESULTS_LAYOUT = 3  # in every chunk id: commits of an older layout (no summary part, no candidates) are never reused
 
 
-def run_score(cfg: ScoreConfig) -> dict:
-    """Scores what is not yet committed, assembles the outputs, writes ``_SUCCESS``; returns its manifest."""
+def run_score(cfg: ScoreConfig, on_progress=None) -> dict:
+    """Scores what is not yet committed, assembles the outputs, writes ``_SUCCESS``; returns its manifest.
+
+    Progress (files done of those listed, already committed chunks included, rate, ETA) goes to
+    stderr while it runs: a bar on a terminal, a plain line every 10 s in a log; and to
+    ``on_progress(done, total)`` (a Prefect artifact)."""
     cfg = cfg.model_copy(update={"out": storage.absolute(cfg.out), "model": storage.absolute(cfg.model),
                                  "images": [storage.absolute(i) for i in cfg.images]})
     options = pipeline_options(cfg.pipeline_flags())
@@ -521,6 +531,7 @@ def run_score(cfg: ScoreConfig) -> dict:
         remove = out_dir.check(cfg.out, "score", OWN_TOP_LEVEL, cfg.overwrite)
     except out_dir.OutDirError as e:
         raise ScoreError(str(e)) from None
+    storage.cleanup_stale_tmp(cfg.out)  # what a killed run left (its progress marks, a half-assembled output)
     model = resolve_model(cfg.model)
     # Everything that can change a chunk's results. The batch size too: batch shapes change oneDNN's
     # float rounding, and with it near-tied scores, so a commit made with another batch size is not reused.
@@ -535,8 +546,15 @@ def run_score(cfg: ScoreConfig) -> dict:
     # results go under OUT/chunks/, the outputs under a temp directory.
     if todo:
         write_listings(cfg.out, model.version, todo)
-        with make_pipeline(options, preload=("beam_jobs.score",)) as p:
-            build_pipeline(p, cfg, model, todo)
+        marks = storage.new_tmp_dir(cfg.out)  # the workers' progress marks; gone with the run
+        try:
+            reporter = progress.Reporter("score", lambda: progress.counted(marks), unit="files", on_update=on_progress,
+                                         total=sum(len(c.uris) for c in chunks) if all(c.kind == "files" for c in chunks) else None,
+                                         start=sum(len(c.uris) for c, done in zip(chunks, final) if done and c.kind == "files"))
+            with reporter, make_pipeline(options, preload=("beam_jobs.score",)) as p:
+                build_pipeline(p, cfg, model, todo, marks)
+        finally:
+            storage.delete_tree(marks)
         prune_attempts(cfg.out, model.version, todo)
     manifest = assemble(cfg, model, chunks, scored_now=len(todo), remove=remove)
     if not cfg.keep_chunks:
@@ -586,7 +604,7 @@ def assemble(cfg: ScoreConfig, model: ModelRef, chunks: list[Chunk], scored_now:
                     records = so.read_jsonl(storage.join(d, "detections.jsonl"))
                     if coco_out is not None:
                         coco_out.add(records)
-                    previews.extend(records[:max(wanted, 0)])
+                    previews.extend([r for r in records if r["detections"]][:max(wanted, 0)])  # images with something to see
                 if cfg.select:
                     candidates = heapq.nsmallest(labelling.SCAN_FACTOR * cfg.select,
                                                  candidates + so.read_jsonl(storage.join(d, "candidates.jsonl")), key=labelling.rank_key)
@@ -618,8 +636,9 @@ def assemble(cfg: ScoreConfig, model: ModelRef, chunks: list[Chunk], scored_now:
             selected["selected"] = len(picked)
             log.info("score: %d images selected for labelling under %s (%d candidates, %d near-duplicates skipped)",
                      len(picked), root, selected["candidates"], selected["near_duplicates_skipped"])
-        for i, record in enumerate(previews):
-            name = f"preview/{i:04d}.jpg"
+        taken: set = set()
+        for record in previews:
+            name = f"preview/{so.preview_name(record['source'], taken)}"  # named after its source
             storage.write_bytes(storage.join(tmp, name), so.draw_preview(so.read_source(record["source"]), record))
             names.append(name)
         manifest = {"job": "score", "model_version": model.version, "model_dir": model.model_dir, "runtime": model.runtime,

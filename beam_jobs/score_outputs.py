@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import io
 import json
+import posixpath
+import re
 from collections import Counter
 
 from apache_beam.io.filesystems import FileSystems
@@ -139,6 +141,20 @@ def draw_preview(data: bytes, record: dict) -> bytes:
     buf = io.BytesIO()
     img.save(buf, format="JPEG", quality=90)
     return buf.getvalue()
+
+
+def preview_name(source: str, taken: set) -> str:
+    """A drawn image's file name after its source (``archive.tar#a/b.png`` → ``b.jpg``), made unique
+    among ``taken`` (which it joins) by a counter: a name that leads back to the source."""
+    # The base name only (an archive member's name may hold ../ or an absolute path), no leading dot,
+    # and nothing but letters, digits, - and _ : the file lands in preview/ (or --save) and nowhere else.
+    stem = re.sub(r"[^\w-]", "_", posixpath.splitext(posixpath.basename(source.split("#", 1)[-1]))[0]).lstrip("_.") or "image"
+    name, n = f"{stem}.jpg", 1
+    while name in taken:
+        n += 1
+        name = f"{stem}-{n}.jpg"
+    taken.add(name)
+    return name
 
 
 def read_source(source: str) -> bytes:

@@ -82,6 +82,11 @@ class ProgressArtifact:
     def update(self, percent: float) -> None:
         update_progress_artifact(self.id, progress=max(0.0, min(100.0, percent)))
 
+    def from_counts(self, done: int, total: int | None) -> None:
+        """``update`` from a job's counts (ssdflow/progress.py calls it from its thread); no total: nothing shown yet."""
+        if total:
+            self.update(100.0 * done / total)
+
 
 def labelling_batch(out: str, labelling: dict, key: str = "labelling-batch", thumbnails: int = 24) -> None:
     """The images worth labelling next as a table: thumbnail (inline: the UI cannot reach ``out``),

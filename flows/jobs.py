@@ -79,7 +79,10 @@ def ingest_task(cfg: IngestConfig, fingerprint: str) -> dict:
     from beam_jobs.ingest import run_ingest
 
     get_run_logger().info("ingest: %s (%s) → %s, inputs fingerprint %s", cfg.images, cfg.format.value, cfg.out, fingerprint[:12])
-    return run_ingest(cfg)
+    progress = artifacts.ProgressArtifact(f"ingest of {cfg.images}: images done of those listed")
+    stats = run_ingest(cfg, on_progress=progress.from_counts)
+    progress.update(100.0)
+    return stats
 
 
 def ingest_unless_unchanged(cfg: IngestConfig) -> dict:
@@ -127,7 +130,7 @@ def train_task(cfg: TrainConfig, attempt: int = 0) -> dict:
     # frees within about a minute, before its rerun (90 s of silence) asks for it.
     with concurrency(ensure_train_limit(cfg.models), occupy=1, strict=True, lease_duration=60):
         result = train(cfg, extra_callbacks=(PrefectEpochLogger(cfg.max_epochs(), progress),), verbose=0,
-                       reuse_completed=reuse_completed)
+                       reuse_completed=reuse_completed, say=get_run_logger().info)
     progress.update(100.0)
     artifacts.training_metrics(result.metrics)
     artifacts.model_card(result.model_dir, result.decision)
@@ -143,7 +146,9 @@ def score_task(cfg: ScoreConfig) -> dict:
     from beam_jobs.score import run_score
     from ssdflow import storage
 
-    manifest = run_score(cfg)
+    progress = artifacts.ProgressArtifact(f"scoring of {', '.join(cfg.images)}: files done of those listed")
+    manifest = run_score(cfg, on_progress=progress.from_counts)
+    progress.update(100.0)
     summary = json.loads(storage.read_text(storage.join(cfg.out, "summary.json")))
     artifacts.scoring_summary(manifest, summary, cfg.out)
     if manifest.get("labelling"):

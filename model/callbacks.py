@@ -156,3 +156,30 @@ class _Hook(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         self.fn(self.model)
+
+
+class EpochLines(keras.callbacks.Callback):
+    """One plain line per epoch, for a log (Keras' bar redraws itself with ANSI codes, one 2 KB line
+    an epoch in a file): the epoch of at most how many, the phase, loss, val mAP@.5 when evaluated,
+    the epoch's seconds and the share of the time budget used."""
+
+    def __init__(self, report, total_epochs: int, offsets: dict[str, int]):
+        super().__init__()
+        self.report, self.total, self.offsets, self.phase, self.t0 = report, total_epochs, offsets, None, time.monotonic()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.t0 = time.monotonic()
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        # Keras counts epochs per phase, from the checkpoint's on a resumed run: the run's count is the phase's offset on.
+        n = self.offsets.get(self.phase, 0) + epoch + 1
+        parts = [f"train: epoch {n} of at most {self.total}" + (f" ({self.phase})" if self.phase else "")]
+        if "loss" in logs:
+            parts.append(f"loss {float(logs['loss']):.4f}")
+        if KeepBest.MONITOR in logs:
+            parts.append(f"val mAP@.5 {float(logs[KeepBest.MONITOR]):.4f}")
+        parts.append(f"{time.monotonic() - self.t0:.1f} s")
+        if "time_budget_used" in logs:
+            parts.append(f"{100 * float(logs['time_budget_used']):.0f}% of the time budget used")
+        self.report(", ".join(parts))

@@ -31,7 +31,7 @@ import tensorflow as tf
 from model import registry, report, warm_start
 from model.thresholds import thresholds_by_id
 from model.anchors import fitted_finest_stride, fitted_min_scale, generate_anchors
-from model.callbacks import AverageWeights, EpochCheckpoint, KeepBest, ValidationMAP
+from model.callbacks import AverageWeights, EpochCheckpoint, EpochLines, KeepBest, ValidationMAP
 from model.dataset import box_sides, count_records, local_records, make_dataset, read_label_map, shard_files
 from model.evaluate import write_metrics
 from model.export import KERAS_WEIGHTS, Detector, save_detector
@@ -165,8 +165,12 @@ def _fit_phase(model, name: str, run_dir: str, train_ds, epochs: int, steps: int
     return run, ended
 
 
-def train(cfg: TrainConfig, extra_callbacks: tuple = (), verbose="auto", reuse_completed: bool = False) -> TrainResult:
+def train(cfg: TrainConfig, extra_callbacks: tuple = (), verbose="auto", reuse_completed: bool = False,
+          say=None, epoch_lines: bool = False) -> TrainResult:
     """The whole job: fit, export, evaluate, register, promote. Returns what happened.
+
+    ``say`` (a function of one line of text) gets a header saying what is trained (data,
+    architecture, start, epochs and budget) and, with ``epoch_lines``, one plain line per epoch.
 
     ``reuse_completed`` (set by orchestration when it reruns crashed work): if a committed version
     was trained with exactly these settings and data, return it instead of training a duplicate.
@@ -207,6 +211,19 @@ def train(cfg: TrainConfig, extra_callbacks: tuple = (), verbose="auto", reuse_c
     else:
         fine_tune_epochs = int(round(epochs * cfg.fine_tune_fraction)) if pretrained else 0
         frozen_epochs = epochs - fine_tune_epochs
+
+    header = (f"train: {cfg.data}: {n_train} train / {n_val} val images, {len(label_map)} classes; SSD MobileNetV2 "
+              f"alpha {model_cfg.alpha:g}, {model_cfg.image_size} px, finest stride {model_cfg.finest_stride} "
+              f"(anchors from {model_cfg.first_scale:.3f} of the side); starting from {start_text}; at most {epochs} epochs "
+              + ("(one fine-tuning phase)" if start is not None else "(one phase, every layer trained)" if not pretrained
+                 else f"({frozen_epochs} with the backbone frozen + {fine_tune_epochs} fine-tuning)")
+              + f" of {steps} steps x {batch_size} images"
+              + (f", budget {budget_minutes:g} min" if budget_minutes else ", no time budget"))
+    log.info("%s", header)
+    if say is not None:
+        say(header)
+        if epoch_lines:
+            extra_callbacks = (*extra_callbacks, EpochLines(say, epochs, {"phase1": 0, "phase2": frozen_epochs}))
 
     # One training per models directory at a time: it owns MODELS/.train-run until it ends.
     with training_lock(cfg.models) as still_held, precision_policy(cfg.precision) as precision:

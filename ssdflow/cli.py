@@ -114,8 +114,9 @@ def train(cfg: TrainConfig) -> None:
     from model.ssd import BackboneWeightsError
     from model.train import TrainError, train as run_train
 
-    try:
-        result = run_train(cfg)
+    tty = sys.stdout.isatty()
+    try:  # on a terminal Keras' bar; in a log one plain line per epoch
+        result = run_train(cfg, verbose="auto" if tty else 0, say=typer.echo, epoch_lines=not tty)
     except (TrainError, DatasetError, BackboneWeightsError) as e:
         fail(str(e))
     m, d = result.metrics, result.decision
@@ -385,6 +386,31 @@ def score(cfg: ScoreConfig) -> None:
                    f"(images/, annotations/ as Pascal VOC, label_studio.json, reasons.csv; {sel['near_duplicates_skipped']} "
                    f"near-duplicates skipped). Correct the VOC files, then: ssdflow ingest --images …/labelling/images "
                    f"--labels …/labelling/annotations --format voc")
+
+
+@app.command()
+def predict(
+    sources: list[str] = typer.Argument(..., help="Images: files, directories (every image below) or quoted globs; local, s3://, gs://"),
+    model: str = typer.Option("models", help="A models directory (its champion), an exported model, or a .tflite file"),
+    save: Optional[str] = typer.Option(None, help="Write each image with its boxes drawn here, under its source's name"),
+    score_threshold: Optional[float] = typer.Option(None, "--score-threshold", min=0.0, max=1.0,
+                                                    help="One minimum score for every class (default: each class's calibrated threshold)"),
+    max_detections: int = typer.Option(100, min=1, max=1000, help="Detections kept per image"),
+) -> None:
+    """Detect objects in a few images on this machine: a table of what was found and, with --save, the
+    images with their boxes drawn (for an archive, use `ssdflow score`)."""
+    from beam_jobs.predict import PredictError, predict as run_predict, table
+
+    try:
+        results = run_predict(sources, model, save=save, score_threshold=score_threshold, max_detections=max_detections)
+    except PredictError as e:
+        fail(str(e))
+    for line in table(results):
+        typer.echo(line)
+    found = sum(len(r.get("detections", ())) for r in results)
+    failed = sum("detections" not in r for r in results)
+    typer.echo(f"predict: {len(results)} images, {found} detections" + (f", {failed} could not be read" if failed else "")
+               + (f"; drawn in {save}" if save else ""))
 
 
 @app.command()

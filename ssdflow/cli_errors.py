@@ -104,7 +104,9 @@ def argv_mistake(cmd, args: Sequence[str]) -> str | None:
                     flags.add(opt)
                 else:
                     single[opt] = (p.name, p.multiple)
-    positional = sum(1 for p in cmd.params if isinstance(p, typer.core.TyperArgument))
+    arguments = [p for p in cmd.params if isinstance(p, typer.core.TyperArgument)]
+    # Words the command takes as arguments (predict takes any number: its sources).
+    positional = float("inf") if any(p.nargs == -1 for p in arguments) else len(arguments)
     seen: dict[str, int] = {}
     strays: list[str] = []
     i = 0

@@ -41,6 +41,8 @@ SLOW_FIRST = (
     "integration/test_registry_s3.py",  # 50 racing promotions, leases, ~15 s
     "integration/test_ingest_runners.py",
     "integration/test_ingest_splits.py",
+    "integration/test_progress.py",
+    "integration/test_predict.py",
     "integration/test_hostile_inputs.py",
 )
 

@@ -88,7 +88,8 @@ def test_mistakes_get_one_line_exit_2_and_leave_outputs_intact(world, capfd):
         else:
             rc = run_cli(argv)
             out, err = capfd.readouterr()
-        lines = [line for line in err.splitlines() if line.strip() and not line.startswith(("WARNING", "INFO"))]
+        # Progress lines ("ingest: 3/8 images …", ssdflow/progress.py) and log records aside.
+        lines = [line for line in err.splitlines() if line.strip() and not line.startswith(("WARNING", "INFO", "ingest: ", "score: "))]
         assert rc == 2, f"{what}: rc {rc}\n{err}"
         assert "Traceback" not in err + out, f"{what}: a traceback\n{err}"
         assert len(lines) == 1 and lines[0].startswith("error: "), f"{what}: not one line\n{err}"

@@ -98,6 +98,9 @@ def test_nightly_retrain_from_the_api_trains_skips_and_retrains(prefect, tmp_pat
     assert json.loads((tmp_path / "nightly-scored" / "_SUCCESS").read_text())["images_in"] == 20
     arts = _artifacts(prefect, run["id"])
     assert {"ingest-stats", "ingest-since-last-night", "training-metrics", "model-card"} <= set(arts), sorted(arts)
+    # Progress artifacts of ingest, training and scoring, each at 100 % when the run is done.
+    bars = {a["description"].split(" ", 1)[0]: a["data"] for a in arts.values() if a["type"] == "progress"}
+    assert bars == {"ingest": 100.0, "training": 100.0, "scoring": 100.0}, bars
     # The card shows its PR curves and drawn val images inline: the UI cannot reach the model directory.
     card = arts["model-card"]["data"]
     assert card.count("](data:image/png;base64,") == 1 and "](data:image/jpeg;base64," in card, card[:2000]

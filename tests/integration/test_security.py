@@ -223,6 +223,7 @@ MODEL_LOADERS = {
     ("model/callbacks.py", "model.load_weights"), ("model/train.py", "best.restore"),  # KeepBest: the run's own best.weights.h5
     ("model/train.py", "model.load_weights"),  # a warm start: a registered model's keras.weights.h5 (model/warm_start.py)
     ("model/tflite.py", "model.load_weights"),  # TFLite export: a registered model's keras.weights.h5
+    ("beam_jobs/predict.py", "handler.load_model"),  # score's handlers (beam_jobs/model_handler.py: the above)
 }
 DATA_LOADERS = {"json.load", "json.loads", "yaml.safe_load", "img.load"}
 
@@ -364,7 +365,8 @@ def test_tar_members_never_escape_the_output_and_links_are_refused(raccoon_model
     errors = {e["source"].split("#", 1)[1]: e["reason"] for e in read_jsonl(out / "errors.jsonl")}
     assert errors == {**{name: "link_member" for name in links}, "pipe.jpg": "special_member"}
     for name in [*names, *links, "escape/through-link.jpg"]:  # where the names point, from --out, its preview/ and the cwd
-        targets = [Path(name)] if name.startswith("/") else [Path(os.path.normpath(b / name)) for b in (out, out / "preview", cwd)]
+        targets = [Path(name)] if name.startswith("/") else [Path(os.path.normpath(b / name)) for b in (out, out / "preview", cwd)
+                                                              if b != out / "preview" or "/" in name]  # preview/<base name>.jpg: below
         for target in targets:
             assert not os.path.lexists(target), target
     assert not list(abs_target.iterdir()) and not list(link_target.iterdir())
@@ -373,8 +375,9 @@ def test_tar_members_never_escape_the_output_and_links_are_refused(raccoon_model
     written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file() or p.is_symlink())
     assert not [p for p in out.rglob("*") if p.is_symlink()]
     previews = [p for p in written if p.startswith("preview/")]
-    assert previews == [f"preview/{i:04d}.jpg" for i in range(scored)]  # named by position, never by member name
+    # Named after the member's base name only (no directory of it, no dot first, other characters as _): inside preview/.
+    assert previews == ["preview/abs.jpg", "preview/deeper.jpg", "preview/dotdot.jpg", "preview/ok.jpg", "preview/through-link.jpg"]
     for p in written:
-        assert re.fullmatch(r"(_SUCCESS|errors\.jsonl|summary\.json|detections-\d{5}-of-\d{5}\.(jsonl|parquet)|preview/\d{4}\.jpg|"
+        assert re.fullmatch(r"(_SUCCESS|errors\.jsonl|summary\.json|detections-\d{5}-of-\d{5}\.(jsonl|parquet)|preview/[\w-]+\.jpg|"
                             r"chunks/[\w.-]+/[0-9a-f]+/(_SUCCESS|listing\.json|[0-9a-f]{12}/(detections\.jsonl|detections\.parquet|errors\.jsonl|candidates\.jsonl|coco_results\.part)))", p), p
         assert (out / p).resolve().is_relative_to(out.resolve())

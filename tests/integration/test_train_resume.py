@@ -44,6 +44,12 @@ def test_killed_training_resumes_from_its_checkpoint(shapes, tmp_path):
     assert "resuming from the checkpoint after epoch" in done.stderr
     assert "promoted to champion" in done.stdout
     assert not (models / ".train-run").exists()
+    # Its output is a log (a pipe): a header saying what is trained, then one plain line per epoch
+    # run now (the second; the first was done before the kill), no Keras bar, no ANSI codes.
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("train: ") and "SSD MobileNetV2 alpha 0.35, 128 px" in lines[0] and "at most 2 epochs" in lines[0]
+    assert [line.split(",")[0] for line in lines if " epoch " in line] == ["train: epoch 2 of at most 2 (phase1)"]
+    assert "\x1b[" not in done.stdout + done.stderr
 
 
 def test_an_interrupted_run_is_kept_unless_fresh_and_resume_needs_the_same_settings(shapes, tmp_path):
