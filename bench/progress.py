@@ -2,7 +2,7 @@
 pipe, as under a Prefect worker or cron. Measures the longest silence between progress lines and
 checks that no line carries ANSI codes and that the last says 100 %.
 
-    .venv/bin/python -m bench.progress [--images 2000] [--model MODELS]
+    .venv/bin/python -m bench.progress [--images 2000] [--size 1024x768] [--model MODELS]
 
 Without --model a tiny model is trained first (alpha 0.35, 128 px, 1 epoch of 2 steps: scoring's
 speed, not its quality, is what matters here). Prints one row per job: lines, longest gap (s),
@@ -48,10 +48,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=2000)
     parser.add_argument("--model", default=None)
+    parser.add_argument("--size", default="1024x768", help="WxH of the synthetic images (photos' sizes make the runs last)")
     args = parser.parse_args()
     cli = [sys.executable, "-m", "ssdflow.cli"]
     work = tempfile.mkdtemp(prefix="bench-progress-")
-    images, labels = make_dataset(os.path.join(work, "data"), num_images=args.images, seed=3)
+    w, h = (int(v) for v in args.size.split("x"))
+    images, labels = make_dataset(os.path.join(work, "data"), num_images=args.images, seed=3, size=(w, h))
     rows = ["| job | images | progress lines | longest silence (s) | images/s | no ANSI | last at 100 % |", "| --- | ---: | ---: | ---: | ---: | --- | --- |"]
     lines, seconds = timed_lines([*cli, "ingest", "--images", images, "--labels", labels, "--format", "voc", "--out", os.path.join(work, "records")])
     rows.append(report("ingest", lines, seconds, args.images))

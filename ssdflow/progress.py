@@ -121,6 +121,9 @@ class Reporter:
                                  TimeElapsedColumn(), TimeRemainingColumn(), console=Console(file=self.stream), transient=False)
             self._bar.start()
             self._task = self._bar.add_task(self.job, total=self.total)
+        else:  # a log: a first line at once, so that it never waits a whole interval to hear of the job
+            self._poll()
+            self._show()
         self._thread = threading.Thread(target=self._run, name=f"{self.job}-progress", daemon=True)
         self._thread.start()
         return self
@@ -153,11 +156,12 @@ class Reporter:
 
     def _run(self) -> None:
         every = float(os.environ.get("SSDFLOW_PROGRESS_SECONDS") or LOG_EVERY_S)
+        poll = min(POLL_S, every / 2)
         last_line = last_callback = time.monotonic()
-        while not self._stop.wait(POLL_S):
+        while not self._stop.wait(poll):
             self._poll()
             now = time.monotonic()
-            if self._bar is not None or now - last_line >= every:
+            if self._bar is not None or now - last_line >= every - poll:  # a poll late: still within ``every``
                 self._show()
                 last_line = now
             if now - last_callback >= CALLBACK_EVERY_S:
