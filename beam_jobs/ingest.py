@@ -51,7 +51,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 from beam_jobs import records as R
 from beam_jobs.encode import encode_image
 from beam_jobs.splits import SPLITS, Pairing, root_of, yaml_split_dirs
-from beam_jobs.parsers import is_label_file, parse_label_file
+from beam_jobs.parsers import YOLO_CLASSES_FILE, is_label_file, parse_label_file
 from beam_jobs.parsers.yolo import load_class_names
 from ssdflow import out_dir, progress, storage, tfrecord
 from ssdflow.beam_runner import MULTI_PROCESS_MIN_FILES, local_parallelism, make_pipeline, pipeline_options, worker_filesystems
@@ -61,9 +61,10 @@ from ssdflow.schema import LabelMap
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+# YOLO's class names (and data.yaml's splits), looked for beside the labels: not label files themselves.
+COMPANION_FILES = ("data.yaml", "data.yml", YOLO_CLASSES_FILE)
 OUTPUT_PATTERNS = ("train-*.tfrecord", "val-*.tfrecord", "test-*.tfrecord", "label_map.json", "label_map.pbtxt", "stats.json",
                    "rejected.jsonl")
-OWN_TOP_LEVEL = OUTPUT_PATTERNS  # what --out may hold from an earlier ingest (ssdflow/out_dir.py)
 _NS = "ssdflow.ingest"
 
 
@@ -205,7 +206,7 @@ def _yolo_companions(cfg: IngestConfig) -> list[str]:
     if cfg.classes:
         return [cfg.classes]
     base = cfg.labels.rstrip("/") if _is_dir(cfg.labels) else posixpath.dirname(cfg.labels)
-    return [storage.join(d, n) for d in (base, posixpath.dirname(base)) for n in ("data.yaml", "data.yml", "classes.txt")]
+    return [storage.join(d, n) for d in (base, posixpath.dirname(base)) for n in COMPANION_FILES]
 
 
 def load_class_names_for(cfg: IngestConfig) -> list[str] | None:
@@ -244,7 +245,7 @@ def pairing_for(cfg: IngestConfig) -> Pairing:
             if isinstance(doc, dict):
                 yaml_dirs = yaml_split_dirs(doc, posixpath.dirname(found))
     return Pairing(root(cfg.images), root(cfg.labels), cfg.val_fraction, by_path=cfg.format == LabelFormat.yolo,
-                   yaml_dirs=tuple(sorted(yaml_dirs.items())))
+                   yaml_dirs=tuple(yaml_dirs.items()))
 
 
 def load_fixed_label_map(cfg: IngestConfig) -> LabelMap | None:
@@ -912,7 +913,6 @@ def _file_sample(sample) -> dict:
 
 # Which format a label file's extension suggests, for the hint when --format names another.
 FORMAT_OF_EXTENSION = {".xml": "voc", ".json": "coco", ".csv": "csv", ".txt": "yolo"}
-COMPANION_FILES = ("data.yaml", "data.yml", "classes.txt")  # beside YOLO labels, not label files
 
 
 def format_hint(fmt: str, ignored: dict) -> str | None:
@@ -940,8 +940,9 @@ def unusable(stats: dict) -> str | None:
         why = (f"no boxes written: {written['total']} images written, none with a box"
                + (f" ({stats['boxes_rejected']['total']} boxes rejected: {json.dumps(box_reasons)})" if box_reasons else ""))
     else:
-        why = (f"no boxes in the train split: all {boxes} boxes fell in val ({written['train']} train images, none with a "
-               f"box): lower --val-fraction or add labelled images")
+        where = ", ".join(f"{s} {n}" for s, n in stats["boxes_per_split"].items() if n)
+        why = (f"no boxes in the train split: all {boxes} boxes are in other splits ({where}; {written['train']} train "
+               f"images, none with a box): label train images, or lower --val-fraction where the split is hashed")
     hint = stats.get("format_hint")
     return why + (f"; {hint}" if hint else "")
 
@@ -1114,7 +1115,7 @@ def run_ingest(cfg: IngestConfig, on_progress=None) -> dict:
     fixed_map = load_fixed_label_map(cfg)
     pairing = pairing_for(cfg)
     try:
-        remove = out_dir.check(cfg.out, "ingest", OWN_TOP_LEVEL, cfg.overwrite)
+        remove = out_dir.check(cfg.out, "ingest", OUTPUT_PATTERNS, cfg.overwrite)
     except out_dir.OutDirError as e:
         raise IngestError(str(e)) from None
 

@@ -61,9 +61,7 @@ _NS = "ssdflow.score"
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
 OUTPUT_PATTERNS = ("detections-*.jsonl", "detections-*.parquet", "errors.jsonl", "coco.json", "coco_results.json", "summary.json",
                    "preview/*.jpg", *labelling.OUTPUT_PATTERNS)
-# What --out may hold from an earlier score run (ssdflow/out_dir.py): its outputs, the chunk results.
-OWN_TOP_LEVEL = ("detections-*.jsonl", "detections-*.parquet", "errors.jsonl", "coco.json", "coco_results.json", "summary.json",
-                 "preview/", f"{labelling.LABELLING_DIR}/", "chunks/")
+CHUNKS_DIR = "chunks"  # OUT/chunks/<model version>/<chunk id>/: each chunk's committed results
 ROUND = 4  # decimals kept in outputs: batch composition must not change a single written byte
 
 
@@ -167,7 +165,7 @@ def plan_chunks(inputs: list[str], chunk_size: int, model_fingerprint: str) -> l
 
 
 def chunk_dir(out: str, version: str, chunk_id: str) -> str:
-    return storage.join(out, "chunks", version, chunk_id)
+    return storage.join(out, CHUNKS_DIR, version, chunk_id)
 
 
 LISTING = "listing.json"  # a pending chunk's files, written by the driver, read by the worker that scores it
@@ -224,7 +222,7 @@ def prune_other_versions(out: str, keep_version: str) -> list[str]:
     """Deletes ``OUT/chunks/<v>/`` of every model version but ``keep_version`` (a rerun reuses only
     the chunks of the model it scores with; another champion's are a full copy of every detection);
     returns the versions deleted."""
-    root = storage.join(out, "chunks")
+    root = storage.join(out, CHUNKS_DIR)
     found = {u[len(root) + 1:].split("/", 1)[0] for u in storage.list_files(storage.join(root, "*", "*", "*"))}
     gone = sorted(v for v in found if v and v != keep_version)
     for version in gone:
@@ -528,7 +526,7 @@ def run_score(cfg: ScoreConfig, on_progress=None) -> dict:
                                  "images": [storage.absolute(i) for i in cfg.images]})
     options = pipeline_options(cfg.pipeline_flags())
     try:
-        remove = out_dir.check(cfg.out, "score", OWN_TOP_LEVEL, cfg.overwrite)
+        remove = out_dir.check(cfg.out, "score", (*OUTPUT_PATTERNS, f"{CHUNKS_DIR}/*"), cfg.overwrite)
     except out_dir.OutDirError as e:
         raise ScoreError(str(e)) from None
     storage.cleanup_stale_tmp(cfg.out)  # what a killed run left (its progress marks, a half-assembled output)

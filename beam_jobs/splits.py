@@ -19,7 +19,7 @@ import hashlib
 import posixpath
 import re
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Mapping, Sequence
 
 from beam_jobs.records import image_key
 
@@ -103,10 +103,18 @@ def yaml_split_dirs(doc: Mapping, yaml_dir: str) -> dict[str, str]:
     return dirs
 
 
+def _longest_first(yaml_dirs: Mapping[str, str] | Sequence[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
+    """(directory, split) pairs, the deepest directory first: it decides for the images below it."""
+    pairs = yaml_dirs.items() if isinstance(yaml_dirs, Mapping) else yaml_dirs
+    return tuple(sorted(pairs, key=lambda kv: -len(kv[0])))
+
+
 def split_of(image_path: str, images_root: str, label_source: str, labels_root: str, key: str, val_fraction: float,
-             yaml_dirs: Mapping[str, str] | None = None) -> str:
-    """The image's split: data.yaml's directories, the image's folders, the label file's, else the hash."""
-    for directory, split in sorted((yaml_dirs or {}).items(), key=lambda kv: -len(kv[0])):
+             yaml_dirs: Mapping[str, str] | Sequence[tuple[str, str]] = (), ordered: bool = False) -> str:
+    """The image's split: data.yaml's directories, the image's folders, the label file's, else the hash.
+    ``ordered``: ``yaml_dirs`` is a sequence already deepest first (:class:`Pairing` orders its own
+    once, not per image)."""
+    for directory, split in (yaml_dirs if ordered else _longest_first(yaml_dirs)):
         if image_path.startswith(directory + "/"):
             return split
     split = split_of_dirs(relative(image_path, images_root))
@@ -124,7 +132,10 @@ class Pairing:
     labels_root: str
     val_fraction: float
     by_path: bool = False  # YOLO: images/…/x.jpg ↔ labels/…/x.txt; the other formats join on the file stem
-    yaml_dirs: tuple[tuple[str, str], ...] = ()  # (directory, split) from a data.yaml
+    yaml_dirs: tuple[tuple[str, str], ...] = ()  # (directory, split) from a data.yaml, ordered deepest first here
+
+    def __post_init__(self):
+        object.__setattr__(self, "yaml_dirs", _longest_first(self.yaml_dirs))
 
     def image_key(self, path: str) -> str:
         if self.by_path:
@@ -139,4 +150,4 @@ class Pairing:
 
     def split(self, image_path: str, label_source: str, key: str) -> str:
         return split_of(image_path, self.images_root, label_source, self.labels_root, key, self.val_fraction,
-                        dict(self.yaml_dirs))
+                        self.yaml_dirs, ordered=True)

@@ -166,8 +166,8 @@ def is_committed(models_root, version: str) -> bool:
     root = _root(models_root)
     if storage.is_local(root):
         return _committed_here(version_dir(root, version))
-    return storage.exists(storage.join(version_dir(root, version), MANIFEST)) and storage.exists(
-        storage.join(version_dir(root, version), SAVED_MODEL))
+    vdir = version_dir(root, version)
+    return storage.exists(storage.join(vdir, MANIFEST)) and storage.exists(storage.join(vdir, SAVED_MODEL))
 
 
 def _committed_here(path: str) -> bool:

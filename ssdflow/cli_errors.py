@@ -173,13 +173,9 @@ def run_cli(argv: Sequence[str] | None = None) -> int:
     except click_errors.ClickException as e:
         typer.secho(f"error: {e.format_message()}", fg=typer.colors.RED, err=True)
         return e.exit_code
-    except typer.Abort:
-        typer.secho("interrupted: the output of this run was not committed (the previous one, if any, is intact)",
-                    fg=typer.colors.RED, err=True)
-        return EXIT_INTERRUPTED
     except SystemExit as e:
         return e.code if isinstance(e.code, int) else (EXIT_OK if e.code is None else EXIT_BUG)
-    except KeyboardInterrupt:
+    except (typer.Abort, KeyboardInterrupt):  # Ctrl-C: click's Abort while it parses, else the job's own
         typer.secho("interrupted: the output of this run was not committed (the previous one, if any, is intact)",
                     fg=typer.colors.RED, err=True)
         return EXIT_INTERRUPTED

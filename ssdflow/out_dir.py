@@ -11,9 +11,7 @@ what was found, so the directory holds this job's output alone.
 from __future__ import annotations
 
 import fnmatch
-import json
 import os
-import posixpath
 
 from ssdflow import storage
 
@@ -48,26 +46,26 @@ def _is_file(out: str) -> bool:
     return not out.endswith("/") and storage.exists(out)
 
 
-def check(out: str, job: str, own: tuple[str, ...], overwrite: bool) -> list[str]:
+def check(out: str, job: str, patterns: tuple[str, ...], overwrite: bool) -> list[str]:
     """Refuses an ``--out`` that is a file, or holds another job's output or files this job does not
-    write (``own``: glob patterns of the top-level names it writes; ``name/`` for a directory).
-    Returns the top-level names ``--overwrite`` lets the commit remove ([] without it)."""
+    write (``patterns``: the globs, relative to ``out``, of what it writes: the ones its commit
+    replaces, ``preview/*.jpg`` allowing the directory ``preview/``). Returns the top-level names
+    ``--overwrite`` lets the commit remove ([] without it)."""
     if _is_file(out):
         raise OutDirError(f"--out {out} is a file: give a directory (it is created when missing)")
     names = top_level(out)
-    own = (*own, storage.SUCCESS, storage.TMP_PREFIX + "*/")
+    own = {p.split("/", 1)[0] + "/" if "/" in p else p for p in patterns} | {storage.SUCCESS, storage.TMP_PREFIX + "*/"}
     foreign = [n for n in names if not any(fnmatch.fnmatchcase(n, pat) for pat in own)]
-    success = posixpath.join(out, storage.SUCCESS) if storage.is_local(out) else storage.join(out, storage.SUCCESS)
+    if overwrite:
+        return foreign  # another job's _SUCCESS goes with any commit
     other_job = None
     if storage.SUCCESS in names:
         try:
-            other_job = json.loads(storage.read_text(success)).get("job")
+            other_job = (storage.read_success(out) or {}).get("job")
         except (ValueError, OSError, AttributeError):  # not a manifest of ours: the other names decide
             other_job = None
         if other_job == job:
             other_job = None
-    if overwrite:
-        return foreign  # another job's _SUCCESS goes with any commit
     if other_job:
         raise OutDirError(f"--out {out} holds a complete {other_job} output (its _SUCCESS says so): "
                           f"give {job} a directory of its own, or --overwrite to replace that output")
