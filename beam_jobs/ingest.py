@@ -50,7 +50,8 @@ from apache_beam.utils.windowed_value import WindowedValue
 
 from beam_jobs import records as R
 from beam_jobs.encode import encode_image
-from beam_jobs.splits import SPLITS, Pairing, root_of, yaml_split_dirs
+from beam_jobs.splits import (SPLITS, Pairing, listed_ids, listed_images, root_of, voc_image_set_files, yaml_split_dirs,
+                              yaml_split_lists)
 from beam_jobs.parsers import YOLO_CLASSES_FILE, is_label_file, parse_label_file
 from beam_jobs.parsers.yolo import load_class_names
 from ssdflow import out_dir, progress, storage, tfrecord
@@ -233,6 +234,7 @@ def pairing_for(cfg: IngestConfig) -> Pairing:
         return location.rstrip("/") if not _has_glob(location) and _is_dir(location) else root_of(location)
 
     yaml_dirs: dict[str, str] = {}
+    lists: dict[str, str] = {}  # split list file → split
     if cfg.format == LabelFormat.yolo:
         import yaml
 
@@ -244,8 +246,29 @@ def pairing_for(cfg: IngestConfig) -> Pairing:
                 raise IngestError(f"{found}: not valid YAML: {e}") from None
             if isinstance(doc, dict):
                 yaml_dirs = yaml_split_dirs(doc, posixpath.dirname(found))
+                lists = yaml_split_lists(doc, posixpath.dirname(found))
+                for list_file in lists:
+                    if not storage.exists(list_file):
+                        raise IngestError(f"{found} names {list_file} as the {lists[list_file]} list, which is not there")
+    elif cfg.format == LabelFormat.voc:
+        labels_root = root(cfg.labels)
+        for base in (labels_root, posixpath.dirname(labels_root)):  # --labels VOC2012/ or VOC2012/Annotations
+            sets = {f: split for split, f in voc_image_set_files(base).items() if storage.exists(f)}
+            if sets:
+                lists = sets
+                break
+    listed: dict[str, str] = {}
+    for list_file, split in lists.items():
+        text = storage.read_text(list_file)
+        names = listed_images(text, list_file) if cfg.format == LabelFormat.yolo else listed_ids(text)
+        for name in names:
+            if listed.setdefault(name, split) != split:
+                raise IngestError(f"{name} is in two split lists ({listed[name]} and {split}: {', '.join(sorted(lists))}); "
+                                  "an image belongs to one split")
+    if lists:
+        log.info("ingest: splits from %s (%d images listed)", ", ".join(sorted(lists)), len(listed))
     return Pairing(root(cfg.images), root(cfg.labels), cfg.val_fraction, by_path=cfg.format == LabelFormat.yolo,
-                   yaml_dirs=tuple(yaml_dirs.items()))
+                   yaml_dirs=tuple(yaml_dirs.items()), listed=listed, list_files=tuple(sorted(lists)))
 
 
 def load_fixed_label_map(cfg: IngestConfig) -> LabelMap | None:
@@ -366,6 +389,7 @@ class ParseLabels(beam.PTransform):
 
     def expand(self, files):
         fmt, n = self.fmt, self.FILES_PER_TASK
+        pairing = self.pairing or Pairing("", "", 0.0)
 
         def path_of(meta):
             if R.is_text_name(meta.path):
@@ -375,7 +399,7 @@ class ParseLabels(beam.PTransform):
 
         paths = (
             files
-            | "LabelFilesOnly" >> beam.Filter(lambda meta: is_label_file(fmt, meta.path))
+            | "LabelFilesOnly" >> beam.Filter(lambda meta: is_label_file(fmt, meta.path) and not pairing.is_split_list(meta.path))
             | "Paths" >> beam.FlatMap(path_of).with_outputs("rejected", main="paths")
         )
         parsed = (
@@ -1067,7 +1091,7 @@ def build_pipeline(p: beam.Pipeline, cfg: IngestConfig, tmp_dir: str, class_name
         files["labels"]
         | "NotLabelFiles" >> beam.FlatMap(lambda meta: [] if (
             is_label_file(fmt, meta.path) or _ext(meta.path) in IMAGE_EXTENSIONS
-            or posixpath.basename(meta.path).lower() in COMPANION_FILES) else [meta.path])
+            or posixpath.basename(meta.path).lower() in COMPANION_FILES or pairing.is_split_list(meta.path)) else [meta.path])
         | "CountIgnored" >> beam.CombineGlobally(_SkippedFiles())
     )
 

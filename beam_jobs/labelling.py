@@ -23,8 +23,10 @@ import csv
 import heapq
 import io
 import json
+import os
 import posixpath
 import re
+import urllib.parse
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from xml.sax.saxutils import escape
@@ -193,6 +195,27 @@ def label_studio_config(label_names: Iterable[str]) -> str:
     """A labelling interface for the tasks: one image, a rectangle per object, the model's classes."""
     labels = "".join(f'    <Label value="{escape(n, {chr(34): "&quot;"})}"/>\n' for n in label_names)
     return f'<View>\n  <Image name="image" value="$image"/>\n  <RectangleLabels name="label" toName="image">\n{labels}  </RectangleLabels>\n</View>\n'
+
+
+LOCAL_FILES_URL = "/data/local-files/?d="  # Label Studio's route for files below LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT
+
+
+def task_image_root(batch_dir: str, document_root: str | None) -> str:
+    """Where ``label_studio.json`` says the batch's images are, so that Label Studio can show them.
+
+    Without a document root, the batch's own URI: an ``s3://``/``gs://`` URI, which Label Studio
+    resolves through a cloud storage connection of the project (pre-signed URLs). With
+    ``document_root`` (Label Studio's ``LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT``, a local directory
+    above ``batch_dir``): Label Studio's local-files URL, ``/data/local-files/?d=`` and the path below
+    the root, percent-encoded, which it serves once the project has a Local Files storage there.
+    """
+    if document_root is None:
+        return batch_dir
+    local = batch_dir[len("file://"):] if batch_dir.startswith("file://") else batch_dir
+    relative = os.path.relpath(os.path.realpath(local), os.path.realpath(document_root))
+    if relative == ".." or relative.startswith("../"):
+        raise ValueError(f"the labelling batch {batch_dir} is not below the Label Studio document root {document_root}")
+    return LOCAL_FILES_URL + urllib.parse.quote(relative, safe="/")
 
 
 REASON_FIELDS = ("rank", "image", "annotation", "source", "uncertainty", "ambiguous_boxes", "detections", "reason")

@@ -11,7 +11,7 @@ import os
 import posixpath
 
 from beam_jobs.ingest import IMAGE_EXTENSIONS, image_pattern
-from beam_jobs.score import _load, resolve_model, to_record
+from beam_jobs.score import read_image, resolve_model, to_record
 from beam_jobs.score_outputs import draw_preview, preview_name
 from ssdflow import storage
 
@@ -61,7 +61,7 @@ def predict(sources: list[str], model: str, save: str | None = None, score_thres
     for start in range(0, len(paths), BATCH):
         keys, batch = [], []
         for path in paths[start:start + BATCH]:
-            outcome = _load(path)
+            outcome = read_image(path)
             if outcome is None:  # not an image after all
                 continue
             if outcome[0] == "error":

@@ -282,7 +282,7 @@ class ChunkReader:
         if chunk.kind == "files":
             window = deque()
             for uri in chunk.uris:
-                window.append((uri, self._pool.submit(_load, uri, self.max_pixels)))
+                window.append((uri, self._pool.submit(read_image, uri, self.max_pixels)))
                 if len(window) >= 4 * self.read_threads:  # bounded look-ahead: memory stays flat on big chunks
                     uri, future = window.popleft()
                     yield uri, future.result()
@@ -331,8 +331,9 @@ def _check(source: str, data: bytes, max_pixels: int | None = None):
         return "error", "decode_error", describe(e)
 
 
-def _load(uri: str, max_pixels: int | None = None):
-    """Reads and header-checks one file (runs on the reader pool)."""
+def read_image(uri: str, max_pixels: int | None = None):
+    """Reads and header-checks one file (score's reader pool, predict): None for a file that is not an
+    image by name, ``("error", reason, detail)``, or ``("ok", bytes, (width, height))``."""
     if not _is_image_name(uri):
         return None  # never read what is skipped
     if not is_text_name(uri):
@@ -628,7 +629,8 @@ def assemble(cfg: ScoreConfig, model: ModelRef, chunks: list[Chunk], scored_now:
         if cfg.select:
             picked, selected = labelling.select(candidates, cfg.select, so.read_source, threads=cfg.read_threads)
             root = storage.join(cfg.out, labelling.LABELLING_DIR)
-            for name, data in labelling.batch_files(picked, model.version, [model.label_names[i] for i in sorted(model.label_names)], root).items():
+            image_root = labelling.task_image_root(root, cfg.label_studio_root)
+            for name, data in labelling.batch_files(picked, model.version, [model.label_names[i] for i in sorted(model.label_names)], image_root).items():
                 storage.write_bytes(storage.join(tmp, name), data)
                 names.append(name)
             selected["selected"] = len(picked)

@@ -2,6 +2,8 @@
 
 A split is taken, in this order, from:
 
+0. a list that names the image: a YOLO ``data.yaml`` entry that is a ``.txt`` file of image paths,
+   or Pascal VOC's ``ImageSets/Main/{train,val,test}.txt`` (image ids, beside ``Annotations/``);
 1. a YOLO ``data.yaml``'s ``train`` / ``val`` / ``test`` directories (Ultralytics' dataset file);
 2. a directory of the image's path below ``--images`` named for a split (``train/``, ``val/``,
    ``valid/``, ``test/`` … at any depth: ``images/train/x.jpg``, ``train/images/x.jpg``);
@@ -18,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import posixpath
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
 from beam_jobs.records import image_key
@@ -85,22 +87,55 @@ def yolo_key(rel: str) -> str:
     return "/".join([*parts, posixpath.splitext(posixpath.basename(rel))[0]])
 
 
-def yaml_split_dirs(doc: Mapping, yaml_dir: str) -> dict[str, str]:
-    """{directory (absolute, no trailing slash): split} from a data.yaml's train/val/test entries
-    (a directory or a list of them, relative to its ``path`` or to the file's directory; list files
-    (.txt) are not read)."""
-    base = doc.get("path") or ""
-    base = base if "://" in str(base) or str(base).startswith("/") else posixpath.normpath(posixpath.join(yaml_dir, str(base)))
-    dirs = {}
-    for key, split in (("train", "train"), ("val", "val"), ("test", "test")):
-        entries = doc.get(key) or []
+def _absolute(entry: str, base: str) -> str:
+    """``entry`` as a full path: kept when absolute or a URI, else joined to ``base``; normalized
+    (``..`` collapsed) on a local disk, where the OS would collapse it too."""
+    where = entry if "://" in entry or entry.startswith("/") else posixpath.join(base, entry)
+    return posixpath.normpath(where) if "://" not in where else where.rstrip("/")
+
+
+def _yaml_entries(doc: Mapping, yaml_dir: str):
+    """(absolute entry, split) for each of a data.yaml's train/val/test entries (a directory, a .txt
+    list of images, or a list of those; relative to its ``path``, itself relative to the file)."""
+    base = str(doc.get("path") or "")
+    base = base if "://" in base or base.startswith("/") else posixpath.normpath(posixpath.join(yaml_dir, base))
+    for split in SPLITS:
+        entries = doc.get(split) or []
         for entry in entries if isinstance(entries, list) else [entries]:
-            entry = str(entry)
-            if posixpath.splitext(entry)[1]:  # a .txt list of image paths: not read
-                continue
-            where = entry if "://" in entry or entry.startswith("/") else posixpath.join(base, entry)
-            dirs[posixpath.normpath(where) if "://" not in where else where.rstrip("/")] = split
-    return dirs
+            yield _absolute(str(entry), base), split
+
+
+def yaml_split_dirs(doc: Mapping, yaml_dir: str) -> dict[str, str]:
+    """{directory (absolute, no trailing slash): split} from a data.yaml's train/val/test entries."""
+    return {where: split for where, split in _yaml_entries(doc, yaml_dir) if not posixpath.splitext(where)[1]}
+
+
+def yaml_split_lists(doc: Mapping, yaml_dir: str) -> dict[str, str]:
+    """{list file (absolute): split} from a data.yaml's train/val/test entries that are ``.txt`` files
+    of image paths (Ultralytics' other way of naming a split)."""
+    return {where: split for where, split in _yaml_entries(doc, yaml_dir) if posixpath.splitext(where)[1].lower() == ".txt"}
+
+
+def listed_images(text: str, list_file: str) -> list[str]:
+    """The image paths of an Ultralytics list file, one a line: ``./x.jpg`` and other relative
+    paths are below the list file's directory (as Ultralytics reads ``./``), absolute ones as written."""
+    base = posixpath.dirname(list_file)
+    return [_absolute(line[2:] if line.startswith("./") else line, base)
+            for line in (raw.strip() for raw in text.splitlines()) if line and not line.startswith("#")]
+
+
+VOC_IMAGE_SETS = "ImageSets/Main"  # beside Annotations/: train.txt, val.txt, test.txt of image ids
+
+
+def voc_image_set_files(dataset_dir: str) -> dict[str, str]:
+    """{split: list file} where Pascal VOC keeps its split lists (``VOC2012/ImageSets/Main/train.txt``
+    beside ``VOC2012/Annotations``); ``trainval.txt`` is the union of two and is not read."""
+    return {split: f"{dataset_dir.rstrip('/')}/{VOC_IMAGE_SETS}/{split}.txt" for split in SPLITS}
+
+
+def listed_ids(text: str) -> list[str]:
+    """The image ids of a VOC ImageSets file: the first word of each line (``2008_000008``)."""
+    return [line.split()[0] for line in text.splitlines() if line.strip()]
 
 
 def _longest_first(yaml_dirs: Mapping[str, str] | Sequence[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
@@ -110,10 +145,15 @@ def _longest_first(yaml_dirs: Mapping[str, str] | Sequence[tuple[str, str]]) -> 
 
 
 def split_of(image_path: str, images_root: str, label_source: str, labels_root: str, key: str, val_fraction: float,
-             yaml_dirs: Mapping[str, str] | Sequence[tuple[str, str]] = (), ordered: bool = False) -> str:
-    """The image's split: data.yaml's directories, the image's folders, the label file's, else the hash.
-    ``ordered``: ``yaml_dirs`` is a sequence already deepest first (:class:`Pairing` orders its own
-    once, not per image)."""
+             yaml_dirs: Mapping[str, str] | Sequence[tuple[str, str]] = (), ordered: bool = False,
+             listed: Mapping[str, str] | None = None) -> str:
+    """The image's split: a list naming it (``listed``: image path or image key → split), data.yaml's
+    directories, the image's folders, the label file's, else the hash. ``ordered``: ``yaml_dirs`` is
+    a sequence already deepest first (:class:`Pairing` orders its own once, not per image)."""
+    if listed:
+        split = listed.get(image_path) or listed.get(key)
+        if split:
+            return split
     for directory, split in (yaml_dirs if ordered else _longest_first(yaml_dirs)):
         if image_path.startswith(directory + "/"):
             return split
@@ -133,6 +173,12 @@ class Pairing:
     val_fraction: float
     by_path: bool = False  # YOLO: images/…/x.jpg ↔ labels/…/x.txt; the other formats join on the file stem
     yaml_dirs: tuple[tuple[str, str], ...] = ()  # (directory, split) from a data.yaml, ordered deepest first here
+    listed: Mapping[str, str] = field(default_factory=dict)  # image path or image key → split, from split lists
+    list_files: tuple[str, ...] = ()  # the split lists read: companions of the labels, not label files
+
+    def is_split_list(self, path: str) -> bool:
+        """A split list, or (Pascal VOC) any file of its ImageSets/ directory: never a label file."""
+        return path in self.list_files or (not self.by_path and f"/{VOC_IMAGE_SETS.split('/')[0]}/" in path)
 
     def __post_init__(self):
         object.__setattr__(self, "yaml_dirs", _longest_first(self.yaml_dirs))
@@ -150,4 +196,4 @@ class Pairing:
 
     def split(self, image_path: str, label_source: str, key: str) -> str:
         return split_of(image_path, self.images_root, label_source, self.labels_root, key, self.val_fraction,
-                        self.yaml_dirs, ordered=True)
+                        self.yaml_dirs, ordered=True, listed=self.listed)

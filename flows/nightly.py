@@ -147,6 +147,7 @@ def nightly_flow(config: NightlyConfig, attempt: Attempt = 0) -> dict:
     elif config.score_images:
         scored = score_task(ScoreConfig(model=config.models, images=config.score_images, out=config.score_out,
                                         score_threshold=config.score_threshold, select=config.select,
+                                        label_studio_root=config.label_studio_root,
                                         beam_args=config.storage_args()))
     storage.write_text(last_path, json.dumps(stats, indent=2))
     log.info("nightly: %s", "new champion " + trained["version"] if trained["decision"]["promoted"] else

@@ -50,6 +50,9 @@ LEARNING_RATE = {"pretrained": 3e-3, "scratch": 1e-3}
 
 OUT_HELP = ("Output directory (local path, s3://, gs://): new, empty, or holding an earlier {job} output, which this run "
             "replaces when it completes (the earlier one stays usable until then)")
+LABEL_STUDIO_ROOT_HELP = ("Label Studio's LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT, a local directory above the output: the "
+                          "labelling batch's tasks then name their images by Label Studio's local-files URL, which it "
+                          "serves (unset: the images' own paths or s3:// URIs, for a cloud storage connection)")
 OVERWRITE_HELP = "Write into an --out that holds another job's output or files this job does not write: they are removed when this run completes"
 IMAGE_SIZE_HELP = "Square input size in pixels: a multiple of 32 (the coarsest stride), 96 to 1024: 320, 416, 512 …"
 
@@ -327,6 +330,7 @@ class ScoreConfig(BeamOptions):
     select: int = Field(0, ge=0, le=1000, description=(
         "Images worth labelling next: write the N most uncertain (near-duplicates skipped) to OUT/labelling/ with "
         "VOC and Label Studio pre-annotations and a CSV of reasons; 0: none"))
+    label_studio_root: str | None = Field(None, description=LABEL_STUDIO_ROOT_HELP)
     read_threads: int = Field(8, ge=1, le=64, description="Files read ahead concurrently per worker (object stores need several)")
     max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1, description="Images with more pixels are refused (decompression-bomb guard)")
     overwrite: bool = Field(False, description=OVERWRITE_HELP)
@@ -352,7 +356,25 @@ class ScoreConfig(BeamOptions):
         models = models_dir_of(self.model)
         if roots.is_under(self.out, models):  # scoring never writes over the registry
             raise ValueError(f"out {self.out} lies inside the models directory {models}")
+        check_label_studio_root(self.label_studio_root, self.out)
         return self
+
+
+def check_label_studio_root(document_root: str | None, out: str | None) -> None:
+    """A Label Studio document root must be a local directory above the scoring output (Label
+    Studio serves local files only below it; a bucket's batch goes through a storage connection)."""
+    if document_root is None or out is None:
+        return
+    if "://" in document_root or not os.path.isabs(document_root):
+        raise ValueError(f"label_studio_root {document_root!r} must be an absolute local path, as Label Studio's "
+                         "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT is")
+    if "://" in out and not out.startswith("file://"):
+        raise ValueError(f"label_studio_root is for a batch on this machine's disk; out {out} is in a bucket, which "
+                         "Label Studio reads through a cloud storage connection (README, 'Label Studio')")
+    local = out[len("file://"):] if out.startswith("file://") else out
+    if not roots.is_under(local, roots.normalize(document_root)):
+        raise ValueError(f"out {out} is not below label_studio_root {document_root}: Label Studio serves "
+                         "only files below its document root")
 
 
 class NightlyConfig(BaseModel):
@@ -367,6 +389,7 @@ class NightlyConfig(BaseModel):
     score_out: Location | None = Field(None, description="Where the scoring output goes (required with score_images)")
     score_threshold: ScoreThreshold = Field(None, description="Minimum detection score when scoring, one number for every class; default (auto): per class, calibrated on val")
     select: int = Field(0, ge=0, le=1000, description="Images of the scored archive worth labelling next (OUT/labelling/); 0: none")
+    label_studio_root: str | None = Field(None, description=LABEL_STUDIO_ROOT_HELP)
     comparison_images: int = Field(3, ge=0, le=20, description="Val images drawn with champion and challenger detections side by side")
     push_to: Location | None = Field(None, description=(
         "Hand the champion to TensorFlow Serving after the night: PUSH_TO/<next integer>/ when it changed "
@@ -388,6 +411,7 @@ class NightlyConfig(BaseModel):
             raise ValueError("score_out is required when score_images is set")
         if self.select and not self.score_images:
             raise ValueError("select picks images of the scored archive: set score_images (and score_out) too")
+        check_label_studio_root(self.label_studio_root, self.score_out)
         if self.score_out and roots.is_under(self.score_out, roots.normalize(self.models)):
             raise ValueError(f"score_out {self.score_out} lies inside the models directory {self.models}")
         if self.push_to and roots.is_under(self.push_to, roots.normalize(self.models)):

@@ -1,9 +1,11 @@
 """Progress of a long job, for the person waiting on it: done / total, rate and ETA.
 
 A Beam job's driver does not see its workers' data. The workers leave *marks* instead: every few
-seconds each worker writes one empty file whose name carries how many units it finished since its
-last mark (``DIR/<worker token>-<seq>-<n>``), so a listing of the directory alone sums the work
-done, on any runner and any storage. The driver's :class:`Reporter` polls that sum (or any count,
+seconds each worker writes one empty file whose name carries how many units it has finished so far
+(``DIR/<worker token>-<seq>-<total>``) and deletes its previous one, so a listing of the directory
+alone sums the work done, on any runner and any storage, and the directory holds about one mark
+per worker task, however long the job runs (a listing that sees a mark and its successor counts the
+later one). The driver's :class:`Reporter` polls that sum (or any count,
 such as committed chunks) and shows it:
 
 - on a terminal: a rich progress bar, redrawn in place;
@@ -37,39 +39,49 @@ CALLBACK_EVERY_S = 5.0
 
 
 class Marks:
-    """Worker side: counts finished units and writes them as marks (empty files) under ``directory``."""
+    """Worker side: counts finished units and writes the running total as a mark (an empty file)
+    under ``directory``, replacing its previous mark."""
 
     def __init__(self, directory: str):
         self.directory = directory
         self.token = uuid.uuid4().hex[:12]
-        self.seq, self.pending, self.last = 0, 0, time.monotonic()
+        self.seq, self.total, self.marked, self.last = 0, 0, 0, time.monotonic()
+        self.previous: str | None = None
 
     def add(self, n: int = 1) -> None:
-        self.pending += n
+        self.total += n
         if time.monotonic() - self.last >= MARK_EVERY_S:
             self.flush()
 
     def flush(self) -> None:
-        if self.pending:
+        if self.total != self.marked:
+            path = storage.join(self.directory, f"{self.token}-{self.seq:06d}-{self.total}")
             try:
-                storage.write_bytes(storage.join(self.directory, f"{self.token}-{self.seq:06d}-{self.pending}"), b"")
+                storage.write_bytes(path, b"")
             except Exception as e:  # noqa: BLE001 - progress must never fail the job
                 log.debug("progress mark not written: %s", e)
                 return
-            self.seq += 1
-            self.pending = 0
+            if self.previous is not None:
+                try:  # the new mark counts already: a stale one left behind is outnumbered, never added
+                    storage.delete([self.previous])
+                except Exception as e:  # noqa: BLE001
+                    log.debug("progress mark not removed: %s", e)
+            self.seq, self.marked, self.previous = self.seq + 1, self.total, path
         self.last = time.monotonic()
 
 
 def counted(directory: str) -> int:
-    """The units the marks under ``directory`` add up to (0 when there are none yet)."""
-    total = 0
+    """The units the marks under ``directory`` add up to: each worker's latest total (0 when there
+    are no marks yet)."""
+    latest: dict[str, tuple[int, int]] = {}
     for path in storage.list_dir(directory):
         try:
-            total += int(posixpath.basename(path).rsplit("-", 1)[1])
-        except (IndexError, ValueError):
+            token, seq, total = posixpath.basename(path).rsplit("-", 2)
+            mark = (int(seq), int(total))
+        except ValueError:
             continue
-    return total
+        latest[token] = max(latest.get(token, mark), mark)
+    return sum(total for _, total in latest.values())
 
 
 def _duration(seconds: float) -> str:

@@ -57,14 +57,19 @@ def test_custom_run_of_batch_score_from_the_ui(stack):
         field.fill("0.05")
         expect(field).to_have_value("0.05")
         field.press("Tab")  # the form takes the value on change
-        page.get_by_role("button", name="Submit").click()
-        page.wait_for_url("**tab=Runs**", timeout=180_000)  # the UI shows the deployment's runs (the server answers slowly while 2 other test workers load both cores)
+        submit = page.get_by_role("button", name="Submit")
+        expect(submit).to_be_enabled(timeout=30_000)
+        submit.click()
+        # The run's creation is what the form is for: waited on through the API (with 2 other test
+        # workers loading both cores the server can take minutes), then the UI's move to the runs tab.
         runs = []
-        for _ in range(60):
+        for _ in range(360):
             _, runs = request("POST", f"{s['api']}/flow_runs/filter", {"deployments": {"id": {"any_": [dep["id"]]}}})
             if runs:
                 break
             page.wait_for_timeout(500)
+        assert runs, f"the form was submitted and no run was created; the page said: {page.inner_text('body')[:800]!r}"
+        page.wait_for_url("**tab=Runs**", timeout=120_000)  # the UI shows the deployment's runs
         assert len(runs) == 1, runs  # exactly one run was created by the form
         run = wait_for_run(s["api"], runs[0]["id"], timeout=300)
         page.reload()

@@ -82,3 +82,56 @@ def test_coco_files_per_split_and_the_hash_for_the_rest(tmp_path):
                                     val_fraction=0.0))
     assert stats["images_written"] == {"total": 8, "train": 5, "val": 3, "test": 0}
     assert sorted(read_ingest_output(tmp_path / "out", "val")) == ["im6", "im7", "im8"]
+
+
+def _voc(name: str, cls: str) -> str:
+    return (f"<annotation><filename>{name}</filename><size><width>64</width><height>48</height><depth>3</depth></size>"
+            f"<object><name>{cls}</name><bndbox><xmin>5</xmin><ymin>5</ymin><xmax>30</xmax><ymax>30</ymax></bndbox></object>"
+            "</annotation>")
+
+
+def test_split_lists_pascal_voc_image_sets_and_ultralytics_txt_files(tmp_path):
+    """Pascal VOC's ImageSets/Main/{train,val,test}.txt beside Annotations/ decide each image's split
+    (the devkit's other ImageSets files are neither label files nor 'ignored'); a data.yaml whose
+    train/val entries are .txt lists of images does the same for YOLO, over one flat folder."""
+    voc = tmp_path / "VOC2012"
+    (voc / "JPEGImages").mkdir(parents=True)
+    (voc / "Annotations").mkdir()
+    (voc / "ImageSets" / "Main").mkdir(parents=True)
+    (voc / "ImageSets" / "Layout").mkdir()
+    lists = {"train": ["2008_000001", "2008_000002", "2008_000003", "2008_000004"], "val": ["2008_000005", "2008_000006"],
+             "test": ["2008_000007"]}
+    for split, ids in lists.items():
+        (voc / "ImageSets" / "Main" / f"{split}.txt").write_text("".join(f"{i}\n" for i in ids))
+        for i in ids:
+            (voc / "JPEGImages" / f"{i}.jpg").write_bytes(_jpeg(int(i[-1])))
+            (voc / "Annotations" / f"{i}.xml").write_text(_voc(f"{i}.jpg", "cat" if split == "train" else "dog"))
+    (voc / "ImageSets" / "Main" / "trainval.txt").write_text("".join(f"{i}\n" for i in lists["train"] + lists["val"]))
+    (voc / "ImageSets" / "Main" / "cat_train.txt").write_text("2008_000001  1\n")
+    (voc / "ImageSets" / "Layout" / "train.txt").write_text("2008_000001\n")
+    stats = run_ingest(IngestConfig(images=str(voc / "JPEGImages"), labels=str(voc), format="voc", out=str(tmp_path / "voc"),
+                                    val_fraction=0.0))
+    assert stats["images_written"] == {"total": 7, "train": 4, "val": 2, "test": 1}
+    assert stats["label_files_ignored"]["total"] == 0 and stats["label_files_rejected"] == 0 and "format_hint" not in stats
+    for split, ids in lists.items():
+        records = read_ingest_output(tmp_path / "voc", split)
+        assert sorted(records) == ids
+        assert {n for r in records.values() for n in r["image/object/class/text"]} == ({b"cat"} if split == "train" else {b"dog"})
+
+    # Ultralytics: train: train.txt and val: [val.txt], paths relative to the lists ("./" or plain).
+    ds = tmp_path / "yolo"
+    (ds / "images").mkdir(parents=True)
+    (ds / "labels").mkdir()
+    for i in range(6):
+        (ds / "images" / f"im{i}.jpg").write_bytes(_jpeg(i))
+        (ds / "labels" / f"im{i}.txt").write_text(f"{int(i >= 4)} 0.5 0.5 0.4 0.3\n")
+    (ds / "train.txt").write_text("".join(f"./images/im{i}.jpg\n" for i in range(4)))
+    (ds / "val.txt").write_text("images/im4.jpg\nimages/im5.jpg\n")
+    (ds / "data.yaml").write_text("path: .\ntrain: train.txt\nval: [val.txt]\nnames: [cat, dog]\n")
+    stats = run_ingest(IngestConfig(images=str(ds / "images"), labels=str(ds / "labels"), format="yolo", out=str(tmp_path / "y"),
+                                    val_fraction=0.9))
+    assert stats["images_written"] == {"total": 6, "train": 4, "val": 2, "test": 0}
+    assert sorted(read_ingest_output(tmp_path / "y", "val")) == ["im4", "im5"]
+    (ds / "data.yaml").write_text("path: .\ntrain: train.txt\nval: missing.txt\nnames: [cat, dog]\n")
+    with pytest.raises(Exception, match="missing.txt as the val list, which is not there"):
+        run_ingest(IngestConfig(images=str(ds / "images"), labels=str(ds / "labels"), format="yolo", out=str(tmp_path / "y2")))

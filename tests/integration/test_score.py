@@ -335,9 +335,13 @@ def test_select_writes_a_labelling_batch_that_ingests_back_with_no_rejection(rac
     assert sum(stats["images_rejected"].values()) == 0 and sum(stats["boxes_rejected"].values()) == 0
     assert stats["boxes_written"] == boxes
 
-    again = run_score(ScoreConfig(model=raccoon_model, images=[str(archive)], out=str(out), chunk_size=3, select=2))
+    # With Label Studio's document root (tmp_path), the tasks name the images by its local-files URL.
+    again = run_score(ScoreConfig(model=raccoon_model, images=[str(archive)], out=str(out), chunk_size=3, select=2,
+                                  label_studio_root=str(tmp_path)))
     assert again["chunks_scored_now"] == 0 and again["labelling"]["selected"] == 2
     assert len(list((batch / "images").iterdir())) == 2 == len(list((batch / "annotations").iterdir()))
+    assert [t["data"]["image"] for t in json.loads((batch / "label_studio.json").read_text())] == [
+        f"/data/local-files/?d=scored/labelling/{r['image']}" for r in rows[:2]]
     assert [r["source"] for r in csv.DictReader((batch / "reasons.csv").open())] == [r["source"] for r in rows[:2]]
     # Uncertainty is against the model's calibrated thresholds, not the output filter: the same choice with 0.0.
     run_score(ScoreConfig(model=raccoon_model, images=[str(archive)], out=str(tmp_path / "all"), chunk_size=3, select=2, score_threshold=0.0))

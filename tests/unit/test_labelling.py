@@ -141,3 +141,38 @@ def test_the_batch_holds_images_annotations_tasks_and_a_reason_per_image():
     rows = list(csv.DictReader(io.StringIO(files["labelling/reasons.csv"].decode())))
     assert [(r["rank"], r["source"], r["detections"], r["reason"]) for r in rows] == [("1", "in/a.jpg", "1", "r in/a.jpg"),
                                                                                       ("2", "in/b.png", "0", "r in/b.png")]
+
+
+def test_tasks_name_images_by_label_studios_local_files_url_below_its_document_root(tmp_path):
+    """Label Studio serves a local image only as /data/local-files/?d=PATH below its document root
+    (percent-encoded); without a root the batch's own URI stays (an s3:// URI resolves through a
+    storage connection); a batch outside the root is refused, and symlinks are seen through."""
+    batch = tmp_path / "night 1" / "scored" / "labelling"
+    batch.mkdir(parents=True)
+    assert lb.task_image_root("s3://b/out/labelling", None) == "s3://b/out/labelling"
+    assert lb.task_image_root(str(batch), str(tmp_path)) == "/data/local-files/?d=night%201/scored/labelling"
+    assert lb.task_image_root(f"file://{batch}", str(tmp_path / "night 1")) == "/data/local-files/?d=scored/labelling"
+    (tmp_path / "link").symlink_to(tmp_path / "night 1")
+    assert lb.task_image_root(str(tmp_path / "link" / "scored" / "labelling"), str(tmp_path / "night 1")) == \
+        "/data/local-files/?d=scored/labelling"
+    with pytest.raises(ValueError, match="not below the Label Studio document root"):
+        lb.task_image_root(str(batch), str(tmp_path / "elsewhere"))
+
+
+@pytest.mark.parametrize("root, out, message", [
+    ("data", "/data/out", "must be an absolute local path"),
+    ("s3://b", "s3://b/out", "must be an absolute local path"),
+    ("/data", "s3://b/out", "is in a bucket"),
+    ("/data", "/elsewhere/out", "is not below label_studio_root"),
+])
+def test_a_label_studio_root_that_cannot_serve_the_batch_is_refused_before_scoring(root, out, message):
+    from pydantic import ValidationError
+
+    from ssdflow.config import NightlyConfig, ScoreConfig
+
+    with pytest.raises(ValidationError, match=message):
+        ScoreConfig(model="/models", images=["/in"], out=out, label_studio_root=root)
+    with pytest.raises(ValidationError, match=message):
+        NightlyConfig(ingest={"images": "/in", "labels": "/labels", "format": "voc", "out": "/records"}, models="/models", score_images=["/in"],
+                      score_out=out, label_studio_root=root)
+    assert ScoreConfig(model="/models", images=["/in"], out="/data/x/out", label_studio_root="/data").label_studio_root == "/data"

@@ -10,14 +10,19 @@ from ssdflow import progress
 
 
 def test_marks_add_up_by_their_names_alone(tmp_path, monkeypatch):
+    """Each worker's latest mark carries its running total and replaces the one before, so the
+    directory holds one mark per worker however many it wrote; a listing that catches a mark and
+    its successor both (written, not yet deleted) counts the later one only."""
     monkeypatch.setattr(progress, "MARK_EVERY_S", 0.0)  # every add writes a mark
     a, b = progress.Marks(str(tmp_path)), progress.Marks(str(tmp_path))
     for _ in range(3):
         a.add(5)
     b.add(2)
-    b.flush()  # nothing pending: no empty mark
+    b.flush()  # nothing new since its mark: no second one
     assert progress.counted(str(tmp_path)) == 17
-    assert all(p.stat().st_size == 0 for p in tmp_path.iterdir()) and len(list(tmp_path.iterdir())) == 4
+    assert all(p.stat().st_size == 0 for p in tmp_path.iterdir()) and len(list(tmp_path.iterdir())) == 2
+    (tmp_path / f"{a.token}-000000-5").touch()  # a superseded mark that was not deleted yet
+    assert progress.counted(str(tmp_path)) == 17
     assert progress.counted(str(tmp_path / "none-yet")) == 0
 
 

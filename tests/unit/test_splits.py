@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from beam_jobs.splits import hash_split, root_of, split_of, split_of_label_file, yaml_split_dirs, yolo_key
+from beam_jobs.splits import (Pairing, hash_split, listed_ids, listed_images, root_of, split_of, split_of_label_file,
+                              voc_image_set_files, yaml_split_dirs, yaml_split_lists, yolo_key)
 
 
 @pytest.mark.parametrize("path, split", [
@@ -50,6 +51,27 @@ def test_data_yaml_directories_win(tmp_path):
     assert dirs == {"/ds/part-one/images": "train", "/ds/part-two/images": "val"}
     assert split_of("/ds/part-two/images/train/a.jpg", "/ds", "", "", "a", 0.0, dirs) == "val"
     assert split_of("/ds/other/a.jpg", "/ds", "", "", "a", 0.0, dirs) == "train"
+
+
+def test_split_lists_name_images_before_any_folder():
+    """A data.yaml entry that is a .txt file lists image paths (./ and plain relative paths below the
+    list's directory, absolute as written); VOC's ImageSets files list image ids; either wins over
+    the folders and the hash."""
+    doc = {"path": "/ds", "train": "train.txt", "val": ["lists/val.txt", "images/val"], "test": "/elsewhere/test.txt"}
+    assert yaml_split_lists(doc, "/cfg") == {"/ds/train.txt": "train", "/ds/lists/val.txt": "val", "/elsewhere/test.txt": "test"}
+    assert yaml_split_dirs(doc, "/cfg") == {"/ds/images/val": "val"}
+    text = "./images/a.jpg\n\nimages/b.jpg\n# a comment\n/abs/c.jpg\n../up/d.jpg\n"
+    assert listed_images(text, "/ds/lists/val.txt") == ["/ds/lists/images/a.jpg", "/ds/lists/images/b.jpg", "/abs/c.jpg", "/ds/up/d.jpg"]
+    assert listed_ids("2008_000008\n2008_000015  1\n\n") == ["2008_000008", "2008_000015"]
+    assert voc_image_set_files("/VOC2012/") == {s: f"/VOC2012/ImageSets/Main/{s}.txt" for s in ("train", "val", "test")}
+    listed = {"/ds/train/a.jpg": "val", "b": "test"}
+    assert split_of("/ds/train/a.jpg", "/ds", "", "", "a", 0.0, listed=listed) == "val"  # the list, not the folder
+    assert split_of("/ds/b.jpg", "/ds", "", "", "b", 0.0, listed=listed) == "test"  # by image id
+    assert split_of("/ds/val/c.jpg", "/ds", "", "", "c", 0.0, listed=listed) == "val"  # not listed: the folder
+    pairing = Pairing("/ds/images", "/ds/Annotations", 0.0, list_files=("/ds/train.txt",))
+    assert pairing.is_split_list("/ds/train.txt") and pairing.is_split_list("/ds/ImageSets/Layout/x.txt")
+    assert not pairing.is_split_list("/ds/Annotations/x.xml")
+    assert not Pairing("/ds/images", "/ds/labels", 0.0, by_path=True).is_split_list("/ds/labels/ImageSets/x.txt")
 
 
 def test_yolo_pairs_by_path_as_ultralytics():
