@@ -72,7 +72,27 @@ def ingest_small_shapes(out: Path, images: int = 300) -> str:
     return str(out)
 
 
-DATASETS = {"raccoon": ingest_raccoon, "small-shapes": ingest_small_shapes}
+# The minority-small stress set (issue 28): three classes, one of them few (about 7 % of the boxes)
+# and small (2-8 % of the side) among large objects (10-30 %), as in real sets where the population's
+# percentile sits among the large boxes and the small class gets no level of its size.
+MINORITY_SMALL = {"circle": (0.465, (0.10, 0.30)), "square": (0.465, (0.10, 0.30)), "triangle": (0.07, (0.02, 0.08))}
+
+
+def ingest_minority_small(out: Path, images: int = 300) -> str:
+    """The minority-small stress set: 320x320 scenes of 6-10 shapes, triangles few and small."""
+    from beam_jobs.ingest import run_ingest
+    from ssdflow import storage
+    from ssdflow.config import IngestConfig
+    from ssdflow.demo_data import make_dataset
+
+    if storage.read_success(str(out)) is None:
+        image_dir, label_dir = make_dataset(str(out.parent / "minority-small"), num_images=images, seed=2, size=(320, 320),
+                                            min_objects=6, max_objects=10, classes=MINORITY_SMALL)
+        run_ingest(IngestConfig(images=image_dir, labels=label_dir, format="voc", out=str(out), val_fraction=0.2))
+    return str(out)
+
+
+DATASETS = {"raccoon": ingest_raccoon, "small-shapes": ingest_small_shapes, "minority-small": ingest_minority_small}
 
 
 def throughput(args) -> None:

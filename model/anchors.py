@@ -71,6 +71,29 @@ def fitted_min_scale(sides, image_size: int, finest_stride: int, quantile: float
     return float(np.clip(np.quantile(np.asarray(sides, np.float64), quantile), min(lowest, default), default))
 
 
+MIN_CLASS_BOXES = 10  # a class with fewer training boxes does not decide the architecture (its percentiles are noise)
+
+
+def smallest_class(sides, classes, quantile: float = 0.1, min_boxes: int = MIN_CLASS_BOXES) -> tuple[int | None, np.ndarray]:
+    """The class whose boxes are smallest and the sides of its boxes: (class id, [K] sides).
+
+    ``sides`` [M] and ``classes`` [M] (``dataset.box_sides_and_classes``). The class with the lowest
+    ``quantile`` side among those with at least ``min_boxes`` boxes decides, so that a minority class
+    of small objects among large ones gets a level and anchors of its size (the percentile of all
+    boxes would sit among the large ones). (None, all sides) when no class has enough boxes.
+    """
+    sides, classes = np.asarray(sides, np.float64), np.asarray(classes)
+    best: tuple[float, int] | None = None
+    for c in np.unique(classes):
+        of_class = sides[classes == c]
+        if len(of_class) >= min_boxes:
+            q = float(np.quantile(of_class, quantile))
+            best = min(best, (q, int(c))) if best else (q, int(c))
+    if best is None:
+        return None, sides
+    return best[1], sides[classes == best[1]]
+
+
 def anchors_per_cell(aspect_ratios: list[float]) -> int:
     """Anchors at each cell: one per aspect ratio plus one extra square anchor between this and the next scale."""
     return len(aspect_ratios) + 1

@@ -72,23 +72,32 @@ def count_records(data_dir: str, split: str) -> int:
     return int(stats["images_written"][split])
 
 
-def box_sides(files: list[str], max_images: int = 5000) -> np.ndarray:
+def box_sides_and_classes(files: list[str], max_images: int = 5000) -> tuple[np.ndarray, np.ndarray]:
     """Geometric-mean side sqrt(h * w) of the boxes in the first ``max_images`` records, as a
-    fraction of the image side (boxes are normalized, and training resizes to a square): [M] float32.
+    fraction of the image side (boxes are normalized, and training resizes to a square), and each
+    box's class id: ([M] float32, [M] int64).
 
-    Reads only the box features, so it costs a pass over the records' headers, not a decode.
+    Reads only the box and class features, so it costs a pass over the records' headers, not a decode.
     """
     spec = {k: tf.io.VarLenFeature(tf.float32) for k in (schema.YMIN, schema.XMIN, schema.YMAX, schema.XMAX)}
+    spec[schema.CLASS_LABEL] = tf.io.VarLenFeature(tf.int64)
 
     def sides(serialized):
         ex = tf.io.parse_example(serialized, spec)
         h = ex[schema.YMAX].values - ex[schema.YMIN].values
         w = ex[schema.XMAX].values - ex[schema.XMIN].values
-        return tf.sqrt(tf.maximum(h, 0.0) * tf.maximum(w, 0.0))
+        return tf.sqrt(tf.maximum(h, 0.0) * tf.maximum(w, 0.0)), ex[schema.CLASS_LABEL].values
 
     ds = tf.data.TFRecordDataset(files).take(max_images).batch(256).map(sides)
-    out = [batch.numpy() for batch in ds]
-    return np.concatenate(out).astype(np.float32) if out else np.zeros([0], np.float32)
+    out = [(s.numpy(), c.numpy()) for s, c in ds]
+    if not out:
+        return np.zeros([0], np.float32), np.zeros([0], np.int64)
+    return np.concatenate([s for s, _ in out]).astype(np.float32), np.concatenate([c for _, c in out]).astype(np.int64)
+
+
+def box_sides(files: list[str], max_images: int = 5000) -> np.ndarray:
+    """The boxes' sides of :func:`box_sides_and_classes` alone: [M] float32."""
+    return box_sides_and_classes(files, max_images)[0]
 
 
 def parse_example(serialized):

@@ -305,7 +305,7 @@ def write_model_card(path: str, version: str, cfg: TrainConfig, model_cfg: Model
     text = f"""# Model card: {version}
 
 - Created: {dt.datetime.now(dt.timezone.utc).isoformat(timespec='seconds')}
-- Architecture: {_architecture_text(model_cfg)}
+- Architecture: {_architecture_text(model_cfg)}{_anchor_fit_text(metrics.get("anchor_fit"))}
 - Backbone weights: {cfg.backbone_weights}
 - Started from: {metrics.get('initialized_from', 'backbone')}
 - Training data: `{cfg.data}` (fingerprint {fingerprint}; {metrics['train_images']} train / {metrics['val_images']} val images)
@@ -364,6 +364,17 @@ def _architecture_text(cfg: ModelConfig) -> str:
     return (f"{head}, MobileNetV2 backbone (alpha {cfg.alpha:g}), {cfg.image_size}x{cfg.image_size} input, "
             f"{cfg.num_classes} classes; {len(levels)} feature levels ({'/'.join(map(str, levels))} cells a side), "
             f"anchor scales {cfg.first_scale:.3g}-{cfg.max_scale:g} of the image side")
+
+
+def _anchor_fit_text(fit: dict | None) -> str:
+    """Why the finest level and its anchors are what they are (``train.fit_anchors``), or nothing when
+    the settings fixed them or a warm start kept the starting model's."""
+    if not fit or not fit.get("boxes"):
+        return ""
+    who = f"class {fit['class']}'s {fit['boxes']} training boxes" if fit["class"] else f"all {fit['boxes']} training boxes"
+    scale = f", first anchor scale {fit['min_scale']:.3g}" if fit.get("min_scale") else ""
+    return (f"\n- Fitted to the smallest objects: {who} (side 10th percentile {fit['side_p10']:.3g}, median "
+            f"{fit['side_p50']:.3g} of the image side) → finest stride {fit['finest_stride']}{scale}")
 
 
 def _budget_text(cfg: TrainConfig) -> str:

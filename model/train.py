@@ -26,13 +26,14 @@ import shutil
 from dataclasses import dataclass
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from model import registry, report, warm_start
 from model.thresholds import thresholds_by_id
-from model.anchors import fitted_finest_stride, fitted_min_scale, generate_anchors
+from model.anchors import fitted_finest_stride, fitted_min_scale, generate_anchors, smallest_class
 from model.callbacks import AverageWeights, EpochCheckpoint, EpochLines, KeepBest, ValidationMAP
-from model.dataset import box_sides, count_records, local_records, make_dataset, read_label_map, shard_files
+from model.dataset import box_sides_and_classes, count_records, local_records, make_dataset, read_label_map, shard_files
 from model.evaluate import write_metrics
 from model.export import KERAS_WEIGHTS, Detector, save_detector
 from model.losses import SSDLoss
@@ -165,6 +166,23 @@ def _fit_phase(model, name: str, run_dir: str, train_ds, epochs: int, steps: int
     return run, ended
 
 
+
+def fit_anchors(train_files: list[str], label_map, cfg) -> dict:
+    """The finest feature level and its anchor scale, fitted to the class of smallest boxes (at least
+    ``anchors.MIN_CLASS_BOXES`` of them): a minority class of small objects among large ones decides,
+    where the population's percentile would sit among the large ones. The figures behind the choice
+    are returned for the model card: ``{"finest_stride", "min_scale", "class", "boxes", "side_p10",
+    "side_p50"}`` (``class`` None: no class had enough boxes, all boxes decided)."""
+    sides, classes = box_sides_and_classes(train_files)
+    class_id, of_class = smallest_class(sides, classes)
+    stride = cfg.finest_stride or fitted_finest_stride(of_class)
+    names = {v: k for k, v in label_map.items()}
+    return {"finest_stride": stride, "min_scale": None if cfg.min_scale else fitted_min_scale(of_class, cfg.image_size, stride),
+            "class": None if class_id is None else names.get(class_id, str(class_id)), "boxes": int(len(of_class)),
+            "side_p10": round(float(np.quantile(of_class, 0.1)), 4) if len(of_class) else None,
+            "side_p50": round(float(np.quantile(of_class, 0.5)), 4) if len(of_class) else None}
+
+
 def train(cfg: TrainConfig, extra_callbacks: tuple = (), verbose="auto", reuse_completed: bool = False,
           say=None, epoch_lines: bool = False) -> TrainResult:
     """The whole job: fit, export, evaluate, register, promote. Returns what happened.
@@ -184,13 +202,15 @@ def train(cfg: TrainConfig, extra_callbacks: tuple = (), verbose="auto", reuse_c
     except warm_start.WarmStartError as e:
         raise TrainError(str(e)) from None
     log.info("train: starting from %s", start_text)
+    anchor_fit = None
     if start is not None:  # a warm start keeps the starting model's architecture and anchors
         model_cfg = start.model_cfg
-    else:  # architecture and anchors left open by the settings are fitted to the training boxes' sizes
-        sides = box_sides(train_files) if cfg.finest_stride is None or cfg.min_scale is None else []
-        stride = cfg.finest_stride or fitted_finest_stride(sides)
-        model_cfg = cfg.model(num_classes=len(label_map), fitted_stride=stride,
-                              fitted_min_scale=None if cfg.min_scale else fitted_min_scale(sides, cfg.image_size, stride))
+    elif cfg.finest_stride is None or cfg.min_scale is None:  # left open by the settings: fitted to the smallest class
+        anchor_fit = fit_anchors(train_files, label_map, cfg)
+        model_cfg = cfg.model(num_classes=len(label_map), fitted_stride=anchor_fit["finest_stride"],
+                              fitted_min_scale=anchor_fit["min_scale"])
+    else:
+        model_cfg = cfg.model(num_classes=len(label_map))
     shard_files(records, "val")  # fails early, with a clear message, when the val split has no shards
     n_train, n_val = count_records(records, "train"), count_records(records, "val")
     if n_val == 0:
@@ -214,7 +234,10 @@ def train(cfg: TrainConfig, extra_callbacks: tuple = (), verbose="auto", reuse_c
 
     header = (f"train: {cfg.data}: {n_train} train / {n_val} val images, {len(label_map)} classes; SSD MobileNetV2 "
               f"alpha {model_cfg.alpha:g}, {model_cfg.image_size} px, finest stride {model_cfg.finest_stride} "
-              f"(anchors from {model_cfg.first_scale:.3f} of the side); starting from {start_text}; at most {epochs} epochs "
+              f"(anchors from {model_cfg.first_scale:.3f} of the side"
+              + (f", fitted to {anchor_fit['class']}'s boxes, 10th percentile side {anchor_fit['side_p10']:.3f}"
+                 if anchor_fit and anchor_fit["class"] else "")
+              + f"); starting from {start_text}; at most {epochs} epochs "
               + ("(one fine-tuning phase)" if start is not None else "(one phase, every layer trained)" if not pretrained
                  else f"({frozen_epochs} with the backbone frozen + {fine_tune_epochs} fine-tuning)")
               + f" of {steps} steps x {batch_size} images"
@@ -308,7 +331,7 @@ def train(cfg: TrainConfig, extra_callbacks: tuple = (), verbose="auto", reuse_c
                        max_epochs=epochs, time_budget_minutes=cfg.time_budget or None, fit_seconds=round(fit_seconds, 1),
                        phases_ended_by=ended,
                        validation_history=val_map.history, best_epoch=best_epoch, best_phase=best.best_phase if best_epoch is not None else None,
-                       precision=precision, initialized_from=start_text)
+                       precision=precision, initialized_from=start_text, anchor_fit=anchor_fit)
         write_metrics(os.path.join(staging, "metrics.json"), metrics)
         write_model_card(os.path.join(staging, "model_card.md"), version, cfg, model_cfg, metrics, label_map, fingerprint)
         if os.path.isdir(os.path.join(run_dir, "logs")):  # TensorBoard logs stay with the version they describe

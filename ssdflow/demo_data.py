@@ -36,17 +36,25 @@ def _overlaps(box, boxes, max_iou: float = 0.3) -> bool:
 
 
 def draw_scene(rng: np.random.Generator, w: int, h: int, max_objects: int = 4,
-               object_size: tuple[float, float] = (1 / 6, 1 / 2), min_objects: int = 1):
+               object_size: tuple[float, float] = (1 / 6, 1 / 2), min_objects: int = 1,
+               classes: dict[str, tuple[float, tuple[float, float]]] | None = None):
     """One image and its boxes: a list of (class, xmin, ymin, xmax, ymax) in pixels.
 
     ``min_objects``..``max_objects`` objects (fewer only if no free place is found), sides drawn
-    uniformly from ``object_size`` (fractions of the shorter image side).
+    uniformly from ``object_size`` (fractions of the shorter image side), classes uniformly; or, with
+    ``classes`` ({name: (share of objects, (side low, side high))}), each class at its own share
+    and sizes (a minority class of small objects among large ones).
     """
     img = _background(rng, w, h)
     draw = ImageDraw.Draw(img)
     objects: list[tuple[str, int, int, int, int]] = []
-    low, high = (max(4, int(min(w, h) * f)) for f in object_size)
+    names = list(classes) if classes else list(CLASSES)
+    shares = np.asarray([classes[n][0] for n in names], np.float64) / sum(classes[n][0] for n in names) if classes else None
     for _ in range(int(rng.integers(min_objects, max_objects + 1))):
+        # With classes, the class comes first (it decides the size); without, after the place, as the
+        # demo's data has always been drawn (the same seed gives the same scenes).
+        cls = names[int(rng.choice(len(names), p=shares))] if classes else None
+        low, high = (max(4, int(min(w, h) * f)) for f in (classes[cls][1] if classes else object_size))
         for _attempt in range(20):
             size = int(rng.integers(low, high))
             x0, y0 = int(rng.integers(0, w - size)), int(rng.integers(0, h - size))
@@ -55,7 +63,8 @@ def draw_scene(rng: np.random.Generator, w: int, h: int, max_objects: int = 4,
                 break
         else:
             continue
-        cls = CLASSES[int(rng.integers(0, len(CLASSES)))]
+        if cls is None:
+            cls = names[int(rng.integers(0, len(names)))]
         colour = tuple(int(v) for v in rng.integers(0, 256, 3))
         if cls == "circle":
             draw.ellipse(box, fill=colour, outline=(0, 0, 0))
@@ -79,11 +88,12 @@ def voc_xml(filename: str, w: int, h: int, objects) -> str:
 
 def make_dataset(root: str, num_images: int = 120, seed: int = 0, size: tuple[int, int] = (160, 128),
                  max_objects: int = 4, object_size: tuple[float, float] = (1 / 6, 1 / 2),
-                 min_objects: int = 1) -> tuple[str, str]:
+                 min_objects: int = 1, classes: dict[str, tuple[float, tuple[float, float]]] | None = None) -> tuple[str, str]:
     """Writes ``root/images/*.jpg`` and ``root/annotations/*.xml``; returns both directories.
 
     The defaults are the demo's; ``bench/train.py`` also draws a small-object stress set (10-14
-    objects of 2-8 % of the image side, sizes at which a stride-16 detector has no matching anchor).
+    objects of 2-8 % of the image side, sizes at which a stride-16 detector has no matching anchor)
+    and a minority-small one (``classes``: one class of small objects, few, among large ones).
     """
     rng = np.random.default_rng(seed)
     images, labels = os.path.join(root, "images"), os.path.join(root, "annotations")
@@ -92,7 +102,7 @@ def make_dataset(root: str, num_images: int = 120, seed: int = 0, size: tuple[in
     w, h = size
     for i in range(num_images):
         name = f"shapes-{i:05d}.jpg"
-        img, objects = draw_scene(rng, w, h, max_objects, object_size, min_objects)
+        img, objects = draw_scene(rng, w, h, max_objects, object_size, min_objects, classes)
         img.save(os.path.join(images, name), quality=92)
         with open(os.path.join(labels, f"shapes-{i:05d}.xml"), "w") as f:
             f.write(voc_xml(name, w, h, objects))

@@ -134,3 +134,24 @@ def test_fitted_finest_stride_follows_the_small_boxes():
     assert fitted_finest_stride(np.r_[np.full(20, 0.05), np.full(80, 0.5)]) == 8  # a fifth small: they need stride 8
     assert fitted_finest_stride(np.r_[np.full(5, 0.05), np.full(95, 0.5)]) == 16  # a few small ones do not decide
     assert fitted_finest_stride([]) == 16
+
+
+def test_a_minority_class_of_small_objects_decides_the_finest_level():
+    """Issue 28: 7 % of the boxes small (one class), the rest large. The population's 10th percentile
+    sits among the large boxes (stride 16, anchors of a tenth of the side); the smallest class's
+    decides: stride 8 and anchors down to two stride-8 cells. A class with too few boxes to have a
+    percentile does not decide; without enough boxes in any class, all boxes do."""
+    from model.anchors import MIN_CLASS_BOXES, fitted_finest_stride, fitted_min_scale, smallest_class
+
+    rng = np.random.default_rng(0)
+    large = rng.uniform(0.10, 0.30, 186)
+    small = rng.uniform(0.02, 0.08, 14)
+    sides = np.r_[large, small]
+    classes = np.r_[np.where(np.arange(186) % 2, 1, 2), np.full(14, 3)]
+    assert fitted_finest_stride(sides) == 16  # the old rule: the population
+    cls, of_class = smallest_class(sides, classes)
+    assert cls == 3 and len(of_class) == 14
+    assert fitted_finest_stride(of_class) == 8 and fitted_min_scale(of_class, 320, 8) == pytest.approx(0.05)
+    few = np.r_[large, small[:MIN_CLASS_BOXES - 1]], np.r_[classes[:186], np.full(MIN_CLASS_BOXES - 1, 3)]
+    assert smallest_class(*few)[0] in (1, 2)  # nine boxes are no percentile
+    assert smallest_class(sides[:9], classes[:9]) == (None, pytest.approx(sides[:9]))  # no class has enough: all boxes
