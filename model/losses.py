@@ -36,6 +36,27 @@ def softmax_focal(labels: tf.Tensor, logits: tf.Tensor, alpha: float, gamma: flo
     return alpha_t * tf.pow(one_minus_pt, gamma) * ce
 
 
+def balanced_class_weights(counts, power: float) -> list[float] | None:
+    """Per-class loss weights from the training boxes per class (``counts`` [C], class ids 1..C in
+    order): (most frequent class's count / the class's count) ** ``power``, scaled so that the
+    average weight over the training boxes is 1 (the loss keeps its scale; a minority class's anchors
+    count more, a majority's slightly less). ``power`` 0 → None (no weighting); 0.5 is the square root
+    of the inverse frequency; a class without boxes gets weight 1 (it has no positive anchor to weigh).
+    """
+    import numpy as np
+
+    if not power:
+        return None
+    counts = np.asarray(counts, np.float64)
+    present = counts > 0
+    weights = np.ones_like(counts)
+    if not present.any():
+        return [1.0] * len(counts)
+    weights[present] = (counts[present].max() / counts[present]) ** power
+    weights[present] /= (weights[present] * counts[present]).sum() / counts[present].sum()
+    return [round(float(w), 4) for w in weights]
+
+
 def hard_negatives(neg_loss: tf.Tensor, negative: tf.Tensor, num_hard: tf.Tensor) -> tf.Tensor:
     """Per image, the `num_hard` negatives with the highest loss: neg_loss, negative [B, N], num_hard [B] → [B, N] bool."""
     scores = tf.where(negative, neg_loss, -1.0)  # losses are >= 0, so non-negatives sort last
@@ -68,6 +89,7 @@ class SSDLoss(keras.losses.Loss):
         min_negatives: int = 3,
         box_weight: float = 1.0,
         delta: float = 1.0,
+        class_weights: tuple[float, ...] | list[float] | None = None,
         name: str = "ssd_loss",
         reduction: str = "sum_over_batch_size",
         dtype=None,
@@ -84,6 +106,9 @@ class SSDLoss(keras.losses.Loss):
         self.min_negatives = int(min_negatives)
         self.box_weight = float(box_weight)
         self.delta = float(delta)
+        if class_weights is not None and len(class_weights) != self.num_classes:
+            raise ValueError(f"class_weights needs one weight per class ({self.num_classes}), got {len(class_weights)}")
+        self.class_weights = None if class_weights is None else [float(w) for w in class_weights]
 
     def components(self, y_true: tf.Tensor, y_pred: tf.Tensor) -> dict[str, tf.Tensor]:
         """The loss's parts, each a float32 scalar.
@@ -115,9 +140,11 @@ class SSDLoss(keras.losses.Loss):
             num_hard = tf.cast(tf.minimum(num_hard, num_neg), tf.int32)
             counted_negatives = hard_negatives(tf.stop_gradient(per_anchor), negative, num_hard)
         counted = positive | counted_negatives
-        cls_sum = tf.reduce_sum(tf.where(counted, per_anchor, 0.0))
-
         box_per_anchor = tf.reduce_sum(huber(box_pred - box_true, self.delta), axis=-1)
+        if self.class_weights is not None:  # a positive anchor counts as much as its class's weight
+            weight = tf.gather(tf.constant([1.0, *self.class_weights], tf.float32), labels)
+            per_anchor, box_per_anchor = per_anchor * weight, box_per_anchor * weight
+        cls_sum = tf.reduce_sum(tf.where(counted, per_anchor, 0.0))
         box_sum = tf.reduce_sum(tf.where(positive, box_per_anchor, 0.0))
 
         return {
@@ -138,6 +165,7 @@ class SSDLoss(keras.losses.Loss):
             classification=self.classification,
             focal_alpha=self.focal_alpha,
             focal_gamma=self.focal_gamma,
+            class_weights=self.class_weights,
             neg_pos_ratio=self.neg_pos_ratio,
             min_negatives=self.min_negatives,
             box_weight=self.box_weight,

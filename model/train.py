@@ -36,7 +36,7 @@ from model.callbacks import AverageWeights, EpochCheckpoint, EpochLines, KeepBes
 from model.dataset import box_sides_and_classes, count_records, local_records, make_dataset, read_label_map, shard_files
 from model.evaluate import write_metrics
 from model.export import KERAS_WEIGHTS, Detector, save_detector
-from model.losses import SSDLoss
+from model.losses import SSDLoss, balanced_class_weights
 from model.run_record import (RunMirror, TrainError, completed_version, decision_markdown, discard_run, prepare_run_dir, run_config,
                               run_key, training_lock, write_model_card)
 from model.schedule import Clock, TimeBudget, WarmupCosine
@@ -167,13 +167,13 @@ def _fit_phase(model, name: str, run_dir: str, train_ds, epochs: int, steps: int
 
 
 
-def fit_anchors(train_files: list[str], label_map, cfg) -> dict:
+def fit_anchors(sides, classes, label_map, cfg) -> dict:
     """The finest feature level and its anchor scale, fitted to the class of smallest boxes (at least
     ``anchors.MIN_CLASS_BOXES`` of them): a minority class of small objects among large ones decides,
     where the population's percentile would sit among the large ones. The figures behind the choice
     are returned for the model card: ``{"finest_stride", "min_scale", "class", "boxes", "side_p10",
-    "side_p50"}`` (``class`` None: no class had enough boxes, all boxes decided)."""
-    sides, classes = box_sides_and_classes(train_files)
+    "side_p50"}`` (``class`` None: no class had enough boxes, all boxes decided). ``sides``, ``classes``:
+    the training boxes' (``dataset.box_sides_and_classes``)."""
     class_id, of_class = smallest_class(sides, classes)
     stride = cfg.finest_stride or fitted_finest_stride(of_class)
     names = {v: k for k, v in label_map.items()}
@@ -203,10 +203,13 @@ def train(cfg: TrainConfig, extra_callbacks: tuple = (), verbose="auto", reuse_c
         raise TrainError(str(e)) from None
     log.info("train: starting from %s", start_text)
     anchor_fit = None
+    sides, classes = box_sides_and_classes(train_files)  # a pass over the records' headers, no decode
+    class_weights = balanced_class_weights(np.bincount(classes, minlength=len(label_map) + 1)[1:len(label_map) + 1],
+                                           cfg.class_balance)
     if start is not None:  # a warm start keeps the starting model's architecture and anchors
         model_cfg = start.model_cfg
     elif cfg.finest_stride is None or cfg.min_scale is None:  # left open by the settings: fitted to the smallest class
-        anchor_fit = fit_anchors(train_files, label_map, cfg)
+        anchor_fit = fit_anchors(sides, classes, label_map, cfg)
         model_cfg = cfg.model(num_classes=len(label_map), fitted_stride=anchor_fit["finest_stride"],
                               fitted_min_scale=anchor_fit["min_scale"])
     else:
@@ -265,7 +268,7 @@ def train(cfg: TrainConfig, extra_callbacks: tuple = (), verbose="auto", reuse_c
                 model.load_weights(start.weights)
             else:
                 model = build_ssd(model_cfg, None if cfg.backbone_weights == "none" else cfg.backbone_weights)
-            loss = SSDLoss(num_classes=model_cfg.num_classes, classification=cfg.classification_loss)
+            loss = SSDLoss(num_classes=model_cfg.num_classes, classification=cfg.classification_loss, class_weights=class_weights)
         anchors = generate_anchors(model_cfg)
         train_ds = make_dataset(train_files, anchors, model_cfg.image_size, model_cfg.variances, batch_size, training=True,
                                 deterministic=cfg.deterministic, seed=cfg.seed, augmentation=cfg.augment, repeat=True)
@@ -331,7 +334,9 @@ def train(cfg: TrainConfig, extra_callbacks: tuple = (), verbose="auto", reuse_c
                        max_epochs=epochs, time_budget_minutes=cfg.time_budget or None, fit_seconds=round(fit_seconds, 1),
                        phases_ended_by=ended,
                        validation_history=val_map.history, best_epoch=best_epoch, best_phase=best.best_phase if best_epoch is not None else None,
-                       precision=precision, initialized_from=start_text, anchor_fit=anchor_fit)
+                       precision=precision, initialized_from=start_text, anchor_fit=anchor_fit,
+                       class_weights=None if class_weights is None else
+                       {name: class_weights[i - 1] for name, i in sorted(label_map.items(), key=lambda kv: kv[1])})
         write_metrics(os.path.join(staging, "metrics.json"), metrics)
         write_model_card(os.path.join(staging, "model_card.md"), version, cfg, model_cfg, metrics, label_map, fingerprint)
         if os.path.isdir(os.path.join(run_dir, "logs")):  # TensorBoard logs stay with the version they describe

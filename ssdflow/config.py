@@ -236,6 +236,9 @@ class TrainSettings(BaseModel):
     fine_tune_lr_factor: float = Field(0.1, gt=0, le=1, description="Learning-rate factor of the fine-tuning phase")
     unfreeze_from_block: int = Field(11, ge=0, le=16, description="First MobileNetV2 block trained in fine-tuning")
     classification_loss: Literal["focal", "softmax_hnm"] = Field("focal", description="focal (RetinaNet's) or softmax_hnm (softmax with 3:1 hard negatives, the original SSD's)")
+    class_balance: float = Field(0.0, ge=0.0, le=1.0, description=(
+        "Weight each class's positive anchors in the loss by (the most frequent class's training boxes / its own) to this "
+        "power, averaging 1 over the boxes: a minority class counts more (0: off; 0.5: square-root inverse frequency)"))
     eval_every: int = Field(1, ge=1, description="Epochs between val mAP evaluations (the best evaluated epoch is exported)")
     early_stopping_patience: int | None = Field(None, ge=1, description=(
         "Evaluations without a new best val mAP@.5 before a phase stops; default: none, the phase runs to its epochs or "

@@ -155,3 +155,23 @@ def test_a_minority_class_of_small_objects_decides_the_finest_level():
     few = np.r_[large, small[:MIN_CLASS_BOXES - 1]], np.r_[classes[:186], np.full(MIN_CLASS_BOXES - 1, 3)]
     assert smallest_class(*few)[0] in (1, 2)  # nine boxes are no percentile
     assert smallest_class(sides[:9], classes[:9]) == (None, pytest.approx(sides[:9]))  # no class has enough: all boxes
+
+
+def test_training_fits_the_architecture_to_the_smallest_class_and_says_so():
+    """train.fit_anchors: the figures the model card prints; settings that fix the level win."""
+    from model.run_record import _anchor_fit_text
+    from model.train import fit_anchors
+    from ssdflow.config import TrainSettings
+    from ssdflow.schema import LabelMap
+
+    rng = np.random.default_rng(1)
+    sides = np.r_[rng.uniform(0.10, 0.30, 186), rng.uniform(0.02, 0.08, 14)]
+    classes = np.r_[np.where(np.arange(186) % 2, 1, 2), np.full(14, 3)]
+    label_map = LabelMap({"circle": 1, "square": 2, "triangle": 3})
+    fit = fit_anchors(sides, classes, label_map, TrainSettings(image_size=320))
+    assert (fit["finest_stride"], fit["min_scale"], fit["class"], fit["boxes"]) == (8, pytest.approx(0.05), "triangle", 14)
+    assert 0.02 < fit["side_p10"] < fit["side_p50"] < 0.08
+    text = _anchor_fit_text(fit)
+    assert "class triangle's 14 training boxes" in text and "finest stride 8" in text
+    fixed = fit_anchors(sides, classes, label_map, TrainSettings(image_size=320, finest_stride=16, min_scale=0.2))
+    assert fixed["finest_stride"] == 16 and fixed["min_scale"] is None  # the settings' own values apply

@@ -154,3 +154,34 @@ def test_keras_model_fits(classification):
     # What Keras reports for one batch is exactly the loss of that batch (no extra reduction).
     reported = model.evaluate(x[:2], y_true[:2], batch_size=2, verbose=0)
     np.testing.assert_allclose(reported, float(model.loss(y_true[:2], model(x[:2]))), rtol=1e-5)
+
+
+def test_balanced_class_weights_favour_the_minority_and_keep_the_loss_scale():
+    from model.losses import balanced_class_weights
+
+    counts = np.array([899, 895, 144])
+    w = np.array(balanced_class_weights(counts, 0.5))
+    assert w[2] > 2 * w[0] and w[0] == pytest.approx(w[1], abs=0.01)  # sqrt(899/144) = 2.5 apart
+    assert (w * counts).sum() / counts.sum() == pytest.approx(1.0, abs=1e-3)  # average over the boxes
+    assert balanced_class_weights(counts, 0.0) is None
+    assert balanced_class_weights([10, 0, 10], 1.0) == [1.0, 1.0, 1.0]  # a class without boxes: 1
+
+
+def test_class_weights_scale_each_positive_anchors_terms_by_its_class():
+    """With weights (1, 1, 3): the reference loss with class 3's positive anchors counted three times
+    (classification and box), negatives and the normalizer unchanged; weights survive get_config."""
+    y_true, y_pred = _batch()
+    weights = (1.0, 1.0, 3.0)
+    cls = y_true[..., 4]
+    labels = np.maximum(cls, 0).astype(int)
+    ce = np.take_along_axis(_ce(y_pred), labels[..., None], -1)[..., 0]
+    focal = np.where(labels > 0, 0.25, 0.75) * (1 - np.exp(-ce)) ** 2.0 * ce
+    box = _huber(y_pred[..., :4] - y_true[..., :4])
+    w = np.array([1.0, *weights])[labels]
+    expected = ((focal * w)[cls >= 0].sum() + (box * w)[cls > 0].sum()) / max(1.0, (cls > 0).sum())
+    loss = SSDLoss(C, class_weights=weights)
+    assert float(loss(y_true, y_pred)) == pytest.approx(expected, rel=1e-4)
+    assert float(loss(y_true, y_pred)) > float(SSDLoss(C)(y_true, y_pred))
+    assert SSDLoss.from_config(loss.get_config()).class_weights == list(weights)
+    with pytest.raises(ValueError, match="one weight per class"):
+        SSDLoss(C, class_weights=(1.0, 2.0))
