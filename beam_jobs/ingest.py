@@ -385,11 +385,10 @@ class ParseLabels(beam.PTransform):
 
     def __init__(self, fmt: str, class_names: list[str] | None, flags=(), pairing: Pairing | None = None):
         super().__init__()
-        self.fmt, self.class_names, self.flags, self.pairing = fmt, class_names, flags, pairing
+        self.fmt, self.class_names, self.flags, self.pairing = fmt, class_names, flags, pairing or Pairing("", "", 0.0)
 
     def expand(self, files):
-        fmt, n = self.fmt, self.FILES_PER_TASK
-        pairing = self.pairing or Pairing("", "", 0.0)
+        fmt, n, pairing = self.fmt, self.FILES_PER_TASK, self.pairing
 
         def path_of(meta):
             if R.is_text_name(meta.path):

@@ -31,6 +31,8 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from xml.sax.saxutils import escape
 
+from ssdflow import storage
+
 POOL_PER_CHUNK = 100  # candidates each chunk keeps (chunks hold 1,000 images by default)
 SCAN_FACTOR = 4  # candidates read and hashed per image selected (near-duplicates are skipped)
 NEAR_DUPLICATE_BITS = 10  # dHash Hamming distance (of 64) at or under which two images count as one scene
@@ -211,8 +213,7 @@ def task_image_root(batch_dir: str, document_root: str | None) -> str:
     """
     if document_root is None:
         return batch_dir
-    local = batch_dir[len("file://"):] if batch_dir.startswith("file://") else batch_dir
-    relative = os.path.relpath(os.path.realpath(local), os.path.realpath(document_root))
+    relative = os.path.relpath(os.path.realpath(storage.local_path(batch_dir)), os.path.realpath(document_root))
     if relative == ".." or relative.startswith("../"):
         raise ValueError(f"the labelling batch {batch_dir} is not below the Label Studio document root {document_root}")
     return LOCAL_FILES_URL + urllib.parse.quote(relative, safe="/")

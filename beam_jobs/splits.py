@@ -125,6 +125,7 @@ def listed_images(text: str, list_file: str) -> list[str]:
 
 
 VOC_IMAGE_SETS = "ImageSets/Main"  # beside Annotations/: train.txt, val.txt, test.txt of image ids
+_VOC_SETS_DIR = "/ImageSets/"  # every file below it (Main, Layout, Segmentation …) is a split list
 
 
 def voc_image_set_files(dataset_dir: str) -> dict[str, str]:
@@ -178,7 +179,7 @@ class Pairing:
 
     def is_split_list(self, path: str) -> bool:
         """A split list, or (Pascal VOC) any file of its ImageSets/ directory: never a label file."""
-        return path in self.list_files or (not self.by_path and f"/{VOC_IMAGE_SETS.split('/')[0]}/" in path)
+        return path in self.list_files or (not self.by_path and _VOC_SETS_DIR in path)
 
     def __post_init__(self):
         object.__setattr__(self, "yaml_dirs", _longest_first(self.yaml_dirs))

@@ -57,7 +57,7 @@ def fitted_finest_stride(sides, quantile: float = 0.1) -> int:
 def fitted_min_scale(sides, image_size: int, finest_stride: int, quantile: float = 0.1) -> float:
     """The finest level's anchor scale for a dataset: its boxes' ``quantile`` side, within bounds.
 
-    ``sides``: box sides as fractions of the image (``dataset.box_sides``). The upper bound is the
+    ``sides``: box sides as fractions of the image (``dataset.box_sides_and_classes``). The upper bound is the
     architecture's default (0.2 at stride 16, 0.1 at stride 8: SSD's and FPNLite's 4x the stride at
     320 px), so datasets of mid-sized and large objects keep the usual anchors; the lower bound is
     two cells of the finest level, below which anchors would be sparser than the objects they must

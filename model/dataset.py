@@ -95,11 +95,6 @@ def box_sides_and_classes(files: list[str], max_images: int = 5000) -> tuple[np.
     return np.concatenate([s for s, _ in out]).astype(np.float32), np.concatenate([c for _, c in out]).astype(np.int64)
 
 
-def box_sides(files: list[str], max_images: int = 5000) -> np.ndarray:
-    """The boxes' sides of :func:`box_sides_and_classes` alone: [M] float32."""
-    return box_sides_and_classes(files, max_images)[0]
-
-
 def parse_example(serialized):
     """One serialized Example → dict(image uint8 [H, W, 3], boxes [M, 4], classes [M] int32, encoded, key)."""
     ex = tf.io.parse_single_example(serialized, schema.tf_feature_spec())

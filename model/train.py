@@ -166,7 +166,6 @@ def _fit_phase(model, name: str, run_dir: str, train_ds, epochs: int, steps: int
     return run, ended
 
 
-
 def fit_anchors(sides, classes, label_map, cfg) -> dict:
     """The finest feature level and its anchor scale, fitted to the class of smallest boxes (at least
     ``anchors.MIN_CLASS_BOXES`` of them): a minority class of small objects among large ones decides,
@@ -202,13 +201,15 @@ def train(cfg: TrainConfig, extra_callbacks: tuple = (), verbose="auto", reuse_c
     except warm_start.WarmStartError as e:
         raise TrainError(str(e)) from None
     log.info("train: starting from %s", start_text)
-    anchor_fit = None
-    sides, classes = box_sides_and_classes(train_files)  # a pass over the records' headers, no decode
-    class_weights = balanced_class_weights(np.bincount(classes, minlength=len(label_map) + 1)[1:len(label_map) + 1],
-                                           cfg.class_balance)
+    anchor_fit, class_weights = None, None
+    fitting = start is None and (cfg.finest_stride is None or cfg.min_scale is None)
+    if fitting or cfg.class_balance:  # a pass over the records' headers, no decode; only when something needs it
+        sides, classes = box_sides_and_classes(train_files)
+        class_weights = balanced_class_weights(np.bincount(classes, minlength=len(label_map) + 1)[1:len(label_map) + 1],
+                                               cfg.class_balance)
     if start is not None:  # a warm start keeps the starting model's architecture and anchors
         model_cfg = start.model_cfg
-    elif cfg.finest_stride is None or cfg.min_scale is None:  # left open by the settings: fitted to the smallest class
+    elif fitting:  # left open by the settings: fitted to the smallest class
         anchor_fit = fit_anchors(sides, classes, label_map, cfg)
         model_cfg = cfg.model(num_classes=len(label_map), fitted_stride=anchor_fit["finest_stride"],
                               fitted_min_scale=anchor_fit["min_scale"])
