@@ -7,6 +7,7 @@ a clipped anchor would no longer have the aspect ratio and scale that the head's
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 import tensorflow as tf
@@ -57,7 +58,7 @@ def fitted_finest_stride(sides, quantile: float = 0.1) -> int:
 def fitted_min_scale(sides, image_size: int, finest_stride: int, quantile: float = 0.1) -> float:
     """The finest level's anchor scale for a dataset: its boxes' ``quantile`` side, within bounds.
 
-    ``sides``: box sides as fractions of the image (``dataset.box_sides_and_classes``). The upper bound is the
+    ``sides``: box sides as fractions of the image (sqrt(h * w) of ``dataset.box_shapes``). The upper bound is the
     architecture's default (0.2 at stride 16, 0.1 at stride 8: SSD's and FPNLite's 4x the stride at
     320 px), so datasets of mid-sized and large objects keep the usual anchors; the lower bound is
     two cells of the finest level, below which anchors would be sparser than the objects they must
@@ -77,7 +78,7 @@ MIN_CLASS_BOXES = 10  # a class with fewer training boxes does not decide the ar
 def smallest_class(sides, classes, quantile: float = 0.1, min_boxes: int = MIN_CLASS_BOXES) -> tuple[int | None, np.ndarray]:
     """The class whose boxes are smallest and the sides of its boxes: (class id, [K] sides).
 
-    ``sides`` [M] and ``classes`` [M] (``dataset.box_sides_and_classes``). The class with the lowest
+    ``sides`` [M] and ``classes`` [M] (sqrt(h * w) of ``dataset.box_shapes``). The class with the lowest
     ``quantile`` side among those with at least ``min_boxes`` boxes decides, so that a minority class
     of small objects among large ones gets a level and anchors of its size (the percentile of all
     boxes would sit among the large ones). (None, all sides) when no class has enough boxes.
@@ -133,6 +134,46 @@ def generate_anchors(cfg: ModelConfig) -> tf.Tensor:
         for size, s, s_next in zip(sizes, scales, next_scales)
     ]
     return tf.concat(levels, axis=0)
+
+
+class AnchorLevels(NamedTuple):
+    """How generate_anchors' [N] anchors split into levels: ``counts`` per level, finest first, and
+    ``per_cell`` anchors at each cell (consecutive)."""
+
+    counts: tuple[int, ...]
+    per_cell: int
+
+
+def anchor_levels(cfg: ModelConfig) -> AnchorLevels:
+    """The model's AnchorLevels."""
+    per_cell = anchors_per_cell(list(cfg.aspect_ratios))
+    sizes = feature_map_sizes(cfg.image_size, cfg.extra_levels, cfg.finest_stride)
+    return AnchorLevels(tuple(size * size * per_cell for size in sizes), per_cell)
+
+
+def anchor_shapes(cfg: ModelConfig) -> np.ndarray:
+    """Every anchor shape of the model, whatever its cell: [K, 2] (h, w) as fractions of the image side,
+    level by level as generate_anchors makes them."""
+    sizes = feature_map_sizes(cfg.image_size, cfg.extra_levels, cfg.finest_stride)
+    scales = level_scales(len(sizes), cfg.first_scale, cfg.max_scale)
+    shapes = [_cell_anchor_sizes(s, s_next, list(cfg.aspect_ratios)) for s, s_next in zip(scales, scales[1:] + [1.0])]
+    return np.asarray([hw for level in shapes for hw in level], np.float64)
+
+
+def best_shape_iou(heights, widths, shapes: np.ndarray) -> np.ndarray:
+    """Per box, the IoU with the anchor shape that fits it best when both share a centre: [M].
+
+    heights, widths [M] (fractions of the image side); shapes [K, 2] (anchor_shapes). It bounds what
+    the matcher can give a box from shape alone (a grid cell's centre seldom sits on the box's), as
+    YOLO's autoanchor bounds its best possible recall: a box below the matcher's positive IoU here is
+    reachable only by its forced match, whatever the grid.
+    """
+    h = np.asarray(heights, np.float64)[:, None]
+    w = np.asarray(widths, np.float64)[:, None]
+    ah, aw = shapes[None, :, 0], shapes[None, :, 1]
+    inter = np.minimum(h, ah) * np.minimum(w, aw)
+    iou = inter / np.maximum(h * w + ah * aw - inter, 1e-12)
+    return iou.max(axis=1) if iou.shape[1] and iou.shape[0] else np.zeros([iou.shape[0]])
 
 
 def num_anchors(cfg: ModelConfig) -> int:

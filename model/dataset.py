@@ -72,27 +72,26 @@ def count_records(data_dir: str, split: str) -> int:
     return int(stats["images_written"][split])
 
 
-def box_sides_and_classes(files: list[str], max_images: int = 5000) -> tuple[np.ndarray, np.ndarray]:
-    """Geometric-mean side sqrt(h * w) of the boxes in the first ``max_images`` records, as a
-    fraction of the image side (boxes are normalized, and training resizes to a square), and each
-    box's class id: ([M] float32, [M] int64).
+def box_shapes(files: list[str], max_images: int = 5000) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Height, width and class id of every box in the first ``max_images`` records, in record order:
+    ([M] float32, [M] float32, [M] int64). Heights and widths are fractions of the image's (boxes are
+    normalized, and training resizes to a square); a box's side is sqrt(h * w).
 
     Reads only the box and class features, so it costs a pass over the records' headers, not a decode.
     """
     spec = {k: tf.io.VarLenFeature(tf.float32) for k in (schema.YMIN, schema.XMIN, schema.YMAX, schema.XMAX)}
     spec[schema.CLASS_LABEL] = tf.io.VarLenFeature(tf.int64)
 
-    def sides(serialized):
+    def shapes(serialized):
         ex = tf.io.parse_example(serialized, spec)
         h = ex[schema.YMAX].values - ex[schema.YMIN].values
         w = ex[schema.XMAX].values - ex[schema.XMIN].values
-        return tf.sqrt(tf.maximum(h, 0.0) * tf.maximum(w, 0.0)), ex[schema.CLASS_LABEL].values
+        return tf.maximum(h, 0.0), tf.maximum(w, 0.0), ex[schema.CLASS_LABEL].values
 
-    ds = tf.data.TFRecordDataset(files).take(max_images).batch(256).map(sides)
-    out = [(s.numpy(), c.numpy()) for s, c in ds]
+    out = [tuple(t.numpy() for t in batch) for batch in tf.data.TFRecordDataset(files).take(max_images).batch(256).map(shapes)]
     if not out:
-        return np.zeros([0], np.float32), np.zeros([0], np.int64)
-    return np.concatenate([s for s, _ in out]).astype(np.float32), np.concatenate([c for _, c in out]).astype(np.int64)
+        return np.zeros([0], np.float32), np.zeros([0], np.float32), np.zeros([0], np.int64)
+    return tuple(np.concatenate([b[i] for b in out]).astype(dtype) for i, dtype in enumerate((np.float32, np.float32, np.int64)))
 
 
 def parse_example(serialized):
@@ -113,8 +112,11 @@ def parse_example(serialized):
 
 def make_dataset(files: list[str], anchors, image_size: int, variances, batch_size: int, *, training: bool,
                  deterministic: bool = False, seed: int = 0, shuffle_buffer: int = 512, augmentation: bool = True,
-                 repeat: bool = False) -> tf.data.Dataset:
+                 repeat: bool = False, atss_levels=None) -> tf.data.Dataset:
     """Batches of (images float32 [B, S, S, 3] in 0..255, y_true float32 [B, N, 5]).
+
+    ``atss_levels`` (``anchors.anchor_levels``): match anchors by ATSS instead of argmax IoU
+    (matcher.encode_targets).
 
     ``deterministic``: the same batches in the same order on every run (tests, debugging); else
     shards are read in parallel and out of order, which is faster. ``repeat``: an endless stream
@@ -144,7 +146,7 @@ def make_dataset(files: list[str], anchors, image_size: int, variances, batch_si
                 aug_seed = tf.random.uniform([2], maxval=2**31 - 1, dtype=tf.int64)
             image, boxes, classes = augment(image, boxes, classes, aug_seed)
         image = tf.image.resize(image, [image_size, image_size])
-        y_true = encode_targets(boxes, classes, anchors, variances)
+        y_true = encode_targets(boxes, classes, anchors, variances, atss_levels=atss_levels)
         return image, y_true
 
     ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)

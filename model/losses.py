@@ -1,5 +1,6 @@
 """SSD training loss: softmax classification (focal, or cross-entropy with hard negative mining) plus
-Huber box regression on positive anchors, normalized by the batch's positive anchors.
+a box term on positive anchors (Huber on the encoded offsets, or GIoU), normalized by the batch's
+positive anchors.
 
 Layouts (N anchors, C object classes):
     y_true [B, N, 5]: columns 0-3 encoded box targets (box_coder.encode), column 4 the class id
@@ -14,6 +15,7 @@ import keras
 import tensorflow as tf
 
 CLASSIFICATIONS = ("focal", "softmax_hnm")
+BOX_LOSSES = ("huber", "giou")
 
 
 def huber(x: tf.Tensor, delta: float) -> tf.Tensor:
@@ -34,6 +36,43 @@ def softmax_focal(labels: tf.Tensor, logits: tf.Tensor, alpha: float, gamma: flo
     one_minus_pt = -tf.math.expm1(-ce)  # 1 - exp(-ce), accurate when p_t is near 1
     alpha_t = tf.where(labels > 0, alpha, 1.0 - alpha)
     return alpha_t * tf.pow(one_minus_pt, gamma) * ce
+
+
+def anchor_frame_boxes(offsets: tf.Tensor, variances) -> tf.Tensor:
+    """Encoded offsets [..., 4] (box_coder.encode's layout) → the boxes they stand for, [..., 4]
+    corners [ymin, xmin, ymax, xmax] in their anchor's frame: the anchor centred at 0 with height and
+    width 1. IoU and GIoU are ratios of areas, unchanged by shifting and by scaling each axis, so
+    two boxes encoded against one anchor have the same GIoU here as in the image: the loss needs no
+    anchors. log sizes are capped as box_coder.decode caps them.
+    """
+    from model.box_coder import MAX_LOG_SCALE
+
+    t = offsets * tf.constant(variances, tf.float32)
+    cy, cx = t[..., 0], t[..., 1]
+    h = tf.exp(tf.minimum(t[..., 2], MAX_LOG_SCALE))
+    w = tf.exp(tf.minimum(t[..., 3], MAX_LOG_SCALE))
+    return tf.stack([cy - h / 2.0, cx - w / 2.0, cy + h / 2.0, cx + w / 2.0], axis=-1)
+
+
+def giou_loss(box_pred: tf.Tensor, box_true: tf.Tensor, variances) -> tf.Tensor:
+    """1 - GIoU (Rezatofighi et al. 2019) per anchor: encoded offsets [..., 4] each → [...] in [0, 2].
+
+    GIoU = IoU - (enclosing area - union) / enclosing area. Unlike IoU it still has a gradient
+    when the boxes do not overlap, and unlike an offset loss it weighs an error by how much it
+    moves the box's overlap, the quantity mAP@[.5:.95] judges.
+    """
+    pred = anchor_frame_boxes(box_pred, variances)
+    true = anchor_frame_boxes(box_true, variances)
+    area_p = (pred[..., 2] - pred[..., 0]) * (pred[..., 3] - pred[..., 1])
+    area_t = (true[..., 2] - true[..., 0]) * (true[..., 3] - true[..., 1])
+    inter_h = tf.maximum(0.0, tf.minimum(pred[..., 2], true[..., 2]) - tf.maximum(pred[..., 0], true[..., 0]))
+    inter_w = tf.maximum(0.0, tf.minimum(pred[..., 3], true[..., 3]) - tf.maximum(pred[..., 1], true[..., 1]))
+    intersection = inter_h * inter_w
+    union = area_p + area_t - intersection
+    enclosing = ((tf.maximum(pred[..., 2], true[..., 2]) - tf.minimum(pred[..., 0], true[..., 0]))
+                 * (tf.maximum(pred[..., 3], true[..., 3]) - tf.minimum(pred[..., 1], true[..., 1])))
+    iou = intersection / tf.maximum(union, 1e-9)
+    return 1.0 - (iou - (enclosing - union) / tf.maximum(enclosing, 1e-9))
 
 
 def balanced_class_weights(counts, power: float) -> list[float] | None:
@@ -67,15 +106,18 @@ def hard_negatives(neg_loss: tf.Tensor, negative: tf.Tensor, num_hard: tf.Tensor
 
 @keras.saving.register_keras_serializable(package="ssdflow")
 class SSDLoss(keras.losses.Loss):
-    """(classification + box_weight * Huber box loss) / max(1, positive anchors in the batch).
+    """(classification + box_weight * box loss) / max(1, positive anchors in the batch).
 
     classification:
         "focal": softmax focal loss over every non-ignored anchor (see softmax_focal).
         "softmax_hnm": softmax cross-entropy over the positives and, per image, the hardest
             negatives: k = floor(neg_pos_ratio * positives of the image), at least min_negatives
             (so an image with no objects still teaches background), at most its negatives.
-    Ignored anchors (class -1) contribute to neither term. The box term covers positives only,
-    summed over the 4 coordinates. call() returns the batch's loss as a scalar, so any reduction
+    box_loss:
+        "huber": Huber on the encoded offsets, summed over the 4 coordinates.
+        "giou": 1 - GIoU of the decoded box with its ground truth (giou_loss; needs the box
+            coder's ``variances``).
+    Ignored anchors (class -1) contribute to neither term. The box term covers positives only. call() returns the batch's loss as a scalar, so any reduction
     except "none" reports exactly that value.
     """
 
@@ -90,6 +132,8 @@ class SSDLoss(keras.losses.Loss):
         box_weight: float = 1.0,
         delta: float = 1.0,
         class_weights: tuple[float, ...] | list[float] | None = None,
+        box_loss: str = "huber",
+        variances: tuple[float, ...] | list[float] = (0.1, 0.1, 0.2, 0.2),
         name: str = "ssd_loss",
         reduction: str = "sum_over_batch_size",
         dtype=None,
@@ -106,9 +150,13 @@ class SSDLoss(keras.losses.Loss):
         self.min_negatives = int(min_negatives)
         self.box_weight = float(box_weight)
         self.delta = float(delta)
+        if box_loss not in BOX_LOSSES:
+            raise ValueError(f"box_loss must be one of {BOX_LOSSES}, got {box_loss!r}")
         if class_weights is not None and len(class_weights) != self.num_classes:
             raise ValueError(f"class_weights needs one weight per class ({self.num_classes}), got {len(class_weights)}")
         self.class_weights = None if class_weights is None else [float(w) for w in class_weights]
+        self.box_loss = box_loss
+        self.variances = [float(v) for v in variances]
 
     def components(self, y_true: tf.Tensor, y_pred: tf.Tensor) -> dict[str, tf.Tensor]:
         """The loss's parts, each a float32 scalar.
@@ -140,7 +188,11 @@ class SSDLoss(keras.losses.Loss):
             num_hard = tf.cast(tf.minimum(num_hard, num_neg), tf.int32)
             counted_negatives = hard_negatives(tf.stop_gradient(per_anchor), negative, num_hard)
         counted = positive | counted_negatives
-        box_per_anchor = tf.reduce_sum(huber(box_pred - box_true, self.delta), axis=-1)
+        if self.box_loss == "giou":
+            # Only positives count; a negative's zero target and arbitrary prediction stay finite here.
+            box_per_anchor = giou_loss(box_pred, box_true, self.variances)
+        else:
+            box_per_anchor = tf.reduce_sum(huber(box_pred - box_true, self.delta), axis=-1)
         if self.class_weights is not None:  # a positive anchor counts as much as its class's weight
             weight = tf.gather(tf.constant([1.0, *self.class_weights], tf.float32), labels)
             per_anchor, box_per_anchor = per_anchor * weight, box_per_anchor * weight
@@ -170,5 +222,7 @@ class SSDLoss(keras.losses.Loss):
             min_negatives=self.min_negatives,
             box_weight=self.box_weight,
             delta=self.delta,
+            box_loss=self.box_loss,
+            variances=self.variances,
         )
         return config

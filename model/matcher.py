@@ -26,18 +26,14 @@ def iou(boxes_a: tf.Tensor, boxes_b: tf.Tensor) -> tf.Tensor:
     return tf.math.divide_no_nan(intersection, area_a + area_b - intersection)
 
 
-def match(gt_boxes: tf.Tensor, anchors: tf.Tensor, pos_iou: float = 0.5, neg_iou: float = 0.4) -> tf.Tensor:
-    """Argmax matching with forced matches: [N] int32, per anchor the index of its ground truth.
-
-    gt_boxes [M, 4], anchors [N, 4] corners. An anchor whose best IoU is >= pos_iou gets that box's
-    index; below neg_iou it is NEGATIVE (-1); in between IGNORE (-2). Then each ground truth's best
-    anchor is forced to it whatever the IoU (TF OD API force_match_for_each_row), so small boxes
-    still get trained. If several boxes share a best anchor, the earliest box wins that anchor (as in
-    the TF OD API) and the others get no forced anchor. Boxes overlapping no anchor at all (zero area,
-    e.g. zero padding) force nothing, so they never match. M == 0 gives all NEGATIVE.
+def _with_forced_matches(gt_boxes: tf.Tensor, anchors: tf.Tensor, assign) -> tf.Tensor:
+    """[N] int32 per anchor its ground truth's index, NEGATIVE or IGNORE: ``assign(overlaps [M, N])``
+    decides, then each ground truth's best anchor is forced to it whatever the IoU (TF OD API
+    force_match_for_each_row), so small boxes still get trained. If several boxes share a best
+    anchor, the earliest box wins that anchor (as in the TF OD API) and the others get no forced
+    anchor. Boxes overlapping no anchor at all (zero area, e.g. zero padding) force nothing, so they
+    never match. M == 0 gives all NEGATIVE, shape-safe inside tf.data maps.
     """
-    gt_boxes = tf.convert_to_tensor(gt_boxes, tf.float32)
-    anchors = tf.convert_to_tensor(anchors, tf.float32)
     n = tf.shape(anchors)[0]
 
     def _no_boxes():
@@ -46,11 +42,7 @@ def match(gt_boxes: tf.Tensor, anchors: tf.Tensor, pos_iou: float = 0.5, neg_iou
     def _match():
         overlaps = iou(gt_boxes, anchors)  # [M, N]
         m = tf.shape(overlaps)[0]
-        best_iou = tf.reduce_max(overlaps, axis=0)
-        best_gt = tf.argmax(overlaps, axis=0, output_type=tf.int32)
-        below = tf.where(best_iou >= neg_iou, tf.constant(IGNORE, tf.int32), tf.constant(NEGATIVE, tf.int32))
-        matched = tf.where(best_iou >= pos_iou, best_gt, below)
-
+        matched = assign(overlaps)
         best_anchor = tf.argmax(overlaps, axis=1, output_type=tf.int32)  # [M]
         # Boxes with no overlap get id m, which never beats a real id and reads as "no force" below.
         gt_ids = tf.where(tf.reduce_max(overlaps, axis=1) > 0.0, tf.range(m), m)
@@ -61,6 +53,69 @@ def match(gt_boxes: tf.Tensor, anchors: tf.Tensor, pos_iou: float = 0.5, neg_iou
     return tf.cond(tf.shape(gt_boxes)[0] > 0, _match, _no_boxes)
 
 
+def match(gt_boxes: tf.Tensor, anchors: tf.Tensor, pos_iou: float = 0.5, neg_iou: float = 0.4) -> tf.Tensor:
+    """Argmax matching with forced matches: [N] int32, per anchor the index of its ground truth.
+
+    gt_boxes [M, 4], anchors [N, 4] corners. An anchor whose best IoU is >= pos_iou gets that box's
+    index; below neg_iou it is NEGATIVE (-1); in between IGNORE (-2). Then each ground truth's best
+    anchor is forced to it (``_with_forced_matches``: the earliest box wins a shared one).
+    """
+
+    def assign(overlaps):
+        best_iou = tf.reduce_max(overlaps, axis=0)
+        best_gt = tf.argmax(overlaps, axis=0, output_type=tf.int32)
+        below = tf.where(best_iou >= neg_iou, tf.constant(IGNORE, tf.int32), tf.constant(NEGATIVE, tf.int32))
+        return tf.where(best_iou >= pos_iou, best_gt, below)
+
+    return _with_forced_matches(tf.convert_to_tensor(gt_boxes, tf.float32), tf.convert_to_tensor(anchors, tf.float32), assign)
+
+
+ATSS_TOP_K = 9  # candidate cells per level and ground truth (the ATSS paper's k, robust from 7 to 17 there)
+
+
+def atss_match(gt_boxes: tf.Tensor, anchors: tf.Tensor, levels, top_k: int = ATSS_TOP_K) -> tf.Tensor:
+    """Adaptive training sample selection (Zhang et al. 2020): [N] int32 per anchor its ground truth's
+    index, or NEGATIVE; no anchor is ignored.
+
+    gt_boxes [M, 4], anchors [N, 4] corners, level by level as anchors.generate_anchors orders them
+    (``levels``: anchors.AnchorLevels, the anchors per level and per cell). Per ground truth: on each
+    level the anchors of the ``top_k`` cells nearest its centre are candidates (top_k x anchors per
+    cell, as the ATSS authors' code takes them); their IoUs' mean + standard
+    deviation is its own positive threshold; a candidate reaching it with its centre inside the box
+    is positive. A small box's threshold is thus low and a large one's high, where argmax matching
+    applies one 0.5 to all. An anchor claimed by several boxes goes to the one it overlaps most. As in
+    ``match``, each box's best anchor is then forced to it (``_with_forced_matches``), so no box is
+    left without a positive.
+    """
+    gt_boxes = tf.convert_to_tensor(gt_boxes, tf.float32)
+    anchors = tf.convert_to_tensor(anchors, tf.float32)
+
+    def assign(overlaps):
+        m, n = tf.shape(overlaps)[0], tf.shape(overlaps)[1]
+        gt_centre = (gt_boxes[:, :2] + gt_boxes[:, 2:]) / 2.0  # [M, 2]
+        anchor_centre = (anchors[:, :2] + anchors[:, 2:]) / 2.0  # [N, 2]
+        distance = tf.reduce_sum(tf.square(gt_centre[:, None, :] - anchor_centre[None, :, :]), axis=-1)  # [M, N]
+        candidates, start = [], 0
+        for count in levels.counts:  # python ints: the levels are fixed by the model
+            k = min(top_k * levels.per_cell, count)
+            _, nearest = tf.math.top_k(-distance[:, start:start + count], k=k, sorted=False)
+            candidates.append(nearest + start)
+            start += count
+        candidates = tf.concat(candidates, axis=1)  # [M, K]
+        cand_iou = tf.gather(overlaps, candidates, batch_dims=1)  # [M, K]
+        threshold = tf.reduce_mean(cand_iou, axis=1) + tf.math.reduce_std(cand_iou, axis=1)  # [M]
+        centre = tf.gather(anchor_centre, candidates)  # [M, K, 2]
+        inside = tf.reduce_all((centre > gt_boxes[:, None, :2]) & (centre < gt_boxes[:, None, 2:]), axis=-1)
+        chosen = (cand_iou >= threshold[:, None]) & inside & (cand_iou > 0.0)  # [M, K]
+        rows = tf.broadcast_to(tf.range(m)[:, None], tf.shape(candidates))
+        # Per (box, anchor) the IoU where the anchor is the box's positive, else -1.
+        claim = tf.tensor_scatter_nd_max(tf.fill([m, n], -1.0), tf.stack([rows, candidates], axis=-1),
+                                         tf.where(chosen, cand_iou, -1.0))
+        return tf.where(tf.reduce_max(claim, axis=0) > 0.0, tf.argmax(claim, axis=0, output_type=tf.int32), NEGATIVE)
+
+    return _with_forced_matches(gt_boxes, anchors, assign)
+
+
 def encode_targets(
     gt_boxes: tf.Tensor,
     gt_classes: tf.Tensor,
@@ -68,17 +123,23 @@ def encode_targets(
     variances,
     pos_iou: float = 0.5,
     neg_iou: float = 0.4,
+    atss_levels=None,
 ) -> tf.Tensor:
     """One image's training targets y_true: [N, 5] float32.
 
     gt_boxes [M, 4] corners, gt_classes [M] ints in 1..C, anchors [N, 4] corners.
     Columns 0-3: encode() of the matched box (zeros unless positive); column 4: the class id of the
     matched box, 0 for background, -1 for ignore.
+    Matching: argmax IoU (``match``: positive >= pos_iou, ignored between neg_iou and pos_iou), or
+    ATSS (``atss_match``) when ``atss_levels`` (anchors.AnchorLevels) is given.
     """
     gt_boxes = tf.convert_to_tensor(gt_boxes, tf.float32)
     gt_classes = tf.cast(gt_classes, tf.float32)
     anchors = tf.convert_to_tensor(anchors, tf.float32)
-    matched = match(gt_boxes, anchors, pos_iou, neg_iou)
+    if atss_levels is None:
+        matched = match(gt_boxes, anchors, pos_iou, neg_iou)
+    else:  # ATSS: thresholds per box, from the anchors near it on each level
+        matched = atss_match(gt_boxes, anchors, atss_levels)
     positive = matched >= 0
 
     # A dummy last row lets non-positive anchors gather something even when M == 0.

@@ -309,7 +309,7 @@ def write_model_card(path: str, version: str, cfg: TrainConfig, model_cfg: Model
 - Backbone weights: {cfg.backbone_weights}
 - Started from: {metrics.get('initialized_from', 'backbone')}
 - Training data: `{cfg.data}` (fingerprint {fingerprint}; {metrics['train_images']} train / {metrics['val_images']} val images)
-- Training: {metrics['epochs']} epochs of at most {metrics['max_epochs']} in {metrics['fit_seconds']:.0f} s (time budget {_budget_text(cfg)}; phases ended by {', '.join(metrics['phases_ended_by']) or 'nothing'}; fine-tune share {cfg.fine_tune_fraction:g}), batch {cfg.batch_size}, peak LR {cfg.peak_learning_rate():g}, {cfg.classification_loss} loss{_class_weights_text(metrics.get("class_weights"), cfg)}
+- Training: {metrics['epochs']} epochs of at most {metrics['max_epochs']} in {metrics['fit_seconds']:.0f} s (time budget {_budget_text(cfg)}; phases ended by {', '.join(metrics['phases_ended_by']) or 'nothing'}; fine-tune share {cfg.fine_tune_fraction:g}), batch {cfg.batch_size}, peak LR {cfg.peak_learning_rate():g}, {cfg.classification_loss} classification and {cfg.box_loss} box loss, {cfg.matching} matching{_class_weights_text(metrics.get("class_weights"), cfg)}
 - Exported weights: {_best_epoch_text(metrics)}
 
 ## Metrics on the val split (COCO, pycocotools)
@@ -373,8 +373,11 @@ def _anchor_fit_text(fit: dict | None) -> str:
         return ""
     who = f"class {fit['class']}'s {fit['boxes']} training boxes" if fit["class"] else f"all {fit['boxes']} training boxes"
     scale = f", first anchor scale {fit['min_scale']:.3g}" if fit.get("min_scale") else ""
+    coverage = fit.get("shape_coverage")
+    shapes = ("\n- Anchor shapes: share of each class's training boxes that an anchor overlaps with IoU ≥ 0.5 when "
+              "centred on it: " + ", ".join(f"{name} {share:.0%}" for name, share in coverage.items())) if coverage else ""
     return (f"\n- Fitted to the smallest objects: {who} (side 10th percentile {fit['side_p10']:.3g}, median "
-            f"{fit['side_p50']:.3g} of the image side) → finest stride {fit['finest_stride']}{scale}")
+            f"{fit['side_p50']:.3g} of the image side) → finest stride {fit['finest_stride']}{scale}{shapes}")
 
 
 def _class_weights_text(weights: dict | None, cfg: TrainConfig) -> str:

@@ -31,9 +31,10 @@ import tensorflow as tf
 
 from model import registry, report, warm_start
 from model.thresholds import thresholds_by_id
-from model.anchors import fitted_finest_stride, fitted_min_scale, generate_anchors, smallest_class
+from model.anchors import (anchor_levels, anchor_shapes, best_shape_iou, fitted_finest_stride, fitted_min_scale, generate_anchors,
+                           smallest_class)
 from model.callbacks import AverageWeights, EpochCheckpoint, EpochLines, KeepBest, ValidationMAP
-from model.dataset import box_sides_and_classes, count_records, local_records, make_dataset, read_label_map, shard_files
+from model.dataset import box_shapes, count_records, local_records, make_dataset, read_label_map, shard_files
 from model.evaluate import write_metrics
 from model.export import KERAS_WEIGHTS, Detector, save_detector
 from model.losses import SSDLoss, balanced_class_weights
@@ -43,7 +44,7 @@ from model.schedule import Clock, TimeBudget, WarmupCosine
 from model.ssd import build_ssd, freeze_backbone, unfreeze_top
 from model.validation import make_detect_fn, score_detector, score_saved_model
 from ssdflow import storage
-from ssdflow.config import TrainConfig
+from ssdflow.config import BOX_WEIGHT, TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +173,7 @@ def fit_anchors(sides, classes, label_map, cfg) -> dict:
     where the population's percentile would sit among the large ones. The figures behind the choice
     are returned for the model card: ``{"finest_stride", "min_scale", "class", "boxes", "side_p10",
     "side_p50"}`` (``class`` None: no class had enough boxes, all boxes decided). ``sides``, ``classes``:
-    the training boxes' (``dataset.box_sides_and_classes``)."""
+    the training boxes' (``dataset.box_shapes``: sqrt(h * w), and the class ids)."""
     class_id, of_class = smallest_class(sides, classes)
     stride = cfg.finest_stride or fitted_finest_stride(of_class)
     names = {v: k for k, v in label_map.items()}
@@ -180,6 +181,20 @@ def fit_anchors(sides, classes, label_map, cfg) -> dict:
             "class": None if class_id is None else names.get(class_id, str(class_id)), "boxes": int(len(of_class)),
             "side_p10": round(float(np.quantile(of_class, 0.1)), 4) if len(of_class) else None,
             "side_p50": round(float(np.quantile(of_class, 0.5)), 4) if len(of_class) else None}
+
+
+POOR_SHAPE_COVERAGE = 0.9  # below this share, the train header names the class (YOLO's autoanchor refits below 0.98)
+
+
+def shape_coverage(heights, widths, classes, label_map, model_cfg, pos_iou: float = 0.5) -> dict[str, float]:
+    """Per class, the share of its training boxes that some anchor shape of ``model_cfg`` overlaps
+    with IoU >= ``pos_iou`` (the matcher's positive threshold) when centred on the box
+    (``anchors.best_shape_iou``): near 1 when the aspect ratios and scales suit the class's boxes; a
+    low share says the class's boxes get their anchors mostly by forced matches."""
+    best = best_shape_iou(heights, widths, anchor_shapes(model_cfg))
+    classes = np.asarray(classes)
+    return {name: round(float(np.mean(best[classes == i] >= pos_iou)), 3)
+            for name, i in sorted(label_map.items(), key=lambda kv: kv[1]) if np.any(classes == i)}
 
 
 def train(cfg: TrainConfig, extra_callbacks: tuple = (), verbose="auto", reuse_completed: bool = False,
@@ -204,7 +219,8 @@ def train(cfg: TrainConfig, extra_callbacks: tuple = (), verbose="auto", reuse_c
     anchor_fit, class_weights = None, None
     fitting = start is None and (cfg.finest_stride is None or cfg.min_scale is None)
     if fitting or cfg.class_balance:  # a pass over the records' headers, no decode; only when something needs it
-        sides, classes = box_sides_and_classes(train_files)
+        heights, widths, classes = box_shapes(train_files)
+        sides = np.sqrt(heights * widths)
         class_weights = balanced_class_weights(np.bincount(classes, minlength=len(label_map) + 1)[1:len(label_map) + 1],
                                                cfg.class_balance)
     if start is not None:  # a warm start keeps the starting model's architecture and anchors
@@ -215,6 +231,8 @@ def train(cfg: TrainConfig, extra_callbacks: tuple = (), verbose="auto", reuse_c
                               fitted_min_scale=anchor_fit["min_scale"])
     else:
         model_cfg = cfg.model(num_classes=len(label_map))
+    if anchor_fit is not None:
+        anchor_fit["shape_coverage"] = shape_coverage(heights, widths, classes, label_map, model_cfg)
     shard_files(records, "val")  # fails early, with a clear message, when the val split has no shards
     n_train, n_val = count_records(records, "train"), count_records(records, "val")
     if n_val == 0:
@@ -246,6 +264,9 @@ def train(cfg: TrainConfig, extra_callbacks: tuple = (), verbose="auto", reuse_c
                  else f"({frozen_epochs} with the backbone frozen + {fine_tune_epochs} fine-tuning)")
               + f" of {steps} steps x {batch_size} images"
               + (f", budget {budget_minutes:g} min" if budget_minutes else ", no time budget"))
+    poorly_fitted = {n: c for n, c in ((anchor_fit or {}).get("shape_coverage") or {}).items() if c < POOR_SHAPE_COVERAGE}
+    if poorly_fitted:  # such a class's boxes are learnt through forced matches only: worth knowing before the budget is spent
+        header += ("; anchor shapes fit few boxes of " + ", ".join(f"{n} ({c:.0%} at IoU >= 0.5)" for n, c in poorly_fitted.items()))
     log.info("%s", header)
     if say is not None:
         say(header)
@@ -269,10 +290,12 @@ def train(cfg: TrainConfig, extra_callbacks: tuple = (), verbose="auto", reuse_c
                 model.load_weights(start.weights)
             else:
                 model = build_ssd(model_cfg, None if cfg.backbone_weights == "none" else cfg.backbone_weights)
-            loss = SSDLoss(num_classes=model_cfg.num_classes, classification=cfg.classification_loss, class_weights=class_weights)
+            loss = SSDLoss(num_classes=model_cfg.num_classes, classification=cfg.classification_loss, class_weights=class_weights,
+                           box_loss=cfg.box_loss, box_weight=BOX_WEIGHT[cfg.box_loss], variances=model_cfg.variances)
         anchors = generate_anchors(model_cfg)
         train_ds = make_dataset(train_files, anchors, model_cfg.image_size, model_cfg.variances, batch_size, training=True,
-                                deterministic=cfg.deterministic, seed=cfg.seed, augmentation=cfg.augment, repeat=True)
+                                deterministic=cfg.deterministic, seed=cfg.seed, augmentation=cfg.augment, repeat=True,
+                                atss_levels=anchor_levels(model_cfg) if cfg.matching == "atss" else None)
         detect = make_detect_fn(model, model_cfg, cfg.score_threshold, cfg.iou_threshold, cfg.max_detections)
         val_map = ValidationMAP(detect, records, label_map, cfg.eval_every)
         best = KeepBest(os.path.join(run_dir, "best.weights.h5"))

@@ -46,6 +46,9 @@ BN_MOMENTUM = {"pretrained": 0.997, "scratch": 0.9}
 # budget: val mAP@.5 0.964 against 0.918 with 1e-3, last epoch 0.931 against 0.869; at 100 epochs
 # 0.931 against 0.747), 1e-3 from scratch, where it is what was measured (docs/benchmarks.md).
 LEARNING_RATE = {"pretrained": 3e-3, "scratch": 1e-3}
+# The box term's weight against classification, by box loss: Huber sums four offsets of about one
+# unit each; 1 - GIoU is one number in [0, 2], weighted 2 as in MMDetection's GIoU recipes.
+BOX_WEIGHT = {"huber": 1.0, "giou": 2.0}
 
 
 OUT_HELP = ("Output directory (local path, s3://, gs://): new, empty, or holding an earlier {job} output, which this run "
@@ -236,6 +239,12 @@ class TrainSettings(BaseModel):
     fine_tune_lr_factor: float = Field(0.1, gt=0, le=1, description="Learning-rate factor of the fine-tuning phase")
     unfreeze_from_block: int = Field(11, ge=0, le=16, description="First MobileNetV2 block trained in fine-tuning")
     classification_loss: Literal["focal", "softmax_hnm"] = Field("focal", description="focal (RetinaNet's) or softmax_hnm (softmax with 3:1 hard negatives, the original SSD's)")
+    box_loss: Literal["huber", "giou"] = Field("huber", description=(
+        "Box term of the loss: huber (on the encoded offsets, the TF OD API's SSD) or giou (1 - generalized IoU of the "
+        "decoded box, weighted 2)"))
+    matching: Literal["argmax", "atss"] = Field("argmax", description=(
+        "Which anchors a box trains: argmax (IoU >= 0.5 positive, < 0.4 negative, the TF OD API's SSD) or atss (per box, "
+        "the 9 nearest anchors of each level above their IoUs' mean + standard deviation, centres inside the box)"))
     class_balance: float = Field(0.0, ge=0.0, le=1.0, description=(
         "Weight each class's positive anchors in the loss by (the most frequent class's training boxes / its own) to this "
         "power, averaging 1 over the boxes: a minority class counts more (0: off; 0.5: square-root inverse frequency)"))

@@ -77,7 +77,9 @@ def test_better_challenger_promoted_worse_one_not(shapes, trained):
     assert strong.decision["challenger_score"] > strong.decision["champion_score"]
     # No epoch bound, a budget shorter than one step: the budget ends training after its first step;
     # that cut-short epoch is still validated, and its weights are the best (the only) ones exported.
-    worse = _train(shapes, epochs=None, time_budget=0.001, steps_per_epoch=5, learning_rate=1e-5, seed=7, eval_every=1)
+    # It trains with the GIoU box loss and ATSS matching: the settings reach the loss and the input pipeline.
+    worse = _train(shapes, epochs=None, time_budget=0.001, steps_per_epoch=5, learning_rate=1e-5, seed=7, eval_every=1,
+                   box_loss="giou", matching="atss")
     assert worse.metrics["phases_ended_by"] == ["time budget"] and worse.metrics["epochs"] == 1
     assert (worse.metrics["best_epoch"], worse.metrics["best_phase"]) == (1, "phase1")
     assert [h["phase"] for h in worse.metrics["validation_history"]] == ["phase1"]
@@ -90,6 +92,11 @@ def test_better_challenger_promoted_worse_one_not(shapes, trained):
     card = open(os.path.join(worse.model_dir, "model_card.md")).read()
     assert "Promoted: **no**" in card and shapes["records"] in card
     assert "SSDLite, MobileNetV2 backbone (alpha 0.35)" in card
+    assert "focal classification and giou box loss, atss matching" in card
+    # The shapes' boxes, about square, fit the anchor shapes (the figure YOLO's autoanchor calls best possible recall).
+    coverage = worse.metrics["anchor_fit"]["shape_coverage"]
+    assert set(coverage) <= {"circle", "square", "triangle"} and len(coverage) >= 2 and min(coverage.values()) >= 0.9
+    assert "- Anchor shapes: share of each class's training boxes" in card and f"{next(iter(coverage))} " in card
     # The finest anchors were fitted to the shapes' boxes (sides 1/6-1/2 of the image): just under the 0.2 default.
     architecture = json.load(open(os.path.join(worse.model_dir, "ssdflow_model.json")))["model"]
     fitted = architecture["min_scale"]

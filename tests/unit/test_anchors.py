@@ -175,3 +175,30 @@ def test_training_fits_the_architecture_to_the_smallest_class_and_says_so():
     assert "class triangle's 14 training boxes" in text and "finest stride 8" in text
     fixed = fit_anchors(sides, classes, label_map, TrainSettings(image_size=320, finest_stride=16, min_scale=0.2))
     assert fixed["finest_stride"] == 16 and fixed["min_scale"] is None  # the settings' own values apply
+
+
+def test_shape_coverage_is_the_share_of_a_classs_boxes_an_anchor_shape_fits():
+    """anchors.best_shape_iou / train.shape_coverage: a box of an anchor's own shape fits it exactly;
+    long thin boxes (10:1, beyond the 3:1 ratios) fit no anchor at IoU 0.5, and the class made of
+    them says so in the model card."""
+    from model.anchors import anchor_shapes, best_shape_iou
+    from model.run_record import _anchor_fit_text
+    from model.train import shape_coverage
+    from ssdflow.config import ModelConfig
+    from ssdflow.schema import LabelMap
+
+    cfg = ModelConfig(alpha=0.35, image_size=320, num_classes=2)
+    shapes = anchor_shapes(cfg)
+    assert len(shapes) == len(feature_map_sizes(320, cfg.extra_levels, cfg.finest_stride)) * anchors_per_cell(cfg.aspect_ratios)
+    h, w = shapes[3]
+    assert best_shape_iou([h], [w], shapes)[0] == pytest.approx(1.0)
+    assert best_shape_iou([0.5 * h], [w], shapes)[0] < 1.0
+    # 1:1 boxes of many sizes, and 10:1 ones (IoU 0.38 with a 3:1 anchor of the same area)
+    sizes = np.linspace(0.2, 0.9, 20)  # within the anchor scales
+    heights, widths = np.r_[sizes, sizes / np.sqrt(10)], np.r_[sizes, sizes * np.sqrt(10)]
+    classes = np.r_[np.ones(20, int), np.full(20, 2)]
+    coverage = shape_coverage(heights, widths, classes, LabelMap({"ball": 1, "pole": 2}), cfg)
+    assert coverage["ball"] == 1.0 and coverage["pole"] < 0.5
+    text = _anchor_fit_text({"boxes": 20, "class": "ball", "side_p10": 0.1, "side_p50": 0.3, "finest_stride": 16,
+                             "min_scale": 0.2, "shape_coverage": coverage})
+    assert "ball 100%" in text and f"pole {coverage['pole']:.0%}" in text

@@ -13,7 +13,7 @@ import tensorflow as tf
 
 from model.anchors import generate_anchors
 from model.box_coder import decode
-from model.dataset import DatasetError, box_sides_and_classes, count_records, eval_dataset, make_dataset, parse_example, read_label_map, shard_files
+from model.dataset import DatasetError, box_shapes, count_records, eval_dataset, make_dataset, parse_example, read_label_map, shard_files
 from model.matcher import iou
 from ssdflow import schema
 from ssdflow.config import ModelConfig
@@ -238,10 +238,12 @@ def test_eval_dataset_ragged(data_dir):
         assert b["encoded"][i].numpy() == _jpeg(w, h, rects)
 
 
-def test_box_sides_are_every_train_box_in_record_order(data_dir):
-    expected = [np.sqrt((y1 - y0) / h * (x1 - x0) / w) for _, w, h, rects in TRAIN for x0, y0, x1, y1, _ in rects]
-    sides, classes = box_sides_and_classes(shard_files(data_dir, "train"))
-    np.testing.assert_allclose(sides, expected, rtol=1e-5)
-    np.testing.assert_allclose(box_sides_and_classes(shard_files(data_dir, "train"), max_images=2)[0], expected[:3], rtol=1e-5)
+def test_box_shapes_are_every_train_box_in_record_order(data_dir):
+    heights = [(y1 - y0) / h for _, w, h, rects in TRAIN for x0, y0, x1, y1, _ in rects]
+    widths = [(x1 - x0) / w for _, w, h, rects in TRAIN for x0, y0, x1, y1, _ in rects]
+    got_h, got_w, classes = box_shapes(shard_files(data_dir, "train"))
+    np.testing.assert_allclose(got_h, heights, rtol=1e-5)
+    np.testing.assert_allclose(got_w, widths, rtol=1e-5)
+    np.testing.assert_allclose(box_shapes(shard_files(data_dir, "train"), max_images=2)[1], widths[:3], rtol=1e-5)
     assert classes.tolist() == [r[4] for _, _, _, rects in TRAIN for r in rects]
 

@@ -1,4 +1,4 @@
-"""model.losses.SSDLoss: focal / hard-negative-mined softmax classification plus Huber box loss,
+"""model.losses.SSDLoss: focal / hard-negative-mined softmax classification plus a Huber or GIoU box loss,
 normalized by the batch's positive anchors."""
 
 from __future__ import annotations
@@ -185,3 +185,65 @@ def test_class_weights_scale_each_positive_anchors_terms_by_its_class():
     assert SSDLoss.from_config(loss.get_config()).class_weights == list(weights)
     with pytest.raises(ValueError, match="one weight per class"):
         SSDLoss(C, class_weights=(1.0, 2.0))
+
+
+def _giou_numpy(a, b):
+    """Reference GIoU of corner boxes [..., 4] in image coordinates."""
+    area = lambda x: (x[..., 2] - x[..., 0]) * (x[..., 3] - x[..., 1])  # noqa: E731
+    inter = (np.clip(np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]), 0, None)
+             * np.clip(np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]), 0, None))
+    union = area(a) + area(b) - inter
+    hull = ((np.maximum(a[..., 2], b[..., 2]) - np.minimum(a[..., 0], b[..., 0]))
+            * (np.maximum(a[..., 3], b[..., 3]) - np.minimum(a[..., 1], b[..., 1])))
+    return inter / union - (hull - union) / hull
+
+
+def _random_boxes(rng, n):
+    centre = rng.uniform(0.2, 0.8, size=(n, 2))
+    size = rng.uniform(0.02, 0.5, size=(n, 2))
+    return np.concatenate([centre - size / 2, centre + size / 2], axis=-1).astype(np.float32)
+
+
+def test_giou_from_offsets_equals_giou_of_the_decoded_boxes_in_the_image():
+    """The loss reads only encoded offsets: for boxes encoded against anchors of any shape and place,
+    1 - its value is the GIoU of the boxes themselves (overlapping pairs and disjoint ones, GIoU < 0)."""
+    from model.box_coder import encode
+    from model.losses import giou_loss
+
+    rng = np.random.default_rng(3)
+    variances = (0.1, 0.1, 0.2, 0.2)
+    anchors, truth, pred = (_random_boxes(rng, 500) for _ in range(3))
+    pred[:50] = truth[:50]  # some perfect predictions
+    expected = _giou_numpy(pred, truth)
+    assert (expected < 0).any() and (expected > 0.5).any()  # both regimes are exercised
+    got = giou_loss(encode(pred, anchors, variances), encode(truth, anchors, variances), variances)
+    np.testing.assert_allclose(got.numpy(), 1.0 - expected, atol=2e-5)
+    assert np.abs(got.numpy()[:50]).max() < 1e-5
+
+
+def test_giou_box_loss_averages_over_positives_and_moves_disjoint_boxes_closer():
+    from model.box_coder import decode, encode
+    from model.losses import giou_loss
+
+    rng = np.random.default_rng(4)
+    variances = (0.1, 0.1, 0.2, 0.2)
+    y_true, y_pred = _batch()
+    anchors = _random_boxes(rng, y_true.shape[1])
+    positive = y_true[..., 4] > 0
+    truth = np.stack([encode(_random_boxes(rng, y_true.shape[1]), anchors, variances).numpy() for _ in range(2)])
+    y_true[..., :4] = np.where(positive[..., None], truth, 0.0)
+    loss = SSDLoss(C, box_loss="giou", variances=variances)
+    parts = loss.components(y_true, y_pred)
+    decoded = lambda t: decode(t, anchors, variances).numpy()  # noqa: E731
+    per_anchor = 1.0 - _giou_numpy(np.stack([decoded(y_pred[i, :, :4]) for i in range(2)]),
+                                   np.stack([decoded(y_true[i, :, :4]) for i in range(2)]))
+    assert float(parts["box"]) == pytest.approx(per_anchor[positive].sum() / positive.sum(), rel=1e-4)
+    # Boxes that do not overlap still get a gradient (IoU alone would give none).
+    far = tf.Variable([[0.0, 30.0, 0.0, 0.0]])  # 30 * 0.1 = 3 anchor widths to the right
+    with tf.GradientTape() as tape:
+        value = tf.reduce_sum(giou_loss(far, tf.zeros([1, 4]), variances))
+    assert float(value) > 1.0 and float(tape.gradient(value, far)[0, 1]) > 0.0
+    clone = SSDLoss.from_config(loss.get_config())
+    assert (clone.box_loss, clone.variances) == ("giou", list(variances))
+    with pytest.raises(ValueError, match="box_loss"):
+        SSDLoss(C, box_loss="l1")

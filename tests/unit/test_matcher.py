@@ -100,3 +100,55 @@ def test_encode_targets_columns():
     np.testing.assert_array_equal(y_true[~positive, :4], 0.0)
     decoded = decode(y_true[positive, :4], tf.boolean_mask(anchors, positive), VARIANCES).numpy()
     np.testing.assert_allclose(decoded, boxes.numpy()[matched[positive]], atol=1e-5)
+
+
+def _atss_reference(gt, anchors, counts, k):
+    """The ATSS rule in numpy, written from the paper: per box and level the k nearest anchors,
+    threshold mean + std of their IoUs, centre inside; the highest IoU wins; best anchor forced."""
+    ious = iou(gt, anchors).numpy()
+    gc, ac = (gt[:, :2] + gt[:, 2:]) / 2, (anchors[:, :2] + anchors[:, 2:]) / 2
+    claim = np.full(ious.shape, -1.0)
+    for g in range(len(gt)):
+        d = ((ac - gc[g]) ** 2).sum(-1)
+        cand = np.concatenate([s + np.argsort(d[s:s + c], kind="stable")[:min(k, c)]
+                               for s, c in zip(np.cumsum([0] + counts[:-1]), counts)])
+        thr = ious[g, cand].mean() + ious[g, cand].std()
+        inside = np.all((ac[cand] > gt[g, :2]) & (ac[cand] < gt[g, 2:]), axis=-1)
+        ok = cand[(ious[g, cand] >= thr) & inside & (ious[g, cand] > 0)]
+        claim[g, ok] = ious[g, ok]
+    matched = np.where(claim.max(0) > 0, claim.argmax(0), NEGATIVE)
+    for g in reversed(range(len(gt))):  # the earliest box wins a shared best anchor
+        if ious[g].max() > 0:
+            matched[ious[g].argmax()] = g
+    return matched
+
+
+def test_atss_matches_the_papers_rule_and_gives_every_box_positives_of_its_own_scale():
+    from model.anchors import anchor_levels
+    from model.matcher import ATSS_TOP_K, atss_match
+
+    cfg = ModelConfig(image_size=128, finest_stride=8, min_scale=0.1)
+    anchors = generate_anchors(cfg).numpy()
+    levels = anchor_levels(cfg)
+    counts = list(levels.counts)
+    assert sum(counts) == len(anchors) and levels.per_cell == 6
+    gt = np.array([[0.13, 0.13, 0.19, 0.19],  # small: every anchor's IoU is under 0.5
+                   [0.3, 0.2, 0.9, 0.7],     # large
+                   [0.5, 0.55, 0.62, 0.95]],  # wide
+                  np.float32)
+    got = atss_match(gt, anchors, levels).numpy()
+    # The 9 nearest cells per level, 6 anchors each (these box centres have no two cells equally near).
+    np.testing.assert_array_equal(got, _atss_reference(gt, anchors, counts, ATSS_TOP_K * 6))
+    assert IGNORE not in got
+    argmax = match(gt, anchors).numpy()
+    assert (got == 0).sum() > (argmax == 0).sum() == 1  # the small box: only its forced anchor by argmax
+    for g in range(3):
+        assert (got == g).sum() >= 1
+        centres = (anchors[got == g, :2] + anchors[got == g, 2:]) / 2
+        assert np.mean(np.all((centres > gt[g, :2]) & (centres < gt[g, 2:]), axis=-1)) > 0.5
+    np.testing.assert_array_equal(atss_match(tf.zeros([0, 4]), anchors, levels).numpy(), NEGATIVE)
+    # In a tf.data map, through encode_targets, as training runs it.
+    ds = tf.data.Dataset.from_tensors((gt, tf.constant([1, 2, 3]))).map(
+        lambda b, c: encode_targets(b, c, anchors, VARIANCES, atss_levels=levels))
+    y_true = next(iter(ds)).numpy()
+    np.testing.assert_array_equal(y_true[:, 4], np.where(got >= 0, got + 1, 0))
