@@ -126,14 +126,15 @@ def generate_anchors(cfg: ModelConfig) -> tf.Tensor:
     [B, H, W, A*k] conv output to [B, H*W*A, k] and concatenating the levels.
     Anchor of aspect ratio r = w/h at scale s: w = s*sqrt(r), h = s/sqrt(r).
     """
+    return tf.concat([_level_anchors(size, cell_sizes) for size, cell_sizes in _levels(cfg)], axis=0)
+
+
+def _levels(cfg: ModelConfig) -> list[tuple[int, list[tuple[float, float]]]]:
+    """Per feature level, finest first: (its side in cells, (h, w) of a cell's anchors in head order)."""
     sizes = feature_map_sizes(cfg.image_size, cfg.extra_levels, cfg.finest_stride)
     scales = level_scales(len(sizes), cfg.first_scale, cfg.max_scale)
     next_scales = scales[1:] + [1.0]
-    levels = [
-        _level_anchors(size, _cell_anchor_sizes(s, s_next, list(cfg.aspect_ratios)))
-        for size, s, s_next in zip(sizes, scales, next_scales)
-    ]
-    return tf.concat(levels, axis=0)
+    return [(size, _cell_anchor_sizes(s, s_next, list(cfg.aspect_ratios))) for size, s, s_next in zip(sizes, scales, next_scales)]
 
 
 class AnchorLevels(NamedTuple):
@@ -154,10 +155,7 @@ def anchor_levels(cfg: ModelConfig) -> AnchorLevels:
 def anchor_shapes(cfg: ModelConfig) -> np.ndarray:
     """Every anchor shape of the model, whatever its cell: [K, 2] (h, w) as fractions of the image side,
     level by level as generate_anchors makes them."""
-    sizes = feature_map_sizes(cfg.image_size, cfg.extra_levels, cfg.finest_stride)
-    scales = level_scales(len(sizes), cfg.first_scale, cfg.max_scale)
-    shapes = [_cell_anchor_sizes(s, s_next, list(cfg.aspect_ratios)) for s, s_next in zip(scales, scales[1:] + [1.0])]
-    return np.asarray([hw for level in shapes for hw in level], np.float64)
+    return np.asarray([hw for _, cell_sizes in _levels(cfg) for hw in cell_sizes], np.float64)
 
 
 def best_shape_iou(heights, widths, shapes: np.ndarray) -> np.ndarray:
@@ -173,10 +171,9 @@ def best_shape_iou(heights, widths, shapes: np.ndarray) -> np.ndarray:
     ah, aw = shapes[None, :, 0], shapes[None, :, 1]
     inter = np.minimum(h, ah) * np.minimum(w, aw)
     iou = inter / np.maximum(h * w + ah * aw - inter, 1e-12)
-    return iou.max(axis=1) if iou.shape[1] and iou.shape[0] else np.zeros([iou.shape[0]])
+    return iou.max(axis=1, initial=0.0)
 
 
 def num_anchors(cfg: ModelConfig) -> int:
     """N, the number of anchors generate_anchors(cfg) returns (and the head predicts)."""
-    sizes = feature_map_sizes(cfg.image_size, cfg.extra_levels, cfg.finest_stride)
-    return sum(s * s for s in sizes) * anchors_per_cell(list(cfg.aspect_ratios))
+    return sum(anchor_levels(cfg).counts)

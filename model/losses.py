@@ -14,6 +14,8 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from model.box_coder import decode
+
 CLASSIFICATIONS = ("focal", "softmax_hnm")
 BOX_LOSSES = ("huber", "giou")
 
@@ -38,20 +40,17 @@ def softmax_focal(labels: tf.Tensor, logits: tf.Tensor, alpha: float, gamma: flo
     return alpha_t * tf.pow(one_minus_pt, gamma) * ce
 
 
+# The anchor frame: an anchor centred at 0 with height and width 1, as corners.
+UNIT_ANCHOR = (-0.5, -0.5, 0.5, 0.5)
+
+
 def anchor_frame_boxes(offsets: tf.Tensor, variances) -> tf.Tensor:
     """Encoded offsets [..., 4] (box_coder.encode's layout) → the boxes they stand for, [..., 4]
-    corners [ymin, xmin, ymax, xmax] in their anchor's frame: the anchor centred at 0 with height and
-    width 1. IoU and GIoU are ratios of areas, unchanged by shifting and by scaling each axis, so
-    two boxes encoded against one anchor have the same GIoU here as in the image: the loss needs no
-    anchors. log sizes are capped as box_coder.decode caps them.
+    corners [ymin, xmin, ymax, xmax] in their anchor's frame (box_coder.decode against UNIT_ANCHOR).
+    IoU and GIoU are ratios of areas, unchanged by shifting and by scaling each axis, so two boxes
+    encoded against one anchor have the same GIoU here as in the image: the loss needs no anchors.
     """
-    from model.box_coder import MAX_LOG_SCALE
-
-    t = offsets * tf.constant(variances, tf.float32)
-    cy, cx = t[..., 0], t[..., 1]
-    h = tf.exp(tf.minimum(t[..., 2], MAX_LOG_SCALE))
-    w = tf.exp(tf.minimum(t[..., 3], MAX_LOG_SCALE))
-    return tf.stack([cy - h / 2.0, cx - w / 2.0, cy + h / 2.0, cx + w / 2.0], axis=-1)
+    return decode(offsets, tf.constant(UNIT_ANCHOR, tf.float32), variances)
 
 
 def giou_loss(box_pred: tf.Tensor, box_true: tf.Tensor, variances) -> tf.Tensor:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from model.box_coder import encode
+from model.box_coder import corners_to_center, encode
 
 NEGATIVE = -1  # matched index of a background anchor
 IGNORE = -2  # matched index of an anchor that is neither positive nor negative
@@ -92,8 +92,8 @@ def atss_match(gt_boxes: tf.Tensor, anchors: tf.Tensor, levels, top_k: int = ATS
 
     def assign(overlaps):
         m, n = tf.shape(overlaps)[0], tf.shape(overlaps)[1]
-        gt_centre = (gt_boxes[:, :2] + gt_boxes[:, 2:]) / 2.0  # [M, 2]
-        anchor_centre = (anchors[:, :2] + anchors[:, 2:]) / 2.0  # [N, 2]
+        gt_centre = corners_to_center(gt_boxes)[:, :2]  # [M, 2] (cy, cx)
+        anchor_centre = corners_to_center(anchors)[:, :2]  # [N, 2]
         distance = tf.reduce_sum(tf.square(gt_centre[:, None, :] - anchor_centre[None, :, :]), axis=-1)  # [M, N]
         candidates, start = [], 0
         for count in levels.counts:  # python ints: the levels are fixed by the model

@@ -194,7 +194,7 @@ def shape_coverage(heights, widths, classes, label_map, model_cfg, pos_iou: floa
     best = best_shape_iou(heights, widths, anchor_shapes(model_cfg))
     classes = np.asarray(classes)
     return {name: round(float(np.mean(best[classes == i] >= pos_iou)), 3)
-            for name, i in sorted(label_map.items(), key=lambda kv: kv[1]) if np.any(classes == i)}
+            for name, i in label_map.by_id() if np.any(classes == i)}
 
 
 def train(cfg: TrainConfig, extra_callbacks: tuple = (), verbose="auto", reuse_completed: bool = False,
@@ -360,7 +360,7 @@ def train(cfg: TrainConfig, extra_callbacks: tuple = (), verbose="auto", reuse_c
                        validation_history=val_map.history, best_epoch=best_epoch, best_phase=best.best_phase if best_epoch is not None else None,
                        precision=precision, initialized_from=start_text, anchor_fit=anchor_fit,
                        class_weights=None if class_weights is None else
-                       {name: class_weights[i - 1] for name, i in sorted(label_map.items(), key=lambda kv: kv[1])})
+                       {name: class_weights[i - 1] for name, i in label_map.by_id()})
         write_metrics(os.path.join(staging, "metrics.json"), metrics)
         write_model_card(os.path.join(staging, "model_card.md"), version, cfg, model_cfg, metrics, label_map, fingerprint)
         if os.path.isdir(os.path.join(run_dir, "logs")):  # TensorBoard logs stay with the version they describe

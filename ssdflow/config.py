@@ -244,7 +244,7 @@ class TrainSettings(BaseModel):
         "decoded box, weighted 2)"))
     matching: Literal["argmax", "atss"] = Field("argmax", description=(
         "Which anchors a box trains: argmax (IoU >= 0.5 positive, < 0.4 negative, the TF OD API's SSD) or atss (per box, "
-        "the 9 nearest anchors of each level above their IoUs' mean + standard deviation, centres inside the box)"))
+        "the anchors of the 9 nearest cells of each level above their IoUs' mean + standard deviation, centres inside the box)"))
     class_balance: float = Field(0.0, ge=0.0, le=1.0, description=(
         "Weight each class's positive anchors in the loss by (the most frequent class's training boxes / its own) to this "
         "power, averaging 1 over the boxes: a minority class counts more (0: off; 0.5: square-root inverse frequency)"))

@@ -165,12 +165,16 @@ class LabelMap(dict):
             raise ValueError(f"label map has repeated ids: {dict(self)}")
         return self
 
+    def by_id(self) -> list[tuple[str, int]]:
+        """(name, id) pairs in id order: the order of the model's class outputs."""
+        return sorted(self.items(), key=lambda kv: kv[1])
+
     def to_json(self) -> str:
-        items = sorted(self.items(), key=lambda kv: kv[1])
+        items = self.by_id()
         return json.dumps({"classes": [{"id": i, "name": n} for n, i in items]}, indent=2) + "\n"
 
     def to_pbtxt(self) -> str:
-        items = sorted(self.items(), key=lambda kv: kv[1])
+        items = self.by_id()
         # Names are C-escaped as protobuf's text_format writes them, so the TF OD API reads them back.
         return "".join(f'item {{\n  id: {i}\n  name: "{text_encoding.CEscape(n, as_utf8=True)}"\n}}\n' for n, i in items)
 
