@@ -223,7 +223,8 @@ def rate_keras(keras_model, pixels, count: int, cfg, info: dict) -> float:
 
     def one(x):
         pred = keras_model.predict(x[None], verbose=0)
-        return _fetch(postprocess(pred, anchors, variances, info["score_threshold"], info["iou_threshold"], info["max_detections"]))
+        return _fetch(postprocess(pred, anchors, variances, info["score_threshold"], info["iou_threshold"], info["max_detections"],
+                                  info.get("box_merge_iou")))
 
     one(pixels[0])  # warm-up, untimed
     t0 = time.perf_counter()

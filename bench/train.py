@@ -7,6 +7,7 @@
     .venv/bin/python -m bench.train s3-quality --alpha 0.35 --image-size 192 --epochs 10
     .venv/bin/python -m bench.train quality --weights ../shared/weights/mobilenet_v2_1.0_imagenet_dogs_no_top.weights.h5 \
         [--time-budget 30] [--seeds 0,1,2] [--pretrained-only] [--set KEY=VALUE ...] [--history FILE]
+    .venv/bin/python -m bench.train postprocess --model MODELS/VERSION --data RECORDS [--model ... --data ...] [--merge 0.5,0.6,0.7]
 
 startup: seconds to the first training step (graph tracing) with the optimizer built lazily, as
 Keras does, and before fit, as model/train.py does; prints the ratio.
@@ -31,6 +32,10 @@ product's defaults (time budget, per-epoch val mAP, best epoch exported; --set K
 setting) → evaluate, with --backbone-weights none and, when --weights
 is given, with that pretrained backbone; prints a markdown table row per run (and the mean and
 spread over --seeds).
+
+postprocess: a trained model (a registered version: its Keras weights) scored on val as exported
+(NMS's boxes) and with box merging at each --merge IoU (model/postprocess.py), the product's own
+detection path; prints a markdown table row per model and setting.
 """
 
 from __future__ import annotations
@@ -92,7 +97,29 @@ def ingest_minority_small(out: Path, images: int = 300) -> str:
     return str(out)
 
 
-DATASETS = {"raccoon": ingest_raccoon, "small-shapes": ingest_small_shapes, "minority-small": ingest_minority_small}
+# The elongated set: bars (w/h 5-10) and poles (h/w 5-10), a third of the objects, beside circles
+# and squares: boxes that no default anchor ratio (up to 3:1) fits at IoU 0.5, as in sets of pens,
+# pedestrians far away, number plates or pipes.
+ELONGATED = {"circle": (0.35, (0.10, 0.30)), "square": (0.35, (0.10, 0.30)), "bar": (0.15, (0.08, 0.20), (5.0, 10.0)),
+             "pole": (0.15, (0.08, 0.20), (0.1, 0.2))}
+
+
+def ingest_elongated(out: Path, images: int = 300) -> str:
+    """The elongated stress set: 320x320 scenes of 4-8 objects, a third of them long and thin."""
+    from beam_jobs.ingest import run_ingest
+    from ssdflow import storage
+    from ssdflow.config import IngestConfig
+    from ssdflow.demo_data import make_dataset
+
+    if storage.read_success(str(out)) is None:
+        image_dir, label_dir = make_dataset(str(out.parent / "elongated"), num_images=images, seed=3, size=(320, 320),
+                                            min_objects=4, max_objects=8, classes=ELONGATED)
+        run_ingest(IngestConfig(images=image_dir, labels=label_dir, format="voc", out=str(out), val_fraction=0.2))
+    return str(out)
+
+
+DATASETS = {"raccoon": ingest_raccoon, "small-shapes": ingest_small_shapes, "minority-small": ingest_minority_small,
+            "elongated": ingest_elongated}
 
 
 def throughput(args) -> None:
@@ -361,9 +388,48 @@ def quality(args) -> None:
             print(f"| {name} | mean ± sd | {label} | {statistics.mean(scores):.3f} ± {statistics.stdev(scores):.3f} | | | | | |")
 
 
+def postprocess(args) -> None:
+    from model.validation import make_detect_fn, score_detector
+    from model.ssd import build_ssd
+    from ssdflow.config import ModelConfig
+    from ssdflow.schema import KERAS_WEIGHTS, MODEL_INFO
+
+    if not args.model or len(args.model) != len(args.data):
+        raise SystemExit("postprocess needs --model and --data, one --data per --model")
+    import tensorflow as tf
+
+    from model.export import Detector
+
+    print("| model | post-processing | mAP@.5 | mAP@[.5:.95] | mAP@.75 | mAP small | AP@.5 / AP per class | ms per 16 images (ratio) |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | --- | ---: |")
+    for model_dir, data in zip(args.model, args.data):
+        info = json.loads((Path(model_dir) / MODEL_INFO).read_text())
+        cfg = ModelConfig(**info["model"])
+        model = build_ssd(cfg, None)
+        model.load_weights(str(Path(model_dir) / KERAS_WEIGHTS))
+        pixels = tf.random.stateless_uniform([16, cfg.image_size, cfg.image_size, 3], (0, 0), 0, 255)
+        base = None
+        for merge in [None, *(float(v) for v in args.merge.split(",") if v)]:
+            detector = Detector(model, cfg, info["score_threshold"], info["iou_threshold"], info["max_detections"], box_merge_iou=merge)
+            timings = []
+            for i in range(7):  # network + post-processing on a batch, as scoring runs it; 2 warm-up calls
+                t0 = time.perf_counter()
+                detector.serve_pixels(pixels)["num_detections"].numpy()
+                timings.append(time.perf_counter() - t0)
+            ms = min(timings[2:]) * 1000
+            base = base or ms
+            detect = make_detect_fn(model, cfg, info["score_threshold"], info["iou_threshold"], info["max_detections"], merge)
+            m = score_detector(detect, data)
+            small = "–" if m.get("mAP_small") is None else f"{m['mAP_small']:.3f}"
+            classes = ", ".join(f"{c} {v['AP@.5']:.3f} / {v['AP']:.3f}" for c, v in m["per_class"].items() if v.get("AP") is not None)
+            what = f"NMS at {info['iou_threshold']:g}" + (f", merged above {merge:g}" if merge else "")
+            print(f"| {Path(model_dir).parent.name}/{Path(model_dir).name} | {what} | {m['mAP@.5']:.3f} | {m['mAP']:.3f} | "
+                  f"{m['mAP@.75']:.3f} | {small} | {classes} | {ms:.0f} ({ms / base:.2f}) |", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=["throughput", "quality", "startup", "precision", "s3", "s3-quality"])
+    ap.add_argument("what", choices=["throughput", "quality", "startup", "precision", "s3", "s3-quality", "postprocess"])
     ap.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "ssdflow-bench-train"))
     ap.add_argument("--alpha", type=float, default=1.0)
     ap.add_argument("--image-size", type=int, default=320)
@@ -381,9 +447,12 @@ def main() -> None:
     ap.add_argument("--history", help="append each run's per-evaluation val mAP as JSON lines to this file (quality)")
     ap.add_argument("--weights", help="pretrained MobileNetV2 no-top weights file (quality)")
     ap.add_argument("--repeats", type=int, default=3, help="alternating measurements of each side (s3)")
+    ap.add_argument("--model", action="append", help="a registered model version directory (postprocess; repeatable)")
+    ap.add_argument("--data", action="append", default=[], help="the ingest output to score --model on (postprocess; one per --model)")
+    ap.add_argument("--merge", default="0.5,0.6,0.7", help="box-merging IoUs to score besides plain NMS (postprocess)")
     args = ap.parse_args()
     {"throughput": throughput, "quality": quality, "startup": startup, "precision": precision, "s3": s3_input,
-     "s3-quality": s3_quality}[args.what](args)
+     "s3-quality": s3_quality, "postprocess": postprocess}[args.what](args)
 
 
 if __name__ == "__main__":

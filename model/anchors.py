@@ -32,10 +32,16 @@ def feature_map_sizes(image_size: int, extra_levels: int, finest_stride: int = 1
     return sizes
 
 
-def level_scales(num_levels: int, min_scale: float, max_scale: float) -> list[float]:
-    """Anchor scale (fraction of the image side) of each level, linear from min_scale to max_scale."""
+def level_scales(num_levels: int, min_scale: float, max_scale: float, spacing: str = "linear") -> list[float]:
+    """Anchor scale (fraction of the image side) of each level from min_scale to max_scale: "linear"
+    (the SSD paper's, the TF OD API's SSD) or "geometric" (a constant factor between levels, as
+    FPN's and RetinaNet's anchors, which double with the stride). Linear steps are widest at the
+    fine levels: from 0.09 to 0.95 over 7 levels the first step is 2.5x, the last 1.2x, and a box
+    between two levels' scales overlaps neither at IoU 0.5 unless it is square (the extra anchor)."""
     if num_levels == 1:
         return [float(min_scale)]
+    if spacing == "geometric":
+        return [float(min_scale * (max_scale / min_scale) ** (k / (num_levels - 1))) for k in range(num_levels)]
     step = (max_scale - min_scale) / (num_levels - 1)
     return [float(min_scale + step * k) for k in range(num_levels)]
 
@@ -95,6 +101,45 @@ def smallest_class(sides, classes, quantile: float = 0.1, min_boxes: int = MIN_C
     return best[1], sides[classes == best[1]]
 
 
+# The aspect ratios (w/h) fitted_aspect_ratios chooses from: log-spaced from 1:12 to 12:1, 1:1 among them.
+RATIO_CANDIDATES = tuple(float(r) for r in np.exp(np.linspace(-math.log(12.0), math.log(12.0), 61)))
+MAX_FIT_BOXES_PER_CLASS = 20_000  # a seeded sample above this: the shares are then exact to well under 1 %
+
+
+def fitted_aspect_ratios(heights, widths, classes, cfg: ModelConfig, pos_iou: float = 0.5) -> list[float]:
+    """As many anchor aspect ratios (w/h) as ``cfg`` has, chosen for the training boxes: one at a
+    time from ``RATIO_CANDIDATES``, the one that most raises the share of boxes some anchor shape
+    fits at IoU >= ``pos_iou`` (``best_shape_iou`` over ``cfg``'s scales), averaged over the classes
+    so that a minority class's shapes count as much as the majority's; ties (once every box a ratio
+    can reach is fitted) go to the highest mean best IoU. Returned sorted, 3 significant digits.
+
+    YOLOv5's autoanchor seeds anchors by k-means and then evolves them for this same figure (its
+    "best possible recall"); with the scales fixed by the levels, the ratios are one dimension and a
+    greedy pass over a fine grid optimizes the figure directly, deterministically.
+    """
+    heights, widths = np.asarray(heights, np.float64), np.asarray(widths, np.float64)
+    classes = np.asarray(classes)
+    rng = np.random.default_rng(0)
+    keep = np.concatenate([rng.permutation(np.flatnonzero(classes == c))[:MAX_FIT_BOXES_PER_CLASS] for c in np.unique(classes)])
+    heights, widths, classes = heights[keep], widths[keep], classes[keep]
+    _, index, counts = np.unique(classes, return_inverse=True, return_counts=True)
+    weights = 1.0 / (counts[index] * len(counts))  # each class sums to 1 / classes
+    # best[i, m]: box m's best IoU with the shapes of candidate i (over every level's scale; the
+    # extra square anchor of each level, which every ratio set has, included)
+    best = np.stack([best_shape_iou(heights, widths, anchor_shapes(cfg.model_copy(update={"aspect_ratios": [r]})))
+                     for r in RATIO_CANDIDATES])
+    chosen: list[int] = []
+    current = np.zeros(len(heights))
+    for _ in range(len(cfg.aspect_ratios)):
+        merged = np.maximum(current[None, :], best)
+        fitted, mean_iou = (merged >= pos_iou) @ weights, merged @ weights
+        fitted[chosen], mean_iou[chosen] = -1.0, -1.0
+        pick = int(np.lexsort((mean_iou, fitted))[-1])  # the most fitted; among equals, the tightest
+        chosen.append(pick)
+        current = merged[pick]
+    return sorted(float(f"{RATIO_CANDIDATES[i]:.3g}") for i in chosen)
+
+
 def anchors_per_cell(aspect_ratios: list[float]) -> int:
     """Anchors at each cell: one per aspect ratio plus one extra square anchor between this and the next scale."""
     return len(aspect_ratios) + 1
@@ -132,7 +177,7 @@ def generate_anchors(cfg: ModelConfig) -> tf.Tensor:
 def _levels(cfg: ModelConfig) -> list[tuple[int, list[tuple[float, float]]]]:
     """Per feature level, finest first: (its side in cells, (h, w) of a cell's anchors in head order)."""
     sizes = feature_map_sizes(cfg.image_size, cfg.extra_levels, cfg.finest_stride)
-    scales = level_scales(len(sizes), cfg.first_scale, cfg.max_scale)
+    scales = level_scales(len(sizes), cfg.first_scale, cfg.max_scale, cfg.scale_spacing)
     next_scales = scales[1:] + [1.0]
     return [(size, _cell_anchor_sizes(s, s_next, list(cfg.aspect_ratios))) for size, s, s_next in zip(sizes, scales, next_scales)]
 

@@ -34,7 +34,7 @@ class Detector(tf.Module):
     """The inference model: decode → resize → SSD → box decoding → per-class NMS."""
 
     def __init__(self, keras_model, cfg: ModelConfig, score_threshold: float = 0.01, iou_threshold: float = 0.5,
-                 max_detections: int = 100, class_thresholds: dict[int, float] | None = None):
+                 max_detections: int = 100, class_thresholds: dict[int, float] | None = None, box_merge_iou: float | None = None):
         super().__init__(name="ssdflow_detector")
         # Only the network's variables are tracked, not the Keras object graph: the SavedModel then
         # skips hundreds of layer objects that no consumer uses (alpha 0.35: save 7.0 → 3.8 s,
@@ -47,6 +47,7 @@ class Detector(tf.Module):
         self.score_threshold = score_threshold
         self.iou_threshold = iou_threshold
         self.max_detections = max_detections
+        self.box_merge_iou = box_merge_iou
         object.__setattr__(self, "cfg", cfg)  # plain Python state, not tracked (nothing of it belongs in the SavedModel)
         self.class_score_thresholds = tf.Variable(tf.zeros([cfg.num_classes + 1]), trainable=False, name="class_score_thresholds")
         self.set_class_thresholds(class_thresholds or {})
@@ -89,14 +90,15 @@ class Detector(tf.Module):
     def detect_pixels(self, pixels):
         predictions = self.network(pixels, training=False)
         return postprocess(predictions, self.anchors, self.variances, self.score_threshold, self.iou_threshold,
-                           self.max_detections)
+                           self.max_detections, self.box_merge_iou)
 
 
 def export_saved_model(keras_model, cfg: ModelConfig, label_map: LabelMap, out_dir: str, *, score_threshold: float = 0.01,
-                       iou_threshold: float = 0.5, max_detections: int = 100, class_thresholds: dict[int, float] | None = None) -> str:
+                       iou_threshold: float = 0.5, max_detections: int = 100, class_thresholds: dict[int, float] | None = None,
+                       box_merge_iou: float | None = None) -> str:
     """Writes the SavedModel and its contract files into ``out_dir`` (which should be a staging dir).
     ``class_thresholds``: {label id: calibrated score threshold}, stored in the SavedModel and beside it."""
-    detector = Detector(keras_model, cfg, score_threshold, iou_threshold, max_detections, class_thresholds)
+    detector = Detector(keras_model, cfg, score_threshold, iou_threshold, max_detections, class_thresholds, box_merge_iou)
     return save_detector(detector, label_map, out_dir)
 
 
@@ -110,7 +112,7 @@ def save_detector(detector: Detector, label_map: LabelMap, out_dir: str) -> str:
     with open(os.path.join(out_dir, "label_map.json"), "w") as f:
         f.write(label_map.to_json())
     info = {"model": detector.cfg.model_dump(), "score_threshold": detector.score_threshold, "iou_threshold": detector.iou_threshold,
-            "max_detections": detector.max_detections, "input": "images: tf.string [B] (JPEG/PNG bytes)",
+            "max_detections": detector.max_detections, "box_merge_iou": detector.box_merge_iou, "input": "images: tf.string [B] (JPEG/PNG bytes)",
             "class_score_thresholds": {str(i): t for i, t in sorted(detector.class_thresholds.items())}}
     with open(os.path.join(out_dir, MODEL_INFO), "w") as f:
         json.dump(info, f, indent=2)
@@ -124,8 +126,9 @@ def load_detector(model_dir: str):
 
 
 def reexport(model_dir: str, out_dir: str, *, score_threshold: float | None = None, iou_threshold: float | None = None,
-             max_detections: int | None = None) -> str:
-    """Rebuilds a registered model from its Keras weights and exports it again, e.g. with new thresholds."""
+             max_detections: int | None = None, box_merge_iou: float | None = None) -> str:
+    """Rebuilds a registered model from its Keras weights and exports it again, e.g. with new thresholds
+    (``box_merge_iou``: None keeps the model's; 0 turns merging off)."""
     from model.ssd import build_ssd
 
     with open(os.path.join(model_dir, MODEL_INFO)) as f:
@@ -139,7 +142,8 @@ def reexport(model_dir: str, out_dir: str, *, score_threshold: float | None = No
                        score_threshold=info["score_threshold"] if score_threshold is None else score_threshold,
                        iou_threshold=info["iou_threshold"] if iou_threshold is None else iou_threshold,
                        max_detections=info["max_detections"] if max_detections is None else max_detections,
-                       class_thresholds={int(i): t for i, t in info.get("class_score_thresholds", {}).items()})
+                       class_thresholds={int(i): t for i, t in info.get("class_score_thresholds", {}).items()},
+                       box_merge_iou=info.get("box_merge_iou") if box_merge_iou is None else (box_merge_iou or None))
     for name in ("metrics.json", "model_card.md"):
         if os.path.exists(os.path.join(model_dir, name)):
             import shutil

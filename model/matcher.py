@@ -15,9 +15,10 @@ IGNORE = -2  # matched index of an anchor that is neither positive nor negative
 
 
 def iou(boxes_a: tf.Tensor, boxes_b: tf.Tensor) -> tf.Tensor:
-    """Pairwise intersection over union: boxes_a [M, 4], boxes_b [N, 4] corners → [M, N]; 0 where the union is 0."""
-    a = tf.convert_to_tensor(boxes_a, tf.float32)[:, tf.newaxis, :]  # [M, 1, 4]
-    b = tf.convert_to_tensor(boxes_b, tf.float32)[tf.newaxis, :, :]  # [1, N, 4]
+    """Pairwise intersection over union: boxes_a [..., M, 4], boxes_b [..., N, 4] corners (leading
+    dimensions broadcast, e.g. a batch) → [..., M, N]; 0 where the union is 0."""
+    a = tf.convert_to_tensor(boxes_a, tf.float32)[..., :, tf.newaxis, :]  # [..., M, 1, 4]
+    b = tf.convert_to_tensor(boxes_b, tf.float32)[..., tf.newaxis, :, :]  # [..., 1, N, 4]
     inter_h = tf.maximum(0.0, tf.minimum(a[..., 2], b[..., 2]) - tf.maximum(a[..., 0], b[..., 0]))
     inter_w = tf.maximum(0.0, tf.minimum(a[..., 3], b[..., 3]) - tf.maximum(a[..., 1], b[..., 1]))
     intersection = inter_h * inter_w

@@ -311,6 +311,7 @@ def write_model_card(path: str, version: str, cfg: TrainConfig, model_cfg: Model
 - Training data: `{cfg.data}` (fingerprint {fingerprint}; {metrics['train_images']} train / {metrics['val_images']} val images)
 - Training: {metrics['epochs']} epochs of at most {metrics['max_epochs']} in {metrics['fit_seconds']:.0f} s (time budget {_budget_text(cfg)}; phases ended by {', '.join(metrics['phases_ended_by']) or 'nothing'}; fine-tune share {cfg.fine_tune_fraction:g}), batch {cfg.batch_size}, peak LR {cfg.peak_learning_rate():g}, {cfg.classification_loss} classification and {cfg.box_loss} box loss, {cfg.matching} matching{_class_weights_text(metrics.get("class_weights"), cfg)}
 - Exported weights: {_best_epoch_text(metrics)}
+- Post-processing: per-class NMS at IoU {cfg.iou_threshold:g}, scores from {cfg.score_threshold:g}, {cfg.max_detections} detections per image{f", boxes merged above IoU {cfg.box_merge_iou:g}" if cfg.box_merge_iou else ""}
 
 ## Metrics on the val split (COCO, pycocotools)
 
@@ -363,7 +364,8 @@ def _architecture_text(cfg: ModelConfig) -> str:
     head = "SSD FPN-lite (stride-8 to 32 maps fused top-down)" if cfg.finest_stride == 8 else "SSDLite"
     return (f"{head}, MobileNetV2 backbone (alpha {cfg.alpha:g}), {cfg.image_size}x{cfg.image_size} input, "
             f"{cfg.num_classes} classes; {len(levels)} feature levels ({'/'.join(map(str, levels))} cells a side), "
-            f"anchor scales {cfg.first_scale:.3g}-{cfg.max_scale:g} of the image side")
+            f"anchor scales {cfg.first_scale:.3g}-{cfg.max_scale:g} of the image side ({cfg.scale_spacing}), aspect ratios (w/h) "
+            + ", ".join(f"{r:.3g}" for r in cfg.aspect_ratios))
 
 
 def _anchor_fit_text(fit: dict | None) -> str:
@@ -376,8 +378,15 @@ def _anchor_fit_text(fit: dict | None) -> str:
     coverage = fit.get("shape_coverage")
     shapes = ("\n- Anchor shapes: share of each class's training boxes that an anchor overlaps with IoU ≥ 0.5 when "
               "centred on it: " + ", ".join(f"{name} {share:.0%}" for name, share in coverage.items())) if coverage else ""
+    ratios = ""
+    if fit.get("ratio_fit"):
+        r = fit["ratio_fit"]
+        chosen = ", ".join(f"{v:g}" for v in r["chosen"])
+        ratios = (f"\n- Anchor aspect ratios: the defaults fitted {r['worst_share_before']:.0%} of the worst-fitted class's boxes; "
+                  f"ratios chosen for the training boxes (the most boxes fitted, classes weighted alike), {chosen}, fit "
+                  f"{r['worst_share_after']:.0%}: " + ("adopted" if r["adopted"] else "not adopted, the defaults kept"))
     return (f"\n- Fitted to the smallest objects: {who} (side 10th percentile {fit['side_p10']:.3g}, median "
-            f"{fit['side_p50']:.3g} of the image side) → finest stride {fit['finest_stride']}{scale}{shapes}")
+            f"{fit['side_p50']:.3g} of the image side) → finest stride {fit['finest_stride']}{scale}{ratios}{shapes}")
 
 
 def _class_weights_text(weights: dict | None, cfg: TrainConfig) -> str:

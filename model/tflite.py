@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import threading
 import time
@@ -38,6 +39,8 @@ from model.anchors import generate_anchors
 from model.box_coder import corners_to_center
 from ssdflow.config import ModelConfig, TFLiteQuantize
 from ssdflow.schema import KERAS_WEIGHTS, MODEL_INFO, LabelMap
+
+log = logging.getLogger(__name__)
 
 QUANTIZE = typing.get_args(TFLiteQuantize)  # ("none", "float16", "int8")
 CALIBRATION_IMAGES = 100  # representative images for int8 (the TFLite docs suggest ~100-500)
@@ -137,6 +140,9 @@ def resize(data: bytes, size: int) -> np.ndarray:
 
 def convert(model, cfg: ModelConfig, info: dict, quantize: str = "none", data: str | None = None) -> bytes:
     """The .tflite bytes (without metadata) of a trained Keras SSD (``load_keras``'s; inputs checked by ``export_tflite``)."""
+    if info.get("box_merge_iou"):
+        log.warning("export: TFLite's detection op has no box merging: the .tflite keeps NMS's own boxes "
+                    "(the SavedModel merges above IoU %s; the .tflite's val mAP is measured on its own)", info["box_merge_iou"])
     module = TFLiteSSD(model, cfg, info["score_threshold"], info["iou_threshold"], info["max_detections"])
     converter = tf.lite.TFLiteConverter.from_concrete_functions([module.detect.get_concrete_function()], module)
     if quantize == "float16":

@@ -31,8 +31,8 @@ import tensorflow as tf
 
 from model import registry, report, warm_start
 from model.thresholds import thresholds_by_id
-from model.anchors import (anchor_levels, anchor_shapes, best_shape_iou, fitted_finest_stride, fitted_min_scale, generate_anchors,
-                           smallest_class)
+from model.anchors import (anchor_levels, anchor_shapes, best_shape_iou, fitted_aspect_ratios, fitted_finest_stride, fitted_min_scale,
+                           generate_anchors, smallest_class)
 from model.callbacks import AverageWeights, EpochCheckpoint, EpochLines, KeepBest, ValidationMAP
 from model.dataset import box_shapes, count_records, local_records, make_dataset, read_label_map, shard_files
 from model.evaluate import write_metrics
@@ -167,20 +167,26 @@ def _fit_phase(model, name: str, run_dir: str, train_ds, epochs: int, steps: int
     return run, ended
 
 
-def fit_anchors(sides, classes, label_map, cfg) -> dict:
+def fit_anchors(heights, widths, classes, label_map, cfg) -> dict:
     """The finest feature level and its anchor scale, fitted to the class of smallest boxes (at least
     ``anchors.MIN_CLASS_BOXES`` of them): a minority class of small objects among large ones decides,
-    where the population's percentile would sit among the large ones. The figures behind the choice
-    are returned for the model card: ``{"finest_stride", "min_scale", "class", "boxes", "side_p10",
-    "side_p50"}`` (``class`` None: no class had enough boxes, all boxes decided). ``sides``, ``classes``:
-    the training boxes' (``dataset.box_shapes``: sqrt(h * w), and the class ids)."""
+    where the population's percentile would sit among the large ones; then the aspect ratios
+    (fit_aspect_ratios). The figures behind the choices are returned for the model card:
+    ``{"finest_stride", "min_scale", "class", "boxes", "side_p10", "side_p50", "aspect_ratios", ...}``
+    (``class`` None: no class had enough boxes, all boxes decided; ``aspect_ratios`` None: the
+    settings' or the defaults). heights, widths, classes: the training boxes' (``dataset.box_shapes``)."""
+    sides = np.sqrt(np.asarray(heights, np.float64) * np.asarray(widths, np.float64))
     class_id, of_class = smallest_class(sides, classes)
     stride = cfg.finest_stride or fitted_finest_stride(of_class)
     names = {v: k for k, v in label_map.items()}
-    return {"finest_stride": stride, "min_scale": None if cfg.min_scale else fitted_min_scale(of_class, cfg.image_size, stride),
-            "class": None if class_id is None else names.get(class_id, str(class_id)), "boxes": int(len(of_class)),
-            "side_p10": round(float(np.quantile(of_class, 0.1)), 4) if len(of_class) else None,
-            "side_p50": round(float(np.quantile(of_class, 0.5)), 4) if len(of_class) else None}
+    fit = {"finest_stride": stride, "min_scale": None if cfg.min_scale else fitted_min_scale(of_class, cfg.image_size, stride),
+           "class": None if class_id is None else names.get(class_id, str(class_id)), "boxes": int(len(of_class)),
+           "side_p10": round(float(np.quantile(of_class, 0.1)), 4) if len(of_class) else None,
+           "side_p50": round(float(np.quantile(of_class, 0.5)), 4) if len(of_class) else None, "aspect_ratios": None}
+    if cfg.aspect_ratios is None:
+        fit.update(fit_aspect_ratios(heights, widths, classes, label_map,
+                                     cfg.model(len(label_map), fitted_stride=stride, fitted_min_scale=fit["min_scale"])))
+    return fit
 
 
 POOR_SHAPE_COVERAGE = 0.9  # below this share, the train header names the class (YOLO's autoanchor refits below 0.98)
@@ -195,6 +201,23 @@ def shape_coverage(heights, widths, classes, label_map, model_cfg, pos_iou: floa
     classes = np.asarray(classes)
     return {name: round(float(np.mean(best[classes == i] >= pos_iou)), 3)
             for name, i in label_map.by_id() if np.any(classes == i)}
+
+
+def fit_aspect_ratios(heights, widths, classes, label_map, model_cfg) -> dict:
+    """YOLO's autoanchor for SSD's aspect ratios: when some class has under ``POOR_SHAPE_COVERAGE`` of
+    its boxes fitted by an anchor shape of ``model_cfg`` (shape_coverage), as many ratios as it has,
+    chosen for the boxes (``anchors.fitted_aspect_ratios``), replace them if that raises the worst
+    class's share; else they stay. Returns ``{"aspect_ratios": the new ratios or None}`` and, when a
+    refit was tried, the worst class's share before and after (``ratio_fit``) for the model card."""
+    before = shape_coverage(heights, widths, classes, label_map, model_cfg)
+    worst = min(before.values(), default=1.0)
+    if worst >= POOR_SHAPE_COVERAGE:
+        return {"aspect_ratios": None}
+    ratios = fitted_aspect_ratios(heights, widths, classes, model_cfg)
+    after = shape_coverage(heights, widths, classes, label_map, model_cfg.model_copy(update={"aspect_ratios": ratios}))
+    refit = min(after.values()) > worst
+    return {"aspect_ratios": ratios if refit else None,
+            "ratio_fit": {"chosen": ratios, "adopted": refit, "worst_share_before": worst, "worst_share_after": min(after.values())}}
 
 
 def train(cfg: TrainConfig, extra_callbacks: tuple = (), verbose="auto", reuse_completed: bool = False,
@@ -217,18 +240,17 @@ def train(cfg: TrainConfig, extra_callbacks: tuple = (), verbose="auto", reuse_c
         raise TrainError(str(e)) from None
     log.info("train: starting from %s", start_text)
     anchor_fit, class_weights = None, None
-    fitting = start is None and (cfg.finest_stride is None or cfg.min_scale is None)
+    fitting = start is None and (cfg.finest_stride is None or cfg.min_scale is None or cfg.aspect_ratios is None)
     if fitting or cfg.class_balance:  # a pass over the records' headers, no decode; only when something needs it
         heights, widths, classes = box_shapes(train_files)
-        sides = np.sqrt(heights * widths)
         class_weights = balanced_class_weights(np.bincount(classes, minlength=len(label_map) + 1)[1:len(label_map) + 1],
                                                cfg.class_balance)
     if start is not None:  # a warm start keeps the starting model's architecture and anchors
         model_cfg = start.model_cfg
     elif fitting:  # left open by the settings: fitted to the smallest class
-        anchor_fit = fit_anchors(sides, classes, label_map, cfg)
+        anchor_fit = fit_anchors(heights, widths, classes, label_map, cfg)
         model_cfg = cfg.model(num_classes=len(label_map), fitted_stride=anchor_fit["finest_stride"],
-                              fitted_min_scale=anchor_fit["min_scale"])
+                              fitted_min_scale=anchor_fit["min_scale"], fitted_aspect_ratios=anchor_fit["aspect_ratios"])
     else:
         model_cfg = cfg.model(num_classes=len(label_map))
     if anchor_fit is not None:
@@ -264,6 +286,8 @@ def train(cfg: TrainConfig, extra_callbacks: tuple = (), verbose="auto", reuse_c
                  else f"({frozen_epochs} with the backbone frozen + {fine_tune_epochs} fine-tuning)")
               + f" of {steps} steps x {batch_size} images"
               + (f", budget {budget_minutes:g} min" if budget_minutes else ", no time budget"))
+    if anchor_fit and anchor_fit["aspect_ratios"]:
+        header += "; anchor aspect ratios refitted to the boxes: " + ", ".join(f"{r:g}" for r in anchor_fit["aspect_ratios"])
     poorly_fitted = {n: c for n, c in ((anchor_fit or {}).get("shape_coverage") or {}).items() if c < POOR_SHAPE_COVERAGE}
     if poorly_fitted:  # such a class's boxes are learnt through forced matches only: worth knowing before the budget is spent
         header += ("; anchor shapes fit few boxes of " + ", ".join(f"{n} ({c:.0%} at IoU >= 0.5)" for n, c in poorly_fitted.items()))
@@ -296,7 +320,7 @@ def train(cfg: TrainConfig, extra_callbacks: tuple = (), verbose="auto", reuse_c
         train_ds = make_dataset(train_files, anchors, model_cfg.image_size, model_cfg.variances, batch_size, training=True,
                                 deterministic=cfg.deterministic, seed=cfg.seed, augmentation=cfg.augment, repeat=True,
                                 atss_levels=anchor_levels(model_cfg) if cfg.matching == "atss" else None)
-        detect = make_detect_fn(model, model_cfg, cfg.score_threshold, cfg.iou_threshold, cfg.max_detections)
+        detect = make_detect_fn(model, model_cfg, cfg.score_threshold, cfg.iou_threshold, cfg.max_detections, cfg.box_merge_iou)
         val_map = ValidationMAP(detect, records, label_map, cfg.eval_every)
         best = KeepBest(os.path.join(run_dir, "best.weights.h5"))
         average = AverageWeights()  # val mAP and the kept best epoch see the averaged weights, checkpoints the raw ones
@@ -346,7 +370,8 @@ def train(cfg: TrainConfig, extra_callbacks: tuple = (), verbose="auto", reuse_c
         exportable = model if precision == "float32" else float32_twin(model, model_cfg)
         # The export's own signature function is scored and drawn, then saved once with the thresholds
         # calibrated on that score (a threshold changes no detection, only the lookup the model carries).
-        detector = Detector(exportable, model_cfg, cfg.score_threshold, cfg.iou_threshold, cfg.max_detections)
+        detector = Detector(exportable, model_cfg, cfg.score_threshold, cfg.iou_threshold, cfg.max_detections,
+                            box_merge_iou=cfg.box_merge_iou)
         exported = lambda images: detector.serve(images)  # noqa: E731
         metrics = score_detector(exported, records, "val", label_map, cfg.target_precision)
         report.draw_pr_curves(metrics["pr_curves"], os.path.join(staging, report.PR_CURVES))

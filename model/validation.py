@@ -61,9 +61,10 @@ def score_tflite(path: str, data_dir: str, split: str = "val") -> dict:
     return score_detector(TFLiteDetector(path), data_dir, split)
 
 
-def make_detect_fn(model, cfg: ModelConfig, score_threshold: float, iou_threshold: float, max_detections: int):
+def make_detect_fn(model, cfg: ModelConfig, score_threshold: float, iou_threshold: float, max_detections: int,
+                   box_merge_iou: float | None = None):
     """Encoded bytes [B] → detections of a Keras model in training: the exported signature itself
     (model/export.py ``Detector.serve``: decoding, resizing, box decoding, NMS), over the live weights."""
-    detector = Detector(model, cfg, score_threshold, iou_threshold, max_detections)
+    detector = Detector(model, cfg, score_threshold, iou_threshold, max_detections, box_merge_iou=box_merge_iou)
     # A tf.function bound method holds its object weakly: the closure keeps the detector alive.
     return lambda images: detector.serve(images)

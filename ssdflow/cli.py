@@ -193,6 +193,9 @@ def export(
     score_threshold: Optional[float] = typer.Option(None, help="Minimum detection score (default: the model's)"),
     iou_threshold: Optional[float] = typer.Option(None, help="NMS IoU threshold (default: the model's)"),
     max_detections: Optional[int] = typer.Option(None, help="Detections per image (default: the model's)"),
+    box_merge_iou: Optional[float] = typer.Option(None, min=0.0, max=0.99, help=(
+        "Merge each detection's box with its class's boxes above this IoU (IoU x score weighted mean, YOLOv5's "
+        "merge-NMS); 0: no merging (default: the model's)")),
 ) -> None:
     """Export a trained model: again as a SavedModel (bytes in, TF OD API detection keys out), e.g. with
     new thresholds; or as TFLite with TFLite's SSD post-processing op, metadata and label file.
@@ -206,7 +209,7 @@ def export(
     if format == "savedmodel" and not out:
         fail("--format savedmodel needs --out (the directory for the new SavedModel)")
     if format == "tflite":
-        if out or score_threshold is not None or iou_threshold is not None or max_detections is not None:
+        if out or any(v is not None for v in (score_threshold, iou_threshold, max_detections, box_merge_iou)):
             fail("--format tflite takes the model's own thresholds and writes beside its SavedModel: "
                  "drop --out and the threshold options (re-export the SavedModel with them first)")
     try:
@@ -228,7 +231,8 @@ def export(
         return
     from model.export import reexport
 
-    reexport(model, out, score_threshold=score_threshold, iou_threshold=iou_threshold, max_detections=max_detections)
+    reexport(model, out, score_threshold=score_threshold, iou_threshold=iou_threshold, max_detections=max_detections,
+             box_merge_iou=box_merge_iou)
     typer.echo(f"export: SavedModel written to {out}")
 
 

@@ -38,6 +38,9 @@ TFLiteQuantize = Literal["none", "float16", "int8"]
 # The finest level's anchor scale by its stride when nothing else sets it: 4x the stride at 320 px
 # (SSD's 0.2 at stride 16, FPNLite's 0.1 at stride 8).
 DEFAULT_FIRST_SCALE = {8: 0.1, 16: 0.2}
+# Anchor aspect ratios (w/h) per cell, the TF OD API's SSD: kept unless some class's boxes fit none of
+# them (model/anchors.py fitted_aspect_ratios).
+DEFAULT_ASPECT_RATIOS = (1.0, 2.0, 0.5, 3.0, 1.0 / 3.0)
 # BatchNorm moving-average momentum by how the backbone starts: the TF OD API's 0.997 for
 # fine-tuning pretrained weights; 0.9 from scratch (raccoon, 30-minute budget: 0.997 peaked at
 # epoch 5 and swung between 0.38 and 0.55 after; docs/benchmarks.md).
@@ -196,7 +199,9 @@ class ModelConfig(BaseModel):
     min_scale: float | None = Field(None, gt=0.0, lt=1.0, description=(
         "Anchor scale of the finest level (fraction of the image); default 0.2 at stride 16, 0.1 at stride 8"))
     max_scale: float = Field(0.95, gt=0.0, le=1.0, description="Anchor scale of the last level")
-    aspect_ratios: list[float] = Field(default_factory=lambda: [1.0, 2.0, 0.5, 3.0, 1.0 / 3.0], description="Anchor aspect ratios (w/h) per cell")
+    scale_spacing: Literal["linear", "geometric"] = Field("linear", description=(
+        "How the levels' anchor scales step from the first to max_scale: linear (SSD's) or geometric (FPN's)"))
+    aspect_ratios: list[float] = Field(default_factory=lambda: list(DEFAULT_ASPECT_RATIOS), min_length=1, description="Anchor aspect ratios (w/h) per cell")
     variances: list[float] = Field(default_factory=lambda: [0.1, 0.1, 0.2, 0.2], description="Box-coder variances (y, x, h, w)")
     bn_momentum: float = Field(0.997, gt=0.0, lt=1.0, description="BatchNorm moving-average momentum (TF OD API: 0.997)")
 
@@ -219,6 +224,13 @@ class TrainSettings(BaseModel):
     min_scale: float | None = Field(None, gt=0, lt=1, description=(
         "Anchor scale of the finest level (fraction of the image side); default: fitted to the training boxes "
         "(their 10th-percentile side, at most 0.2 at stride 16 / 0.1 at stride 8, at least two cells of that level)"))
+    aspect_ratios: list[Annotated[float, Field(gt=0.01, lt=100)]] | None = Field(None, min_length=1, max_length=9, description=(
+        "Anchor aspect ratios (w/h) per cell; default: 1, 2, 1/2, 3, 1/3 (the TF OD API's SSD), refitted to the training "
+        "boxes (k-means on log w/h, each class weighted alike) when some class has under 90 % of its boxes fitted by "
+        "an anchor shape at IoU >= 0.5, and kept only if that raises the worst class's share"))
+    anchor_scale_spacing: Literal["linear", "geometric"] = Field("linear", description=(
+        "How the feature levels' anchor scales step from the finest to 0.95 of the image side: linear (the SSD paper's, "
+        "steps widest at the fine levels) or geometric (a constant factor per level, as FPN's anchors)"))
     epochs: int | None = Field(None, ge=1, le=MAX_EPOCHS, description="Most epochs (frozen backbone, then fine-tuning); default: as many as the time budget allows, 20 without one")
     time_budget: float = Field(30.0, ge=0, le=7 * 24 * 60, description="Minutes of fitting (validation included): phases and learning-rate schedule are fitted to it; 0: no limit")
     batch_size: int = Field(16, ge=1, le=1024, description="Global batch size")
@@ -259,6 +271,10 @@ class TrainSettings(BaseModel):
         "the threshold of the best F1"))
     iou_threshold: float = Field(0.5, gt=0, le=1, description="Exported model's NMS IoU threshold")
     max_detections: int = Field(100, ge=1, le=1000, description="Exported model's detections per image")
+    box_merge_iou: float | None = Field(None, gt=0, lt=1, description=(
+        "Box merging after NMS (YOLOv5's merge-NMS): each detection's box becomes the IoU x score weighted mean of its "
+        "class's boxes overlapping it above this IoU, in the exported SavedModel and in validation; default: off "
+        "(docs/benchmarks.md; TFLite exports keep TFLite's own NMS)"))
     promotion_tolerance: float = Field(0.0, ge=0, le=1, description="Promote if challenger mAP@.5 >= champion's - tolerance")
     min_map: float = Field(0.05, ge=0, le=1, description="Quality floor: never promote a model below this val mAP@.5, the first champion included")
     on_label_map_change: Literal["refuse", "promote_if_only_added"] = Field("refuse", description="When the challenger's classes differ from the champion's: refuse to promote, or promote if classes were only added")
@@ -305,10 +321,13 @@ class TrainSettings(BaseModel):
             return self.learning_rate
         return LEARNING_RATE["scratch" if self.backbone_weights == "none" else "pretrained"]
 
-    def model(self, num_classes: int, fitted_stride: int = 16, fitted_min_scale: float | None = None) -> ModelConfig:
+    def model(self, num_classes: int, fitted_stride: int = 16, fitted_min_scale: float | None = None,
+              fitted_aspect_ratios: list[float] | None = None) -> ModelConfig:
         """The architecture; the values fitted to the training boxes apply where the settings leave them open."""
         return ModelConfig(alpha=self.alpha, image_size=self.image_size, num_classes=num_classes, bn_momentum=self.batch_norm_momentum(),
-                           finest_stride=self.finest_stride or fitted_stride, min_scale=self.min_scale or fitted_min_scale)
+                           finest_stride=self.finest_stride or fitted_stride, min_scale=self.min_scale or fitted_min_scale,
+                           aspect_ratios=list(self.aspect_ratios or fitted_aspect_ratios or DEFAULT_ASPECT_RATIOS),
+                           scale_spacing=self.anchor_scale_spacing)
 
 
 class TrainConfig(TrainSettings, StorageOptions):

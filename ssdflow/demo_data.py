@@ -37,13 +37,15 @@ def _overlaps(box, boxes, max_iou: float = 0.3) -> bool:
 
 def draw_scene(rng: np.random.Generator, w: int, h: int, max_objects: int = 4,
                object_size: tuple[float, float] = (1 / 6, 1 / 2), min_objects: int = 1,
-               classes: dict[str, tuple[float, tuple[float, float]]] | None = None):
+               classes: dict[str, tuple] | None = None):
     """One image and its boxes: a list of (class, xmin, ymin, xmax, ymax) in pixels.
 
     ``min_objects``..``max_objects`` objects (fewer only if no free place is found), sides drawn
     uniformly from ``object_size`` (fractions of the shorter image side), classes uniformly; or, with
-    ``classes`` ({name: (share of objects, (side low, side high))}), each class at its own share
-    and sizes (a minority class of small objects among large ones).
+    ``classes`` ({name: (share of objects, (side low, side high)[, (w/h low, w/h high)])}), each class
+    at its own share and sizes (a minority class of small objects among large ones) and, where a
+    ratio range is given, its own elongation (side = sqrt(w * h), the ratio drawn log-uniformly).
+    Circles are drawn as ellipses, triangles as triangles, any other class as a rectangle.
     """
     img = _background(rng, w, h)
     draw = ImageDraw.Draw(img)
@@ -55,10 +57,15 @@ def draw_scene(rng: np.random.Generator, w: int, h: int, max_objects: int = 4,
         # demo's data has always been drawn (the same seed gives the same scenes).
         cls = names[int(rng.choice(len(names), p=shares))] if classes else None
         low, high = (max(4, int(min(w, h) * f)) for f in (classes[cls][1] if classes else object_size))
+        ratio = classes[cls][2] if classes and len(classes[cls]) > 2 else None
         for _attempt in range(20):
             size = int(rng.integers(low, high))
-            x0, y0 = int(rng.integers(0, w - size)), int(rng.integers(0, h - size))
-            box = (x0, y0, x0 + size, y0 + size)
+            bw = bh = size
+            if ratio is not None:  # drawn only for classes that have one: the other sets' scenes stay as they were
+                r = float(np.exp(rng.uniform(np.log(ratio[0]), np.log(ratio[1]))))
+                bw, bh = min(w - 1, max(2, int(size * np.sqrt(r)))), min(h - 1, max(2, int(size / np.sqrt(r))))
+            x0, y0 = int(rng.integers(0, w - bw)), int(rng.integers(0, h - bh))
+            box = (x0, y0, x0 + bw, y0 + bh)
             if not _overlaps(box, [o[1:] for o in objects]):
                 break
         else:
@@ -68,10 +75,10 @@ def draw_scene(rng: np.random.Generator, w: int, h: int, max_objects: int = 4,
         colour = tuple(int(v) for v in rng.integers(0, 256, 3))
         if cls == "circle":
             draw.ellipse(box, fill=colour, outline=(0, 0, 0))
-        elif cls == "square":
-            draw.rectangle(box, fill=colour, outline=(0, 0, 0))
-        else:
+        elif cls == "triangle":
             draw.polygon([(box[0], box[3]), (box[2], box[3]), ((box[0] + box[2]) // 2, box[1])], fill=colour, outline=(0, 0, 0))
+        else:
+            draw.rectangle(box, fill=colour, outline=(0, 0, 0))
         objects.append((cls, *box))
     return img, objects
 
@@ -88,12 +95,13 @@ def voc_xml(filename: str, w: int, h: int, objects) -> str:
 
 def make_dataset(root: str, num_images: int = 120, seed: int = 0, size: tuple[int, int] = (160, 128),
                  max_objects: int = 4, object_size: tuple[float, float] = (1 / 6, 1 / 2),
-                 min_objects: int = 1, classes: dict[str, tuple[float, tuple[float, float]]] | None = None) -> tuple[str, str]:
+                 min_objects: int = 1, classes: dict[str, tuple] | None = None) -> tuple[str, str]:
     """Writes ``root/images/*.jpg`` and ``root/annotations/*.xml``; returns both directories.
 
     The defaults are the demo's; ``bench/train.py`` also draws a small-object stress set (10-14
     objects of 2-8 % of the image side, sizes at which a stride-16 detector has no matching anchor)
-    and a minority-small one (``classes``: one class of small objects, few, among large ones).
+    a minority-small one (``classes``: one class of small objects, few, among large ones) and an
+    elongated one (classes of long, thin boxes).
     """
     rng = np.random.default_rng(seed)
     images, labels = os.path.join(root, "images"), os.path.join(root, "annotations")

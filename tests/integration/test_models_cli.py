@@ -60,6 +60,10 @@ def test_promote_by_hand_roll_back_and_score_with_the_champion(raccoon_model, tm
     # every command that takes a version takes the models directory too
     _cli("export", "--model", str(models), "--out", str(tmp_path / "exported"))
     assert (tmp_path / "exported" / "saved_model.pb").exists()
+    assert json.loads((tmp_path / "exported" / "ssdflow_model.json").read_text())["box_merge_iou"] is None
+    # Box merging switched on by a re-export, and off again from that export
+    _cli("export", "--model", str(models), "--out", str(tmp_path / "merged"), "--box-merge-iou", "0.6")
+    assert json.loads((tmp_path / "merged" / "ssdflow_model.json").read_text())["box_merge_iou"] == 0.6
 
 
 def test_models_commands_refuse_clearly(tmp_path):

@@ -77,9 +77,10 @@ def test_better_challenger_promoted_worse_one_not(shapes, trained):
     assert strong.decision["challenger_score"] > strong.decision["champion_score"]
     # No epoch bound, a budget shorter than one step: the budget ends training after its first step;
     # that cut-short epoch is still validated, and its weights are the best (the only) ones exported.
-    # It trains with the GIoU box loss and ATSS matching: the settings reach the loss and the input pipeline.
+    # It trains with the GIoU box loss and ATSS matching (the settings reach the loss and the input
+    # pipeline) and merges boxes after NMS (validation and the export).
     worse = _train(shapes, epochs=None, time_budget=0.001, steps_per_epoch=5, learning_rate=1e-5, seed=7, eval_every=1,
-                   box_loss="giou", matching="atss")
+                   box_loss="giou", matching="atss", box_merge_iou=0.6)
     assert worse.metrics["phases_ended_by"] == ["time budget"] and worse.metrics["epochs"] == 1
     assert (worse.metrics["best_epoch"], worse.metrics["best_phase"]) == (1, "phase1")
     assert [h["phase"] for h in worse.metrics["validation_history"]] == ["phase1"]
@@ -93,6 +94,8 @@ def test_better_challenger_promoted_worse_one_not(shapes, trained):
     assert "Promoted: **no**" in card and shapes["records"] in card
     assert "SSDLite, MobileNetV2 backbone (alpha 0.35)" in card
     assert "focal classification and giou box loss, atss matching" in card
+    assert "per-class NMS at IoU 0.5, scores from 0.01, 100 detections per image, boxes merged above IoU 0.6" in card
+    assert json.load(open(os.path.join(worse.model_dir, "ssdflow_model.json")))["box_merge_iou"] == 0.6
     # The shapes' boxes, about square, fit the anchor shapes (the figure YOLO's autoanchor calls best possible recall).
     coverage = worse.metrics["anchor_fit"]["shape_coverage"]
     assert set(coverage) <= {"circle", "square", "triangle"} and len(coverage) >= 2 and min(coverage.values()) >= 0.9
@@ -100,7 +103,7 @@ def test_better_challenger_promoted_worse_one_not(shapes, trained):
     # The finest anchors were fitted to the shapes' boxes (sides 1/6-1/2 of the image): just under the 0.2 default.
     architecture = json.load(open(os.path.join(worse.model_dir, "ssdflow_model.json")))["model"]
     fitted = architecture["min_scale"]
-    assert 0.15 < fitted <= 0.2 and f"anchor scales {fitted:.3g}-0.95 of the image side" in card
+    assert 0.15 < fitted <= 0.2 and f"anchor scales {fitted:.3g}-0.95 of the image side (linear), aspect ratios (w/h) 1, 2, 0.5, 3, 0.333" in card
     assert architecture["finest_stride"] == 16  # the shapes are 1/6-1/2 of the image: no stride-8 level needed
     assert "| mAP small / medium / large" in card
     # Look, don't read: the PR curves and drawn val images sit beside the card, which links them.

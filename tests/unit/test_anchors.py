@@ -22,6 +22,7 @@ def test_feature_map_sizes(size, extra, expected):
 def test_level_scales_linear():
     assert level_scales(1, 0.2, 0.95) == [0.2]
     np.testing.assert_allclose(level_scales(4, 0.2, 0.8), [0.2, 0.4, 0.6, 0.8])
+    np.testing.assert_allclose(level_scales(4, 0.1, 0.8, "geometric"), [0.1, 0.2, 0.4, 0.8])
 
 
 def test_num_anchors_default_320():
@@ -168,12 +169,15 @@ def test_training_fits_the_architecture_to_the_smallest_class_and_says_so():
     sides = np.r_[rng.uniform(0.10, 0.30, 186), rng.uniform(0.02, 0.08, 14)]
     classes = np.r_[np.where(np.arange(186) % 2, 1, 2), np.full(14, 3)]
     label_map = LabelMap({"circle": 1, "square": 2, "triangle": 3})
-    fit = fit_anchors(sides, classes, label_map, TrainSettings(image_size=320))
+    fit = fit_anchors(sides, sides, classes, label_map, TrainSettings(image_size=320))  # square boxes
     assert (fit["finest_stride"], fit["min_scale"], fit["class"], fit["boxes"]) == (8, pytest.approx(0.05), "triangle", 14)
+    # The smallest triangles are under the grid's finest anchors (79 % fitted): a refit of the ratios is
+    # tried, and square boxes cluster at 1:1, which fits no more of them: the defaults stay.
+    assert fit["aspect_ratios"] is None and 1.0 in fit["ratio_fit"]["chosen"] and not fit["ratio_fit"]["adopted"]
     assert 0.02 < fit["side_p10"] < fit["side_p50"] < 0.08
     text = _anchor_fit_text(fit)
     assert "class triangle's 14 training boxes" in text and "finest stride 8" in text
-    fixed = fit_anchors(sides, classes, label_map, TrainSettings(image_size=320, finest_stride=16, min_scale=0.2))
+    fixed = fit_anchors(sides, sides, classes, label_map, TrainSettings(image_size=320, finest_stride=16, min_scale=0.2))
     assert fixed["finest_stride"] == 16 and fixed["min_scale"] is None  # the settings' own values apply
 
 
@@ -202,3 +206,45 @@ def test_shape_coverage_is_the_share_of_a_classs_boxes_an_anchor_shape_fits():
     text = _anchor_fit_text({"boxes": 20, "class": "ball", "side_p10": 0.1, "side_p50": 0.3, "finest_stride": 16,
                              "min_scale": 0.2, "shape_coverage": coverage})
     assert "ball 100%" in text and f"pole {coverage['pole']:.0%}" in text
+
+
+def test_aspect_ratios_are_refitted_only_for_boxes_the_defaults_miss():
+    """anchors.fitted_aspect_ratios / train.fit_aspect_ratios (YOLO's autoanchor for SSD's ratios):
+    a class of long boxes (w/h 6-10, both ways) that no default ratio fits gets ratios of its own,
+    weighted as much as the square majority's; the card says before and after. Square boxes keep the defaults,
+    and ratios set in the settings are never refitted."""
+    from model.anchors import fitted_aspect_ratios
+    from model.run_record import _anchor_fit_text
+    from model.train import fit_anchors, shape_coverage
+    from ssdflow.config import DEFAULT_ASPECT_RATIOS, ModelConfig, TrainSettings
+    from ssdflow.schema import LabelMap
+
+    rng = np.random.default_rng(3)
+    square = rng.uniform(0.15, 0.5, 300)
+    ratio = np.exp(rng.uniform(np.log(6), np.log(10), 30)) ** np.where(np.arange(30) % 2, 1, -1)  # horizontal and vertical
+    side = rng.uniform(0.15, 0.4, 30)
+    heights, widths = np.r_[square, side / np.sqrt(ratio)], np.r_[square, side * np.sqrt(ratio)]
+    classes = np.r_[np.ones(300, int), np.full(30, 2)]
+    label_map = LabelMap({"box": 1, "bar": 2})
+
+    fit = fit_anchors(heights, widths, classes, label_map, TrainSettings(image_size=320))
+    cfg = TrainSettings(image_size=320).model(2, fit["finest_stride"], fit["min_scale"])  # the scales the ratios are chosen at
+    ratios = fitted_aspect_ratios(heights, widths, classes, cfg)
+    assert len(ratios) == 5 and ratios == sorted(ratios)
+    assert ratios[0] < 1 / 5 and ratios[-1] > 5 and any(0.7 < r < 1.4 for r in ratios)  # both bars' ways, and the squares
+    # Deterministic: the same boxes, the same ratios
+    assert fitted_aspect_ratios(heights, widths, classes, cfg) == ratios
+
+    assert fit["aspect_ratios"] == ratios and fit["ratio_fit"]["adopted"]
+    assert fit["ratio_fit"]["worst_share_before"] < 0.5 <= 0.9 <= fit["ratio_fit"]["worst_share_after"]
+    refitted = TrainSettings(image_size=320).model(2, fit["finest_stride"], fit["min_scale"], fit["aspect_ratios"])
+    assert refitted.aspect_ratios == ratios
+    assert min(shape_coverage(heights, widths, classes, label_map, refitted).values()) >= 0.9
+    text = _anchor_fit_text(fit)
+    assert "- Anchor aspect ratios: the defaults fitted" in text and ": adopted" in text and f"{ratios[-1]:g}" in text
+
+    # Settings win: ratios given are used as given, without a refit
+    mine = TrainSettings(image_size=320, aspect_ratios=[1.0, 2.0, 0.5])
+    assert fit_anchors(heights, widths, classes, label_map, mine)["aspect_ratios"] is None
+    assert mine.model(2).aspect_ratios == [1.0, 2.0, 0.5]
+    assert TrainSettings().model(2).aspect_ratios == list(DEFAULT_ASPECT_RATIOS) == ModelConfig().aspect_ratios
