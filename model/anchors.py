@@ -103,7 +103,9 @@ def smallest_class(sides, classes, quantile: float = 0.1, min_boxes: int = MIN_C
 
 # The aspect ratios (w/h) fitted_aspect_ratios chooses from: log-spaced from 1:12 to 12:1, 1:1 among them.
 RATIO_CANDIDATES = tuple(float(r) for r in np.exp(np.linspace(-math.log(12.0), math.log(12.0), 61)))
-MAX_FIT_BOXES_PER_CLASS = 20_000  # a seeded sample above this: the shares are then exact to well under 1 %
+# Boxes per class that choosing the ratios looks at (a seeded sample above it; each class's share is
+# then within about 2 %): the table of candidate fits stays under 50 MB for a hundred classes.
+MAX_FIT_BOXES_PER_CLASS = 1_000
 
 
 def fitted_aspect_ratios(heights, widths, classes, cfg: ModelConfig, pos_iou: float = 0.5) -> list[float]:
@@ -111,7 +113,9 @@ def fitted_aspect_ratios(heights, widths, classes, cfg: ModelConfig, pos_iou: fl
     time from ``RATIO_CANDIDATES``, the one that most raises the share of boxes some anchor shape
     fits at IoU >= ``pos_iou`` (``best_shape_iou`` over ``cfg``'s scales), averaged over the classes
     so that a minority class's shapes count as much as the majority's; ties (once every box a ratio
-    can reach is fitted) go to the highest mean best IoU. Returned sorted, 3 significant digits.
+    can reach is fitted) go to the highest mean best IoU. When no candidate raises either, the
+    remaining places keep ``cfg``'s own ratios (those not chosen yet, in order). Returned sorted, 3
+    significant digits.
 
     YOLOv5's autoanchor seeds anchors by k-means and then evolves them for this same figure (its
     "best possible recall"); with the scales fixed by the levels, the ratios are one dimension and a
@@ -128,16 +132,19 @@ def fitted_aspect_ratios(heights, widths, classes, cfg: ModelConfig, pos_iou: fl
     # extra square anchor of each level, which every ratio set has, included)
     best = np.stack([best_shape_iou(heights, widths, anchor_shapes(cfg.model_copy(update={"aspect_ratios": [r]})))
                      for r in RATIO_CANDIDATES])
-    chosen: list[int] = []
+    chosen: list[float] = []
     current = np.zeros(len(heights))
     for _ in range(len(cfg.aspect_ratios)):
         merged = np.maximum(current[None, :], best)
-        fitted, mean_iou = (merged >= pos_iou) @ weights, merged @ weights
-        fitted[chosen], mean_iou[chosen] = -1.0, -1.0
-        pick = int(np.lexsort((mean_iou, fitted))[-1])  # the most fitted; among equals, the tightest
-        chosen.append(pick)
+        gain = merged @ weights - current @ weights  # the mean best IoU's rise; the share fitted rises only with it
+        fitted = (merged >= pos_iou) @ weights
+        pick = int(np.lexsort((gain, fitted))[-1])  # the most fitted; among equals, the tightest
+        if gain[pick] <= 1e-9:  # nothing left to gain: the candidates chosen already hold every box's best
+            break
+        chosen.append(float(f"{RATIO_CANDIDATES[pick]:.3g}"))
         current = merged[pick]
-    return sorted(float(f"{RATIO_CANDIDATES[i]:.3g}") for i in chosen)
+    rest = [float(f"{r:.3g}") for r in cfg.aspect_ratios if float(f"{r:.3g}") not in chosen]
+    return sorted(chosen + rest[:len(cfg.aspect_ratios) - len(chosen)])
 
 
 def anchors_per_cell(aspect_ratios: list[float]) -> int:

@@ -217,7 +217,9 @@ def fit_aspect_ratios(heights, widths, classes, label_map, model_cfg) -> dict:
     after = shape_coverage(heights, widths, classes, label_map, model_cfg.model_copy(update={"aspect_ratios": ratios}))
     refit = min(after.values()) > worst
     return {"aspect_ratios": ratios if refit else None,
-            "ratio_fit": {"chosen": ratios, "adopted": refit, "worst_share_before": worst, "worst_share_after": min(after.values())}}
+            "ratio_fit": {"chosen": ratios, "adopted": refit, "worst_share_before": worst, "worst_share_after": min(after.values()),
+                          # no other ratio fits a box better: the boxes' sizes, not their shapes, limit the share
+                          "same": ratios == sorted(float(f"{r:.3g}") for r in model_cfg.aspect_ratios)}}
 
 
 def train(cfg: TrainConfig, extra_callbacks: tuple = (), verbose="auto", reuse_completed: bool = False,

@@ -173,10 +173,11 @@ def test_training_fits_the_architecture_to_the_smallest_class_and_says_so():
     assert (fit["finest_stride"], fit["min_scale"], fit["class"], fit["boxes"]) == (8, pytest.approx(0.05), "triangle", 14)
     # The smallest triangles are under the grid's finest anchors (79 % fitted): a refit of the ratios is
     # tried, and square boxes cluster at 1:1, which fits no more of them: the defaults stay.
-    assert fit["aspect_ratios"] is None and 1.0 in fit["ratio_fit"]["chosen"] and not fit["ratio_fit"]["adopted"]
+    assert fit["aspect_ratios"] is None and fit["ratio_fit"]["same"] and not fit["ratio_fit"]["adopted"]
     assert 0.02 < fit["side_p10"] < fit["side_p50"] < 0.08
     text = _anchor_fit_text(fit)
     assert "class triangle's 14 training boxes" in text and "finest stride 8" in text
+    assert "no other ratio fits more of them: their sizes" in text
     fixed = fit_anchors(sides, sides, classes, label_map, TrainSettings(image_size=320, finest_stride=16, min_scale=0.2))
     assert fixed["finest_stride"] == 16 and fixed["min_scale"] is None  # the settings' own values apply
 
@@ -235,7 +236,7 @@ def test_aspect_ratios_are_refitted_only_for_boxes_the_defaults_miss():
     # Deterministic: the same boxes, the same ratios
     assert fitted_aspect_ratios(heights, widths, classes, cfg) == ratios
 
-    assert fit["aspect_ratios"] == ratios and fit["ratio_fit"]["adopted"]
+    assert fit["aspect_ratios"] == ratios and fit["ratio_fit"]["adopted"] and not fit["ratio_fit"]["same"]
     assert fit["ratio_fit"]["worst_share_before"] < 0.5 <= 0.9 <= fit["ratio_fit"]["worst_share_after"]
     refitted = TrainSettings(image_size=320).model(2, fit["finest_stride"], fit["min_scale"], fit["aspect_ratios"])
     assert refitted.aspect_ratios == ratios
