@@ -62,19 +62,24 @@ def ingest_raccoon(out: Path) -> str:
     return str(out)
 
 
-def ingest_small_shapes(out: Path, images: int = 300) -> str:
-    """The small-object stress set (issue 10): 320x320 synthetic scenes with 10-14 shapes of 2-8 % of
-    the image side (6-26 px), three classes; where a stride-16 detector has no anchor of the objects' size."""
+def _ingest_shapes(out: Path, name: str, seed: int, val_fraction: float, images: int, **scene) -> str:
+    """A synthetic stress set (``demo_data.make_dataset`` at 320x320 with ``scene``'s objects) drawn
+    into ``out.parent / name`` and ingested into ``out``, once: a complete ingest output is reused."""
     from beam_jobs.ingest import run_ingest
     from ssdflow import storage
     from ssdflow.config import IngestConfig
     from ssdflow.demo_data import make_dataset
 
     if storage.read_success(str(out)) is None:
-        image_dir, label_dir = make_dataset(str(out.parent / "small-shapes"), num_images=images, seed=1, size=(320, 320),
-                                            min_objects=10, max_objects=14, object_size=(0.02, 0.08))
-        run_ingest(IngestConfig(images=image_dir, labels=label_dir, format="voc", out=str(out), val_fraction=0.15))
+        image_dir, label_dir = make_dataset(str(out.parent / name), num_images=images, seed=seed, size=(320, 320), **scene)
+        run_ingest(IngestConfig(images=image_dir, labels=label_dir, format="voc", out=str(out), val_fraction=val_fraction))
     return str(out)
+
+
+def ingest_small_shapes(out: Path, images: int = 300) -> str:
+    """The small-object stress set (issue 10): 320x320 synthetic scenes with 10-14 shapes of 2-8 % of
+    the image side (6-26 px), three classes; where a stride-16 detector has no anchor of the objects' size."""
+    return _ingest_shapes(out, "small-shapes", 1, 0.15, images, min_objects=10, max_objects=14, object_size=(0.02, 0.08))
 
 
 # The minority-small stress set (issue 28): three classes, one of them few (about 7 % of the boxes)
@@ -85,16 +90,7 @@ MINORITY_SMALL = {"circle": (0.465, (0.10, 0.30)), "square": (0.465, (0.10, 0.30
 
 def ingest_minority_small(out: Path, images: int = 300) -> str:
     """The minority-small stress set: 320x320 scenes of 6-10 shapes, triangles few and small."""
-    from beam_jobs.ingest import run_ingest
-    from ssdflow import storage
-    from ssdflow.config import IngestConfig
-    from ssdflow.demo_data import make_dataset
-
-    if storage.read_success(str(out)) is None:
-        image_dir, label_dir = make_dataset(str(out.parent / "minority-small"), num_images=images, seed=2, size=(320, 320),
-                                            min_objects=6, max_objects=10, classes=MINORITY_SMALL)
-        run_ingest(IngestConfig(images=image_dir, labels=label_dir, format="voc", out=str(out), val_fraction=0.2))
-    return str(out)
+    return _ingest_shapes(out, "minority-small", 2, 0.2, images, min_objects=6, max_objects=10, classes=MINORITY_SMALL)
 
 
 # The elongated set: bars (w/h 5-10) and poles (h/w 5-10), a third of the objects, beside circles
@@ -106,16 +102,7 @@ ELONGATED = {"circle": (0.35, (0.10, 0.30)), "square": (0.35, (0.10, 0.30)), "ba
 
 def ingest_elongated(out: Path, images: int = 300) -> str:
     """The elongated stress set: 320x320 scenes of 4-8 objects, a third of them long and thin."""
-    from beam_jobs.ingest import run_ingest
-    from ssdflow import storage
-    from ssdflow.config import IngestConfig
-    from ssdflow.demo_data import make_dataset
-
-    if storage.read_success(str(out)) is None:
-        image_dir, label_dir = make_dataset(str(out.parent / "elongated"), num_images=images, seed=3, size=(320, 320),
-                                            min_objects=4, max_objects=8, classes=ELONGATED)
-        run_ingest(IngestConfig(images=image_dir, labels=label_dir, format="voc", out=str(out), val_fraction=0.2))
-    return str(out)
+    return _ingest_shapes(out, "elongated", 3, 0.2, images, min_objects=4, max_objects=8, classes=ELONGATED)
 
 
 DATASETS = {"raccoon": ingest_raccoon, "small-shapes": ingest_small_shapes, "minority-small": ingest_minority_small,
@@ -389,7 +376,7 @@ def quality(args) -> None:
 
 
 def postprocess(args) -> None:
-    from model.validation import make_detect_fn, score_detector
+    from model.validation import score_detector
     from model.ssd import build_ssd
     from ssdflow.config import ModelConfig
     from ssdflow.schema import KERAS_WEIGHTS, MODEL_INFO
@@ -421,8 +408,7 @@ def postprocess(args) -> None:
             # Alternating with plain NMS, each side's best of 7: the ratio holds under a steady load
             pairs = [(seconds(plain), seconds(detector)) for _ in range(7)]
             base, ms = (min(side) * 1000 for side in zip(*pairs))
-            detect = make_detect_fn(model, cfg, info["score_threshold"], info["iou_threshold"], info["max_detections"], merge)
-            m = score_detector(detect, data)
+            m = score_detector(detector.serve, data)
             small = "–" if m.get("mAP_small") is None else f"{m['mAP_small']:.3f}"
             classes = ", ".join(f"{c} {v['AP@.5']:.3f} / {v['AP']:.3f}" for c, v in m["per_class"].items() if v.get("AP") is not None)
             what = f"NMS at {info['iou_threshold']:g}" + (f", merged above {merge:g}" if merge else "")

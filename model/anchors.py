@@ -108,6 +108,11 @@ RATIO_CANDIDATES = tuple(float(r) for r in np.exp(np.linspace(-math.log(12.0), m
 MAX_FIT_BOXES_PER_CLASS = 1_000
 
 
+def rounded_ratio(ratio: float) -> float:
+    """An aspect ratio to 3 significant digits: how chosen ratios are written and compared."""
+    return float(f"{ratio:.3g}")
+
+
 def fitted_aspect_ratios(heights, widths, classes, cfg: ModelConfig, pos_iou: float = 0.5) -> list[float]:
     """As many anchor aspect ratios (w/h) as ``cfg`` has, chosen for the training boxes: one at a
     time from ``RATIO_CANDIDATES``, the one that most raises the share of boxes some anchor shape
@@ -141,9 +146,9 @@ def fitted_aspect_ratios(heights, widths, classes, cfg: ModelConfig, pos_iou: fl
         pick = int(np.lexsort((gain, fitted))[-1])  # the most fitted; among equals, the tightest
         if gain[pick] <= 1e-9:  # nothing left to gain: the candidates chosen already hold every box's best
             break
-        chosen.append(float(f"{RATIO_CANDIDATES[pick]:.3g}"))
+        chosen.append(rounded_ratio(RATIO_CANDIDATES[pick]))
         current = merged[pick]
-    rest = [float(f"{r:.3g}") for r in cfg.aspect_ratios if float(f"{r:.3g}") not in chosen]
+    rest = [r for r in map(rounded_ratio, cfg.aspect_ratios) if r not in chosen]
     return sorted(chosen + rest[:len(cfg.aspect_ratios) - len(chosen)])
 
 

@@ -116,8 +116,8 @@ class SSDLoss(keras.losses.Loss):
         "huber": Huber on the encoded offsets, summed over the 4 coordinates.
         "giou": 1 - GIoU of the decoded box with its ground truth (giou_loss; needs the box
             coder's ``variances``).
-    Ignored anchors (class -1) contribute to neither term. The box term covers positives only. call() returns the batch's loss as a scalar, so any reduction
-    except "none" reports exactly that value.
+    Ignored anchors (class -1) contribute to neither term. The box term covers positives only.
+    call() returns the batch's loss as a scalar, so any reduction except "none" reports exactly that value.
     """
 
     def __init__(

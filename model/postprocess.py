@@ -61,9 +61,8 @@ def postprocess(predictions, anchors, variances, score_threshold: float = 0.05, 
         clip_boxes=True,
     )
     kept = nmsed.nmsed_boxes
-    if box_merge_iou is not None:
-        valid = tf.sequence_mask(nmsed.valid_detections, max_detections)[..., tf.newaxis]
-        kept = tf.where(valid, merge_boxes(kept, nmsed.nmsed_classes, boxes, scores, box_merge_iou, score_threshold), 0.0)
+    if box_merge_iou is not None:  # NMS's padding rows are zero boxes, which overlap nothing: they stay zero
+        kept = merge_boxes(kept, nmsed.nmsed_classes, boxes, scores, box_merge_iou, score_threshold)
     return {
         "detection_boxes": kept,
         "detection_scores": nmsed.nmsed_scores,

@@ -32,7 +32,7 @@ import tensorflow as tf
 from model import registry, report, warm_start
 from model.thresholds import thresholds_by_id
 from model.anchors import (anchor_levels, anchor_shapes, best_shape_iou, fitted_aspect_ratios, fitted_finest_stride, fitted_min_scale,
-                           generate_anchors, smallest_class)
+                           generate_anchors, rounded_ratio, smallest_class)
 from model.callbacks import AverageWeights, EpochCheckpoint, EpochLines, KeepBest, ValidationMAP
 from model.dataset import box_shapes, count_records, local_records, make_dataset, read_label_map, shard_files
 from model.evaluate import write_metrics
@@ -219,7 +219,7 @@ def fit_aspect_ratios(heights, widths, classes, label_map, model_cfg) -> dict:
     return {"aspect_ratios": ratios if refit else None,
             "ratio_fit": {"chosen": ratios, "adopted": refit, "worst_share_before": worst, "worst_share_after": min(after.values()),
                           # no other ratio fits a box better: the boxes' sizes, not their shapes, limit the share
-                          "same": ratios == sorted(float(f"{r:.3g}") for r in model_cfg.aspect_ratios)}}
+                          "same": ratios == sorted(map(rounded_ratio, model_cfg.aspect_ratios))}}
 
 
 def train(cfg: TrainConfig, extra_callbacks: tuple = (), verbose="auto", reuse_completed: bool = False,

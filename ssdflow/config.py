@@ -225,9 +225,10 @@ class TrainSettings(BaseModel):
         "Anchor scale of the finest level (fraction of the image side); default: fitted to the training boxes "
         "(their 10th-percentile side, at most 0.2 at stride 16 / 0.1 at stride 8, at least two cells of that level)"))
     aspect_ratios: list[Annotated[float, Field(gt=0.01, lt=100)]] | None = Field(None, min_length=1, max_length=9, description=(
-        "Anchor aspect ratios (w/h) per cell; default: 1, 2, 1/2, 3, 1/3 (the TF OD API's SSD), refitted to the training "
-        "boxes (k-means on log w/h, each class weighted alike) when some class has under 90 % of its boxes fitted by "
-        "an anchor shape at IoU >= 0.5, and kept only if that raises the worst class's share"))
+        "Anchor aspect ratios (w/h) per cell; default: 1, 2, 1/2, 3, 1/3 (the TF OD API's SSD), chosen again for the "
+        "training boxes (one at a time from 1:12 to 12:1, the one fitting the most boxes, each class weighted alike) when "
+        "some class has under 90 % of its boxes fitted by an anchor shape at IoU >= 0.5, and kept only if that raises the "
+        "worst class's share"))
     anchor_scale_spacing: Literal["linear", "geometric"] = Field("linear", description=(
         "How the feature levels' anchor scales step from the finest to 0.95 of the image side: linear (the SSD paper's, "
         "steps widest at the fine levels) or geometric (a constant factor per level, as FPN's anchors)"))
