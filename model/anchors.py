@@ -152,17 +152,30 @@ def fitted_aspect_ratios(heights, widths, classes, cfg: ModelConfig, pos_iou: fl
     return sorted(chosen + rest[:len(cfg.aspect_ratios) - len(chosen)])
 
 
-def anchors_per_cell(aspect_ratios: list[float]) -> int:
-    """Anchors at each cell: one per aspect ratio plus one extra square anchor between this and the next scale."""
-    return len(aspect_ratios) + 1
+def anchors_per_cell(aspect_ratios: list[float], scales_per_level: int = 1) -> int:
+    """Anchors at each cell: one per aspect ratio plus one extra square anchor between this and the next
+    scale (SSD's); with several scales per level, one per aspect ratio and scale (no extra square)."""
+    if scales_per_level == 1:
+        return len(aspect_ratios) + 1
+    return len(aspect_ratios) * scales_per_level
 
 
-def _cell_anchor_sizes(scale: float, next_scale: float, aspect_ratios: list[float]) -> list[tuple[float, float]]:
-    """(h, w) of a cell's anchors, in head order: [ratios..., extra square at sqrt(s_k * s_{k+1})]."""
-    sizes = [(scale / math.sqrt(r), scale * math.sqrt(r)) for r in aspect_ratios]
-    extra = math.sqrt(scale * next_scale)
-    sizes.append((extra, extra))
-    return sizes
+def _cell_anchor_sizes(scale: float, next_scale: float, aspect_ratios: list[float],
+                       scales_per_level: int = 1) -> list[tuple[float, float]]:
+    """(h, w) of a cell's anchors, in head order.
+
+    One scale per level (SSD's): [ratios..., extra square at sqrt(s_k * s_{k+1})]. With n scales per
+    level (RetinaNet's octave scales, spread between this level's scale and the next's instead of over
+    an octave): every ratio at s_k * (s_{k+1} / s_k) ** (j / n) for j = 0 … n-1, scale by scale; the
+    extra square is then the ratio-1 anchor of j = n/2 or close to it, so it is left out.
+    """
+    if scales_per_level == 1:
+        sizes = [(scale / math.sqrt(r), scale * math.sqrt(r)) for r in aspect_ratios]
+        extra = math.sqrt(scale * next_scale)
+        sizes.append((extra, extra))
+        return sizes
+    scales = [scale * (next_scale / scale) ** (j / scales_per_level) for j in range(scales_per_level)]
+    return [(s / math.sqrt(r), s * math.sqrt(r)) for s in scales for r in aspect_ratios]
 
 
 def _level_anchors(size: int, cell_sizes: list[tuple[float, float]]) -> tf.Tensor:
@@ -179,7 +192,8 @@ def generate_anchors(cfg: ModelConfig) -> tf.Tensor:
     """All anchors of the model: [N, 4] normalized corners [ymin, xmin, ymax, xmax], float32.
 
     Order: level by level (finest first), cells row-major (y then x), a cell's anchors consecutive as
-    [aspect_ratios..., extra square]. This is the order a head gets by reshaping each level's
+    [aspect_ratios..., extra square] (several scales per level: the ratios at each scale in turn).
+    This is the order a head gets by reshaping each level's
     [B, H, W, A*k] conv output to [B, H*W*A, k] and concatenating the levels.
     Anchor of aspect ratio r = w/h at scale s: w = s*sqrt(r), h = s/sqrt(r).
     """
@@ -191,7 +205,8 @@ def _levels(cfg: ModelConfig) -> list[tuple[int, list[tuple[float, float]]]]:
     sizes = feature_map_sizes(cfg.image_size, cfg.extra_levels, cfg.finest_stride)
     scales = level_scales(len(sizes), cfg.first_scale, cfg.max_scale, cfg.scale_spacing)
     next_scales = scales[1:] + [1.0]
-    return [(size, _cell_anchor_sizes(s, s_next, list(cfg.aspect_ratios))) for size, s, s_next in zip(sizes, scales, next_scales)]
+    return [(size, _cell_anchor_sizes(s, s_next, list(cfg.aspect_ratios), cfg.scales_per_level))
+            for size, s, s_next in zip(sizes, scales, next_scales)]
 
 
 class AnchorLevels(NamedTuple):
@@ -204,7 +219,7 @@ class AnchorLevels(NamedTuple):
 
 def anchor_levels(cfg: ModelConfig) -> AnchorLevels:
     """The model's AnchorLevels."""
-    per_cell = anchors_per_cell(list(cfg.aspect_ratios))
+    per_cell = anchors_per_cell(list(cfg.aspect_ratios), cfg.scales_per_level)
     sizes = feature_map_sizes(cfg.image_size, cfg.extra_levels, cfg.finest_stride)
     return AnchorLevels(tuple(size * size * per_cell for size in sizes), per_cell)
 

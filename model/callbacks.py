@@ -17,6 +17,22 @@ import tensorflow as tf
 from model.validation import score_detector
 from ssdflow import storage
 
+# What KeepBest may keep the best epoch by (TrainSettings.best_epoch_metric): its key in the epoch's logs
+# and its name in the log and the model card.
+BEST_EPOCH_METRICS = {
+    "map50": ("val_mAP@.5", "val mAP@.5"),
+    "map": ("val_mAP", "val mAP@[.5:.95]"),
+    "fitness": ("val_fitness", "val fitness (0.1 mAP@.5 + 0.9 mAP@[.5:.95])"),
+}
+
+
+def fitness(metrics: dict) -> float | None:
+    """Ultralytics' model fitness, what its training keeps as best.pt: 0.1 x mAP@.5 + 0.9 x
+    mAP@[.5:.95], so the epoch kept is the one with the tightest boxes among those that detect."""
+    if metrics.get("mAP") is None or metrics.get("mAP@.5") is None:
+        return None
+    return 0.1 * metrics["mAP@.5"] + 0.9 * metrics["mAP"]
+
 
 class EpochCheckpoint(keras.callbacks.Callback):
     """Saves model, optimizer (moments, step count: the LR schedule resumes too) and epoch after every epoch."""
@@ -66,6 +82,7 @@ class ValidationMAP(keras.callbacks.Callback):
         metrics = self.evaluate(epoch + 1)
         logs["val_mAP"] = metrics["mAP"]
         logs["val_mAP@.5"] = metrics["mAP@.5"]
+        logs["val_fitness"] = fitness(metrics)
 
     def evaluate(self, epoch: int, phase: str | None = None) -> dict:
         """COCO metrics of the current weights on val, recorded in ``history`` as ``epoch`` of the phase."""
@@ -76,7 +93,8 @@ class ValidationMAP(keras.callbacks.Callback):
 
 
 class KeepBest(keras.callbacks.Callback):
-    """Keeps the weights of the evaluated epoch with the best val mAP@.5, across both phases.
+    """Keeps the weights of the evaluated epoch with the best val ``metric`` (a BEST_EPOCH_METRICS key;
+    mAP@.5 by default), across both phases.
 
     Val splits are small and fine-tuning swings from epoch to epoch, so the last epoch is often not
     the best; the exported model is the best one. The weights are written to ``path`` (atomically)
@@ -84,20 +102,24 @@ class KeepBest(keras.callbacks.Callback):
     fit() call, so an epoch is named with its phase (``phase``, set before each phase).
     """
 
-    MONITOR = "val_mAP@.5"
-
-    def __init__(self, path: str):
+    def __init__(self, path: str, metric: str = "map50"):
         super().__init__()
-        self.path = path
+        self.path, self.metric = path, metric
+        self.monitor, self.metric_name = BEST_EPOCH_METRICS[metric]
         # best_epoch None: nothing evaluated yet; 0: the weights the run started from (a warm start's).
         self.best, self.best_epoch, self.phase, self.best_phase = -1.0, None, None, None
         if os.path.exists(path + ".json") and os.path.exists(path):
             with open(path + ".json") as f:
                 saved = json.load(f)
-            self.best, self.best_epoch, self.best_phase = saved["score"], saved["epoch"], saved.get("phase")
+            if saved.get("metric", "map50") == metric:  # a score of another metric is no bar to clear
+                self.best, self.best_epoch, self.best_phase = saved["score"], saved["epoch"], saved.get("phase")
+
+    def score(self, metrics: dict) -> float | None:
+        """This callback's metric of one evaluation's COCO metrics (``score_detector``'s)."""
+        return fitness(metrics) if self.metric == "fitness" else metrics[{"map50": "mAP@.5", "map": "mAP"}[self.metric]]
 
     def on_epoch_end(self, epoch, logs=None):
-        score = (logs or {}).get(self.MONITOR)
+        score = (logs or {}).get(self.monitor)
         if score is not None:
             self.consider(self.model, float(score), epoch + 1, self.phase)
 
@@ -109,7 +131,8 @@ class KeepBest(keras.callbacks.Callback):
         tmp = self.path + ".tmp.weights.h5"
         model.save_weights(tmp)
         os.replace(tmp, self.path)
-        storage.write_json_local(self.path + ".json", {"score": self.best, "epoch": self.best_epoch, "phase": phase})
+        storage.write_json_local(self.path + ".json", {"score": self.best, "epoch": self.best_epoch, "phase": phase,
+                                                       "metric": self.metric})
 
     def restore(self, model) -> int | None:
         """Loads the best weights into ``model``; returns their epoch (None when nothing was evaluated)."""

@@ -364,7 +364,8 @@ def _architecture_text(cfg: ModelConfig) -> str:
     head = "SSD FPN-lite (stride-8 to 32 maps fused top-down)" if cfg.finest_stride == 8 else "SSDLite"
     return (f"{head}, MobileNetV2 backbone (alpha {cfg.alpha:g}), {cfg.image_size}x{cfg.image_size} input, "
             f"{cfg.num_classes} classes; {len(levels)} feature levels ({'/'.join(map(str, levels))} cells a side), "
-            f"anchor scales {cfg.first_scale:.3g}-{cfg.max_scale:g} of the image side ({cfg.scale_spacing}), aspect ratios (w/h) "
+            f"anchor scales {cfg.first_scale:.3g}-{cfg.max_scale:g} of the image side ({cfg.scale_spacing}"
+            + (f", {cfg.scales_per_level} per level" if cfg.scales_per_level > 1 else "") + "), aspect ratios (w/h) "
             + ", ".join(f"{r:.3g}" for r in cfg.aspect_ratios))
 
 
@@ -402,12 +403,13 @@ def _budget_text(cfg: TrainConfig) -> str:
 
 def _best_epoch_text(metrics: dict) -> str:
     best = metrics.get("best_epoch")
+    by = metrics.get("best_epoch_metric", "val mAP@.5")
     if best is None:
         return "the last epoch's (no val evaluation during training)"
     if best == 0:
-        return (f"the starting weights' (no epoch of this run beat them on val mAP@.5; "
+        return (f"the starting weights' (no epoch of this run beat them on {by}; "
                 f"{len(metrics.get('validation_history', []))} evaluated)")
-    return (f"{metrics.get('best_phase')} epoch {best}, the best val mAP@.5 of the "
+    return (f"{metrics.get('best_phase')} epoch {best}, the best {by} of the "
             f"{len(metrics.get('validation_history', []))} evaluated")
 
 

@@ -129,7 +129,7 @@ def prediction_head(x, anchors: int, k: int, name: str, bias_initializer="zeros"
 def build_ssd(cfg: ModelConfig, backbone_weights: str | None = None) -> keras.Model:
     """The training model: image batch (0..255) → [B, N, 4 + num_classes + 1]."""
     sizes = feature_map_sizes(cfg.image_size, cfg.extra_levels, cfg.finest_stride)
-    a = anchors_per_cell(cfg.aspect_ratios)
+    a = anchors_per_cell(cfg.aspect_ratios, cfg.scales_per_level)
     inputs = keras.Input((cfg.image_size, cfg.image_size, 3), name="image")
     x = layers.Rescaling(1.0 / 127.5, offset=-1.0, name="to_unit_range")(inputs)  # MobileNetV2's input range
     features = list(build_backbone(cfg, backbone_weights)(x))

@@ -324,7 +324,7 @@ def train(cfg: TrainConfig, extra_callbacks: tuple = (), verbose="auto", reuse_c
                                 atss_levels=anchor_levels(model_cfg) if cfg.matching == "atss" else None)
         detect = make_detect_fn(model, model_cfg, cfg.score_threshold, cfg.iou_threshold, cfg.max_detections, cfg.box_merge_iou)
         val_map = ValidationMAP(detect, records, label_map, cfg.eval_every)
-        best = KeepBest(os.path.join(run_dir, "best.weights.h5"))
+        best = KeepBest(os.path.join(run_dir, "best.weights.h5"), cfg.best_epoch_metric)
         average = AverageWeights()  # val mAP and the kept best epoch see the averaged weights, checkpoints the raw ones
         callbacks = [average.swap_in, val_map, best, average.swap_out,
                      keras.callbacks.TensorBoard(os.path.join(run_dir, "logs"), write_graph=False), *extra_callbacks]
@@ -332,14 +332,15 @@ def train(cfg: TrainConfig, extra_callbacks: tuple = (), verbose="auto", reuse_c
         # Off by default: on raccoon, patience 5 ended both phases at 0.46 val mAP@.5 where running on to the
         # budget reached 0.83; between new bests, fine-tuning went 16 evaluations (docs/benchmarks.md).
         if cfg.early_stopping_patience and cfg.eval_every <= epochs:  # early stopping needs val mAP in the logs
-            callbacks.insert(3, keras.callbacks.EarlyStopping(monitor=KeepBest.MONITOR, mode="max",
+            callbacks.insert(3, keras.callbacks.EarlyStopping(monitor=best.monitor, mode="max",
                                                               patience=cfg.early_stopping_patience))
         if start is not None and best.best_epoch is None and cfg.eval_every <= epochs:
             # A warm start is kept only where it improves: its starting weights compete as epoch 0,
             # so a run whose every epoch scores below the champion it began from exports that champion's weights.
-            start_score = val_map.evaluate(0, phase="start")["mAP@.5"]
-            best.consider(model, start_score, 0, "start")
-            log.info("train: the starting weights score val mAP@.5 %.4f", start_score)
+            start_score = best.score(val_map.evaluate(0, phase="start"))
+            if start_score is not None:
+                best.consider(model, start_score, 0, "start")
+                log.info("train: the starting weights score %s %.4f", best.metric_name, start_score)
         warmup = int(cfg.warmup_epochs * steps)
         # The budget is shared as the epochs are: the frozen phase may use its share, fine-tuning what is left.
         clock = Clock(run_dir, budget_minutes * 60 if budget_minutes else None)
@@ -364,7 +365,7 @@ def train(cfg: TrainConfig, extra_callbacks: tuple = (), verbose="auto", reuse_c
         fit_seconds = clock.elapsed()
         best_epoch = best.restore(model)
         if best_epoch is not None:
-            log.info("train: exporting the weights of %s epoch %d (val mAP@.5 %.4f)", best.best_phase, best_epoch, best.best)
+            log.info("train: exporting the weights of %s epoch %d (%s %.4f)", best.best_phase, best_epoch, best.metric_name, best.best)
 
         # Export into a staging dir, score the exported artifact itself, then commit the version.
         version = registry.new_version(cfg.models)
@@ -385,6 +386,7 @@ def train(cfg: TrainConfig, extra_callbacks: tuple = (), verbose="auto", reuse_c
                        max_epochs=epochs, time_budget_minutes=cfg.time_budget or None, fit_seconds=round(fit_seconds, 1),
                        phases_ended_by=ended,
                        validation_history=val_map.history, best_epoch=best_epoch, best_phase=best.best_phase if best_epoch is not None else None,
+                       best_epoch_metric=best.metric_name,
                        precision=precision, initialized_from=start_text, anchor_fit=anchor_fit,
                        class_weights=None if class_weights is None else
                        {name: class_weights[i - 1] for name, i in label_map.by_id()})

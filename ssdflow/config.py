@@ -202,6 +202,10 @@ class ModelConfig(BaseModel):
     scale_spacing: Literal["linear", "geometric"] = Field("linear", description=(
         "How the levels' anchor scales step from the first to max_scale: linear (SSD's) or geometric (FPN's)"))
     aspect_ratios: list[float] = Field(default_factory=lambda: list(DEFAULT_ASPECT_RATIOS), min_length=1, description="Anchor aspect ratios (w/h) per cell")
+    scales_per_level: int = Field(1, ge=1, le=4, description=(
+        "Anchor scales per aspect ratio at each level: 1 (SSD's: plus one extra square between this level's scale and "
+        "the next's) or n (every ratio at n scales spaced geometrically from this level's to the next's, as RetinaNet's "
+        "octave scales)"))
     variances: list[float] = Field(default_factory=lambda: [0.1, 0.1, 0.2, 0.2], description="Box-coder variances (y, x, h, w)")
     bn_momentum: float = Field(0.997, gt=0.0, lt=1.0, description="BatchNorm moving-average momentum (TF OD API: 0.997)")
 
@@ -232,6 +236,10 @@ class TrainSettings(BaseModel):
     anchor_scale_spacing: Literal["linear", "geometric"] = Field("linear", description=(
         "How the feature levels' anchor scales step from the finest to 0.95 of the image side: linear (the SSD paper's, "
         "steps widest at the fine levels) or geometric (a constant factor per level, as FPN's anchors)"))
+    anchor_scales_per_level: int = Field(1, ge=1, le=4, description=(
+        "Anchor scales per aspect ratio at each feature level: 1 (SSD's, plus an extra square anchor between two "
+        "levels' scales) or n (each ratio at n scales from one level's to the next's, as RetinaNet's octave scales: "
+        "boxes between two levels' scales get an anchor of their shape; n x the anchors)"))
     epochs: int | None = Field(None, ge=1, le=MAX_EPOCHS, description="Most epochs (frozen backbone, then fine-tuning); default: as many as the time budget allows, 20 without one")
     time_budget: float = Field(30.0, ge=0, le=7 * 24 * 60, description="Minutes of fitting (validation included): phases and learning-rate schedule are fitted to it; 0: no limit")
     batch_size: int = Field(16, ge=1, le=1024, description="Global batch size")
@@ -262,8 +270,11 @@ class TrainSettings(BaseModel):
         "Weight each class's positive anchors in the loss by (the most frequent class's training boxes / its own) to this "
         "power, averaging 1 over the boxes: a minority class counts more (0: off; 0.5: square-root inverse frequency)"))
     eval_every: int = Field(1, ge=1, description="Epochs between val mAP evaluations (the best evaluated epoch is exported)")
+    best_epoch_metric: Literal["map50", "map", "fitness"] = Field("map50", description=(
+        "Which evaluated epoch is exported: the best val mAP@.5 (map50), mAP@[.5:.95] (map: COCO's, the tightest boxes) or "
+        "0.1 mAP@.5 + 0.9 mAP@[.5:.95] (fitness: Ultralytics' best.pt); early stopping watches the same"))
     early_stopping_patience: int | None = Field(None, ge=1, description=(
-        "Evaluations without a new best val mAP@.5 before a phase stops; default: none, the phase runs to its epochs or "
+        "Evaluations without a new best (best_epoch_metric) before a phase stops; default: none, the phase runs to its epochs or "
         "time (the cosine schedule gains most at its end, and the best epoch is exported anyway)"))
     steps_per_epoch: int | None = Field(None, ge=1, description="Default: one pass over the train split")
     score_threshold: float = Field(0.01, ge=0, lt=1, description="Exported model's minimum score")
@@ -328,7 +339,7 @@ class TrainSettings(BaseModel):
         return ModelConfig(alpha=self.alpha, image_size=self.image_size, num_classes=num_classes, bn_momentum=self.batch_norm_momentum(),
                            finest_stride=self.finest_stride or fitted_stride, min_scale=self.min_scale or fitted_min_scale,
                            aspect_ratios=list(self.aspect_ratios or fitted_aspect_ratios or DEFAULT_ASPECT_RATIOS),
-                           scale_spacing=self.anchor_scale_spacing)
+                           scale_spacing=self.anchor_scale_spacing, scales_per_level=self.anchor_scales_per_level)
 
 
 class TrainConfig(TrainSettings, StorageOptions):
@@ -505,5 +516,9 @@ class DemoConfig(BaseModel):
     workdir: Location = Field("demo_out", description="Where the synthetic data and every job's output go")
     images: int = Field(200, ge=10, le=5000, description="Synthetic images to generate")
     minutes: float = Field(3.0, gt=0, le=120, description="Minutes of training (the time budget)")
+    anchor_scales_per_level: int = Field(1, ge=1, le=4, description=(
+        "Anchor scales per aspect ratio at each feature level: 1 (SSD's, plus an extra square anchor between two "
+        "levels' scales) or n (each ratio at n scales from one level's to the next's, as RetinaNet's octave scales: "
+        "boxes between two levels' scales get an anchor of their shape; n x the anchors)"))
     epochs: int | None = Field(None, ge=1, le=MAX_EPOCHS, description="Most training epochs (default: the minutes decide)")
     seed: int = Field(0, description="Random seed of the synthetic dataset")

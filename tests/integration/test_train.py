@@ -78,11 +78,13 @@ def test_better_challenger_promoted_worse_one_not(shapes, trained):
     # No epoch bound, a budget shorter than one step: the budget ends training after its first step;
     # that cut-short epoch is still validated, and its weights are the best (the only) ones exported.
     # It trains with the GIoU box loss and ATSS matching (the settings reach the loss and the input
-    # pipeline) and merges boxes after NMS (validation and the export).
+    # pipeline) and merges boxes after NMS (validation and the export), with two anchor scales per
+    # level (the heads, anchors, export and scoring agree on their number) and the epoch kept by fitness.
     worse = _train(shapes, epochs=None, time_budget=0.001, steps_per_epoch=5, learning_rate=1e-5, seed=7, eval_every=1,
-                   box_loss="giou", matching="atss", box_merge_iou=0.6)
+                   box_loss="giou", matching="atss", box_merge_iou=0.6, anchor_scales_per_level=2, best_epoch_metric="fitness")
     assert worse.metrics["phases_ended_by"] == ["time budget"] and worse.metrics["epochs"] == 1
     assert (worse.metrics["best_epoch"], worse.metrics["best_phase"]) == (1, "phase1")
+    assert worse.metrics["best_epoch_metric"].startswith("val fitness")
     assert [h["phase"] for h in worse.metrics["validation_history"]] == ["phase1"]
     assert worse.metrics["max_epochs"] == 1000 and worse.metrics["fit_seconds"] < 120
     assert not worse.decision["promoted"], worse.decision
@@ -103,7 +105,9 @@ def test_better_challenger_promoted_worse_one_not(shapes, trained):
     # The finest anchors were fitted to the shapes' boxes (sides 1/6-1/2 of the image): just under the 0.2 default.
     architecture = json.load(open(os.path.join(worse.model_dir, "ssdflow_model.json")))["model"]
     fitted = architecture["min_scale"]
-    assert 0.15 < fitted <= 0.2 and f"anchor scales {fitted:.3g}-0.95 of the image side (linear), aspect ratios (w/h) 1, 2, 0.5, 3, 0.333" in card
+    assert 0.15 < fitted <= 0.2 and architecture["scales_per_level"] == 2
+    assert f"anchor scales {fitted:.3g}-0.95 of the image side (linear, 2 per level), aspect ratios (w/h) 1, 2, 0.5, 3, 0.333" in card
+    assert "phase1 epoch 1, the best val fitness (0.1 mAP@.5 + 0.9 mAP@[.5:.95]) of the 1 evaluated" in card
     assert architecture["finest_stride"] == 16  # the shapes are 1/6-1/2 of the image: no stride-8 level needed
     assert "| mAP small / medium / large" in card
     # Look, don't read: the PR curves and drawn val images sit beside the card, which links them.

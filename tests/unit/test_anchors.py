@@ -249,3 +249,24 @@ def test_aspect_ratios_are_refitted_only_for_boxes_the_defaults_miss():
     assert fit_anchors(heights, widths, classes, label_map, mine)["aspect_ratios"] is None
     assert mine.model(2).aspect_ratios == [1.0, 2.0, 0.5]
     assert TrainSettings().model(2).aspect_ratios == list(DEFAULT_ASPECT_RATIOS) == ModelConfig().aspect_ratios
+
+
+def test_several_scales_per_level_put_every_ratio_between_two_levels_scales():
+    """scales_per_level n (RetinaNet's octave scales, spread from one level's scale to the next's): each
+    cell has every ratio at n scales, ratios innermost, and no extra square; a long box whose size sits
+    between two levels' scales, which no anchor of the SSD layout fits, then has one of its shape."""
+    from model.anchors import anchor_shapes, best_shape_iou
+
+    one, two = ModelConfig(), ModelConfig(scales_per_level=2)
+    assert anchors_per_cell(two.aspect_ratios, 2) == 10
+    anchors = generate_anchors(two).numpy()
+    assert anchors.shape == (num_anchors(two), 4) == ((400 + 100 + 25 + 9 + 4 + 1) * 10, 4)
+    _, _, h, w = _centers_hw(anchors[:10])
+    s0, s1 = level_scales(6, two.first_scale, two.max_scale)[:2]
+    np.testing.assert_allclose(w / h, list(two.aspect_ratios) * 2, rtol=1e-5)
+    np.testing.assert_allclose(np.sqrt(w * h), [s0] * 5 + [math.sqrt(s0 * s1)] * 5, rtol=1e-5)
+    # a 3:1 box of side sqrt(s0 * s1) (0.32 of the image): SSD's layout has it only at 0.2 or 0.44
+    side = math.sqrt(s0 * s1)
+    box_h, box_w = [side / math.sqrt(3)], [side * math.sqrt(3)]
+    assert best_shape_iou(box_h, box_w, anchor_shapes(one))[0] < 0.7
+    assert best_shape_iou(box_h, box_w, anchor_shapes(two))[0] == pytest.approx(1.0)

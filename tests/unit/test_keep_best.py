@@ -54,3 +54,28 @@ def test_nothing_evaluated_keeps_the_last_weights(tmp_path):
     assert best.restore(model) is None
     assert all(np.all(w == 7.0) for w in model.get_weights())
     assert not (tmp_path / "best.weights.h5").exists()
+
+
+def test_the_best_epoch_by_fitness_is_the_tightest_that_detects(tmp_path):
+    """best_epoch_metric fitness (Ultralytics' 0.1 mAP@.5 + 0.9 mAP@[.5:.95]): of an epoch that detects
+    more at IoU 0.5 and one whose boxes sit tighter, the tighter is kept, where map50 keeps the other;
+    a run resumed with another metric does not hold the saved score of the first as its bar."""
+    from model.callbacks import KeepBest, fitness
+
+    epochs = [(1.0, {"mAP@.5": 0.95, "mAP": 0.45}), (2.0, {"mAP@.5": 0.93, "mAP": 0.52}), (3.0, {"mAP@.5": 0.60, "mAP": 0.30})]
+    kept = {}
+    for metric in ("map50", "fitness", "map"):
+        model = _model()
+        best = KeepBest(str(tmp_path / f"{metric}.weights.h5"), metric)
+        best.set_model(model)
+        for epoch, (value, m) in enumerate(epochs):
+            _set(model, value)
+            best.on_epoch_end(epoch, {"val_mAP@.5": m["mAP@.5"], "val_mAP": m["mAP"], "val_fitness": fitness(m)})
+        kept[metric] = best.restore(model)
+        assert best.score(epochs[kept[metric] - 1][1]) == pytest.approx(best.best)
+    assert kept == {"map50": 1, "fitness": 2, "map": 2}
+    assert fitness({"mAP@.5": 0.93, "mAP": 0.52}) == pytest.approx(0.561)
+    assert fitness({"mAP@.5": 0.93, "mAP": None}) is None
+
+    other = KeepBest(str(tmp_path / "map50.weights.h5"), "fitness")
+    assert other.best_epoch is None and other.best < 0

@@ -244,3 +244,13 @@ def test_fpn_lite_levels_match_the_anchors():
         assert tuple(m.get_layer(f"fpn_smooth{i}_relu").output.shape[1:]) == (size, size, 32)
     y = np.asarray(m(np.zeros((1, 128, 128, 3), np.float32), training=False))
     assert y.shape == (1, num_anchors(cfg), 4 + C + 1) and np.isfinite(y).all()
+
+
+def test_several_anchor_scales_per_level_widen_the_heads():
+    """scales_per_level 2: each head predicts 2 x the ratios per cell, and the model's N is the anchors'."""
+    cfg = ModelConfig(alpha=0.35, image_size=96, num_classes=C, scales_per_level=2, aspect_ratios=[1.0, 2.0, 0.5])
+    m = build_ssd(cfg, None)
+    sizes = feature_map_sizes(cfg.image_size, cfg.extra_levels, cfg.finest_stride)
+    for level, size in enumerate(sizes):
+        assert tuple(m.get_layer(f"box_head{level}").output.shape[1:]) == (size, size, 6 * 4)
+    assert m.output.shape[1] == num_anchors(cfg) == sum(s * s for s in sizes) * 6
