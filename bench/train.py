@@ -8,6 +8,7 @@
     .venv/bin/python -m bench.train quality --weights ../shared/weights/mobilenet_v2_1.0_imagenet_dogs_no_top.weights.h5 \
         [--time-budget 30] [--seeds 0,1,2] [--pretrained-only] [--set KEY=VALUE ...] [--history FILE]
     .venv/bin/python -m bench.train postprocess --model MODELS/VERSION --data RECORDS [--model ... --data ...] [--merge 0.5,0.6,0.7]
+    .venv/bin/python -m bench.train select --from-history FILE [--from-history FILE ...]
 
 startup: seconds to the first training step (graph tracing) with the optimizer built lazily, as
 Keras does, and before fit, as model/train.py does; prints the ratio.
@@ -36,6 +37,10 @@ spread over --seeds).
 postprocess: a trained model (a registered version: its Keras weights) scored on val as exported
 (NMS's boxes) and with box merging at each --merge IoU (model/postprocess.py), the product's own
 detection path; prints a markdown table row per model and setting.
+
+select: which epoch each --best-epoch-metric would have exported, replayed from the per-evaluation
+val history that quality's --history writes: per run and rule, the kept epoch's val mAP@.5 and
+mAP@[.5:.95] (the same evaluations training made, so no rerun is needed), and the mean per rule.
 """
 
 from __future__ import annotations
@@ -416,9 +421,38 @@ def postprocess(args) -> None:
                   f"{m['mAP@.75']:.3f} | {small} | {classes} | {ms:.0f} ({ms / base:.2f}) |", flush=True)
 
 
+def select(args) -> None:
+    from model.callbacks import BEST_EPOCH_METRICS, best_epoch_score
+
+    if not args.from_history:
+        raise SystemExit("select needs --from-history FILE (written by quality --history)")
+    rules = tuple(BEST_EPOCH_METRICS)
+    print("| run | " + " | ".join(f"kept by {r}: mAP@.5 / mAP@[.5:.95] (epoch)" for r in rules) + " |")
+    print("| --- |" + " --- |" * len(rules))
+    kept = {r: [] for r in rules}
+    for path in args.from_history:
+        for line in Path(path).read_text().splitlines():
+            run = json.loads(line)
+            cells = []
+            for rule in rules:
+                scored = [(best_epoch_score(h, rule), h) for h in run["history"]]
+                # the first evaluation of the highest score, as KeepBest keeps only a strictly better one
+                best = max((e for e in scored if e[0] is not None), key=lambda e: e[0], default=None)
+                if best is None:
+                    cells.append("–")
+                    continue
+                h = best[1]
+                kept[rule].append((h["mAP@.5"], h["mAP"]))
+                cells.append(f"{h['mAP@.5']:.3f} / {h['mAP']:.3f} ({h['phase']} {h['epoch']})")
+            settings = ", ".join(f"{k}={v}" for k, v in run.get("settings", {}).items()) or "defaults"
+            print(f"| {Path(path).stem}, seed {run['seed']}, {settings} | " + " | ".join(cells) + " |")
+    print("| mean | " + " | ".join(f"{sum(a for a, _ in v) / len(v):.3f} / {sum(b for _, b in v) / len(v):.3f}" if v else "–"
+                                   for v in kept.values()) + " |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=["throughput", "quality", "startup", "precision", "s3", "s3-quality", "postprocess"])
+    ap.add_argument("what", choices=["throughput", "quality", "startup", "precision", "s3", "s3-quality", "postprocess", "select"])
     ap.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "ssdflow-bench-train"))
     ap.add_argument("--alpha", type=float, default=1.0)
     ap.add_argument("--image-size", type=int, default=320)
@@ -439,9 +473,10 @@ def main() -> None:
     ap.add_argument("--model", action="append", help="a registered model version directory (postprocess; repeatable)")
     ap.add_argument("--data", action="append", default=[], help="the ingest output to score --model on (postprocess; one per --model)")
     ap.add_argument("--merge", default="0.5,0.6,0.7", help="box-merging IoUs to score besides plain NMS (postprocess)")
+    ap.add_argument("--from-history", action="append", default=[], help="a file quality's --history wrote (select; repeatable)")
     args = ap.parse_args()
     {"throughput": throughput, "quality": quality, "startup": startup, "precision": precision, "s3": s3_input,
-     "s3-quality": s3_quality, "postprocess": postprocess}[args.what](args)
+     "s3-quality": s3_quality, "postprocess": postprocess, "select": select}[args.what](args)
 
 
 if __name__ == "__main__":

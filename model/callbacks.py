@@ -34,6 +34,12 @@ def fitness(metrics: dict) -> float | None:
     return 0.1 * metrics["mAP@.5"] + 0.9 * metrics["mAP"]
 
 
+def best_epoch_score(metrics: dict, metric: str) -> float | None:
+    """One evaluation's score by ``metric`` (a BEST_EPOCH_METRICS key) from its COCO metrics
+    (``score_detector``'s, or a validation history entry); None where it is undefined."""
+    return fitness(metrics) if metric == "fitness" else metrics[{"map50": "mAP@.5", "map": "mAP"}[metric]]
+
+
 class EpochCheckpoint(keras.callbacks.Callback):
     """Saves model, optimizer (moments, step count: the LR schedule resumes too) and epoch after every epoch."""
 
@@ -116,7 +122,7 @@ class KeepBest(keras.callbacks.Callback):
 
     def score(self, metrics: dict) -> float | None:
         """This callback's metric of one evaluation's COCO metrics (``score_detector``'s)."""
-        return fitness(metrics) if self.metric == "fitness" else metrics[{"map50": "mAP@.5", "map": "mAP"}[self.metric]]
+        return best_epoch_score(metrics, self.metric)
 
     def on_epoch_end(self, epoch, logs=None):
         score = (logs or {}).get(self.monitor)
