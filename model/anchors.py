@@ -230,20 +230,23 @@ def anchor_shapes(cfg: ModelConfig) -> np.ndarray:
     return np.asarray([hw for _, cell_sizes in _levels(cfg) for hw in cell_sizes], np.float64)
 
 
-def best_shape_iou(heights, widths, shapes: np.ndarray) -> np.ndarray:
+def best_shape_iou(heights, widths, shapes: np.ndarray, chunk: int = 65_536) -> np.ndarray:
     """Per box, the IoU with the anchor shape that fits it best when both share a centre: [M].
 
     heights, widths [M] (fractions of the image side); shapes [K, 2] (anchor_shapes). It bounds what
     the matcher can give a box from shape alone (a grid cell's centre seldom sits on the box's), as
     YOLO's autoanchor bounds its best possible recall: a box below the matcher's positive IoU here is
-    reachable only by its forced match, whatever the grid.
+    reachable only by its forced match, whatever the grid. ``chunk`` boxes at a time, so a dataset of
+    millions of boxes needs a few MB, not an [M, K] table.
     """
-    h = np.asarray(heights, np.float64)[:, None]
-    w = np.asarray(widths, np.float64)[:, None]
+    h_all, w_all = np.asarray(heights, np.float64), np.asarray(widths, np.float64)
     ah, aw = shapes[None, :, 0], shapes[None, :, 1]
-    inter = np.minimum(h, ah) * np.minimum(w, aw)
-    iou = inter / np.maximum(h * w + ah * aw - inter, 1e-12)
-    return iou.max(axis=1, initial=0.0)
+    out = np.zeros(len(h_all))
+    for start in range(0, len(h_all), chunk):
+        h, w = h_all[start:start + chunk, None], w_all[start:start + chunk, None]
+        inter = np.minimum(h, ah) * np.minimum(w, aw)
+        out[start:start + chunk] = (inter / np.maximum(h * w + ah * aw - inter, 1e-12)).max(axis=1, initial=0.0)
+    return out
 
 
 def num_anchors(cfg: ModelConfig) -> int:

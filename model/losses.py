@@ -12,6 +12,7 @@ Layouts (N anchors, C object classes):
 from __future__ import annotations
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from model.box_coder import decode
@@ -81,8 +82,6 @@ def balanced_class_weights(counts, power: float) -> list[float] | None:
     count more, a majority's slightly less). ``power`` 0 → None (no weighting); 0.5 is the square root
     of the inverse frequency; a class without boxes gets weight 1 (it has no positive anchor to weigh).
     """
-    import numpy as np
-
     if not power:
         return None
     counts = np.asarray(counts, np.float64)

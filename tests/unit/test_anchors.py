@@ -270,3 +270,14 @@ def test_several_scales_per_level_put_every_ratio_between_two_levels_scales():
     box_h, box_w = [side / math.sqrt(3)], [side * math.sqrt(3)]
     assert best_shape_iou(box_h, box_w, anchor_shapes(one))[0] < 0.7
     assert best_shape_iou(box_h, box_w, anchor_shapes(two))[0] == pytest.approx(1.0)
+
+
+def test_best_shape_iou_in_chunks_equals_all_at_once():
+    """best_shape_iou walks the boxes in chunks (millions of boxes in a few MB): the same figures."""
+    from model.anchors import anchor_shapes, best_shape_iou
+
+    rng = np.random.default_rng(1)
+    h, w = rng.uniform(0.01, 1, 1000), rng.uniform(0.01, 1, 1000)
+    shapes = anchor_shapes(ModelConfig())
+    np.testing.assert_array_equal(best_shape_iou(h, w, shapes, chunk=7), best_shape_iou(h, w, shapes))
+    assert best_shape_iou([], [], shapes).shape == (0,)
