@@ -189,7 +189,7 @@ class _Hook(keras.callbacks.Callback):
 
 class EpochLines(keras.callbacks.Callback):
     """One plain line per epoch, for a log (Keras' bar redraws itself with ANSI codes, one 2 KB line
-    an epoch in a file): the epoch of at most how many, the phase, loss, val mAP@.5 when evaluated,
+    an epoch in a file): the epoch of at most how many, the phase, loss, val mAP@.5 and mAP@[.5:.95] when evaluated,
     the epoch's seconds and the share of the time budget used."""
 
     def __init__(self, report, total_epochs: int, offsets: dict[str, int]):
@@ -206,8 +206,10 @@ class EpochLines(keras.callbacks.Callback):
         parts = [f"train: epoch {n} of at most {self.total}" + (f" ({self.phase})" if self.phase else "")]
         if "loss" in logs:
             parts.append(f"loss {float(logs['loss']):.4f}")
-        if KeepBest.MONITOR in logs:
-            parts.append(f"val mAP@.5 {float(logs[KeepBest.MONITOR]):.4f}")
+        if logs.get("val_mAP@.5") is not None:
+            parts.append(f"val mAP@.5 {float(logs['val_mAP@.5']):.4f}")
+        if logs.get("val_mAP") is not None:
+            parts.append(f"mAP@[.5:.95] {float(logs['val_mAP']):.4f}")
         parts.append(f"{time.monotonic() - self.t0:.1f} s")
         if "time_budget_used" in logs:
             parts.append(f"{100 * float(logs['time_budget_used']):.0f}% of the time budget used")

@@ -79,3 +79,17 @@ def test_the_best_epoch_by_fitness_is_the_tightest_that_detects(tmp_path):
 
     other = KeepBest(str(tmp_path / "map50.weights.h5"), "fitness")
     assert other.best_epoch is None and other.best < 0
+
+
+def test_epoch_lines_name_both_val_metrics_when_evaluated():
+    """EpochLines (a log's one line per epoch): loss, and val mAP@.5 and mAP@[.5:.95] on evaluated epochs only."""
+    from model.callbacks import EpochLines
+
+    lines = []
+    report = EpochLines(lines.append, total_epochs=4, offsets={"phase2": 2})
+    report.phase = "phase2"
+    report.on_epoch_begin(0)
+    report.on_epoch_end(0, {"loss": 1.5, "val_mAP@.5": 0.8123, "val_mAP": 0.4567, "val_fitness": 0.49})
+    report.on_epoch_end(1, {"loss": 1.25})
+    assert lines[0].startswith("train: epoch 3 of at most 4 (phase2), loss 1.5000, val mAP@.5 0.8123, mAP@[.5:.95] 0.4567, ")
+    assert lines[1].startswith("train: epoch 4 of at most 4 (phase2), loss 1.2500, ") and "mAP" not in lines[1]
