@@ -88,7 +88,8 @@ class ValidationMAP(keras.callbacks.Callback):
         metrics = self.evaluate(epoch + 1)
         logs["val_mAP"] = metrics["mAP"]
         logs["val_mAP@.5"] = metrics["mAP@.5"]
-        logs["val_fitness"] = fitness(metrics)
+        if fitness(metrics) is not None:
+            logs["val_fitness"] = fitness(metrics)
 
     def evaluate(self, epoch: int, phase: str | None = None) -> dict:
         """COCO metrics of the current weights on val, recorded in ``history`` as ``epoch`` of the phase."""
@@ -189,8 +190,8 @@ class _Hook(keras.callbacks.Callback):
 
 class EpochLines(keras.callbacks.Callback):
     """One plain line per epoch, for a log (Keras' bar redraws itself with ANSI codes, one 2 KB line
-    an epoch in a file): the epoch of at most how many, the phase, loss, val mAP@.5 and mAP@[.5:.95] when evaluated,
-    the epoch's seconds and the share of the time budget used."""
+    an epoch in a file): the epoch of at most how many, the phase, loss, val mAP@.5 and mAP@[.5:.95]
+    when evaluated, the epoch's seconds and the share of the time budget used."""
 
     def __init__(self, report, total_epochs: int, offsets: dict[str, int]):
         super().__init__()
