@@ -17,12 +17,12 @@ import tensorflow as tf
 from model.validation import score_detector
 from ssdflow import storage
 
-# What KeepBest may keep the best epoch by (TrainSettings.best_epoch_metric): its key in the epoch's logs
-# and its name in the log and the model card.
+# What KeepBest may keep the best epoch by (TrainSettings.best_epoch_metric): the figure's key in an
+# evaluation's metrics (in the epoch's logs with "val_" before it) and its name in the log and the model card.
 BEST_EPOCH_METRICS = {
-    "map50": ("val_mAP@.5", "val mAP@.5"),
-    "map": ("val_mAP", "val mAP@[.5:.95]"),
-    "fitness": ("val_fitness", "val fitness (0.1 mAP@.5 + 0.9 mAP@[.5:.95])"),
+    "map50": ("mAP@.5", "val mAP@.5"),
+    "map": ("mAP", "val mAP@[.5:.95]"),
+    "fitness": ("fitness", "val fitness (0.1 mAP@.5 + 0.9 mAP@[.5:.95])"),
 }
 
 
@@ -37,7 +37,8 @@ def fitness(metrics: dict) -> float | None:
 def best_epoch_score(metrics: dict, metric: str) -> float | None:
     """One evaluation's score by ``metric`` (a BEST_EPOCH_METRICS key) from its COCO metrics
     (``score_detector``'s, or a validation history entry); None where it is undefined."""
-    return fitness(metrics) if metric == "fitness" else metrics[{"map50": "mAP@.5", "map": "mAP"}[metric]]
+    key = BEST_EPOCH_METRICS[metric][0]
+    return fitness(metrics) if key == "fitness" else metrics[key]
 
 
 class EpochCheckpoint(keras.callbacks.Callback):
@@ -88,8 +89,9 @@ class ValidationMAP(keras.callbacks.Callback):
         metrics = self.evaluate(epoch + 1)
         logs["val_mAP"] = metrics["mAP"]
         logs["val_mAP@.5"] = metrics["mAP@.5"]
-        if fitness(metrics) is not None:
-            logs["val_fitness"] = fitness(metrics)
+        value = fitness(metrics)
+        if value is not None:
+            logs["val_fitness"] = value
 
     def evaluate(self, epoch: int, phase: str | None = None) -> dict:
         """COCO metrics of the current weights on val, recorded in ``history`` as ``epoch`` of the phase."""
@@ -112,7 +114,8 @@ class KeepBest(keras.callbacks.Callback):
     def __init__(self, path: str, metric: str = "map50"):
         super().__init__()
         self.path, self.metric = path, metric
-        self.monitor, self.metric_name = BEST_EPOCH_METRICS[metric]
+        key, self.metric_name = BEST_EPOCH_METRICS[metric]
+        self.monitor = "val_" + key  # as ValidationMAP writes it into the logs
         # best_epoch None: nothing evaluated yet; 0: the weights the run started from (a warm start's).
         self.best, self.best_epoch, self.phase, self.best_phase = -1.0, None, None, None
         if os.path.exists(path + ".json") and os.path.exists(path):

@@ -382,11 +382,13 @@ def _anchor_fit_text(fit: dict | None) -> str:
     ratios = ""
     if fit.get("ratio_fit"):
         r = fit["ratio_fit"]
-        chosen = ", ".join(f"{v:g}" for v in r["chosen"])
-        ratios = (f"\n- Anchor aspect ratios: the defaults fitted {r['worst_share_before']:.0%} of the worst-fitted class's boxes, "
-                  "and no other ratio fits more of them: their sizes, against the levels' anchor scales, limit it") if r.get("same") else (f"\n- Anchor aspect ratios: the defaults fitted {r['worst_share_before']:.0%} of the worst-fitted class's boxes; "
-                  f"ratios chosen for the training boxes (the most boxes fitted, classes weighted alike), {chosen}, fit "
-                  f"{r['worst_share_after']:.0%}: " + ("adopted" if r["adopted"] else "not adopted, the defaults kept"))
+        ratios = f"\n- Anchor aspect ratios: the defaults fitted {r['worst_share_before']:.0%} of the worst-fitted class's boxes"
+        if r.get("same"):
+            ratios += ", and no other ratio fits more of them: their sizes, against the levels' anchor scales, limit it"
+        else:
+            chosen = ", ".join(f"{v:g}" for v in r["chosen"])
+            ratios += (f"; ratios chosen for the training boxes (the most boxes fitted, classes weighted alike), {chosen}, fit "
+                       f"{r['worst_share_after']:.0%}: " + ("adopted" if r["adopted"] else "not adopted, the defaults kept"))
     return (f"\n- Fitted to the smallest objects: {who} (side 10th percentile {fit['side_p10']:.3g}, median "
             f"{fit['side_p50']:.3g} of the image side) → finest stride {fit['finest_stride']}{scale}{ratios}{shapes}")
 
