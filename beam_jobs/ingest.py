@@ -13,8 +13,9 @@ Design notes:
 * Per-element overhead dominates naive Beam jobs here, so the heavy stage works on batches of
   images, and each batch writes its records straight into a part file. Per-image records (label
   records, outcomes: key, sha256, offset, length) go from stage to stage in files of a few hundred
-  (:class:`Spill`) whose names alone go through the shuffle, never image bytes: a local runner's
-  shuffle is its driver's memory, which stays flat however large the archive.
+  (:mod:`beam_jobs.spill`: plain JSON with a checksum) whose names alone go through the shuffle,
+  never image bytes: a local runner's shuffle is its driver's memory, which stays flat however
+  large the archive.
 * Duplicates (same sha256 of the file bytes) can only be known once every image is hashed, so
   the part files hold every valid image. Dedup then runs per hash bucket (twins share a sha256,
   hence a bucket; the smallest key is kept, the same on every run and runner), the shard layout
@@ -28,13 +29,10 @@ Design notes:
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
 import os
-import pickle
 import posixpath
-import secrets
 import uuid
 import zlib
 from collections import Counter, defaultdict
@@ -50,6 +48,8 @@ from apache_beam.utils.windowed_value import WindowedValue
 
 from beam_jobs import records as R
 from beam_jobs.encode import encode_image
+from beam_jobs.records import ImageFile, ImageOutcome
+from beam_jobs.spill import Spill
 from beam_jobs.splits import (SPLITS, Pairing, listed_ids, listed_images, root_of, voc_image_set_files, yaml_split_dirs,
                               yaml_split_lists)
 from beam_jobs.parsers import YOLO_CLASSES_FILE, is_label_file, parse_label_file
@@ -71,39 +71,6 @@ _NS = "ssdflow.ingest"
 
 class IngestError(RuntimeError):
     """The job cannot start or its result does not reconcile; the message says what to fix."""
-
-
-# --- the hand-over between this job's own stages ----------------------------------------------------
-class Spill:
-    """Hands many small records from one stage of this job to a later one through a file in the
-    run's temp directory; only the file's name goes through the shuffle.
-
-    Per-image records through Beam's shuffle cost seconds of per-element coding, and a local
-    runner's shuffle is its driver's memory: it held about 1.4 KB per image (300 MB at 100,000
-    images). One file per few hundred records keeps the driver's memory flat however large the
-    archive, on every runner. The files are pickles, so each starts with an HMAC-SHA256 of its bytes
-    under a key made for this run, which travels inside the job's DoFns and never to storage: a
-    file that anyone else wrote or changed in the temp directory is refused before it is unpickled.
-    A retried bundle leaves files no element names; they go with the temp directory."""
-
-    def __init__(self, directory: str, key: bytes):
-        self.directory, self.key = directory, key
-
-    def write(self, items: list) -> str:
-        """``items`` → the name of a new file holding them."""
-        blob = pickle.dumps(items, protocol=pickle.HIGHEST_PROTOCOL)
-        path = storage.join(self.directory, f"{uuid.uuid4().hex}.pkl")
-        with FileSystems.create(path) as f:  # no fsync: a crash loses the run's temp directory anyway
-            f.write(hmac.digest(self.key, blob, "sha256") + blob)
-        return path
-
-    def read(self, path: str) -> list:
-        """The items of a file made by :meth:`write` in this run, after checking its HMAC."""
-        data = storage.read_bytes(path)
-        mac, blob = data[:32], data[32:]
-        if not hmac.compare_digest(mac, hmac.digest(self.key, blob, "sha256")):
-            raise IngestError(f"{path}: not written by this run (its HMAC does not match); refusing to unpickle it")
-        return pickle.loads(blob)
 
 
 class _StorageDoFn(beam.DoFn):
@@ -132,23 +99,6 @@ class _StorageCall(_StorageDoFn):
 
 
 # --- small records passed between stages ---------------------------------------------------------
-@dataclass(frozen=True)
-class ImageOutcome:
-    """What happened to one candidate image, without its bytes."""
-
-    key: str
-    source: str
-    sha256: str
-    split: str | None  # None when the image was rejected
-    part: str | None = None  # part file holding the framed record
-    offset: int = 0
-    length: int = 0  # framed length in bytes
-    boxes_in: int = 0
-    class_counts: tuple[tuple[str, int], ...] = ()
-    rejections: tuple[R.Rejection, ...] = ()
-    stats: tuple[tuple[str, int], ...] = ()
-
-
 @dataclass(frozen=True)
 class PartSummary:
     """One part file after dedup: the byte ranges of its records that are kept, in file order."""
@@ -281,13 +231,6 @@ def load_fixed_label_map(cfg: IngestConfig) -> LabelMap | None:
 
 
 # --- transforms ----------------------------------------------------------------------------------
-class ImageFile(NamedTuple):
-    """A listed image file: its path, and its size in bytes (which spreads the encoders' work evenly)."""
-
-    path: str
-    size: int
-
-
 class _MatchPattern(_StorageDoFn):
     """(name, file pattern) → the matched files' FileMetadata, tagged with the name. With
     ``totals_dir``, the image files listed for 'images' are marked there (the progress's total)."""
@@ -1057,7 +1000,7 @@ def build_pipeline(p: beam.Pipeline, cfg: IngestConfig, tmp_dir: str, class_name
     """Adds the ingest transforms to ``p``; outputs land in ``tmp_dir/final``."""
     parts_dir, final_dir = storage.join(tmp_dir, "parts"), storage.join(tmp_dir, "final")
     fragments_dir = storage.join(tmp_dir, "rejected")
-    spill = Spill(storage.join(tmp_dir, "spill"), secrets.token_bytes(32))
+    spill = Spill(storage.join(tmp_dir, "spill"))
     fmt, flags = cfg.format.value, cfg.pipeline_flags()
     progress_dir, totals_dir = storage.join(tmp_dir, PROGRESS_DIR), storage.join(tmp_dir, PROGRESS_TOTAL_DIR)
     files = p | "ListFiles" >> ListFiles({"images": image_pattern(cfg.images), "labels": label_pattern(cfg.labels)}, flags,

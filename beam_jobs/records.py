@@ -1,8 +1,10 @@
 """The plain data that flows through the ingest job, and the vocabulary of rejection reasons.
 
-Parsers turn label files into :class:`LabelRecord` objects; the image stage turns a record plus
-the image bytes into a tf.Example or a :class:`Rejection`. Everything here is a frozen dataclass
-of builtins so it pickles cheaply between Beam workers (Fn API runners included).
+Parsers turn label files into :class:`LabelRecord` objects; listing turns image files into
+:class:`ImageFile` rows; the image stage turns a record plus the image bytes into a tf.Example or a
+:class:`Rejection`, and an :class:`ImageOutcome` for the books. Everything here is a frozen
+dataclass (or NamedTuple) of builtins, so Beam's coders carry it cheaply and
+:mod:`beam_jobs.spill` writes it as plain JSON between stages.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import posixpath
 import re
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 # Rejection kinds: what the rejected line refers to.
 IMAGE = "image"
@@ -136,3 +139,27 @@ class ParseResult:
 
     records: tuple[LabelRecord, ...] = ()
     rejections: tuple[Rejection, ...] = ()  # label-file-level problems (box-level ones live on records)
+
+
+class ImageFile(NamedTuple):
+    """A listed image file: its path, and its size in bytes (which spreads the encoders' work evenly)."""
+
+    path: str
+    size: int
+
+
+@dataclass(frozen=True)
+class ImageOutcome:
+    """What happened to one candidate image, without its bytes."""
+
+    key: str
+    source: str
+    sha256: str
+    split: str | None  # None when the image was rejected
+    part: str | None = None  # part file holding the framed record
+    offset: int = 0
+    length: int = 0  # framed length in bytes
+    boxes_in: int = 0
+    class_counts: tuple[tuple[str, int], ...] = ()
+    rejections: tuple[Rejection, ...] = ()
+    stats: tuple[tuple[str, int], ...] = ()

@@ -152,7 +152,7 @@ def test_match_labels_to_images_transform(tmp_path):
     with BeamTestPipeline() as p:
         images = p | "I" >> beam.Create([(p[2], ImageFile(p, 100)) for p in ("i/a.jpg", "i/b.jpg", "i/c.jpg", "i/d.jpg", "i/d.png")])
         labels = p | "L" >> beam.Create([("a", rec_a), ("b", rec_b), ("b", rec_b2), ("ghost", rec_g)])
-        spill = Spill(str(tmp_path / "spill"), os.urandom(32))
+        spill = Spill(str(tmp_path / "spill"))
         out = {"images": images, "labels": labels} | MatchLabelsToImages(unlabeled_is_negative=False, spill=spill)
         assert_that(out.candidates, equal_to([("i/a.jpg", rec_a)]), label="candidates")
         assert_that(

@@ -1,20 +1,17 @@
-"""Ingest's join by hash bucket: spilled pairs in, equal-sized candidate chunks out; the spill
-files themselves (authenticated pickles in the run's temp directory)."""
+"""Ingest's join by hash bucket: spilled pairs in, equal-sized candidate chunks out (the spill files
+themselves: tests/unit/test_spill.py)."""
 
 from __future__ import annotations
-
-import os
-import pickle
 
 import pytest
 
 from beam_jobs import records as R
-from beam_jobs.ingest import CANDIDATES_PER_CHUNK, JOIN_BUCKETS, ImageFile, IngestError, Spill, _join_bucket, _MatchDoFn, _PackByBucket, deal_by_size
+from beam_jobs.ingest import CANDIDATES_PER_CHUNK, JOIN_BUCKETS, ImageFile, Spill, _join_bucket, _MatchDoFn, _PackByBucket, deal_by_size
 
 
 @pytest.fixture
 def spill(tmp_path) -> Spill:
-    return Spill(str(tmp_path / "spill"), os.urandom(32))
+    return Spill(str(tmp_path / "spill"))
 
 
 def _bucket(pairs, spill: Spill) -> dict:
@@ -65,29 +62,3 @@ def test_pairs_are_spilled_per_bucket_and_flushed_at_the_limit(spill):
     assert sorted(got) == sorted(keys)
     assert all(b == _join_bucket(k) and 0 <= b < JOIN_BUCKETS and p == f"/i/{k}.jpg" for k, (b, p) in got.items())
     assert len(late) <= JOIN_BUCKETS
-
-
-def test_a_spill_file_not_written_by_this_run_is_refused_before_it_is_unpickled(spill, tmp_path):
-    """Anyone who can write to the output's temp directory could put a pickle there that runs code
-    when loaded; a file must carry this run's HMAC to be read at all."""
-    path = spill.write([("k", 1)])
-    assert spill.read(path) == [("k", 1)]
-    with pytest.raises(IngestError, match="HMAC"):  # another run, another key
-        Spill(spill.directory, os.urandom(32)).read(path)
-
-    class Boom:  # unpickling this creates a file: the test sees whether loads ran
-        def __reduce__(self):
-            return (open, (str(tmp_path / "pwned"), "w"))
-
-    evil = pickle.dumps([Boom()])
-    with open(path, "wb") as f:
-        f.write(b"\0" * 32 + evil)
-    with pytest.raises(IngestError, match="not written by this run"):
-        spill.read(path)
-    with open(spill.write([("k", 2)]), "rb") as f:
-        mac = f.read(32)
-    with open(path, "wb") as f:  # this run's MAC of other bytes, with the payload swapped
-        f.write(mac + evil)
-    with pytest.raises(IngestError):
-        spill.read(path)
-    assert not (tmp_path / "pwned").exists()
