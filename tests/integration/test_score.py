@@ -148,16 +148,43 @@ def _many_images(tmp_path, n=36) -> str:
     return str(d)
 
 
-def test_max_pixels_refuses_larger_images_before_decoding(raccoon_model, tmp_path):
+def test_max_pixels_refuses_larger_images_before_decoding(raccoon_model, tmp_path, monkeypatch):
+    """The guard reads the header only: spies on every full Pillow decode (the EXIF path decodes to
+    turn an image upright) and on every batch handed to TensorFlow's decoder (the SavedModel's
+    serving signature) see the small image and never the large one, though the large one carries an
+    EXIF rotation that would have Pillow decode it."""
+    from PIL import ImageFile
+
+    from beam_jobs.model_handler import SavedModelDetector
+
     images = tmp_path / "images"
     images.mkdir()
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90°
     for name, size in (("small.jpg", (60, 40)), ("large.jpg", (120, 100))):
-        Image.new("RGB", size, (90, 20, 200)).save(images / name)
+        Image.new("RGB", size, (90, 20, 200)).save(images / name, exif=exif)
+    large = (images / "large.jpg").read_bytes()
+    decoded, batches = [], []
+    real_load, real_call = ImageFile.ImageFile.load, SavedModelDetector._call
+
+    def load_spy(self):
+        decoded.append(self.size)
+        return real_load(self)
+
+    def call_spy(serve, batch):
+        batches.append(list(batch))
+        return real_call(serve, batch)
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", load_spy)
+    monkeypatch.setattr(SavedModelDetector, "_call", staticmethod(call_spy))
     out = tmp_path / "out"
     m = run_score(ScoreConfig(model=raccoon_model, images=[str(images)], out=str(out), max_pixels=5000))
     assert (m["images_in"], m["images_scored"], m["images_failed"]) == (2, 1, 1)
     (error,) = read_jsonl(out / "errors.jsonl")
     assert error["source"].endswith("large.jpg") and error["reason"] == "too_many_pixels" and "12000" in error["detail"]
+    assert (60, 40) in decoded and (120, 100) not in decoded, decoded  # the spies ran in the scoring process
+    handed = [data for batch in batches for data in batch]
+    assert len(handed) == 1 and large not in handed, len(handed)
 
 
 def test_runners_give_the_same_detections(raccoon_model, tmp_path):
