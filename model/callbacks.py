@@ -42,13 +42,22 @@ def best_epoch_score(metrics: dict, metric: str) -> float | None:
 
 
 class EpochCheckpoint(keras.callbacks.Callback):
-    """Saves model, optimizer (moments, step count: the LR schedule resumes too) and epoch after every epoch."""
+    """Saves model, optimizer (moments, step count: the LR schedule resumes too) and epoch after every
+    epoch, and the phase's history: one entry per epoch trained (its logs, and the optimizer's step
+    count after it) in ``history.json`` beside the checkpoints.
+
+    The history is written before the checkpoint, so a kill between the two leaves an entry that the
+    checkpoint does not have; ``restore`` drops entries after the restored epoch, so however often a
+    run is killed and resumed, its history holds every epoch once."""
+
+    HISTORY = "history.json"
 
     def __init__(self, directory: str):
         super().__init__()
         self.directory = directory
         self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
         self.manager = None
+        self.history: list[dict] = []
 
     def _manager(self):
         if self.manager is None:
@@ -61,27 +70,50 @@ class EpochCheckpoint(keras.callbacks.Callback):
         self.set_model(model)
         latest = tf.train.latest_checkpoint(self.directory)
         if not latest:
+            self.history = []
             return 0
         self._manager().checkpoint.restore(latest).assert_existing_objects_matched()
-        return int(self.epoch.numpy())
+        epoch = int(self.epoch.numpy())
+        self.history = [e for e in load_history(self.directory) if e["epoch"] <= epoch]
+        return epoch
 
     def on_epoch_end(self, epoch, logs=None):
+        entry = {"epoch": epoch + 1, "steps": int(self.model.optimizer.iterations.numpy())}
+        entry.update({k: round(float(v), 6) for k, v in (logs or {}).items() if isinstance(v, (int, float)) or getattr(v, "shape", None) == ()})
+        self.history = [e for e in self.history if e["epoch"] <= epoch] + [entry]
+        storage.atomic_write_local(os.path.join(self.directory, self.HISTORY), json.dumps(self.history))
         self.epoch.assign(epoch + 1)
         self._manager().save()
+
+
+def load_history(directory: str) -> list[dict]:
+    """A phase's per-epoch history (EpochCheckpoint's ``history.json``); [] when it has none."""
+    path = os.path.join(directory, EpochCheckpoint.HISTORY)
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return json.load(f)
 
 
 class ValidationMAP(keras.callbacks.Callback):
     """COCO mAP of the model being trained on the val split, every ``every`` epochs, into the logs.
 
-    Runs first among the callbacks so EarlyStopping and TensorBoard see ``val_mAP``.
+    Runs first among the callbacks so EarlyStopping and TensorBoard see ``val_mAP``. With ``path``
+    the evaluations are kept in that file too, so a resumed run's history starts with those made
+    before it was killed (``rewind`` drops any made after the checkpoint it resumes from).
     """
 
-    def __init__(self, detect_fn, data_dir: str, label_map, every: int = 1):
+    def __init__(self, detect_fn, data_dir: str, label_map, every: int = 1, path: str | None = None):
         super().__init__()
-        self.detect_fn, self.data_dir, self.label_map, self.every = detect_fn, data_dir, label_map, every
+        self.detect_fn, self.data_dir, self.label_map, self.every, self.path = detect_fn, data_dir, label_map, every, path
         self.phase = None  # set before each phase: Keras counts epochs per fit() call
-        self.history: list[dict] = []  # per evaluation: phase, epoch, mAP, mAP@.5, seconds since this callback was made
+        # per evaluation: phase, epoch, mAP, mAP@.5, seconds since the run began (a resumed run's clock goes on)
+        self.history: list[dict] = []
         self._started = time.monotonic()
+        if path and os.path.exists(path):
+            with open(path) as f:
+                self.history = json.load(f)
+            self._started -= max((e["seconds"] for e in self.history), default=0.0)
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is None or (epoch + 1) % self.every:
@@ -96,9 +128,23 @@ class ValidationMAP(keras.callbacks.Callback):
     def evaluate(self, epoch: int, phase: str | None = None) -> dict:
         """COCO metrics of the current weights on val, recorded in ``history`` as ``epoch`` of the phase."""
         metrics = score_detector(self.detect_fn, self.data_dir, "val", self.label_map)
-        self.history.append({"phase": phase or self.phase, "epoch": epoch, "mAP": metrics["mAP"], "mAP@.5": metrics["mAP@.5"],
+        phase = phase or self.phase
+        self.rewind(phase, epoch - 1)
+        self.history.append({"phase": phase, "epoch": epoch, "mAP": metrics["mAP"], "mAP@.5": metrics["mAP@.5"],
                              "seconds": round(time.monotonic() - self._started, 1)})
+        self._save()
         return metrics
+
+    def rewind(self, phase: str, epoch: int) -> None:
+        """Forgets the evaluations of ``phase`` after ``epoch`` (made after the checkpoint a run resumes from)."""
+        kept = [e for e in self.history if e["phase"] != phase or e["epoch"] <= epoch]
+        if len(kept) != len(self.history):
+            self.history = kept
+            self._save()
+
+    def _save(self):
+        if self.path:
+            storage.atomic_write_local(self.path, json.dumps(self.history))
 
 
 class KeepBest(keras.callbacks.Callback):

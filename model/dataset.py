@@ -112,7 +112,7 @@ def parse_example(serialized):
 
 def make_dataset(files: list[str], anchors, image_size: int, variances, batch_size: int, *, training: bool,
                  deterministic: bool = False, seed: int = 0, shuffle_buffer: int = 512, augmentation: bool = True,
-                 repeat: bool = False, atss_levels=None) -> tf.data.Dataset:
+                 repeat: bool = False, atss_levels=None, skip_batches: int = 0) -> tf.data.Dataset:
     """Batches of (images float32 [B, S, S, 3] in 0..255, y_true float32 [B, N, 5]).
 
     ``atss_levels`` (``anchors.anchor_levels``): match anchors by ATSS instead of argmax IoU
@@ -121,6 +121,10 @@ def make_dataset(files: list[str], anchors, image_size: int, variances, batch_si
     ``deterministic``: the same batches in the same order on every run (tests, debugging); else
     shards are read in parallel and out of order, which is faster. ``repeat``: an endless stream
     whose every pass gets fresh augmentation (the element index, which seeds it, keeps counting).
+    ``skip_batches``: start the (repeated, training) stream that many batches in, as if they had been
+    read: a deterministic run resumed after k epochs of n steps sees the batches the uninterrupted run
+    saw from step k·n on, with the same augmentation (the skip comes before decoding, so it costs
+    only reading the records).
     """
     anchors = tf.constant(anchors, tf.float32)
     options = tf.data.Options()
@@ -135,6 +139,8 @@ def make_dataset(files: list[str], anchors, image_size: int, variances, batch_si
     if repeat:
         ds = ds.repeat()
     ds = ds.enumerate()
+    if skip_batches:
+        ds = ds.skip(skip_batches * batch_size)  # after enumerate: the skipped elements keep their indices
 
     def load(index, serialized):
         ex = parse_example(serialized)

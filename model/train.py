@@ -33,7 +33,7 @@ from model import registry, report, warm_start
 from model.thresholds import thresholds_by_id
 from model.anchors import (anchor_levels, anchor_shapes, best_shape_iou, fitted_aspect_ratios, fitted_finest_stride, fitted_min_scale,
                            generate_anchors, rounded_ratio, smallest_class)
-from model.callbacks import AverageWeights, EpochCheckpoint, EpochLines, KeepBest, ValidationMAP
+from model.callbacks import AverageWeights, EpochCheckpoint, EpochLines, KeepBest, ValidationMAP, load_history
 from model.dataset import box_shapes, count_records, local_records, make_dataset, read_label_map, shard_files
 from model.evaluate import write_metrics
 from model.export import KERAS_WEIGHTS, Detector, save_detector
@@ -125,11 +125,13 @@ def promotion_policy(cfg: TrainConfig) -> registry.PromotionPolicy:
                                     on_label_map_change=cfg.on_label_map_change)
 
 
-def _fit_phase(model, name: str, run_dir: str, train_ds, epochs: int, steps: int, lr: float, warmup_steps: int,
+def _fit_phase(model, name: str, run_dir: str, train_data, epochs: int, steps: int, lr: float, warmup_steps: int,
                loss, callbacks: list, verbose, clock: Clock, deadline: float, ema_momentum: float = 0.0,
                after_checkpoint: list = ()) -> tuple[int, str]:
     """Compiles and fits one phase, resuming from its checkpoint, until its epochs, early stopping or
-    the clock's ``deadline`` (seconds of the run); returns the epochs run now and what ended the phase."""
+    the clock's ``deadline`` (seconds of the run); returns the epochs run now and what ended the phase.
+    ``train_data(skip_batches)``: the training stream, started that many batches in (a resumed phase
+    continues where the checkpoint left it)."""
     done_marker = os.path.join(run_dir, f"{name}.done")
     ckpt_dir = os.path.join(run_dir, name)
     for callback in callbacks:
@@ -144,6 +146,9 @@ def _fit_phase(model, name: str, run_dir: str, train_ds, epochs: int, steps: int
     model.optimizer.build(model.trainable_variables)
     checkpoint = EpochCheckpoint(ckpt_dir)
     initial = checkpoint.restore(model)
+    for callback in callbacks:
+        if hasattr(callback, "rewind"):  # evaluations made after the checkpoint, before a kill: made again
+            callback.rewind(name, initial)
     if os.path.exists(done_marker) or initial >= epochs:
         log.info("%s: already complete (epoch %d of %d)", name, initial, epochs)
         return 0, "already complete"
@@ -156,7 +161,7 @@ def _fit_phase(model, name: str, run_dir: str, train_ds, epochs: int, steps: int
     clock.start()
     try:
         # shuffle=False: the stream is shuffled already (model/dataset.py); Keras would warn that it ignores True.
-        history = model.fit(train_ds, epochs=epochs, initial_epoch=initial, steps_per_epoch=steps, shuffle=False,
+        history = model.fit(train_data(initial * steps), epochs=epochs, initial_epoch=initial, steps_per_epoch=steps, shuffle=False,
                             callbacks=[budget, *callbacks, checkpoint, *after_checkpoint], verbose=verbose)
     finally:
         clock.stop()
@@ -319,11 +324,17 @@ def train(cfg: TrainConfig, extra_callbacks: tuple = (), verbose="auto", reuse_c
             loss = SSDLoss(num_classes=model_cfg.num_classes, classification=cfg.classification_loss, class_weights=class_weights,
                            box_loss=cfg.box_loss, box_weight=BOX_WEIGHT[cfg.box_loss], variances=model_cfg.variances)
         anchors = generate_anchors(model_cfg)
-        train_ds = make_dataset(train_files, anchors, model_cfg.image_size, model_cfg.variances, batch_size, training=True,
+
+        def train_data(skip_batches: int):
+            # A deterministic run resumed mid-phase continues its stream where the checkpoint left it;
+            # other runs' order is random anyway, so they start a fresh stream.
+            return make_dataset(train_files, anchors, model_cfg.image_size, model_cfg.variances, batch_size, training=True,
                                 deterministic=cfg.deterministic, seed=cfg.seed, augmentation=cfg.augment, repeat=True,
-                                atss_levels=anchor_levels(model_cfg) if cfg.matching == "atss" else None)
+                                atss_levels=anchor_levels(model_cfg) if cfg.matching == "atss" else None,
+                                skip_batches=skip_batches if cfg.deterministic else 0)
+
         detect = make_detect_fn(model, model_cfg, cfg.score_threshold, cfg.iou_threshold, cfg.max_detections, cfg.box_merge_iou)
-        val_map = ValidationMAP(detect, records, label_map, cfg.eval_every)
+        val_map = ValidationMAP(detect, records, label_map, cfg.eval_every, path=os.path.join(run_dir, "validation_history.json"))
         best = KeepBest(os.path.join(run_dir, "best.weights.h5"), cfg.best_epoch_metric)
         average = AverageWeights()  # val mAP and the kept best epoch see the averaged weights, checkpoints the raw ones
         callbacks = [average.swap_in, val_map, best, average.swap_out,
@@ -349,20 +360,23 @@ def train(cfg: TrainConfig, extra_callbacks: tuple = (), verbose="auto", reuse_c
         if frozen_epochs:
             if pretrained:
                 freeze_backbone(model)
-            run, why = _fit_phase(model, "phase1", run_dir, train_ds, frozen_epochs, steps, cfg.peak_learning_rate(), warmup,
+            run, why = _fit_phase(model, "phase1", run_dir, train_data, frozen_epochs, steps, cfg.peak_learning_rate(), warmup,
                                   loss, callbacks, verbose, clock, budget * frozen_epochs / epochs, cfg.ema_momentum, after_checkpoint)
             mirror()
             epochs_run += run
             ended.append(why)
         if fine_tune_epochs:
             unfreeze_top(model, cfg.unfreeze_from_block)
-            run, why = _fit_phase(model, "phase2", run_dir, train_ds, fine_tune_epochs, steps,
+            run, why = _fit_phase(model, "phase2", run_dir, train_data, fine_tune_epochs, steps,
                                   cfg.peak_learning_rate() * cfg.fine_tune_lr_factor, 0, loss, callbacks, verbose, clock, budget,
                                   cfg.ema_momentum, after_checkpoint)
             mirror()
             epochs_run += run
             ended.append(why)
         fit_seconds = clock.elapsed()
+        # Every epoch the run trained, once, also those before a kill it was resumed from.
+        history = [dict(entry, phase=phase) for phase in ("phase1", "phase2")
+                   for entry in load_history(os.path.join(run_dir, phase))]
         best_epoch = best.restore(model)
         if best_epoch is not None:
             log.info("train: exporting the weights of %s epoch %d (%s %.4f)", best.best_phase, best_epoch, best.metric_name, best.best)
@@ -382,7 +396,9 @@ def train(cfg: TrainConfig, extra_callbacks: tuple = (), verbose="auto", reuse_c
         detector.set_class_thresholds(thresholds_by_id(metrics["score_thresholds"], label_map))
         save_detector(detector, label_map, str(staging))
         model.save_weights(os.path.join(staging, KERAS_WEIGHTS))  # lets `ssdflow export` rebuild and re-export
-        metrics.update(data_fingerprint=fingerprint, run_key=run_key(config), val_images=n_val, train_images=n_train, epochs=epochs_run,
+        metrics.update(data_fingerprint=fingerprint, run_key=run_key(config), val_images=n_val, train_images=n_train,
+                       epochs=len(history) or epochs_run, history=history,
+                       optimizer_steps={e["phase"]: e["steps"] for e in history},  # each phase's count after its last epoch
                        max_epochs=epochs, time_budget_minutes=cfg.time_budget or None, fit_seconds=round(fit_seconds, 1),
                        phases_ended_by=ended,
                        validation_history=val_map.history, best_epoch=best_epoch, best_phase=best.best_phase if best_epoch is not None else None,

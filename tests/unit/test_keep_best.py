@@ -93,3 +93,46 @@ def test_epoch_lines_name_both_val_metrics_when_evaluated():
     report.on_epoch_end(1, {"loss": 1.25})
     assert lines[0].startswith("train: epoch 3 of at most 4 (phase2), loss 1.5000, val mAP@.5 0.8123, mAP@[.5:.95] 0.4567, ")
     assert lines[1].startswith("train: epoch 4 of at most 4 (phase2), loss 1.2500, ") and "mAP" not in lines[1]
+
+
+def test_a_phase_history_holds_every_epoch_once_however_often_it_is_resumed(tmp_path):
+    """EpochCheckpoint writes the epoch's entry before its checkpoint: a kill between the two leaves an
+    entry the checkpoint lacks, which the restore drops, so the epoch trained again appears once."""
+    import json
+
+    from model.callbacks import EpochCheckpoint, load_history
+
+    model = _model()
+    model.compile(optimizer=keras.optimizers.Adam(), loss="mse")
+    model.optimizer.build(model.trainable_variables)
+    first = EpochCheckpoint(str(tmp_path))
+    first.set_model(model)
+    for epoch, loss in enumerate([1.0, 0.5]):
+        first.on_epoch_end(epoch, {"loss": np.float32(loss), "val_mAP@.5": 0.25, "note": "not a number"})
+    assert load_history(str(tmp_path)) == [{"epoch": 1, "steps": 0, "loss": 1.0, "val_mAP@.5": 0.25},
+                                           {"epoch": 2, "steps": 0, "loss": 0.5, "val_mAP@.5": 0.25}]
+    killed = load_history(str(tmp_path)) + [{"epoch": 3, "steps": 0, "loss": 9.0}]  # written, then killed before the save
+    (tmp_path / EpochCheckpoint.HISTORY).write_text(json.dumps(killed))
+
+    resumed = EpochCheckpoint(str(tmp_path))
+    assert resumed.restore(model) == 2 and [e["epoch"] for e in resumed.history] == [1, 2]
+    resumed.on_epoch_end(2, {"loss": 0.25})
+    assert [(e["epoch"], e["loss"]) for e in load_history(str(tmp_path))] == [(1, 1.0), (2, 0.5), (3, 0.25)]
+    assert EpochCheckpoint(str(tmp_path / "new")).restore(model) == 0 and load_history(str(tmp_path / "new")) == []
+
+
+def test_validation_history_survives_a_resume_and_forgets_evaluations_after_the_checkpoint(tmp_path):
+    from model.callbacks import ValidationMAP
+
+    path = str(tmp_path / "validation_history.json")
+    first = ValidationMAP(None, "", None, path=path)
+    first.history = [{"phase": "start", "epoch": 0, "mAP": 0.1, "mAP@.5": 0.2, "seconds": 1.0},
+                     {"phase": "phase1", "epoch": 1, "mAP": 0.2, "mAP@.5": 0.3, "seconds": 5.0},
+                     {"phase": "phase1", "epoch": 2, "mAP": 0.3, "mAP@.5": 0.4, "seconds": 9.0}]
+    first._save()
+    resumed = ValidationMAP(None, "", None, path=path)  # a new process: the kill came after epoch 2's evaluation
+    assert resumed.history == first.history
+    resumed.rewind("phase1", 1)  # its checkpoint was after epoch 1: epoch 2 is trained and evaluated again
+    assert [(e["phase"], e["epoch"]) for e in ValidationMAP(None, "", None, path=path).history] == [("start", 0), ("phase1", 1)]
+    resumed.rewind("phase2", 0)
+    assert len(resumed.history) == 2
