@@ -3,13 +3,16 @@
 One server and one `ssdflow serve` for the module: register the deployments, check the nightly
 02:00 schedule, create runs of nightly-retrain through
 POST /api/deployments/{id}/create_flow_run with parameters, wait for COMPLETED, and check outputs
-and artifacts; invalid parameters are refused when the run is created.
+and artifacts; invalid parameters are refused when the run is created; ingest runs beyond the
+deployment's limit queue and all complete.
 """
 
 from __future__ import annotations
 
 import json
+import time
 
+import numpy as np
 import pytest
 
 from tests.helpers import raccoon_subset
@@ -162,3 +165,78 @@ def test_nightly_retrain_from_the_api_trains_skips_and_retrains(prefect, tmp_pat
     assert [(d["action"], d["by"], d["reason"]) for d in last] == [
         ("promote", "ana", "promote by hand: looks better on site"),
         ("rollback", f"prefect flow run {run5['name']}", "rollback by hand: false alarms")]
+
+
+def _create(prefect, deployment: str, parameters: dict) -> str:
+    dep = prefect["deployments"][deployment]
+    status, run = _request("POST", f"{prefect['api']}/deployments/{dep['id']}/create_flow_run",
+                           {"parameters": parameters, "enforce_parameter_schema": True})
+    assert status == 201, run
+    return run["id"]
+
+
+def _running_at_once(states_by_run: dict[str, list[dict]]) -> int:
+    """The most runs in Running at one instant, from each run's state history (Running → a final state)."""
+    from datetime import datetime
+
+    events = []
+    for states in states_by_run.values():
+        stamps = {s["type"]: datetime.fromisoformat(s["timestamp"]) for s in states}
+        events += [(stamps["RUNNING"], 1), (stamps["COMPLETED"], -1)]
+    level = peak = 0
+    for _, step in sorted(events, key=lambda e: (e[0], e[1])):  # an end before a start at the same instant
+        level += step
+        peak = max(peak, level)
+    return peak
+
+
+def test_ingest_runs_beyond_the_run_limit_wait_for_a_slot_and_all_complete(prefect, tmp_path):
+    """Limit + 3 ingest runs created at once on the real server, served by two `ssdflow serve`
+    processes (two machines, say), which together could take twice the limit: no poll sees more than
+    the deployment's limit Running; from each run's state history, never more than the limit ran at
+    one instant, and the server held runs beyond it in AwaitingConcurrencySlot; all Completed, each
+    output whole and right. (One serve process alone never even asks for more than --max-runs: the
+    others wait Scheduled until it has a free slot.)"""
+    from ssdflow import storage
+    from ssdflow.demo_data import draw_scene, voc_xml
+    from tests.prefect_stack import Serving
+
+    dep = prefect["deployments"]["ingest"]
+    limit = (dep.get("global_concurrency_limit") or {}).get("limit") or dep["concurrency_limit"]
+    assert limit >= 1
+    first = prefect["serving"]
+    second = Serving(prefect["api"], tmp_path / "prefect-2", tmp_path / "home-2", first.serve_args, first.extra_env)
+    (tmp_path / "prefect-2").mkdir()
+    images, labels = tmp_path / "images", tmp_path / "labels"
+    images.mkdir()
+    labels.mkdir()
+    rng = np.random.default_rng(3)
+    for i in range(6):
+        img, objects = draw_scene(rng, 96, 96, max_objects=2)
+        img.save(images / f"im{i}.jpg")
+        (labels / f"im{i}.xml").write_text(voc_xml(f"im{i}.jpg", 96, 96, objects))
+    config = {**dep["parameters"]["config"], "images": str(images), "labels": str(labels), "format": "voc", "val_fraction": 0.3}
+    outs = [tmp_path / f"out{i}" for i in range(limit + 3)]
+    try:
+        second.start()
+        ids = [_create(prefect, "ingest", {"config": {**config, "out": str(out)}}) for out in outs]
+        most_running, deadline = 0, time.time() + 600
+        while time.time() < deadline:
+            _, runs = _request("POST", f"{prefect['api']}/flow_runs/filter", {"flow_runs": {"id": {"any_": ids}}})
+            kinds = [r["state_type"] for r in runs]
+            most_running = max(most_running, kinds.count("RUNNING"))
+            assert kinds.count("RUNNING") <= limit, [(r["name"], r["state_name"]) for r in runs]
+            if all(k in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED") for k in kinds):
+                break
+            time.sleep(0.5)
+    finally:
+        second.stop()
+    assert kinds == ["COMPLETED"] * len(ids), [(r["name"], r["state_name"]) for r in runs]
+
+    histories = {i: _request("GET", f"{prefect['api']}/flow_run_states/?flow_run_id={i}")[1] for i in ids}
+    names = {i: [(s["name"], s["timestamp"][11:23]) for s in states] for i, states in histories.items()}
+    assert _running_at_once(histories) <= limit, names
+    assert any(name == "AwaitingConcurrencySlot" for states in names.values() for name, _ in states), names
+    for out in outs:
+        manifest = storage.read_success(str(out))
+        assert manifest and manifest["images_in"] == 6 and manifest["images_written"] == 6, (out, manifest)
