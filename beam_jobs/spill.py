@@ -58,12 +58,17 @@ class Spill:
         body = json.dumps([_plain(item) for item in items], separators=(",", ":")).encode("ascii")
         path = storage.join(self.directory, f"{uuid.uuid4().hex}.json")
         with FileSystems.create(path) as f:  # no fsync: a crash loses the run's temp directory anyway
-            f.write(MAGIC + hashlib.sha256(body).hexdigest().encode("ascii") + b"\n" + body)
+            f.write(frame(body))
         return path
 
     def read(self, path: str) -> list:
         """The items of a file made by :meth:`write`, after checking its header and checksum."""
         return decode(storage.read_bytes(path), path)
+
+
+def frame(body: bytes) -> bytes:
+    """A spill file's bytes: the header line (magic, SHA-256 of ``body``), then ``body``."""
+    return MAGIC + hashlib.sha256(body).hexdigest().encode("ascii") + b"\n" + body
 
 
 def decode(data: bytes, path: str) -> list:

@@ -81,18 +81,27 @@ class EpochCheckpoint(keras.callbacks.Callback):
         entry = {"epoch": epoch + 1, "steps": int(self.model.optimizer.iterations.numpy())}
         entry.update({k: round(float(v), 6) for k, v in (logs or {}).items() if isinstance(v, (int, float)) or getattr(v, "shape", None) == ()})
         self.history = [e for e in self.history if e["epoch"] <= epoch] + [entry]
-        storage.atomic_write_local(os.path.join(self.directory, self.HISTORY), json.dumps(self.history))
+        _write_list(os.path.join(self.directory, self.HISTORY), self.history)
         self.epoch.assign(epoch + 1)
         self._manager().save()
 
 
 def load_history(directory: str) -> list[dict]:
     """A phase's per-epoch history (EpochCheckpoint's ``history.json``); [] when it has none."""
-    path = os.path.join(directory, EpochCheckpoint.HISTORY)
-    if not os.path.exists(path):
+    return _read_list(os.path.join(directory, EpochCheckpoint.HISTORY))
+
+
+def _read_list(path: str | None) -> list[dict]:
+    """A run's own history file (a JSON list, written by _write_list); [] when there is none."""
+    if not path or not os.path.exists(path):
         return []
     with open(path) as f:
         return json.load(f)
+
+
+def _write_list(path: str, entries: list[dict]) -> None:
+    """Whole or not at all: a kill mid-write leaves the previous file (NaN losses stay writable)."""
+    storage.atomic_write_local(path, json.dumps(entries))
 
 
 class ValidationMAP(keras.callbacks.Callback):
@@ -108,12 +117,8 @@ class ValidationMAP(keras.callbacks.Callback):
         self.detect_fn, self.data_dir, self.label_map, self.every, self.path = detect_fn, data_dir, label_map, every, path
         self.phase = None  # set before each phase: Keras counts epochs per fit() call
         # per evaluation: phase, epoch, mAP, mAP@.5, seconds since the run began (a resumed run's clock goes on)
-        self.history: list[dict] = []
-        self._started = time.monotonic()
-        if path and os.path.exists(path):
-            with open(path) as f:
-                self.history = json.load(f)
-            self._started -= max((e["seconds"] for e in self.history), default=0.0)
+        self.history: list[dict] = _read_list(path)
+        self._started = time.monotonic() - max((e["seconds"] for e in self.history), default=0.0)
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is None or (epoch + 1) % self.every:
@@ -129,7 +134,7 @@ class ValidationMAP(keras.callbacks.Callback):
         """COCO metrics of the current weights on val, recorded in ``history`` as ``epoch`` of the phase."""
         metrics = score_detector(self.detect_fn, self.data_dir, "val", self.label_map)
         phase = phase or self.phase
-        self.rewind(phase, epoch - 1)
+        self._forget_after(phase, epoch - 1)  # an epoch evaluated again (after a resume) appears once
         self.history.append({"phase": phase, "epoch": epoch, "mAP": metrics["mAP"], "mAP@.5": metrics["mAP@.5"],
                              "seconds": round(time.monotonic() - self._started, 1)})
         self._save()
@@ -137,14 +142,18 @@ class ValidationMAP(keras.callbacks.Callback):
 
     def rewind(self, phase: str, epoch: int) -> None:
         """Forgets the evaluations of ``phase`` after ``epoch`` (made after the checkpoint a run resumes from)."""
-        kept = [e for e in self.history if e["phase"] != phase or e["epoch"] <= epoch]
-        if len(kept) != len(self.history):
-            self.history = kept
+        if self._forget_after(phase, epoch):
             self._save()
+
+    def _forget_after(self, phase: str, epoch: int) -> bool:
+        kept = [e for e in self.history if e["phase"] != phase or e["epoch"] <= epoch]
+        changed = len(kept) != len(self.history)
+        self.history = kept
+        return changed
 
     def _save(self):
         if self.path:
-            storage.atomic_write_local(self.path, json.dumps(self.history))
+            _write_list(self.path, self.history)
 
 
 class KeepBest(keras.callbacks.Callback):

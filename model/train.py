@@ -397,7 +397,7 @@ def train(cfg: TrainConfig, extra_callbacks: tuple = (), verbose="auto", reuse_c
         save_detector(detector, label_map, str(staging))
         model.save_weights(os.path.join(staging, KERAS_WEIGHTS))  # lets `ssdflow export` rebuild and re-export
         metrics.update(data_fingerprint=fingerprint, run_key=run_key(config), val_images=n_val, train_images=n_train,
-                       epochs=len(history) or epochs_run, history=history,
+                       epochs=len(history), history=history,
                        optimizer_steps={e["phase"]: e["steps"] for e in history},  # each phase's count after its last epoch
                        max_epochs=epochs, time_budget_minutes=cfg.time_budget or None, fit_seconds=round(fit_seconds, 1),
                        phases_ended_by=ended,

@@ -32,6 +32,34 @@ def raccoon_or_skip() -> Path:
     return RACCOON
 
 
+def voc_scenes(root: Path, n: int, size: int, seed: int, max_objects: int, quality: int = 75) -> tuple[Path, Path, dict]:
+    """``n`` synthetic size x size JPEGs of shapes (ssdflow.demo_data's scenes) with one VOC file
+    each, in ``root/images`` and ``root/labels``; returns both and each image's objects by stem."""
+    from ssdflow.demo_data import draw_scene, voc_xml
+
+    images, labels = root / "images", root / "labels"
+    images.mkdir(parents=True)
+    labels.mkdir()
+    rng = np.random.default_rng(seed)
+    truth = {}
+    for i in range(n):
+        img, objects = draw_scene(rng, size, size, max_objects=max_objects)
+        img.save(images / f"im{i}.jpg", quality=quality)
+        (labels / f"im{i}.xml").write_text(voc_xml(f"im{i}.jpg", size, size, objects))
+        truth[f"im{i}"] = objects
+    return images, labels, truth
+
+
+class PickleBomb:
+    """Unpickling this creates the file ``target``: a test sees whether a loader ran code."""
+
+    def __init__(self, target):
+        self.target = str(target)
+
+    def __reduce__(self):
+        return (open, (self.target, "w"))
+
+
 def raccoon_subset(dest: Path, n: int, labels: bool = True, start: int = 1) -> tuple[Path, Path | None]:
     """Copies raccoon-{start}..raccoon-{start+n-1} (images, and their VOC files when ``labels``) into
     ``dest/images`` and ``dest/labels``; returns the two directories (labels None when not copied)."""

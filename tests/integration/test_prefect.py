@@ -12,10 +12,9 @@ from __future__ import annotations
 import json
 import time
 
-import numpy as np
 import pytest
 
-from tests.helpers import raccoon_subset
+from tests.helpers import raccoon_subset, voc_scenes
 from tests.prefect_stack import prefect_stack, request as _request, wait_for_run
 
 pytestmark = pytest.mark.integration
@@ -198,7 +197,6 @@ def test_ingest_runs_beyond_the_run_limit_wait_for_a_slot_and_all_complete(prefe
     output whole and right. (One serve process alone never even asks for more than --max-runs: the
     others wait Scheduled until it has a free slot.)"""
     from ssdflow import storage
-    from ssdflow.demo_data import draw_scene, voc_xml
     from tests.prefect_stack import Serving
 
     dep = prefect["deployments"]["ingest"]
@@ -207,14 +205,7 @@ def test_ingest_runs_beyond_the_run_limit_wait_for_a_slot_and_all_complete(prefe
     first = prefect["serving"]
     second = Serving(prefect["api"], tmp_path / "prefect-2", tmp_path / "home-2", first.serve_args, first.extra_env)
     (tmp_path / "prefect-2").mkdir()
-    images, labels = tmp_path / "images", tmp_path / "labels"
-    images.mkdir()
-    labels.mkdir()
-    rng = np.random.default_rng(3)
-    for i in range(6):
-        img, objects = draw_scene(rng, 96, 96, max_objects=2)
-        img.save(images / f"im{i}.jpg")
-        (labels / f"im{i}.xml").write_text(voc_xml(f"im{i}.jpg", 96, 96, objects))
+    images, labels, _ = voc_scenes(tmp_path, 6, 96, seed=3, max_objects=2)
     config = {**dep["parameters"]["config"], "images": str(images), "labels": str(labels), "format": "voc", "val_fraction": 0.3}
     outs = [tmp_path / f"out{i}" for i in range(limit + 3)]
     try:

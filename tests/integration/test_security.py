@@ -20,7 +20,7 @@ import pytest
 from PIL import Image
 
 from tests.faulty_s3 import FaultyS3Proxy
-from tests.helpers import REPO, moto_s3, raccoon_or_skip, read_jsonl
+from tests.helpers import REPO, PickleBomb, moto_s3, raccoon_or_skip, read_jsonl, voc_scenes
 
 pytestmark = pytest.mark.integration
 
@@ -165,44 +165,28 @@ def test_no_pickle_marshal_or_unsafe_yaml_in_library_code():
     assert not problems, problems
 
 
-class _Boom:  # unpickling this creates a file: the test sees whether anything ran
-    def __init__(self, target):
-        self.target = target
-
-    def __reduce__(self):
-        return (open, (self.target, "w"))
-
-
 @pytest.mark.parametrize("forgery", ["pickle", "random"])
 def test_a_run_fed_a_forged_spill_file_fails_naming_it_and_runs_nothing(tmp_path, monkeypatch, forgery):
     """Whoever can write the run's temp location swaps a spill file between the stage that wrote it
     and the one that reads it, for a pickle that would create a file or for random bytes (the header
     can be forged too: it is a checksum, not a secret). The run fails naming the file, nothing is
     created, and the output directory gets no _SUCCESS."""
-    import hashlib
     import pickle
 
     import beam_jobs.spill as spill
     from beam_jobs.ingest import run_ingest
     from ssdflow.config import IngestConfig
-    from ssdflow.demo_data import draw_scene, voc_xml
 
-    images, labels, pwned = tmp_path / "images", tmp_path / "labels", tmp_path / "pwned"
-    images.mkdir()
-    labels.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(4):
-        img, objects = draw_scene(rng, 96, 96, max_objects=1)
-        img.save(images / f"im{i}.jpg")
-        (labels / f"im{i}.xml").write_text(voc_xml(f"im{i}.jpg", 96, 96, objects))
-    body = pickle.dumps([_Boom(str(pwned))]) if forgery == "pickle" else os.urandom(2048)
+    images, labels, _ = voc_scenes(tmp_path, 4, 96, seed=0, max_objects=1)
+    pwned = tmp_path / "pwned"
+    body = pickle.dumps([PickleBomb(pwned)]) if forgery == "pickle" else os.urandom(2048)
     forged, real_write = [], spill.Spill.write
 
     def swap_the_first(self, items):
         path = real_write(self, items)
         if not forged:  # the job's own file, replaced after it was written: what an attacker would do
             with open(path, "wb") as f:
-                f.write(spill.MAGIC + hashlib.sha256(body).hexdigest().encode() + b"\n" + body)
+                f.write(spill.frame(body))
             forged.append(path)
         return path
 

@@ -4,7 +4,6 @@ edited file, an unknown record) is refused naming the file, and reading it never
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -13,7 +12,8 @@ import pickle
 import pytest
 
 from beam_jobs import records as R
-from beam_jobs.spill import MAGIC, Spill, SpillError
+from beam_jobs.spill import MAGIC, Spill, SpillError, frame
+from tests.helpers import PickleBomb
 
 
 @pytest.fixture
@@ -56,22 +56,14 @@ def test_only_plain_values_and_the_job_records_can_be_written(spill):
 
 def _signed(body: bytes) -> bytes:
     """What anyone with write access to the temp directory can make: the header is no secret."""
-    return MAGIC + hashlib.sha256(body).hexdigest().encode() + b"\n" + body
-
-
-class _Boom:  # unpickling this creates a file: the test sees whether anything ran
-    def __init__(self, target):
-        self.target = target
-
-    def __reduce__(self):
-        return (open, (self.target, "w"))
+    return frame(body)
 
 
 def test_a_forged_or_damaged_file_is_refused_naming_it_and_nothing_runs(spill, tmp_path):
     pwned = tmp_path / "pwned"
     path = spill.write([("k", 1)])
     assert spill.read(path) == [("k", 1)]
-    evil = pickle.dumps([_Boom(str(pwned))])
+    evil = pickle.dumps([PickleBomb(pwned)])
     forgeries = {
         "a pickle": (evil, "header"),
         "a pickle with a valid header": (_signed(evil), "not a spill file"),
