@@ -1,6 +1,7 @@
 """Training benchmarks: input-pipeline throughput and detection quality on raccoon, in one run.
 
     .venv/bin/python -m bench.train throughput --alpha 1.0 --image-size 320
+    .venv/bin/python -m bench.train loss-cost --alpha 1.0 --image-size 320 --steps 8 --repeats 4
     .venv/bin/python -m bench.train startup --alpha 0.35 --image-size 128
     .venv/bin/python -m bench.train precision --alpha 1.0 --image-size 320
     .venv/bin/python -m bench.train s3 --image-size 320
@@ -148,6 +149,41 @@ def throughput(args) -> None:
     print(f"in-memory batch:  {mem:7.1f} img/s (repeat: {mem2:.1f})")
     print(f"TFRecord stream:  {tfr:7.1f} img/s (parse, decode, augment, resize, encode targets)")
     print(f"ratio stream / in-memory: {tfr / ((mem + mem2) / 2):.2f}   (goal >= 0.9)")
+
+
+def loss_cost(args) -> None:
+    """Training step time with each classification loss (quality_focal's IoU target against focal):
+    one model per loss on the same in-memory raccoon batch, timed turn about --repeats times; prints
+    each side's best and the ratio."""
+    import keras
+    import tensorflow as tf
+
+    from model.anchors import generate_anchors
+    from model.dataset import make_dataset, read_label_map, shard_files
+    from model.losses import CLASSIFICATIONS, SSDLoss
+    from model.ssd import build_ssd
+    from ssdflow.config import ModelConfig
+
+    data = ingest_raccoon(Path(args.workdir) / "records")
+    cfg = ModelConfig(alpha=args.alpha, image_size=args.image_size, num_classes=len(read_label_map(data)))
+    stream = make_dataset(shard_files(data, "train"), generate_anchors(cfg), cfg.image_size, cfg.variances, args.batch_size,
+                          training=True, repeat=True)
+    memory = tf.data.Dataset.from_tensors(next(iter(stream))).repeat()
+    models = {}
+    for name in CLASSIFICATIONS:
+        model = build_ssd(cfg, None)
+        model.compile(optimizer=keras.optimizers.Adam(1e-4), loss=SSDLoss(cfg.num_classes, classification=name, variances=cfg.variances))
+        model.fit(memory, epochs=1, steps_per_epoch=args.warmup_steps, verbose=0)  # trace, warm caches
+        models[name] = model
+    seconds = {name: [] for name in models}
+    for _ in range(args.repeats):
+        for name, model in models.items():
+            t0 = time.perf_counter()
+            model.fit(memory, epochs=1, steps_per_epoch=args.steps, verbose=0)
+            seconds[name].append(time.perf_counter() - t0)
+    print(f"model: alpha {cfg.alpha:g}, {cfg.image_size}px, batch {args.batch_size}, {args.steps} steps a turn, {args.repeats} turns each")
+    for name, times in seconds.items():
+        print(f"{name:14s} best {min(times) / args.steps * 1000:7.0f} ms/step   ratio to focal {min(times) / min(seconds['focal']):.2f}")
 
 
 def s3_input(args) -> None:
@@ -452,12 +488,12 @@ def select(args) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=["throughput", "quality", "startup", "precision", "s3", "s3-quality", "postprocess", "select"])
+    ap.add_argument("what", choices=["throughput", "loss-cost", "quality", "startup", "precision", "s3", "s3-quality", "postprocess", "select"])
     ap.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "ssdflow-bench-train"))
     ap.add_argument("--alpha", type=float, default=1.0)
     ap.add_argument("--image-size", type=int, default=320)
     ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--steps", type=int, default=20, help="timed steps (throughput, precision)")
+    ap.add_argument("--steps", type=int, default=20, help="timed steps (throughput, precision; a turn of loss-cost)")
     ap.add_argument("--warmup-steps", type=int, default=3)
     ap.add_argument("--epochs", type=int, default=None, help="epoch bound (quality; default: the time budget decides)")
     ap.add_argument("--time-budget", type=float, default=30.0, help="minutes of fitting per run (quality; 0: none)")
@@ -469,13 +505,13 @@ def main() -> None:
                     help="a training setting for every run (quality), e.g. --set early_stopping_patience=10")
     ap.add_argument("--history", help="append each run's per-evaluation val mAP as JSON lines to this file (quality)")
     ap.add_argument("--weights", help="pretrained MobileNetV2 no-top weights file (quality)")
-    ap.add_argument("--repeats", type=int, default=3, help="alternating measurements of each side (s3)")
+    ap.add_argument("--repeats", type=int, default=3, help="alternating measurements of each side (s3, loss-cost)")
     ap.add_argument("--model", action="append", help="a registered model version directory (postprocess; repeatable)")
     ap.add_argument("--data", action="append", default=[], help="the ingest output to score --model on (postprocess; one per --model)")
     ap.add_argument("--merge", default="0.5,0.6,0.7", help="box-merging IoUs to score besides plain NMS (postprocess)")
     ap.add_argument("--from-history", action="append", default=[], help="a file quality's --history wrote (select; repeatable)")
     args = ap.parse_args()
-    {"throughput": throughput, "quality": quality, "startup": startup, "precision": precision, "s3": s3_input,
+    {"throughput": throughput, "loss-cost": loss_cost, "quality": quality, "startup": startup, "precision": precision, "s3": s3_input,
      "s3-quality": s3_quality, "postprocess": postprocess, "select": select}[args.what](args)
 
 

@@ -1,5 +1,5 @@
-"""SSD training loss: softmax classification (focal, or cross-entropy with hard negative mining) plus
-a box term on positive anchors (Huber on the encoded offsets, or GIoU), normalized by the batch's
+"""SSD training loss: softmax classification (focal, quality focal, or cross-entropy with hard negative
+mining) plus a box term on positive anchors (Huber on the encoded offsets, or GIoU), normalized by the batch's
 positive anchors.
 
 Layouts (N anchors, C object classes):
@@ -17,7 +17,7 @@ import tensorflow as tf
 
 from model.box_coder import decode
 
-CLASSIFICATIONS = ("focal", "softmax_hnm")
+CLASSIFICATIONS = ("focal", "quality_focal", "softmax_hnm")
 BOX_LOSSES = ("huber", "giou")
 
 
@@ -54,12 +54,11 @@ def anchor_frame_boxes(offsets: tf.Tensor, variances) -> tf.Tensor:
     return decode(offsets, tf.constant(UNIT_ANCHOR, tf.float32), variances)
 
 
-def giou_loss(box_pred: tf.Tensor, box_true: tf.Tensor, variances) -> tf.Tensor:
-    """1 - GIoU (Rezatofighi et al. 2019) per anchor: encoded offsets [..., 4] each → [...] in [0, 2].
+def iou_and_giou(box_pred: tf.Tensor, box_true: tf.Tensor, variances) -> tuple[tf.Tensor, tf.Tensor]:
+    """IoU and GIoU (Rezatofighi et al. 2019) of two boxes encoded against one anchor: offsets [..., 4]
+    each → two [...] tensors, IoU in [0, 1], GIoU in [-1, 1].
 
-    GIoU = IoU - (enclosing area - union) / enclosing area. Unlike IoU it still has a gradient
-    when the boxes do not overlap, and unlike an offset loss it weighs an error by how much it
-    moves the box's overlap, the quantity mAP@[.5:.95] judges.
+    GIoU = IoU - (enclosing area - union) / enclosing area.
     """
     pred = anchor_frame_boxes(box_pred, variances)
     true = anchor_frame_boxes(box_true, variances)
@@ -72,7 +71,40 @@ def giou_loss(box_pred: tf.Tensor, box_true: tf.Tensor, variances) -> tf.Tensor:
     enclosing = ((tf.maximum(pred[..., 2], true[..., 2]) - tf.minimum(pred[..., 0], true[..., 0]))
                  * (tf.maximum(pred[..., 3], true[..., 3]) - tf.minimum(pred[..., 1], true[..., 1])))
     iou = intersection / tf.maximum(union, 1e-9)
-    return 1.0 - (iou - (enclosing - union) / tf.maximum(enclosing, 1e-9))
+    return iou, iou - (enclosing - union) / tf.maximum(enclosing, 1e-9)
+
+
+def giou_loss(box_pred: tf.Tensor, box_true: tf.Tensor, variances) -> tf.Tensor:
+    """1 - GIoU per anchor: encoded offsets [..., 4] each → [...] in [0, 2].
+
+    Unlike IoU it still has a gradient when the boxes do not overlap, and unlike an offset loss it
+    weighs an error by how much it moves the box's overlap, the quantity mAP@[.5:.95] judges.
+    """
+    return 1.0 - iou_and_giou(box_pred, box_true, variances)[1]
+
+
+def softmax_quality_focal(labels: tf.Tensor, logits: tf.Tensor, quality: tf.Tensor, alpha: float, beta: float) -> tf.Tensor:
+    """Softmax quality focal loss per anchor: labels [...] int class ids, logits [..., C+1], quality
+    [...] in [0, 1] (read for positive anchors only) → [...].
+
+    GFL's quality focal loss (Li et al. 2020) over one softmax: a positive anchor's target puts its
+    box's quality q (the IoU of its predicted box with its object, no gradient) on the true class and
+    1 - q on background, a negative's puts 1 on background; the loss is
+    alpha_t |q - p_class|^beta CE(target, softmax). The class probability so learns how well the box
+    sits, and NMS and AP's ranking, which read that probability, prefer the tightest of a cluster of
+    boxes over merely the most confident one. A negative's term is softmax_focal's with gamma = beta.
+    """
+    positive = labels > 0
+    q = tf.where(positive, tf.clip_by_value(quality, 0.0, 1.0), 1.0)
+    log_p = tf.nn.log_softmax(logits, axis=-1)
+    true_class = tf.one_hot(labels, tf.shape(logits)[-1], dtype=log_p.dtype)
+    background = tf.one_hot(tf.zeros_like(labels), tf.shape(logits)[-1], dtype=log_p.dtype)
+    # Negatives (label 0): q = 1 on background, so both one-hots add to a target of exactly 1 there.
+    target = true_class * q[..., tf.newaxis] + background * (1.0 - q)[..., tf.newaxis]
+    ce = -tf.reduce_sum(target * log_p, axis=-1)
+    p_class = tf.exp(tf.reduce_sum(true_class * log_p, axis=-1))
+    alpha_t = tf.where(positive, alpha, 1.0 - alpha)
+    return alpha_t * tf.pow(tf.abs(q - p_class), beta) * ce
 
 
 def balanced_class_weights(counts, power: float) -> list[float] | None:
@@ -108,6 +140,8 @@ class SSDLoss(keras.losses.Loss):
 
     classification:
         "focal": softmax focal loss over every non-ignored anchor (see softmax_focal).
+        "quality_focal": the same anchors, the true class's target being the IoU its anchor's
+            predicted box reaches (see softmax_quality_focal; focal_gamma is its beta).
         "softmax_hnm": softmax cross-entropy over the positives and, per image, the hardest
             negatives: k = floor(neg_pos_ratio * positives of the image), at least min_negatives
             (so an image with no objects still teaches background), at most its negatives.
@@ -178,6 +212,10 @@ class SSDLoss(keras.losses.Loss):
 
         if self.classification == "focal":
             per_anchor = softmax_focal(labels, logits, self.focal_alpha, self.focal_gamma)
+            counted_negatives = negative
+        elif self.classification == "quality_focal":
+            quality = tf.stop_gradient(iou_and_giou(box_pred, box_true, self.variances)[0])
+            per_anchor = softmax_quality_focal(labels, logits, quality, self.focal_alpha, self.focal_gamma)
             counted_negatives = negative
         else:
             per_anchor = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)

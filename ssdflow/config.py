@@ -259,7 +259,9 @@ class TrainSettings(BaseModel):
     fine_tune_fraction: float = Field(0.5, ge=0, le=1, description="Share of epochs with the backbone's top blocks unfrozen")
     fine_tune_lr_factor: float = Field(0.1, gt=0, le=1, description="Learning-rate factor of the fine-tuning phase")
     unfreeze_from_block: int = Field(11, ge=0, le=16, description="First MobileNetV2 block trained in fine-tuning")
-    classification_loss: Literal["focal", "softmax_hnm"] = Field("focal", description="focal (RetinaNet's) or softmax_hnm (softmax with 3:1 hard negatives, the original SSD's)")
+    classification_loss: Literal["focal", "quality_focal", "softmax_hnm"] = Field("focal", description=(
+        "focal (RetinaNet's), quality_focal (GFL's: a box's class score learns the IoU its box reaches, so the tightest box "
+        "ranks first) or softmax_hnm (softmax with 3:1 hard negatives, the original SSD's)"))
     box_loss: Literal["huber", "giou"] = Field("huber", description=(
         "Box term of the loss: huber (on the encoded offsets, the TF OD API's SSD) or giou (1 - generalized IoU of the "
         "decoded box, weighted 2)"))

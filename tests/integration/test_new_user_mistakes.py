@@ -128,7 +128,7 @@ def test_version_and_truthful_help(capfd, monkeypatch):
     assert "<bool>" not in text  # flags take no value
     assert run_cli(["train", "--help"]) == 0
     text = capfd.readouterr().out
-    assert "focal|softmax_hnm" in text and "refuse|promote_if_only_added" in text
+    assert "focal|quality_focal|softmax_hnm" in text and "refuse|promote_if_only_added" in text
     assert "0.3333333" not in text and "multiple of 32" in text
     assert run_cli(["serve", "--help"]) == 0
     assert "models" in capfd.readouterr().out

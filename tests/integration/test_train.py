@@ -77,11 +77,11 @@ def test_better_challenger_promoted_worse_one_not(shapes, trained):
     assert strong.decision["challenger_score"] > strong.decision["champion_score"]
     # No epoch bound, a budget shorter than one step: the budget ends training after its first step;
     # that cut-short epoch is still validated, and its weights are the best (the only) ones exported.
-    # It trains with the GIoU box loss and ATSS matching (the settings reach the loss and the input
-    # pipeline) and merges boxes after NMS (validation and the export), with two anchor scales per
+    # It trains with quality focal classification, the GIoU box loss and ATSS matching (the settings
+    # reach the loss and the input pipeline) and merges boxes after NMS (validation and the export), with two anchor scales per
     # level (the heads, anchors, export and scoring agree on their number) and the epoch kept by fitness.
     worse = _train(shapes, epochs=None, time_budget=0.001, steps_per_epoch=5, learning_rate=1e-5, seed=7, eval_every=1,
-                   box_loss="giou", matching="atss", box_merge_iou=0.6, anchor_scales_per_level=2, best_epoch_metric="fitness")
+                   classification_loss="quality_focal", box_loss="giou", matching="atss", box_merge_iou=0.6, anchor_scales_per_level=2, best_epoch_metric="fitness")
     assert worse.metrics["phases_ended_by"] == ["time budget"] and worse.metrics["epochs"] == 1
     assert (worse.metrics["best_epoch"], worse.metrics["best_phase"]) == (1, "phase1")
     assert worse.metrics["best_epoch_metric"].startswith("val fitness")
@@ -95,7 +95,7 @@ def test_better_challenger_promoted_worse_one_not(shapes, trained):
     card = open(os.path.join(worse.model_dir, "model_card.md")).read()
     assert "Promoted: **no**" in card and shapes["records"] in card
     assert "SSDLite, MobileNetV2 backbone (alpha 0.35)" in card
-    assert "focal classification and giou box loss, atss matching" in card
+    assert "quality_focal classification and giou box loss, atss matching" in card
     assert "per-class NMS at IoU 0.5, scores from 0.01, 100 detections per image, boxes merged above IoU 0.6" in card
     assert json.load(open(os.path.join(worse.model_dir, "ssdflow_model.json")))["box_merge_iou"] == 0.6
     # The shapes' boxes, about square, fit the anchor shapes (the figure YOLO's autoanchor calls best possible recall).

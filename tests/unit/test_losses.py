@@ -1,4 +1,4 @@
-"""model.losses.SSDLoss: focal / hard-negative-mined softmax classification plus a Huber or GIoU box loss,
+"""model.losses.SSDLoss: focal / quality focal / hard-negative-mined softmax classification plus a Huber or GIoU box loss,
 normalized by the batch's positive anchors."""
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def _reference_focal(y_true, y_pred, alpha=0.25, gamma=2.0):
     return (focal[cls >= 0].sum() + box[cls > 0].sum()) / num_pos
 
 
-@pytest.mark.parametrize("classification", ["focal", "softmax_hnm"])
+@pytest.mark.parametrize("classification", ["focal", "quality_focal", "softmax_hnm"])
 def test_perfect_predictions(classification):
     y_true, _ = _batch()
     labels = np.maximum(y_true[..., 4], 0).astype(int)
@@ -85,7 +85,7 @@ def test_loss_decreases_as_true_class_logit_rises(classification):
     assert all(later < earlier for earlier, later in zip(values, values[1:]))
 
 
-@pytest.mark.parametrize("classification", ["focal", "softmax_hnm"])
+@pytest.mark.parametrize("classification", ["focal", "quality_focal", "softmax_hnm"])
 def test_ignored_anchors_contribute_nothing(classification):
     y_true, y_pred = _batch()
     ignored = y_true[..., 4] < 0
@@ -247,3 +247,76 @@ def test_giou_box_loss_averages_over_positives_and_moves_disjoint_boxes_closer()
     assert (clone.box_loss, clone.variances) == ("giou", list(variances))
     with pytest.raises(ValueError, match="box_loss"):
         SSDLoss(C, box_loss="l1")
+
+
+def _quality_batch(seed=5):
+    """_batch with box targets and predictions encoded from real boxes against real anchors, so each
+    positive's predicted box has an IoU with its object anywhere in [0, 1]; returns the IoUs [B, N] too."""
+    from model.box_coder import encode
+
+    rng = np.random.default_rng(seed)
+    variances = (0.1, 0.1, 0.2, 0.2)
+    y_true, y_pred = _batch(seed)
+    n = y_true.shape[1]
+    anchors = _random_boxes(rng, n)
+    truth = np.stack([_random_boxes(rng, n) for _ in range(2)])
+    pred = truth + rng.normal(scale=0.05, size=truth.shape).astype(np.float32)  # near their objects
+    pred[..., 2:] = np.maximum(pred[..., 2:], pred[..., :2] + 0.01)
+    positive = y_true[..., 4] > 0
+    y_true[..., :4] = np.where(positive[..., None], [encode(t, anchors, variances).numpy() for t in truth], 0.0)
+    y_pred[..., :4] = [encode(p, anchors, variances).numpy() for p in pred]
+    area = lambda x: (x[..., 2] - x[..., 0]) * (x[..., 3] - x[..., 1])  # noqa: E731
+    inter = (np.clip(np.minimum(pred[..., 2], truth[..., 2]) - np.maximum(pred[..., 0], truth[..., 0]), 0, None)
+             * np.clip(np.minimum(pred[..., 3], truth[..., 3]) - np.maximum(pred[..., 1], truth[..., 1]), 0, None))
+    iou = inter / (area(pred) + area(truth) - inter)
+    return y_true, y_pred, iou, variances
+
+
+def test_quality_focal_matches_reference_with_the_predicted_boxes_iou_as_target():
+    y_true, y_pred, iou, variances = _quality_batch()
+    cls = y_true[..., 4]
+    positive = cls > 0
+    assert iou[positive].min() < 0.5 < iou[positive].max()  # qualities across the range
+    labels = np.maximum(cls, 0).astype(int)
+    log_p = -_ce(y_pred)
+    q = np.where(positive, iou, 1.0)
+    target = np.eye(C + 1)[labels] * q[..., None]
+    target[..., 0] += np.where(positive, 1.0 - q, 0.0)
+    ce = -(target * log_p).sum(-1)
+    p_class = np.exp(np.take_along_axis(log_p, labels[..., None], -1)[..., 0])
+    per_anchor = np.where(positive, 0.25, 0.75) * np.abs(q - p_class) ** 2 * ce
+    loss = SSDLoss(C, classification="quality_focal", variances=variances)
+    parts = loss.components(y_true, y_pred)
+    assert float(parts["cls"]) == pytest.approx(per_anchor[cls >= 0].sum() / positive.sum(), rel=1e-4)
+    # A negative anchor's term is the focal loss's: on a batch without positives the two agree.
+    no_objects = y_true.copy()
+    no_objects[..., 4] = np.minimum(no_objects[..., 4], 0.0)
+    focal = SSDLoss(C).components(no_objects, y_pred)["cls"]
+    assert float(loss.components(no_objects, y_pred)["cls"]) == pytest.approx(float(focal), rel=1e-5)
+    clone = SSDLoss.from_config(loss.get_config())
+    assert clone.classification == "quality_focal"
+
+
+def test_quality_focal_teaches_a_score_equal_to_the_boxes_iou_and_leaves_the_box_to_the_box_term():
+    """For a positive anchor the loss is lowest where its class probability equals its box's IoU (not
+    at certainty, as focal's), and the IoU target passes no gradient to the box regression."""
+    y_true, y_pred, iou, variances = _quality_batch()
+    positive = y_true[..., 4] > 0
+    b, i = [int(v[0]) for v in np.nonzero(positive & (iou > 0.3) & (iou < 0.8))]
+    label = int(y_true[b, i, 4])
+    loss = SSDLoss(C, classification="quality_focal", variances=variances)
+    probabilities, values = [], []
+    for logit in np.linspace(-6.0, 12.0, 181):
+        pred = y_pred.copy()
+        pred[b, i, 4:] = 0.0
+        pred[b, i, 4 + label] = logit  # the other classes share the rest; background among them
+        logits = pred[b, i, 4:].astype(np.float64)
+        probabilities.append(np.exp(logit) / np.exp(logits).sum())
+        values.append(float(loss.components(y_true, pred)["cls"]))
+    best = probabilities[int(np.argmin(values))]
+    assert abs(best - iou[b, i]) < 0.05 and values[-1] > min(values) + 1e-4
+    box = tf.Variable(y_pred[..., :4])
+    with tf.GradientTape() as tape:
+        cls_part = loss.components(y_true, tf.concat([box, y_pred[..., 4:]], axis=-1))["cls"]
+    gradient = tape.gradient(cls_part, box)
+    assert gradient is None or float(tf.reduce_max(tf.abs(gradient))) == 0.0
