@@ -6,9 +6,11 @@ import contextlib
 import io
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -196,14 +198,16 @@ def portable_beam(worker_cwd: str | Path | None = None, worker_env: dict | None 
 
     env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""),
                PYTHONPATH=os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p))
-    job_port, pool_port = free_port(), free_port()
+    ports = tempfile.mkdtemp(prefix="beam-ports-")
     job = subprocess.Popen([sys.executable, "-m", "tests.loopback_beam", "apache_beam.runners.portability.local_job_service_main",
-                            "--port", str(job_port)], env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                           start_new_session=True)
+                            "--port", "0"], env={**env, "LOOPBACK_BEAM_PORT_FILE": os.path.join(ports, "job")}, cwd=REPO,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     pool = subprocess.Popen([sys.executable, "-m", "tests.loopback_beam", "apache_beam.runners.worker.worker_pool_main",
-                             "--service_port", str(pool_port)], env={**env, **(worker_env or {})}, cwd=worker_cwd or REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                             "--service_port", "0"], env={**env, **(worker_env or {}), "LOOPBACK_BEAM_PORT_FILE": os.path.join(ports, "pool")},
+                            cwd=worker_cwd or REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
+        # Each picks its own free port (port 0) and says which: nothing can take it in between.
+        job_port, pool_port = _port_from_file(os.path.join(ports, "job"), job), _port_from_file(os.path.join(ports, "pool"), pool)
         wait_for_port(job_port, proc=job)
         wait_for_port(pool_port, proc=pool)
         args = PortableArgs([f"--job_endpoint=127.0.0.1:{job_port}", "--environment_type=EXTERNAL",
@@ -213,6 +217,18 @@ def portable_beam(worker_cwd: str | Path | None = None, worker_env: dict | None 
     finally:
         stop_process(pool)
         stop_process(job)
+        shutil.rmtree(ports, ignore_errors=True)
+
+
+def _port_from_file(path: str, proc: subprocess.Popen, timeout: float = 120.0) -> int:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if os.path.exists(path):
+            return int(open(path).read())
+        if proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before binding its port")
+        time.sleep(0.1)
+    raise TimeoutError(f"no port written to {path} after {timeout}s")
 
 
 def detection_lines(out) -> list[dict]:

@@ -190,7 +190,7 @@ def _running_at_once(states_by_run: dict[str, list[dict]]) -> int:
 
 
 def test_ingest_runs_beyond_the_run_limit_wait_for_a_slot_and_all_complete(prefect, tmp_path):
-    """Limit + 3 ingest runs created at once on the real server, served by two `ssdflow serve`
+    """Limit + 2 ingest runs created at once on the real server, served by two `ssdflow serve`
     processes (two machines, say), which together could take twice the limit: no poll sees more than
     the deployment's limit Running; from each run's state history, never more than the limit ran at
     one instant, and the server held runs beyond it in AwaitingConcurrencySlot; all Completed, each
@@ -207,7 +207,7 @@ def test_ingest_runs_beyond_the_run_limit_wait_for_a_slot_and_all_complete(prefe
     (tmp_path / "prefect-2").mkdir()
     images, labels, _ = voc_scenes(tmp_path, 6, 96, seed=3, max_objects=2)
     config = {**dep["parameters"]["config"], "images": str(images), "labels": str(labels), "format": "voc", "val_fraction": 0.3}
-    outs = [tmp_path / f"out{i}" for i in range(limit + 3)]
+    outs = [tmp_path / f"out{i}" for i in range(limit + 2)]
     try:
         second.start()
         ids = [_create(prefect, "ingest", {"config": {**config, "out": str(out)}}) for out in outs]

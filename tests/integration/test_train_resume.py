@@ -49,7 +49,7 @@ def _weights(path) -> dict:
     return out
 
 
-def test_killed_training_resumes_from_its_checkpoint(shapes, tmp_path):
+def test_killed_training_resumes_from_its_checkpoint(shapes, tmp_path, capfd):
     """Killed after epoch 1's checkpoint (the test stops it there and asserts it had not finished),
     resumed: the same optimizer step count, every epoch once in its histories, and, with
     --deterministic (the same batches in the same order, the stream resumed where the checkpoint
@@ -79,12 +79,15 @@ def test_killed_training_resumes_from_its_checkpoint(shapes, tmp_path):
     ckpt = models / ".train-run" / "phase1" / "checkpoint"
     assert ckpt.exists() and not (models / "champion.json").exists()
 
-    # Run again without --resume: refused, and the interrupted run's checkpoints are kept.
-    cmd = train + ["--models", str(models)]
-    again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert again.returncode == 2, again.stderr[-3000:]
-    assert "holds an interrupted run of these settings and data: pass --resume to continue it, or --fresh" in again.stderr
+    # Run again without --resume (the real command, in this process: no second TensorFlow start-up):
+    # refused, and the interrupted run's checkpoints are kept.
+    from ssdflow.cli_errors import run_cli
+
+    capfd.readouterr()
+    assert run_cli(["train", *args, "--models", str(models)]) == 2
+    assert "holds an interrupted run of these settings and data: pass --resume to continue it, or --fresh" in capfd.readouterr().err
     assert ckpt.exists()
+    cmd = train + ["--models", str(models)]
 
     done = subprocess.run(cmd + ["--resume"], cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
