@@ -9,7 +9,7 @@
     .venv/bin/python -m bench.train quality --weights ../shared/weights/mobilenet_v2_1.0_imagenet_dogs_no_top.weights.h5 \
         [--time-budget 30] [--seeds 0,1,2] [--pretrained-only] [--set KEY=VALUE ...] [--history FILE]
     .venv/bin/python -m bench.train postprocess --model MODELS/VERSION --data RECORDS [--model ... --data ...] [--merge 0.5,0.6,0.7]
-    .venv/bin/python -m bench.train select --from-history FILE [--from-history FILE ...]
+    .venv/bin/python -m bench.train select --from-history FILE [--from-history FILE ...] [--map50-tolerance 0.01]
 
 startup: seconds to the first training step (graph tracing) with the optimizer built lazily, as
 Keras does, and before fit, as model/train.py does; prints the ratio.
@@ -457,27 +457,41 @@ def postprocess(args) -> None:
                   f"{m['mAP@.75']:.3f} | {small} | {classes} | {ms:.0f} ({ms / base:.2f}) |", flush=True)
 
 
+def _within_tolerance(history: list[dict], tolerance: float) -> dict | None:
+    """The evaluation with the best mAP@[.5:.95] among those within ``tolerance`` of the best mAP@.5
+    (the first on ties): an export rule replayed offline only; KeepBest does not offer it yet."""
+    scored = [h for h in history if h.get("mAP@.5") is not None and h.get("mAP") is not None]
+    if not scored:
+        return None
+    floor = max(h["mAP@.5"] for h in scored) - tolerance - 1e-9
+    return max((h for h in scored if h["mAP@.5"] >= floor), key=lambda h: h["mAP"])
+
+
 def select(args) -> None:
     from model.callbacks import BEST_EPOCH_METRICS, best_epoch_score
 
     if not args.from_history:
         raise SystemExit("select needs --from-history FILE (written by quality --history)")
     rules = tuple(BEST_EPOCH_METRICS)
-    print("| run | " + " | ".join(f"kept by {r}: mAP@.5 / mAP@[.5:.95] (epoch)" for r in rules) + " |")
-    print("| --- |" + " --- |" * len(rules))
-    kept = {r: [] for r in rules}
+    tolerant = f"map within {args.map50_tolerance:g} of the best map50 (offline)"
+    print("| run | " + " | ".join(f"kept by {r}: mAP@.5 / mAP@[.5:.95] (epoch)" for r in (*rules, tolerant)) + " |")
+    print("| --- |" + " --- |" * (len(rules) + 1))
+    kept = {r: [] for r in (*rules, tolerant)}
     for path in args.from_history:
         for line in Path(path).read_text().splitlines():
             run = json.loads(line)
             cells = []
-            for rule in rules:
-                scored = [(best_epoch_score(h, rule), h) for h in run["history"]]
-                # the first evaluation of the highest score, as KeepBest keeps only a strictly better one
-                best = max((e for e in scored if e[0] is not None), key=lambda e: e[0], default=None)
-                if best is None:
+            for rule in (*rules, tolerant):
+                if rule == tolerant:
+                    h = _within_tolerance(run["history"], args.map50_tolerance)
+                else:
+                    scored = [(best_epoch_score(h, rule), h) for h in run["history"]]
+                    # the first evaluation of the highest score, as KeepBest keeps only a strictly better one
+                    best = max((e for e in scored if e[0] is not None), key=lambda e: e[0], default=None)
+                    h = None if best is None else best[1]
+                if h is None:
                     cells.append("–")
                     continue
-                h = best[1]
                 kept[rule].append((h["mAP@.5"], h["mAP"]))
                 cells.append(f"{h['mAP@.5']:.3f} / {h['mAP']:.3f} ({h['phase']} {h['epoch']})")
             settings = ", ".join(f"{k}={v}" for k, v in run.get("settings", {}).items()) or "defaults"
@@ -510,6 +524,8 @@ def main() -> None:
     ap.add_argument("--data", action="append", default=[], help="the ingest output to score --model on (postprocess; one per --model)")
     ap.add_argument("--merge", default="0.5,0.6,0.7", help="box-merging IoUs to score besides plain NMS (postprocess)")
     ap.add_argument("--from-history", action="append", default=[], help="a file quality's --history wrote (select; repeatable)")
+    ap.add_argument("--map50-tolerance", type=float, default=0.01,
+                    help="select's offline rule: the best mAP@[.5:.95] within this of the best mAP@.5")
     args = ap.parse_args()
     {"throughput": throughput, "loss-cost": loss_cost, "quality": quality, "startup": startup, "precision": precision, "s3": s3_input,
      "s3-quality": s3_quality, "postprocess": postprocess, "select": select}[args.what](args)
