@@ -62,6 +62,7 @@ class FaultyS3Proxy:
         self._server = ThreadingHTTPServer((host, 0), self._handler_class())
         self._server.daemon_threads = True
         self._thread: threading.Thread | None = None
+        self._stopped = False
 
     # --- lifecycle ---------------------------------------------------------------------------
     @property
@@ -75,6 +76,9 @@ class FaultyS3Proxy:
         return self
 
     def stop(self) -> None:
+        # A kept-alive connection (a boto3 client cached for the process) outlives serve_forever in its
+        # handler thread: its next request is answered 503 and the connection closed (see _handle).
+        self._stopped = True
         self._server.shutdown()
         self._server.server_close()
         if self._thread is not None:
@@ -158,8 +162,19 @@ class FaultyS3Proxy:
                 length = int(self.headers.get("Content-Length") or 0)
                 return self.rfile.read(length) if length else b""
 
+            def _reply(self, status: int, message: bytes) -> None:
+                self.close_connection = True
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(message)))
+                self.send_header("Connection", "close")
+                self.end_headers()
+                self.wfile.write(message)
+
             def _handle(self):
                 body = self._body()  # always drained first: the connection stays usable after an injected error
+                if proxy._stopped:  # a later test's process-wide client on an earlier test's connection: no traceback there
+                    self._reply(503, b"faulty-s3 proxy stopped")
+                    return
                 credential = re.search(r"Credential=([^/,\s]+)/", self.headers.get("Authorization", ""))
                 with proxy._lock:
                     if credential:
@@ -182,10 +197,14 @@ class FaultyS3Proxy:
                     headers["Content-Length"] = str(len(body))
                 conn = http.client.HTTPConnection(proxy.upstream_host, proxy.upstream_port, timeout=60)
                 try:
-                    conn.request(self.command, self.path, body=body if body or self.command in UPLOAD_METHODS else None,
-                                 headers=headers)
-                    resp = conn.getresponse()
-                    data = resp.read()
+                    try:
+                        conn.request(self.command, self.path, body=body if body or self.command in UPLOAD_METHODS else None,
+                                     headers=headers)
+                        resp = conn.getresponse()
+                        data = resp.read()
+                    except OSError as exc:  # moto gone (its test ended): a gateway error, as a real proxy answers
+                        self._reply(502, f"faulty-s3 proxy: upstream unreachable: {exc}".encode())
+                        return
                     self.send_response(resp.status, resp.reason)
                     for k, v in resp.getheaders():
                         if k.lower() not in HOP_BY_HOP:
