@@ -115,23 +115,29 @@ DATASETS = {"raccoon": ingest_raccoon, "small-shapes": ingest_small_shapes, "min
             "elongated": ingest_elongated}
 
 
-def throughput(args) -> None:
-    import keras
+def _raccoon_batches(args):
+    """(ModelConfig, the training stream of raccoon's train split, its first batch repeated from memory)
+    at --alpha / --image-size / --batch-size: what throughput and loss-cost time."""
     import tensorflow as tf
 
     from model.anchors import generate_anchors
     from model.dataset import make_dataset, read_label_map, shard_files
-    from model.losses import SSDLoss
-    from model.ssd import build_ssd
     from ssdflow.config import ModelConfig
 
     data = ingest_raccoon(Path(args.workdir) / "records")
     cfg = ModelConfig(alpha=args.alpha, image_size=args.image_size, num_classes=len(read_label_map(data)))
-    anchors = generate_anchors(cfg)
-    stream = make_dataset(shard_files(data, "train"), anchors, cfg.image_size, cfg.variances, args.batch_size,
+    stream = make_dataset(shard_files(data, "train"), generate_anchors(cfg), cfg.image_size, cfg.variances, args.batch_size,
                           training=True, repeat=True)
-    batch = next(iter(stream))
-    memory = tf.data.Dataset.from_tensors(batch).repeat()
+    return cfg, stream, tf.data.Dataset.from_tensors(next(iter(stream))).repeat()
+
+
+def throughput(args) -> None:
+    import keras
+
+    from model.losses import SSDLoss
+    from model.ssd import build_ssd
+
+    cfg, stream, memory = _raccoon_batches(args)
 
     model = build_ssd(cfg, None)
     model.compile(optimizer=keras.optimizers.Adam(1e-4), loss=SSDLoss(cfg.num_classes))
@@ -156,19 +162,11 @@ def loss_cost(args) -> None:
     one model per loss on the same in-memory raccoon batch, timed turn about --repeats times; prints
     each side's best and the ratio."""
     import keras
-    import tensorflow as tf
 
-    from model.anchors import generate_anchors
-    from model.dataset import make_dataset, read_label_map, shard_files
     from model.losses import CLASSIFICATIONS, SSDLoss
     from model.ssd import build_ssd
-    from ssdflow.config import ModelConfig
 
-    data = ingest_raccoon(Path(args.workdir) / "records")
-    cfg = ModelConfig(alpha=args.alpha, image_size=args.image_size, num_classes=len(read_label_map(data)))
-    stream = make_dataset(shard_files(data, "train"), generate_anchors(cfg), cfg.image_size, cfg.variances, args.batch_size,
-                          training=True, repeat=True)
-    memory = tf.data.Dataset.from_tensors(next(iter(stream))).repeat()
+    cfg, _, memory = _raccoon_batches(args)
     models = {}
     for name in CLASSIFICATIONS:
         model = build_ssd(cfg, None)

@@ -26,9 +26,9 @@ def _loopback_server(*args, **kwargs):
         port = add(address.replace("[::]", "127.0.0.1").replace("0.0.0.0", "127.0.0.1"))
         port_file = os.environ.pop("LOOPBACK_BEAM_PORT_FILE", None)  # the module's own server is its first
         if port_file:
-            with open(port_file + ".tmp", "w") as f:
-                f.write(str(port))
-            os.replace(port_file + ".tmp", port_file)
+            from ssdflow.storage import atomic_write_local  # whole or absent: the test reads it as soon as it exists
+
+            atomic_write_local(port_file, str(port))
         return port
 
     server.add_insecure_port = add_loopback_port
