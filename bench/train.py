@@ -9,7 +9,7 @@
     .venv/bin/python -m bench.train quality --weights ../shared/weights/mobilenet_v2_1.0_imagenet_dogs_no_top.weights.h5 \
         [--time-budget 30] [--seeds 0,1,2] [--pretrained-only] [--set KEY=VALUE ...] [--history FILE]
     .venv/bin/python -m bench.train postprocess --model MODELS/VERSION --data RECORDS [--model ... --data ...] [--merge 0.5,0.6,0.7]
-    .venv/bin/python -m bench.train select --from-history FILE [--from-history FILE ...] [--map50-tolerance 0.01]
+    .venv/bin/python -m bench.train select --from-history FILE [--from-history FILE ...] [--map50-tolerance 0.02]
 
 startup: seconds to the first training step (graph tracing) with the optimizer built lazily, as
 Keras does, and before fit, as model/train.py does; prints the ratio.
@@ -455,33 +455,23 @@ def postprocess(args) -> None:
                   f"{m['mAP@.75']:.3f} | {small} | {classes} | {ms:.0f} ({ms / base:.2f}) |", flush=True)
 
 
-def _within_tolerance(history: list[dict], tolerance: float) -> dict | None:
-    """The evaluation with the best mAP@[.5:.95] among those within ``tolerance`` of the best mAP@.5
-    (the first on ties): an export rule replayed offline only; KeepBest does not offer it yet."""
-    scored = [h for h in history if h.get("mAP@.5") is not None and h.get("mAP") is not None]
-    if not scored:
-        return None
-    floor = max(h["mAP@.5"] for h in scored) - tolerance - 1e-9
-    return max((h for h in scored if h["mAP@.5"] >= floor), key=lambda h: h["mAP"])
-
-
 def select(args) -> None:
-    from model.callbacks import BEST_EPOCH_METRICS, best_epoch_score
+    from model.callbacks import BEST_EPOCH_METRICS, best_epoch_score, within_map50_tolerance
 
     if not args.from_history:
         raise SystemExit("select needs --from-history FILE (written by quality --history)")
     rules = tuple(BEST_EPOCH_METRICS)
-    tolerant = f"map within {args.map50_tolerance:g} of the best map50 (offline)"
-    print("| run | " + " | ".join(f"kept by {r}: mAP@.5 / mAP@[.5:.95] (epoch)" for r in (*rules, tolerant)) + " |")
-    print("| --- |" + " --- |" * (len(rules) + 1))
-    kept = {r: [] for r in (*rules, tolerant)}
+    names = [f"map_near_map50 ({args.map50_tolerance:g})" if r == "map_near_map50" else r for r in rules]
+    print("| run | " + " | ".join(f"kept by {n}: mAP@.5 / mAP@[.5:.95] (epoch)" for n in names) + " |")
+    print("| --- |" + " --- |" * len(rules))
+    kept = {r: [] for r in rules}
     for path in args.from_history:
         for line in Path(path).read_text().splitlines():
             run = json.loads(line)
             cells = []
-            for rule in (*rules, tolerant):
-                if rule == tolerant:
-                    h = _within_tolerance(run["history"], args.map50_tolerance)
+            for rule in rules:
+                if rule == "map_near_map50":  # what KeepNearBest keeps, replayed over the whole history
+                    h = within_map50_tolerance(run["history"], args.map50_tolerance)
                 else:
                     scored = [(best_epoch_score(h, rule), h) for h in run["history"]]
                     # the first evaluation of the highest score, as KeepBest keeps only a strictly better one
@@ -522,8 +512,8 @@ def main() -> None:
     ap.add_argument("--data", action="append", default=[], help="the ingest output to score --model on (postprocess; one per --model)")
     ap.add_argument("--merge", default="0.5,0.6,0.7", help="box-merging IoUs to score besides plain NMS (postprocess)")
     ap.add_argument("--from-history", action="append", default=[], help="a file quality's --history wrote (select; repeatable)")
-    ap.add_argument("--map50-tolerance", type=float, default=0.01,
-                    help="select's offline rule: the best mAP@[.5:.95] within this of the best mAP@.5")
+    ap.add_argument("--map50-tolerance", type=float, default=0.02,
+                    help="select: best_epoch_metric map_near_map50's tolerance (the best mAP@[.5:.95] within it of the best mAP@.5)")
     args = ap.parse_args()
     {"throughput": throughput, "loss-cost": loss_cost, "quality": quality, "startup": startup, "precision": precision, "s3": s3_input,
      "s3-quality": s3_quality, "postprocess": postprocess, "select": select}[args.what](args)

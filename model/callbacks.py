@@ -7,6 +7,7 @@ scores and ``KeepBest`` saves the averaged weights; ``AverageWeights.swap_out`` 
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import time
@@ -23,6 +24,8 @@ BEST_EPOCH_METRICS = {
     "map50": ("mAP@.5", "val mAP@.5"),
     "map": ("mAP", "val mAP@[.5:.95]"),
     "fitness": ("fitness", "val fitness (0.1 mAP@.5 + 0.9 mAP@[.5:.95])"),
+    # KeepNearBest (its name then states the tolerance); early stopping watches mAP@.5, which sets the window.
+    "map_near_map50": ("mAP@.5", "val mAP@[.5:.95] near the best val mAP@.5"),
 }
 
 
@@ -173,31 +176,34 @@ class KeepBest(keras.callbacks.Callback):
         self.monitor = "val_" + key  # as ValidationMAP writes it into the logs
         # best_epoch None: nothing evaluated yet; 0: the weights the run started from (a warm start's).
         self.best, self.best_epoch, self.phase, self.best_phase = -1.0, None, None, None
-        if os.path.exists(path + ".json") and os.path.exists(path):
-            with open(path + ".json") as f:
-                saved = json.load(f)
-            if saved.get("metric", "map50") == metric:  # a score of another metric is no bar to clear
-                self.best, self.best_epoch, self.best_phase = saved["score"], saved["epoch"], saved.get("phase")
+        saved = _read_json(path + ".json")
+        if saved is not None and saved.get("metric", "map50") == metric:  # a score of another rule is no bar to clear
+            self._resume(saved)
+
+    def _resume(self, saved: dict) -> None:
+        if os.path.exists(self.path):
+            self.best, self.best_epoch, self.best_phase = saved["score"], saved["epoch"], saved.get("phase")
 
     def score(self, metrics: dict) -> float | None:
         """This callback's metric of one evaluation's COCO metrics (``score_detector``'s)."""
         return best_epoch_score(metrics, self.metric)
 
     def on_epoch_end(self, epoch, logs=None):
-        score = (logs or {}).get(self.monitor)
-        if score is not None:
-            self.consider(self.model, float(score), epoch + 1, self.phase)
+        if (logs or {}).get("val_mAP@.5") is not None:  # an evaluated epoch (ValidationMAP wrote its figures)
+            self.consider(self.model, {"mAP@.5": float(logs["val_mAP@.5"]), "mAP": _float_or_none(logs.get("val_mAP"))},
+                          epoch + 1, self.phase)
 
-    def consider(self, model, score: float, epoch: int, phase: str | None) -> None:
-        """Keeps ``model``'s weights if ``score`` beats the best so far (epoch 0: the starting weights)."""
-        if score <= self.best:
-            return
+    def consider(self, model, metrics: dict, epoch: int, phase: str | None) -> bool:
+        """Keeps ``model``'s weights if their evaluation (COCO ``metrics``) beats the best so far
+        (epoch 0: the starting weights); returns whether it did."""
+        score = self.score(metrics)
+        if score is None or score <= self.best:
+            return False
         self.best, self.best_epoch, self.best_phase = score, epoch, phase
-        tmp = self.path + ".tmp.weights.h5"
-        model.save_weights(tmp)
-        os.replace(tmp, self.path)
+        _save_weights(model, self.path)
         storage.write_json_local(self.path + ".json", {"score": self.best, "epoch": self.best_epoch, "phase": phase,
                                                        "metric": self.metric})
+        return True
 
     def restore(self, model) -> int | None:
         """Loads the best weights into ``model``; returns their epoch (None when nothing was evaluated)."""
@@ -205,6 +211,112 @@ class KeepBest(keras.callbacks.Callback):
             return None
         model.load_weights(self.path)
         return self.best_epoch
+
+
+def within_map50_tolerance(history: list[dict], tolerance: float) -> dict | None:
+    """The evaluation that best_epoch_metric ``map_near_map50`` keeps, over a run's whole validation
+    history: the best mAP@[.5:.95] among the evaluations within ``tolerance`` of the best mAP@.5
+    (the first on ties). ``KeepNearBest`` reaches the same one online."""
+    scored = [h for h in history if h.get("mAP@.5") is not None and h.get("mAP") is not None]
+    if not scored:
+        return None
+    floor = max(h["mAP@.5"] for h in scored) - tolerance - 1e-9
+    return max((h for h in scored if h["mAP@.5"] >= floor), key=lambda h: h["mAP"])
+
+
+class KeepNearBest(KeepBest):
+    """best_epoch_metric ``map_near_map50``: keeps the epoch with the best val mAP@[.5:.95] among the
+    evaluations within ``tolerance`` of the best val mAP@.5 (``within_map50_tolerance``).
+
+    Why: on a small val split the best mAP@.5 is decided by an object or two, and it often falls
+    on an early fine-tuning epoch whose boxes are still loose; among the epochs that detect as well
+    within that noise, the one with the tightest boxes is worth more.
+
+    Online it reaches exactly what the rule picks over the finished history: the floor (best
+    mAP@.5 so far minus ``tolerance``) only rises, so an evaluation below it never returns; and an
+    evaluation that another one matches on mAP@.5 and beats on mAP@[.5:.95] (or ties, being earlier)
+    can never be picked while that one is there. Only the rest, the few on the front between the two
+    figures, keep their weights, each in a file of its own that the JSON at ``path.json`` lists,
+    so a resumed run goes on choosing among the same ones.
+    """
+
+    def __init__(self, path: str, tolerance: float):
+        self.tolerance = tolerance
+        self.candidates: list[dict] = []  # {"phase", "epoch", "mAP@.5", "mAP", "file"}, in evaluation order
+        self.best_map50 = -1.0
+        super().__init__(path, "map_near_map50")
+        self.metric_name = f"val mAP@[.5:.95] within {tolerance:g} of the best val mAP@.5"
+        listed = {c["file"] for c in self.candidates}
+        for stale in glob.glob(glob.escape(self._base()) + ".*.weights.h5"):  # written, then killed before the JSON named it
+            if os.path.basename(stale) not in listed:
+                os.remove(stale)
+
+    def _base(self) -> str:
+        return self.path.removesuffix(".weights.h5")
+
+    def _resume(self, saved: dict) -> None:
+        directory = os.path.dirname(self.path)
+        if saved.get("tolerance") == self.tolerance and all(os.path.exists(os.path.join(directory, c["file"]))
+                                                           for c in saved["candidates"]):
+            self.candidates, self.best_map50 = saved["candidates"], saved["best_map50"]
+            self._choose()
+
+    def _choose(self) -> None:
+        chosen = max(self.candidates, key=lambda c: c["mAP"], default=None)  # the first on ties
+        if chosen is not None:
+            self.best, self.best_epoch, self.best_phase = chosen["mAP"], chosen["epoch"], chosen["phase"]
+
+    def consider(self, model, metrics: dict, epoch: int, phase: str | None) -> bool:
+        if metrics.get("mAP@.5") is None or metrics.get("mAP") is None:
+            return False
+        new = {"phase": phase, "epoch": epoch, "mAP@.5": float(metrics["mAP@.5"]), "mAP": float(metrics["mAP"]),
+               "file": f"{os.path.basename(self._base())}.{phase}.{epoch}.weights.h5"}
+        self.best_map50 = max(self.best_map50, new["mAP@.5"])
+        floor = self.best_map50 - self.tolerance - 1e-9
+        kept = [c for c in self.candidates if c["mAP@.5"] >= floor]
+        if new["mAP@.5"] >= floor and not any(c["mAP@.5"] >= new["mAP@.5"] and c["mAP"] >= new["mAP"] for c in kept):
+            # An earlier one at least as good on both is preferred on ties; the new one drops those it matches on both.
+            kept = [c for c in kept if not (new["mAP@.5"] >= c["mAP@.5"] and new["mAP"] > c["mAP"])] + [new]
+            _save_weights(model, os.path.join(os.path.dirname(self.path), new["file"]))
+        dropped = [c for c in self.candidates if c not in kept]
+        previous = self.best_epoch, self.best_phase
+        self.candidates = kept
+        self._choose()
+        storage.write_json_local(self.path + ".json", {"metric": self.metric, "tolerance": self.tolerance,
+                                                       "best_map50": self.best_map50, "candidates": kept})
+        for c in dropped:  # after the JSON stops naming them: a kill in between leaves files the next start removes
+            os.remove(os.path.join(os.path.dirname(self.path), c["file"]))
+        return (self.best_epoch, self.best_phase) != previous
+
+    def restore(self, model) -> int | None:
+        """Loads the chosen evaluation's weights into ``model``; returns their epoch (None: nothing evaluated)."""
+        if self.best_epoch is None:
+            return None
+        chosen = next(c for c in self.candidates if (c["epoch"], c["phase"]) == (self.best_epoch, self.best_phase))
+        model.load_weights(os.path.join(os.path.dirname(self.path), chosen["file"]))
+        return self.best_epoch
+
+
+def keep_best(path: str, metric: str, tolerance: float) -> KeepBest:
+    """The callback that keeps the exported epoch by ``metric`` (TrainSettings.best_epoch_metric)."""
+    return KeepNearBest(path, tolerance) if metric == "map_near_map50" else KeepBest(path, metric)
+
+
+def _save_weights(model, path: str) -> None:
+    tmp = path + ".tmp.weights.h5"
+    model.save_weights(tmp)
+    os.replace(tmp, path)
+
+
+def _read_json(path: str) -> dict | None:
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def _float_or_none(value) -> float | None:
+    return None if value is None else float(value)
 
 
 class AverageWeights:

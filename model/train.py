@@ -33,7 +33,7 @@ from model import registry, report, warm_start
 from model.thresholds import thresholds_by_id
 from model.anchors import (anchor_levels, anchor_shapes, best_shape_iou, fitted_aspect_ratios, fitted_finest_stride, fitted_min_scale,
                            generate_anchors, rounded_ratio, smallest_class)
-from model.callbacks import AverageWeights, EpochCheckpoint, EpochLines, KeepBest, ValidationMAP, load_history
+from model.callbacks import AverageWeights, EpochCheckpoint, EpochLines, ValidationMAP, keep_best, load_history
 from model.dataset import box_shapes, count_records, local_records, make_dataset, read_label_map, shard_files
 from model.evaluate import write_metrics
 from model.export import KERAS_WEIGHTS, Detector, save_detector
@@ -335,7 +335,7 @@ def train(cfg: TrainConfig, extra_callbacks: tuple = (), verbose="auto", reuse_c
 
         detect = make_detect_fn(model, model_cfg, cfg.score_threshold, cfg.iou_threshold, cfg.max_detections, cfg.box_merge_iou)
         val_map = ValidationMAP(detect, records, label_map, cfg.eval_every, path=os.path.join(run_dir, "validation_history.json"))
-        best = KeepBest(os.path.join(run_dir, "best.weights.h5"), cfg.best_epoch_metric)
+        best = keep_best(os.path.join(run_dir, "best.weights.h5"), cfg.best_epoch_metric, cfg.map50_tolerance)
         average = AverageWeights()  # val mAP and the kept best epoch see the averaged weights, checkpoints the raw ones
         callbacks = [average.swap_in, val_map, best, average.swap_out,
                      keras.callbacks.TensorBoard(os.path.join(run_dir, "logs"), write_graph=False), *extra_callbacks]
@@ -348,10 +348,10 @@ def train(cfg: TrainConfig, extra_callbacks: tuple = (), verbose="auto", reuse_c
         if start is not None and best.best_epoch is None and cfg.eval_every <= epochs:
             # A warm start is kept only where it improves: its starting weights compete as epoch 0,
             # so a run whose every epoch scores below the champion it began from exports that champion's weights.
-            start_score = best.score(val_map.evaluate(0, phase="start"))
-            if start_score is not None:
-                best.consider(model, start_score, 0, "start")
-                log.info("train: the starting weights score %s %.4f", best.metric_name, start_score)
+            start_metrics = val_map.evaluate(0, phase="start")
+            best.consider(model, start_metrics, 0, "start")
+            log.info("train: the starting weights score val mAP@.5 %s, mAP@[.5:.95] %s",
+                     start_metrics["mAP@.5"], start_metrics["mAP"])
         warmup = int(cfg.warmup_epochs * steps)
         # The budget is shared as the epochs are: the frozen phase may use its share, fine-tuning what is left.
         clock = Clock(run_dir, budget_minutes * 60 if budget_minutes else None)

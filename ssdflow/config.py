@@ -272,9 +272,13 @@ class TrainSettings(BaseModel):
         "Weight each class's positive anchors in the loss by (the most frequent class's training boxes / its own) to this "
         "power, averaging 1 over the boxes: a minority class counts more (0: off; 0.5: square-root inverse frequency)"))
     eval_every: int = Field(1, ge=1, description="Epochs between val mAP evaluations (the best evaluated epoch is exported)")
-    best_epoch_metric: Literal["map50", "map", "fitness"] = Field("map50", description=(
-        "Which evaluated epoch is exported: the best val mAP@.5 (map50), mAP@[.5:.95] (map: COCO's, the tightest boxes) or "
-        "0.1 mAP@.5 + 0.9 mAP@[.5:.95] (fitness: Ultralytics' best.pt); early stopping watches the same"))
+    best_epoch_metric: Literal["map50", "map", "fitness", "map_near_map50"] = Field("map50", description=(
+        "Which evaluated epoch is exported: the best val mAP@.5 (map50), mAP@[.5:.95] (map: COCO's, the tightest boxes), "
+        "0.1 mAP@.5 + 0.9 mAP@[.5:.95] (fitness: Ultralytics' best.pt), or the best mAP@[.5:.95] among the evaluations within "
+        "map50_tolerance of the best mAP@.5 (map_near_map50); early stopping watches the same (map_near_map50: mAP@.5)"))
+    map50_tolerance: float = Field(0.02, ge=0, lt=1, description=(
+        "best_epoch_metric map_near_map50: how far below the best val mAP@.5 an evaluation may score and still be exported "
+        "for tighter boxes"))
     early_stopping_patience: int | None = Field(None, ge=1, description=(
         "Evaluations without a new best (best_epoch_metric) before a phase stops; default: none, the phase runs to its epochs or "
         "time (the cosine schedule gains most at its end, and the best epoch is exported anyway)"))

@@ -47,8 +47,9 @@ def stopping(real, counts=lambda: True):
         out = real(*args, **kwargs)
         if counts():
             calls.append(1)
-            if len(calls) == after:
-                flag.write_text(f"{point} {len(calls)}")
+            if len(calls) == after:  # the flag appears whole (the test reads it as soon as it exists)
+                flag.with_suffix(".tmp").write_text(f"{point} {len(calls)}")
+                os.replace(flag.with_suffix(".tmp"), flag)
                 time.sleep(600)
         return out
     return wrapped

@@ -40,13 +40,12 @@ def test_tflite_export_carries_postprocessing_and_metadata_and_scores_as_the_sav
     assert f"export: {model / 'model.tflite'}" in result.output
     manifest = json.loads((model / "tflite.json").read_text())
     assert manifest["model.tflite"]["quantize"] == "none"
-    # Loosely: the fixture is a 3-step model whose boxes are still its anchors (many reach past the
-    # image, and TFLite's op suppresses before clipping where Detector clips first) and whose scores
-    # all sit near 0.01 (ties reorder on float noise). Seven trainings of this fixture gave TFLite
-    # minus SavedModel mAP@.5 from -0.042 to +0.015 (CI saw the -0.042, a 0.03 bound failed it);
-    # 0.08 leaves room for that noise. Issue 14's 0.005 is measured on a trained model by
-    # bench/tflite.py; the exact agreement is checked on one image below.
-    assert abs(manifest["model.tflite"]["metrics"]["mAP@.5"] - saved_map) <= 0.08, (manifest, saved_map)
+    # The fixture's 30 steps leave its boxes near its anchors (many reach past the image, and TFLite's
+    # op suppresses before clipping where Detector clips first), but its scores no longer tie: eight
+    # trainings gave TFLite minus SavedModel mAP@.5 within 0.005 (after 3 steps, with tied scores,
+    # from -0.042 to +0.082). Issue 14's 0.005 is measured on a trained model by bench/tflite.py;
+    # the exact agreement is checked on one image below.
+    assert abs(manifest["model.tflite"]["metrics"]["mAP@.5"] - saved_map) <= 0.02, (manifest, saved_map)
 
     ops, inp = _ops(model / "model.tflite")
     assert "TFLite_Detection_PostProcess" in ops and not {"VAR_HANDLE", "READ_VARIABLE"} & ops  # weights frozen in

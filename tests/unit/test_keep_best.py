@@ -136,3 +136,68 @@ def test_validation_history_survives_a_resume_and_forgets_evaluations_after_the_
     assert [(e["phase"], e["epoch"]) for e in ValidationMAP(None, "", None, path=path).history] == [("start", 0), ("phase1", 1)]
     resumed.rewind("phase2", 0)
     assert len(resumed.history) == 2
+
+
+def test_map_near_map50_keeps_online_what_the_rule_picks_over_the_whole_history(tmp_path):
+    """best_epoch_metric map_near_map50: the best mAP@[.5:.95] among the evaluations within the
+    tolerance of the best mAP@.5. Over random histories (ties included, the run resumed by a new
+    callback halfway), the epoch restored is the one ``within_map50_tolerance`` picks over the
+    finished history, with that epoch's weights, and only a few evaluations' weights stay on disk."""
+    from model.callbacks import KeepBest, KeepNearBest, keep_best, within_map50_tolerance
+
+    rng = np.random.default_rng(0)
+    model = _model()
+    most_files = 0
+    for trial in range(40):
+        path = str(tmp_path / f"run{trial}" / "best.weights.h5")
+        (tmp_path / f"run{trial}").mkdir()
+        tolerance = float(rng.choice([0.0, 0.02, 0.05]))
+        # coarse values (multiples of 0.01) so that mAP@.5 and mAP@[.5:.95] tie often
+        history = [{"phase": "phase1" if e < 10 else "phase2", "epoch": e + 1,
+                    "mAP@.5": round(float(rng.integers(80, 96)) / 100, 2), "mAP": round(float(rng.integers(30, 50)) / 100, 2)}
+                   for e in range(20)]
+        best = keep_best(path, "map_near_map50", tolerance)
+        assert isinstance(best, KeepNearBest) and best.monitor == "val_mAP@.5"
+        for i, h in enumerate(history):
+            if i == 10:  # killed and resumed: a new callback reads what the first wrote
+                best = KeepNearBest(path, tolerance)
+            _set(model, float(i))
+            best.consider(model, h, h["epoch"], h["phase"])
+            files = [p for p in (tmp_path / f"run{trial}").iterdir() if p.name.endswith(".weights.h5")]
+            assert len(files) == len(best.candidates)
+            most_files = max(most_files, len(files))
+        want = within_map50_tolerance(history, tolerance)
+        assert (best.best_epoch, best.best_phase, best.best) == (want["epoch"], want["phase"], want["mAP"]), trial
+        _set(model, -1.0)
+        assert best.restore(model) == want["epoch"]
+        assert all(np.all(w == float(history.index(want))) for w in model.get_weights())
+    assert most_files <= 8  # the front between the two figures, not every evaluation
+
+    # Tolerance 0.02: the tighter epoch that detects within 0.01 of the best is exported, where map50 keeps the looser.
+    epochs = [{"mAP@.5": 0.95, "mAP": 0.45}, {"mAP@.5": 0.94, "mAP": 0.52}, {"mAP@.5": 0.90, "mAP": 0.55}]
+    kept = {}
+    for name, callback in (("map50", KeepBest(str(tmp_path / "a.weights.h5"))),
+                           ("near", KeepNearBest(str(tmp_path / "b.weights.h5"), 0.02))):
+        for epoch, m in enumerate(epochs, start=1):
+            callback.consider(model, m, epoch, "phase2")
+        kept[name] = callback.best_epoch
+    assert kept == {"map50": 1, "near": 2}
+    assert kept["near"] == within_map50_tolerance([dict(m, phase="phase2", epoch=e) for e, m in enumerate(epochs, 1)], 0.02)["epoch"]
+
+
+def test_map_near_map50_resumes_only_its_own_rule_and_removes_weights_no_record_names(tmp_path):
+    from model.callbacks import KeepNearBest
+
+    model = _model()
+    first = KeepNearBest(str(tmp_path / "best.weights.h5"), 0.02)
+    first.set_model(model)
+    first.phase = "phase1"
+    _set(model, 1.0)
+    first.on_epoch_end(0, {"val_mAP@.5": 0.9, "val_mAP": 0.4, "loss": 1.0})
+    first.on_epoch_end(1, {"loss": 1.0})  # not evaluated: nothing changes
+    assert (first.best_epoch, first.best) == (1, 0.4)
+    (tmp_path / "best.phase1.7.weights.h5").write_bytes(b"written, then killed before the record named it")
+    again = KeepNearBest(str(tmp_path / "best.weights.h5"), 0.02)
+    assert (again.best_epoch, again.best_phase) == (1, "phase1") and not (tmp_path / "best.phase1.7.weights.h5").exists()
+    other = KeepNearBest(str(tmp_path / "best.weights.h5"), 0.05)  # another tolerance is another rule: no bar carried over
+    assert other.best_epoch is None and other.restore(model) is None
