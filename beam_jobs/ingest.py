@@ -461,7 +461,8 @@ def deal_by_size(candidates: list[tuple[ImageFile, R.LabelRecord]], n: int) -> l
 
     The largest image goes to the first chunk, the next to the second, …, then back from the last
     (snake order). A local runner hands each worker a fixed share of the chunks before it starts, so
-    chunks of equal count but unequal bytes left one worker encoding 8 % longer than the other."""
+    chunks of equal count but unequal bytes left one worker encoding longer than the other
+    (docs/benchmarks.md, "Chunks of equal bytes")."""
     seats: list[list[int]] = [[] for _ in range(n)]
     for rank, i in enumerate(sorted(range(len(candidates)), key=lambda i: (-candidates[i][0].size, i))):
         lap, seat = divmod(rank, n)

@@ -16,12 +16,12 @@ from ssdflow import storage
 from ssdflow.config import DemoConfig, NightlyConfig, ScoreConfig
 
 # MODELS/.nightly/last_ingest_stats.json, MODELS/.nightly/<run>/compare-*.jpg: a dot directory, so the
-# registry never lists it as a model version (before 2026-12-03 it was MODELS/nightly/, still read).
-HISTORY, OLD_HISTORY = ".nightly", "nightly"
+# registry never lists it as a model version.
+HISTORY = ".nightly"
 
 
-def _last_stats_path(models: str, history: str = HISTORY) -> str:
-    return storage.join(models, history, "last_ingest_stats.json")
+def _last_stats_path(models: str) -> str:
+    return storage.join(models, HISTORY, "last_ingest_stats.json")
 
 
 def ingest_changes(previous: dict | None, current: dict) -> list[dict]:
@@ -67,7 +67,7 @@ def compare_task(champion_dir: str, challenger_dir: str, data_dir: str, n: int, 
 
 @task(name="export-tflite")
 def tflite_task(model_dir: str, variants: list[str], data_dir: str) -> dict:
-    """The champion's .tflite files: each variant it lacks is exported and scored on val (issue 14)."""
+    """The champion's .tflite files: each variant it lacks is exported and scored on val."""
     from model.tflite import export_tflite_beside, manifest, tflite_name
 
     for quantize in variants:
@@ -121,8 +121,7 @@ def nightly_flow(config: NightlyConfig, attempt: Attempt = 0) -> dict:
     log = get_run_logger()
     storage.configure(config.storage_args())  # the registry's reads and writes, outside the ingest pipeline
     last_path = _last_stats_path(config.models)
-    found = next((p for p in (last_path, _last_stats_path(config.models, OLD_HISTORY)) if storage.exists(p)), None)
-    previous = json.loads(storage.read_text(found)) if found else None
+    previous = json.loads(storage.read_text(last_path)) if storage.exists(last_path) else None
     stats = ingest_unless_unchanged(config.ingest)
     artifacts.ingest_stats(stats, config.ingest.out)
     create_table_artifact(ingest_changes(previous, stats), key="ingest-since-last-night",

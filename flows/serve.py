@@ -74,8 +74,8 @@ def default_parameters(home: str, config_file: str | None = None) -> dict:
     return {"nightly": nightly, "score": score, "ingest": ingest, "train": nightly.train_config()}
 
 
-# Memory one concurrent run may take: training alpha 1.0 / 320 px held ~1.6 GB, a batch-score run
-# ~0.55 GB (12 at once took 7 GB, issue 12); sized for the larger so any mix fits.
+# Memory one concurrent run may take, sized for the larger of a training at alpha 1.0 / 320 px and
+# a batch-score run so that any mix fits (the figures: docs/benchmarks.md, "Forty batch-score runs at once").
 RUN_MEMORY_BYTES = 2 * 1024**3
 
 

@@ -37,8 +37,9 @@ class Detector(tf.Module):
                  max_detections: int = 100, class_thresholds: dict[int, float] | None = None, box_merge_iou: float | None = None):
         super().__init__(name="ssdflow_detector")
         # Only the network's variables are tracked, not the Keras object graph: the SavedModel then
-        # skips hundreds of layer objects that no consumer uses (alpha 0.35: save 7.0 → 3.8 s,
-        # load 1.9 → 1.0 s, in every scoring worker and champion evaluation; same outputs).
+        # skips hundreds of layer objects that no consumer uses: it saves and loads in about half
+        # the time, in every scoring worker and champion evaluation, with the same outputs
+        # (docs/benchmarks.md, "SavedModel export and load").
         object.__setattr__(self, "network", keras_model)  # bypasses tf.Module's attribute tracking
         self.network_variables = [v.value for v in keras_model.weights]
         self.size = cfg.image_size

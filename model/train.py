@@ -142,7 +142,8 @@ def _fit_phase(model, name: str, run_dir: str, train_data, epochs: int, steps: i
     optimizer = keras.optimizers.Adam(schedule, use_ema=ema_momentum > 0, ema_momentum=ema_momentum or 0.99)
     model.compile(optimizer=optimizer, loss=loss, jit_compile=False)
     # Optimizer slots made before fit() rather than inside its first traced step: a tf.function that
-    # creates variables is traced twice, which doubled the first step's cost (30 s → 14 s, alpha 0.35).
+    # creates variables is traced twice, which doubled the first step's cost (docs/benchmarks.md,
+    # "First training step (graph tracing)").
     model.optimizer.build(model.trainable_variables)
     checkpoint = EpochCheckpoint(ckpt_dir)
     initial = checkpoint.restore(model)

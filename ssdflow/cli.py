@@ -20,15 +20,6 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 
 
-class _DropNoise(logging.Filter):
-    """Beam's GCP extras log a warning at import when they are not installed; it is not ours to act on."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "apitools not found" not in record.getMessage()
-
-
-logging.getLogger().addFilter(_DropNoise())
-
 app = typer.Typer(
     name="ssdflow",
     help=("Keep an SSD object detector fresh on your own images: ingest (Beam), train (Keras), score (Beam).\n\n"

@@ -6,12 +6,11 @@ the UI's run form and refuses an out-of-range value when a run is created.
 
 from __future__ import annotations
 
-import logging
 import os
 import posixpath
 import re
 from enum import Enum
-from typing import Annotated, ClassVar, Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
@@ -42,12 +41,12 @@ DEFAULT_FIRST_SCALE = {8: 0.1, 16: 0.2}
 # them (model/anchors.py fitted_aspect_ratios).
 DEFAULT_ASPECT_RATIOS = (1.0, 2.0, 0.5, 3.0, 1.0 / 3.0)
 # BatchNorm moving-average momentum by how the backbone starts: the TF OD API's 0.997 for
-# fine-tuning pretrained weights; 0.9 from scratch (raccoon, 30-minute budget: 0.997 peaked at
-# epoch 5 and swung between 0.38 and 0.55 after; docs/benchmarks.md).
+# fine-tuning pretrained weights; 0.9 from scratch, where 0.997's moving statistics lagged the
+# weights and val mAP swung (docs/benchmarks.md, "From scratch … BatchNorm momentum").
 BN_MOMENTUM = {"pretrained": 0.997, "scratch": 0.9}
-# Peak learning rate by how the backbone starts: 3e-3 with pretrained weights (raccoon, 30-minute
-# budget: val mAP@.5 0.964 against 0.918 with 1e-3, last epoch 0.931 against 0.869; at 100 epochs
-# 0.931 against 0.747), 1e-3 from scratch, where it is what was measured (docs/benchmarks.md).
+# Peak learning rate by how the backbone starts: 3e-3 with pretrained weights (better than 1e-3 at
+# every budget measured), 1e-3 from scratch, where it is what was measured (docs/benchmarks.md,
+# "Peak LR 3e-3 at the full budget, and the new default").
 LEARNING_RATE = {"pretrained": 3e-3, "scratch": 1e-3}
 # The box term's weight against classification, by box loss: Huber sums four offsets of about one
 # unit each; 1 - GIoU is one number in [0, 2], weighted 2 as in MMDetection's GIoU recipes.
@@ -171,11 +170,6 @@ class IngestConfig(BeamOptions):
         if self.out.rstrip("/") in ("", "s3:", "gs:"):
             raise ValueError("out must name a directory")
         return self
-
-
-class BackboneWeights(str, Enum):
-    imagenet = "imagenet"
-    none = "none"
 
 
 class ModelConfig(BaseModel):
@@ -384,21 +378,6 @@ class ScoreConfig(BeamOptions):
     max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1, description="Images with more pixels are refused (decompression-bomb guard)")
     overwrite: bool = Field(False, description=OVERWRITE_HELP)
     keep_chunks: bool = Field(False, description="Keep the per-chunk results of other model versions under OUT/chunks/ (by default a complete run deletes them: they are only reused by a rerun with the same model)")
-
-    # Settings of earlier versions, dropped with a warning so that saved configs keep working.
-    REMOVED: ClassVar[dict[str, str]] = {
-        "chunks_per_run": "every pending chunk now runs in one pipeline run and is committed as it finishes",
-        "min_batch_size": "batches are --max-batch-size consecutive images of a chunk",
-    }
-
-    @model_validator(mode="before")
-    @classmethod
-    def _drop_removed(cls, data):
-        if isinstance(data, dict) and cls.REMOVED.keys() & data.keys():
-            for name in sorted(cls.REMOVED.keys() & data.keys()):
-                logging.getLogger(__name__).warning("score: %s is no longer a setting and is ignored: %s", name, cls.REMOVED[name])
-            data = {k: v for k, v in data.items() if k not in cls.REMOVED}
-        return data
 
     @model_validator(mode="after")
     def _out_beside_the_models(self) -> "ScoreConfig":
