@@ -50,12 +50,26 @@ from beam_jobs import records as R
 from beam_jobs.encode import encode_image
 from beam_jobs.records import ImageFile, ImageOutcome
 from beam_jobs.spill import Spill
-from beam_jobs.splits import (SPLITS, Pairing, listed_ids, listed_images, root_of, voc_image_set_files, yaml_split_dirs,
-                              yaml_split_lists)
+from beam_jobs.splits import (
+    SPLITS,
+    Pairing,
+    listed_ids,
+    listed_images,
+    root_of,
+    voc_image_set_files,
+    yaml_split_dirs,
+    yaml_split_lists,
+)
 from beam_jobs.parsers import YOLO_CLASSES_FILE, is_label_file, parse_label_file
 from beam_jobs.parsers.yolo import load_class_names
 from ssdflow import out_dir, progress, storage, tfrecord
-from ssdflow.beam_runner import MULTI_PROCESS_MIN_FILES, local_parallelism, make_pipeline, pipeline_options, worker_filesystems
+from ssdflow.beam_runner import (
+    MULTI_PROCESS_MIN_FILES,
+    local_parallelism,
+    make_pipeline,
+    pipeline_options,
+    worker_filesystems,
+)
 from ssdflow.config import IngestConfig, LabelFormat
 from ssdflow.schema import LabelMap
 
@@ -64,8 +78,15 @@ log = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 # YOLO's class names (and data.yaml's splits), looked for beside the labels: not label files themselves.
 COMPANION_FILES = ("data.yaml", "data.yml", YOLO_CLASSES_FILE)
-OUTPUT_PATTERNS = ("train-*.tfrecord", "val-*.tfrecord", "test-*.tfrecord", "label_map.json", "label_map.pbtxt", "stats.json",
-                   "rejected.jsonl")
+OUTPUT_PATTERNS = (
+    "train-*.tfrecord",
+    "val-*.tfrecord",
+    "test-*.tfrecord",
+    "label_map.json",
+    "label_map.pbtxt",
+    "stats.json",
+    "rejected.jsonl",
+)
 _NS = "ssdflow.ingest"
 
 
@@ -180,6 +201,7 @@ def load_class_names_for(cfg: IngestConfig) -> list[str] | None:
 def pairing_for(cfg: IngestConfig) -> Pairing:
     """How this run keys and splits: the roots of --images and --labels, YOLO's path pairing, and the
     train/val/test directories of a data.yaml (the one the class names come from)."""
+
     def root(location: str) -> str:
         return location.rstrip("/") if not _has_glob(location) and _is_dir(location) else root_of(location)
 
@@ -199,7 +221,9 @@ def pairing_for(cfg: IngestConfig) -> Pairing:
                 lists = yaml_split_lists(doc, posixpath.dirname(found))
                 for list_file in lists:
                     if not storage.exists(list_file):
-                        raise IngestError(f"{found} names {list_file} as the {lists[list_file]} list, which is not there")
+                        raise IngestError(
+                            f"{found} names {list_file} as the {lists[list_file]} list, which is not there"
+                        )
     elif cfg.format == LabelFormat.voc:
         labels_root = root(cfg.labels)
         for base in (labels_root, posixpath.dirname(labels_root)):  # --labels VOC2012/ or VOC2012/Annotations
@@ -213,12 +237,21 @@ def pairing_for(cfg: IngestConfig) -> Pairing:
         names = listed_images(text, list_file) if cfg.format == LabelFormat.yolo else listed_ids(text)
         for name in names:
             if listed.setdefault(name, split) != split:
-                raise IngestError(f"{name} is in two split lists ({listed[name]} and {split}: {', '.join(sorted(lists))}); "
-                                  "an image belongs to one split")
+                raise IngestError(
+                    f"{name} is in two split lists ({listed[name]} and {split}: {', '.join(sorted(lists))}); "
+                    "an image belongs to one split"
+                )
     if lists:
         log.info("ingest: splits from %s (%d images listed)", ", ".join(sorted(lists)), len(listed))
-    return Pairing(root(cfg.images), root(cfg.labels), cfg.val_fraction, by_path=cfg.format == LabelFormat.yolo,
-                   yaml_dirs=tuple(yaml_dirs.items()), listed=listed, list_files=tuple(sorted(lists)))
+    return Pairing(
+        root(cfg.images),
+        root(cfg.labels),
+        cfg.val_fraction,
+        by_path=cfg.format == LabelFormat.yolo,
+        yaml_dirs=tuple(yaml_dirs.items()),
+        listed=listed,
+        list_files=tuple(sorted(lists)),
+    )
 
 
 def load_fixed_label_map(cfg: IngestConfig) -> LabelMap | None:
@@ -311,9 +344,13 @@ class _ParseLabelFiles(_StorageDoFn):
             try:
                 data = storage.read_bytes(path)
             except Exception as e:  # storage errors become dead letters, not job failures
-                yield beam.pvalue.TaggedOutput("rejected", R.Rejection(path, R.MALFORMED_LABEL_FILE, f"cannot read: {e}", R.LABEL_FILE))
+                yield beam.pvalue.TaggedOutput(
+                    "rejected", R.Rejection(path, R.MALFORMED_LABEL_FILE, f"cannot read: {e}", R.LABEL_FILE)
+                )
                 continue
-            result = parse_label_file(self.fmt, path, data, class_names=self.class_names, join_key=self.pairing.label_key(path))
+            result = parse_label_file(
+                self.fmt, path, data, class_names=self.class_names, join_key=self.pairing.label_key(path)
+            )
             for rej in result.rejections:
                 yield beam.pvalue.TaggedOutput("rejected", rej)
             for rec in result.records:
@@ -341,14 +378,18 @@ class ParseLabels(beam.PTransform):
 
         paths = (
             files
-            | "LabelFilesOnly" >> beam.Filter(lambda meta: is_label_file(fmt, meta.path) and not pairing.is_split_list(meta.path))
+            | "LabelFilesOnly"
+            >> beam.Filter(lambda meta: is_label_file(fmt, meta.path) and not pairing.is_split_list(meta.path))
             | "Paths" >> beam.FlatMap(path_of).with_outputs("rejected", main="paths")
         )
         parsed = (
             paths.paths
             | "Batch" >> beam.BatchElements(min_batch_size=n, max_batch_size=n)
             | "Spread" >> beam.Reshuffle()  # matching happens in one place; parsing should not
-            | "Parse" >> beam.ParDo(_ParseLabelFiles(self.fmt, self.class_names, self.flags, self.pairing)).with_outputs("rejected", main="records")
+            | "Parse"
+            >> beam.ParDo(_ParseLabelFiles(self.fmt, self.class_names, self.flags, self.pairing)).with_outputs(
+                "rejected", main="records"
+            )
         )
         rejected = (paths.rejected, parsed.rejected) | "AllRejected" >> beam.Flatten()
         return {"records": parsed.records, "rejected": rejected}
@@ -435,7 +476,9 @@ class _MatchDoFn(_StorageDoFn):
         """One key's image files and label records → (ImageFile, LabelRecord) or Rejections."""
         if not images:
             for rec in labels:
-                yield R.Rejection(rec.source, R.MISSING_IMAGE, f"label names image {rec.image_name!r}, not found among --images")
+                yield R.Rejection(
+                    rec.source, R.MISSING_IMAGE, f"label names image {rec.image_name!r}, not found among --images"
+                )
             return
         if len(images) > 1:
             paths = ", ".join(image.path for image in images)
@@ -486,20 +529,29 @@ class MatchLabelsToImages(beam.PTransform):
 
     def __init__(self, unlabeled_is_negative: bool, spill: Spill, flags=(), progress_dir: str | None = None):
         super().__init__()
-        self.unlabeled_is_negative, self.spill, self.flags, self.progress_dir = unlabeled_is_negative, spill, flags, progress_dir
+        self.unlabeled_is_negative, self.spill, self.flags, self.progress_dir = (
+            unlabeled_is_negative,
+            spill,
+            flags,
+            progress_dir,
+        )
 
     def expand(self, pcolls):
         spill, flags = self.spill, self.flags
-        packed = {name: pcolls[name] | f"Pack{name.title()}" >> beam.ParDo(_PackByBucket(spill, flags)) for name in ("images", "labels")}
+        packed = {
+            name: pcolls[name] | f"Pack{name.title()}" >> beam.ParDo(_PackByBucket(spill, flags))
+            for name in ("images", "labels")
+        }
         matched = (
             packed
             | "Join" >> beam.CoGroupByKey()
-            | "Match" >> beam.ParDo(_MatchDoFn(self.unlabeled_is_negative, spill, flags, self.progress_dir)).with_outputs("rejected", main="chunks")
+            | "Match"
+            >> beam.ParDo(_MatchDoFn(self.unlabeled_is_negative, spill, flags, self.progress_dir)).with_outputs(
+                "rejected", main="chunks"
+            )
         )
         candidates = (
-            matched.chunks
-            | "Spread" >> beam.Reshuffle()
-            | "Unspill" >> beam.ParDo(_StorageCall(flags, spill.read))
+            matched.chunks | "Spread" >> beam.Reshuffle() | "Unspill" >> beam.ParDo(_StorageCall(flags, spill.read))
         )
         return Matched(candidates, matched.rejected)
 
@@ -514,8 +566,14 @@ class _EncodeFn(_StorageDoFn):
 
     OUTCOMES_PER_LIST = 2000
 
-    def __init__(self, parts_dir: str, cfg: IngestConfig, label_map_fixed: bool, pairing: Pairing | None = None,
-                 progress_dir: str | None = None):
+    def __init__(
+        self,
+        parts_dir: str,
+        cfg: IngestConfig,
+        label_map_fixed: bool,
+        pairing: Pairing | None = None,
+        progress_dir: str | None = None,
+    ):
         super().__init__(cfg.pipeline_flags())
         self.parts_dir = parts_dir
         self.progress_dir = progress_dir
@@ -557,12 +615,28 @@ class _EncodeFn(_StorageDoFn):
     def encode(self, path: str, record: R.LabelRecord, data: bytes, boxes_in: int, label_map) -> None:
         """Encodes one image, appends its framed record to this bundle's part file for its split
         (when valid) and its outcome to ``self.outcomes``."""
-        enc = encode_image(record, path, data, label_map, label_map_fixed=self.label_map_fixed,
-                           max_pixels=self.max_pixels, clip_tolerance=self.clip_tolerance)
+        enc = encode_image(
+            record,
+            path,
+            data,
+            label_map,
+            label_map_fixed=self.label_map_fixed,
+            max_pixels=self.max_pixels,
+            clip_tolerance=self.clip_tolerance,
+        )
         if enc.example is None:
             self.rejected.inc()
-            self.outcomes.append(ImageOutcome(enc.key, path, enc.sha256, None, boxes_in=boxes_in,
-                                              rejections=tuple(enc.rejections), stats=tuple(enc.stats.items())))
+            self.outcomes.append(
+                ImageOutcome(
+                    enc.key,
+                    path,
+                    enc.sha256,
+                    None,
+                    boxes_in=boxes_in,
+                    rejections=tuple(enc.rejections),
+                    stats=tuple(enc.stats.items()),
+                )
+            )
             return
         split = self.pairing.split(path, record.source, enc.key)  # the user's own split, else the hash
         if split not in self.files:
@@ -571,9 +645,21 @@ class _EncodeFn(_StorageDoFn):
         part, handle = self.files[split]
         framed = tfrecord.frame(enc.example)
         handle.write(framed)
-        self.outcomes.append(ImageOutcome(
-            enc.key, path, enc.sha256, split, part, self.offsets[split], len(framed), boxes_in,
-            tuple(sorted(enc.class_counts.items())), tuple(enc.rejections), tuple(enc.stats.items())))
+        self.outcomes.append(
+            ImageOutcome(
+                enc.key,
+                path,
+                enc.sha256,
+                split,
+                part,
+                self.offsets[split],
+                len(framed),
+                boxes_in,
+                tuple(sorted(enc.class_counts.items())),
+                tuple(enc.rejections),
+                tuple(enc.stats.items()),
+            )
+        )
         self.offsets[split] += len(framed)
         self.encoded.inc()
         self.boxes.inc(enc.boxes_written)
@@ -596,15 +682,30 @@ class _EncodeFn(_StorageDoFn):
 class EncodeExamples(beam.PTransform):
     """(path, LabelRecord) → lists of ImageOutcome (per bundle or OUTCOMES_PER_LIST); records land in part files."""
 
-    def __init__(self, parts_dir: str, cfg: IngestConfig, label_map, label_map_fixed: bool, pairing: Pairing | None = None,
-                 progress_dir: str | None = None):
+    def __init__(
+        self,
+        parts_dir: str,
+        cfg: IngestConfig,
+        label_map,
+        label_map_fixed: bool,
+        pairing: Pairing | None = None,
+        progress_dir: str | None = None,
+    ):
         super().__init__()
-        self.parts_dir, self.cfg, self.label_map, self.fixed, self.pairing = parts_dir, cfg, label_map, label_map_fixed, pairing
+        self.parts_dir, self.cfg, self.label_map, self.fixed, self.pairing = (
+            parts_dir,
+            cfg,
+            label_map,
+            label_map_fixed,
+            pairing,
+        )
         self.progress_dir = progress_dir
 
     def expand(self, candidates):
         return candidates | "Encode" >> beam.ParDo(
-            _EncodeFn(self.parts_dir, self.cfg, self.fixed, self.pairing, self.progress_dir), beam.pvalue.AsSingleton(self.label_map))
+            _EncodeFn(self.parts_dir, self.cfg, self.fixed, self.pairing, self.progress_dir),
+            beam.pvalue.AsSingleton(self.label_map),
+        )
 
 
 # --- dedup, shard layout and the books: no worker holds every image's outcome ------------------------
@@ -665,8 +766,15 @@ class _Dedup(_StorageDoFn):
             for dup in twins[1:]:
                 books[f"images_rejected/{R.DUPLICATE}"] += 1
                 books["boxes_in_rejected_images"] += dup.boxes_in
-                lines.append(_rejection_line(R.Rejection(
-                    dup.source, R.DUPLICATE, f"byte-identical to {kept.source} (sha256 {dup.sha256[:16]}...), which is kept")))
+                lines.append(
+                    _rejection_line(
+                        R.Rejection(
+                            dup.source,
+                            R.DUPLICATE,
+                            f"byte-identical to {kept.source} (sha256 {dup.sha256[:16]}...), which is kept",
+                        )
+                    )
+                )
                 entries[dup.part].append((dup.offset, dup.length, False))
             entries[kept.part].append((kept.offset, kept.length, True))
             books[f"written/{kept.split}"] += 1
@@ -705,8 +813,12 @@ def summarize_part(element) -> PartSummary:
     part, groups = element
     items = sorted(item for group in groups for item in group)
     split = posixpath.basename(part).split("-", 1)[0]
-    return PartSummary(part, split, tuple((offset, length) for offset, length, kept in items if kept),
-                       dropped=any(not kept for _, _, kept in items))
+    return PartSummary(
+        part,
+        split,
+        tuple((offset, length) for offset, length, kept in items if kept),
+        dropped=any(not kept for _, _, kept in items),
+    )
 
 
 def plan_layout(rows: list[tuple[str, str, int, bool]], num_shards: int | None, target_bytes: int) -> Layout:
@@ -805,17 +917,24 @@ class _WriteShard(_StorageDoFn):
                 for part, ranges, _ in pieces:
                     data = storage.read_bytes(part)
                     for offset, length in ranges:
-                        out.write(data[offset:offset + length])
+                        out.write(data[offset : offset + length])
         yield name
 
 
-def build_stats(books: Counter, label_map: LabelMap, shards: list[str], skipped: tuple, ignored: tuple = (0, {}, []),
-                fmt: str = "") -> dict:
+def build_stats(
+    books: Counter, label_map: LabelMap, shards: list[str], skipped: tuple, ignored: tuple = (0, {}, []), fmt: str = ""
+) -> dict:
     """stats.json from the merged books; raises IngestError if the counts do not reconcile."""
-    def group(prefix: str) -> dict[str, int]:
-        return {k[len(prefix):]: v for k, v in sorted(books.items()) if k.startswith(prefix) and v}
 
-    written, images_rejected, boxes_rejected, per_class = group("written/"), group("images_rejected/"), group("boxes_rejected/"), group("class/")
+    def group(prefix: str) -> dict[str, int]:
+        return {k[len(prefix) :]: v for k, v in sorted(books.items()) if k.startswith(prefix) and v}
+
+    written, images_rejected, boxes_rejected, per_class = (
+        group("written/"),
+        group("images_rejected/"),
+        group("boxes_rejected/"),
+        group("class/"),
+    )
     images_in, images_written, n_rejected = books["images_in"], sum(written.values()), sum(images_rejected.values())
     boxes_written = sum(per_class.values())
     stats = {
@@ -843,10 +962,14 @@ def build_stats(books: Counter, label_map: LabelMap, shards: list[str], skipped:
         stats["format_hint"] = hint
     # The job checks its own books: every image and every box of a written image is accounted for.
     if images_in != images_written + n_rejected:
-        raise IngestError(f"counts do not reconcile: images_in {images_in} != written {images_written} + rejected {n_rejected}")
+        raise IngestError(
+            f"counts do not reconcile: images_in {images_in} != written {images_written} + rejected {n_rejected}"
+        )
     if books["boxes_in_written"] != boxes_written + books["boxes_rejected_written"]:
-        raise IngestError(f"box counts do not reconcile: {books['boxes_in_written']} in written images != "
-                          f"{boxes_written} written + {books['boxes_rejected_written']} rejected")
+        raise IngestError(
+            f"box counts do not reconcile: {books['boxes_in_written']} in written images != "
+            f"{boxes_written} written + {books['boxes_rejected_written']} rejected"
+        )
     return stats
 
 
@@ -875,7 +998,11 @@ class _SkippedFiles(beam.CombineFn):
 
 def _file_sample(sample) -> dict:
     total, by_ext, examples = sample
-    return {"total": total, "by_extension": dict(sorted(by_ext.items(), key=lambda kv: (-kv[1], kv[0]))), "examples": list(examples)}
+    return {
+        "total": total,
+        "by_extension": dict(sorted(by_ext.items(), key=lambda kv: (-kv[1], kv[0]))),
+        "examples": list(examples),
+    }
 
 
 # Which format a label file's extension suggests, for the hint when --format names another.
@@ -887,8 +1014,10 @@ def format_hint(fmt: str, ignored: dict) -> str | None:
     for ext, n in ignored.get("by_extension", {}).items():
         guess = FORMAT_OF_EXTENSION.get(ext)
         if guess and guess != fmt:
-            return (f"{n} {ext} files under --labels were not read as {fmt} labels: they look like {guess} labels "
-                    f"(--format {guess})")
+            return (
+                f"{n} {ext} files under --labels were not read as {fmt} labels: they look like {guess} labels "
+                f"(--format {guess})"
+            )
     return None
 
 
@@ -904,12 +1033,15 @@ def unusable(stats: dict) -> str | None:
         why = f"nothing written: {stats['images_in']} images in, every one rejected" + (f" ({top})" if top else "")
     elif not boxes:
         box_reasons = {k: v for k, v in stats["boxes_rejected"].items() if k != "total"}
-        why = (f"no boxes written: {written['total']} images written, none with a box"
-               + (f" ({stats['boxes_rejected']['total']} boxes rejected: {json.dumps(box_reasons)})" if box_reasons else ""))
+        why = f"no boxes written: {written['total']} images written, none with a box" + (
+            f" ({stats['boxes_rejected']['total']} boxes rejected: {json.dumps(box_reasons)})" if box_reasons else ""
+        )
     else:
         where = ", ".join(f"{s} {n}" for s, n in stats["boxes_per_split"].items() if n)
-        why = (f"no boxes in the train split: all {boxes} boxes are in other splits ({where}; {written['train']} train "
-               f"images, none with a box): label train images, or lower --val-fraction where the split is hashed")
+        why = (
+            f"no boxes in the train split: all {boxes} boxes are in other splits ({where}; {written['train']} train "
+            f"images, none with a box): label train images, or lower --val-fraction where the split is hashed"
+        )
     hint = stats.get("format_hint")
     return why + (f"; {hint}" if hint else "")
 
@@ -961,9 +1093,16 @@ class PlanAndWriteShards(beam.PTransform):
     """Lists of ImageOutcome → dedup by content hash per bucket, the shard layout from one row per
     part file, shards written in parallel; outputs (books, layout, shard names written)."""
 
-    def __init__(self, final_dir: str, fragments_dir: str, num_shards: int | None, target_bytes: int, spill: Spill, flags=()):
+    def __init__(
+        self, final_dir: str, fragments_dir: str, num_shards: int | None, target_bytes: int, spill: Spill, flags=()
+    ):
         super().__init__()
-        self.final_dir, self.fragments_dir, self.num_shards, self.target_bytes = final_dir, fragments_dir, num_shards, target_bytes
+        self.final_dir, self.fragments_dir, self.num_shards, self.target_bytes = (
+            final_dir,
+            fragments_dir,
+            num_shards,
+            target_bytes,
+        )
         self.spill, self.flags = spill, flags
 
     def expand(self, outcome_lists):
@@ -971,13 +1110,10 @@ class PlanAndWriteShards(beam.PTransform):
             outcome_lists
             | "ByHashBucket" >> beam.ParDo(_StorageCall(self.flags, by_hash_bucket, self.spill))
             | "GroupByBucket" >> beam.GroupByKey()
-            | "Dedup" >> beam.ParDo(_Dedup(self.fragments_dir, self.spill, self.flags)).with_outputs("books", main="entries")
+            | "Dedup"
+            >> beam.ParDo(_Dedup(self.fragments_dir, self.spill, self.flags)).with_outputs("books", main="entries")
         )
-        parts = (
-            dedup.entries
-            | "GroupByPart" >> beam.GroupByKey()
-            | "SummarizeParts" >> beam.Map(summarize_part)
-        )
+        parts = dedup.entries | "GroupByPart" >> beam.GroupByKey() | "SummarizeParts" >> beam.Map(summarize_part)
         layout = (
             parts
             | "PartRows" >> beam.Map(lambda s: (s.part, s.split, s.kept_bytes, s.dropped))
@@ -996,16 +1132,23 @@ class PlanAndWriteShards(beam.PTransform):
         return dedup.books, layout, written
 
 
-def build_pipeline(p: beam.Pipeline, cfg: IngestConfig, tmp_dir: str, class_names, fixed_map: LabelMap | None,
-                   pairing: Pairing | None = None):
+def build_pipeline(
+    p: beam.Pipeline,
+    cfg: IngestConfig,
+    tmp_dir: str,
+    class_names,
+    fixed_map: LabelMap | None,
+    pairing: Pairing | None = None,
+):
     """Adds the ingest transforms to ``p``; outputs land in ``tmp_dir/final``."""
     parts_dir, final_dir = storage.join(tmp_dir, "parts"), storage.join(tmp_dir, "final")
     fragments_dir = storage.join(tmp_dir, "rejected")
     spill = Spill(storage.join(tmp_dir, "spill"))
     fmt, flags = cfg.format.value, cfg.pipeline_flags()
     progress_dir, totals_dir = storage.join(tmp_dir, PROGRESS_DIR), storage.join(tmp_dir, PROGRESS_TOTAL_DIR)
-    files = p | "ListFiles" >> ListFiles({"images": image_pattern(cfg.images), "labels": label_pattern(cfg.labels)}, flags,
-                                         totals_dir)
+    files = p | "ListFiles" >> ListFiles(
+        {"images": image_pattern(cfg.images), "labels": label_pattern(cfg.labels)}, flags, totals_dir
+    )
     pairing = pairing or pairing_for(cfg)
     images = files["images"] | "ListImages" >> ListImages(pairing)
     labels = files["labels"] | "ParseLabels" >> ParseLabels(fmt, class_names, flags, pairing)
@@ -1021,39 +1164,59 @@ def build_pipeline(p: beam.Pipeline, cfg: IngestConfig, tmp_dir: str, class_name
         )
 
     matched = {"images": images.images, "labels": labels["records"]} | "MatchLabelsToImages" >> MatchLabelsToImages(
-        fmt == "yolo", spill, flags, progress_dir)
+        fmt == "yolo", spill, flags, progress_dir
+    )
     early_books = (
         (images.rejected, labels["rejected"], matched.rejected)
         | "EarlyRejections" >> beam.Flatten()
-        | "EarlyByBucket" >> beam.Map(lambda r: (zlib.crc32(r.source.encode("utf-8", "surrogateescape")) % DEDUP_BUCKETS, r))
+        | "EarlyByBucket"
+        >> beam.Map(lambda r: (zlib.crc32(r.source.encode("utf-8", "surrogateescape")) % DEDUP_BUCKETS, r))
         | "GroupEarly" >> beam.GroupByKey()
         | "EarlyBooks" >> beam.ParDo(_StorageCall(flags, _early_books, fragments_dir))
     )
     skipped = images.skipped | "CountSkipped" >> beam.CombineGlobally(_SkippedFiles())
     ignored = (
         files["labels"]
-        | "NotLabelFiles" >> beam.FlatMap(lambda meta: [] if (
-            is_label_file(fmt, meta.path) or _ext(meta.path) in IMAGE_EXTENSIONS
-            or posixpath.basename(meta.path).lower() in COMPANION_FILES or pairing.is_split_list(meta.path)) else [meta.path])
+        | "NotLabelFiles"
+        >> beam.FlatMap(
+            lambda meta: (
+                []
+                if (
+                    is_label_file(fmt, meta.path)
+                    or _ext(meta.path) in IMAGE_EXTENSIONS
+                    or posixpath.basename(meta.path).lower() in COMPANION_FILES
+                    or pairing.is_split_list(meta.path)
+                )
+                else [meta.path]
+            )
+        )
         | "CountIgnored" >> beam.CombineGlobally(_SkippedFiles())
     )
 
-    outcomes = matched.candidates | "EncodeExamples" >> EncodeExamples(parts_dir, cfg, label_map, fixed_map is not None, pairing,
-                                                                       progress_dir)
+    outcomes = matched.candidates | "EncodeExamples" >> EncodeExamples(
+        parts_dir, cfg, label_map, fixed_map is not None, pairing, progress_dir
+    )
     books, layout, written = outcomes | "PlanAndWriteShards" >> PlanAndWriteShards(
-        final_dir, fragments_dir, cfg.num_shards, cfg.target_shard_mb * 2**20, spill, flags)
+        final_dir, fragments_dir, cfg.num_shards, cfg.target_shard_mb * 2**20, spill, flags
+    )
     return (
         (books, early_books)
         | "AllBooks" >> beam.Flatten()
         | "MergeBooks" >> beam.CombineGlobally(_MergeBooks())
-        | "WriteMetadata" >> beam.ParDo(
-            _WriteMetadata(final_dir, fragments_dir, fmt, flags), beam.pvalue.AsSingleton(layout), beam.pvalue.AsSingleton(written),
-            beam.pvalue.AsSingleton(label_map), beam.pvalue.AsSingleton(skipped), beam.pvalue.AsSingleton(ignored))
+        | "WriteMetadata"
+        >> beam.ParDo(
+            _WriteMetadata(final_dir, fragments_dir, fmt, flags),
+            beam.pvalue.AsSingleton(layout),
+            beam.pvalue.AsSingleton(written),
+            beam.pvalue.AsSingleton(label_map),
+            beam.pvalue.AsSingleton(skipped),
+            beam.pvalue.AsSingleton(ignored),
+        )
     )
 
 
 def _first_rejection(final_dir: str) -> str:
-    """"; e.g. SOURCE: DETAIL" from the run's first rejected line (the run's rejected.jsonl is not kept)."""
+    """ "; e.g. SOURCE: DETAIL" from the run's first rejected line (the run's rejected.jsonl is not kept)."""
     try:
         with FileSystems.open(storage.join(final_dir, "rejected.jsonl")) as f:
             first = json.loads(f.readline() or "null")
@@ -1070,7 +1233,9 @@ def run_ingest(cfg: IngestConfig, on_progress=None) -> dict:
 
     Progress (images done of those listed, rate, ETA) goes to stderr while it runs: a bar on a
     terminal, a plain line every 10 s in a log; ``on_progress(done, total)`` too (a Prefect artifact)."""
-    cfg = cfg.model_copy(update={k: storage.absolute(getattr(cfg, k)) for k in ("images", "labels", "out", "classes", "label_map")})
+    cfg = cfg.model_copy(
+        update={k: storage.absolute(getattr(cfg, k)) for k in ("images", "labels", "out", "classes", "label_map")}
+    )
     pipeline_options(cfg.pipeline_flags())  # first: the listing below needs the S3/GCS options
     inputs = storage.count_files(image_pattern(cfg.images), limit=MULTI_PROCESS_MIN_FILES)
     if not inputs:
@@ -1091,9 +1256,12 @@ def run_ingest(cfg: IngestConfig, on_progress=None) -> dict:
     # its _SUCCESS first): everything before that is written under the run's temp directory.
     tmp_dir = storage.new_tmp_dir(cfg.out)
     try:
-        reporter = progress.Reporter("ingest", lambda: progress.counted(storage.join(tmp_dir, PROGRESS_DIR)),
-                                     total=lambda: progress.counted(storage.join(tmp_dir, PROGRESS_TOTAL_DIR)),
-                                     on_update=on_progress)
+        reporter = progress.Reporter(
+            "ingest",
+            lambda: progress.counted(storage.join(tmp_dir, PROGRESS_DIR)),
+            total=lambda: progress.counted(storage.join(tmp_dir, PROGRESS_TOTAL_DIR)),
+            on_update=on_progress,
+        )
         with reporter, make_pipeline(options, preload=("beam_jobs.ingest",)) as p:
             build_pipeline(p, cfg, tmp_dir, class_names, fixed_map, pairing)
         final_dir = storage.join(tmp_dir, "final")
@@ -1102,9 +1270,14 @@ def run_ingest(cfg: IngestConfig, on_progress=None) -> dict:
         if problem:  # not committed: the previous output, if any, stays as it was
             raise IngestError(problem + _first_rejection(final_dir))
         names = stats["shards"] + ["label_map.json", "label_map.pbtxt", "stats.json", "rejected.jsonl"]
-        manifest = {"job": "ingest", "images_in": stats["images_in"], "images_written": stats["images_written"]["total"],
-                    "images_rejected": stats["images_rejected"]["total"], "boxes_written": stats["boxes_written"],
-                    "images_retryable": stats["images_rejected"].get(R.READ_RETRYABLE, 0)}
+        manifest = {
+            "job": "ingest",
+            "images_in": stats["images_in"],
+            "images_written": stats["images_written"]["total"],
+            "images_rejected": stats["images_rejected"]["total"],
+            "boxes_written": stats["boxes_written"],
+            "images_retryable": stats["images_rejected"].get(R.READ_RETRYABLE, 0),
+        }
         storage.commit(final_dir, cfg.out, names, manifest, OUTPUT_PATTERNS, remove)
     finally:
         storage.delete_tree(tmp_dir)

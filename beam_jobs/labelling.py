@@ -63,8 +63,11 @@ def image_uncertainty(inference: dict, thresholds: dict[int, float], label_names
     if best[1] is None:
         return {"uncertainty": 0.0, "ambiguous": 0, "reason": "no detection at all"}
     name, score, t = best[1]
-    return {"uncertainty": round(best[0], 4), "ambiguous": ambiguous,
-            "reason": f"{ambiguous} ambiguous box(es); most uncertain: {name} scored {score:.3f} against its threshold {t:.3f}"}
+    return {
+        "uncertainty": round(best[0], 4),
+        "ambiguous": ambiguous,
+        "reason": f"{ambiguous} ambiguous box(es); most uncertain: {name} scored {score:.3f} against its threshold {t:.3f}",
+    }
 
 
 def rank_key(candidate: dict) -> tuple:
@@ -81,8 +84,15 @@ class ChunkPool:
         self.size, self._all = size, []
 
     def add(self, record: dict, uncertainty: dict) -> None:
-        self._all.append({**uncertainty, "source": record["source"], "width": record["width"], "height": record["height"],
-                          "detections": record["detections"]})
+        self._all.append(
+            {
+                **uncertainty,
+                "source": record["source"],
+                "width": record["width"],
+                "height": record["height"],
+                "detections": record["detections"],
+            }
+        )
 
     def candidates(self) -> list[dict]:
         return heapq.nsmallest(self.size, self._all, key=rank_key)
@@ -103,7 +113,9 @@ def dhash(data: bytes, size: int = 8) -> int:
     return bits
 
 
-def select(candidates: Iterable[dict], n: int, read: Callable[[str], bytes], threads: int = 8) -> tuple[list[dict], dict]:
+def select(
+    candidates: Iterable[dict], n: int, read: Callable[[str], bytes], threads: int = 8
+) -> tuple[list[dict], dict]:
     """The ``n`` most uncertain candidates that are not near-duplicates of a better one.
 
     Reads (``read(source)``) and hashes the best ``SCAN_FACTOR * n`` candidates; returns the picked
@@ -111,7 +123,7 @@ def select(candidates: Iterable[dict], n: int, read: Callable[[str], bytes], thr
     ``considered``, ``near_duplicates_skipped``, ``unreadable``.
     """
     ranked = sorted(candidates, key=rank_key)
-    scan = ranked[:SCAN_FACTOR * n]
+    scan = ranked[: SCAN_FACTOR * n]
     counts = {"candidates": len(ranked), "considered": len(scan), "near_duplicates_skipped": 0, "unreadable": 0}
 
     def load(c: dict):
@@ -158,17 +170,24 @@ def voc_xml(filename: str, candidate: dict) -> str:
     that rounds to no area is left out, since ingest would reject it)."""
     objects = ""
     for d in candidate["detections"]:
-        corners = {k: _pixel(d["box"][k], candidate["width" if k[0] == "x" else "height"]) for k in ("xmin", "ymin", "xmax", "ymax")}
+        corners = {
+            k: _pixel(d["box"][k], candidate["width" if k[0] == "x" else "height"])
+            for k in ("xmin", "ymin", "xmax", "ymax")
+        }
         if corners["xmax"] <= corners["xmin"] or corners["ymax"] <= corners["ymin"]:
             continue
-        objects += (f"  <object>\n    <name>{escape(d['label'])}</name>\n    <pose>Unspecified</pose>\n    <truncated>0</truncated>\n"
-                    f"    <difficult>0</difficult>\n    <bndbox>\n"
-                    + "".join(f"      <{k}>{v}</{k}>\n" for k, v in corners.items())
-                    + "    </bndbox>\n  </object>\n")
-    return (f"<annotation>\n  <folder>images</folder>\n  <filename>{escape(filename)}</filename>\n"
-            f"  <source><database>ssdflow pre-annotation</database></source>\n"
-            f"  <size>\n    <width>{candidate['width']}</width>\n    <height>{candidate['height']}</height>\n    <depth>3</depth>\n  </size>\n"
-            f"  <segmented>0</segmented>\n{objects}</annotation>\n")
+        objects += (
+            f"  <object>\n    <name>{escape(d['label'])}</name>\n    <pose>Unspecified</pose>\n    <truncated>0</truncated>\n"
+            f"    <difficult>0</difficult>\n    <bndbox>\n"
+            + "".join(f"      <{k}>{v}</{k}>\n" for k, v in corners.items())
+            + "    </bndbox>\n  </object>\n"
+        )
+    return (
+        f"<annotation>\n  <folder>images</folder>\n  <filename>{escape(filename)}</filename>\n"
+        f"  <source><database>ssdflow pre-annotation</database></source>\n"
+        f"  <size>\n    <width>{candidate['width']}</width>\n    <height>{candidate['height']}</height>\n    <depth>3</depth>\n  </size>\n"
+        f"  <segmented>0</segmented>\n{objects}</annotation>\n"
+    )
 
 
 def _pixel(v: float, limit: int) -> int:
@@ -182,15 +201,30 @@ def label_studio_task(image_ref: str, candidate: dict, model_version: str) -> di
     result = []
     for i, d in enumerate(candidate["detections"]):
         b = d["box"]
-        result.append({
-            "id": f"r{i}", "from_name": "label", "to_name": "image", "type": "rectanglelabels",
-            "original_width": w, "original_height": h, "image_rotation": 0, "score": d["score"],
-            "value": {"x": round(100.0 * b["xmin"] / w, 4), "y": round(100.0 * b["ymin"] / h, 4),
-                      "width": round(100.0 * (b["xmax"] - b["xmin"]) / w, 4), "height": round(100.0 * (b["ymax"] - b["ymin"]) / h, 4),
-                      "rotation": 0, "rectanglelabels": [d["label"]]},
-        })
-    return {"data": {"image": image_ref, "source": candidate["source"], "reason": candidate["reason"]},
-            "predictions": [{"model_version": model_version, "score": candidate["uncertainty"], "result": result}]}
+        result.append(
+            {
+                "id": f"r{i}",
+                "from_name": "label",
+                "to_name": "image",
+                "type": "rectanglelabels",
+                "original_width": w,
+                "original_height": h,
+                "image_rotation": 0,
+                "score": d["score"],
+                "value": {
+                    "x": round(100.0 * b["xmin"] / w, 4),
+                    "y": round(100.0 * b["ymin"] / h, 4),
+                    "width": round(100.0 * (b["xmax"] - b["xmin"]) / w, 4),
+                    "height": round(100.0 * (b["ymax"] - b["ymin"]) / h, 4),
+                    "rotation": 0,
+                    "rectanglelabels": [d["label"]],
+                },
+            }
+        )
+    return {
+        "data": {"image": image_ref, "source": candidate["source"], "reason": candidate["reason"]},
+        "predictions": [{"model_version": model_version, "score": candidate["uncertainty"], "result": result}],
+    }
 
 
 def label_studio_config(label_names: Iterable[str]) -> str:
@@ -222,7 +256,9 @@ def task_image_root(batch_dir: str, document_root: str | None) -> str:
 REASON_FIELDS = ("rank", "image", "annotation", "source", "uncertainty", "ambiguous_boxes", "detections", "reason")
 
 
-def batch_files(picked: list[dict], model_version: str, label_names: Iterable[str], image_root: str) -> dict[str, bytes]:
+def batch_files(
+    picked: list[dict], model_version: str, label_names: Iterable[str], image_root: str
+) -> dict[str, bytes]:
     """The labelling batch as ``{relative path: bytes}`` under ``labelling/``: ``images/`` (the
     original bytes), ``annotations/`` (VOC XML), ``label_studio.json`` (tasks whose ``data.image``
     is ``image_root``/images/NAME), ``label_studio_config.xml`` and ``reasons.csv``."""
@@ -234,9 +270,18 @@ def batch_files(picked: list[dict], model_version: str, label_names: Iterable[st
         files[f"images/{image}"] = c["data"]
         files[f"annotations/{stem}.xml"] = voc_xml(image, c).encode()
         tasks.append(label_studio_task(f"{image_root.rstrip('/')}/images/{image}", c, model_version))
-        rows.append({"rank": c["rank"], "image": f"images/{image}", "annotation": f"annotations/{stem}.xml", "source": c["source"],
-                     "uncertainty": c["uncertainty"], "ambiguous_boxes": c["ambiguous"], "detections": len(c["detections"]),
-                     "reason": c["reason"]})
+        rows.append(
+            {
+                "rank": c["rank"],
+                "image": f"images/{image}",
+                "annotation": f"annotations/{stem}.xml",
+                "source": c["source"],
+                "uncertainty": c["uncertainty"],
+                "ambiguous_boxes": c["ambiguous"],
+                "detections": len(c["detections"]),
+                "reason": c["reason"],
+            }
+        )
     files["label_studio.json"] = (json.dumps(tasks, indent=1) + "\n").encode()
     files["label_studio_config.xml"] = label_studio_config(label_names).encode()
     buf = io.StringIO()

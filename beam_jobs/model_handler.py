@@ -28,7 +28,10 @@ from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 log = logging.getLogger(__name__)
 
 OUTPUT_KEYS = ("detection_boxes", "detection_scores", "detection_classes", "num_detections")
-FINGERPRINTED = ("saved_model.pb", "variables/variables.index")  # the graph, and the variables' index with their checksums
+FINGERPRINTED = (
+    "saved_model.pb",
+    "variables/variables.index",
+)  # the graph, and the variables' index with their checksums
 
 
 def saved_model_fingerprint(model_dir: str) -> str:
@@ -81,7 +84,9 @@ class SavedModelDetector(_EncodedImagesHandler):
     is ``{"error": message}``.
     """
 
-    def __init__(self, model_dir: str, min_batch_size: int = 8, max_batch_size: int = 32, fingerprint: str | None = None):
+    def __init__(
+        self, model_dir: str, min_batch_size: int = 8, max_batch_size: int = 32, fingerprint: str | None = None
+    ):
         self._model_dir = model_dir
         self._fingerprint = fingerprint  # of the model meant; a remote copy must match it
         self._batch = {"min_batch_size": min(min_batch_size, max_batch_size), "max_batch_size": max_batch_size}
@@ -94,8 +99,12 @@ class SavedModelDetector(_EncodedImagesHandler):
         local = self._model_dir
         if not storage.is_local(local):
             want = self._fingerprint or saved_model_fingerprint(self._model_dir)
-            local = storage.local_dir(self._model_dir, f"model-{want}", include=_saved_model_file,
-                                      is_valid=lambda path: saved_model_fingerprint(path) == want)
+            local = storage.local_dir(
+                self._model_dir,
+                f"model-{want}",
+                include=_saved_model_file,
+                is_valid=lambda path: saved_model_fingerprint(path) == want,
+            )
             log.info("model %s loaded from its local copy %s", self._model_dir, local)
         return tf.saved_model.load(local)  # Beam's Shared needs a weak-referenceable object
 
@@ -164,7 +173,9 @@ class TFLiteDetectorHandler(_EncodedImagesHandler):
     ``workers``: images run at once, each on its own single-threaded interpreter (default: the usable cores).
     """
 
-    def __init__(self, model_uri: str, max_batch_size: int = 32, fingerprint: str | None = None, workers: int | None = None):
+    def __init__(
+        self, model_uri: str, max_batch_size: int = 32, fingerprint: str | None = None, workers: int | None = None
+    ):
         self._model_uri, self._fingerprint, self._workers = model_uri, fingerprint, workers
         self._batch = {"min_batch_size": 1, "max_batch_size": max_batch_size}
 
@@ -175,10 +186,14 @@ class TFLiteDetectorHandler(_EncodedImagesHandler):
         content = storage.read_bytes(self._model_uri)
         found = content_fingerprint(content)
         if self._fingerprint and found != self._fingerprint:
-            raise RuntimeError(f"{self._model_uri} changed while the job ran (fingerprint {found}, expected {self._fingerprint})")
+            raise RuntimeError(
+                f"{self._model_uri} changed while the job ran (fingerprint {found}, expected {self._fingerprint})"
+            )
         return _InterpreterPool(content, self._workers or usable_cores())
 
-    def run_inference(self, batch: Sequence[bytes], model: _InterpreterPool, inference_args=None) -> Iterable[PredictionResult]:
+    def run_inference(
+        self, batch: Sequence[bytes], model: _InterpreterPool, inference_args=None
+    ) -> Iterable[PredictionResult]:
         return [PredictionResult(None, inference) for inference in model.run(batch)]
 
 

@@ -33,15 +33,22 @@ def expand_sources(sources: list[str]) -> list[str]:
                 raise PredictError(f"{source}: no such file")
             found.append(uri)
             continue
-        matched = [p for p in storage.list_files(image_pattern(uri)) if posixpath.splitext(p)[1].lower() in IMAGE_EXTENSIONS]
+        matched = [
+            p for p in storage.list_files(image_pattern(uri)) if posixpath.splitext(p)[1].lower() in IMAGE_EXTENSIONS
+        ]
         if not matched:
             raise PredictError(f"{source}: no images found (a file, a directory or a quoted glob: 'photos/*.jpg')")
         found += matched
     return list(dict.fromkeys(found))
 
 
-def predict(sources: list[str], model: str, save: str | None = None, score_threshold: float | None = None,
-            max_detections: int = 100) -> list[dict]:
+def predict(
+    sources: list[str],
+    model: str,
+    save: str | None = None,
+    score_threshold: float | None = None,
+    max_detections: int = 100,
+) -> list[dict]:
     """Each image's record (as score writes it: source, width, height, detections in pixels) or
     error (``{"source", "reason", "detail"}``); with ``save``, the image with its boxes drawn is
     written there under its source's name (``"saved"`` in the record)."""
@@ -60,7 +67,7 @@ def predict(sources: list[str], model: str, save: str | None = None, score_thres
     results, taken = [], set()
     for start in range(0, len(paths), BATCH):
         keys, batch = [], []
-        for path in paths[start:start + BATCH]:
+        for path in paths[start : start + BATCH]:
             outcome = read_image(path)
             if outcome is None:  # not an image after all
                 continue

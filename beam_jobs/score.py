@@ -59,8 +59,16 @@ T = TypeVar("T")
 
 _NS = "ssdflow.score"
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
-OUTPUT_PATTERNS = ("detections-*.jsonl", "detections-*.parquet", "errors.jsonl", "coco.json", "coco_results.json", "summary.json",
-                   "preview/*.jpg", *labelling.OUTPUT_PATTERNS)
+OUTPUT_PATTERNS = (
+    "detections-*.jsonl",
+    "detections-*.parquet",
+    "errors.jsonl",
+    "coco.json",
+    "coco_results.json",
+    "summary.json",
+    "preview/*.jpg",
+    *labelling.OUTPUT_PATTERNS,
+)
 CHUNKS_DIR = "chunks"  # OUT/chunks/<model version>/<chunk id>/: each chunk's committed results
 ROUND = 4  # decimals kept in outputs: batch composition must not change a single written byte
 
@@ -116,7 +124,9 @@ def resolve_model(model: str) -> ModelRef:
     if is_tflite(model):
         tflite_file = str(model)
         if not storage.exists(tflite_file):
-            raise FileNotFoundError(f"{tflite_file}: no such .tflite file (`ssdflow export --format tflite` writes one)")
+            raise FileNotFoundError(
+                f"{tflite_file}: no such .tflite file (`ssdflow export --format tflite` writes one)"
+            )
         model_dir = posixpath.dirname(tflite_file)
         if not storage.exists(storage.join(model_dir, "label_map.json")):
             raise FileNotFoundError(f"{tflite_file}: not beside its exported model (no label_map.json in {model_dir})")
@@ -128,7 +138,7 @@ def resolve_model(model: str) -> ModelRef:
     thresholds = {int(i): float(t) for i, t in (info.get("class_score_thresholds") or {}).items()}
     version = posixpath.basename(model_dir.rstrip("/"))
     if tflite_file:
-        version = f"{version}.{posixpath.basename(tflite_file)[:-len('.tflite')]}"
+        version = f"{version}.{posixpath.basename(tflite_file)[: -len('.tflite')]}"
         fingerprint = file_fingerprint(tflite_file)
     else:
         fingerprint = saved_model_fingerprint(model_dir)
@@ -155,7 +165,9 @@ def plan_chunks(inputs: list[str], chunk_size: int, model_fingerprint: str) -> l
             files[m.path] = (m.size_in_bytes, m.last_updated_in_seconds)
     tars = sorted(p for p in files if _is_tar(p))
     plain = sorted(p for p in files if not _is_tar(p))
-    groups = [("tar", (t,)) for t in tars] + [("files", tuple(plain[i:i + chunk_size])) for i in range(0, len(plain), chunk_size)]
+    groups = [("tar", (t,)) for t in tars] + [
+        ("files", tuple(plain[i : i + chunk_size])) for i in range(0, len(plain), chunk_size)
+    ]
 
     def chunk_id(kind, uris):
         listing = json.dumps([model_fingerprint, kind, [(u, *files[u]) for u in uris]])
@@ -185,8 +197,10 @@ def write_listings(out: str, version: str, chunks: list[Chunk]) -> None:
     ids (a runner's job graph holds what ``Create`` gets, and an archive's listing can be gigabytes)."""
 
     def write(c: Chunk) -> None:
-        storage.write_text(storage.join(chunk_dir(out, version, c.chunk_id), LISTING),
-                           json.dumps({"index": c.index, "kind": c.kind, "uris": list(c.uris)}))
+        storage.write_text(
+            storage.join(chunk_dir(out, version, c.chunk_id), LISTING),
+            json.dumps({"index": c.index, "kind": c.kind, "uris": list(c.uris)}),
+        )
 
     for_each_chunk(write, chunks)
 
@@ -201,7 +215,7 @@ def prune_attempts(out: str, version: str, chunks: list[Chunk]) -> None:
     def prune(c: Chunk) -> None:
         d = chunk_dir(out, version, c.chunk_id)
         keep = json.loads(storage.read_text(storage.join(d, storage.SUCCESS)))["attempt"]
-        attempts = {u[len(d) + 1:].split("/", 1)[0] for u in storage.list_files(storage.join(d, "*", "*"))}
+        attempts = {u[len(d) + 1 :].split("/", 1)[0] for u in storage.list_files(storage.join(d, "*", "*"))}
         for attempt in sorted(attempts - {keep}):
             storage.delete_tree(storage.join(d, attempt))
 
@@ -223,7 +237,7 @@ def prune_other_versions(out: str, keep_version: str) -> list[str]:
     the chunks of the model it scores with; another champion's are a full copy of every detection);
     returns the versions deleted."""
     root = storage.join(out, CHUNKS_DIR)
-    found = {u[len(root) + 1:].split("/", 1)[0] for u in storage.list_files(storage.join(root, "*", "*", "*"))}
+    found = {u[len(root) + 1 :].split("/", 1)[0] for u in storage.list_files(storage.join(root, "*", "*", "*"))}
     gone = sorted(v for v in found if v and v != keep_version)
     for version in gone:
         storage.delete_tree(storage.join(root, version))
@@ -300,7 +314,10 @@ class ChunkReader:
                     elif member.isfile():
                         yield source, _check(source, tar.extractfile(member).read(), self.max_pixels)
                     elif not member.isdir():  # FIFOs, devices: never opened, but accounted for
-                        yield source, ("error", "special_member", f"tar member of type {member.type!r} is not a regular file")
+                        yield (
+                            source,
+                            ("error", "special_member", f"tar member of type {member.type!r} is not a regular file"),
+                        )
         except Exception as e:  # a storage or format error is this archive's problem, not the job's
             yield uri, ("error", READ_RETRYABLE if storage.is_transient(e) else "unreadable_archive", describe(e))
 
@@ -354,30 +371,60 @@ def to_record(key, inference: dict, model: ModelRef, thresholds: dict[int, float
         return chunk_id, None, {"source": source, "reason": "decode_error", "detail": inference["error"]}
     n = int(inference["num_detections"])
     detections = []
-    for box, score, cls in zip(inference["detection_boxes"][:n], inference["detection_scores"][:n], inference["detection_classes"][:n]):
+    for box, score, cls in zip(
+        inference["detection_boxes"][:n], inference["detection_scores"][:n], inference["detection_classes"][:n]
+    ):
         label_id = int(round(float(cls)))
         # Compared as written (rounded), so the outputs keep exactly the scores at or above the threshold;
         # a class id outside the label map (none of ssdflow's models emits one) would need a score of 1.
         if round(float(score), ROUND) < thresholds.get(label_id, 1.0) or len(detections) >= max_detections:
             continue
         ymin, xmin, ymax, xmax = (float(v) for v in box)
-        detections.append({
-            "label": model.label_names.get(label_id, str(label_id)),
-            "label_id": label_id,
-            "score": round(float(score), ROUND),
-            "box": {"xmin": round(xmin * width, ROUND - 2), "ymin": round(ymin * height, ROUND - 2),
-                    "xmax": round(xmax * width, ROUND - 2), "ymax": round(ymax * height, ROUND - 2)},
-            "box_normalized": {"xmin": round(xmin, ROUND), "ymin": round(ymin, ROUND), "xmax": round(xmax, ROUND), "ymax": round(ymax, ROUND)},
-        })
-    record = {"source": source, "width": width, "height": height, "model_version": model.version, "detections": detections}
+        detections.append(
+            {
+                "label": model.label_names.get(label_id, str(label_id)),
+                "label_id": label_id,
+                "score": round(float(score), ROUND),
+                "box": {
+                    "xmin": round(xmin * width, ROUND - 2),
+                    "ymin": round(ymin * height, ROUND - 2),
+                    "xmax": round(xmax * width, ROUND - 2),
+                    "ymax": round(ymax * height, ROUND - 2),
+                },
+                "box_normalized": {
+                    "xmin": round(xmin, ROUND),
+                    "ymin": round(ymin, ROUND),
+                    "xmax": round(xmax, ROUND),
+                    "ymax": round(ymax, ROUND),
+                },
+            }
+        )
+    record = {
+        "source": source,
+        "width": width,
+        "height": height,
+        "model_version": model.version,
+        "detections": detections,
+    }
     return chunk_id, record, None
 
 
 PARQUET_FIELDS = (
-    ("source", "string"), ("model_version", "string"), ("width", "int32"), ("height", "int32"),
-    ("label", "string"), ("label_id", "int32"), ("score", "float32"),
-    ("xmin", "float32"), ("ymin", "float32"), ("xmax", "float32"), ("ymax", "float32"),
-    ("xmin_norm", "float32"), ("ymin_norm", "float32"), ("xmax_norm", "float32"), ("ymax_norm", "float32"),
+    ("source", "string"),
+    ("model_version", "string"),
+    ("width", "int32"),
+    ("height", "int32"),
+    ("label", "string"),
+    ("label_id", "int32"),
+    ("score", "float32"),
+    ("xmin", "float32"),
+    ("ymin", "float32"),
+    ("xmax", "float32"),
+    ("ymax", "float32"),
+    ("xmin_norm", "float32"),
+    ("ymin_norm", "float32"),
+    ("xmax_norm", "float32"),
+    ("ymax_norm", "float32"),
 )
 
 
@@ -390,8 +437,15 @@ def parquet_bytes(records: list[dict]) -> bytes:
     cols: dict[str, list] = {name: [] for name, _ in PARQUET_FIELDS}
     for r in records:
         for d in r["detections"]:
-            for name, value in (("source", r["source"]), ("model_version", r["model_version"]), ("width", r["width"]),
-                                ("height", r["height"]), ("label", d["label"]), ("label_id", d["label_id"]), ("score", d["score"])):
+            for name, value in (
+                ("source", r["source"]),
+                ("model_version", r["model_version"]),
+                ("width", r["width"]),
+                ("height", r["height"]),
+                ("label", d["label"]),
+                ("label_id", d["label_id"]),
+                ("score", d["score"]),
+            ):
                 cols[name].append(value)
             for k in ("xmin", "ymin", "xmax", "ymax"):
                 cols[k].append(d["box"][k])
@@ -401,8 +455,15 @@ def parquet_bytes(records: list[dict]) -> bytes:
     return buf.getvalue()
 
 
-def commit_chunk(out: str, version: str, chunk_id: str, counts: Counter, records: list[dict], errors: list[dict],
-                 candidates: list[dict] = ()) -> dict:
+def commit_chunk(
+    out: str,
+    version: str,
+    chunk_id: str,
+    counts: Counter,
+    records: list[dict],
+    errors: list[dict],
+    candidates: list[dict] = (),
+) -> dict:
     """Writes one chunk's results under ``chunks/<version>/<id>/<attempt>/``, then ``_SUCCESS`` in
     ``chunks/<version>/<id>/`` naming that attempt; returns the manifest (counts, the chunk's share of
     the summary, the attempt). A runner may run a bundle twice at once (a retry beside a straggler);
@@ -417,15 +478,21 @@ def commit_chunk(out: str, version: str, chunk_id: str, counts: Counter, records
     counts["detections"] = sum(len(r["detections"]) for r in records)
     counts["images_retryable"] = sum(e["reason"] == READ_RETRYABLE for e in errors)
     if counts["images_in"] != counts["images_scored"] + counts["images_failed"]:
-        raise ScoreError(f"chunk {chunk_id}: images_in {counts['images_in']} != scored {counts['images_scored']} + failed {counts['images_failed']}")
+        raise ScoreError(
+            f"chunk {chunk_id}: images_in {counts['images_in']} != scored {counts['images_scored']} + failed {counts['images_failed']}"
+        )
     d = chunk_dir(out, version, chunk_id)
     attempt = uuid.uuid4().hex[:12]
     a = storage.join(d, attempt)
     # Every format is written, whatever --formats says: a rerun with other formats reuses the commit.
-    storage.write_text(storage.join(a, "detections.jsonl"), "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+    storage.write_text(
+        storage.join(a, "detections.jsonl"), "".join(json.dumps(r, sort_keys=True) + "\n" for r in records)
+    )
     storage.write_text(storage.join(a, "errors.jsonl"), "".join(json.dumps(e, sort_keys=True) + "\n" for e in errors))
     storage.write_bytes(storage.join(a, "detections.parquet"), parquet_bytes(records))
-    storage.write_text(storage.join(a, "candidates.jsonl"), "".join(json.dumps(c, sort_keys=True) + "\n" for c in candidates))
+    storage.write_text(
+        storage.join(a, "candidates.jsonl"), "".join(json.dumps(c, sort_keys=True) + "\n" for c in candidates)
+    )
     manifest = {**dict(counts), "summary": so.summary_part(records), "attempt": attempt}
     storage.write_text(storage.join(d, storage.SUCCESS), json.dumps(manifest, sort_keys=True) + "\n")
     return manifest
@@ -441,7 +508,11 @@ class ScoreChunks(beam.DoFn):
     def __init__(self, cfg: ScoreConfig, model: ModelRef, progress_dir: str | None = None):
         self.out, self.model, self.flags = cfg.out, model, cfg.pipeline_flags()
         self.progress_dir = progress_dir
-        self.thresholds, self.max_det, self.batch_size = model.score_thresholds(cfg.score_threshold), cfg.max_detections, cfg.max_batch_size
+        self.thresholds, self.max_det, self.batch_size = (
+            model.score_thresholds(cfg.score_threshold),
+            cfg.max_detections,
+            cfg.max_batch_size,
+        )
         # Uncertainty is measured against the model's own decision thresholds (calibrated per class),
         # whatever --score-threshold filters the outputs with: a 0.0 filter would make every weak box "uncertain".
         self.decision_thresholds = model.score_thresholds(None)
@@ -485,7 +556,9 @@ class ScoreChunks(beam.DoFn):
                 keys, batch = [], []
         if batch:
             self._infer(keys, batch, records, errors, pool)
-        manifest = commit_chunk(self.out, self.model.version, chunk.chunk_id, counts, records, errors, pool.candidates())
+        manifest = commit_chunk(
+            self.out, self.model.version, chunk.chunk_id, counts, records, errors, pool.candidates()
+        )
         if marks is not None:
             marks.flush()
         Metrics.counter(_NS, "chunks_committed").inc()
@@ -493,14 +566,19 @@ class ScoreChunks(beam.DoFn):
         Metrics.counter(_NS, "images_failed").inc(manifest["images_failed"])
         yield chunk.chunk_id
 
-    def _infer(self, keys: list, batch: list[bytes], records: list[dict], errors: list[dict], pool: labelling.ChunkPool) -> None:
+    def _infer(
+        self, keys: list, batch: list[bytes], records: list[dict], errors: list[dict], pool: labelling.ChunkPool
+    ) -> None:
         for key, prediction in zip(keys, self.handler.run_inference(batch, self._model)):
             _, record, error = to_record(key, prediction.inference, self.model, self.thresholds, self.max_det)
             if record is None:
                 errors.append(error)
             else:
                 records.append(record)
-                pool.add(record, labelling.image_uncertainty(prediction.inference, self.decision_thresholds, self.model.label_names))
+                pool.add(
+                    record,
+                    labelling.image_uncertainty(prediction.inference, self.decision_thresholds, self.model.label_names),
+                )
 
 
 def build_pipeline(p, cfg: ScoreConfig, model: ModelRef, chunks: list[Chunk], progress_dir: str | None = None):
@@ -523,8 +601,13 @@ def run_score(cfg: ScoreConfig, on_progress=None) -> dict:
     Progress (files done of those listed, already committed chunks included, rate, ETA) goes to
     stderr while it runs: a bar on a terminal, a plain line every 10 s in a log; and to
     ``on_progress(done, total)`` (a Prefect artifact)."""
-    cfg = cfg.model_copy(update={"out": storage.absolute(cfg.out), "model": storage.absolute(cfg.model),
-                                 "images": [storage.absolute(i) for i in cfg.images]})
+    cfg = cfg.model_copy(
+        update={
+            "out": storage.absolute(cfg.out),
+            "model": storage.absolute(cfg.model),
+            "images": [storage.absolute(i) for i in cfg.images],
+        }
+    )
     options = pipeline_options(cfg.pipeline_flags())
     try:
         remove = out_dir.check(cfg.out, "score", (*OUTPUT_PATTERNS, f"{CHUNKS_DIR}/*"), cfg.overwrite)
@@ -535,8 +618,10 @@ def run_score(cfg: ScoreConfig, on_progress=None) -> dict:
     # Everything that can change a chunk's results. The batch size too: batch shapes change oneDNN's
     # float rounding, and with it near-tied scores, so a commit made with another batch size is not reused.
     thresholds = model.score_thresholds(cfg.score_threshold)
-    results_key = (f"{RESULTS_LAYOUT}:{model.fingerprint}:{json.dumps(thresholds)}:{cfg.max_detections}:{cfg.max_pixels}:"
-                   f"{cfg.max_batch_size}")
+    results_key = (
+        f"{RESULTS_LAYOUT}:{model.fingerprint}:{json.dumps(thresholds)}:{cfg.max_detections}:{cfg.max_pixels}:"
+        f"{cfg.max_batch_size}"
+    )
     chunks = plan_chunks(cfg.images, cfg.chunk_size, results_key)
     final = for_each_chunk(lambda c: committed(cfg.out, model.version, c.chunk_id), chunks)
     todo = [c for c, done in zip(chunks, final) if not done]
@@ -547,9 +632,14 @@ def run_score(cfg: ScoreConfig, on_progress=None) -> dict:
         write_listings(cfg.out, model.version, todo)
         marks = storage.new_tmp_dir(cfg.out)  # the workers' progress marks; gone with the run
         try:
-            reporter = progress.Reporter("score", lambda: progress.counted(marks), unit="files", on_update=on_progress,
-                                         total=sum(len(c.uris) for c in chunks) if all(c.kind == "files" for c in chunks) else None,
-                                         start=sum(len(c.uris) for c, done in zip(chunks, final) if done and c.kind == "files"))
+            reporter = progress.Reporter(
+                "score",
+                lambda: progress.counted(marks),
+                unit="files",
+                on_update=on_progress,
+                total=sum(len(c.uris) for c in chunks) if all(c.kind == "files" for c in chunks) else None,
+                start=sum(len(c.uris) for c, done in zip(chunks, final) if done and c.kind == "files"),
+            )
             with reporter, make_pipeline(options, preload=("beam_jobs.score",)) as p:
                 build_pipeline(p, cfg, model, todo, marks)
         finally:
@@ -566,8 +656,10 @@ def used_thresholds(cfg: ScoreConfig, model: ModelRef) -> dict:
     """``{"setting": "auto" | number, "per_class": {name: threshold}}``: what the outputs were filtered
     with; with ``auto``, ``fallback`` names the classes that had no calibrated threshold (they got
     FALLBACK_SCORE_THRESHOLD)."""
-    used = {"setting": "auto" if cfg.score_threshold is None else cfg.score_threshold,
-            "per_class": {model.label_names[i]: t for i, t in model.score_thresholds(cfg.score_threshold).items()}}
+    used = {
+        "setting": "auto" if cfg.score_threshold is None else cfg.score_threshold,
+        "per_class": {model.label_names[i]: t for i, t in model.score_thresholds(cfg.score_threshold).items()},
+    }
     if cfg.score_threshold is None:
         used["fallback"] = [model.label_names[i] for i in sorted(model.label_names) if i not in model.class_thresholds]
     return used
@@ -587,10 +679,13 @@ def assemble(cfg: ScoreConfig, model: ModelRef, chunks: list[Chunk], scored_now:
         counts: Counter = Counter()
         parts, names, previews = [], [], []
         errors_out = storage.StreamWriter(storage.join(tmp, "errors.jsonl"))
-        coco_out = (so.CocoWriter(storage.join(tmp, "coco.json"), storage.join(tmp, "coco_results.json"), model.label_names)
-                    if OutputFormat.coco in cfg.formats else None)
+        coco_out = (
+            so.CocoWriter(storage.join(tmp, "coco.json"), storage.join(tmp, "coco_results.json"), model.label_names)
+            if OutputFormat.coco in cfg.formats
+            else None
+        )
         candidates: list[dict] = []  # the best SCAN_FACTOR * select so far, over every chunk's pool
-        with errors_out, (coco_out or contextlib.nullcontext()):
+        with errors_out, coco_out or contextlib.nullcontext():
             for c in chunks:
                 d = chunk_dir(cfg.out, model.version, c.chunk_id)
                 manifest = json.loads(storage.read_text(storage.join(d, storage.SUCCESS)))
@@ -603,14 +698,21 @@ def assemble(cfg: ScoreConfig, model: ModelRef, chunks: list[Chunk], scored_now:
                     records = so.read_jsonl(storage.join(d, "detections.jsonl"))
                     if coco_out is not None:
                         coco_out.add(records)
-                    previews.extend([r for r in records if r["detections"]][:max(wanted, 0)])  # images with something to see
+                    previews.extend(
+                        [r for r in records if r["detections"]][: max(wanted, 0)]
+                    )  # images with something to see
                 if cfg.select:
-                    candidates = heapq.nsmallest(labelling.SCAN_FACTOR * cfg.select,
-                                                 candidates + so.read_jsonl(storage.join(d, "candidates.jsonl")), key=labelling.rank_key)
+                    candidates = heapq.nsmallest(
+                        labelling.SCAN_FACTOR * cfg.select,
+                        candidates + so.read_jsonl(storage.join(d, "candidates.jsonl")),
+                        key=labelling.rank_key,
+                    )
                 shard = f"detections-{c.index:05d}-of-{n:05d}"
                 for fmt, suffix in ((OutputFormat.jsonl, "jsonl"), (OutputFormat.parquet, "parquet")):
                     if fmt in cfg.formats:
-                        FileSystems.copy([storage.join(d, f"detections.{suffix}")], [storage.join(tmp, f"{shard}.{suffix}")])
+                        FileSystems.copy(
+                            [storage.join(d, f"detections.{suffix}")], [storage.join(tmp, f"{shard}.{suffix}")]
+                        )
                         names.append(f"{shard}.{suffix}")
         names.append("errors.jsonl")
         if coco_out is not None:
@@ -622,7 +724,9 @@ def assemble(cfg: ScoreConfig, model: ModelRef, chunks: list[Chunk], scored_now:
         summary["inputs_fingerprint"] = inputs_key
         used = used_thresholds(cfg, model)
         summary["score_thresholds"] = used
-        summary["change_since_previous"] = so.change_since(previous, summary, previous is not None and previous.get("inputs_fingerprint") == inputs_key)
+        summary["change_since_previous"] = so.change_since(
+            previous, summary, previous is not None and previous.get("inputs_fingerprint") == inputs_key
+        )
         storage.write_text(storage.join(tmp, "summary.json"), json.dumps(summary, indent=2) + "\n")
         names.append("summary.json")
         selected = {}
@@ -630,21 +734,45 @@ def assemble(cfg: ScoreConfig, model: ModelRef, chunks: list[Chunk], scored_now:
             picked, selected = labelling.select(candidates, cfg.select, so.read_source, threads=cfg.read_threads)
             root = storage.join(cfg.out, labelling.LABELLING_DIR)
             image_root = labelling.task_image_root(root, cfg.label_studio_root)
-            for name, data in labelling.batch_files(picked, model.version, [model.label_names[i] for i in sorted(model.label_names)], image_root).items():
+            for name, data in labelling.batch_files(
+                picked, model.version, [model.label_names[i] for i in sorted(model.label_names)], image_root
+            ).items():
                 storage.write_bytes(storage.join(tmp, name), data)
                 names.append(name)
             selected["selected"] = len(picked)
-            log.info("score: %d images selected for labelling under %s (%d candidates, %d near-duplicates skipped)",
-                     len(picked), root, selected["candidates"], selected["near_duplicates_skipped"])
+            log.info(
+                "score: %d images selected for labelling under %s (%d candidates, %d near-duplicates skipped)",
+                len(picked),
+                root,
+                selected["candidates"],
+                selected["near_duplicates_skipped"],
+            )
         taken: set = set()
         for record in previews:
             name = f"preview/{so.preview_name(record['source'], taken)}"  # named after its source
             storage.write_bytes(storage.join(tmp, name), so.draw_preview(so.read_source(record["source"]), record))
             names.append(name)
-        manifest = {"job": "score", "model_version": model.version, "model_dir": model.model_dir, "runtime": model.runtime,
-                    **({"model_file": model.tflite_file} if model.tflite_file else {}), "chunks": n,
-                    "score_thresholds": used,
-                    "chunks_scored_now": scored_now, **{k: counts.get(k, 0) for k in ("images_in", "images_scored", "images_failed", "images_retryable", "detections", "files_skipped")}}
+        manifest = {
+            "job": "score",
+            "model_version": model.version,
+            "model_dir": model.model_dir,
+            "runtime": model.runtime,
+            **({"model_file": model.tflite_file} if model.tflite_file else {}),
+            "chunks": n,
+            "score_thresholds": used,
+            "chunks_scored_now": scored_now,
+            **{
+                k: counts.get(k, 0)
+                for k in (
+                    "images_in",
+                    "images_scored",
+                    "images_failed",
+                    "images_retryable",
+                    "detections",
+                    "files_skipped",
+                )
+            },
+        }
         if cfg.select:
             manifest["labelling"] = selected
         storage.commit(tmp, cfg.out, names, manifest, OUTPUT_PATTERNS, remove)

@@ -24,8 +24,11 @@ def summary_part(records: list[dict]) -> dict:
         for d in r["detections"]:
             per_class[d["label"]] += 1
             hist[min(int(d["score"] * HIST_BINS), HIST_BINS - 1)] += 1
-    return {"detections_per_class": dict(sorted(per_class.items())), "score_histogram": hist,
-            "images_without_detections": sum(1 for r in records if not r["detections"])}
+    return {
+        "detections_per_class": dict(sorted(per_class.items())),
+        "score_histogram": hist,
+        "images_without_detections": sum(1 for r in records if not r["detections"]),
+    }
 
 
 def summarize(parts: list[dict], counts: dict, model_version: str) -> dict:
@@ -60,8 +63,12 @@ def change_since(previous: dict | None, current: dict, same_inputs: bool) -> dic
     return {
         "previous_model_version": previous.get("model_version"),
         "detections": current["detections"] - previous.get("detections", 0),
-        "detections_per_class": {c: current["detections_per_class"].get(c, 0) - previous.get("detections_per_class", {}).get(c, 0) for c in classes},
-        "images_without_detections": current["images_without_detections"] - previous.get("images_without_detections", 0),
+        "detections_per_class": {
+            c: current["detections_per_class"].get(c, 0) - previous.get("detections_per_class", {}).get(c, 0)
+            for c in classes
+        },
+        "images_without_detections": current["images_without_detections"]
+        - previous.get("images_without_detections", 0),
         "mean_boxes_per_image": round(current["mean_boxes_per_image"] - previous.get("mean_boxes_per_image", 0.0), 4),
         "images_failed": current["images_failed"] - previous.get("images_failed", 0),
     }
@@ -136,7 +143,9 @@ def draw_preview(data: bytes, record: dict) -> bytes:
     draw = ImageDraw.Draw(img)
     for d in record["detections"]:
         b = d["box"]
-        draw.rectangle([b["xmin"], b["ymin"], b["xmax"], b["ymax"]], outline=(255, 40, 40), width=max(2, img.width // 200))
+        draw.rectangle(
+            [b["xmin"], b["ymin"], b["xmax"], b["ymax"]], outline=(255, 40, 40), width=max(2, img.width // 200)
+        )
         draw.text((b["xmin"] + 3, b["ymin"] + 2), f"{d['label']} {d['score']:.2f}", fill=(255, 255, 0))
     buf = io.BytesIO()
     img.save(buf, format="JPEG", quality=90)
@@ -148,7 +157,10 @@ def preview_name(source: str, taken: set) -> str:
     among ``taken`` (which it joins) by a counter: a name that leads back to the source."""
     # The base name only (an archive member's name may hold ../ or an absolute path), no leading dot,
     # and nothing but letters, digits, - and _ : the file lands in preview/ (or --save) and nowhere else.
-    stem = re.sub(r"[^\w-]", "_", posixpath.splitext(posixpath.basename(source.split("#", 1)[-1]))[0]).lstrip("_.") or "image"
+    stem = (
+        re.sub(r"[^\w-]", "_", posixpath.splitext(posixpath.basename(source.split("#", 1)[-1]))[0]).lstrip("_.")
+        or "image"
+    )
     name, n = f"{stem}.jpg", 1
     while name in taken:
         n += 1

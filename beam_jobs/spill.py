@@ -38,7 +38,9 @@ from ssdflow import storage
 MAGIC = b"ssdflow-spill 1 "
 # The only classes a spill file can name: plain data, built from their fields and nothing else.
 RECORDS = (R.ImageFile, R.LabelRecord, R.BoxLabel, R.Rejection, R.ImageOutcome)
-_FIELDS = {cls: (cls._fields if hasattr(cls, "_fields") else tuple(f.name for f in dataclasses.fields(cls))) for cls in RECORDS}
+_FIELDS = {
+    cls: (cls._fields if hasattr(cls, "_fields") else tuple(f.name for f in dataclasses.fields(cls))) for cls in RECORDS
+}
 _BY_NAME = {cls.__name__: cls for cls in RECORDS}
 _SCALARS = (str, int, float, bool, type(None))
 
@@ -77,9 +79,10 @@ def decode(data: bytes, path: str) -> list:
     header, newline, body = data.partition(b"\n")
     if not newline or not header.startswith(MAGIC):
         raise SpillError(f"{path}: not a spill file of this job (no '{MAGIC.decode().strip()}' header); refusing it")
-    if header[len(MAGIC):] != hashlib.sha256(body).hexdigest().encode("ascii"):
-        raise SpillError(f"{path}: spill file changed or truncated after it was written (its SHA-256 does not match); "
-                         f"refusing it")
+    if header[len(MAGIC) :] != hashlib.sha256(body).hexdigest().encode("ascii"):
+        raise SpillError(
+            f"{path}: spill file changed or truncated after it was written (its SHA-256 does not match); refusing it"
+        )
     try:
         items = json.loads(body, object_hook=_record)
         if not isinstance(items, list):
@@ -106,7 +109,7 @@ def _record(obj: dict):
     """json's object hook: ``{"ClassName": [fields]}`` → that record (fields already decoded)."""
     if len(obj) != 1:
         raise ValueError(f"an object with {len(obj)} keys where a record was expected")
-    (name, fields), = obj.items()
+    ((name, fields),) = obj.items()
     cls = _BY_NAME.get(name)
     if cls is None or not isinstance(fields, list):
         raise ValueError(f"unknown record {name[:40]!r}")

@@ -27,8 +27,16 @@ from beam_jobs.records import image_key
 
 SPLITS = ("train", "val", "test")
 # Folder and file-name words for each split (Ultralytics, Roboflow, COCO, Kaggle spellings).
-SPLIT_WORDS = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val", "dev": "val",
-               "test": "test", "testing": "test"}
+SPLIT_WORDS = {
+    "train": "train",
+    "training": "train",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "dev": "val",
+    "test": "test",
+    "testing": "test",
+}
 _GLOB = re.compile(r"[*?\[]")
 _WORDS = re.compile(r"[^a-z]+")
 
@@ -43,7 +51,7 @@ def root_of(location: str) -> str:
     """The directory a ``--images`` / ``--labels`` value lists below: a directory itself, or the
     part of a glob (or file path) before its file name, without a trailing slash."""
     match = _GLOB.search(location)
-    head = location[:match.start()] if match else location
+    head = location[: match.start()] if match else location
     if match or posixpath.splitext(head)[1]:  # a glob, or a single file: its directory
         head = posixpath.dirname(head)
     return head.rstrip("/")
@@ -54,7 +62,7 @@ def relative(path: str, root: str) -> str:
     if not root:
         return ""
     root = root.rstrip("/") + "/"
-    return path[len(root):] if path.startswith(root) else ""
+    return path[len(root) :] if path.startswith(root) else ""
 
 
 def split_of_dirs(rel: str) -> str | None:
@@ -113,15 +121,20 @@ def yaml_split_dirs(doc: Mapping, yaml_dir: str) -> dict[str, str]:
 def yaml_split_lists(doc: Mapping, yaml_dir: str) -> dict[str, str]:
     """{list file (absolute): split} from a data.yaml's train/val/test entries that are ``.txt`` files
     of image paths (Ultralytics' other way of naming a split)."""
-    return {where: split for where, split in _yaml_entries(doc, yaml_dir) if posixpath.splitext(where)[1].lower() == ".txt"}
+    return {
+        where: split for where, split in _yaml_entries(doc, yaml_dir) if posixpath.splitext(where)[1].lower() == ".txt"
+    }
 
 
 def listed_images(text: str, list_file: str) -> list[str]:
     """The image paths of an Ultralytics list file, one a line: ``./x.jpg`` and other relative
     paths are below the list file's directory (as Ultralytics reads ``./``), absolute ones as written."""
     base = posixpath.dirname(list_file)
-    return [_absolute(line[2:] if line.startswith("./") else line, base)
-            for line in (raw.strip() for raw in text.splitlines()) if line and not line.startswith("#")]
+    return [
+        _absolute(line[2:] if line.startswith("./") else line, base)
+        for line in (raw.strip() for raw in text.splitlines())
+        if line and not line.startswith("#")
+    ]
 
 
 VOC_IMAGE_SETS = "ImageSets/Main"  # beside Annotations/: train.txt, val.txt, test.txt of image ids
@@ -145,9 +158,17 @@ def _longest_first(yaml_dirs: Mapping[str, str] | Sequence[tuple[str, str]]) -> 
     return tuple(sorted(pairs, key=lambda kv: -len(kv[0])))
 
 
-def split_of(image_path: str, images_root: str, label_source: str, labels_root: str, key: str, val_fraction: float,
-             yaml_dirs: Mapping[str, str] | Sequence[tuple[str, str]] = (), ordered: bool = False,
-             listed: Mapping[str, str] | None = None) -> str:
+def split_of(
+    image_path: str,
+    images_root: str,
+    label_source: str,
+    labels_root: str,
+    key: str,
+    val_fraction: float,
+    yaml_dirs: Mapping[str, str] | Sequence[tuple[str, str]] = (),
+    ordered: bool = False,
+    listed: Mapping[str, str] | None = None,
+) -> str:
     """The image's split: a list naming it (``listed``: image path or image key → split), data.yaml's
     directories, the image's folders, the label file's, else the hash. ``ordered``: ``yaml_dirs`` is
     a sequence already deepest first (:class:`Pairing` orders its own once, not per image)."""
@@ -155,7 +176,7 @@ def split_of(image_path: str, images_root: str, label_source: str, labels_root: 
         split = listed.get(image_path) or listed.get(key)
         if split:
             return split
-    for directory, split in (yaml_dirs if ordered else _longest_first(yaml_dirs)):
+    for directory, split in yaml_dirs if ordered else _longest_first(yaml_dirs):
         if image_path.startswith(directory + "/"):
             return split
     split = split_of_dirs(relative(image_path, images_root))
@@ -196,5 +217,14 @@ class Pairing:
         return None
 
     def split(self, image_path: str, label_source: str, key: str) -> str:
-        return split_of(image_path, self.images_root, label_source, self.labels_root, key, self.val_fraction,
-                        self.yaml_dirs, ordered=True, listed=self.listed)
+        return split_of(
+            image_path,
+            self.images_root,
+            label_source,
+            self.labels_root,
+            key,
+            self.val_fraction,
+            self.yaml_dirs,
+            ordered=True,
+            listed=self.listed,
+        )

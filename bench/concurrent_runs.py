@@ -62,7 +62,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=40)
     ap.add_argument("--images", type=int, default=50, help="images each run scores")
-    ap.add_argument("--max-runs", type=int, default=None, help="ssdflow serve --max-runs (default: serve's own default)")
+    ap.add_argument(
+        "--max-runs", type=int, default=None, help="ssdflow serve --max-runs (default: serve's own default)"
+    )
     ap.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "ssdflow-bench-concurrent"))
     args = ap.parse_args()
 
@@ -95,8 +97,11 @@ def main() -> None:
         t0 = time.perf_counter()
         run_ids = []
         for i in range(args.runs):
-            status, run = request("POST", f"{api}/deployments/{dep['id']}/create_flow_run",
-                                  {"parameters": {"config": {**config, "out": str(work / "out" / f"run{i:03d}")}}})
+            status, run = request(
+                "POST",
+                f"{api}/deployments/{dep['id']}/create_flow_run",
+                {"parameters": {"config": {**config, "out": str(work / "out" / f"run{i:03d}")}}},
+            )
             assert status == 201, run
             run_ids.append(run["id"])
         running_peak = 0
@@ -122,8 +127,10 @@ def main() -> None:
     gb = lambda b: f"{b / 2**30:.2f} GB"  # noqa: E731
     print(f"runs created at once: {args.runs}; cap (serve --max-runs): {cap}; most RUNNING at once: {running_peak}")
     print(f"completed: {completed}/{args.runs}; outputs equal to the reference: {same}/{args.runs}; wall {wall:.0f} s")
-    print(f"used memory: idle {gb(baseline)}, peak {gb(peak[0])}, peak above idle {gb(peak[0] - baseline)} "
-          f"(budget: cap x {gb(RUN_MEMORY_BYTES)} = {gb(budget)}; within: {peak[0] - baseline <= budget})")
+    print(
+        f"used memory: idle {gb(baseline)}, peak {gb(peak[0])}, peak above idle {gb(peak[0] - baseline)} "
+        f"(budget: cap x {gb(RUN_MEMORY_BYTES)} = {gb(budget)}; within: {peak[0] - baseline <= budget})"
+    )
     if completed != args.runs or same != args.runs or running_peak > cap:
         raise SystemExit(1)
 

@@ -44,7 +44,11 @@ def make_replicas(root: Path, n: int, src: Path = RACCOON) -> tuple[Path, Path]:
         s = sources[i % len(sources)]
         name = f"{s.stem}-copy{i:06d}"
         (images / f"{name}.jpg").write_bytes(s.read_bytes() + name.encode())  # distinct bytes, same pixels
-        xml = (src / "annotations" / f"{s.stem}.xml").read_text().replace(f"<filename>{s.name}</filename>", f"<filename>{name}.jpg</filename>")
+        xml = (
+            (src / "annotations" / f"{s.stem}.xml")
+            .read_text()
+            .replace(f"<filename>{s.name}</filename>", f"<filename>{name}.jpg</filename>")
+        )
         (labels / f"{name}.xml").write_text(xml)
     return images, labels
 
@@ -113,14 +117,26 @@ def loop_tutorial(images: Path, labels: Path, out: Path) -> int:
                 label.append(1)
                 diff.append(int(obj.findtext("difficult") or 0))
             name = data.findtext("filename").encode()
-            ex = tf.train.Example(features=tf.train.Features(feature={
-                "image/height": i64([h]), "image/width": i64([w]), "image/filename": b([name]),
-                "image/source_id": b([name]), "image/key/sha256": b([key.encode()]), "image/encoded": b([encoded]),
-                "image/format": b([b"jpeg"]), "image/object/bbox/xmin": fl(xmin), "image/object/bbox/xmax": fl(xmax),
-                "image/object/bbox/ymin": fl(ymin), "image/object/bbox/ymax": fl(ymax),
-                "image/object/class/text": b(text), "image/object/class/label": i64(label),
-                "image/object/difficult": i64(diff),
-            }))
+            ex = tf.train.Example(
+                features=tf.train.Features(
+                    feature={
+                        "image/height": i64([h]),
+                        "image/width": i64([w]),
+                        "image/filename": b([name]),
+                        "image/source_id": b([name]),
+                        "image/key/sha256": b([key.encode()]),
+                        "image/encoded": b([encoded]),
+                        "image/format": b([b"jpeg"]),
+                        "image/object/bbox/xmin": fl(xmin),
+                        "image/object/bbox/xmax": fl(xmax),
+                        "image/object/bbox/ymin": fl(ymin),
+                        "image/object/bbox/ymax": fl(ymax),
+                        "image/object/class/text": b(text),
+                        "image/object/class/label": i64(label),
+                        "image/object/difficult": i64(diff),
+                    }
+                )
+            )
             writer.write(ex.SerializeToString())
             n += 1
     return n
@@ -130,14 +146,20 @@ def run_job(images: Path, labels: Path, out: Path, beam_args: list[str]) -> dict
     from beam_jobs.ingest import run_ingest
     from ssdflow.config import IngestConfig
 
-    return run_ingest(IngestConfig(images=str(images), labels=str(labels), format="voc", out=str(out), beam_args=beam_args))
+    return run_ingest(
+        IngestConfig(images=str(images), labels=str(labels), format="voc", out=str(out), beam_args=beam_args)
+    )
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--records", type=int, default=20000)
     ap.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "ssdflow-bench-ingest"))
-    ap.add_argument("--beam-args", default="", help='Beam options for the job, e.g. "--direct_num_workers=1"; default: none, as the CLI')
+    ap.add_argument(
+        "--beam-args",
+        default="",
+        help='Beam options for the job, e.g. "--direct_num_workers=1"; default: none, as the CLI',
+    )
     ap.add_argument("--skip-loop", action="store_true", help="time the job only")
     ap.add_argument("--skip-tutorial", action="store_true")
     args = ap.parse_args()
@@ -149,7 +171,9 @@ def main() -> None:
     work = Path(args.workdir)
     t, (images, labels) = timed(make_replicas, work / "data", args.records)
     t_read, n_bytes = timed(read_all, images, labels)
-    print(f"data: {args.records} records in {work / 'data'} ({t:.1f}s to prepare, {t_read:.1f}s to read {n_bytes / 2**20:.0f} MiB once)")
+    print(
+        f"data: {args.records} records in {work / 'data'} ({t:.1f}s to prepare, {t_read:.1f}s to read {n_bytes / 2**20:.0f} MiB once)"
+    )
     beam_args = args.beam_args.split()
     # The job and the loops each start without an earlier run's output: deleting a gigabyte of old
     # shards (the job's commit replaces them; the loop's open truncates its file) is not this work.
@@ -169,8 +193,12 @@ def main() -> None:
     if not args.skip_tutorial:
         t_tut, n_tut = timed(loop_tutorial, images, labels, work / "tutorial.tfrecord")
         assert n_tut == args.records
-        print(f"(b) TF OD API tutorial loop:   {t_tut:7.1f} s  {args.records / t_tut:7.0f} records/s (header-only check)")
-        print(f"ratio (b) tutorial time / job time: {t_tut / t_job:.2f}   (what full validation costs, against a loop that skips it)")
+        print(
+            f"(b) TF OD API tutorial loop:   {t_tut:7.1f} s  {args.records / t_tut:7.0f} records/s (header-only check)"
+        )
+        print(
+            f"ratio (b) tutorial time / job time: {t_tut / t_job:.2f}   (what full validation costs, against a loop that skips it)"
+        )
 
 
 if __name__ == "__main__":

@@ -41,7 +41,9 @@ def split_keys(records: str) -> dict[str, list[str]]:
     out = {}
     for split in ("train", "val"):
         files = storage.list_files(storage.join(records, f"{split}-*.tfrecord*"))
-        ds = tf.data.TFRecordDataset(files).map(lambda s: tf.io.parse_single_example(s, {schema.SOURCE_ID: tf.io.FixedLenFeature([], tf.string)}))
+        ds = tf.data.TFRecordDataset(files).map(
+            lambda s: tf.io.parse_single_example(s, {schema.SOURCE_ID: tf.io.FixedLenFeature([], tf.string)})
+        )
         out[split] = sorted(os.path.splitext(os.path.basename(x[schema.SOURCE_ID].numpy().decode()))[0] for x in ds)
     return out
 
@@ -77,33 +79,62 @@ def run_seed(seed: int, args, keys: dict[str, list[str]]) -> dict:
     rng = random.Random(seed)
     train_keys = list(keys["train"])
     rng.shuffle(train_keys)
-    labelled, pool = sorted(train_keys[: len(train_keys) // 2]), sorted(train_keys[len(train_keys) // 2:])
+    labelled, pool = sorted(train_keys[: len(train_keys) // 2]), sorted(train_keys[len(train_keys) // 2 :])
     common = dict(alpha=args.alpha, image_size=args.image_size, backbone_weights=args.weights, seed=seed, min_map=0.0)
 
-    champion = train(TrainConfig(data=ingest_subset(labelled + keys["val"], work / "labelled"), models=str(work / "models"),
-                                 time_budget=args.minutes, **common), verbose=0)
+    champion = train(
+        TrainConfig(
+            data=ingest_subset(labelled + keys["val"], work / "labelled"),
+            models=str(work / "models"),
+            time_budget=args.minutes,
+            **common,
+        ),
+        verbose=0,
+    )
     pool_dir = work / "pool"
     pool_dir.mkdir()
     for s in pool:
         os.symlink(RACCOON / "images" / f"{s}.jpg", pool_dir / f"{s}.jpg")
-    run_score(ScoreConfig(model=champion.model_dir, images=[str(pool_dir)], out=str(work / "scored"), select=args.select))
+    run_score(
+        ScoreConfig(model=champion.model_dir, images=[str(pool_dir)], out=str(work / "scored"), select=args.select)
+    )
     with open(work / "scored" / "labelling" / "reasons.csv") as f:
         uncertain = [os.path.splitext(os.path.basename(r["source"]))[0] for r in csv.DictReader(f)]
     picks = {"uncertainty": uncertain, "random": rng.sample(pool, len(uncertain))}
 
-    row = {"seed": seed, "champion": champion.metrics["mAP@.5"], "selected": len(uncertain),
-           "overlap": len(set(picks["uncertainty"]) & set(picks["random"]))}
+    row = {
+        "seed": seed,
+        "champion": champion.metrics["mAP@.5"],
+        "selected": len(uncertain),
+        "overlap": len(set(picks["uncertainty"]) & set(picks["random"])),
+    }
     target = champion.metrics["mAP@.5"]
     for name, picked in picks.items():
         data = ingest_subset(labelled + picked + keys["val"], work / name)
-        warm = train(TrainConfig(data=data, models=str(work / f"models-{name}"), init_from=champion.model_dir,
-                                 time_budget=args.minutes, **common), verbose=0)
+        warm = train(
+            TrainConfig(
+                data=data,
+                models=str(work / f"models-{name}"),
+                init_from=champion.model_dir,
+                time_budget=args.minutes,
+                **common,
+            ),
+            verbose=0,
+        )
         row[name] = warm.metrics["mAP@.5"]
         row[f"{name}_reach_s"] = seconds_to_reach(warm.metrics["validation_history"], target)
         row[f"{name}_s"] = warm.metrics.get("fit_seconds")
         if name == "uncertainty":
-            cold = train(TrainConfig(data=data, models=str(work / "models-cold"), init_from="backbone",
-                                     time_budget=args.minutes, **common), verbose=0)
+            cold = train(
+                TrainConfig(
+                    data=data,
+                    models=str(work / "models-cold"),
+                    init_from="backbone",
+                    time_budget=args.minutes,
+                    **common,
+                ),
+                verbose=0,
+            )
             row["cold"] = cold.metrics["mAP@.5"]
             row["cold_reach_s"] = seconds_to_reach(cold.metrics["validation_history"], target)
             row["cold_s"] = cold.metrics.get("fit_seconds")
@@ -117,10 +148,14 @@ def _s(v) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "ssdflow-bench-loop"))
-    ap.add_argument("--weights", default="none", help="pretrained MobileNetV2 no-top weights file (default: from scratch)")
+    ap.add_argument(
+        "--weights", default="none", help="pretrained MobileNetV2 no-top weights file (default: from scratch)"
+    )
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--select", type=int, default=20, help="images labelled per strategy")
-    ap.add_argument("--minutes", type=float, default=3.0, help="time budget of the champion and of the from-backbone retrain")
+    ap.add_argument(
+        "--minutes", type=float, default=3.0, help="time budget of the champion and of the from-backbone retrain"
+    )
     ap.add_argument("--alpha", type=float, default=0.35)
     ap.add_argument("--image-size", type=int, default=224)
     args = ap.parse_args()
@@ -128,23 +163,34 @@ def main() -> None:
     from bench.train import ingest_raccoon
 
     keys = split_keys(ingest_raccoon(Path(args.workdir) / "records-raccoon"))
-    print(f"raccoon: {len(keys['train'])} train images (half labelled, half the pool), {len(keys['val'])} val; "
-          f"alpha {args.alpha:g}, {args.image_size} px, {args.minutes:g}-minute budget, {args.select} images labelled per strategy")
-    print("| seed | champion | + uncertainty (warm) | + random (warm) | + uncertainty (from backbone) | "
-          "warm: time to the champion's mAP / run | from backbone: time to it / run |")
+    print(
+        f"raccoon: {len(keys['train'])} train images (half labelled, half the pool), {len(keys['val'])} val; "
+        f"alpha {args.alpha:g}, {args.image_size} px, {args.minutes:g}-minute budget, {args.select} images labelled per strategy"
+    )
+    print(
+        "| seed | champion | + uncertainty (warm) | + random (warm) | + uncertainty (from backbone) | "
+        "warm: time to the champion's mAP / run | from backbone: time to it / run |"
+    )
     print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     rows = []
     for seed in (int(s) for s in args.seeds.split(",")):
         r = run_seed(seed, args, keys)
         rows.append(r)
-        print(f"| {seed} | {r['champion']:.3f} | {r['uncertainty']:.3f} | {r['random']:.3f} | {r['cold']:.3f} | "
-              f"{_s(r['uncertainty_reach_s'])} / {_s(r['uncertainty_s'])} | {_s(r['cold_reach_s'])} / {_s(r['cold_s'])} |", flush=True)
+        print(
+            f"| {seed} | {r['champion']:.3f} | {r['uncertainty']:.3f} | {r['random']:.3f} | {r['cold']:.3f} | "
+            f"{_s(r['uncertainty_reach_s'])} / {_s(r['uncertainty_s'])} | {_s(r['cold_reach_s'])} / {_s(r['cold_s'])} |",
+            flush=True,
+        )
     if len(rows) > 1:
         mean = {k: statistics.mean(r[k] for r in rows) for k in ("champion", "uncertainty", "random", "cold")}
-        print(f"| mean | {mean['champion']:.3f} | {mean['uncertainty']:.3f} | {mean['random']:.3f} | {mean['cold']:.3f} | | |")
+        print(
+            f"| mean | {mean['champion']:.3f} | {mean['uncertainty']:.3f} | {mean['random']:.3f} | {mean['cold']:.3f} | | |"
+        )
         diffs = [r["uncertainty"] - r["random"] for r in rows]
-        print(f"uncertainty − random, val mAP@.5: mean {statistics.mean(diffs):+.3f}, per seed "
-              + ", ".join(f"{d:+.3f}" for d in diffs))
+        print(
+            f"uncertainty − random, val mAP@.5: mean {statistics.mean(diffs):+.3f}, per seed "
+            + ", ".join(f"{d:+.3f}" for d in diffs)
+        )
 
 
 if __name__ == "__main__":

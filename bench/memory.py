@@ -102,7 +102,11 @@ def peak_rss(cmd: list[str]) -> tuple[int, list[int], float]:
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd[:4])} … failed ({proc.returncode}):\n{proc.stderr.read()[-3000:]}")
     driver = peaks.pop(proc.pid, 0)
-    return driver, sorted((v for v in peaks.values() if v > 50 * 2**20), reverse=True), wall  # helpers under 50 MB left out
+    return (
+        driver,
+        sorted((v for v in peaks.values() if v > 50 * 2**20), reverse=True),
+        wall,
+    )  # helpers under 50 MB left out
 
 
 def main() -> None:
@@ -127,12 +131,25 @@ def main() -> None:
             out = work / f"{job}-out-{n}"
             shutil.rmtree(out, ignore_errors=True)
             if job == "ingest":
-                cmd = [*cli, "ingest", "--images", str(images), "--labels", str(labels), "--format", "csv", "--out", str(out)]
+                cmd = [
+                    *cli,
+                    "ingest",
+                    "--images",
+                    str(images),
+                    "--labels",
+                    str(labels),
+                    "--format",
+                    "csv",
+                    "--out",
+                    str(out),
+                ]
             else:
                 cmd = [*cli, "score", "--model", str(model), "--images", str(images), "--out", str(out)]
             driver, workers, wall = peak_rss([*cmd, *LOCAL_WORKERS])
             drivers[job][n] = driver
-            print(f"| {job} | {n} | {mb(driver)} | {', '.join(mb(w) for w in workers) or '-'} | {wall:.0f} |", flush=True)
+            print(
+                f"| {job} | {n} | {mb(driver)} | {', '.join(mb(w) for w in workers) or '-'} | {wall:.0f} |", flush=True
+            )
             shutil.rmtree(out, ignore_errors=True)
     if len(sizes) > 1:
         for job in jobs:

@@ -40,30 +40,74 @@ def report(job: str, lines: list[tuple[float, str]], seconds: float, images: int
     gap = max(b - a for a, b in zip(stamps, stamps[1:]))
     plain = all("\x1b[" not in line for _, line in lines)
     last = progress[-1][1] if progress else ""
-    return (f"| {job} | {images} | {len(progress)} | {gap:.1f} | {images / seconds:.1f} | {'yes' if plain else 'NO'} | "
-            f"{'yes' if '(100%)' in last else 'NO'} |")
+    return (
+        f"| {job} | {images} | {len(progress)} | {gap:.1f} | {images / seconds:.1f} | {'yes' if plain else 'NO'} | "
+        f"{'yes' if '(100%)' in last else 'NO'} |"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=2000)
     parser.add_argument("--model", default=None)
-    parser.add_argument("--size", default="1024x768", help="WxH of the synthetic images (photos' sizes make the runs last)")
+    parser.add_argument(
+        "--size", default="1024x768", help="WxH of the synthetic images (photos' sizes make the runs last)"
+    )
     args = parser.parse_args()
     cli = [sys.executable, "-m", "ssdflow.cli"]
     work = tempfile.mkdtemp(prefix="bench-progress-")
     w, h = (int(v) for v in args.size.split("x"))
     images, labels = make_dataset(os.path.join(work, "data"), num_images=args.images, seed=3, size=(w, h))
-    rows = ["| job | images | progress lines | longest silence (s) | images/s | no ANSI | last at 100 % |", "| --- | ---: | ---: | ---: | ---: | --- | --- |"]
-    lines, seconds = timed_lines([*cli, "ingest", "--images", images, "--labels", labels, "--format", "voc", "--out", os.path.join(work, "records")])
+    rows = [
+        "| job | images | progress lines | longest silence (s) | images/s | no ANSI | last at 100 % |",
+        "| --- | ---: | ---: | ---: | ---: | --- | --- |",
+    ]
+    lines, seconds = timed_lines(
+        [
+            *cli,
+            "ingest",
+            "--images",
+            images,
+            "--labels",
+            labels,
+            "--format",
+            "voc",
+            "--out",
+            os.path.join(work, "records"),
+        ]
+    )
     rows.append(report("ingest", lines, seconds, args.images))
     model = args.model
     if model is None:
         model = os.path.join(work, "models")
-        subprocess.run([*cli, "train", "--data", os.path.join(work, "records"), "--models", model, "--alpha", "0.35",
-                        "--image-size", "128", "--epochs", "1", "--steps-per-epoch", "2", "--backbone-weights", "none",
-                        "--min-map", "0"], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    lines, seconds = timed_lines([*cli, "score", "--model", model, "--images", images, "--out", os.path.join(work, "scored")])
+        subprocess.run(
+            [
+                *cli,
+                "train",
+                "--data",
+                os.path.join(work, "records"),
+                "--models",
+                model,
+                "--alpha",
+                "0.35",
+                "--image-size",
+                "128",
+                "--epochs",
+                "1",
+                "--steps-per-epoch",
+                "2",
+                "--backbone-weights",
+                "none",
+                "--min-map",
+                "0",
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+    lines, seconds = timed_lines(
+        [*cli, "score", "--model", model, "--images", images, "--out", os.path.join(work, "scored")]
+    )
     rows.append(report("score", lines, seconds, args.images))
     print("\n".join(rows))
 

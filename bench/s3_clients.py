@@ -69,8 +69,14 @@ def main() -> None:
         for r in range(args.repeats):
             for mode in ("per-call", "shared"):
                 per_call_clients(mode == "per-call")
-                cfg = ScoreConfig(model=str(model_dir), images=[f"s3://{BUCKET}/images/"], out=f"s3://{BUCKET}/out-{mode}-{r}",
-                                  formats=[OutputFormat.jsonl, OutputFormat.parquet], chunk_size=args.chunk_size, beam_args=flags)
+                cfg = ScoreConfig(
+                    model=str(model_dir),
+                    images=[f"s3://{BUCKET}/images/"],
+                    out=f"s3://{BUCKET}/out-{mode}-{r}",
+                    formats=[OutputFormat.jsonl, OutputFormat.parquet],
+                    chunk_size=args.chunk_size,
+                    beam_args=flags,
+                )
                 wall, cpu = time.perf_counter(), time.process_time()
                 manifest = run_score(cfg)
                 wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
@@ -80,7 +86,9 @@ def main() -> None:
                     best[mode] = (wall, cpu)
         per_call_clients(False)
     for mode, (wall, cpu) in best.items():
-        print(f"{mode:8s}: {args.images / wall:6.1f} img/s, {1000 * cpu / args.images:6.1f} ms CPU per image (best of {args.repeats})")
+        print(
+            f"{mode:8s}: {args.images / wall:6.1f} img/s, {1000 * cpu / args.images:6.1f} ms CPU per image (best of {args.repeats})"
+        )
     print(f"ratio shared/per-call (img/s): {best['per-call'][0] / best['shared'][0]:.2f}")
 
 

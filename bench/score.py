@@ -99,8 +99,12 @@ def make_model(work: Path, cfg):
     model_dir = work / "model"
     info_path = model_dir / MODEL_INFO
     keras_model = build_ssd(cfg, None)
-    if ((model_dir / "saved_model.pb").is_file() and (model_dir / KERAS_WEIGHTS).is_file() and info_path.is_file()
-            and json.loads(info_path.read_text())["model"] == cfg.model_dump()):
+    if (
+        (model_dir / "saved_model.pb").is_file()
+        and (model_dir / KERAS_WEIGHTS).is_file()
+        and info_path.is_file()
+        and json.loads(info_path.read_text())["model"] == cfg.model_dump()
+    ):
         keras_model.load_weights(str(model_dir / KERAS_WEIGHTS))  # the very weights that were exported
         return model_dir, keras_model, json.loads(info_path.read_text()), True
     staging = work / "model.staging"
@@ -128,8 +132,14 @@ def make_tflite(work: Path, model_dir: Path, quantize: str) -> tuple[Path, bool]
         data = work / "records"
         if not (data / "_SUCCESS").is_file():
             if not (RACCOON / "annotations").is_dir():
-                raise SystemExit("--tflite int8 calibrates on raccoon's train split: ../shared/datasets/raccoon is absent")
-            run_ingest(IngestConfig(images=str(RACCOON / "images"), labels=str(RACCOON / "annotations"), format="voc", out=str(data)))
+                raise SystemExit(
+                    "--tflite int8 calibrates on raccoon's train split: ../shared/datasets/raccoon is absent"
+                )
+            run_ingest(
+                IngestConfig(
+                    images=str(RACCOON / "images"), labels=str(RACCOON / "annotations"), format="voc", out=str(data)
+                )
+            )
     export_tflite(str(model_dir), quantize, str(data) if data else None)
     return path, False
 
@@ -148,13 +158,22 @@ def decode_pixels(encoded: list[bytes], size: int, limit_bytes: int):
 
 
 # --- the runs -------------------------------------------------------------------------------------
-def run_job(model_dir: Path, images: Path, out: Path, n: int, batch: int, chunk_size: int, beam_args: list[str]) -> float:
+def run_job(
+    model_dir: Path, images: Path, out: Path, n: int, batch: int, chunk_size: int, beam_args: list[str]
+) -> float:
     from beam_jobs.score import run_score
     from ssdflow.config import OutputFormat, ScoreConfig
 
     shutil.rmtree(out, ignore_errors=True)  # nothing committed: every chunk is scored
-    cfg = ScoreConfig(model=str(model_dir), images=[str(images)], out=str(out), formats=[OutputFormat.jsonl, OutputFormat.parquet],
-                      max_batch_size=batch, chunk_size=chunk_size, beam_args=beam_args)
+    cfg = ScoreConfig(
+        model=str(model_dir),
+        images=[str(images)],
+        out=str(out),
+        formats=[OutputFormat.jsonl, OutputFormat.parquet],
+        max_batch_size=batch,
+        chunk_size=chunk_size,
+        beam_args=beam_args,
+    )
     t0 = time.perf_counter()
     manifest = run_score(cfg)
     t = time.perf_counter() - t0
@@ -192,7 +211,7 @@ def rate_bytes(serve, encoded: list[bytes], batch: int) -> float:
     """(a2): serving_default over all images in batches of encoded bytes held in memory."""
     import tensorflow as tf
 
-    batches = [tf.constant(encoded[i:i + batch], dtype=tf.string) for i in range(0, len(encoded), batch)]
+    batches = [tf.constant(encoded[i : i + batch], dtype=tf.string) for i in range(0, len(encoded), batch)]
     _fetch(serve(images=batches[0]))  # warm-up, untimed
     t0 = time.perf_counter()
     for x in batches:
@@ -223,8 +242,17 @@ def rate_keras(keras_model, pixels, count: int, cfg, info: dict) -> float:
 
     def one(x):
         pred = keras_model.predict(x[None], verbose=0)
-        return _fetch(postprocess(pred, anchors, variances, info["score_threshold"], info["iou_threshold"], info["max_detections"],
-                                  info.get("box_merge_iou")))
+        return _fetch(
+            postprocess(
+                pred,
+                anchors,
+                variances,
+                info["score_threshold"],
+                info["iou_threshold"],
+                info["max_detections"],
+                info.get("box_merge_iou"),
+            )
+        )
 
     one(pixels[0])  # warm-up, untimed
     t0 = time.perf_counter()
@@ -238,13 +266,25 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=2000, help="N images scored by the job, (a) and (a2)")
     ap.add_argument("--alpha", type=float, default=1.0)
     ap.add_argument("--image-size", type=int, default=320)
-    ap.add_argument("--batch-size", type=int, default=64, help="inference batch of the job (--max-batch-size), (a) and (a2)")
+    ap.add_argument(
+        "--batch-size", type=int, default=64, help="inference batch of the job (--max-batch-size), (a) and (a2)"
+    )
     ap.add_argument("--per-image", type=int, default=200, help="images timed by the per-image loops (b1), (b2)")
-    ap.add_argument("--chunk-size", type=int, default=0, help="the job's chunk size; 0: N (one chunk, so one worker does all of it)")
+    ap.add_argument(
+        "--chunk-size", type=int, default=0, help="the job's chunk size; 0: N (one chunk, so one worker does all of it)"
+    )
     ap.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "ssdflow-bench-score"))
-    ap.add_argument("--tflite", default="float16,int8", help="TFLite variants scored by the job too (none, float16, int8; '' for none)")
-    ap.add_argument("--beam-args", default="", help='extra Beam flags as one string, e.g. '
-                    '"--direct_running_mode=multi_processing --direct_num_workers=2"; default: in-process DirectRunner')
+    ap.add_argument(
+        "--tflite",
+        default="float16,int8",
+        help="TFLite variants scored by the job too (none, float16, int8; '' for none)",
+    )
+    ap.add_argument(
+        "--beam-args",
+        default="",
+        help="extra Beam flags as one string, e.g. "
+        '"--direct_running_mode=multi_processing --direct_num_workers=2"; default: in-process DirectRunner',
+    )
     args = ap.parse_args()
     n, batch = args.images, args.batch_size
     per_image = min(args.per_image, n)
@@ -264,20 +304,26 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     t, (images, source) = timed(make_images, work, n)
     files = sorted(images.glob("*.jpg"))
-    print(f"data: {n} images from {source}{' (raccoon, 200 images cycled)' if source == 'raccoon' else ' (draw_scene 640x480, 200 cycled; raccoon absent)'}"
-          f" in {images} ({t:.1f}s to prepare)")
+    print(
+        f"data: {n} images from {source}{' (raccoon, 200 images cycled)' if source == 'raccoon' else ' (draw_scene 640x480, 200 cycled; raccoon absent)'}"
+        f" in {images} ({t:.1f}s to prepare)"
+    )
 
     cfg = ModelConfig(alpha=args.alpha, image_size=args.image_size, num_classes=len(LABEL_MAP))
     t, (model_dir, keras_model, info, reused) = timed(make_model, work, cfg)
-    print(f"model: SSDLite MobileNetV2 alpha {cfg.alpha:g}, {cfg.image_size}px, {cfg.num_classes} class, "
-          f"{keras_model.count_params():,} params, random weights; export score_threshold {info['score_threshold']}, "
-          f"iou {info['iou_threshold']}, max_detections {info['max_detections']} "
-          f"({'reused' if reused else 'exported'} {model_dir}, {t:.1f}s)")
+    print(
+        f"model: SSDLite MobileNetV2 alpha {cfg.alpha:g}, {cfg.image_size}px, {cfg.num_classes} class, "
+        f"{keras_model.count_params():,} params, random weights; export score_threshold {info['score_threshold']}, "
+        f"iou {info['iou_threshold']}, max_detections {info['max_detections']} "
+        f"({'reused' if reused else 'exported'} {model_dir}, {t:.1f}s)"
+    )
 
     encoded = [p.read_bytes() for p in files]
     t, pixels = timed(decode_pixels, encoded, cfg.image_size, PIXEL_CACHE_BYTES)
-    print(f"pixels: {len(pixels)} of {n} images decoded and resized in memory for (a) and (b2) "
-          f"({'all' if len(pixels) == n else 'reused cyclically'}; {t:.1f}s)")
+    print(
+        f"pixels: {len(pixels)} of {n} images decoded and resized in memory for (a) and (b2) "
+        f"({'all' if len(pixels) == n else 'reused cyclically'}; {t:.1f}s)"
+    )
     loaded = tf.saved_model.load(str(model_dir))
     serve, serve_pixels = loaded.signatures["serving_default"], loaded.signatures["serve_pixels"]
 
@@ -288,9 +334,13 @@ def main() -> None:
     for q in variants:
         t, (path, reused) = timed(make_tflite, work, model_dir, q)
         lite_files[q] = path
-        print(f"tflite: {path.name} ({path.stat().st_size / 1e6:.2f} MB, {'reused' if reused else 'exported'}, {t:.1f}s)")
-    print(f"N {n}, batch {batch}, per-image loops {per_image} images, job chunk size {chunk_size} "
-          f"({-(-n // chunk_size)} chunk(s)), {os.cpu_count()} CPUs, job: {runner}")
+        print(
+            f"tflite: {path.name} ({path.stat().st_size / 1e6:.2f} MB, {'reused' if reused else 'exported'}, {t:.1f}s)"
+        )
+    print(
+        f"N {n}, batch {batch}, per-image loops {per_image} images, job chunk size {chunk_size} "
+        f"({-(-n // chunk_size)} chunk(s)), {os.cpu_count()} CPUs, job: {runner}"
+    )
     print()
 
     a_before = rate_pixels(serve_pixels, pixels, n, batch)
@@ -301,14 +351,25 @@ def main() -> None:
     a2 = rate_bytes(serve, encoded, batch)
     b1 = rate_tutorial(serve, files[:per_image])
     b2 = rate_keras(keras_model, pixels, per_image, cfg, info)
-    lite = {q: n / run_job(path, images, work / f"out-{q}", n, batch, chunk_size, beam_args) for q, path in lite_files.items()}
+    lite = {
+        q: n / run_job(path, images, work / f"out-{q}", n, batch, chunk_size, beam_args)
+        for q, path in lite_files.items()
+    }
 
     print(f"{'':5s}{'':70s}{'images/s':>10s}")
     print(f"{'job':5s}{'run_score end to end (jsonl + parquet, incl. start-up)':70s}{job:10.1f}   ({t_job:.1f} s)")
-    print(f"{'(a)':5s}{f'serve_pixels, pre-decoded in-memory batches of {batch}':70s}{a:10.1f}   (before job {a_before:.1f}, after {a_after:.1f})")
-    print(f"{'(a2)':5s}{f'serving_default, in-memory encoded batches of {batch}':70s}{a2:10.1f}   (decoding: {a2 / a - 1:+.0%} vs (a))")
-    print(f"{'(b1)':5s}{'TF OD API tutorial: serving_default per image (file read + batch 1)':70s}{b1:10.1f}   ({per_image} images)")
-    print(f"{'(b2)':5s}{'Keras model.predict per image + postprocess (eager), pre-decoded':70s}{b2:10.1f}   ({per_image} images)")
+    print(
+        f"{'(a)':5s}{f'serve_pixels, pre-decoded in-memory batches of {batch}':70s}{a:10.1f}   (before job {a_before:.1f}, after {a_after:.1f})"
+    )
+    print(
+        f"{'(a2)':5s}{f'serving_default, in-memory encoded batches of {batch}':70s}{a2:10.1f}   (decoding: {a2 / a - 1:+.0%} vs (a))"
+    )
+    print(
+        f"{'(b1)':5s}{'TF OD API tutorial: serving_default per image (file read + batch 1)':70s}{b1:10.1f}   ({per_image} images)"
+    )
+    print(
+        f"{'(b2)':5s}{'Keras model.predict per image + postprocess (eager), pre-decoded':70s}{b2:10.1f}   ({per_image} images)"
+    )
     for q, rate in lite.items():
         print(f"{'':5s}{f'run_score --model {lite_files[q].name} (TFLite interpreter, {q})':70s}{rate:10.1f}")
     print()

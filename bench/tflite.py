@@ -69,7 +69,9 @@ def main() -> None:
     shutil.rmtree(work, ignore_errors=True)
     shutil.copytree(source, work)
     size = json.loads((work / "ssdflow_model.json").read_text())["model"]["image_size"]
-    encoded = [e for batch in eval_dataset(shard_files(args.data, "val"), 16) for e in batch["encoded"].numpy()][:args.images]
+    encoded = [e for batch in eval_dataset(shard_files(args.data, "val"), 16) for e in batch["encoded"].numpy()][
+        : args.images
+    ]
     pixels = [resize(e, size)[None] for e in encoded]
     print(f"model {source} ({size} px), {len(pixels)} val images timed, data {args.data}")
 
@@ -90,19 +92,27 @@ def main() -> None:
         for threads in (1, 2):
             det = TFLiteDetector(str(path), num_threads=threads)
             latency.append(_median_ms(lambda x: det.detect_pixels(x[0]), pixels))
-        rows.append((f"TFLite {'float32' if quantize == 'none' else quantize}", m, latency[0], latency[1], entry["bytes"]))
+        rows.append(
+            (f"TFLite {'float32' if quantize == 'none' else quantize}", m, latency[0], latency[1], entry["bytes"])
+        )
 
     print("\n| model | val mAP@.5 | mAP@[.5:.95] | train mAP@.5 | latency, ms/image (1 thread) | (2 threads) | size |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for name, m, one, two, nbytes in rows:
         first = f"{one:.1f}" + (" (TF, all cores)" if two is None else "")
-        print(f"| {name} | {m['mAP@.5']:.4f} | {m['mAP']:.4f} | {m['train mAP@.5']:.4f} | {first} | {'' if two is None else f'{two:.1f}'} | {nbytes / 1e6:.2f} MB |")
+        print(
+            f"| {name} | {m['mAP@.5']:.4f} | {m['mAP']:.4f} | {m['train mAP@.5']:.4f} | {first} | {'' if two is None else f'{two:.1f}'} | {nbytes / 1e6:.2f} MB |"
+        )
     by = {r[0]: r for r in rows}
     f32, i8, f16, sm = by["TFLite float32"], by["TFLite int8"], by["TFLite float16"], by["SavedModel (float32)"]
-    print(f"\nmAP@.5 vs the SavedModel: float32 {f32[1]['mAP@.5'] - sm[1]['mAP@.5']:+.4f}, float16 {f16[1]['mAP@.5'] - sm[1]['mAP@.5']:+.4f}, "
-          f"int8 {i8[1]['mAP@.5'] - sm[1]['mAP@.5']:+.4f} (val); int8 {i8[1]['train mAP@.5'] - sm[1]['train mAP@.5']:+.4f} (train split)")
-    print(f"int8 vs TFLite float32: {f32[4] / i8[4]:.2f}x smaller, {f32[2] / i8[2]:.2f}x faster (1 thread), "
-          f"{f32[3] / i8[3]:.2f}x faster (2 threads)")
+    print(
+        f"\nmAP@.5 vs the SavedModel: float32 {f32[1]['mAP@.5'] - sm[1]['mAP@.5']:+.4f}, float16 {f16[1]['mAP@.5'] - sm[1]['mAP@.5']:+.4f}, "
+        f"int8 {i8[1]['mAP@.5'] - sm[1]['mAP@.5']:+.4f} (val); int8 {i8[1]['train mAP@.5'] - sm[1]['train mAP@.5']:+.4f} (train split)"
+    )
+    print(
+        f"int8 vs TFLite float32: {f32[4] / i8[4]:.2f}x smaller, {f32[2] / i8[2]:.2f}x faster (1 thread), "
+        f"{f32[3] / i8[3]:.2f}x faster (2 threads)"
+    )
 
 
 if __name__ == "__main__":

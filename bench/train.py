@@ -64,7 +64,11 @@ def ingest_raccoon(out: Path) -> str:
     from ssdflow.config import IngestConfig
 
     if storage.read_success(str(out)) is None:
-        run_ingest(IngestConfig(images=str(RACCOON / "images"), labels=str(RACCOON / "annotations"), format="voc", out=str(out)))
+        run_ingest(
+            IngestConfig(
+                images=str(RACCOON / "images"), labels=str(RACCOON / "annotations"), format="voc", out=str(out)
+            )
+        )
     return str(out)
 
 
@@ -77,15 +81,21 @@ def _ingest_shapes(out: Path, name: str, seed: int, val_fraction: float, images:
     from ssdflow.demo_data import make_dataset
 
     if storage.read_success(str(out)) is None:
-        image_dir, label_dir = make_dataset(str(out.parent / name), num_images=images, seed=seed, size=(320, 320), **scene)
-        run_ingest(IngestConfig(images=image_dir, labels=label_dir, format="voc", out=str(out), val_fraction=val_fraction))
+        image_dir, label_dir = make_dataset(
+            str(out.parent / name), num_images=images, seed=seed, size=(320, 320), **scene
+        )
+        run_ingest(
+            IngestConfig(images=image_dir, labels=label_dir, format="voc", out=str(out), val_fraction=val_fraction)
+        )
     return str(out)
 
 
 def ingest_small_shapes(out: Path, images: int = 300) -> str:
     """The small-object stress set (issue 10): 320x320 synthetic scenes with 10-14 shapes of 2-8 % of
     the image side (6-26 px), three classes; where a stride-16 detector has no anchor of the objects' size."""
-    return _ingest_shapes(out, "small-shapes", 1, 0.15, images, min_objects=10, max_objects=14, object_size=(0.02, 0.08))
+    return _ingest_shapes(
+        out, "small-shapes", 1, 0.15, images, min_objects=10, max_objects=14, object_size=(0.02, 0.08)
+    )
 
 
 # The minority-small stress set (issue 28): three classes, one of them few (about 7 % of the boxes)
@@ -102,8 +112,12 @@ def ingest_minority_small(out: Path, images: int = 300) -> str:
 # The elongated set: bars (w/h 5-10) and poles (h/w 5-10), a third of the objects, beside circles
 # and squares: boxes that no default anchor ratio (up to 3:1) fits at IoU 0.5, as in sets of pens,
 # pedestrians far away, number plates or pipes.
-ELONGATED = {"circle": (0.35, (0.10, 0.30)), "square": (0.35, (0.10, 0.30)), "bar": (0.15, (0.08, 0.20), (5.0, 10.0)),
-             "pole": (0.15, (0.08, 0.20), (0.1, 0.2))}
+ELONGATED = {
+    "circle": (0.35, (0.10, 0.30)),
+    "square": (0.35, (0.10, 0.30)),
+    "bar": (0.15, (0.08, 0.20), (5.0, 10.0)),
+    "pole": (0.15, (0.08, 0.20), (0.1, 0.2)),
+}
 
 
 def ingest_elongated(out: Path, images: int = 300) -> str:
@@ -111,8 +125,12 @@ def ingest_elongated(out: Path, images: int = 300) -> str:
     return _ingest_shapes(out, "elongated", 3, 0.2, images, min_objects=4, max_objects=8, classes=ELONGATED)
 
 
-DATASETS = {"raccoon": ingest_raccoon, "small-shapes": ingest_small_shapes, "minority-small": ingest_minority_small,
-            "elongated": ingest_elongated}
+DATASETS = {
+    "raccoon": ingest_raccoon,
+    "small-shapes": ingest_small_shapes,
+    "minority-small": ingest_minority_small,
+    "elongated": ingest_elongated,
+}
 
 
 def _raccoon_batches(args):
@@ -126,8 +144,15 @@ def _raccoon_batches(args):
 
     data = ingest_raccoon(Path(args.workdir) / "records")
     cfg = ModelConfig(alpha=args.alpha, image_size=args.image_size, num_classes=len(read_label_map(data)))
-    stream = make_dataset(shard_files(data, "train"), generate_anchors(cfg), cfg.image_size, cfg.variances, args.batch_size,
-                          training=True, repeat=True)
+    stream = make_dataset(
+        shard_files(data, "train"),
+        generate_anchors(cfg),
+        cfg.image_size,
+        cfg.variances,
+        args.batch_size,
+        training=True,
+        repeat=True,
+    )
     return cfg, stream, tf.data.Dataset.from_tensors(next(iter(stream))).repeat()
 
 
@@ -170,7 +195,10 @@ def loss_cost(args) -> None:
     models = {}
     for name in CLASSIFICATIONS:
         model = build_ssd(cfg, None)
-        model.compile(optimizer=keras.optimizers.Adam(1e-4), loss=SSDLoss(cfg.num_classes, classification=name, variances=cfg.variances))
+        model.compile(
+            optimizer=keras.optimizers.Adam(1e-4),
+            loss=SSDLoss(cfg.num_classes, classification=name, variances=cfg.variances),
+        )
         model.fit(memory, epochs=1, steps_per_epoch=args.warmup_steps, verbose=0)  # trace, warm caches
         models[name] = model
     seconds = {name: [] for name in models}
@@ -179,9 +207,13 @@ def loss_cost(args) -> None:
             t0 = time.perf_counter()
             model.fit(memory, epochs=1, steps_per_epoch=args.steps, verbose=0)
             seconds[name].append(time.perf_counter() - t0)
-    print(f"model: alpha {cfg.alpha:g}, {cfg.image_size}px, batch {args.batch_size}, {args.steps} steps a turn, {args.repeats} turns each")
+    print(
+        f"model: alpha {cfg.alpha:g}, {cfg.image_size}px, batch {args.batch_size}, {args.steps} steps a turn, {args.repeats} turns each"
+    )
     for name, times in seconds.items():
-        print(f"{name:14s} best {min(times) / args.steps * 1000:7.0f} ms/step   ratio to focal {min(times) / min(seconds['focal']):.2f}")
+        print(
+            f"{name:14s} best {min(times) / args.steps * 1000:7.0f} ms/step   ratio to focal {min(times) / min(seconds['focal']):.2f}"
+        )
 
 
 def s3_input(args) -> None:
@@ -204,8 +236,15 @@ def s3_input(args) -> None:
     def epoch_seconds(records: str) -> float:
         """Seconds to take one epoch of batches from the stream (parse, decode, augment, resize, encode
         targets): what the input pipeline alone can feed, with no model to hide behind."""
-        stream = make_dataset(shard_files(records, "train"), anchors, cfg.image_size, cfg.variances, args.batch_size,
-                              training=True, repeat=True)
+        stream = make_dataset(
+            shard_files(records, "train"),
+            anchors,
+            cfg.image_size,
+            cfg.variances,
+            args.batch_size,
+            training=True,
+            repeat=True,
+        )
         it = iter(stream)
         next(it)  # trace
         t0 = time.perf_counter()
@@ -230,7 +269,9 @@ def s3_input(args) -> None:
         again = time.perf_counter() - t0
     size = sum(os.path.getsize(os.path.join(copy_root, f)) for copy_root, _, files in os.walk(data) for f in files)
     lo, re = min(local), min(remote)
-    print(f"raccoon train split: {n_train} images, {size / 1e6:.1f} MB of records; batch {args.batch_size}, {steps} steps an epoch")
+    print(
+        f"raccoon train split: {n_train} images, {size / 1e6:.1f} MB of records; batch {args.batch_size}, {steps} steps an epoch"
+    )
     print(f"fetch from S3 into the cache: {fetch:.2f} s (a rerun that finds the copy: {again:.2f} s)")
     print(f"one epoch of input, local disk: {lo:.2f} s (runs: {', '.join(f'{x:.2f}' for x in local)})")
     print(f"one epoch of input, from S3:    {re:.2f} s (runs: {', '.join(f'{x:.2f}' for x in remote)})")
@@ -249,24 +290,39 @@ def s3_quality(args) -> None:
     from tests.helpers import moto_s3
 
     data = ingest_raccoon(Path(args.workdir) / "records")
-    settings = dict(alpha=args.alpha, image_size=args.image_size, batch_size=args.batch_size, epochs=args.epochs or 10,
-                    time_budget=0, backbone_weights=args.weights or "none", seed=0, deterministic=True, min_map=0.0)
+    settings = dict(
+        alpha=args.alpha,
+        image_size=args.image_size,
+        batch_size=args.batch_size,
+        epochs=args.epochs or 10,
+        time_budget=0,
+        backbone_weights=args.weights or "none",
+        seed=0,
+        deterministic=True,
+        min_map=0.0,
+    )
     with moto_s3(bucket="bench") as (endpoint, _), tempfile.TemporaryDirectory() as work:
         os.environ["SSDFLOW_CACHE_DIR"] = os.path.join(work, "cache")
         storage.configure([f"--s3_endpoint_url={endpoint}"])
         storage.upload_tree(data, "s3://bench/records")
         results = {}
-        for where, cfg in (("local disk", TrainConfig(data=data, models=os.path.join(work, "models"), **settings)),
-                           ("S3", TrainConfig(data="s3://bench/records", models="s3://bench/models", **settings))):
+        for where, cfg in (
+            ("local disk", TrainConfig(data=data, models=os.path.join(work, "models"), **settings)),
+            ("S3", TrainConfig(data="s3://bench/records", models="s3://bench/models", **settings)),
+        ):
             t0 = time.perf_counter()
             result = train(cfg, verbose=0)
             results[where] = (result, time.perf_counter() - t0)
-    print(f"raccoon, alpha {args.alpha:g}, {args.image_size} px, {settings['epochs']} epochs, backbone {settings['backbone_weights']}, "
-          f"seed 0, deterministic input")
+    print(
+        f"raccoon, alpha {args.alpha:g}, {args.image_size} px, {settings['epochs']} epochs, backbone {settings['backbone_weights']}, "
+        f"seed 0, deterministic input"
+    )
     print("| data and models | val mAP@.5 | val mAP | promoted | seconds (whole training) |")
     print("| --- | ---: | ---: | --- | ---: |")
     for where, (result, seconds) in results.items():
-        print(f"| {where} | {result.metrics['mAP@.5']:.4f} | {result.metrics['mAP']:.4f} | {result.decision['promoted']} | {seconds:.0f} |")
+        print(
+            f"| {where} | {result.metrics['mAP@.5']:.4f} | {result.metrics['mAP']:.4f} | {result.decision['promoted']} | {seconds:.0f} |"
+        )
     gap = results["S3"][0].metrics["mAP@.5"] - results["local disk"][0].metrics["mAP@.5"]
     print(f"S3 - local mAP@.5: {gap:+.4f}   (goal: within 0.02)")
 
@@ -299,8 +355,14 @@ print(time.perf_counter() - t)
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(REPO))
     times = {}
     for mode in ("lazy", "prebuilt"):
-        out = subprocess.run([sys.executable, "-c", code, str(args.alpha), str(args.image_size), mode], env=env,
-                             capture_output=True, text=True, check=True, cwd=REPO)
+        out = subprocess.run(
+            [sys.executable, "-c", code, str(args.alpha), str(args.image_size), mode],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=REPO,
+        )
         times[mode] = float(out.stdout.strip().splitlines()[-1])
         print(f"first step, optimizer slots {mode:8s}: {times[mode]:.1f} s")
     print(f"ratio lazy / prebuilt: {times['lazy'] / times['prebuilt']:.2f}")
@@ -340,13 +402,33 @@ def precision(args) -> None:
     variants = [("float32", "none"), ("mixed_bfloat16", "none"), ("float32", "xla"), ("mixed_bfloat16", "xla")]
     rates = {}
     for policy, jit in variants:
-        out = subprocess.run([sys.executable, "-c", PRECISION_CODE, str(args.alpha), str(args.image_size), str(args.batch_size),
-                              str(args.steps), str(args.warmup_steps), policy, jit], env=env, capture_output=True, text=True, cwd=REPO)
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                PRECISION_CODE,
+                str(args.alpha),
+                str(args.image_size),
+                str(args.batch_size),
+                str(args.steps),
+                str(args.warmup_steps),
+                policy,
+                jit,
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+        )
         if out.returncode:
-            print(f"{policy} + {jit}: failed: {out.stderr.strip().splitlines()[-1] if out.stderr.strip() else out.returncode}")
+            print(
+                f"{policy} + {jit}: failed: {out.stderr.strip().splitlines()[-1] if out.stderr.strip() else out.returncode}"
+            )
             continue
         rates[policy, jit] = dict(line.split() for line in out.stdout.strip().splitlines())
-    print(f"model: alpha {args.alpha:g}, {args.image_size}px, batch {args.batch_size}, {args.steps} timed steps, one in-memory batch")
+    print(
+        f"model: alpha {args.alpha:g}, {args.image_size}px, batch {args.batch_size}, {args.steps} timed steps, one in-memory batch"
+    )
     print("| policy | XLA | frozen img/s | ratio | fine-tune img/s | ratio |")
     print("| --- | --- | ---: | ---: | ---: | ---: |")
     base = rates.get(("float32", "none"))
@@ -378,11 +460,15 @@ def quality(args) -> None:
     import statistics
 
     data = DATASETS[args.dataset](Path(args.workdir) / f"records-{args.dataset}")
-    runs = ([("none", "none")] if not args.pretrained_only else []) + ([("pretrained", args.weights)] if args.weights else [])
+    runs = ([("none", "none")] if not args.pretrained_only else []) + (
+        [("pretrained", args.weights)] if args.weights else []
+    )
     seeds = [int(s) for s in args.seeds.split(",")]
     overrides = dict(_setting(s) for s in args.set)
     label = ", ".join(f"{k}={v}" for k, v in overrides.items()) or "defaults"
-    print("| backbone | seed | settings | mAP@.5 | mAP@[.5:.95] | mAP small | best epoch / epochs | phases ended by | wall |")
+    print(
+        "| backbone | seed | settings | mAP@.5 | mAP@[.5:.95] | mAP small | best epoch / epochs | phases ended by | wall |"
+    )
     print("| --- | ---: | --- | ---: | ---: | ---: | ---: | --- | ---: |")
     for name, weights in runs:
         scores = []
@@ -390,28 +476,67 @@ def quality(args) -> None:
             models = Path(args.workdir) / f"models-{args.dataset}-{name}-{seed}"
             shutil.rmtree(models, ignore_errors=True)
             t0 = time.perf_counter()
-            result = train(TrainConfig(data=data, models=str(models), alpha=args.alpha, image_size=args.image_size,
-                                       epochs=args.epochs, time_budget=args.time_budget, batch_size=args.batch_size,
-                                       backbone_weights=weights, learning_rate=args.lr, seed=seed, min_map=0.0,
-                                       **overrides), verbose=0)
+            result = train(
+                TrainConfig(
+                    data=data,
+                    models=str(models),
+                    alpha=args.alpha,
+                    image_size=args.image_size,
+                    epochs=args.epochs,
+                    time_budget=args.time_budget,
+                    batch_size=args.batch_size,
+                    backbone_weights=weights,
+                    learning_rate=args.lr,
+                    seed=seed,
+                    min_map=0.0,
+                    **overrides,
+                ),
+                verbose=0,
+            )
             minutes = (time.perf_counter() - t0) / 60
             m = result.metrics
             scores.append(m["mAP@.5"])
             if args.history:  # per-evaluation val mAP, to replay early-stopping rules offline
                 with open(args.history, "a") as f:
-                    f.write(json.dumps({"backbone": name, "seed": seed, "settings": overrides, "mAP@.5": m["mAP@.5"],
-                                        "history": m["validation_history"]}) + "\n")
+                    f.write(
+                        json.dumps(
+                            {
+                                "backbone": name,
+                                "seed": seed,
+                                "settings": overrides,
+                                "mAP@.5": m["mAP@.5"],
+                                "history": m["validation_history"],
+                            }
+                        )
+                        + "\n"
+                    )
             small = "–" if m.get("mAP_small") is None else f"{m['mAP_small']:.3f}"
-            print(f"| {name} | {seed} | {label} | {m['mAP@.5']:.3f} | {m['mAP']:.3f} | {small} | {m.get('best_epoch')} / {m['epochs']} | "
-                  f"{', '.join(m['phases_ended_by'])} | {minutes:.1f} min |", flush=True)
-            print("  AP@.5 per class: " + ", ".join(f"{c} {v['AP@.5'] if v.get('AP@.5') is not None else float('nan'):.3f}" for c, v in m["per_class"].items()),
-                  flush=True)
+            print(
+                f"| {name} | {seed} | {label} | {m['mAP@.5']:.3f} | {m['mAP']:.3f} | {small} | {m.get('best_epoch')} / {m['epochs']} | "
+                f"{', '.join(m['phases_ended_by'])} | {minutes:.1f} min |",
+                flush=True,
+            )
+            print(
+                "  AP@.5 per class: "
+                + ", ".join(
+                    f"{c} {v['AP@.5'] if v.get('AP@.5') is not None else float('nan'):.3f}"
+                    for c, v in m["per_class"].items()
+                ),
+                flush=True,
+            )
             t = m["score_thresholds"]  # issue 13: calibrated per-class thresholds against the best single one
-            print(f"  val F1 per class, calibrated threshold vs the best single threshold ({t['global']['threshold']}): "
-                  + ", ".join(f"{c} {p['f1']:.3f} at {p['threshold']} vs {t['global']['per_class_f1'][c]:.3f}"
-                              for c, p in t["per_class"].items()), flush=True)
+            print(
+                f"  val F1 per class, calibrated threshold vs the best single threshold ({t['global']['threshold']}): "
+                + ", ".join(
+                    f"{c} {p['f1']:.3f} at {p['threshold']} vs {t['global']['per_class_f1'][c]:.3f}"
+                    for c, p in t["per_class"].items()
+                ),
+                flush=True,
+            )
         if len(scores) > 1:
-            print(f"| {name} | mean ± sd | {label} | {statistics.mean(scores):.3f} ± {statistics.stdev(scores):.3f} | | | | | |")
+            print(
+                f"| {name} | mean ± sd | {label} | {statistics.mean(scores):.3f} ± {statistics.stdev(scores):.3f} | | | | | |"
+            )
 
 
 def postprocess(args) -> None:
@@ -426,7 +551,9 @@ def postprocess(args) -> None:
 
     from model.export import Detector
 
-    print("| model | post-processing | mAP@.5 | mAP@[.5:.95] | mAP@.75 | mAP small | AP@.5 / AP per class | ms per 16 images (ratio) |")
+    print(
+        "| model | post-processing | mAP@.5 | mAP@[.5:.95] | mAP@.75 | mAP small | AP@.5 / AP per class | ms per 16 images (ratio) |"
+    )
     print("| --- | --- | ---: | ---: | ---: | ---: | --- | ---: |")
     for model_dir, data in zip(args.model, args.data):
         info = json.loads((Path(model_dir) / MODEL_INFO).read_text())
@@ -442,17 +569,24 @@ def postprocess(args) -> None:
 
         plain = Detector(model, cfg, info["score_threshold"], info["iou_threshold"], info["max_detections"])
         for merge in [None, *(float(v) for v in args.merge.split(",") if v)]:
-            detector = Detector(model, cfg, info["score_threshold"], info["iou_threshold"], info["max_detections"], box_merge_iou=merge)
+            detector = Detector(
+                model, cfg, info["score_threshold"], info["iou_threshold"], info["max_detections"], box_merge_iou=merge
+            )
             seconds(plain), seconds(detector)  # traced, warm
             # Alternating with plain NMS, each side's best of 7: the ratio holds under a steady load
             pairs = [(seconds(plain), seconds(detector)) for _ in range(7)]
             base, ms = (min(side) * 1000 for side in zip(*pairs))
             m = score_detector(detector.serve, data)
             small = "–" if m.get("mAP_small") is None else f"{m['mAP_small']:.3f}"
-            classes = ", ".join(f"{c} {v['AP@.5']:.3f} / {v['AP']:.3f}" for c, v in m["per_class"].items() if v.get("AP") is not None)
+            classes = ", ".join(
+                f"{c} {v['AP@.5']:.3f} / {v['AP']:.3f}" for c, v in m["per_class"].items() if v.get("AP") is not None
+            )
             what = f"NMS at {info['iou_threshold']:g}" + (f", merged above {merge:g}" if merge else "")
-            print(f"| {Path(model_dir).parent.name}/{Path(model_dir).name} | {what} | {m['mAP@.5']:.3f} | {m['mAP']:.3f} | "
-                  f"{m['mAP@.75']:.3f} | {small} | {classes} | {ms:.0f} ({ms / base:.2f}) |", flush=True)
+            print(
+                f"| {Path(model_dir).parent.name}/{Path(model_dir).name} | {what} | {m['mAP@.5']:.3f} | {m['mAP']:.3f} | "
+                f"{m['mAP@.75']:.3f} | {small} | {classes} | {ms:.0f} ({ms / base:.2f}) |",
+                flush=True,
+            )
 
 
 def select(args) -> None:
@@ -484,13 +618,32 @@ def select(args) -> None:
                 cells.append(f"{h['mAP@.5']:.3f} / {h['mAP']:.3f} ({h['phase']} {h['epoch']})")
             settings = ", ".join(f"{k}={v}" for k, v in run.get("settings", {}).items()) or "defaults"
             print(f"| {Path(path).stem}, seed {run['seed']}, {settings} | " + " | ".join(cells) + " |")
-    print("| mean | " + " | ".join(f"{sum(a for a, _ in v) / len(v):.3f} / {sum(b for _, b in v) / len(v):.3f}" if v else "–"
-                                   for v in kept.values()) + " |")
+    print(
+        "| mean | "
+        + " | ".join(
+            f"{sum(a for a, _ in v) / len(v):.3f} / {sum(b for _, b in v) / len(v):.3f}" if v else "–"
+            for v in kept.values()
+        )
+        + " |"
+    )
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=["throughput", "loss-cost", "quality", "startup", "precision", "s3", "s3-quality", "postprocess", "select"])
+    ap.add_argument(
+        "what",
+        choices=[
+            "throughput",
+            "loss-cost",
+            "quality",
+            "startup",
+            "precision",
+            "s3",
+            "s3-quality",
+            "postprocess",
+            "select",
+        ],
+    )
     ap.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "ssdflow-bench-train"))
     ap.add_argument("--alpha", type=float, default=1.0)
     ap.add_argument("--image-size", type=int, default=320)
@@ -501,22 +654,49 @@ def main() -> None:
     ap.add_argument("--time-budget", type=float, default=30.0, help="minutes of fitting per run (quality; 0: none)")
     ap.add_argument("--seeds", default="0", help="comma-separated seeds (quality), e.g. 0,1,2 for mean and spread")
     ap.add_argument("--pretrained-only", action="store_true", help="skip the from-scratch run (quality)")
-    ap.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the product's, by how the backbone starts)")
+    ap.add_argument(
+        "--lr", type=float, default=None, help="peak learning rate (default: the product's, by how the backbone starts)"
+    )
     ap.add_argument("--dataset", choices=sorted(DATASETS), default="raccoon", help="what quality trains and scores on")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="a training setting for every run (quality), e.g. --set early_stopping_patience=10")
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a training setting for every run (quality), e.g. --set early_stopping_patience=10",
+    )
     ap.add_argument("--history", help="append each run's per-evaluation val mAP as JSON lines to this file (quality)")
     ap.add_argument("--weights", help="pretrained MobileNetV2 no-top weights file (quality)")
     ap.add_argument("--repeats", type=int, default=3, help="alternating measurements of each side (s3, loss-cost)")
     ap.add_argument("--model", action="append", help="a registered model version directory (postprocess; repeatable)")
-    ap.add_argument("--data", action="append", default=[], help="the ingest output to score --model on (postprocess; one per --model)")
+    ap.add_argument(
+        "--data",
+        action="append",
+        default=[],
+        help="the ingest output to score --model on (postprocess; one per --model)",
+    )
     ap.add_argument("--merge", default="0.5,0.6,0.7", help="box-merging IoUs to score besides plain NMS (postprocess)")
-    ap.add_argument("--from-history", action="append", default=[], help="a file quality's --history wrote (select; repeatable)")
-    ap.add_argument("--map50-tolerance", type=float, default=0.02,
-                    help="select: best_epoch_metric map_near_map50's tolerance (the best mAP@[.5:.95] within it of the best mAP@.5)")
+    ap.add_argument(
+        "--from-history", action="append", default=[], help="a file quality's --history wrote (select; repeatable)"
+    )
+    ap.add_argument(
+        "--map50-tolerance",
+        type=float,
+        default=0.02,
+        help="select: best_epoch_metric map_near_map50's tolerance (the best mAP@[.5:.95] within it of the best mAP@.5)",
+    )
     args = ap.parse_args()
-    {"throughput": throughput, "loss-cost": loss_cost, "quality": quality, "startup": startup, "precision": precision, "s3": s3_input,
-     "s3-quality": s3_quality, "postprocess": postprocess, "select": select}[args.what](args)
+    {
+        "throughput": throughput,
+        "loss-cost": loss_cost,
+        "quality": quality,
+        "startup": startup,
+        "precision": precision,
+        "s3": s3_input,
+        "s3-quality": s3_quality,
+        "postprocess": postprocess,
+        "select": select,
+    }[args.what](args)
 
 
 if __name__ == "__main__":

@@ -72,13 +72,21 @@ def _fingerprint_key(context, parameters) -> str:
     return f"ingest-{parameters['fingerprint']}"
 
 
-@task(name="ingest", cache_key_fn=_fingerprint_key, cache_expiration=timedelta(days=30), retries=2,
-      retry_delay_seconds=[10, 60], persist_result=True)
+@task(
+    name="ingest",
+    cache_key_fn=_fingerprint_key,
+    cache_expiration=timedelta(days=30),
+    retries=2,
+    retry_delay_seconds=[10, 60],
+    persist_result=True,
+)
 def ingest_task(cfg: IngestConfig, fingerprint: str) -> dict:
     """The Beam ingest job; skipped (cached) when the inputs' fingerprint is unchanged."""
     from beam_jobs.ingest import run_ingest
 
-    get_run_logger().info("ingest: %s (%s) → %s, inputs fingerprint %s", cfg.images, cfg.format.value, cfg.out, fingerprint[:12])
+    get_run_logger().info(
+        "ingest: %s (%s) → %s, inputs fingerprint %s", cfg.images, cfg.format.value, cfg.out, fingerprint[:12]
+    )
     progress = artifacts.ProgressArtifact(f"ingest of {cfg.images}: images done of those listed")
     stats = run_ingest(cfg, on_progress=progress.from_counts)
     progress.update(100.0)
@@ -110,11 +118,14 @@ def after_crash(cfg: TrainConfig, attempt: int) -> tuple[TrainConfig, bool]:
     storage.configure(cfg.storage_args)
     if not cfg.resume and not cfg.fresh:
         if can_resume(cfg):
-            get_run_logger().info("train: resuming the interrupted training of these settings and data from its last checkpoint")
+            get_run_logger().info(
+                "train: resuming the interrupted training of these settings and data from its last checkpoint"
+            )
             cfg = cfg.model_copy(update={"resume": True})
         elif has_interrupted_run(cfg.models):
-            get_run_logger().warning("train: discarding an interrupted training of other settings or data in %s",
-                                     run_dir_uri(cfg.models))
+            get_run_logger().warning(
+                "train: discarding an interrupted training of other settings or data in %s", run_dir_uri(cfg.models)
+            )
             cfg = cfg.model_copy(update={"fresh": True})
     return cfg, attempt > 0
 
@@ -129,15 +140,28 @@ def train_task(cfg: TrainConfig, attempt: int = 0) -> dict:
     # A lease of 60 s (Prefect's least; renewed while the training lives): a killed training's slot
     # frees within about a minute, before its rerun (90 s of silence) asks for it.
     with concurrency(ensure_train_limit(cfg.models), occupy=1, strict=True, lease_duration=60):
-        result = train(cfg, extra_callbacks=(PrefectEpochLogger(cfg.max_epochs(), progress),), verbose=0,
-                       reuse_completed=reuse_completed, say=get_run_logger().info)
+        result = train(
+            cfg,
+            extra_callbacks=(PrefectEpochLogger(cfg.max_epochs(), progress),),
+            verbose=0,
+            reuse_completed=reuse_completed,
+            say=get_run_logger().info,
+        )
     progress.update(100.0)
     artifacts.training_metrics(result.metrics)
     artifacts.model_card(result.model_dir, result.decision)
-    get_run_logger().info("train: %s %s (%s)", result.version, "promoted" if result.decision["promoted"] else "not promoted",
-                          result.decision["reason"])
-    return {"version": result.version, "model_dir": result.model_dir, "metrics": {k: result.metrics.get(k) for k in ("mAP", "mAP@.5")},
-            "decision": result.decision}
+    get_run_logger().info(
+        "train: %s %s (%s)",
+        result.version,
+        "promoted" if result.decision["promoted"] else "not promoted",
+        result.decision["reason"],
+    )
+    return {
+        "version": result.version,
+        "model_dir": result.model_dir,
+        "metrics": {k: result.metrics.get(k) for k in ("mAP", "mAP@.5")},
+        "decision": result.decision,
+    }
 
 
 @task(name="score", retries=2, retry_delay_seconds=[10, 60])
@@ -153,11 +177,18 @@ def score_task(cfg: ScoreConfig) -> dict:
     artifacts.scoring_summary(manifest, summary, cfg.out)
     if manifest.get("labelling"):
         artifacts.labelling_batch(cfg.out, manifest["labelling"])
-    get_run_logger().info("score: %d images in, %d scored, %d failed, %d detections", manifest["images_in"],
-                          manifest["images_scored"], manifest["images_failed"], manifest["detections"])
+    get_run_logger().info(
+        "score: %d images in, %d scored, %d failed, %d detections",
+        manifest["images_in"],
+        manifest["images_scored"],
+        manifest["images_failed"],
+        manifest["detections"],
+    )
     if manifest.get("images_retryable"):  # the next run (or a retry of this one) scores their chunks again
-        get_run_logger().warning("score: %d images could not be read for now (read_error_retryable in errors.jsonl)",
-                                 manifest["images_retryable"])
+        get_run_logger().warning(
+            "score: %d images could not be read for now (read_error_retryable in errors.jsonl)",
+            manifest["images_retryable"],
+        )
     return manifest
 
 
@@ -198,7 +229,13 @@ def models_flow(config: ModelsConfig) -> dict:
     elif config.action == "rollback":
         decision = registry.rollback(config.models, by, config.reason)
     if decision is not None:
-        get_run_logger().info("models: champion %s (was %s); %s", decision["challenger"], decision["champion"], decision["reason"])
+        get_run_logger().info(
+            "models: champion %s (was %s); %s", decision["challenger"], decision["champion"], decision["reason"]
+        )
     versions = registry.describe_versions(config.models)
     artifacts.model_versions(versions, config.models)
-    return {"champion": (registry.read_champion(config.models) or {}).get("version"), "decision": decision, "versions": versions}
+    return {
+        "champion": (registry.read_champion(config.models) or {}).get("version"),
+        "decision": decision,
+        "versions": versions,
+    }

@@ -27,12 +27,29 @@ def _last_stats_path(models: str) -> str:
 def ingest_changes(previous: dict | None, current: dict) -> list[dict]:
     """Tonight's ingest stats beside last night's: images added/removed, boxes per class, new rejection reasons."""
     prev = previous or {}
-    rows = [{"what": "images written", "last_night": (prev.get("images_written") or {}).get("total"),
-             "tonight": current["images_written"]["total"]}]
+    rows = [
+        {
+            "what": "images written",
+            "last_night": (prev.get("images_written") or {}).get("total"),
+            "tonight": current["images_written"]["total"],
+        }
+    ]
     delta = current["images_written"]["total"] - ((prev.get("images_written") or {}).get("total") or 0)
-    rows.append({"what": "images added (net)" if delta >= 0 else "images removed (net)", "last_night": None, "tonight": abs(delta)})
+    rows.append(
+        {
+            "what": "images added (net)" if delta >= 0 else "images removed (net)",
+            "last_night": None,
+            "tonight": abs(delta),
+        }
+    )
     for name in sorted(set(prev.get("boxes_per_class", {})) | set(current["boxes_per_class"])):
-        rows.append({"what": f"boxes[{name}]", "last_night": prev.get("boxes_per_class", {}).get(name), "tonight": current["boxes_per_class"].get(name, 0)})
+        rows.append(
+            {
+                "what": f"boxes[{name}]",
+                "last_night": prev.get("boxes_per_class", {}).get(name),
+                "tonight": current["boxes_per_class"].get(name, 0),
+            }
+        )
     old_reasons = set(prev.get("images_rejected", {})) | set(prev.get("boxes_rejected", {}))
     for kind in ("images_rejected", "boxes_rejected"):
         for reason, n in current[kind].items():
@@ -57,11 +74,17 @@ def compare_task(champion_dir: str, challenger_dir: str, data_dir: str, n: int, 
         if local_out != out_dir:
             storage.upload_tree(local_out, out_dir)
             rows = [dict(r, file=storage.join(out_dir, os.path.basename(r["file"]))) for r in rows]
-    table = "\n".join(f"| {r['image']} | {r['ground_truth_boxes']} | {r['champion_boxes']} | {r['challenger_boxes']} | `{r['file']}` |" for r in rows)
+    table = "\n".join(
+        f"| {r['image']} | {r['ground_truth_boxes']} | {r['champion_boxes']} | {r['challenger_boxes']} | `{r['file']}` |"
+        for r in rows
+    )
     create_markdown_artifact(
         "## Champion (left) and challenger (right) on the same val images\n\n"
-        "| image | ground truth | champion | challenger | side-by-side image |\n| --- | --- | --- | --- | --- |\n" + table + "\n",
-        key="champion-vs-challenger")
+        "| image | ground truth | champion | challenger | side-by-side image |\n| --- | --- | --- | --- | --- |\n"
+        + table
+        + "\n",
+        key="champion-vs-challenger",
+    )
     return rows
 
 
@@ -74,7 +97,9 @@ def tflite_task(model_dir: str, variants: list[str], data_dir: str) -> dict:
         if storage.exists(storage.join(model_dir, tflite_name(quantize))):
             continue  # exported on an earlier night: the champion has not changed since
         entry = export_tflite_beside(model_dir, quantize, data_dir)  # scored on val and recorded
-        get_run_logger().info("tflite: %s, %.2f MB, val mAP@.5 %.4f", entry["file"], entry["bytes"] / 1e6, entry["metrics"]["mAP@.5"])
+        get_run_logger().info(
+            "tflite: %s, %.2f MB, val mAP@.5 %.4f", entry["file"], entry["bytes"] / 1e6, entry["metrics"]["mAP@.5"]
+        )
     wanted = {tflite_name(q) for q in variants}
     files = {name: e for name, e in manifest(model_dir).items() if name in wanted}
     artifacts.tflite_exports(model_dir, files)
@@ -87,8 +112,12 @@ def push_task(models: str, base: str) -> dict:
     from model.push import push
 
     result = push(models, base)
-    get_run_logger().info("push: %s", f"champion {result['version']} written to {result['path']}" if result["pushed"]
-                          else f"{result['path']} holds champion {result['version']} already")
+    get_run_logger().info(
+        "push: %s",
+        f"champion {result['version']} written to {result['path']}"
+        if result["pushed"]
+        else f"{result['path']} holds champion {result['version']} already",
+    )
     return result
 
 
@@ -104,13 +133,23 @@ def skip_if_nothing_to_learn(config: NightlyConfig) -> dict | None:
     if alike is None:
         return None
     version, metrics = alike
-    reason = (f"training skipped: champion {version} was trained on this data (fingerprint {metrics['data_fingerprint']}) "
-              f"with these settings; nothing new to learn")
+    reason = (
+        f"training skipped: champion {version} was trained on this data (fingerprint {metrics['data_fingerprint']}) "
+        f"with these settings; nothing new to learn"
+    )
     get_run_logger().info("nightly: %s", reason)
-    create_markdown_artifact(f"## Training skipped\n\n{reason}. A change to the images, the labels or the training "
-                             f"settings trains a challenger again.\n", key="training-skipped")
-    return {"version": version, "model_dir": str(registry.version_dir(cfg.models, version)), "skipped": True,
-            "metrics": {k: metrics.get(k) for k in ("mAP", "mAP@.5")}, "decision": {"promoted": False, "reason": reason}}
+    create_markdown_artifact(
+        f"## Training skipped\n\n{reason}. A change to the images, the labels or the training "
+        f"settings trains a challenger again.\n",
+        key="training-skipped",
+    )
+    return {
+        "version": version,
+        "model_dir": str(registry.version_dir(cfg.models, version)),
+        "skipped": True,
+        "metrics": {k: metrics.get(k) for k in ("mAP", "mAP@.5")},
+        "decision": {"promoted": False, "reason": reason},
+    }
 
 
 @flow(name="nightly-retrain", log_prints=True)
@@ -124,19 +163,29 @@ def nightly_flow(config: NightlyConfig, attempt: Attempt = 0) -> dict:
     previous = json.loads(storage.read_text(last_path)) if storage.exists(last_path) else None
     stats = ingest_unless_unchanged(config.ingest)
     artifacts.ingest_stats(stats, config.ingest.out)
-    create_table_artifact(ingest_changes(previous, stats), key="ingest-since-last-night",
-                          description="Tonight's ingest beside last night's")
+    create_table_artifact(
+        ingest_changes(previous, stats),
+        key="ingest-since-last-night",
+        description="Tonight's ingest beside last night's",
+    )
 
     champion_before = registry.read_champion(config.models)
     trained = skip_if_nothing_to_learn(config) or train_task(config.train_config(), attempt)
     run_dir = storage.join(config.models, HISTORY, datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ"))
     if champion_before and config.comparison_images and not trained.get("skipped"):
-        compare_task(str(registry.version_dir(config.models, champion_before["version"])), trained["model_dir"],
-                     config.ingest.out, config.comparison_images, run_dir)
+        compare_task(
+            str(registry.version_dir(config.models, champion_before["version"])),
+            trained["model_dir"],
+            config.ingest.out,
+            config.comparison_images,
+            run_dir,
+        )
 
     champion = registry.read_champion(config.models)
     if config.tflite and champion:
-        tflite_task(str(registry.version_dir(config.models, champion["version"])), list(config.tflite), config.ingest.out)
+        tflite_task(
+            str(registry.version_dir(config.models, champion["version"])), list(config.tflite), config.ingest.out
+        )
 
     pushed = push_task(config.models, config.push_to) if config.push_to and champion else None
 
@@ -144,14 +193,30 @@ def nightly_flow(config: NightlyConfig, attempt: Attempt = 0) -> dict:
     if config.score_images and champion is None:
         log.warning("nightly: no champion yet (%s), so the archive is not scored", trained["decision"]["reason"])
     elif config.score_images:
-        scored = score_task(ScoreConfig(model=config.models, images=config.score_images, out=config.score_out,
-                                        score_threshold=config.score_threshold, select=config.select,
-                                        label_studio_root=config.label_studio_root,
-                                        beam_args=config.storage_args()))
+        scored = score_task(
+            ScoreConfig(
+                model=config.models,
+                images=config.score_images,
+                out=config.score_out,
+                score_threshold=config.score_threshold,
+                select=config.select,
+                label_studio_root=config.label_studio_root,
+                beam_args=config.storage_args(),
+            )
+        )
     storage.write_text(last_path, json.dumps(stats, indent=2))
-    log.info("nightly: %s", "new champion " + trained["version"] if trained["decision"]["promoted"] else
-             "champion kept" + (" (nothing to learn)" if trained.get("skipped") else ""))
-    return {"ingest": {"images_written": stats["images_written"]["total"]}, "train": trained, "push": pushed, "score": scored}
+    log.info(
+        "nightly: %s",
+        "new champion " + trained["version"]
+        if trained["decision"]["promoted"]
+        else "champion kept" + (" (nothing to learn)" if trained.get("skipped") else ""),
+    )
+    return {
+        "ingest": {"images_written": stats["images_written"]["total"]},
+        "train": trained,
+        "push": pushed,
+        "score": scored,
+    }
 
 
 @flow(name="demo", log_prints=True)
@@ -165,5 +230,7 @@ def demo_flow(config: DemoConfig = DemoConfig(), attempt: Attempt = 0) -> dict:
     stats = ingest_unless_unchanged(ingest_cfg)
     artifacts.ingest_stats(stats, ingest_cfg.out)
     trained = train_task(train_cfg, attempt)
-    scored = score_task(score_cfg.model_copy(update={"model": trained["model_dir"]}))  # promoted or not, as the CLI demo
+    scored = score_task(
+        score_cfg.model_copy(update={"model": trained["model_dir"]})
+    )  # promoted or not, as the CLI demo
     return {"workdir": workdir, "ingest": stats["images_written"], "train": trained, "score": scored}

@@ -35,11 +35,23 @@ SILENCE_SECONDS = 90  # three heartbeats missed: dead, not merely busy
 MAX_RERUNS = 2
 SILENT_AUTOMATION = "ssdflow: mark silent runs crashed"
 RERUN_AUTOMATION = "ssdflow: rerun crashed runs"
-TERMINAL_EVENTS = ("prefect.flow-run.Completed", "prefect.flow-run.Failed", "prefect.flow-run.Cancelled",
-                   "prefect.flow-run.Crashed")
+TERMINAL_EVENTS = (
+    "prefect.flow-run.Completed",
+    "prefect.flow-run.Failed",
+    "prefect.flow-run.Cancelled",
+    "prefect.flow-run.Crashed",
+)
 
-Attempt = Annotated[int, Field(ge=0, le=MAX_RERUNS, description=(
-    "Set by the crash-rerun automation (0 for a run you start): how many times this work was rerun after a crash"))]
+Attempt = Annotated[
+    int,
+    Field(
+        ge=0,
+        le=MAX_RERUNS,
+        description=(
+            "Set by the crash-rerun automation (0 for a run you start): how many times this work was rerun after a crash"
+        ),
+    ),
+]
 
 
 def heartbeat_env(seconds: int = HEARTBEAT_SECONDS) -> dict[str, str]:
@@ -49,7 +61,10 @@ def heartbeat_env(seconds: int = HEARTBEAT_SECONDS) -> dict[str, str]:
 
 def _json_template(expression: str) -> dict:
     """A RunDeployment parameter rendered from the triggering run, keeping its JSON type."""
-    return {"__prefect_kind": "json", "value": {"__prefect_kind": "jinja", "template": "{{ (" + expression + ") | tojson }}"}}
+    return {
+        "__prefect_kind": "json",
+        "value": {"__prefect_kind": "jinja", "template": "{{ (" + expression + ") | tojson }}"},
+    }
 
 
 def automations(silence_seconds: int = SILENCE_SECONDS) -> list:
@@ -73,8 +88,12 @@ def automations(silence_seconds: int = SILENCE_SECONDS) -> list:
             threshold=1,
             within=timedelta(seconds=silence_seconds),
         ),
-        actions=[ChangeFlowRunState(state=StateType.CRASHED,
-                                    message=f"No heartbeat for {silence_seconds}s: the process running this flow is gone")],
+        actions=[
+            ChangeFlowRunState(
+                state=StateType.CRASHED,
+                message=f"No heartbeat for {silence_seconds}s: the process running this flow is gone",
+            )
+        ],
     )
     rerun = Automation(
         name=RERUN_AUTOMATION,
@@ -86,10 +105,15 @@ def automations(silence_seconds: int = SILENCE_SECONDS) -> list:
             posture=Posture.Reactive,
             threshold=1,
         ),
-        actions=[RunDeployment(source="inferred", parameters={
-            "config": _json_template("flow_run.parameters['config']"),
-            "attempt": _json_template("(flow_run.parameters['attempt'] | default(0)) + 1"),
-        })],
+        actions=[
+            RunDeployment(
+                source="inferred",
+                parameters={
+                    "config": _json_template("flow_run.parameters['config']"),
+                    "attempt": _json_template("(flow_run.parameters['attempt'] | default(0)) + 1"),
+                },
+            )
+        ],
     )
     return [silent, rerun]
 

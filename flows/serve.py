@@ -51,23 +51,35 @@ def read_serve_config(path: str) -> ServeConfig:
     try:
         return ServeConfig.model_validate(data)
     except ValidationError as e:
-        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc']) or '(top level)'}: {err['msg']}" for err in e.errors())
-        raise ServeConfigError(f"--config {path}: {problems} (fields: ssdflow.config.ServeConfig; README, Orchestration)") from None
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '(top level)'}: {err['msg']}" for err in e.errors()
+        )
+        raise ServeConfigError(
+            f"--config {path}: {problems} (fields: ssdflow.config.ServeConfig; README, Orchestration)"
+        ) from None
 
 
 def default_parameters(home: str, config_file: str | None = None) -> dict:
     """Parameters for each deployment: from ``config_file`` if given, else the demo layout under ``home``."""
     if config_file:
         cfg = read_serve_config(config_file)
-        return {"nightly": cfg.nightly, "score": cfg.score, "ingest": cfg.ingest or cfg.nightly.ingest,
-                "train": cfg.nightly.train_config()}
+        return {
+            "nightly": cfg.nightly,
+            "score": cfg.score,
+            "ingest": cfg.ingest or cfg.nightly.ingest,
+            "train": cfg.nightly.train_config(),
+        }
     home = os.path.abspath(home)
     from ssdflow.demo import demo_train_settings, make_demo_data
 
     if not os.path.isdir(os.path.join(home, "data", "images")):
         make_demo_data(home, 200, 0)
-    ingest = IngestConfig(images=os.path.join(home, "data", "images"), labels=os.path.join(home, "data", "annotations"),
-                          format="voc", out=os.path.join(home, "ingest"))
+    ingest = IngestConfig(
+        images=os.path.join(home, "data", "images"),
+        labels=os.path.join(home, "data", "annotations"),
+        format="voc",
+        out=os.path.join(home, "ingest"),
+    )
     small = demo_train_settings()  # the demo's recipe: a few minutes from scratch, no download
     nightly = NightlyConfig(ingest=ingest, models=os.path.join(home, "models"), train=small)
     score = ScoreConfig(model=nightly.models, images=[ingest.images], out=os.path.join(home, "scored"))
@@ -111,24 +123,56 @@ def build_deployments(params: dict, timezone: str = "UTC", home: str = "ssdflow_
     """
     dump = lambda m: m.model_dump(mode="json")  # noqa: E731
     return [
-        nightly_flow.to_deployment(name="nightly-retrain", schedules=[Cron(NIGHTLY_CRON, timezone=timezone)],
-                                   parameters={"config": dump(params["nightly"])}, concurrency_limit=1,
-                                   description="Ingest → train → evaluate → promote → score, every night", tags=["ssdflow"]),
-        score_flow.to_deployment(name="batch-score", parameters={"config": dump(params["score"])}, concurrency_limit=_queued(max_runs),
-                                 description="Score an image archive with the champion", tags=["ssdflow"]),
-        ingest_flow.to_deployment(name="ingest", parameters={"config": dump(params["ingest"])}, concurrency_limit=_queued(max_runs),
-                                  tags=["ssdflow"]),
-        train_flow.to_deployment(name="train", parameters={"config": dump(params["train"])}, concurrency_limit=1, tags=["ssdflow"]),
-        models_flow.to_deployment(name="models", parameters={"config": dump(ModelsConfig(models=params["nightly"].models, storage_args=params["nightly"].storage_args()))},
-                                  concurrency_limit=1, description="List model versions, promote one by hand, roll back",
-                                  tags=["ssdflow"]),
-        demo_flow.to_deployment(name="demo", parameters={"config": dump(DemoConfig(workdir=os.path.join(os.path.abspath(home), "demo")))},
-                                tags=["ssdflow"]),
+        nightly_flow.to_deployment(
+            name="nightly-retrain",
+            schedules=[Cron(NIGHTLY_CRON, timezone=timezone)],
+            parameters={"config": dump(params["nightly"])},
+            concurrency_limit=1,
+            description="Ingest → train → evaluate → promote → score, every night",
+            tags=["ssdflow"],
+        ),
+        score_flow.to_deployment(
+            name="batch-score",
+            parameters={"config": dump(params["score"])},
+            concurrency_limit=_queued(max_runs),
+            description="Score an image archive with the champion",
+            tags=["ssdflow"],
+        ),
+        ingest_flow.to_deployment(
+            name="ingest",
+            parameters={"config": dump(params["ingest"])},
+            concurrency_limit=_queued(max_runs),
+            tags=["ssdflow"],
+        ),
+        train_flow.to_deployment(
+            name="train", parameters={"config": dump(params["train"])}, concurrency_limit=1, tags=["ssdflow"]
+        ),
+        models_flow.to_deployment(
+            name="models",
+            parameters={
+                "config": dump(
+                    ModelsConfig(models=params["nightly"].models, storage_args=params["nightly"].storage_args())
+                )
+            },
+            concurrency_limit=1,
+            description="List model versions, promote one by hand, roll back",
+            tags=["ssdflow"],
+        ),
+        demo_flow.to_deployment(
+            name="demo",
+            parameters={"config": dump(DemoConfig(workdir=os.path.join(os.path.abspath(home), "demo")))},
+            tags=["ssdflow"],
+        ),
     ]
 
 
-def run_serve(home: str = "ssdflow_home", config_file: str | None = None, timezone: str = "UTC",
-              silence_seconds: int = recovery.SILENCE_SECONDS, max_runs: int | None = None) -> None:
+def run_serve(
+    home: str = "ssdflow_home",
+    config_file: str | None = None,
+    timezone: str = "UTC",
+    silence_seconds: int = recovery.SILENCE_SECONDS,
+    max_runs: int | None = None,
+) -> None:
     """Registers and serves every deployment until interrupted, with crash detection and reruns.
 
     The parameters come first: a wrong ``config_file`` raises ServeConfigError before anything
@@ -139,9 +183,13 @@ def run_serve(home: str = "ssdflow_home", config_file: str | None = None, timezo
     max_runs = max_runs or default_run_limit()
     log.info("serve: at most %d concurrent runs; more batch-score or ingest runs queue", max_runs)
     if not os.environ.get("PREFECT_API_URL"):
-        log.warning("PREFECT_API_URL is not set: deployments go to a temporary local server (start one with "
-                    "`prefect server start --host 127.0.0.1 --port 4200`)")
+        log.warning(
+            "PREFECT_API_URL is not set: deployments go to a temporary local server (start one with "
+            "`prefect server start --host 127.0.0.1 --port 4200`)"
+        )
     os.environ.update(recovery.heartbeat_env())  # inherited by every flow-run process serve starts
-    ensure_train_limit(params["nightly"].models)  # shown in the UI before the first night; trainings create theirs anyway
+    ensure_train_limit(
+        params["nightly"].models
+    )  # shown in the UI before the first night; trainings create theirs anyway
     recovery.ensure_automations(silence_seconds)
     serve(*build_deployments(params, timezone, home, max_runs), limit=max_runs)

@@ -81,7 +81,9 @@ def fitted_min_scale(sides, image_size: int, finest_stride: int, quantile: float
 MIN_CLASS_BOXES = 10  # a class with fewer training boxes does not decide the architecture (its percentiles are noise)
 
 
-def smallest_class(sides, classes, quantile: float = 0.1, min_boxes: int = MIN_CLASS_BOXES) -> tuple[int | None, np.ndarray]:
+def smallest_class(
+    sides, classes, quantile: float = 0.1, min_boxes: int = MIN_CLASS_BOXES
+) -> tuple[int | None, np.ndarray]:
     """The class whose boxes are smallest and the sides of its boxes: (class id, [K] sides).
 
     ``sides`` [M] and ``classes`` [M] (sqrt(h * w) of ``dataset.box_shapes``). The class with the lowest
@@ -129,14 +131,20 @@ def fitted_aspect_ratios(heights, widths, classes, cfg: ModelConfig, pos_iou: fl
     heights, widths = np.asarray(heights, np.float64), np.asarray(widths, np.float64)
     classes = np.asarray(classes)
     rng = np.random.default_rng(0)
-    keep = np.concatenate([rng.permutation(np.flatnonzero(classes == c))[:MAX_FIT_BOXES_PER_CLASS] for c in np.unique(classes)])
+    keep = np.concatenate(
+        [rng.permutation(np.flatnonzero(classes == c))[:MAX_FIT_BOXES_PER_CLASS] for c in np.unique(classes)]
+    )
     heights, widths, classes = heights[keep], widths[keep], classes[keep]
     _, index, counts = np.unique(classes, return_inverse=True, return_counts=True)
     weights = 1.0 / (counts[index] * len(counts))  # each class sums to 1 / classes
     # best[i, m]: box m's best IoU with the shapes of candidate i (over every level's scale; the
     # extra square anchor of each level, which every ratio set has, included)
-    best = np.stack([best_shape_iou(heights, widths, anchor_shapes(cfg.model_copy(update={"aspect_ratios": [r]})))
-                     for r in RATIO_CANDIDATES])
+    best = np.stack(
+        [
+            best_shape_iou(heights, widths, anchor_shapes(cfg.model_copy(update={"aspect_ratios": [r]})))
+            for r in RATIO_CANDIDATES
+        ]
+    )
     chosen: list[float] = []
     current = np.zeros(len(heights))
     for _ in range(len(cfg.aspect_ratios)):
@@ -149,7 +157,7 @@ def fitted_aspect_ratios(heights, widths, classes, cfg: ModelConfig, pos_iou: fl
         chosen.append(rounded_ratio(RATIO_CANDIDATES[pick]))
         current = merged[pick]
     rest = [r for r in map(rounded_ratio, cfg.aspect_ratios) if r not in chosen]
-    return sorted(chosen + rest[:len(cfg.aspect_ratios) - len(chosen)])
+    return sorted(chosen + rest[: len(cfg.aspect_ratios) - len(chosen)])
 
 
 def anchors_per_cell(aspect_ratios: list[float], scales_per_level: int = 1) -> int:
@@ -160,8 +168,9 @@ def anchors_per_cell(aspect_ratios: list[float], scales_per_level: int = 1) -> i
     return len(aspect_ratios) * scales_per_level
 
 
-def _cell_anchor_sizes(scale: float, next_scale: float, aspect_ratios: list[float],
-                       scales_per_level: int = 1) -> list[tuple[float, float]]:
+def _cell_anchor_sizes(
+    scale: float, next_scale: float, aspect_ratios: list[float], scales_per_level: int = 1
+) -> list[tuple[float, float]]:
     """(h, w) of a cell's anchors, in head order.
 
     One scale per level (SSD's): [ratios..., extra square at sqrt(s_k * s_{k+1})]. With n scales per
@@ -205,8 +214,10 @@ def _levels(cfg: ModelConfig) -> list[tuple[int, list[tuple[float, float]]]]:
     sizes = feature_map_sizes(cfg.image_size, cfg.extra_levels, cfg.finest_stride)
     scales = level_scales(len(sizes), cfg.first_scale, cfg.max_scale, cfg.scale_spacing)
     next_scales = scales[1:] + [1.0]
-    return [(size, _cell_anchor_sizes(s, s_next, list(cfg.aspect_ratios), cfg.scales_per_level))
-            for size, s, s_next in zip(sizes, scales, next_scales)]
+    return [
+        (size, _cell_anchor_sizes(s, s_next, list(cfg.aspect_ratios), cfg.scales_per_level))
+        for size, s, s_next in zip(sizes, scales, next_scales)
+    ]
 
 
 class AnchorLevels(NamedTuple):
@@ -243,9 +254,9 @@ def best_shape_iou(heights, widths, shapes: np.ndarray, chunk: int = 65_536) -> 
     ah, aw = shapes[None, :, 0], shapes[None, :, 1]
     out = np.zeros(len(h_all))
     for start in range(0, len(h_all), chunk):
-        h, w = h_all[start:start + chunk, None], w_all[start:start + chunk, None]
+        h, w = h_all[start : start + chunk, None], w_all[start : start + chunk, None]
         inter = np.minimum(h, ah) * np.minimum(w, aw)
-        out[start:start + chunk] = (inter / np.maximum(h * w + ah * aw - inter, 1e-12)).max(axis=1, initial=0.0)
+        out[start : start + chunk] = (inter / np.maximum(h * w + ah * aw - inter, 1e-12)).max(axis=1, initial=0.0)
     return out
 
 

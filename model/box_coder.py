@@ -46,7 +46,9 @@ def decode(targets: tf.Tensor, anchors: tf.Tensor, variances) -> tf.Tensor:
     targets: [..., N, 4], anchors: [..., N, 4] corners (broadcastable); returns [..., N, 4] corners.
     The log-size terms are capped at MAX_LOG_SCALE so an untrained head can't produce inf boxes.
     """
-    ty, tx, th, tw = tf.unstack(tf.convert_to_tensor(targets, tf.float32) * tf.constant(variances, tf.float32), num=4, axis=-1)
+    ty, tx, th, tw = tf.unstack(
+        tf.convert_to_tensor(targets, tf.float32) * tf.constant(variances, tf.float32), num=4, axis=-1
+    )
     acy, acx, ah, aw = tf.unstack(corners_to_center(anchors), num=4, axis=-1)
     cy = ty * ah + acy
     cx = tx * aw + acx

@@ -82,7 +82,13 @@ class EpochCheckpoint(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         entry = {"epoch": epoch + 1, "steps": int(self.model.optimizer.iterations.numpy())}
-        entry.update({k: round(float(v), 6) for k, v in (logs or {}).items() if isinstance(v, (int, float)) or getattr(v, "shape", None) == ()})
+        entry.update(
+            {
+                k: round(float(v), 6)
+                for k, v in (logs or {}).items()
+                if isinstance(v, (int, float)) or getattr(v, "shape", None) == ()
+            }
+        )
         self.history = [e for e in self.history if e["epoch"] <= epoch] + [entry]
         _write_list(os.path.join(self.directory, self.HISTORY), self.history)
         self.epoch.assign(epoch + 1)
@@ -117,7 +123,13 @@ class ValidationMAP(keras.callbacks.Callback):
 
     def __init__(self, detect_fn, data_dir: str, label_map, every: int = 1, path: str | None = None):
         super().__init__()
-        self.detect_fn, self.data_dir, self.label_map, self.every, self.path = detect_fn, data_dir, label_map, every, path
+        self.detect_fn, self.data_dir, self.label_map, self.every, self.path = (
+            detect_fn,
+            data_dir,
+            label_map,
+            every,
+            path,
+        )
         self.phase = None  # set before each phase: Keras counts epochs per fit() call
         # per evaluation: phase, epoch, mAP, mAP@.5, seconds since the run began (a resumed run's clock goes on)
         self.history: list[dict] = _read_list(path)
@@ -138,8 +150,15 @@ class ValidationMAP(keras.callbacks.Callback):
         metrics = score_detector(self.detect_fn, self.data_dir, "val", self.label_map)
         phase = phase or self.phase
         self._forget_after(phase, epoch - 1)  # an epoch evaluated again (after a resume) appears once
-        self.history.append({"phase": phase, "epoch": epoch, "mAP": metrics["mAP"], "mAP@.5": metrics["mAP@.5"],
-                             "seconds": round(time.monotonic() - self._started, 1)})
+        self.history.append(
+            {
+                "phase": phase,
+                "epoch": epoch,
+                "mAP": metrics["mAP"],
+                "mAP@.5": metrics["mAP@.5"],
+                "seconds": round(time.monotonic() - self._started, 1),
+            }
+        )
         self._save()
         return metrics
 
@@ -190,8 +209,12 @@ class KeepBest(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         if (logs or {}).get("val_mAP@.5") is not None:  # an evaluated epoch (ValidationMAP wrote its figures)
-            self.consider(self.model, {"mAP@.5": float(logs["val_mAP@.5"]), "mAP": _float_or_none(logs.get("val_mAP"))},
-                          epoch + 1, self.phase)
+            self.consider(
+                self.model,
+                {"mAP@.5": float(logs["val_mAP@.5"]), "mAP": _float_or_none(logs.get("val_mAP"))},
+                epoch + 1,
+                self.phase,
+            )
 
     def consider(self, model, metrics: dict, epoch: int, phase: str | None) -> bool:
         """Keeps ``model``'s weights if their evaluation (COCO ``metrics``) beats the best so far
@@ -201,8 +224,9 @@ class KeepBest(keras.callbacks.Callback):
             return False
         self.best, self.best_epoch, self.best_phase = score, epoch, phase
         _save_weights(model, self.path)
-        storage.write_json_local(self.path + ".json", {"score": self.best, "epoch": self.best_epoch, "phase": phase,
-                                                       "metric": self.metric})
+        storage.write_json_local(
+            self.path + ".json", {"score": self.best, "epoch": self.best_epoch, "phase": phase, "metric": self.metric}
+        )
         return True
 
     def restore(self, model) -> int | None:
@@ -247,7 +271,9 @@ class KeepNearBest(KeepBest):
         super().__init__(path, "map_near_map50")
         self.metric_name = f"val mAP@[.5:.95] within {tolerance:g} of the best val mAP@.5"
         listed = {c["file"] for c in self.candidates}
-        for stale in glob.glob(glob.escape(self._base()) + ".*.weights.h5"):  # written, then killed before the JSON named it
+        for stale in glob.glob(
+            glob.escape(self._base()) + ".*.weights.h5"
+        ):  # written, then killed before the JSON named it
             if os.path.basename(stale) not in listed:
                 os.remove(stale)
 
@@ -256,8 +282,9 @@ class KeepNearBest(KeepBest):
 
     def _resume(self, saved: dict) -> None:
         directory = os.path.dirname(self.path)
-        if saved.get("tolerance") == self.tolerance and all(os.path.exists(os.path.join(directory, c["file"]))
-                                                           for c in saved["candidates"]):
+        if saved.get("tolerance") == self.tolerance and all(
+            os.path.exists(os.path.join(directory, c["file"])) for c in saved["candidates"]
+        ):
             self.candidates, self.best_map50 = saved["candidates"], saved["best_map50"]
             self._choose()
 
@@ -269,8 +296,13 @@ class KeepNearBest(KeepBest):
     def consider(self, model, metrics: dict, epoch: int, phase: str | None) -> bool:
         if metrics.get("mAP@.5") is None or metrics.get("mAP") is None:
             return False
-        new = {"phase": phase, "epoch": epoch, "mAP@.5": float(metrics["mAP@.5"]), "mAP": float(metrics["mAP"]),
-               "file": f"{os.path.basename(self._base())}.{phase}.{epoch}.weights.h5"}
+        new = {
+            "phase": phase,
+            "epoch": epoch,
+            "mAP@.5": float(metrics["mAP@.5"]),
+            "mAP": float(metrics["mAP"]),
+            "file": f"{os.path.basename(self._base())}.{phase}.{epoch}.weights.h5",
+        }
         self.best_map50 = max(self.best_map50, new["mAP@.5"])
         floor = self.best_map50 - self.tolerance - 1e-9
         kept = [c for c in self.candidates if c["mAP@.5"] >= floor]
@@ -282,8 +314,10 @@ class KeepNearBest(KeepBest):
         previous = self.best_epoch, self.best_phase
         self.candidates = kept
         self._choose()
-        storage.write_json_local(self.path + ".json", {"metric": self.metric, "tolerance": self.tolerance,
-                                                       "best_map50": self.best_map50, "candidates": kept})
+        storage.write_json_local(
+            self.path + ".json",
+            {"metric": self.metric, "tolerance": self.tolerance, "best_map50": self.best_map50, "candidates": kept},
+        )
         for c in dropped:  # after the JSON stops naming them: a kill in between leaves files the next start removes
             os.remove(os.path.join(os.path.dirname(self.path), c["file"]))
         return (self.best_epoch, self.best_phase) != previous
@@ -365,7 +399,13 @@ class EpochLines(keras.callbacks.Callback):
 
     def __init__(self, report, total_epochs: int, offsets: dict[str, int]):
         super().__init__()
-        self.report, self.total, self.offsets, self.phase, self.t0 = report, total_epochs, offsets, None, time.monotonic()
+        self.report, self.total, self.offsets, self.phase, self.t0 = (
+            report,
+            total_epochs,
+            offsets,
+            None,
+            time.monotonic(),
+        )
 
     def on_epoch_begin(self, epoch, logs=None):
         self.t0 = time.monotonic()

@@ -45,8 +45,9 @@ def local_records(data_dir: str) -> str:
     wanted = {storage.SUCCESS, *manifest.get("files", [])}
     where = hashlib.sha256(data_dir.rstrip("/").encode()).hexdigest()[:12]
     key = f"records-{where}-{hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()[:16]}"
-    local = storage.local_dir(data_dir, key, include=lambda rel: rel in wanted,
-                              is_valid=lambda path: storage.read_success(path) == manifest)
+    local = storage.local_dir(
+        data_dir, key, include=lambda rel: rel in wanted, is_valid=lambda path: storage.read_success(path) == manifest
+    )
     for old in glob.glob(os.path.join(os.path.dirname(local), f"records-{where}-*")):
         if old != local:
             shutil.rmtree(old, ignore_errors=True)
@@ -88,10 +89,15 @@ def box_shapes(files: list[str], max_images: int = 5000) -> tuple[np.ndarray, np
         w = ex[schema.XMAX].values - ex[schema.XMIN].values
         return tf.maximum(h, 0.0), tf.maximum(w, 0.0), ex[schema.CLASS_LABEL].values
 
-    out = [tuple(t.numpy() for t in batch) for batch in tf.data.TFRecordDataset(files).take(max_images).batch(256).map(shapes)]
+    out = [
+        tuple(t.numpy() for t in batch)
+        for batch in tf.data.TFRecordDataset(files).take(max_images).batch(256).map(shapes)
+    ]
     if not out:
         return np.zeros([0], np.float32), np.zeros([0], np.float32), np.zeros([0], np.int64)
-    return tuple(np.concatenate([b[i] for b in out]).astype(dtype) for i, dtype in enumerate((np.float32, np.float32, np.int64)))
+    return tuple(
+        np.concatenate([b[i] for b in out]).astype(dtype) for i, dtype in enumerate((np.float32, np.float32, np.int64))
+    )
 
 
 def parse_example(serialized):
@@ -110,9 +116,22 @@ def parse_example(serialized):
     }
 
 
-def make_dataset(files: list[str], anchors, image_size: int, variances, batch_size: int, *, training: bool,
-                 deterministic: bool = False, seed: int = 0, shuffle_buffer: int = 512, augmentation: bool = True,
-                 repeat: bool = False, atss_levels=None, skip_batches: int = 0) -> tf.data.Dataset:
+def make_dataset(
+    files: list[str],
+    anchors,
+    image_size: int,
+    variances,
+    batch_size: int,
+    *,
+    training: bool,
+    deterministic: bool = False,
+    seed: int = 0,
+    shuffle_buffer: int = 512,
+    augmentation: bool = True,
+    repeat: bool = False,
+    atss_levels=None,
+    skip_batches: int = 0,
+) -> tf.data.Dataset:
     """Batches of (images float32 [B, S, S, 3] in 0..255, y_true float32 [B, N, 5]).
 
     ``atss_levels`` (``anchors.anchor_levels``): match anchors by ATSS instead of argmax IoU
@@ -132,8 +151,12 @@ def make_dataset(files: list[str], anchors, image_size: int, variances, batch_si
     ds = tf.data.Dataset.from_tensor_slices(files)
     if training:
         ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=not deterministic)
-    ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=min(len(files), 8),
-                       num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+    ds = ds.interleave(
+        tf.data.TFRecordDataset,
+        cycle_length=min(len(files), 8),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=deterministic,
+    )
     if training:
         ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=not deterministic)
     if repeat:
@@ -162,6 +185,7 @@ def make_dataset(files: list[str], anchors, image_size: int, variances, batch_si
 
 def eval_dataset(files: list[str], batch_size: int = 16) -> tf.data.Dataset:
     """Batches of dict(encoded [B] string, key [B], boxes ragged, classes ragged, height, width) for evaluation."""
+
     def load(serialized):
         ex = tf.io.parse_single_example(serialized, schema.tf_feature_spec())
         dense = lambda k: tf.sparse.to_dense(ex[k])  # noqa: E731
@@ -170,7 +194,9 @@ def eval_dataset(files: list[str], batch_size: int = 16) -> tf.data.Dataset:
             "key": ex[schema.SOURCE_ID],
             "height": ex[schema.HEIGHT],
             "width": ex[schema.WIDTH],
-            "boxes": tf.stack([dense(schema.YMIN), dense(schema.XMIN), dense(schema.YMAX), dense(schema.XMAX)], axis=-1),
+            "boxes": tf.stack(
+                [dense(schema.YMIN), dense(schema.XMIN), dense(schema.YMAX), dense(schema.XMAX)], axis=-1
+            ),
             "classes": tf.cast(dense(schema.CLASS_LABEL), tf.int32),
             "difficult": tf.cast(dense(schema.DIFFICULT), tf.int32),
         }

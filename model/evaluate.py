@@ -122,26 +122,27 @@ def coco_metrics(
         images.append({"id": img_id, "height": int(gt.height), "width": int(gt.width), "file_name": str(gt.image_id)})
         classes = _vector(gt.classes, np.int64)
         boxes = _boxes(gt.boxes, len(classes), f"ground truth {gt.image_id!r}")
-        difficult = (np.zeros(len(classes), dtype=bool) if gt.difficult is None
-                     else _vector(gt.difficult, bool))
+        difficult = np.zeros(len(classes), dtype=bool) if gt.difficult is None else _vector(gt.difficult, bool)
         if len(difficult) != len(classes):
             raise ValueError(f"ground truth {gt.image_id!r}: {len(difficult)} difficult flags for {len(classes)} boxes")
         for box, cid, diff in zip(_to_xywh(boxes, *size_of[gt.image_id]), classes, difficult):
             if int(cid) not in names_by_id:
                 raise ValueError(f"ground truth {gt.image_id!r}: class id {int(cid)} is not in the label map")
-            gt_anns.append({
-                "id": len(gt_anns) + 1,
-                "image_id": img_id,
-                "category_id": int(cid),
-                "bbox": [float(v) for v in box],
-                "area": float(box[2] * box[3]),
-                # "difficult" (PASCAL VOC) objects are ignored, not scored: COCO's mechanism for that is
-                # iscrowd=1. A crowd ground truth is never counted as a miss (it's excluded from the
-                # recall denominator), and a detection that matches it is marked ignored instead of
-                # being a false positive. (Crowd IoU is intersection / detection area, so a detection
-                # inside the difficult box matches it.)
-                "iscrowd": int(bool(diff)),
-            })
+            gt_anns.append(
+                {
+                    "id": len(gt_anns) + 1,
+                    "image_id": img_id,
+                    "category_id": int(cid),
+                    "bbox": [float(v) for v in box],
+                    "area": float(box[2] * box[3]),
+                    # "difficult" (PASCAL VOC) objects are ignored, not scored: COCO's mechanism for that is
+                    # iscrowd=1. A crowd ground truth is never counted as a miss (it's excluded from the
+                    # recall denominator), and a detection that matches it is marked ignored instead of
+                    # being a false positive. (Crowd IoU is intersection / detection area, so a detection
+                    # inside the difficult box matches it.)
+                    "iscrowd": int(bool(diff)),
+                }
+            )
 
     dt_anns = []
     seen_dt: set[str] = set()
@@ -159,15 +160,17 @@ def coco_metrics(
         for box, cid, score in zip(_to_xywh(boxes, *size_of[det.image_id]), classes, scores):
             if int(cid) not in names_by_id:
                 raise ValueError(f"detections {det.image_id!r}: class id {int(cid)} is not in the label map")
-            dt_anns.append({
-                "id": len(dt_anns) + 1,
-                "image_id": coco_id_of[det.image_id],
-                "category_id": int(cid),
-                "bbox": [float(v) for v in box],
-                "area": float(box[2] * box[3]),
-                "score": float(score),
-                "iscrowd": 0,
-            })
+            dt_anns.append(
+                {
+                    "id": len(dt_anns) + 1,
+                    "image_id": coco_id_of[det.image_id],
+                    "category_id": int(cid),
+                    "bbox": [float(v) for v in box],
+                    "area": float(box[2] * box[3]),
+                    "score": float(score),
+                    "iscrowd": 0,
+                }
+            )
 
     # Every label-map category is registered, so a class with no ground truth shows up (as None)
     # rather than silently disappearing from per_class.

@@ -68,8 +68,9 @@ def iou_and_giou(box_pred: tf.Tensor, box_true: tf.Tensor, variances) -> tuple[t
     inter_w = tf.maximum(0.0, tf.minimum(pred[..., 3], true[..., 3]) - tf.maximum(pred[..., 1], true[..., 1]))
     intersection = inter_h * inter_w
     union = area_p + area_t - intersection
-    enclosing = ((tf.maximum(pred[..., 2], true[..., 2]) - tf.minimum(pred[..., 0], true[..., 0]))
-                 * (tf.maximum(pred[..., 3], true[..., 3]) - tf.minimum(pred[..., 1], true[..., 1])))
+    enclosing = (tf.maximum(pred[..., 2], true[..., 2]) - tf.minimum(pred[..., 0], true[..., 0])) * (
+        tf.maximum(pred[..., 3], true[..., 3]) - tf.minimum(pred[..., 1], true[..., 1])
+    )
     iou = intersection / tf.maximum(union, 1e-9)
     return iou, iou - (enclosing - union) / tf.maximum(enclosing, 1e-9)
 
@@ -83,7 +84,9 @@ def giou_loss(box_pred: tf.Tensor, box_true: tf.Tensor, variances) -> tf.Tensor:
     return 1.0 - iou_and_giou(box_pred, box_true, variances)[1]
 
 
-def softmax_quality_focal(labels: tf.Tensor, logits: tf.Tensor, quality: tf.Tensor, alpha: float, beta: float) -> tf.Tensor:
+def softmax_quality_focal(
+    labels: tf.Tensor, logits: tf.Tensor, quality: tf.Tensor, alpha: float, beta: float
+) -> tf.Tensor:
     """Softmax quality focal loss per anchor: labels [...] int class ids, logits [..., C+1], quality
     [...] in [0, 1] (read for positive anchors only) → [...].
 

@@ -68,7 +68,9 @@ def match(gt_boxes: tf.Tensor, anchors: tf.Tensor, pos_iou: float = 0.5, neg_iou
         below = tf.where(best_iou >= neg_iou, tf.constant(IGNORE, tf.int32), tf.constant(NEGATIVE, tf.int32))
         return tf.where(best_iou >= pos_iou, best_gt, below)
 
-    return _with_forced_matches(tf.convert_to_tensor(gt_boxes, tf.float32), tf.convert_to_tensor(anchors, tf.float32), assign)
+    return _with_forced_matches(
+        tf.convert_to_tensor(gt_boxes, tf.float32), tf.convert_to_tensor(anchors, tf.float32), assign
+    )
 
 
 ATSS_TOP_K = 9  # candidate cells per level and ground truth (the ATSS paper's k, robust from 7 to 17 there)
@@ -99,7 +101,7 @@ def atss_match(gt_boxes: tf.Tensor, anchors: tf.Tensor, levels, top_k: int = ATS
         candidates, start = [], 0
         for count in levels.counts:  # python ints: the levels are fixed by the model
             k = min(top_k * levels.per_cell, count)
-            _, nearest = tf.math.top_k(-distance[:, start:start + count], k=k, sorted=False)
+            _, nearest = tf.math.top_k(-distance[:, start : start + count], k=k, sorted=False)
             candidates.append(nearest + start)
             start += count
         candidates = tf.concat(candidates, axis=1)  # [M, K]
@@ -110,8 +112,9 @@ def atss_match(gt_boxes: tf.Tensor, anchors: tf.Tensor, levels, top_k: int = ATS
         chosen = (cand_iou >= threshold[:, None]) & inside & (cand_iou > 0.0)  # [M, K]
         rows = tf.broadcast_to(tf.range(m)[:, None], tf.shape(candidates))
         # Per (box, anchor) the IoU where the anchor is the box's positive, else -1.
-        claim = tf.tensor_scatter_nd_max(tf.fill([m, n], -1.0), tf.stack([rows, candidates], axis=-1),
-                                         tf.where(chosen, cand_iou, -1.0))
+        claim = tf.tensor_scatter_nd_max(
+            tf.fill([m, n], -1.0), tf.stack([rows, candidates], axis=-1), tf.where(chosen, cand_iou, -1.0)
+        )
         return tf.where(tf.reduce_max(claim, axis=0) > 0.0, tf.argmax(claim, axis=0, output_type=tf.int32), NEGATIVE)
 
     return _with_forced_matches(gt_boxes, anchors, assign)

@@ -29,8 +29,11 @@ def merge_boxes(kept_boxes, kept_classes, boxes, scores, iou_threshold: float, s
     k = min(int(boxes.shape[1]), MERGE_CANDIDATES)
     top = tf.math.top_k(tf.reduce_max(scores, axis=-1), k=k, sorted=False).indices  # [B, K]
     candidates = tf.gather(boxes, top, batch_dims=1)  # [B, K, 4]
-    class_scores = tf.gather(tf.transpose(tf.gather(scores, top, batch_dims=1), [0, 2, 1]),  # [B, C, K]
-                             tf.cast(kept_classes, tf.int32), batch_dims=1)  # [B, D, K]: each kept box's class
+    class_scores = tf.gather(
+        tf.transpose(tf.gather(scores, top, batch_dims=1), [0, 2, 1]),  # [B, C, K]
+        tf.cast(kept_classes, tf.int32),
+        batch_dims=1,
+    )  # [B, D, K]: each kept box's class
     overlap = iou(kept_boxes, candidates)  # [B, D, K]
     weights = tf.where((overlap > iou_threshold) & (class_scores >= score_threshold), overlap * class_scores, 0.0)
     total = tf.reduce_sum(weights, axis=-1, keepdims=True)
@@ -38,8 +41,15 @@ def merge_boxes(kept_boxes, kept_classes, boxes, scores, iou_threshold: float, s
     return tf.where(total > 0.0, merged, kept_boxes)
 
 
-def postprocess(predictions, anchors, variances, score_threshold: float = 0.05, iou_threshold: float = 0.5,
-                max_detections: int = 100, box_merge_iou: float | None = None) -> dict:
+def postprocess(
+    predictions,
+    anchors,
+    variances,
+    score_threshold: float = 0.05,
+    iou_threshold: float = 0.5,
+    max_detections: int = 100,
+    box_merge_iou: float | None = None,
+) -> dict:
     """predictions [B, N, 4 + C + 1], anchors [N, 4] corners → the TF OD API exporter's outputs.
 
     Returns detection_boxes [B, D, 4] (normalized ymin, xmin, ymax, xmax), detection_scores [B, D],

@@ -40,7 +40,9 @@ class PushError(RuntimeError):
 
 def pushed_versions(base: str) -> dict[int, dict]:
     """The integer versions under BASE that hold a SavedModel → their push record ({} if none)."""
-    files = set(storage.list_tree(base)) if not storage.is_local(base) or os.path.isdir(storage.absolute(base)) else set()
+    files = (
+        set(storage.list_tree(base)) if not storage.is_local(base) or os.path.isdir(storage.absolute(base)) else set()
+    )
     found = {}
     for rel in files:
         head, _, rest = rel.partition("/")
@@ -67,10 +69,17 @@ def push(models: str, base: str) -> dict:
     if "saved_model.pb" not in files:
         raise PushError(f"{source}: no saved_model.pb to push")
     label_map = LabelMap.parse(storage.read_text(storage.join(source, registry.LABEL_MAP)), registry.LABEL_MAP)
-    record = {"version": version, "models": models, "pushed_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-              "fingerprint": _fingerprint(storage.join(source, "fingerprint.pb")) if "fingerprint.pb" in files else None}
-    extra = {"assets/label_map.json": label_map.to_json(), "assets/label_map.pbtxt": label_map.to_pbtxt(),
-             RECORD: json.dumps(record, indent=2, sort_keys=True) + "\n"}
+    record = {
+        "version": version,
+        "models": models,
+        "pushed_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "fingerprint": _fingerprint(storage.join(source, "fingerprint.pb")) if "fingerprint.pb" in files else None,
+    }
+    extra = {
+        "assets/label_map.json": label_map.to_json(),
+        "assets/label_map.pbtxt": label_map.to_pbtxt(),
+        RECORD: json.dumps(record, indent=2, sort_keys=True) + "\n",
+    }
     with tempfile.TemporaryDirectory(prefix="ssdflow-push-") as tmp:
         staged = os.path.join(tmp, str(number))
         for rel in files:
@@ -91,7 +100,9 @@ def push(models: str, base: str) -> dict:
                 os.rename(hidden, os.path.join(local_base, str(number)))
             except OSError:
                 shutil.rmtree(hidden, ignore_errors=True)
-                raise PushError(f"{target} appeared while this push was being written (another push?); push again") from None
+                raise PushError(
+                    f"{target} appeared while this push was being written (another push?); push again"
+                ) from None
             storage.fsync_dir(local_base)
         else:
             rest = sorted(rel for rel in storage.list_tree(staged) if rel != "saved_model.pb")

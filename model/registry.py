@@ -123,12 +123,22 @@ def _entries(root: str) -> tuple[set[str], set[str]]:
         if not os.path.isdir(path):
             return set(), set()
         names = set(os.listdir(path))
-        return names, {n for n in names if _VERSION_RE.match(n) and n not in _NOT_VERSIONS and _committed_here(os.path.join(path, n))}
+        return names, {
+            n
+            for n in names
+            if _VERSION_RE.match(n) and n not in _NOT_VERSIONS and _committed_here(os.path.join(path, n))
+        }
     files = set(storage.list_tree(root))
     names = {f.split("/", 1)[0] for f in files}
-    return names, {f.split("/", 1)[0] for f in files if f.count("/") == 1 and f.endswith("/" + MANIFEST)
-                   and _VERSION_RE.match(f.split("/", 1)[0]) and f.split("/", 1)[0] not in _NOT_VERSIONS
-                   and f"{f.split('/', 1)[0]}/{SAVED_MODEL}" in files}  # an ingest or score output has a _SUCCESS too
+    return names, {
+        f.split("/", 1)[0]
+        for f in files
+        if f.count("/") == 1
+        and f.endswith("/" + MANIFEST)
+        and _VERSION_RE.match(f.split("/", 1)[0])
+        and f.split("/", 1)[0] not in _NOT_VERSIONS
+        and f"{f.split('/', 1)[0]}/{SAVED_MODEL}" in files
+    }  # an ingest or score output has a _SUCCESS too
 
 
 def new_version(models_root) -> str:
@@ -141,7 +151,7 @@ def new_version(models_root) -> str:
     global _last_issued
     latest = _last_issued
     for entry in _entries(_root(models_root))[0]:
-        name = entry[len(STAGING_PREFIX):] if entry.startswith(STAGING_PREFIX) else entry
+        name = entry[len(STAGING_PREFIX) :] if entry.startswith(STAGING_PREFIX) else entry
         if _GENERATED_RE.match(name) and (latest is None or name > latest):
             latest = name
     with _issue_lock:
@@ -174,7 +184,8 @@ def _committed_here(path: str) -> bool:
     """A local version directory (which a rename made whole) with its manifest, or with the label
     map that every export writes (versions committed before manifests were)."""
     return os.path.isfile(os.path.join(path, SAVED_MODEL)) and (
-        os.path.isfile(os.path.join(path, MANIFEST)) or os.path.isfile(os.path.join(path, LABEL_MAP)))
+        os.path.isfile(os.path.join(path, MANIFEST)) or os.path.isfile(os.path.join(path, LABEL_MAP))
+    )
 
 
 def _local_staging(root: str, version: str) -> str:
@@ -246,9 +257,15 @@ def local_copy(model_dir: str) -> str:
     if storage.is_local(model_dir):
         return storage.local_path(model_dir)
     base = model_dir.rstrip("/")
-    marker = storage.join(base, MANIFEST) if storage.exists(storage.join(base, MANIFEST)) else storage.join(base, "saved_model.pb")
+    marker = (
+        storage.join(base, MANIFEST)
+        if storage.exists(storage.join(base, MANIFEST))
+        else storage.join(base, "saved_model.pb")
+    )
     digest = hashlib.sha256(base.encode() + b"\0" + storage.read_bytes(marker)).hexdigest()[:24]
-    return storage.local_dir(base, f"model-{digest}", is_valid=lambda path: os.path.isfile(os.path.join(path, "saved_model.pb")))
+    return storage.local_dir(
+        base, f"model-{digest}", is_valid=lambda path: os.path.isfile(os.path.join(path, "saved_model.pb"))
+    )
 
 
 # --- champion ------------------------------------------------------------------------------------
@@ -273,8 +290,12 @@ def read_champion(models_root) -> dict | None:
 
 def _champion_record(root: str, version: str, decision: dict) -> dict:
     vdir = committed_dir(root, version)
-    return {"version": version, "promoted_at": _iso(), "metrics": _read_json_if_exists(storage.join(vdir, METRICS)),
-            "decision": decision}
+    return {
+        "version": version,
+        "promoted_at": _iso(),
+        "metrics": _read_json_if_exists(storage.join(vdir, METRICS)),
+        "decision": decision,
+    }
 
 
 def set_champion(models_root, version: str, decision: dict, expected: cas.Versioned | None = None) -> dict:
@@ -374,8 +395,11 @@ def decide(
     challenger_score = _score(challenger_metrics, metric)
     champion_version = champion.get("version") if champion else None
     champion_score = _score(champion_metrics_on_current_val, metric) if champion else None
-    diff = (label_map_diff(champion_label_map, challenger_label_map)
-            if champion is not None and champion_label_map is not None else None)
+    diff = (
+        label_map_diff(champion_label_map, challenger_label_map)
+        if champion is not None and champion_label_map is not None
+        else None
+    )
 
     def record(promoted: bool, reason: str) -> dict:
         return {
@@ -395,8 +419,9 @@ def decide(
     if challenger_score is None:
         return record(False, f"not promoted: challenger {challenger_version} has no {metric} score")
     if challenger_score < policy.min_score:
-        return record(False, f"not promoted: {metric} {challenger_score:.4f} is below the floor {policy.min_score:g} "
-                             f"(--min-map)")
+        return record(
+            False, f"not promoted: {metric} {challenger_score:.4f} is below the floor {policy.min_score:g} (--min-map)"
+        )
     if champion is None:
         return record(True, f"promoted: no champion yet ({metric} {challenger_score:.4f})")
     if diff is None:
@@ -404,20 +429,31 @@ def decide(
     if not diff["identical"]:
         what = describe_diff(diff)
         if diff["removed"] or diff["renumbered"]:
-            return record(False, f"not promoted: label map changed ({what}); removed or renumbered classes "
-                                 f"are never promoted automatically")
+            return record(
+                False,
+                f"not promoted: label map changed ({what}); removed or renumbered classes "
+                f"are never promoted automatically",
+            )
         if policy.on_label_map_change == "refuse":
             return record(False, f"not promoted: label map changed ({what}) and the policy refuses any change")
         champ = "n/a" if champion_score is None else f"{champion_score:.4f}"
-        return record(True, f"promoted with warning: challenger adds classes {diff['added']}; {metric} "
-                            f"{challenger_score:.4f} vs champion {champ} was not compared, since scores over "
-                            f"different class sets are not comparable")
+        return record(
+            True,
+            f"promoted with warning: challenger adds classes {diff['added']}; {metric} "
+            f"{challenger_score:.4f} vs champion {champ} was not compared, since scores over "
+            f"different class sets are not comparable",
+        )
     if champion_score is None:
-        return record(False, f"not promoted: champion {champion_version} has no {metric} score on the current "
-                             f"val split, so the challenger cannot be compared")
+        return record(
+            False,
+            f"not promoted: champion {champion_version} has no {metric} score on the current "
+            f"val split, so the challenger cannot be compared",
+        )
     threshold = champion_score - policy.tolerance
-    cmp = (f"{metric} {challenger_score:.4f} vs champion {champion_version} {champion_score:.4f} "
-           f"(tolerance {policy.tolerance:g})")
+    cmp = (
+        f"{metric} {challenger_score:.4f} vs champion {champion_version} {champion_score:.4f} "
+        f"(tolerance {policy.tolerance:g})"
+    )
     if challenger_score >= threshold:
         return record(True, f"promoted: {cmp}")
     return record(False, f"not promoted: {cmp}")
@@ -503,11 +539,20 @@ def promote_if_better(
             if version not in evaluated:
                 champion_dir = committed_dir(root, version)
                 label_map_uri = storage.join(champion_dir, LABEL_MAP)
-                evaluated[version] = (_read_label_map(label_map_uri) if storage.exists(label_map_uri) else None,
-                                      evaluate_fn(champion_dir))
+                evaluated[version] = (
+                    _read_label_map(label_map_uri) if storage.exists(label_map_uri) else None,
+                    evaluate_fn(champion_dir),
+                )
             champion_label_map, champion_metrics = evaluated[version]
-        decision = decide(challenger_version, challenger_metrics, challenger_label_map, champion,
-                          champion_metrics, champion_label_map, policy)
+        decision = decide(
+            challenger_version,
+            challenger_metrics,
+            challenger_label_map,
+            champion,
+            champion_metrics,
+            champion_label_map,
+            policy,
+        )
         return decision, decision["promoted"]
 
     decision = _swap_loop(root, decide_once)
@@ -526,8 +571,11 @@ def read_decisions(models_root) -> list[dict]:
         path = os.path.join(root, DECISIONS)
         lines = open(path, encoding="utf-8").read().splitlines() if os.path.exists(path) else []
     else:
-        lines = [storage.read_text(storage.join(root, DECISIONS_DIR, name))
-                 for name in storage.list_tree(storage.join(root, DECISIONS_DIR)) if name.endswith(".json")]
+        lines = [
+            storage.read_text(storage.join(root, DECISIONS_DIR, name))
+            for name in storage.list_tree(storage.join(root, DECISIONS_DIR))
+            if name.endswith(".json")
+        ]
     decisions = []
     for line in lines:
         with contextlib.suppress(ValueError):
@@ -565,15 +613,30 @@ def describe_versions(models_root) -> list[dict]:
         vdir = version_dir(root, version)
         metrics = _read_json_if_exists(storage.join(vdir, METRICS))
         decision = _read_json_if_exists(storage.join(vdir, DECISION))
-        rows.append({"version": version, "champion": version == champion,
-                     "mAP@.5": _score(metrics, "mAP@.5"), "mAP": _score(metrics, "mAP"),
-                     "promoted": decision.get("promoted"), "reason": decision.get("reason")})
+        rows.append(
+            {
+                "version": version,
+                "champion": version == champion,
+                "mAP@.5": _score(metrics, "mAP@.5"),
+                "mAP": _score(metrics, "mAP"),
+                "promoted": decision.get("promoted"),
+                "reason": decision.get("reason"),
+            }
+        )
     return rows
 
 
 def _manual_record(action: str, version: str, previous: str | None, by: str, reason: str) -> dict:
-    return {"action": action, "challenger": version, "champion": previous, "promoted": True, "manual": True,
-            "by": by, "reason": f"{action} by hand: {reason}", "decided_at": _iso()}
+    return {
+        "action": action,
+        "challenger": version,
+        "champion": previous,
+        "promoted": True,
+        "manual": True,
+        "by": by,
+        "reason": f"{action} by hand: {reason}",
+        "decided_at": _iso(),
+    }
 
 
 def promote_version(models_root, version: str, by: str, reason: str) -> dict:
@@ -599,8 +662,10 @@ def rollback(models_root, by: str, reason: str) -> dict:
     def decide_once(champion: dict | None) -> tuple[dict, bool]:
         history = champion_history(root)
         if len(history) < 2:
-            raise ValueError(f"{root}: no previous champion to roll back to "
-                             f"({'no champion at all' if not history else 'only ' + history[0] + ' was ever champion'})")
+            raise ValueError(
+                f"{root}: no previous champion to roll back to "
+                f"({'no champion at all' if not history else 'only ' + history[0] + ' was ever champion'})"
+            )
         current, target = history[-1], history[-2]
         committed_dir(root, target)
         return _manual_record("rollback", target, current, by, reason), True
@@ -623,7 +688,9 @@ def resolve_model_uri(model: str) -> str:
             raise ValueError(f"{champion_uri}: not a champion record ({e})") from None
         model_dir = storage.join(base, version)
         if not storage.exists(storage.join(model_dir, "saved_model.pb")):
-            raise FileNotFoundError(f"{champion_uri} names version {version}, which is not committed (no {model_dir}/saved_model.pb)")
+            raise FileNotFoundError(
+                f"{champion_uri} names version {version}, which is not committed (no {model_dir}/saved_model.pb)"
+            )
         return model_dir
     raise FileNotFoundError(f"{model}: neither a SavedModel directory nor a models directory with a champion.json")
 

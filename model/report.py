@@ -16,8 +16,18 @@ from PIL import Image, ImageDraw
 PR_CURVES = "pr_curves.png"
 VAL_EXAMPLES = "val_examples"
 # One colour per class, cycled: distinguishable on white (curves) and on photos (boxes).
-PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
-           (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
+PALETTE = [
+    (31, 119, 180),
+    (255, 127, 14),
+    (44, 160, 44),
+    (214, 39, 40),
+    (148, 103, 189),
+    (140, 86, 75),
+    (227, 119, 194),
+    (127, 127, 127),
+    (188, 189, 34),
+    (23, 190, 207),
+]
 GROUND_TRUTH = (0, 230, 0)
 
 
@@ -72,8 +82,9 @@ def draw_example(encoded: bytes, gt_boxes, gt_classes, detections: dict, names: 
         y0, x0, y1, x1 = (float(v) for v in box)
         draw.rectangle([x0 * w, y0 * h, x1 * w, y1 * h], outline=GROUND_TRUTH, width=width)
     n = int(detections["num_detections"])
-    for box, score, cls in zip(detections["detection_boxes"][:n], detections["detection_scores"][:n],
-                               detections["detection_classes"][:n]):
+    for box, score, cls in zip(
+        detections["detection_boxes"][:n], detections["detection_scores"][:n], detections["detection_classes"][:n]
+    ):
         if score < threshold:
             continue
         colour = PALETTE[(int(cls) - 1) % len(PALETTE)]
@@ -94,8 +105,14 @@ def draw_val_examples(serve, data_dir: str, out_dir: str, n: int = 4, threshold:
     for batch in eval_dataset(shard_files(data_dir, "val"), batch_size=n).take(1):
         out = {k: v.numpy() for k, v in serve(batch["encoded"]).items()}
         for i in range(len(batch["key"])):
-            img = draw_example(batch["encoded"][i].numpy(), batch["boxes"][i].numpy().reshape(-1, 4),
-                               batch["classes"][i].numpy(), {k: v[i] for k, v in out.items()}, names, threshold)
+            img = draw_example(
+                batch["encoded"][i].numpy(),
+                batch["boxes"][i].numpy().reshape(-1, 4),
+                batch["classes"][i].numpy(),
+                {k: v[i] for k, v in out.items()},
+                names,
+                threshold,
+            )
             img.thumbnail((480, 480))
             name = f"val-{i:02d}.jpg"
             img.save(os.path.join(out_dir, name), quality=85)
@@ -114,6 +131,7 @@ def markdown(model_dir: str, inline: bool = False) -> str:
     ``inline``: images as base64 data URIs (for a Prefect artifact, which cannot reach local files);
     otherwise relative links (the card sits beside them).
     """
+
     def link(rel: str, alt: str) -> str:
         path = os.path.join(model_dir, rel)
         if not os.path.exists(path):
@@ -126,7 +144,15 @@ def markdown(model_dir: str, inline: bool = False) -> str:
 
     examples_dir = os.path.join(model_dir, VAL_EXAMPLES)
     examples = sorted(os.listdir(examples_dir)) if os.path.isdir(examples_dir) else []
-    lines = ["## Look", "", "Precision against recall per class at IoU 0.5 (val split):", "", link(PR_CURVES, "PR curves"), "",
-             "Val images: ground truth green, detections (score >= 0.3) in their class colour:", ""]
+    lines = [
+        "## Look",
+        "",
+        "Precision against recall per class at IoU 0.5 (val split):",
+        "",
+        link(PR_CURVES, "PR curves"),
+        "",
+        "Val images: ground truth green, detections (score >= 0.3) in their class colour:",
+        "",
+    ]
     lines += [link(f"{VAL_EXAMPLES}/{name}", name) for name in examples]
     return "\n".join(lines) + "\n"

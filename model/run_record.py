@@ -47,7 +47,10 @@ def data_fingerprint(data_dir: str) -> str:
 def run_config(cfg: TrainConfig) -> dict:
     """What an interrupted run must share with its resumption: the settings and the data."""
     # Not where storage is reached (storage_args): a run resumed through another endpoint is the same run.
-    return {"train": cfg.model_dump(exclude={"resume", "fresh", "storage_args"}), "data_fingerprint": data_fingerprint(cfg.data)}
+    return {
+        "train": cfg.model_dump(exclude={"resume", "fresh", "storage_args"}),
+        "data_fingerprint": data_fingerprint(cfg.data),
+    }
 
 
 def champion_trained_alike(cfg: TrainConfig) -> tuple[str, dict] | None:
@@ -136,10 +139,14 @@ def prepare_run_dir(cfg: TrainConfig, config: dict) -> str:
                 storage.copy_tree_to_local(where, run_dir)
             return run_dir
         if cfg.resume:
-            raise TrainError(f"--resume: the interrupted run in {where} used other settings or data; "
-                             "pass --fresh to discard its checkpoints and start over")
+            raise TrainError(
+                f"--resume: the interrupted run in {where} used other settings or data; "
+                "pass --fresh to discard its checkpoints and start over"
+            )
         what = "these settings and data: pass --resume to continue it" if same else "other settings or data"
-        raise TrainError(f"{where} holds an interrupted run of {what}, or --fresh to discard its checkpoints and start over")
+        raise TrainError(
+            f"{where} holds an interrupted run of {what}, or --fresh to discard its checkpoints and start over"
+        )
     if cfg.resume:
         log.warning("train: --resume, but %s holds no interrupted run: starting a new one", where)
     discard_run(cfg.models)
@@ -168,8 +175,10 @@ class RunMirror:
         for rel in storage.list_tree(self.local):
             st = os.stat(os.path.join(self.local, rel))
             now[rel] = (st.st_mtime, st.st_size)
-        changed = sorted((rel for rel, state in now.items() if self.sent.get(rel) != state),
-                         key=lambda rel: (os.path.basename(rel) == "checkpoint", rel))
+        changed = sorted(
+            (rel for rel, state in now.items() if self.sent.get(rel) != state),
+            key=lambda rel: (os.path.basename(rel) == "checkpoint", rel),
+        )
         storage.upload_tree(self.local, self.remote, changed)
         storage.delete([storage.join(self.remote, rel) for rel in self.sent if rel not in now])
         self.sent = now
@@ -201,7 +210,9 @@ def training_lock(models: str):
         f.seek(0)
         holder = f.read().strip() or "holder unknown"
         f.close()
-        raise TrainError(f"another training is running on {models} ({holder}); wait for it to end, or use another --models") from None
+        raise TrainError(
+            f"another training is running on {models} ({holder}); wait for it to end, or use another --models"
+        ) from None
     try:
         f.seek(0)
         f.truncate()
@@ -236,9 +247,15 @@ class Lease:
 
     def _record(self, held: bool) -> bytes:
         expires = time.time() + self.seconds if held else 0.0
-        return json.dumps({"holder": self.holder if held else None, "host": socket.gethostname(), "pid": os.getpid(),
-                           "expires_at": expires,
-                           "expires": dt.datetime.fromtimestamp(expires, dt.timezone.utc).isoformat(timespec="seconds")}).encode()
+        return json.dumps(
+            {
+                "holder": self.holder if held else None,
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+                "expires_at": expires,
+                "expires": dt.datetime.fromtimestamp(expires, dt.timezone.utc).isoformat(timespec="seconds"),
+            }
+        ).encode()
 
     @staticmethod
     def _live(lease: dict) -> bool:
@@ -259,8 +276,10 @@ class Lease:
             current = cas.read(self.uri)
             lease = json.loads(current.data) if current.exists else {}
             if self._live(lease):
-                raise TrainError(f"another training is running on {self.uri.rsplit('/', 1)[0]} ({lease['holder']}; "
-                                 f"its lease runs to {lease.get('expires')} unless renewed); wait for it to end, or use another --models")
+                raise TrainError(
+                    f"another training is running on {self.uri.rsplit('/', 1)[0]} ({lease['holder']}; "
+                    f"its lease runs to {lease.get('expires')} unless renewed); wait for it to end, or use another --models"
+                )
             try:
                 self._state = cas.swap(self.uri, self._record(True), current)
                 return
@@ -298,18 +317,20 @@ class Lease:
                     cas.swap(self.uri, self._record(False), self._state)
 
 
-def write_model_card(path: str, version: str, cfg: TrainConfig, model_cfg: ModelConfig, metrics: dict, label_map,
-                     fingerprint: str) -> None:
+def write_model_card(
+    path: str, version: str, cfg: TrainConfig, model_cfg: ModelConfig, metrics: dict, label_map, fingerprint: str
+) -> None:
     per_class = "\n".join(
-        f"| {name} | {_fmt(m.get('AP'))} | {_fmt(m.get('AP@.5'))} |" for name, m in metrics.get("per_class", {}).items())
+        f"| {name} | {_fmt(m.get('AP'))} | {_fmt(m.get('AP@.5'))} |" for name, m in metrics.get("per_class", {}).items()
+    )
     text = f"""# Model card: {version}
 
-- Created: {dt.datetime.now(dt.timezone.utc).isoformat(timespec='seconds')}
+- Created: {dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
 - Architecture: {_architecture_text(model_cfg)}{_anchor_fit_text(metrics.get("anchor_fit"))}
 - Backbone weights: {cfg.backbone_weights}
-- Started from: {metrics.get('initialized_from', 'backbone')}
-- Training data: `{cfg.data}` (fingerprint {fingerprint}; {metrics['train_images']} train / {metrics['val_images']} val images)
-- Training: {metrics['epochs']} epochs of at most {metrics['max_epochs']} in {metrics['fit_seconds']:.0f} s (time budget {_budget_text(cfg)}; phases ended by {', '.join(metrics['phases_ended_by']) or 'nothing'}; fine-tune share {cfg.fine_tune_fraction:g}), batch {cfg.batch_size}, peak LR {cfg.peak_learning_rate():g}, {cfg.classification_loss} classification and {cfg.box_loss} box loss, {cfg.matching} matching{_class_weights_text(metrics.get("class_weights"), cfg)}
+- Started from: {metrics.get("initialized_from", "backbone")}
+- Training data: `{cfg.data}` (fingerprint {fingerprint}; {metrics["train_images"]} train / {metrics["val_images"]} val images)
+- Training: {metrics["epochs"]} epochs of at most {metrics["max_epochs"]} in {metrics["fit_seconds"]:.0f} s (time budget {_budget_text(cfg)}; phases ended by {", ".join(metrics["phases_ended_by"]) or "nothing"}; fine-tune share {cfg.fine_tune_fraction:g}), batch {cfg.batch_size}, peak LR {cfg.peak_learning_rate():g}, {cfg.classification_loss} classification and {cfg.box_loss} box loss, {cfg.matching} matching{_class_weights_text(metrics.get("class_weights"), cfg)}
 - Exported weights: {_best_epoch_text(metrics)}
 - Post-processing: per-class NMS at IoU {cfg.iou_threshold:g}, scores from {cfg.score_threshold:g}, {cfg.max_detections} detections per image{f", boxes merged above IoU {cfg.box_merge_iou:g}" if cfg.box_merge_iou else ""}
 
@@ -317,10 +338,10 @@ def write_model_card(path: str, version: str, cfg: TrainConfig, model_cfg: Model
 
 | metric | value |
 | --- | --- |
-| mAP@[.5:.95] | {_fmt(metrics['mAP'])} |
-| mAP@.5 | {_fmt(metrics['mAP@.5'])} |
-| mAP@.75 | {_fmt(metrics.get('mAP@.75'))} |
-| mAP small / medium / large (COCO areas, pixels of the original image) | {_fmt(metrics.get('mAP_small'))} / {_fmt(metrics.get('mAP_medium'))} / {_fmt(metrics.get('mAP_large'))} |
+| mAP@[.5:.95] | {_fmt(metrics["mAP"])} |
+| mAP@.5 | {_fmt(metrics["mAP@.5"])} |
+| mAP@.75 | {_fmt(metrics.get("mAP@.75"))} |
+| mAP small / medium / large (COCO areas, pixels of the original image) | {_fmt(metrics.get("mAP_small"))} / {_fmt(metrics.get("mAP_medium"))} / {_fmt(metrics.get("mAP_large"))} |
 
 | class | AP | AP@.5 |
 | --- | --- | --- |
@@ -346,12 +367,13 @@ def _thresholds_text(calibration: dict | None) -> str:
     rows = "\n".join(
         f"| {name} | {_fmt(p['threshold'])} | {_fmt(p['precision'])} | {_fmt(p['recall'])} | {_fmt(p['f1'])} | "
         f"{_fmt(calibration['global']['per_class_f1'].get(name))} | {p['val_objects']} |"
-        for name, p in calibration["per_class"].items())
+        for name, p in calibration["per_class"].items()
+    )
     return f"""## Score thresholds (calibrated on the val split, IoU 0.5)
 
 Each class's threshold is chosen for {target}; `ssdflow score` applies them (`--score-threshold auto`, the
 default), {FALLBACK_SCORE_THRESHOLD} for a class without one. The best single threshold for all classes would be
-{_fmt(calibration['global']['threshold'])}.
+{_fmt(calibration["global"]["threshold"])}.
 
 | class | threshold | precision | recall | F1 | F1 at the best single threshold | val objects |
 | --- | --- | --- | --- | --- | --- | --- |
@@ -362,11 +384,14 @@ default), {FALLBACK_SCORE_THRESHOLD} for a class without one. The best single th
 def _architecture_text(cfg: ModelConfig) -> str:
     levels = feature_map_sizes(cfg.image_size, cfg.extra_levels, cfg.finest_stride)
     head = "SSD FPN-lite (stride-8 to 32 maps fused top-down)" if cfg.finest_stride == 8 else "SSDLite"
-    return (f"{head}, MobileNetV2 backbone (alpha {cfg.alpha:g}), {cfg.image_size}x{cfg.image_size} input, "
-            f"{cfg.num_classes} classes; {len(levels)} feature levels ({'/'.join(map(str, levels))} cells a side), "
-            f"anchor scales {cfg.first_scale:.3g}-{cfg.max_scale:g} of the image side ({cfg.scale_spacing}"
-            + (f", {cfg.scales_per_level} per level" if cfg.scales_per_level > 1 else "") + "), aspect ratios (w/h) "
-            + ", ".join(f"{r:.3g}" for r in cfg.aspect_ratios))
+    return (
+        f"{head}, MobileNetV2 backbone (alpha {cfg.alpha:g}), {cfg.image_size}x{cfg.image_size} input, "
+        f"{cfg.num_classes} classes; {len(levels)} feature levels ({'/'.join(map(str, levels))} cells a side), "
+        f"anchor scales {cfg.first_scale:.3g}-{cfg.max_scale:g} of the image side ({cfg.scale_spacing}"
+        + (f", {cfg.scales_per_level} per level" if cfg.scales_per_level > 1 else "")
+        + "), aspect ratios (w/h) "
+        + ", ".join(f"{r:.3g}" for r in cfg.aspect_ratios)
+    )
 
 
 def _anchor_fit_text(fit: dict | None) -> str:
@@ -374,11 +399,21 @@ def _anchor_fit_text(fit: dict | None) -> str:
     the settings fixed them or a warm start kept the starting model's."""
     if not fit or not fit.get("boxes"):
         return ""
-    who = f"class {fit['class']}'s {fit['boxes']} training boxes" if fit["class"] else f"all {fit['boxes']} training boxes"
+    who = (
+        f"class {fit['class']}'s {fit['boxes']} training boxes"
+        if fit["class"]
+        else f"all {fit['boxes']} training boxes"
+    )
     scale = f", first anchor scale {fit['min_scale']:.3g}" if fit.get("min_scale") else ""
     coverage = fit.get("shape_coverage")
-    shapes = ("\n- Anchor shapes: share of each class's training boxes that an anchor overlaps with IoU ≥ 0.5 when "
-              "centred on it: " + ", ".join(f"{name} {share:.0%}" for name, share in coverage.items())) if coverage else ""
+    shapes = (
+        (
+            "\n- Anchor shapes: share of each class's training boxes that an anchor overlaps with IoU ≥ 0.5 when "
+            "centred on it: " + ", ".join(f"{name} {share:.0%}" for name, share in coverage.items())
+        )
+        if coverage
+        else ""
+    )
     ratios = ""
     if fit.get("ratio_fit"):
         r = fit["ratio_fit"]
@@ -387,10 +422,14 @@ def _anchor_fit_text(fit: dict | None) -> str:
             ratios += ", and no other ratio fits more of them: their sizes, against the levels' anchor scales, limit it"
         else:
             chosen = ", ".join(f"{v:g}" for v in r["chosen"])
-            ratios += (f"; ratios chosen for the training boxes (the most boxes fitted, classes weighted alike), {chosen}, fit "
-                       f"{r['worst_share_after']:.0%}: " + ("adopted" if r["adopted"] else "not adopted, the defaults kept"))
-    return (f"\n- Fitted to the smallest objects: {who} (side 10th percentile {fit['side_p10']:.3g}, median "
-            f"{fit['side_p50']:.3g} of the image side) → finest stride {fit['finest_stride']}{scale}{ratios}{shapes}")
+            ratios += (
+                f"; ratios chosen for the training boxes (the most boxes fitted, classes weighted alike), {chosen}, fit "
+                f"{r['worst_share_after']:.0%}: " + ("adopted" if r["adopted"] else "not adopted, the defaults kept")
+            )
+    return (
+        f"\n- Fitted to the smallest objects: {who} (side 10th percentile {fit['side_p10']:.3g}, median "
+        f"{fit['side_p50']:.3g} of the image side) → finest stride {fit['finest_stride']}{scale}{ratios}{shapes}"
+    )
 
 
 def _class_weights_text(weights: dict | None, cfg: TrainConfig) -> str:
@@ -409,16 +448,22 @@ def _best_epoch_text(metrics: dict) -> str:
     if best is None:
         return "the last epoch's (no val evaluation during training)"
     if best == 0:
-        return (f"the starting weights' (no epoch of this run beat them on {by}; "
-                f"{len(metrics.get('validation_history', []))} evaluated)")
-    return (f"{metrics.get('best_phase')} epoch {best}, the best {by} of the "
-            f"{len(metrics.get('validation_history', []))} evaluated")
+        return (
+            f"the starting weights' (no epoch of this run beat them on {by}; "
+            f"{len(metrics.get('validation_history', []))} evaluated)"
+        )
+    return (
+        f"{metrics.get('best_phase')} epoch {best}, the best {by} of the "
+        f"{len(metrics.get('validation_history', []))} evaluated"
+    )
 
 
 def decision_markdown(decision: dict) -> str:
-    return (f"\n## Promotion decision\n\n- Promoted: **{'yes' if decision['promoted'] else 'no'}**\n"
-            f"- Challenger {decision['metric']}: {_fmt(decision.get('challenger_score'))}; champion "
-            f"({decision.get('champion') or 'none'}): {_fmt(decision.get('champion_score'))}\n- Reason: {decision['reason']}\n")
+    return (
+        f"\n## Promotion decision\n\n- Promoted: **{'yes' if decision['promoted'] else 'no'}**\n"
+        f"- Challenger {decision['metric']}: {_fmt(decision.get('challenger_score'))}; champion "
+        f"({decision.get('champion') or 'none'}): {_fmt(decision.get('champion_score'))}\n- Reason: {decision['reason']}\n"
+    )
 
 
 def _fmt(v) -> str:

@@ -35,8 +35,14 @@ class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
     step count; see the module docstring.
     """
 
-    def __init__(self, peak: float, total_steps: int, warmup_steps: int, time_progress: tf.Variable | None = None,
-                 alpha: float = 0.01):
+    def __init__(
+        self,
+        peak: float,
+        total_steps: int,
+        warmup_steps: int,
+        time_progress: tf.Variable | None = None,
+        alpha: float = 0.01,
+    ):
         self.peak, self.alpha = float(peak), float(alpha)
         self.total_steps = max(int(total_steps), 1)
         self.warmup_steps = min(int(warmup_steps), self.total_steps - 1)
@@ -53,7 +59,12 @@ class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
         return tf.where(step < self.warmup_steps, warm, cosine)
 
     def get_config(self):
-        return {"peak": self.peak, "total_steps": self.total_steps, "warmup_steps": self.warmup_steps, "alpha": self.alpha}
+        return {
+            "peak": self.peak,
+            "total_steps": self.total_steps,
+            "warmup_steps": self.warmup_steps,
+            "alpha": self.alpha,
+        }
 
 
 class Clock:

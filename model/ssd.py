@@ -143,8 +143,11 @@ def build_ssd(cfg: ModelConfig, backbone_weights: str | None = None) -> keras.Mo
     boxes, classes = [], []
     for level, feature in enumerate(features):
         boxes.append(prediction_head(feature, a, 4, f"box_head{level}"))
-        classes.append(prediction_head(feature, a, cfg.num_classes + 1, f"class_head{level}",
-                                       bias_initializer=BackgroundPrior(cfg.num_classes)))
+        classes.append(
+            prediction_head(
+                feature, a, cfg.num_classes + 1, f"class_head{level}", bias_initializer=BackgroundPrior(cfg.num_classes)
+            )
+        )
     box_out = layers.Concatenate(axis=1, name="boxes")(boxes)
     class_out = layers.Concatenate(axis=1, name="class_logits")(classes)
     outputs = layers.Concatenate(axis=-1, name="predictions", dtype="float32")([box_out, class_out])

@@ -59,11 +59,19 @@ def tflite_name(quantize: str) -> str:
 def _postprocess_signature(cfg: ModelConfig, score_threshold: float, iou_threshold: float, max_detections: int) -> str:
     """The ``experimental_implements`` text from which the converter builds TFLite_Detection_PostProcess."""
     v = cfg.variances  # the op scales the encodings by 1 / variance, as model/box_coder.py's decode does
-    attrs = {"max_detections": ("i", max_detections), "max_classes_per_detection": ("i", 1),
-             "detections_per_class": ("i", max_detections), "use_regular_nms": ("b", "true"),
-             "nms_score_threshold": ("f", score_threshold), "nms_iou_threshold": ("f", iou_threshold),
-             "y_scale": ("f", 1.0 / v[0]), "x_scale": ("f", 1.0 / v[1]), "h_scale": ("f", 1.0 / v[2]), "w_scale": ("f", 1.0 / v[3]),
-             "num_classes": ("i", cfg.num_classes)}
+    attrs = {
+        "max_detections": ("i", max_detections),
+        "max_classes_per_detection": ("i", 1),
+        "detections_per_class": ("i", max_detections),
+        "use_regular_nms": ("b", "true"),
+        "nms_score_threshold": ("f", score_threshold),
+        "nms_iou_threshold": ("f", iou_threshold),
+        "y_scale": ("f", 1.0 / v[0]),
+        "x_scale": ("f", 1.0 / v[1]),
+        "h_scale": ("f", 1.0 / v[2]),
+        "w_scale": ("f", 1.0 / v[3]),
+        "num_classes": ("i", cfg.num_classes),
+    }
     parts = ['name: "TFLite_Detection_PostProcess"']
     parts += [f'attr {{ key: "{k}" value {{ {t}: {val} }} }}' for k, (t, val) in attrs.items()]
     return " ".join(parts)
@@ -72,14 +80,18 @@ def _postprocess_signature(cfg: ModelConfig, score_threshold: float, iou_thresho
 class TFLiteSSD(tf.Module):
     """The graph the converter sees: pixels [1, S, S, 3] float32 0..255 → the post-processing op's outputs."""
 
-    def __init__(self, keras_model, cfg: ModelConfig, score_threshold: float, iou_threshold: float, max_detections: int):
+    def __init__(
+        self, keras_model, cfg: ModelConfig, score_threshold: float, iou_threshold: float, max_detections: int
+    ):
         super().__init__(name="ssdflow_tflite")
         import keras
 
         # The network up to its two concatenations, before they are joined into one tensor: int8 gives
         # each tensor one scale, and box encodings (a few units) and class logits (tens) sharing one
         # would cost the encodings most of their resolution.
-        heads = keras.Model(keras_model.input, [keras_model.get_layer("boxes").output, keras_model.get_layer("class_logits").output])
+        heads = keras.Model(
+            keras_model.input, [keras_model.get_layer("boxes").output, keras_model.get_layer("class_logits").output]
+        )
         object.__setattr__(self, "network", heads)  # as Detector: track the variables, not the Keras graph
         self.network_variables = [v.value for v in keras_model.weights]  # (tracked, the converter freezes them)
         self.anchors = tf.constant(corners_to_center(generate_anchors(cfg)).numpy(), tf.float32)  # (cy, cx, h, w)
@@ -93,7 +105,9 @@ class TFLiteSSD(tf.Module):
 
         object.__setattr__(self, "postprocess", postprocess)
         size = cfg.image_size
-        self.detect = tf.function(self._detect, input_signature=[tf.TensorSpec([1, size, size, 3], tf.float32, name="image")])
+        self.detect = tf.function(
+            self._detect, input_signature=[tf.TensorSpec([1, size, size, 3], tf.float32, name="image")]
+        )
 
     def _detect(self, image):
         encodings, logits = self.network(image, training=False)  # [1, A, 4], [1, A, C + 1]
@@ -141,8 +155,11 @@ def resize(data: bytes, size: int) -> np.ndarray:
 def convert(model, cfg: ModelConfig, info: dict, quantize: str = "none", data: str | None = None) -> bytes:
     """The .tflite bytes (without metadata) of a trained Keras SSD (``load_keras``'s; inputs checked by ``export_tflite``)."""
     if info.get("box_merge_iou"):
-        log.warning("export: TFLite's detection op has no box merging: the .tflite keeps NMS's own boxes "
-                    "(the SavedModel merges above IoU %s; the .tflite's val mAP is measured on its own)", info["box_merge_iou"])
+        log.warning(
+            "export: TFLite's detection op has no box merging: the .tflite keeps NMS's own boxes "
+            "(the SavedModel merges above IoU %s; the .tflite's val mAP is measured on its own)",
+            info["box_merge_iou"],
+        )
     module = TFLiteSSD(model, cfg, info["score_threshold"], info["iou_threshold"], info["max_detections"])
     converter = tf.lite.TFLiteConverter.from_concrete_functions([module.detect.get_concrete_function()], module)
     if quantize == "float16":
@@ -165,9 +182,13 @@ def export_tflite(model_dir: str, quantize: str = "none", data: str | None = Non
     if quantize not in QUANTIZE:
         raise TFLiteExportError(f"--quantize {quantize!r}: one of {', '.join(QUANTIZE)}")
     if quantize == "int8" and not data:
-        raise TFLiteExportError("--quantize int8 needs --data: an ingest output whose train split calibrates the int8 ranges")
+        raise TFLiteExportError(
+            "--quantize int8 needs --data: an ingest output whose train split calibrates the int8 ranges"
+        )
     if not Path(model_dir, "saved_model.pb").is_file() or not Path(model_dir, KERAS_WEIGHTS).is_file():
-        raise TFLiteExportError(f"--model {model_dir}: no exported model there (saved_model.pb and {KERAS_WEIGHTS} are needed)")
+        raise TFLiteExportError(
+            f"--model {model_dir}: no exported model there (saved_model.pb and {KERAS_WEIGHTS} are needed)"
+        )
     if data and not Path(data, "_SUCCESS").is_file():
         raise TFLiteExportError(f"--data {data}: not a complete ingest output (no _SUCCESS)")
     t0 = time.perf_counter()
@@ -176,17 +197,29 @@ def export_tflite(model_dir: str, quantize: str = "none", data: str | None = Non
     label_map = LabelMap.parse(Path(model_dir, "label_map.json").read_text(), "label_map.json")
     version = Path(model_dir).name
     meta = tflite_metadata.build_metadata(
-        name=f"ssdflow SSD MobileNetV2 {cfg.alpha} {cfg.image_size}", version=version, image_size=cfg.image_size,
-        num_labels=len(label_map), description=(f"ssdflow detector {version}, TFLite ({quantize}): input RGB "
-                                                f"{cfg.image_size}x{cfg.image_size}, outputs as the TF OD API's TFLite SSD exports."))
+        name=f"ssdflow SSD MobileNetV2 {cfg.alpha} {cfg.image_size}",
+        version=version,
+        image_size=cfg.image_size,
+        num_labels=len(label_map),
+        description=(
+            f"ssdflow detector {version}, TFLite ({quantize}): input RGB "
+            f"{cfg.image_size}x{cfg.image_size}, outputs as the TF OD API's TFLite SSD exports."
+        ),
+    )
     model = tflite_metadata.populate(model, meta, tflite_metadata.label_file(dict(label_map), cfg.num_classes))
     name = tflite_name(quantize)
     staging = Path(model_dir, f".{name}.{uuid.uuid4().hex[:8]}.tmp")
     staging.write_bytes(model)
     os.replace(staging, Path(model_dir, name))  # never a half-written .tflite under its real name
-    entry = {"file": name, "quantize": quantize, "bytes": len(model), "sha256": hashlib.sha256(model).hexdigest(),
-             "input": "uint8 [1, S, S, 3]" if quantize == "int8" else "float32 [1, S, S, 3], 0..255",
-             "calibration": data if quantize == "int8" else None, "seconds": round(time.perf_counter() - t0, 1)}
+    entry = {
+        "file": name,
+        "quantize": quantize,
+        "bytes": len(model),
+        "sha256": hashlib.sha256(model).hexdigest(),
+        "input": "uint8 [1, S, S, 3]" if quantize == "int8" else "float32 [1, S, S, 3], 0..255",
+        "calibration": data if quantize == "int8" else None,
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
     if data:
         from model.validation import score_tflite
 
@@ -253,10 +286,20 @@ def _card_section(files: dict) -> str:
         m = e.get("metrics") or {}
         shown = f"{m['mAP@.5']:.3f}" if "mAP@.5" in m else "not measured (`ssdflow evaluate --model …/" + name + "`)"
         rows.append(f"| `{name}` | {e['quantize']} | {e['bytes'] / 1e6:.2f} MB | {e['input']} | {shown} |")
-    return "\n".join([_CARD_START, "## TFLite", "",
-                      "For phones and boards: TFLite's SSD post-processing op built in, metadata and label file packed "
-                      "(`ssdflow export --format tflite`).", "",
-                      "| file | quantization | size | input | val mAP@.5 |", "| --- | --- | ---: | --- | ---: |", *rows, ""])
+    return "\n".join(
+        [
+            _CARD_START,
+            "## TFLite",
+            "",
+            "For phones and boards: TFLite's SSD post-processing op built in, metadata and label file packed "
+            "(`ssdflow export --format tflite`).",
+            "",
+            "| file | quantization | size | input | val mAP@.5 |",
+            "| --- | --- | ---: | --- | ---: |",
+            *rows,
+            "",
+        ]
+    )
 
 
 class TFLiteDetector:
@@ -272,9 +315,14 @@ class TFLiteDetector:
         if (path is None) == (content is None):
             raise ValueError("TFLiteDetector: give path or content")
         with warnings.catch_warnings():  # TensorFlow's interpreter warns that LiteRT's package will replace it
-            warnings.filterwarnings("ignore", message=r"(?s).*tf\.lite\.Interpreter is deprecated", category=UserWarning)
-            self.interpreter = (tf.lite.Interpreter(model_path=str(path), num_threads=num_threads) if content is None
-                                else tf.lite.Interpreter(model_content=content, num_threads=num_threads))
+            warnings.filterwarnings(
+                "ignore", message=r"(?s).*tf\.lite\.Interpreter is deprecated", category=UserWarning
+            )
+            self.interpreter = (
+                tf.lite.Interpreter(model_path=str(path), num_threads=num_threads)
+                if content is None
+                else tf.lite.Interpreter(model_content=content, num_threads=num_threads)
+            )
         self.runner = self.interpreter.get_signature_runner()
         inp = self.interpreter.get_input_details()[0]
         self.size, self.dtype = int(inp["shape"][1]), inp["dtype"]
@@ -286,9 +334,13 @@ class TFLiteDetector:
         x = pixels[None]
         x = np.clip(np.round(x), 0, 255).astype(np.uint8) if self.dtype == np.uint8 else x.astype(np.float32)
         out = self.runner(image=x)
-        return {"num_detections": out["output_0"][0], "detection_scores": out["output_1"][0],
-                # TFLite's op does not clip (its apps do); the SavedModel's boxes are clipped to the image.
-                "detection_classes": out["output_2"][0] + 1.0, "detection_boxes": np.clip(out["output_3"][0], 0.0, 1.0)}
+        return {
+            "num_detections": out["output_0"][0],
+            "detection_scores": out["output_1"][0],
+            # TFLite's op does not clip (its apps do); the SavedModel's boxes are clipped to the image.
+            "detection_classes": out["output_2"][0] + 1.0,
+            "detection_boxes": np.clip(out["output_3"][0], 0.0, 1.0),
+        }
 
     def __call__(self, images) -> dict[str, tf.Tensor]:
         per_image = [self.detect_pixels(resize(data, self.size)) for data in np.asarray(images).ravel()]

@@ -82,11 +82,24 @@ class _Writer:
     def content(self, kind: int, properties: int, value_range: int | None = None) -> int:
         return self.table([(0, "u8", kind), (1, "off", properties), (2, "off", value_range)])
 
-    def tensor(self, name: str, description: str, content: int, process_units: int | None = None,
-               associated_files: int | None = None) -> int:
+    def tensor(
+        self,
+        name: str,
+        description: str,
+        content: int,
+        process_units: int | None = None,
+        associated_files: int | None = None,
+    ) -> int:
         name_off, desc_off = self.string(name), self.string(description)
-        return self.table([(0, "off", name_off), (1, "off", desc_off), (3, "off", content), (4, "off", process_units),
-                           (6, "off", associated_files)])
+        return self.table(
+            [
+                (0, "off", name_off),
+                (1, "off", desc_off),
+                (3, "off", content),
+                (4, "off", process_units),
+                (6, "off", associated_files),
+            ]
+        )
 
 
 def build_metadata(name: str, description: str, version: str, image_size: int, num_labels: int) -> bytes:
@@ -101,20 +114,38 @@ def build_metadata(name: str, description: str, version: str, image_size: int, n
     std = w.scalars([1.0], b.PrependFloat32)
     normalization = w.table([(0, "off", mean), (1, "off", std)])
     unit = w.table([(0, "u8", _NORMALIZATION_OPTIONS), (1, "off", normalization)])
-    image = w.tensor("image", f"Input image, RGB, {image_size}x{image_size}, raw 0..255 values.",
-                     w.content(_IMAGE_PROPERTIES, image_props), process_units=w.vector([unit]))
+    image = w.tensor(
+        "image",
+        f"Input image, RGB, {image_size}x{image_size}, raw 0..255 values.",
+        w.content(_IMAGE_PROPERTIES, image_props),
+        process_units=w.vector([unit]),
+    )
 
     # Outputs.
     index = w.scalars([1, 0, 3, 2], b.PrependUint32)  # values are [ymin, xmin, ymax, xmax]: left is index 1 …
     box_props = w.table([(0, "off", index), (1, "u8", _BOUNDARIES), (2, "u8", _RATIO)])
-    location = w.tensor("location", "The locations of the detected boxes.", w.content(_BOUNDING_BOX_PROPERTIES, box_props,
-                                                                                        w.value_range(2, 2)))
-    label_name, label_desc = w.string(LABEL_FILE), w.string(f"Labels of the {num_labels} classes: line k is label id k + 1.")
+    location = w.tensor(
+        "location",
+        "The locations of the detected boxes.",
+        w.content(_BOUNDING_BOX_PROPERTIES, box_props, w.value_range(2, 2)),
+    )
+    label_name, label_desc = (
+        w.string(LABEL_FILE),
+        w.string(f"Labels of the {num_labels} classes: line k is label id k + 1."),
+    )
     label_file = w.table([(0, "off", label_name), (1, "off", label_desc), (2, "u8", _TENSOR_VALUE_LABELS)])
-    category = w.tensor("category", "The classes of the detected boxes.",
-                        w.content(_FEATURE_PROPERTIES, w.table([]), w.value_range(2, 2)), associated_files=w.vector([label_file]))
-    score = w.tensor("score", "The scores of the detected boxes.", w.content(_FEATURE_PROPERTIES, w.table([]), w.value_range(2, 2)))
-    count = w.tensor("number of detections", "The number of the detected boxes.", w.content(_FEATURE_PROPERTIES, w.table([])))
+    category = w.tensor(
+        "category",
+        "The classes of the detected boxes.",
+        w.content(_FEATURE_PROPERTIES, w.table([]), w.value_range(2, 2)),
+        associated_files=w.vector([label_file]),
+    )
+    score = w.tensor(
+        "score", "The scores of the detected boxes.", w.content(_FEATURE_PROPERTIES, w.table([]), w.value_range(2, 2))
+    )
+    count = w.tensor(
+        "number of detections", "The number of the detected boxes.", w.content(_FEATURE_PROPERTIES, w.table([]))
+    )
     by_name = {"score": score, "location": location, "number of detections": count, "category": category}
 
     inputs = w.vector([image])
@@ -123,8 +154,15 @@ def build_metadata(name: str, description: str, version: str, image_size: int, n
     subgraph = w.table([(0, "off", sub_name), (2, "off", inputs), (3, "off", outputs)])
     subgraphs = w.vector([subgraph])
     strings = [w.string(s) for s in (name, description, version, MIN_PARSER_VERSION)]
-    root = w.table([(0, "off", strings[0]), (1, "off", strings[1]), (2, "off", strings[2]), (3, "off", subgraphs),
-                    (7, "off", strings[3])])
+    root = w.table(
+        [
+            (0, "off", strings[0]),
+            (1, "off", strings[1]),
+            (2, "off", strings[2]),
+            (3, "off", subgraphs),
+            (7, "off", strings[3]),
+        ]
+    )
     b.Finish(root, file_identifier=FILE_IDENTIFIER)
     return bytes(b.Output())
 
@@ -225,10 +263,19 @@ def read(tflite: bytes) -> dict:
     label_entry = _vec(category, 6)[0]
     with zipfile.ZipFile(io.BytesIO(tflite)) as z:
         labels = z.read(_str(label_entry, 0)).decode().splitlines()
-    return {"name": _str(root, 0), "version": _str(root, 2), "min_parser_version": _str(root, 7),
-            "input": {"name": _str(inp, 0), "content_type": _u8(_sub(inp, 3), 0),
-                      "mean": _scalar_vec(norm, 0, flatbuffers.number_types.Float32Flags),
-                      "std": _scalar_vec(norm, 1, flatbuffers.number_types.Float32Flags)},
-            "outputs": [_str(t, 0) for t in outputs],
-            "box_index": _scalar_vec(box_props, 0, flatbuffers.number_types.Uint32Flags), "box_type": _u8(box_props, 1),
-            "label_file": {"name": _str(label_entry, 0), "type": _u8(label_entry, 2)}, "labels": labels}
+    return {
+        "name": _str(root, 0),
+        "version": _str(root, 2),
+        "min_parser_version": _str(root, 7),
+        "input": {
+            "name": _str(inp, 0),
+            "content_type": _u8(_sub(inp, 3), 0),
+            "mean": _scalar_vec(norm, 0, flatbuffers.number_types.Float32Flags),
+            "std": _scalar_vec(norm, 1, flatbuffers.number_types.Float32Flags),
+        },
+        "outputs": [_str(t, 0) for t in outputs],
+        "box_index": _scalar_vec(box_props, 0, flatbuffers.number_types.Uint32Flags),
+        "box_type": _u8(box_props, 1),
+        "label_file": {"name": _str(label_entry, 0), "type": _u8(label_entry, 2)},
+        "labels": labels,
+    }

@@ -20,11 +20,15 @@ def _operating_points(ev, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, i
     """For category index ``k``: unique score thresholds (descending) and, for each, the true and
     false positives among the detections scoring at least that; and the number of positives."""
     n_areas, n_images = len(ev.params.areaRng), len(ev.params.imgIds)
-    entries = [e for e in ev.evalImgs[k * n_areas * n_images:(k * n_areas + 1) * n_images] if e is not None]  # area "all"
+    entries = [
+        e for e in ev.evalImgs[k * n_areas * n_images : (k * n_areas + 1) * n_images] if e is not None
+    ]  # area "all"
     max_det = ev.params.maxDets[-1]
     scores = np.concatenate([np.asarray(e["dtScores"][:max_det], dtype=np.float64) for e in entries] or [np.zeros(0)])
     matched = np.concatenate([np.asarray(e["dtMatches"][0, :max_det]) > 0 for e in entries] or [np.zeros(0, bool)])
-    ignored = np.concatenate([np.asarray(e["dtIgnore"][0, :max_det]).astype(bool) for e in entries] or [np.zeros(0, bool)])
+    ignored = np.concatenate(
+        [np.asarray(e["dtIgnore"][0, :max_det]).astype(bool) for e in entries] or [np.zeros(0, bool)]
+    )
     positives = int(sum(int(np.count_nonzero(np.asarray(e["gtIgnore"]) == 0)) for e in entries))
     order = np.argsort(-scores, kind="mergesort")
     scores, matched, ignored = scores[order], matched[order], ignored[order]
@@ -47,9 +51,13 @@ def _floor4(threshold: float) -> float:
 
 
 def _point(threshold, precision, recall, f1, positives) -> dict:
-    return {"threshold": None if threshold is None else _floor4(threshold),
-            "precision": round(float(precision), 4), "recall": round(float(recall), 4), "f1": round(float(f1), 4),
-            "val_objects": positives}
+    return {
+        "threshold": None if threshold is None else _floor4(threshold),
+        "precision": round(float(precision), 4),
+        "recall": round(float(recall), 4),
+        "f1": round(float(f1), 4),
+        "val_objects": positives,
+    }
 
 
 def calibrate(ev, names_by_id: dict[int, str], target_precision: float | None = None) -> dict:
@@ -76,8 +84,11 @@ def calibrate(ev, names_by_id: dict[int, str], target_precision: float | None = 
             reaching = np.flatnonzero(precision >= target_precision)
             i = int(reaching[-1]) if len(reaching) else 0  # else the strictest threshold, reported as missing it
         per_class[name] = _point(thresholds[i], precision[i], recall[i], f1[i], positives)
-    return {"target": "max_f1" if target_precision is None else f"precision>={target_precision:g}",
-            "per_class": per_class, "global": _best_global(curves)}
+    return {
+        "target": "max_f1" if target_precision is None else f"precision>={target_precision:g}",
+        "per_class": per_class,
+        "global": _best_global(curves),
+    }
 
 
 def _f1_at(candidates: np.ndarray, curve) -> np.ndarray:
@@ -99,13 +110,18 @@ def _best_global(curves: dict) -> dict:
     candidates = np.unique(np.concatenate([c[0] for c in scored.values()]))[::-1]  # highest first
     mean = np.mean([_f1_at(candidates, c) for c in scored.values()], axis=0)
     best = candidates[int(np.argmax(mean))]  # the first maximum: ties keep the stricter threshold
-    return {"threshold": _floor4(best),
-            "per_class_f1": {n: round(float(_f1_at(np.array([best]), c)[0]), 4) for n, c in curves.items()}}
+    return {
+        "threshold": _floor4(best),
+        "per_class_f1": {n: round(float(_f1_at(np.array([best]), c)[0]), 4) for n, c in curves.items()},
+    }
 
 
 def thresholds_by_id(calibration: dict | None, label_map: dict[str, int]) -> dict[int, float]:
     """``{class id: threshold}`` for the classes that got one (what the exported model stores)."""
     if not calibration:
         return {}
-    return {int(label_map[name]): float(p["threshold"]) for name, p in calibration["per_class"].items()
-            if p["threshold"] is not None and name in label_map}
+    return {
+        int(label_map[name]): float(p["threshold"])
+        for name, p in calibration["per_class"].items()
+        if p["threshold"] is not None and name in label_map
+    }

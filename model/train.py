@@ -31,15 +31,34 @@ import tensorflow as tf
 
 from model import registry, report, warm_start
 from model.thresholds import thresholds_by_id
-from model.anchors import (anchor_levels, anchor_shapes, best_shape_iou, fitted_aspect_ratios, fitted_finest_stride, fitted_min_scale,
-                           generate_anchors, rounded_ratio, smallest_class)
+from model.anchors import (
+    anchor_levels,
+    anchor_shapes,
+    best_shape_iou,
+    fitted_aspect_ratios,
+    fitted_finest_stride,
+    fitted_min_scale,
+    generate_anchors,
+    rounded_ratio,
+    smallest_class,
+)
 from model.callbacks import AverageWeights, EpochCheckpoint, EpochLines, ValidationMAP, keep_best, load_history
 from model.dataset import box_shapes, count_records, local_records, make_dataset, read_label_map, shard_files
 from model.evaluate import write_metrics
 from model.export import KERAS_WEIGHTS, Detector, save_detector
 from model.losses import SSDLoss, balanced_class_weights
-from model.run_record import (RunMirror, TrainError, completed_version, decision_markdown, discard_run, prepare_run_dir, run_config,
-                              run_key, training_lock, write_model_card)
+from model.run_record import (
+    RunMirror,
+    TrainError,
+    completed_version,
+    decision_markdown,
+    discard_run,
+    prepare_run_dir,
+    run_config,
+    run_key,
+    training_lock,
+    write_model_card,
+)
 from model.schedule import Clock, TimeBudget, WarmupCosine
 from model.ssd import build_ssd, freeze_backbone, unfreeze_top
 from model.validation import make_detect_fn, score_detector, score_saved_model
@@ -113,21 +132,37 @@ def _finish_completed(cfg: TrainConfig, version: str, records: str) -> "TrainRes
 def _promote(cfg: TrainConfig, version: str, records: str) -> dict:
     """Promotes a committed version if it beats the champion (re-scored on ``records``' val split),
     and adds the decision to its model card."""
-    decision = registry.promote_if_better(cfg.models, version, lambda d: score_saved_model(registry.local_copy(d), records, "val"),
-                                          promotion_policy(cfg))
+    decision = registry.promote_if_better(
+        cfg.models, version, lambda d: score_saved_model(registry.local_copy(d), records, "val"), promotion_policy(cfg)
+    )
     card = storage.join(registry.version_dir(cfg.models, version), "model_card.md")
     storage.write_text(card, storage.read_text(card) + decision_markdown(decision))
     return decision
 
 
 def promotion_policy(cfg: TrainConfig) -> registry.PromotionPolicy:
-    return registry.PromotionPolicy(tolerance=cfg.promotion_tolerance, min_score=cfg.min_map,
-                                    on_label_map_change=cfg.on_label_map_change)
+    return registry.PromotionPolicy(
+        tolerance=cfg.promotion_tolerance, min_score=cfg.min_map, on_label_map_change=cfg.on_label_map_change
+    )
 
 
-def _fit_phase(model, name: str, run_dir: str, train_data, epochs: int, steps: int, lr: float, warmup_steps: int,
-               loss, callbacks: list, verbose, clock: Clock, deadline: float, ema_momentum: float = 0.0,
-               after_checkpoint: list = ()) -> tuple[int, str]:
+def _fit_phase(
+    model,
+    name: str,
+    run_dir: str,
+    train_data,
+    epochs: int,
+    steps: int,
+    lr: float,
+    warmup_steps: int,
+    loss,
+    callbacks: list,
+    verbose,
+    clock: Clock,
+    deadline: float,
+    ema_momentum: float = 0.0,
+    after_checkpoint: list = (),
+) -> tuple[int, str]:
     """Compiles and fits one phase, resuming from its checkpoint, until its epochs, early stopping or
     the clock's ``deadline`` (seconds of the run); returns the epochs run now and what ended the phase.
     ``train_data(skip_batches)``: the training stream, started that many batches in (a resumed phase
@@ -162,8 +197,15 @@ def _fit_phase(model, name: str, run_dir: str, train_data, epochs: int, steps: i
     clock.start()
     try:
         # shuffle=False: the stream is shuffled already (model/dataset.py); Keras would warn that it ignores True.
-        history = model.fit(train_data(initial * steps), epochs=epochs, initial_epoch=initial, steps_per_epoch=steps, shuffle=False,
-                            callbacks=[budget, *callbacks, checkpoint, *after_checkpoint], verbose=verbose)
+        history = model.fit(
+            train_data(initial * steps),
+            epochs=epochs,
+            initial_epoch=initial,
+            steps_per_epoch=steps,
+            shuffle=False,
+            callbacks=[budget, *callbacks, checkpoint, *after_checkpoint],
+            verbose=verbose,
+        )
     finally:
         clock.stop()
     open(done_marker, "w").close()
@@ -185,13 +227,25 @@ def fit_anchors(heights, widths, classes, label_map, cfg) -> dict:
     class_id, of_class = smallest_class(sides, classes)
     stride = cfg.finest_stride or fitted_finest_stride(of_class)
     names = {v: k for k, v in label_map.items()}
-    fit = {"finest_stride": stride, "min_scale": None if cfg.min_scale else fitted_min_scale(of_class, cfg.image_size, stride),
-           "class": None if class_id is None else names.get(class_id, str(class_id)), "boxes": int(len(of_class)),
-           "side_p10": round(float(np.quantile(of_class, 0.1)), 4) if len(of_class) else None,
-           "side_p50": round(float(np.quantile(of_class, 0.5)), 4) if len(of_class) else None, "aspect_ratios": None}
+    fit = {
+        "finest_stride": stride,
+        "min_scale": None if cfg.min_scale else fitted_min_scale(of_class, cfg.image_size, stride),
+        "class": None if class_id is None else names.get(class_id, str(class_id)),
+        "boxes": int(len(of_class)),
+        "side_p10": round(float(np.quantile(of_class, 0.1)), 4) if len(of_class) else None,
+        "side_p50": round(float(np.quantile(of_class, 0.5)), 4) if len(of_class) else None,
+        "aspect_ratios": None,
+    }
     if cfg.aspect_ratios is None:
-        fit.update(fit_aspect_ratios(heights, widths, classes, label_map,
-                                     cfg.model(len(label_map), fitted_stride=stride, fitted_min_scale=fit["min_scale"])))
+        fit.update(
+            fit_aspect_ratios(
+                heights,
+                widths,
+                classes,
+                label_map,
+                cfg.model(len(label_map), fitted_stride=stride, fitted_min_scale=fit["min_scale"]),
+            )
+        )
     return fit
 
 
@@ -205,8 +259,11 @@ def shape_coverage(heights, widths, classes, label_map, model_cfg, pos_iou: floa
     low share says the class's boxes get their anchors mostly by forced matches."""
     best = best_shape_iou(heights, widths, anchor_shapes(model_cfg))
     classes = np.asarray(classes)
-    return {name: round(float(np.mean(best[classes == i] >= pos_iou)), 3)
-            for name, i in label_map.by_id() if np.any(classes == i)}
+    return {
+        name: round(float(np.mean(best[classes == i] >= pos_iou)), 3)
+        for name, i in label_map.by_id()
+        if np.any(classes == i)
+    }
 
 
 def fit_aspect_ratios(heights, widths, classes, label_map, model_cfg) -> dict:
@@ -222,14 +279,27 @@ def fit_aspect_ratios(heights, widths, classes, label_map, model_cfg) -> dict:
     ratios = fitted_aspect_ratios(heights, widths, classes, model_cfg)
     after = shape_coverage(heights, widths, classes, label_map, model_cfg.model_copy(update={"aspect_ratios": ratios}))
     refit = min(after.values()) > worst
-    return {"aspect_ratios": ratios if refit else None,
-            "ratio_fit": {"chosen": ratios, "adopted": refit, "worst_share_before": worst, "worst_share_after": min(after.values()),
-                          # no other ratio fits a box better: the boxes' sizes, not their shapes, limit the share
-                          "same": ratios == sorted(map(rounded_ratio, model_cfg.aspect_ratios))}}
+    return {
+        "aspect_ratios": ratios if refit else None,
+        "ratio_fit": {
+            "chosen": ratios,
+            "adopted": refit,
+            "worst_share_before": worst,
+            "worst_share_after": min(after.values()),
+            # no other ratio fits a box better: the boxes' sizes, not their shapes, limit the share
+            "same": ratios == sorted(map(rounded_ratio, model_cfg.aspect_ratios)),
+        },
+    }
 
 
-def train(cfg: TrainConfig, extra_callbacks: tuple = (), verbose="auto", reuse_completed: bool = False,
-          say=None, epoch_lines: bool = False) -> TrainResult:
+def train(
+    cfg: TrainConfig,
+    extra_callbacks: tuple = (),
+    verbose="auto",
+    reuse_completed: bool = False,
+    say=None,
+    epoch_lines: bool = False,
+) -> TrainResult:
     """The whole job: fit, export, evaluate, register, promote. Returns what happened.
 
     ``say`` (a function of one line of text) gets a header saying what is trained (data,
@@ -251,14 +321,19 @@ def train(cfg: TrainConfig, extra_callbacks: tuple = (), verbose="auto", reuse_c
     fitting = start is None and (cfg.finest_stride is None or cfg.min_scale is None or cfg.aspect_ratios is None)
     if fitting or cfg.class_balance:  # a pass over the records' headers, no decode; only when something needs it
         heights, widths, classes = box_shapes(train_files)
-        class_weights = balanced_class_weights(np.bincount(classes, minlength=len(label_map) + 1)[1:len(label_map) + 1],
-                                               cfg.class_balance)
+        class_weights = balanced_class_weights(
+            np.bincount(classes, minlength=len(label_map) + 1)[1 : len(label_map) + 1], cfg.class_balance
+        )
     if start is not None:  # a warm start keeps the starting model's architecture and anchors
         model_cfg = start.model_cfg
     elif fitting:  # left open by the settings: fitted to the smallest class
         anchor_fit = fit_anchors(heights, widths, classes, label_map, cfg)
-        model_cfg = cfg.model(num_classes=len(label_map), fitted_stride=anchor_fit["finest_stride"],
-                              fitted_min_scale=anchor_fit["min_scale"], fitted_aspect_ratios=anchor_fit["aspect_ratios"])
+        model_cfg = cfg.model(
+            num_classes=len(label_map),
+            fitted_stride=anchor_fit["finest_stride"],
+            fitted_min_scale=anchor_fit["min_scale"],
+            fitted_aspect_ratios=anchor_fit["aspect_ratios"],
+        )
     else:
         model_cfg = cfg.model(num_classes=len(label_map))
     if anchor_fit is not None:
@@ -284,21 +359,39 @@ def train(cfg: TrainConfig, extra_callbacks: tuple = (), verbose="auto", reuse_c
         fine_tune_epochs = int(round(epochs * cfg.fine_tune_fraction)) if pretrained else 0
         frozen_epochs = epochs - fine_tune_epochs
 
-    header = (f"train: {cfg.data}: {n_train} train / {n_val} val images, {len(label_map)} classes; SSD MobileNetV2 "
-              f"alpha {model_cfg.alpha:g}, {model_cfg.image_size} px, finest stride {model_cfg.finest_stride} "
-              f"(anchors from {model_cfg.first_scale:.3f} of the side"
-              + (f", fitted to {anchor_fit['class']}'s boxes, 10th percentile side {anchor_fit['side_p10']:.3f}"
-                 if anchor_fit and anchor_fit["class"] else "")
-              + f"); starting from {start_text}; at most {epochs} epochs "
-              + ("(one fine-tuning phase)" if start is not None else "(one phase, every layer trained)" if not pretrained
-                 else f"({frozen_epochs} with the backbone frozen + {fine_tune_epochs} fine-tuning)")
-              + f" of {steps} steps x {batch_size} images"
-              + (f", budget {budget_minutes:g} min" if budget_minutes else ", no time budget"))
+    header = (
+        f"train: {cfg.data}: {n_train} train / {n_val} val images, {len(label_map)} classes; SSD MobileNetV2 "
+        f"alpha {model_cfg.alpha:g}, {model_cfg.image_size} px, finest stride {model_cfg.finest_stride} "
+        f"(anchors from {model_cfg.first_scale:.3f} of the side"
+        + (
+            f", fitted to {anchor_fit['class']}'s boxes, 10th percentile side {anchor_fit['side_p10']:.3f}"
+            if anchor_fit and anchor_fit["class"]
+            else ""
+        )
+        + f"); starting from {start_text}; at most {epochs} epochs "
+        + (
+            "(one fine-tuning phase)"
+            if start is not None
+            else "(one phase, every layer trained)"
+            if not pretrained
+            else f"({frozen_epochs} with the backbone frozen + {fine_tune_epochs} fine-tuning)"
+        )
+        + f" of {steps} steps x {batch_size} images"
+        + (f", budget {budget_minutes:g} min" if budget_minutes else ", no time budget")
+    )
     if anchor_fit and anchor_fit["aspect_ratios"]:
-        header += "; anchor aspect ratios refitted to the boxes: " + ", ".join(f"{r:g}" for r in anchor_fit["aspect_ratios"])
-    poorly_fitted = {n: c for n, c in ((anchor_fit or {}).get("shape_coverage") or {}).items() if c < POOR_SHAPE_COVERAGE}
-    if poorly_fitted:  # such a class's boxes are learnt through forced matches only: worth knowing before the budget is spent
-        header += ("; anchor shapes fit few boxes of " + ", ".join(f"{n} ({c:.0%} at IoU >= 0.5)" for n, c in poorly_fitted.items()))
+        header += "; anchor aspect ratios refitted to the boxes: " + ", ".join(
+            f"{r:g}" for r in anchor_fit["aspect_ratios"]
+        )
+    poorly_fitted = {
+        n: c for n, c in ((anchor_fit or {}).get("shape_coverage") or {}).items() if c < POOR_SHAPE_COVERAGE
+    }
+    if (
+        poorly_fitted
+    ):  # such a class's boxes are learnt through forced matches only: worth knowing before the budget is spent
+        header += "; anchor shapes fit few boxes of " + ", ".join(
+            f"{n} ({c:.0%} at IoU >= 0.5)" for n, c in poorly_fitted.items()
+        )
     log.info("%s", header)
     if say is not None:
         say(header)
@@ -322,37 +415,67 @@ def train(cfg: TrainConfig, extra_callbacks: tuple = (), verbose="auto", reuse_c
                 model.load_weights(start.weights)
             else:
                 model = build_ssd(model_cfg, None if cfg.backbone_weights == "none" else cfg.backbone_weights)
-            loss = SSDLoss(num_classes=model_cfg.num_classes, classification=cfg.classification_loss, class_weights=class_weights,
-                           box_loss=cfg.box_loss, box_weight=BOX_WEIGHT[cfg.box_loss], variances=model_cfg.variances)
+            loss = SSDLoss(
+                num_classes=model_cfg.num_classes,
+                classification=cfg.classification_loss,
+                class_weights=class_weights,
+                box_loss=cfg.box_loss,
+                box_weight=BOX_WEIGHT[cfg.box_loss],
+                variances=model_cfg.variances,
+            )
         anchors = generate_anchors(model_cfg)
 
         def train_data(skip_batches: int):
             # A deterministic run resumed mid-phase continues its stream where the checkpoint left it;
             # other runs' order is random anyway, so they start a fresh stream.
-            return make_dataset(train_files, anchors, model_cfg.image_size, model_cfg.variances, batch_size, training=True,
-                                deterministic=cfg.deterministic, seed=cfg.seed, augmentation=cfg.augment, repeat=True,
-                                atss_levels=anchor_levels(model_cfg) if cfg.matching == "atss" else None,
-                                skip_batches=skip_batches if cfg.deterministic else 0)
+            return make_dataset(
+                train_files,
+                anchors,
+                model_cfg.image_size,
+                model_cfg.variances,
+                batch_size,
+                training=True,
+                deterministic=cfg.deterministic,
+                seed=cfg.seed,
+                augmentation=cfg.augment,
+                repeat=True,
+                atss_levels=anchor_levels(model_cfg) if cfg.matching == "atss" else None,
+                skip_batches=skip_batches if cfg.deterministic else 0,
+            )
 
-        detect = make_detect_fn(model, model_cfg, cfg.score_threshold, cfg.iou_threshold, cfg.max_detections, cfg.box_merge_iou)
-        val_map = ValidationMAP(detect, records, label_map, cfg.eval_every, path=os.path.join(run_dir, "validation_history.json"))
+        detect = make_detect_fn(
+            model, model_cfg, cfg.score_threshold, cfg.iou_threshold, cfg.max_detections, cfg.box_merge_iou
+        )
+        val_map = ValidationMAP(
+            detect, records, label_map, cfg.eval_every, path=os.path.join(run_dir, "validation_history.json")
+        )
         best = keep_best(os.path.join(run_dir, "best.weights.h5"), cfg.best_epoch_metric, cfg.map50_tolerance)
         average = AverageWeights()  # val mAP and the kept best epoch see the averaged weights, checkpoints the raw ones
-        callbacks = [average.swap_in, val_map, best, average.swap_out,
-                     keras.callbacks.TensorBoard(os.path.join(run_dir, "logs"), write_graph=False), *extra_callbacks]
+        callbacks = [
+            average.swap_in,
+            val_map,
+            best,
+            average.swap_out,
+            keras.callbacks.TensorBoard(os.path.join(run_dir, "logs"), write_graph=False),
+            *extra_callbacks,
+        ]
         after_checkpoint = [keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: mirror())]
         # Off by default: on raccoon, patience 5 ended both phases at 0.46 val mAP@.5 where running on to the
         # budget reached 0.83; between new bests, fine-tuning went 16 evaluations (docs/benchmarks.md).
         if cfg.early_stopping_patience and cfg.eval_every <= epochs:  # early stopping needs val mAP in the logs
-            callbacks.insert(3, keras.callbacks.EarlyStopping(monitor=best.monitor, mode="max",
-                                                              patience=cfg.early_stopping_patience))
+            callbacks.insert(
+                3, keras.callbacks.EarlyStopping(monitor=best.monitor, mode="max", patience=cfg.early_stopping_patience)
+            )
         if start is not None and best.best_epoch is None and cfg.eval_every <= epochs:
             # A warm start is kept only where it improves: its starting weights compete as epoch 0,
             # so a run whose every epoch scores below the champion it began from exports that champion's weights.
             start_metrics = val_map.evaluate(0, phase="start")
             best.consider(model, start_metrics, 0, "start")
-            log.info("train: the starting weights score val mAP@.5 %s, mAP@[.5:.95] %s",
-                     start_metrics["mAP@.5"], start_metrics["mAP"])
+            log.info(
+                "train: the starting weights score val mAP@.5 %s, mAP@[.5:.95] %s",
+                start_metrics["mAP@.5"],
+                start_metrics["mAP"],
+            )
         warmup = int(cfg.warmup_epochs * steps)
         # The budget is shared as the epochs are: the frozen phase may use its share, fine-tuning what is left.
         clock = Clock(run_dir, budget_minutes * 60 if budget_minutes else None)
@@ -361,26 +484,64 @@ def train(cfg: TrainConfig, extra_callbacks: tuple = (), verbose="auto", reuse_c
         if frozen_epochs:
             if pretrained:
                 freeze_backbone(model)
-            run, why = _fit_phase(model, "phase1", run_dir, train_data, frozen_epochs, steps, cfg.peak_learning_rate(), warmup,
-                                  loss, callbacks, verbose, clock, budget * frozen_epochs / epochs, cfg.ema_momentum, after_checkpoint)
+            run, why = _fit_phase(
+                model,
+                "phase1",
+                run_dir,
+                train_data,
+                frozen_epochs,
+                steps,
+                cfg.peak_learning_rate(),
+                warmup,
+                loss,
+                callbacks,
+                verbose,
+                clock,
+                budget * frozen_epochs / epochs,
+                cfg.ema_momentum,
+                after_checkpoint,
+            )
             mirror()
             epochs_run += run
             ended.append(why)
         if fine_tune_epochs:
             unfreeze_top(model, cfg.unfreeze_from_block)
-            run, why = _fit_phase(model, "phase2", run_dir, train_data, fine_tune_epochs, steps,
-                                  cfg.peak_learning_rate() * cfg.fine_tune_lr_factor, 0, loss, callbacks, verbose, clock, budget,
-                                  cfg.ema_momentum, after_checkpoint)
+            run, why = _fit_phase(
+                model,
+                "phase2",
+                run_dir,
+                train_data,
+                fine_tune_epochs,
+                steps,
+                cfg.peak_learning_rate() * cfg.fine_tune_lr_factor,
+                0,
+                loss,
+                callbacks,
+                verbose,
+                clock,
+                budget,
+                cfg.ema_momentum,
+                after_checkpoint,
+            )
             mirror()
             epochs_run += run
             ended.append(why)
         fit_seconds = clock.elapsed()
         # Every epoch the run trained, once, also those before a kill it was resumed from.
-        history = [dict(entry, phase=phase) for phase in ("phase1", "phase2")
-                   for entry in load_history(os.path.join(run_dir, phase))]
+        history = [
+            dict(entry, phase=phase)
+            for phase in ("phase1", "phase2")
+            for entry in load_history(os.path.join(run_dir, phase))
+        ]
         best_epoch = best.restore(model)
         if best_epoch is not None:
-            log.info("train: exporting the weights of %s epoch %d (%s %.4f)", best.best_phase, best_epoch, best.metric_name, best.best)
+            log.info(
+                "train: exporting the weights of %s epoch %d (%s %.4f)",
+                best.best_phase,
+                best_epoch,
+                best.metric_name,
+                best.best,
+            )
 
         # Export into a staging dir, score the exported artifact itself, then commit the version.
         version = registry.new_version(cfg.models)
@@ -388,8 +549,14 @@ def train(cfg: TrainConfig, extra_callbacks: tuple = (), verbose="auto", reuse_c
         exportable = model if precision == "float32" else float32_twin(model, model_cfg)
         # The export's own signature function is scored and drawn, then saved once with the thresholds
         # calibrated on that score (a threshold changes no detection, only the lookup the model carries).
-        detector = Detector(exportable, model_cfg, cfg.score_threshold, cfg.iou_threshold, cfg.max_detections,
-                            box_merge_iou=cfg.box_merge_iou)
+        detector = Detector(
+            exportable,
+            model_cfg,
+            cfg.score_threshold,
+            cfg.iou_threshold,
+            cfg.max_detections,
+            box_merge_iou=cfg.box_merge_iou,
+        )
         exported = lambda images: detector.serve(images)  # noqa: E731
         metrics = score_detector(exported, records, "val", label_map, cfg.target_precision)
         report.draw_pr_curves(metrics["pr_curves"], os.path.join(staging, report.PR_CURVES))
@@ -397,18 +564,33 @@ def train(cfg: TrainConfig, extra_callbacks: tuple = (), verbose="auto", reuse_c
         detector.set_class_thresholds(thresholds_by_id(metrics["score_thresholds"], label_map))
         save_detector(detector, label_map, str(staging))
         model.save_weights(os.path.join(staging, KERAS_WEIGHTS))  # lets `ssdflow export` rebuild and re-export
-        metrics.update(data_fingerprint=fingerprint, run_key=run_key(config), val_images=n_val, train_images=n_train,
-                       epochs=len(history), history=history,
-                       optimizer_steps={e["phase"]: e["steps"] for e in history},  # each phase's count after its last epoch
-                       max_epochs=epochs, time_budget_minutes=cfg.time_budget or None, fit_seconds=round(fit_seconds, 1),
-                       phases_ended_by=ended,
-                       validation_history=val_map.history, best_epoch=best_epoch, best_phase=best.best_phase if best_epoch is not None else None,
-                       best_epoch_metric=best.metric_name,
-                       precision=precision, initialized_from=start_text, anchor_fit=anchor_fit,
-                       class_weights=None if class_weights is None else
-                       {name: class_weights[i - 1] for name, i in label_map.by_id()})
+        metrics.update(
+            data_fingerprint=fingerprint,
+            run_key=run_key(config),
+            val_images=n_val,
+            train_images=n_train,
+            epochs=len(history),
+            history=history,
+            optimizer_steps={e["phase"]: e["steps"] for e in history},  # each phase's count after its last epoch
+            max_epochs=epochs,
+            time_budget_minutes=cfg.time_budget or None,
+            fit_seconds=round(fit_seconds, 1),
+            phases_ended_by=ended,
+            validation_history=val_map.history,
+            best_epoch=best_epoch,
+            best_phase=best.best_phase if best_epoch is not None else None,
+            best_epoch_metric=best.metric_name,
+            precision=precision,
+            initialized_from=start_text,
+            anchor_fit=anchor_fit,
+            class_weights=None
+            if class_weights is None
+            else {name: class_weights[i - 1] for name, i in label_map.by_id()},
+        )
         write_metrics(os.path.join(staging, "metrics.json"), metrics)
-        write_model_card(os.path.join(staging, "model_card.md"), version, cfg, model_cfg, metrics, label_map, fingerprint)
+        write_model_card(
+            os.path.join(staging, "model_card.md"), version, cfg, model_cfg, metrics, label_map, fingerprint
+        )
         if os.path.isdir(os.path.join(run_dir, "logs")):  # TensorBoard logs stay with the version they describe
             shutil.copytree(os.path.join(run_dir, "logs"), os.path.join(staging, "logs"))
         still_held()  # a training whose lease was taken over must not commit beside the one that took it

@@ -29,18 +29,35 @@ def detections_and_groundtruth(detect: Callable[[tf.Tensor], dict], files: list[
         for i, key in enumerate(batch["key"].numpy()):
             image_id = key.decode()
             gt_boxes = batch["boxes"][i].numpy().reshape(-1, 4)
-            groundtruth.append(ImageGroundTruth(
-                image_id=image_id, height=int(batch["height"][i]), width=int(batch["width"][i]),
-                boxes=gt_boxes, classes=batch["classes"][i].numpy(), difficult=batch["difficult"][i].numpy().astype(bool)))
+            groundtruth.append(
+                ImageGroundTruth(
+                    image_id=image_id,
+                    height=int(batch["height"][i]),
+                    width=int(batch["width"][i]),
+                    boxes=gt_boxes,
+                    classes=batch["classes"][i].numpy(),
+                    difficult=batch["difficult"][i].numpy().astype(bool),
+                )
+            )
             n = int(out["num_detections"][i])
-            detections.append(ImageDetections(
-                image_id=image_id, boxes=out["detection_boxes"][i][:n], scores=out["detection_scores"][i][:n],
-                classes=out["detection_classes"][i][:n].astype(np.int64)))
+            detections.append(
+                ImageDetections(
+                    image_id=image_id,
+                    boxes=out["detection_boxes"][i][:n],
+                    scores=out["detection_scores"][i][:n],
+                    classes=out["detection_classes"][i][:n].astype(np.int64),
+                )
+            )
     return groundtruth, detections
 
 
-def score_detector(detect: Callable[[tf.Tensor], dict], data_dir: str, split: str = "val", label_map=None,
-                   target_precision: float | None = None) -> dict:
+def score_detector(
+    detect: Callable[[tf.Tensor], dict],
+    data_dir: str,
+    split: str = "val",
+    label_map=None,
+    target_precision: float | None = None,
+) -> dict:
     """COCO metrics of ``detect`` on ``split`` of an ingest output (with per-class score thresholds
     calibrated on it, :mod:`model.thresholds`)."""
     label_map = label_map or read_label_map(data_dir)
@@ -61,8 +78,14 @@ def score_tflite(path: str, data_dir: str, split: str = "val") -> dict:
     return score_detector(TFLiteDetector(path), data_dir, split)
 
 
-def make_detect_fn(model, cfg: ModelConfig, score_threshold: float, iou_threshold: float, max_detections: int,
-                   box_merge_iou: float | None = None):
+def make_detect_fn(
+    model,
+    cfg: ModelConfig,
+    score_threshold: float,
+    iou_threshold: float,
+    max_detections: int,
+    box_merge_iou: float | None = None,
+):
     """Encoded bytes [B] → detections of a Keras model in training: the exported signature itself
     (model/export.py ``Detector.serve``: decoding, resizing, box decoding, NMS), over the live weights."""
     detector = Detector(model, cfg, score_threshold, iou_threshold, max_detections, box_merge_iou=box_merge_iou)

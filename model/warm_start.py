@@ -47,7 +47,9 @@ def resolve(cfg: TrainConfig, label_map: LabelMap) -> tuple[WarmStart | None, st
         champion = registry.read_champion(cfg.models)
         if champion is None:
             if cfg.init_from == "champion":
-                raise WarmStartError(f"--init-from champion: {cfg.models} has no champion yet; use --init-from backbone")
+                raise WarmStartError(
+                    f"--init-from champion: {cfg.models} has no champion yet; use --init-from backbone"
+                )
             return None, f"backbone ({cfg.backbone_weights}): no champion yet"
         model_uri = registry.version_dir(cfg.models, champion["version"])
     else:

@@ -10,6 +10,11 @@ if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null 2>&1; then
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null
 fi
+# One formatter and linter (ruff, configured in pyproject.toml): a tree it would change fails here.
+if ! { .venv/bin/ruff check --quiet . && .venv/bin/ruff format --check --quiet .; }; then
+  echo "ruff: fix the lines above (.venv/bin/ruff check --fix . && .venv/bin/ruff format .)" >&2
+  exit 1
+fi
 export TF_CPP_MIN_LOG_LEVEL=2 PYTHONDONTWRITEBYTECODE=1
 set +e
 # Three xdist workers on 2 cores: many tests wait (servers, heartbeats, killed processes), so a third

@@ -24,8 +24,10 @@ class _FalseAlarms(logging.Filter):
       per batch on platforms without it; scoring does not depend on it.
     """
 
-    PREFIXES = ("apitools not found, and bigquery client libraries",
-                "Resource module is not available for current platform")
+    PREFIXES = (
+        "apitools not found, and bigquery client libraries",
+        "Resource module is not available for current platform",
+    )
 
     def filter(self, record: logging.LogRecord) -> bool:
         return not str(record.msg).startswith(self.PREFIXES)

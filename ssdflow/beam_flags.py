@@ -65,7 +65,9 @@ def check(args: list[str], runner: str, own_options: list[str]) -> None:
             problems.append(f"unknown option {flag} (did you mean {own[0]}?)")
         elif local:
             near = difflib.get_close_matches(flag, list(own_options) + list(beam_option_names()), n=1, cutoff=0.75)
-            hint = f" (did you mean {near[0]}?)" if near else " (neither an option of this job nor a Beam pipeline option)"
+            hint = (
+                f" (did you mean {near[0]}?)" if near else " (neither an option of this job nor a Beam pipeline option)"
+            )
             problems.append(f"unknown option {flag}{hint}")
     if problems:
         raise ValueError("; ".join(problems))
@@ -80,7 +82,9 @@ def _storage_parser():
     from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
 
     parser = _BeamArgumentParser(allow_abbrev=False)
-    for cls in {c.__name__: c for c in PipelineOptions.__subclasses__() if c.__name__ in STORAGE_OPTION_CLASSES}.values():
+    for cls in {
+        c.__name__: c for c in PipelineOptions.__subclasses__() if c.__name__ in STORAGE_OPTION_CLASSES
+    }.values():
         cls._add_argparse_args(parser)  # noqa: SLF001 - Beam's own way to assemble its parser
     return parser
 
@@ -94,8 +98,14 @@ def check_storage(args: list[str]) -> None:
     for arg in unknown:
         flag = arg.split("=", 1)[0]
         near = difflib.get_close_matches(flag, names, n=1, cutoff=0.75)
-        problems.append(f"unknown option {flag}" + (f" (did you mean {near[0]}?)" if near else
-                                                     " (only object-store options, such as --s3_endpoint_url=URL, are taken here)"))
+        problems.append(
+            f"unknown option {flag}"
+            + (
+                f" (did you mean {near[0]}?)"
+                if near
+                else " (only object-store options, such as --s3_endpoint_url=URL, are taken here)"
+            )
+        )
     if problems:
         raise ValueError("; ".join(problems))
 

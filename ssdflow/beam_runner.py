@@ -96,7 +96,9 @@ def make_pipeline(options: PipelineOptions, preload: tuple[str, ...] = ()) -> be
     now, importing Beam and ``preload`` (the job's modules) while the caller builds the pipeline."""
     runner = options.view_as(StandardOptions).runner
     if runner in _LOCAL:
-        local = LocalRunner(provision_info=_local_provision_info(options), workers=_local_workers(options), preload=preload)
+        local = LocalRunner(
+            provision_info=_local_provision_info(options), workers=_local_workers(options), preload=preload
+        )
         return beam.Pipeline(runner=local, options=options)
     return beam.Pipeline(options=options)
 
@@ -147,5 +149,8 @@ def _local_provision_info(options: PipelineOptions):
 
     chosen = options.get_all_options(drop_default=True)
     chosen.setdefault("default_sdk_harness_log_level", "WARNING")
-    return ExtendedProvisionInfo(beam_provision_api_pb2.ProvisionInfo(
-        retrieval_token="unused-retrieval-token", pipeline_options=JobServiceHandle.encode_pipeline_options(chosen)))
+    return ExtendedProvisionInfo(
+        beam_provision_api_pb2.ProvisionInfo(
+            retrieval_token="unused-retrieval-token", pipeline_options=JobServiceHandle.encode_pipeline_options(chosen)
+        )
+    )

@@ -41,7 +41,7 @@ def main() -> None:
 
     logging.getLogger(sdk_worker_main.__name__).addFilter(lambda r: not str(r.msg).startswith(_NO_DIRECTORY))
     if AWAIT_JOB in sys.argv:  # started ahead of the job (ssdflow.worker_pool): load, then wait for it
-        for module in sys.argv[sys.argv.index(AWAIT_JOB) + 1:]:
+        for module in sys.argv[sys.argv.index(AWAIT_JOB) + 1 :]:
             try:
                 importlib.import_module(module)
             except Exception:  # noqa: BLE001  a head start only: the job's own unpickling raises the real error

@@ -131,7 +131,7 @@ def _s3_swap(uri: str, data: bytes, expected: Versioned) -> Versioned:
 def _gcs_blob(uri: str):
     from google.cloud import storage as gcs  # apache-beam[gcp]
 
-    bucket, _, name = uri[len("gs://"):].partition("/")
+    bucket, _, name = uri[len("gs://") :].partition("/")
     return gcs.Client().bucket(bucket).blob(name)
 
 

@@ -22,10 +22,12 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 
 app = typer.Typer(
     name="ssdflow",
-    help=("Keep an SSD object detector fresh on your own images: ingest (Beam), train (Keras), score (Beam).\n\n"
-          "Exit codes: 0 the output is complete and usable; 2 a mistake to fix (options, inputs, a server not running; "
-          "one line says which); 1 a bug in ssdflow (with its traceback); 130 interrupted. --debug (anywhere on the "
-          "line) shows the traceback of a mistake too."),
+    help=(
+        "Keep an SSD object detector fresh on your own images: ingest (Beam), train (Keras), score (Beam).\n\n"
+        "Exit codes: 0 the output is complete and usable; 2 a mistake to fix (options, inputs, a server not running; "
+        "one line says which); 1 a bug in ssdflow (with its traceback); 130 interrupted. --debug (anywhere on the "
+        "line) shows the traceback of a mistake too."
+    ),
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -42,8 +44,12 @@ def _show_version(value: bool) -> None:
 
 @app.callback()
 def _main(
-    version: bool = typer.Option(False, "--version", callback=_show_version, is_eager=True, help="Print the version and exit"),
-    debug: bool = typer.Option(False, "--debug", help="Show the traceback of any failure, a mistake's too (also SSDFLOW_DEBUG=1)"),
+    version: bool = typer.Option(
+        False, "--version", callback=_show_version, is_eager=True, help="Print the version and exit"
+    ),
+    debug: bool = typer.Option(
+        False, "--debug", help="Show the traceback of any failure, a mistake's too (also SSDFLOW_DEBUG=1)"
+    ),
 ) -> None:
     """Keep an SSD object detector fresh on your own images."""
 
@@ -75,24 +81,32 @@ def ingest(cfg: IngestConfig) -> None:
 def _print_ingest_summary(out: str, stats: dict) -> None:
     w, r = stats["images_written"], stats["images_rejected"]
     test = f", test {w['test']}" if w.get("test") else ""
-    typer.echo(f"ingest: {stats['images_in']} images in, {w['total']} written (train {w['train']}, val {w['val']}{test}), "
-               f"{r['total']} rejected, {stats['boxes_written']} boxes written")
+    typer.echo(
+        f"ingest: {stats['images_in']} images in, {w['total']} written (train {w['train']}, val {w['val']}{test}), "
+        f"{r['total']} rejected, {stats['boxes_written']} boxes written"
+    )
     reasons = {k: v for k, v in r.items() if k != "total"}
     if reasons:
         typer.echo(f"  rejected by reason: {json.dumps(reasons)}")
     if r.get("read_error_retryable"):
-        typer.echo(f"  {r['read_error_retryable']} images could not be read for now (throttled, timed out or a storage "
-                   f"server error): run the same command again to ingest them")
+        typer.echo(
+            f"  {r['read_error_retryable']} images could not be read for now (throttled, timed out or a storage "
+            f"server error): run the same command again to ingest them"
+        )
     ignored = stats.get("label_files_ignored", {})
     if ignored.get("total"):
         by_ext = ", ".join(f"{ext or '(none)'}: {n}" for ext, n in ignored["by_extension"].items())
-        typer.echo(f"  ignored {ignored['total']} files under --labels that are not {stats.get('format', '')} label files ({by_ext})")
+        typer.echo(
+            f"  ignored {ignored['total']} files under --labels that are not {stats.get('format', '')} label files ({by_ext})"
+        )
     if stats.get("format_hint"):
         typer.echo(f"  {stats['format_hint']}")
     skipped = stats.get("files_skipped", {})
     if skipped.get("total"):
         typer.echo(f"  skipped {skipped['total']} files that are not images, e.g. {', '.join(skipped['examples'][:3])}")
-    typer.echo(f"  output: {out}  (stats.json, rejected.jsonl, label_map.json, {len(stats['shards'])} shards, _SUCCESS)")
+    typer.echo(
+        f"  output: {out}  (stats.json, rejected.jsonl, label_map.json, {len(stats['shards'])} shards, _SUCCESS)"
+    )
 
 
 @config_command(app, TrainConfig, storage=True)
@@ -111,7 +125,9 @@ def train(cfg: TrainConfig) -> None:
     except (TrainError, DatasetError, BackboneWeightsError) as e:
         fail(str(e))
     m, d = result.metrics, result.decision
-    typer.echo(f"train: version {result.version}: mAP {m['mAP']:.4f}, mAP@.5 {m['mAP@.5']:.4f} on {m['val_images']} val images")
+    typer.echo(
+        f"train: version {result.version}: mAP {m['mAP']:.4f}, mAP@.5 {m['mAP@.5']:.4f} on {m['val_images']} val images"
+    )
     typer.echo(f"  {'promoted to champion' if d['promoted'] else 'not promoted'}: {d['reason']}")
     typer.echo(f"  model: {result.model_dir}")
 
@@ -130,9 +146,13 @@ def _storage_options(ctx: typer.Context) -> None:
 @app.command(context_settings=PASS_THROUGH)
 def evaluate(
     ctx: typer.Context,
-    model: str = typer.Option(..., help="An exported model directory, a models directory (its champion), or a .tflite file"),
+    model: str = typer.Option(
+        ..., help="An exported model directory, a models directory (its champion), or a .tflite file"
+    ),
     data: str = typer.Option(..., help="Ingest output directory"),
-    split: Literal["train", "val", "test"] = typer.Option("val", help="The split to score (test: where the ingest output has one)"),
+    split: Literal["train", "val", "test"] = typer.Option(
+        "val", help="The split to score (test: where the ingest output has one)"
+    ),
     out: Optional[str] = typer.Option(None, help="Write the metrics JSON here (default: print only)"),
 ) -> None:
     """COCO metrics (pycocotools) of an exported model, SavedModel or TFLite, on an ingest output's split.
@@ -149,7 +169,10 @@ def evaluate(
         data = local_records(data)
         shard_files(data, split)  # before the model loads: a split that is not there is a one-line error
     except DatasetError as e:
-        fail(f"{e}" + (" (an ingest output has a test split when its images come in a test/ folder)" if split == "test" else ""))
+        fail(
+            f"{e}"
+            + (" (an ingest output has a test split when its images come in a test/ folder)" if split == "test" else "")
+        )
 
     if is_tflite(model):
         from model.validation import score_tflite
@@ -174,19 +197,35 @@ def evaluate(
 @app.command(context_settings=PASS_THROUGH)
 def export(
     ctx: typer.Context,
-    model: str = typer.Option(..., help="A registered model directory (MODELS/<version>), or a models directory (its champion)"),
-    out: Optional[str] = typer.Option(None, help="Directory for the new SavedModel (--format savedmodel); "
-                                      "a .tflite is always written beside the model's SavedModel"),
+    model: str = typer.Option(
+        ..., help="A registered model directory (MODELS/<version>), or a models directory (its champion)"
+    ),
+    out: Optional[str] = typer.Option(
+        None,
+        help="Directory for the new SavedModel (--format savedmodel); "
+        "a .tflite is always written beside the model's SavedModel",
+    ),
     format: Literal["savedmodel", "tflite"] = typer.Option("savedmodel", "--format", help="What to write"),
-    quantize: Literal["none", "float16", "int8"] = typer.Option("none", help="TFLite only: none (float32), float16 weights, or int8 (needs --data)"),
-    data: Optional[str] = typer.Option(None, help="Ingest output: int8 calibrates on its train split; with it, "
-                                       "the .tflite is also scored on its val split (mAP in the model card)"),
+    quantize: Literal["none", "float16", "int8"] = typer.Option(
+        "none", help="TFLite only: none (float32), float16 weights, or int8 (needs --data)"
+    ),
+    data: Optional[str] = typer.Option(
+        None,
+        help="Ingest output: int8 calibrates on its train split; with it, "
+        "the .tflite is also scored on its val split (mAP in the model card)",
+    ),
     score_threshold: Optional[float] = typer.Option(None, help="Minimum detection score (default: the model's)"),
     iou_threshold: Optional[float] = typer.Option(None, help="NMS IoU threshold (default: the model's)"),
     max_detections: Optional[int] = typer.Option(None, help="Detections per image (default: the model's)"),
-    box_merge_iou: Optional[float] = typer.Option(None, min=0.0, max=0.99, help=(
-        "Merge each detection's box with its class's boxes above this IoU (IoU x score weighted mean, YOLOv5's "
-        "merge-NMS); 0: no merging (default: the model's)")),
+    box_merge_iou: Optional[float] = typer.Option(
+        None,
+        min=0.0,
+        max=0.99,
+        help=(
+            "Merge each detection's box with its class's boxes above this IoU (IoU x score weighted mean, YOLOv5's "
+            "merge-NMS); 0: no merging (default: the model's)"
+        ),
+    ),
 ) -> None:
     """Export a trained model: again as a SavedModel (bytes in, TF OD API detection keys out), e.g. with
     new thresholds; or as TFLite with TFLite's SSD post-processing op, metadata and label file.
@@ -201,8 +240,10 @@ def export(
         fail("--format savedmodel needs --out (the directory for the new SavedModel)")
     if format == "tflite":
         if out or any(v is not None for v in (score_threshold, iou_threshold, max_detections, box_merge_iou)):
-            fail("--format tflite takes the model's own thresholds and writes beside its SavedModel: "
-                 "drop --out and the threshold options (re-export the SavedModel with them first)")
+            fail(
+                "--format tflite takes the model's own thresholds and writes beside its SavedModel: "
+                "drop --out and the threshold options (re-export the SavedModel with them first)"
+            )
     try:
         model = resolve_model_uri(model) if format == "tflite" else resolve_model_dir(model)
     except (FileNotFoundError, ValueError) as e:
@@ -218,19 +259,33 @@ def export(
             fail(str(e))
         typer.echo(f"export: {storage.join(model, entry['file'])} ({entry['bytes'] / 1e6:.2f} MB, {quantize})")
         if "metrics" in entry:
-            typer.echo(f"export: val mAP@.5 {entry['metrics']['mAP@.5']:.4f} (TFLite interpreter), in {entry['file']}'s model card row")
+            typer.echo(
+                f"export: val mAP@.5 {entry['metrics']['mAP@.5']:.4f} (TFLite interpreter), in {entry['file']}'s model card row"
+            )
         return
     from model.export import reexport
 
-    reexport(model, out, score_threshold=score_threshold, iou_threshold=iou_threshold, max_detections=max_detections,
-             box_merge_iou=box_merge_iou)
+    reexport(
+        model,
+        out,
+        score_threshold=score_threshold,
+        iou_threshold=iou_threshold,
+        max_detections=max_detections,
+        box_merge_iou=box_merge_iou,
+    )
     typer.echo(f"export: SavedModel written to {out}")
 
 
-models_app = typer.Typer(help="List the registered model versions, promote one by hand, roll back to the previous champion.",
-                         no_args_is_help=True)
+models_app = typer.Typer(
+    help="List the registered model versions, promote one by hand, roll back to the previous champion.",
+    no_args_is_help=True,
+)
 app.add_typer(models_app, name="models")
-_MODELS = typer.Option(..., "--models", help="The models directory (MODELS: one subdirectory per version, champion.json): local, s3:// or gs://; object-store options such as --s3_endpoint_url=URL may follow")
+_MODELS = typer.Option(
+    ...,
+    "--models",
+    help="The models directory (MODELS: one subdirectory per version, champion.json): local, s3:// or gs://; object-store options such as --s3_endpoint_url=URL may follow",
+)
 _BY = typer.Option(None, "--by", help="Who decides (recorded in decisions.jsonl; default: the login name)")
 
 
@@ -266,11 +321,15 @@ def models_list(ctx: typer.Context, models: str = _MODELS) -> None:
     typer.echo(f"{'':2}{'version':24} {'mAP@.5':>7} {'mAP':>7}  decision")
     for row in describe_versions(_models_root(models, ctx)):
         decided = "" if row["reason"] is None else row["reason"]
-        typer.echo(f"{'*' if row['champion'] else ' ':2}{row['version']:24} {num(row['mAP@.5']):>7} {num(row['mAP']):>7}  {decided}")
+        typer.echo(
+            f"{'*' if row['champion'] else ' ':2}{row['version']:24} {num(row['mAP@.5']):>7} {num(row['mAP']):>7}  {decided}"
+        )
 
 
 @models_app.command("show", context_settings=PASS_THROUGH)
-def models_show(ctx: typer.Context, version: str = typer.Argument(..., help="A version, or 'champion'"), models: str = _MODELS) -> None:
+def models_show(
+    ctx: typer.Context, version: str = typer.Argument(..., help="A version, or 'champion'"), models: str = _MODELS
+) -> None:
     """One version's metrics (per class too), promotion decision, label map and files, as JSON."""
     from model import registry
     from ssdflow import storage
@@ -282,8 +341,16 @@ def models_show(ctx: typer.Context, version: str = typer.Argument(..., help="A v
         vdir = registry.committed_dir(root, version)
     except (FileNotFoundError, ValueError) as e:
         fail(str(e))
-    info = {"version": version, "path": vdir, "champion": (registry.read_champion(root) or {}).get("version") == version}
-    for key, name in (("metrics", registry.METRICS), ("decision", registry.DECISION), ("label_map", registry.LABEL_MAP)):
+    info = {
+        "version": version,
+        "path": vdir,
+        "champion": (registry.read_champion(root) or {}).get("version") == version,
+    }
+    for key, name in (
+        ("metrics", registry.METRICS),
+        ("decision", registry.DECISION),
+        ("label_map", registry.LABEL_MAP),
+    ):
         uri = storage.join(vdir, name)
         info[key] = json.loads(storage.read_text(uri)) if storage.exists(uri) else None
     info["files"] = sorted({rel.split("/", 1)[0] for rel in storage.list_tree(vdir)})
@@ -291,8 +358,13 @@ def models_show(ctx: typer.Context, version: str = typer.Argument(..., help="A v
 
 
 @models_app.command("promote", context_settings=PASS_THROUGH)
-def models_promote(ctx: typer.Context, version: str = typer.Argument(..., help="The version to make the champion"), models: str = _MODELS,
-                   reason: str = typer.Option(..., "--reason", help="Why (recorded in decisions.jsonl)"), by: Optional[str] = _BY) -> None:
+def models_promote(
+    ctx: typer.Context,
+    version: str = typer.Argument(..., help="The version to make the champion"),
+    models: str = _MODELS,
+    reason: str = typer.Option(..., "--reason", help="Why (recorded in decisions.jsonl)"),
+    by: Optional[str] = _BY,
+) -> None:
     """Make a version the champion by hand, whatever its metrics; recorded with who and why."""
     from model.registry import promote_version
 
@@ -304,8 +376,12 @@ def models_promote(ctx: typer.Context, version: str = typer.Argument(..., help="
 
 
 @models_app.command("rollback", context_settings=PASS_THROUGH)
-def models_rollback(ctx: typer.Context, models: str = _MODELS, reason: str = typer.Option(..., "--reason", help="Why (recorded in decisions.jsonl)"),
-                    by: Optional[str] = _BY) -> None:
+def models_rollback(
+    ctx: typer.Context,
+    models: str = _MODELS,
+    reason: str = typer.Option(..., "--reason", help="Why (recorded in decisions.jsonl)"),
+    by: Optional[str] = _BY,
+) -> None:
     """Make the previous champion the champion again (undo the last promotion); recorded with who and why."""
     from model.registry import rollback
 
@@ -317,9 +393,15 @@ def models_rollback(ctx: typer.Context, models: str = _MODELS, reason: str = typ
 
 
 @models_app.command("push", context_settings=PASS_THROUGH)
-def models_push(ctx: typer.Context, models: str = _MODELS,
-                to: str = typer.Option(..., "--to", help="TensorFlow Serving's model base path (local, s3://, gs://): the champion "
-                                       "goes to TO/<next integer>/")) -> None:
+def models_push(
+    ctx: typer.Context,
+    models: str = _MODELS,
+    to: str = typer.Option(
+        ...,
+        "--to",
+        help="TensorFlow Serving's model base path (local, s3://, gs://): the champion goes to TO/<next integer>/",
+    ),
+) -> None:
     """Hand the champion to TensorFlow Serving: TO/<next integer>/ (saved_model.pb, variables/, assets/ with the label
     map); nothing when TO's highest version is the champion already. Serve it with
     `tensorflow_model_server --model_name=ssdflow --model_base_path=TO`."""
@@ -337,20 +419,30 @@ def models_push(ctx: typer.Context, models: str = _MODELS,
 
 def _score_threshold() -> tuple:
     """ScoreConfig.score_threshold as users type it: ``auto`` (the config's None) or a number."""
+
     def parse(text: str):
         if text.strip().lower() == "auto":
             return None
         try:
             return float(text)
         except ValueError:
-            raise typer.BadParameter(f"{text!r} is neither 'auto' nor a number", param_hint="--score-threshold") from None
+            raise typer.BadParameter(
+                f"{text!r} is neither 'auto' nor a number", param_hint="--score-threshold"
+            ) from None
 
     option = typer.Option("auto", "--score-threshold", help=ScoreConfig.model_fields["score_threshold"].description)
     return str, option, parse
 
 
-@config_command(app, ScoreConfig, beam=True, overrides={"formats": _formats(ScoreConfig.model_fields["formats"].default_factory()),
-                                                        "score_threshold": _score_threshold()})
+@config_command(
+    app,
+    ScoreConfig,
+    beam=True,
+    overrides={
+        "formats": _formats(ScoreConfig.model_fields["formats"].default_factory()),
+        "score_threshold": _score_threshold(),
+    },
+)
 def score(cfg: ScoreConfig) -> None:
     """Score image archives with an exported model (a Beam job, chunk by chunk) and write detections back to storage.
 
@@ -362,34 +454,54 @@ def score(cfg: ScoreConfig) -> None:
         m = run_score(cfg)
     except (ScoreError, FileNotFoundError) as e:
         fail(str(e))
-    typer.echo(f"score: {m['images_in']} images in, {m['images_scored']} scored, {m['images_failed']} failed, "
-               f"{m['detections']} detections (model {m['model_version']}{', TFLite' if m['runtime'] == 'tflite' else ''}; {m['chunks_scored_now']} of {m['chunks']} chunks scored now)")
+    typer.echo(
+        f"score: {m['images_in']} images in, {m['images_scored']} scored, {m['images_failed']} failed, "
+        f"{m['detections']} detections (model {m['model_version']}{', TFLite' if m['runtime'] == 'tflite' else ''}; {m['chunks_scored_now']} of {m['chunks']} chunks scored now)"
+    )
     if m.get("images_retryable"):
-        typer.echo(f"  {m['images_retryable']} of the failed images could not be read for now (throttled, timed out or a "
-                   f"storage server error): run the same command again to score them (reason read_error_retryable in errors.jsonl)")
+        typer.echo(
+            f"  {m['images_retryable']} of the failed images could not be read for now (throttled, timed out or a "
+            f"storage server error): run the same command again to score them (reason read_error_retryable in errors.jsonl)"
+        )
     used = m["score_thresholds"]
     fallback = set(used.get("fallback", ()))
     if used["setting"] == "auto":
-        typer.echo("  score thresholds (auto: calibrated per class on val at training time): " + ", ".join(
-            f"{name} {t:g}" + (" (none calibrated: the fallback)" if name in fallback else "") for name, t in used["per_class"].items()))
+        typer.echo(
+            "  score thresholds (auto: calibrated per class on val at training time): "
+            + ", ".join(
+                f"{name} {t:g}" + (" (none calibrated: the fallback)" if name in fallback else "")
+                for name, t in used["per_class"].items()
+            )
+        )
     else:
         typer.echo(f"  score threshold {used['setting']:g} for every class")
     typer.echo(f"  output: {cfg.out}  (detections-*.jsonl/.parquet, errors.jsonl, summary.json, _SUCCESS)")
     if "labelling" in m:
         sel = m["labelling"]
-        typer.echo(f"  labelling batch: {sel['selected']} images worth labelling next in {cfg.out.rstrip('/')}/labelling/ "
-                   f"(images/, annotations/ as Pascal VOC, label_studio.json, reasons.csv; {sel['near_duplicates_skipped']} "
-                   f"near-duplicates skipped). Correct the VOC files, then: ssdflow ingest --images …/labelling/images "
-                   f"--labels …/labelling/annotations --format voc")
+        typer.echo(
+            f"  labelling batch: {sel['selected']} images worth labelling next in {cfg.out.rstrip('/')}/labelling/ "
+            f"(images/, annotations/ as Pascal VOC, label_studio.json, reasons.csv; {sel['near_duplicates_skipped']} "
+            f"near-duplicates skipped). Correct the VOC files, then: ssdflow ingest --images …/labelling/images "
+            f"--labels …/labelling/annotations --format voc"
+        )
 
 
 @app.command()
 def predict(
-    sources: list[str] = typer.Argument(..., help="Images: files, directories (every image below) or quoted globs; local, s3://, gs://"),
+    sources: list[str] = typer.Argument(
+        ..., help="Images: files, directories (every image below) or quoted globs; local, s3://, gs://"
+    ),
     model: str = typer.Option("models", help="A models directory (its champion), an exported model, or a .tflite file"),
-    save: Optional[str] = typer.Option(None, help="Write each image with its boxes drawn here, under its source's name"),
-    score_threshold: Optional[float] = typer.Option(None, "--score-threshold", min=0.0, max=1.0,
-                                                    help="One minimum score for every class (default: each class's calibrated threshold)"),
+    save: Optional[str] = typer.Option(
+        None, help="Write each image with its boxes drawn here, under its source's name"
+    ),
+    score_threshold: Optional[float] = typer.Option(
+        None,
+        "--score-threshold",
+        min=0.0,
+        max=1.0,
+        help="One minimum score for every class (default: each class's calibrated threshold)",
+    ),
     max_detections: int = typer.Option(100, min=1, max=1000, help="Detections kept per image"),
 ) -> None:
     """Detect objects in a few images on this machine: a table of what was found and, with --save, the
@@ -404,17 +516,33 @@ def predict(
         typer.echo(line)
     found = sum(len(r.get("detections", ())) for r in results)
     failed = sum("detections" not in r for r in results)
-    typer.echo(f"predict: {len(results)} images, {found} detections" + (f", {failed} could not be read" if failed else "")
-               + (f"; drawn in {save}" if save else ""))
+    typer.echo(
+        f"predict: {len(results)} images, {found} detections"
+        + (f", {failed} could not be read" if failed else "")
+        + (f"; drawn in {save}" if save else "")
+    )
 
 
 @app.command()
 def serve(
     home: str = typer.Option("ssdflow_home", help="Where the default (demo) data and outputs live"),
-    config: Optional[str] = typer.Option(None, help="JSON/YAML with the deployments' default parameters: {nightly: ..., score: ..., ingest: ...} (ssdflow.config.ServeConfig)"),
+    config: Optional[str] = typer.Option(
+        None,
+        help="JSON/YAML with the deployments' default parameters: {nightly: ..., score: ..., ingest: ...} (ssdflow.config.ServeConfig)",
+    ),
     timezone: str = typer.Option("UTC", help="Time zone of the nightly 02:00 schedule, e.g. Europe/Berlin"),
-    silence_seconds: int = typer.Option(90, min=45, max=3600, help="A run without a heartbeat (sent every 30 s) for this long is marked Crashed and rerun"),
-    max_runs: Optional[int] = typer.Option(None, min=1, max=1000, help="Flow runs at once; further batch-score and ingest runs queue (default: one per core, fewer if memory is short: 2 GB each)"),
+    silence_seconds: int = typer.Option(
+        90,
+        min=45,
+        max=3600,
+        help="A run without a heartbeat (sent every 30 s) for this long is marked Crashed and rerun",
+    ),
+    max_runs: Optional[int] = typer.Option(
+        None,
+        min=1,
+        max=1000,
+        help="Flow runs at once; further batch-score and ingest runs queue (default: one per core, fewer if memory is short: 2 GB each)",
+    ),
 ) -> None:
     """Register and serve the Prefect deployments against PREFECT_API_URL until stopped: nightly-retrain (02:00),
     batch-score, ingest, train, models (promote / roll back from the UI) and demo.
@@ -431,7 +559,12 @@ def serve(
 
 @app.command()
 def automations(
-    silence_seconds: int = typer.Option(90, min=45, max=3600, help="A run without a heartbeat (sent every 30 s) for this long is marked Crashed and rerun"),
+    silence_seconds: int = typer.Option(
+        90,
+        min=45,
+        max=3600,
+        help="A run without a heartbeat (sent every 30 s) for this long is marked Crashed and rerun",
+    ),
 ) -> None:
     """Create or update the automations that mark silent runs Crashed and rerun them (at most twice), against PREFECT_API_URL.
 
@@ -450,7 +583,9 @@ def demo(
     workdir: str = typer.Option("demo_out", help="Where the synthetic data and every job's output go"),
     images: int = typer.Option(200, min=10, max=5000, help="Synthetic images to generate"),
     minutes: float = typer.Option(3.0, min=0.01, max=120, help="Minutes of training (the time budget)"),
-    epochs: Optional[int] = typer.Option(None, min=1, max=MAX_EPOCHS, help="Most training epochs (default: the minutes decide)"),
+    epochs: Optional[int] = typer.Option(
+        None, min=1, max=MAX_EPOCHS, help="Most training epochs (default: the minutes decide)"
+    ),
     seed: int = typer.Option(0, help="Random seed of the synthetic dataset"),
 ) -> None:
     """The embedded default: make a small labelled dataset and run every job on it, locally."""

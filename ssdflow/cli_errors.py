@@ -54,26 +54,37 @@ def explain(error: BaseException) -> str | None:
         name = f"{type(e).__module__}.{type(e).__name__}"
         text = str(e)
         if name.startswith("httpx.") and type(e).__name__ in ("ConnectError", "ConnectTimeout", "ReadTimeout"):
-            return (f"cannot reach the Prefect server at {_prefect_url()} ({text or type(e).__name__}): is it running? "
-                    "Start one with `prefect server start` (or scripts/serve.sh), or set PREFECT_API_URL to a running server")
+            return (
+                f"cannot reach the Prefect server at {_prefect_url()} ({text or type(e).__name__}): is it running? "
+                "Start one with `prefect server start` (or scripts/serve.sh), or set PREFECT_API_URL to a running server"
+            )
         if isinstance(e, ValueError) and "Pipeline has validations errors" in text:
             missing = [line.strip().rstrip(".") for line in text.splitlines()[1:] if line.strip()]
-            return ("the runner needs more pipeline options: " + "; ".join(missing)
-                    + " (give them after the job's own options, e.g. --project=ID --region=REGION --temp_location=gs://BUCKET/tmp)")
+            return (
+                "the runner needs more pipeline options: "
+                + "; ".join(missing)
+                + " (give them after the job's own options, e.g. --project=ID --region=REGION --temp_location=gs://BUCKET/tmp)"
+            )
         if isinstance(e, RuntimeError) and "Unable to fetch remote job server jar" in text:
             url = re.search(r"https?://\S+?\.jar", text)
             jar = text.split("stage the jar at ")[-1].strip() if "stage the jar at " in text else "Beam's jar cache"
-            return (f"this runner starts Beam's job server from a jar it downloads at run time, and the download failed "
-                    f"(no network?): fetch {url.group(0) if url else 'the jar'} once and put it at {jar}, or run a job "
-                    f"server yourself and pass --job_endpoint=HOST:PORT")
+            return (
+                f"this runner starts Beam's job server from a jar it downloads at run time, and the download failed "
+                f"(no network?): fetch {url.group(0) if url else 'the jar'} once and put it at {jar}, or run a job "
+                f"server yourself and pass --job_endpoint=HOST:PORT"
+            )
         if type(e).__name__ == "_InactiveRpcError" or "failed to connect to all addresses" in text:
-            return (f"cannot reach the Beam job server or worker pool ({text.splitlines()[0][:200] if text else name}): "
-                    "is it running at the --job_endpoint / --environment_config given?")
+            return (
+                f"cannot reach the Beam job server or worker pool ({text.splitlines()[0][:200] if text else name}): "
+                "is it running at the --job_endpoint / --environment_config given?"
+            )
         if isinstance(e, (FileNotFoundError, PermissionError, NotADirectoryError, IsADirectoryError)) and e.filename:
             return f"{e.filename}: {e.strerror or text}"
         if isinstance(e, MemoryError):
-            return ("out of memory: lower --max-batch-size (score) or --batch-size (train), or give the job a machine "
-                    "with more memory")
+            return (
+                "out of memory: lower --max-batch-size (score) or --batch-size (train), or give the job a machine "
+                "with more memory"
+            )
     return None
 
 
@@ -85,7 +96,7 @@ def _leaf_command(root, argv: Sequence[str]):
         if not names or rest[names[0]] not in cmd.commands:
             break
         i = names[0]
-        cmd, rest = cmd.commands[rest[i]], rest[i + 1:]
+        cmd, rest = cmd.commands[rest[i]], rest[i + 1 :]
     return cmd, rest
 
 
@@ -126,8 +137,9 @@ def argv_mistake(cmd, args: Sequence[str]) -> str | None:
             if "=" in tok or (nxt is not None and nxt.lower() in BOOL_WORDS):
                 value = tok.split("=", 1)[1] if "=" in tok else nxt
                 off = next((o for o in flags if o.startswith("--no-") and o[5:] == name[2:]), None)
-                return (f"{name} is a flag and takes no value: drop {value!r}"
-                        + (f" (and give {off} to turn it off)" if off else " (leave it out to turn it off)"))
+                return f"{name} is a flag and takes no value: drop {value!r}" + (
+                    f" (and give {off} to turn it off)" if off else " (leave it out to turn it off)"
+                )
         elif not tok.startswith("-"):
             if positional:
                 positional -= 1
@@ -139,8 +151,10 @@ def argv_mistake(cmd, args: Sequence[str]) -> str | None:
         return f"{', '.join(twice)} given more than once: give each once"
     if strays:
         shown = ", ".join(strays[:3]) + (" …" if len(strays) > 3 else "")
-        return (f"{len(strays)} more files on the line where the command takes none ({shown}): the shell expanded an "
-                f"unquoted glob. Quote it, e.g. --images 'photos/*.jpg', or give the directory")
+        return (
+            f"{len(strays)} more files on the line where the command takes none ({shown}): the shell expanded an "
+            f"unquoted glob. Quote it, e.g. --images 'photos/*.jpg', or give the directory"
+        )
     return None
 
 
@@ -167,8 +181,14 @@ def run_cli(argv: Sequence[str] | None = None) -> int:
         typer.echo(e.ctx.get_help())
         return EXIT_OK
     except click_errors.UsageError as e:  # one line, the way to the help after it
-        where = f"ssdflow {e.ctx.command_path.split(' ', 1)[1]} --help" if e.ctx and " " in e.ctx.command_path else "ssdflow --help"
-        typer.secho(f"error: {e.format_message().replace('Value error, ', '')} (see {where})", fg=typer.colors.RED, err=True)
+        where = (
+            f"ssdflow {e.ctx.command_path.split(' ', 1)[1]} --help"
+            if e.ctx and " " in e.ctx.command_path
+            else "ssdflow --help"
+        )
+        typer.secho(
+            f"error: {e.format_message().replace('Value error, ', '')} (see {where})", fg=typer.colors.RED, err=True
+        )
         return EXIT_USER
     except click_errors.ClickException as e:
         typer.secho(f"error: {e.format_message()}", fg=typer.colors.RED, err=True)
@@ -176,8 +196,11 @@ def run_cli(argv: Sequence[str] | None = None) -> int:
     except SystemExit as e:
         return e.code if isinstance(e.code, int) else (EXIT_OK if e.code is None else EXIT_BUG)
     except (typer.Abort, KeyboardInterrupt):  # Ctrl-C: click's Abort while it parses, else the job's own
-        typer.secho("interrupted: the output of this run was not committed (the previous one, if any, is intact)",
-                    fg=typer.colors.RED, err=True)
+        typer.secho(
+            "interrupted: the output of this run was not committed (the previous one, if any, is intact)",
+            fg=typer.colors.RED,
+            err=True,
+        )
         return EXIT_INTERRUPTED
     except Exception as e:  # noqa: BLE001 - the one place every failure ends
         message = explain(e)
@@ -186,7 +209,10 @@ def run_cli(argv: Sequence[str] | None = None) -> int:
         if message is not None:
             typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
             return EXIT_USER
-        typer.secho(f"error: {type(e).__name__}: {e}\nThis is a bug in ssdflow: please report it with the traceback above.",
-                    fg=typer.colors.RED, err=True)
+        typer.secho(
+            f"error: {type(e).__name__}: {e}\nThis is a bug in ssdflow: please report it with the traceback above.",
+            fg=typer.colors.RED,
+            err=True,
+        )
         return EXIT_BUG
     return code if isinstance(code, int) else EXIT_OK

@@ -30,7 +30,7 @@ def _value_hint(self, ctx):
         return None
     shown = _typer_display_type(self, ctx)
     if getattr(self, "multiple", False) and shown and shown.startswith("<list["):
-        return "<" + shown[len("<list["):-2] + ">… (repeat the option)"
+        return "<" + shown[len("<list[") : -2] + ">… (repeat the option)"
     return shown
 
 
@@ -53,8 +53,11 @@ def build_config(cls: type[BaseModel], **values):
         return cls(**values)
     except ValidationError as e:
         # A model-level error (no field in its location) is about the options as a whole.
-        lines = [(f"{option_name(str(err['loc'][0]))}{''.join(f'[{p}]' for p in err['loc'][1:])}: " if err["loc"] else "")
-                 + err["msg"].removeprefix("Value error, ") for err in e.errors()]
+        lines = [
+            (f"{option_name(str(err['loc'][0]))}{''.join(f'[{p}]' for p in err['loc'][1:])}: " if err["loc"] else "")
+            + err["msg"].removeprefix("Value error, ")
+            for err in e.errors()
+        ]
         fail(lines[0] if len(lines) == 1 else "invalid options:\n  " + "\n  ".join(lines))
 
 
@@ -63,8 +66,11 @@ def _plain(annotation) -> Any:
     if typing.get_origin(annotation) is typing.Annotated:
         return _plain(typing.get_args(annotation)[0])
     if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(annotation)
-                if (typing.get_args(a)[0] if typing.get_origin(a) is typing.Annotated else a) is not type(None)]
+        args = [
+            a
+            for a in typing.get_args(annotation)
+            if (typing.get_args(a)[0] if typing.get_origin(a) is typing.Annotated else a) is not type(None)
+        ]
         if len(args) == 1:
             return _plain(args[0])
 
@@ -96,12 +102,21 @@ def _option(name: str, field) -> tuple[Any, Any, Callable[[Any], Any]]:
     case_insensitive = isinstance(annotation, type) and issubclass(annotation, enum.Enum)
     # A float default shown as typed (1/3 would read 0.3333333333333333).
     shown = f"{default:.4g}" if isinstance(default, float) and f"{default:.4g}" != repr(default) else True
-    option = typer.Option(default, *decls, help=field.description, case_sensitive=not case_insensitive, show_default=shown)
+    option = typer.Option(
+        default, *decls, help=field.description, case_sensitive=not case_insensitive, show_default=shown
+    )
     return kind, option, convert
 
 
-def config_command(app: typer.Typer, cls: type[BaseModel], *, name: str | None = None, beam: bool = False,
-                   storage: bool = False, overrides: dict[str, tuple[Any, Any, Callable[[Any], Any]]] | None = None):
+def config_command(
+    app: typer.Typer,
+    cls: type[BaseModel],
+    *,
+    name: str | None = None,
+    beam: bool = False,
+    storage: bool = False,
+    overrides: dict[str, tuple[Any, Any, Callable[[Any], Any]]] | None = None,
+):
     """Registers the decorated ``body(cfg)`` as a subcommand whose options are ``cls``'s fields.
 
     ``beam``: options the command does not know are Beam pipeline options and go to ``beam_args``;
@@ -126,8 +141,10 @@ def config_command(app: typer.Typer, cls: type[BaseModel], *, name: str | None =
             body(build_config(cls, **values))
 
         params = [inspect.Parameter("ctx", inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context)] if extra else []
-        params += [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=kind)
-                   for n, (kind, option, _) in specs.items()]
+        params += [
+            inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=kind)
+            for n, (kind, option, _) in specs.items()
+        ]
         command.__signature__ = inspect.Signature(params)
         command.__doc__ = body.__doc__
         command.__name__ = name or body.__name__

@@ -35,9 +35,15 @@ def _overlaps(box, boxes, max_iou: float = 0.3) -> bool:
     return False
 
 
-def draw_scene(rng: np.random.Generator, w: int, h: int, max_objects: int = 4,
-               object_size: tuple[float, float] = (1 / 6, 1 / 2), min_objects: int = 1,
-               classes: dict[str, tuple] | None = None):
+def draw_scene(
+    rng: np.random.Generator,
+    w: int,
+    h: int,
+    max_objects: int = 4,
+    object_size: tuple[float, float] = (1 / 6, 1 / 2),
+    min_objects: int = 1,
+    classes: dict[str, tuple] | None = None,
+):
     """One image and its boxes: a list of (class, xmin, ymin, xmax, ymax) in pixels.
 
     ``min_objects``..``max_objects`` objects (fewer only if no free place is found), sides drawn
@@ -51,7 +57,9 @@ def draw_scene(rng: np.random.Generator, w: int, h: int, max_objects: int = 4,
     draw = ImageDraw.Draw(img)
     objects: list[tuple[str, int, int, int, int]] = []
     names = list(classes) if classes else list(CLASSES)
-    shares = np.asarray([classes[n][0] for n in names], np.float64) / sum(classes[n][0] for n in names) if classes else None
+    shares = (
+        np.asarray([classes[n][0] for n in names], np.float64) / sum(classes[n][0] for n in names) if classes else None
+    )
     for _ in range(int(rng.integers(min_objects, max_objects + 1))):
         # With classes, the class comes first (it decides the size); without, after the place, as the
         # demo's data has always been drawn (the same seed gives the same scenes).
@@ -76,7 +84,9 @@ def draw_scene(rng: np.random.Generator, w: int, h: int, max_objects: int = 4,
         if cls == "circle":
             draw.ellipse(box, fill=colour, outline=(0, 0, 0))
         elif cls == "triangle":
-            draw.polygon([(box[0], box[3]), (box[2], box[3]), ((box[0] + box[2]) // 2, box[1])], fill=colour, outline=(0, 0, 0))
+            draw.polygon(
+                [(box[0], box[3]), (box[2], box[3]), ((box[0] + box[2]) // 2, box[1])], fill=colour, outline=(0, 0, 0)
+            )
         else:
             draw.rectangle(box, fill=colour, outline=(0, 0, 0))
         objects.append((cls, *box))
@@ -89,13 +99,22 @@ def voc_xml(filename: str, w: int, h: int, objects) -> str:
         f"    <bndbox><xmin>{x0}</xmin><ymin>{y0}</ymin><xmax>{x1}</xmax><ymax>{y1}</ymax></bndbox>\n  </object>\n"
         for c, x0, y0, x1, y1 in objects
     )
-    return (f"<annotation>\n  <filename>{escape(filename)}</filename>\n"
-            f"  <size><width>{w}</width><height>{h}</height><depth>3</depth></size>\n{objs}</annotation>\n")
+    return (
+        f"<annotation>\n  <filename>{escape(filename)}</filename>\n"
+        f"  <size><width>{w}</width><height>{h}</height><depth>3</depth></size>\n{objs}</annotation>\n"
+    )
 
 
-def make_dataset(root: str, num_images: int = 120, seed: int = 0, size: tuple[int, int] = (160, 128),
-                 max_objects: int = 4, object_size: tuple[float, float] = (1 / 6, 1 / 2),
-                 min_objects: int = 1, classes: dict[str, tuple] | None = None) -> tuple[str, str]:
+def make_dataset(
+    root: str,
+    num_images: int = 120,
+    seed: int = 0,
+    size: tuple[int, int] = (160, 128),
+    max_objects: int = 4,
+    object_size: tuple[float, float] = (1 / 6, 1 / 2),
+    min_objects: int = 1,
+    classes: dict[str, tuple] | None = None,
+) -> tuple[str, str]:
     """Writes ``root/images/*.jpg`` and ``root/annotations/*.xml``; returns both directories.
 
     The defaults are the demo's; ``bench/train.py`` also draws a small-object stress set (10-14

@@ -29,12 +29,16 @@ def top_level(out: str) -> list[str]:
             return []
         return sorted(e.name + ("/" if e.is_dir() else "") for e in os.scandir(path))
     if out.startswith("s3://"):
-        bucket, _, key = out[len("s3://"):].partition("/")
+        bucket, _, key = out[len("s3://") :].partition("/")
         prefix = key.rstrip("/") + "/" if key.strip("/") else ""
         names = set()
-        for page in storage.s3_client(out).get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix, Delimiter="/"):
-            names.update(o["Key"][len(prefix):] for o in page.get("Contents", ()))
-            names.update(p["Prefix"][len(prefix):] for p in page.get("CommonPrefixes", ()))
+        for page in (
+            storage.s3_client(out)
+            .get_paginator("list_objects_v2")
+            .paginate(Bucket=bucket, Prefix=prefix, Delimiter="/")
+        ):
+            names.update(o["Key"][len(prefix) :] for o in page.get("Contents", ()))
+            names.update(p["Prefix"][len(prefix) :] for p in page.get("CommonPrefixes", ()))
         return sorted(n for n in names if n)
     return sorted({rel.split("/", 1)[0] + ("/" if "/" in rel else "") for rel in storage.list_tree(out)})
 
@@ -67,10 +71,14 @@ def check(out: str, job: str, patterns: tuple[str, ...], overwrite: bool) -> lis
         if other_job == job:
             other_job = None
     if other_job:
-        raise OutDirError(f"--out {out} holds a complete {other_job} output (its _SUCCESS says so): "
-                          f"give {job} a directory of its own, or --overwrite to replace that output")
+        raise OutDirError(
+            f"--out {out} holds a complete {other_job} output (its _SUCCESS says so): "
+            f"give {job} a directory of its own, or --overwrite to replace that output"
+        )
     if foreign:
         shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
-        raise OutDirError(f"--out {out} holds {len(foreign)} entr{'y' if len(foreign) == 1 else 'ies'} {job} does not write "
-                          f"({shown}): give a new or empty directory, or --overwrite to replace what is there")
+        raise OutDirError(
+            f"--out {out} holds {len(foreign)} entr{'y' if len(foreign) == 1 else 'ies'} {job} does not write "
+            f"({shown}): give a new or empty directory, or --overwrite to replace what is there"
+        )
     return []

@@ -106,9 +106,16 @@ class Reporter:
     (0 or None until known), e.g. a count the job's listing stage marks.
     """
 
-    def __init__(self, job: str, count: Callable[[], int], total: int | Callable[[], int | None] | None = None,
-                 unit: str = "images", on_update: Callable[[int, int | None], None] | None = None,
-                 stream: TextIO | None = None, start: int = 0):
+    def __init__(
+        self,
+        job: str,
+        count: Callable[[], int],
+        total: int | Callable[[], int | None] | None = None,
+        unit: str = "images",
+        on_update: Callable[[int, int | None], None] | None = None,
+        stream: TextIO | None = None,
+        start: int = 0,
+    ):
         self.job, self.count, self.unit, self.on_update = job, count, unit, on_update
         self.total_of = total if callable(total) else None
         self.total = None if callable(total) else total
@@ -127,10 +134,25 @@ class Reporter:
         self.t0 = time.monotonic()
         if self._tty():
             from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
 
-            self._bar = Progress(TextColumn(f"{self.job}"), BarColumn(), MofNCompleteColumn(), TextColumn(self.unit),
-                                 TimeElapsedColumn(), TimeRemainingColumn(), console=Console(file=self.stream), transient=False)
+            self._bar = Progress(
+                TextColumn(f"{self.job}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn(self.unit),
+                TimeElapsedColumn(),
+                TimeRemainingColumn(),
+                console=Console(file=self.stream),
+                transient=False,
+            )
             self._bar.start()
             self._task = self._bar.add_task(self.job, total=self.total)
         else:  # a log: a first line at once, so that it never waits a whole interval to hear of the job

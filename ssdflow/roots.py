@@ -90,4 +90,3 @@ class _RootsPattern:
 
 
 Location = Annotated[str, AfterValidator(check), _RootsPattern()]
-

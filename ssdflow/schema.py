@@ -67,17 +67,32 @@ def _build_example_class():
     for number, (fname, tname) in enumerate(
         (("bytes_list", "BytesList"), ("float_list", "FloatList"), ("int64_list", "Int64List")), start=1
     ):
-        feat.field.add(name=fname, number=number, type=L.TYPE_MESSAGE, type_name=f".tensorflow.{tname}",
-                       label=L.LABEL_OPTIONAL, oneof_index=0)
+        feat.field.add(
+            name=fname,
+            number=number,
+            type=L.TYPE_MESSAGE,
+            type_name=f".tensorflow.{tname}",
+            label=L.LABEL_OPTIONAL,
+            oneof_index=0,
+        )
     feats = f.message_type.add(name="Features")
     entry = feats.nested_type.add(name="FeatureEntry")
     entry.options.map_entry = True
     entry.field.add(name="key", number=1, type=L.TYPE_STRING, label=L.LABEL_OPTIONAL)
-    entry.field.add(name="value", number=2, type=L.TYPE_MESSAGE, type_name=".tensorflow.Feature", label=L.LABEL_OPTIONAL)
-    feats.field.add(name="feature", number=1, type=L.TYPE_MESSAGE,
-                    type_name=".tensorflow.Features.FeatureEntry", label=L.LABEL_REPEATED)
+    entry.field.add(
+        name="value", number=2, type=L.TYPE_MESSAGE, type_name=".tensorflow.Feature", label=L.LABEL_OPTIONAL
+    )
+    feats.field.add(
+        name="feature",
+        number=1,
+        type=L.TYPE_MESSAGE,
+        type_name=".tensorflow.Features.FeatureEntry",
+        label=L.LABEL_REPEATED,
+    )
     ex = f.message_type.add(name="Example")
-    ex.field.add(name="features", number=1, type=L.TYPE_MESSAGE, type_name=".tensorflow.Features", label=L.LABEL_OPTIONAL)
+    ex.field.add(
+        name="features", number=1, type=L.TYPE_MESSAGE, type_name=".tensorflow.Features", label=L.LABEL_OPTIONAL
+    )
     pool = descriptor_pool.DescriptorPool()
     pool.Add(f)
     return message_factory.GetMessageClass(pool.FindMessageTypeByName("tensorflow.Example"))
@@ -176,7 +191,9 @@ class LabelMap(dict):
     def to_pbtxt(self) -> str:
         items = self.by_id()
         # Names are C-escaped as protobuf's text_format writes them, so the TF OD API reads them back.
-        return "".join(f'item {{\n  id: {i}\n  name: "{text_encoding.CEscape(n, as_utf8=True)}"\n}}\n' for n, i in items)
+        return "".join(
+            f'item {{\n  id: {i}\n  name: "{text_encoding.CEscape(n, as_utf8=True)}"\n}}\n' for n, i in items
+        )
 
     @classmethod
     def parse(cls, text: str, filename: str = "") -> "LabelMap":

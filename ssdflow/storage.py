@@ -56,7 +56,7 @@ def is_local(uri: str) -> bool:
 
 def local_path(uri: str) -> str:
     """The filesystem path of a local URI (``file://`` removed)."""
-    return uri[len("file://"):] if uri.startswith("file://") else uri
+    return uri[len("file://") :] if uri.startswith("file://") else uri
 
 
 def absolute(uri: str | None) -> str | None:
@@ -209,7 +209,7 @@ def list_tree(uri: str) -> list[str]:
 
         root = local_path(base)
         return sorted(os.path.relpath(os.path.join(d, f), root) for d, _, files in os.walk(root) for f in files)
-    return [p[len(base):] for p in list_files(join(uri, "**")) if p.startswith(base) and not p.endswith("/")]
+    return [p[len(base) :] for p in list_files(join(uri, "**")) if p.startswith(base) and not p.endswith("/")]
 
 
 def upload_tree(local: str, uri: str, files: Iterable[str] | None = None) -> list[str]:
@@ -272,8 +272,14 @@ def invalidate(out: str) -> None:
     delete([join(out, SUCCESS)])
 
 
-def commit(tmp_dir: str, out: str, names: list[str], manifest: dict, replace_patterns: Iterable[str] = (),
-           remove: Iterable[str] = ()) -> None:
+def commit(
+    tmp_dir: str,
+    out: str,
+    names: list[str],
+    manifest: dict,
+    replace_patterns: Iterable[str] = (),
+    remove: Iterable[str] = (),
+) -> None:
     """Moves ``names`` from ``tmp_dir`` into ``out`` and writes ``_SUCCESS`` last.
 
     Files of a previous run in ``out`` matching ``replace_patterns`` are removed first, so a rerun
@@ -389,7 +395,10 @@ def copy_tree_to_local(uri: str, dest: str, include: Callable[[str], bool] = lam
                 raise ValueError(f"{path}: refusing a path that would leave {dest}")
             target = os.path.join(tmp, *rel.split("/"))
             os.makedirs(os.path.dirname(target), exist_ok=True)
-            with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as src, open(target, "wb") as out:
+            with (
+                FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as src,
+                open(target, "wb") as out,
+            ):
                 shutil.copyfileobj(src, out, 1 << 20)
                 out.flush()
                 os.fsync(out.fileno())  # a copy cut short by a host crash must not be trusted later
@@ -416,13 +425,19 @@ def cache_root() -> str:
     os.makedirs(root, mode=0o700, exist_ok=True)
     st = os.stat(root)
     if st.st_uid != os.getuid() or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        raise PermissionError(f"cache directory {root} must belong to this user and not be writable by others "
-                              "(set SSDFLOW_CACHE_DIR to a private directory)")
+        raise PermissionError(
+            f"cache directory {root} must belong to this user and not be writable by others "
+            "(set SSDFLOW_CACHE_DIR to a private directory)"
+        )
     return root
 
 
-def local_dir(uri: str, key: str, include: Callable[[str], bool] = lambda rel: True,
-              is_valid: Callable[[str], bool] = lambda path: True) -> str:
+def local_dir(
+    uri: str,
+    key: str,
+    include: Callable[[str], bool] = lambda rel: True,
+    is_valid: Callable[[str], bool] = lambda path: True,
+) -> str:
     """A local directory with the contents of ``uri``: the path itself when it is local, else a copy
     under :func:`cache_root` made once per ``key`` (e.g. a content fingerprint) and reused by later
     calls from any process of this user on the machine (they wait for a copy in progress rather than
@@ -449,5 +464,7 @@ def local_dir(uri: str, key: str, include: Callable[[str], bool] = lambda rel: T
         if not os.path.isdir(dest):
             copy_tree_to_local(uri, dest, include)
             if not is_valid(dest):
-                raise ValueError(f"{uri}: the local copy does not match {key} (the source changed while it was copied?)")
+                raise ValueError(
+                    f"{uri}: the local copy does not match {key} (the source changed while it was copied?)"
+                )
     return dest

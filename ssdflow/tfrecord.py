@@ -28,9 +28,7 @@ def _masked_crc(data: bytes) -> int:
 def frame(data: bytes) -> bytes:
     """One record framed for a TFRecord file (len(data) + 16 bytes)."""
     header = struct.pack("<Q", len(data))
-    return b"".join(
-        (header, struct.pack("<I", _masked_crc(header)), data, struct.pack("<I", _masked_crc(data)))
-    )
+    return b"".join((header, struct.pack("<I", _masked_crc(header)), data, struct.pack("<I", _masked_crc(data))))
 
 
 def frame_size(payload_len: int) -> int:

@@ -40,7 +40,9 @@ def start_worker_process(preload: tuple[str, ...] = ()) -> subprocess.Popen:
     """``python -m ssdflow.beam_worker --await-job [MODULE …]``: imports Beam's harness and the
     named modules, then blocks reading one JSON line of environment variables from stdin."""
     with worker_handlers.SUBPROCESS_LOCK:  # Beam's own guard around forking from a threaded runner
-        return subprocess.Popen([sys.executable, "-m", "ssdflow.beam_worker", AWAIT_JOB, *preload], stdin=subprocess.PIPE)
+        return subprocess.Popen(
+            [sys.executable, "-m", "ssdflow.beam_worker", AWAIT_JOB, *preload], stdin=subprocess.PIPE
+        )
 
 
 def _end(processes: list[subprocess.Popen]) -> None:
@@ -104,14 +106,20 @@ class PrewarmedWorkerHandler(worker_handlers.GrpcWorkerHandler):
 
     def _run(self, proc: subprocess.Popen) -> None:
         # The worker's log records come back over gRPC, as for Beam's own subprocess workers.
-        logging_server = grpc.server(thread_pool_executor.shared_unbounded_instance(),
-                                     options=[("grpc.http2.max_pings_without_data", 0), ("grpc.http2.max_ping_strikes", 0)])
+        logging_server = grpc.server(
+            thread_pool_executor.shared_unbounded_instance(),
+            options=[("grpc.http2.max_pings_without_data", 0), ("grpc.http2.max_ping_strikes", 0)],
+        )
         beam_fn_api_pb2_grpc.add_BeamFnLoggingServicer_to_server(BeamFnLoggingServicer(), logging_server)
         port = logging_server.add_insecure_port("127.0.0.1:0")
         logging_server.start()
         env = {
-            "CONTROL_API_SERVICE_DESCRIPTOR": text_format.MessageToString(endpoints_pb2.ApiServiceDescriptor(url=self.control_address)),
-            "LOGGING_API_SERVICE_DESCRIPTOR": text_format.MessageToString(endpoints_pb2.ApiServiceDescriptor(url=f"127.0.0.1:{port}")),
+            "CONTROL_API_SERVICE_DESCRIPTOR": text_format.MessageToString(
+                endpoints_pb2.ApiServiceDescriptor(url=self.control_address)
+            ),
+            "LOGGING_API_SERVICE_DESCRIPTOR": text_format.MessageToString(
+                endpoints_pb2.ApiServiceDescriptor(url=f"127.0.0.1:{port}")
+            ),
             "PIPELINE_OPTIONS": json_format.MessageToJson(self.provision_info.provision_info.pipeline_options),
             "WORKER_ID": self.worker_id,
         }

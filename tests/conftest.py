@@ -71,7 +71,9 @@ def pytest_runtest_makereport(item, call):
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
         reason = reason.removeprefix("Skipped: ")
         report.outcome = "failed"
-        report.longrepr = f"CI=true, and this test would have been skipped: {reason}. CI needs its evidence; provide what it names."
+        report.longrepr = (
+            f"CI=true, and this test would have been skipped: {reason}. CI needs its evidence; provide what it names."
+        )
 
 
 def _built_once(tmp_path_factory, name: str, build) -> dict:
@@ -96,7 +98,9 @@ def raccoon_records(tmp_path_factory):
     root = raccoon_or_skip()
 
     def build(out: Path):
-        run_ingest(IngestConfig(images=str(root / "images"), labels=str(root / "annotations"), format="voc", out=str(out)))
+        run_ingest(
+            IngestConfig(images=str(root / "images"), labels=str(root / "annotations"), format="voc", out=str(out))
+        )
         return str(out)
 
     return _built_once(tmp_path_factory, "raccoon-records", build)
@@ -112,9 +116,23 @@ def raccoon_model(raccoon_records, tmp_path_factory):
     from ssdflow.config import TrainConfig
 
     def build(models: Path):
-        result = train(TrainConfig(data=raccoon_records, models=str(models), alpha=0.35, image_size=128, epochs=1,
-                                   steps_per_epoch=30, batch_size=8, backbone_weights="none", eval_every=1000,
-                                   score_threshold=0.0, bn_momentum=0.997, min_map=0.0), verbose=0)
+        result = train(
+            TrainConfig(
+                data=raccoon_records,
+                models=str(models),
+                alpha=0.35,
+                image_size=128,
+                epochs=1,
+                steps_per_epoch=30,
+                batch_size=8,
+                backbone_weights="none",
+                eval_every=1000,
+                score_threshold=0.0,
+                bn_momentum=0.997,
+                min_map=0.0,
+            ),
+            verbose=0,
+        )
         return result.model_dir
 
     return _built_once(tmp_path_factory, "raccoon-models", build)

@@ -27,27 +27,56 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
 UPLOAD_METHODS = ("PUT", "POST")
-HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailers",
-              "transfer-encoding", "upgrade", "content-length"}
-ERRORS = {503: ("SlowDown", "Please reduce your request rate."),
-          500: ("InternalError", "We encountered an internal error. Please try again."),
-          429: ("TooManyRequests", "Please reduce your request rate.")}  # retried by neither botocore nor Beam: fast tests
+HOP_BY_HOP = {
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailers",
+    "transfer-encoding",
+    "upgrade",
+    "content-length",
+}
+ERRORS = {
+    503: ("SlowDown", "Please reduce your request rate."),
+    500: ("InternalError", "We encountered an internal error. Please try again."),
+    429: ("TooManyRequests", "Please reduce your request rate."),
+}  # retried by neither botocore nor Beam: fast tests
 
 
 def operation(method: str, path: str) -> str:
     """The S3 operation of an upload request, from its method and query string."""
     query = urlsplit(path).query
     if method == "POST":
-        return "CreateMultipartUpload" if "uploads" in query.split("&") else (
-            "CompleteMultipartUpload" if "uploadId=" in query else "DeleteObjects" if "delete" in query.split("&") else "POST")
+        return (
+            "CreateMultipartUpload"
+            if "uploads" in query.split("&")
+            else (
+                "CompleteMultipartUpload"
+                if "uploadId=" in query
+                else "DeleteObjects"
+                if "delete" in query.split("&")
+                else "POST"
+            )
+        )
     if method == "PUT":
         return "UploadPart" if "partNumber=" in query else "PutObject/CopyObject"
     return method
 
 
 class FaultyS3Proxy:
-    def __init__(self, upstream: str, *, fail_every: int = 0, fail_first: int = 0, status: int = 503,
-                 fail_when=None, methods: tuple[str, ...] = UPLOAD_METHODS, host: str = "127.0.0.1"):
+    def __init__(
+        self,
+        upstream: str,
+        *,
+        fail_every: int = 0,
+        fail_first: int = 0,
+        status: int = 503,
+        fail_when=None,
+        methods: tuple[str, ...] = UPLOAD_METHODS,
+        host: str = "127.0.0.1",
+    ):
         if status not in ERRORS:
             raise ValueError(f"status must be one of {sorted(ERRORS)}")
         up = urlsplit(upstream)
@@ -90,8 +119,15 @@ class FaultyS3Proxy:
     def __exit__(self, *exc) -> None:
         self.stop()
 
-    def configure(self, *, fail_every: int | None = None, fail_first: int | None = None, status: int | None = None,
-                  fail_when=..., methods: tuple[str, ...] = UPLOAD_METHODS) -> None:
+    def configure(
+        self,
+        *,
+        fail_every: int | None = None,
+        fail_first: int | None = None,
+        status: int | None = None,
+        fail_when=...,
+        methods: tuple[str, ...] = UPLOAD_METHODS,
+    ) -> None:
         """Changes the fault plan (and resets the counters) between runs; ``methods`` is reset to the
         uploads unless given, so a test that fails reads leaves no trap for the next."""
         with self._lock:
@@ -114,7 +150,9 @@ class FaultyS3Proxy:
         if method not in self.methods or (self.fail_when is not None and not self.fail_when(method, path)):
             return False
         self.uploads += 1
-        fail = (self.fail_first and self.uploads <= self.fail_first) or (self.fail_every and self.uploads % self.fail_every == 0)
+        fail = (self.fail_first and self.uploads <= self.fail_first) or (
+            self.fail_every and self.uploads % self.fail_every == 0
+        )
         if fail:
             self.injected += 1
         return bool(fail)
@@ -172,7 +210,9 @@ class FaultyS3Proxy:
 
             def _handle(self):
                 body = self._body()  # always drained first: the connection stays usable after an injected error
-                if proxy._stopped:  # a later test's process-wide client on an earlier test's connection: no traceback there
+                if (
+                    proxy._stopped
+                ):  # a later test's process-wide client on an earlier test's connection: no traceback there
                     self._reply(503, b"faulty-s3 proxy stopped")
                     return
                 credential = re.search(r"Credential=([^/,\s]+)/", self.headers.get("Authorization", ""))
@@ -182,8 +222,10 @@ class FaultyS3Proxy:
                     inject = proxy._decide(self.command, self.path)
                 if inject:
                     code, message = ERRORS[proxy.status]
-                    xml = (f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{code}</Code><Message>{message}</Message>'
-                           f"<RequestId>{uuid.uuid4().hex[:16]}</RequestId></Error>").encode()
+                    xml = (
+                        f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{code}</Code><Message>{message}</Message>'
+                        f"<RequestId>{uuid.uuid4().hex[:16]}</RequestId></Error>"
+                    ).encode()
                     self.send_response(proxy.status)
                     self.send_header("Content-Type", "application/xml")
                     self.send_header("Content-Length", str(len(xml)))
@@ -198,8 +240,12 @@ class FaultyS3Proxy:
                 conn = http.client.HTTPConnection(proxy.upstream_host, proxy.upstream_port, timeout=60)
                 try:
                     try:
-                        conn.request(self.command, self.path, body=body if body or self.command in UPLOAD_METHODS else None,
-                                     headers=headers)
+                        conn.request(
+                            self.command,
+                            self.path,
+                            body=body if body or self.command in UPLOAD_METHODS else None,
+                            headers=headers,
+                        )
                         resp = conn.getresponse()
                         data = resp.read()
                     except OSError as exc:  # moto gone (its test ended): a gateway error, as a real proxy answers
@@ -224,4 +270,3 @@ class FaultyS3Proxy:
             do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _handle
 
         return Handler
-

@@ -23,9 +23,23 @@ SHARED = REPO.parent / "shared"
 RACCOON = SHARED / "datasets" / "raccoon"
 # The tiny training the integration tests use (the shapes fixture's data): mechanics, not quality.
 SHAPES_VAL_FRACTION = 0.25
-TINY_TRAIN = dict(alpha=0.35, image_size=128, batch_size=8, backbone_weights="none", bn_momentum=0.9, augment=False,
-                  eval_every=1000, warmup_epochs=0.2, min_map=0.0)
-DUPLICATE_PAIRS = [("raccoon-11", "raccoon-116"), ("raccoon-52", "raccoon-74"), ("raccoon-65", "raccoon-98"), ("raccoon-83", "raccoon-120")]
+TINY_TRAIN = dict(
+    alpha=0.35,
+    image_size=128,
+    batch_size=8,
+    backbone_weights="none",
+    bn_momentum=0.9,
+    augment=False,
+    eval_every=1000,
+    warmup_epochs=0.2,
+    min_map=0.0,
+)
+DUPLICATE_PAIRS = [
+    ("raccoon-11", "raccoon-116"),
+    ("raccoon-52", "raccoon-74"),
+    ("raccoon-65", "raccoon-98"),
+    ("raccoon-83", "raccoon-120"),
+]
 
 
 def raccoon_or_skip() -> Path:
@@ -34,7 +48,9 @@ def raccoon_or_skip() -> Path:
     return RACCOON
 
 
-def voc_scenes(root: Path, n: int, size: int, seed: int, max_objects: int, quality: int = 75) -> tuple[Path, Path, dict]:
+def voc_scenes(
+    root: Path, n: int, size: int, seed: int, max_objects: int, quality: int = 75
+) -> tuple[Path, Path, dict]:
     """``n`` synthetic size x size JPEGs of shapes (ssdflow.demo_data's scenes) with one VOC file
     each, in ``root/images`` and ``root/labels``; returns both and each image's objects by stem."""
     from ssdflow.demo_data import draw_scene, voc_xml
@@ -158,9 +174,17 @@ def moto_s3(access_key_id: str = "testing", secret_access_key: str = "testing-se
     import boto3
 
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    env = {"AWS_ACCESS_KEY_ID": access_key_id, "AWS_SECRET_ACCESS_KEY": secret_access_key, "AWS_DEFAULT_REGION": "us-east-1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    env = {
+        "AWS_ACCESS_KEY_ID": access_key_id,
+        "AWS_SECRET_ACCESS_KEY": secret_access_key,
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
     old = {k: os.environ.get(k) for k in (*env, "AWS_MAX_ATTEMPTS", "AWS_RETRY_MODE")}
     os.environ.update(env)
     for k in ("AWS_MAX_ATTEMPTS", "AWS_RETRY_MODE"):  # botocore's own defaults, whatever the shell says
@@ -196,22 +220,57 @@ def portable_beam(worker_cwd: str | Path | None = None, worker_env: dict | None 
     repository) with ``worker_env`` added to this process's environment."""
     import sys
 
-    env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""),
-               PYTHONPATH=os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p))
+    env = dict(
+        os.environ,
+        PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""),
+        PYTHONPATH=os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p),
+    )
     ports = tempfile.mkdtemp(prefix="beam-ports-")
-    job = subprocess.Popen([sys.executable, "-m", "tests.loopback_beam", "apache_beam.runners.portability.local_job_service_main",
-                            "--port", "0"], env={**env, "LOOPBACK_BEAM_PORT_FILE": os.path.join(ports, "job")}, cwd=REPO,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    pool = subprocess.Popen([sys.executable, "-m", "tests.loopback_beam", "apache_beam.runners.worker.worker_pool_main",
-                             "--service_port", "0"], env={**env, **(worker_env or {}), "LOOPBACK_BEAM_PORT_FILE": os.path.join(ports, "pool")},
-                            cwd=worker_cwd or REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    job = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tests.loopback_beam",
+            "apache_beam.runners.portability.local_job_service_main",
+            "--port",
+            "0",
+        ],
+        env={**env, "LOOPBACK_BEAM_PORT_FILE": os.path.join(ports, "job")},
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    pool = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tests.loopback_beam",
+            "apache_beam.runners.worker.worker_pool_main",
+            "--service_port",
+            "0",
+        ],
+        env={**env, **(worker_env or {}), "LOOPBACK_BEAM_PORT_FILE": os.path.join(ports, "pool")},
+        cwd=worker_cwd or REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         # Each picks its own free port (port 0) and says which: nothing can take it in between.
-        job_port, pool_port = _port_from_file(os.path.join(ports, "job"), job), _port_from_file(os.path.join(ports, "pool"), pool)
+        job_port, pool_port = (
+            _port_from_file(os.path.join(ports, "job"), job),
+            _port_from_file(os.path.join(ports, "pool"), pool),
+        )
         wait_for_port(job_port, proc=job)
         wait_for_port(pool_port, proc=pool)
-        args = PortableArgs([f"--job_endpoint=127.0.0.1:{job_port}", "--environment_type=EXTERNAL",
-                             f"--environment_config=127.0.0.1:{pool_port}"])
+        args = PortableArgs(
+            [
+                f"--job_endpoint=127.0.0.1:{job_port}",
+                "--environment_type=EXTERNAL",
+                f"--environment_config=127.0.0.1:{pool_port}",
+            ]
+        )
         args.job, args.pool = job, pool
         yield args
     finally:
@@ -233,7 +292,12 @@ def _port_from_file(path: str, proc: subprocess.Popen, timeout: float = 120.0) -
 
 def detection_lines(out) -> list[dict]:
     """Every detection record of a local scoring output, in shard order."""
-    return [r for f in sorted(os.listdir(out)) if f.startswith("detections-") and f.endswith(".jsonl") for r in read_jsonl(os.path.join(out, f))]
+    return [
+        r
+        for f in sorted(os.listdir(out))
+        if f.startswith("detections-") and f.endswith(".jsonl")
+        for r in read_jsonl(os.path.join(out, f))
+    ]
 
 
 def noise_jpeg(seed: int) -> bytes:
@@ -248,5 +312,7 @@ def upload_models_dir(s3, bucket: str, model_dir, prefix: str) -> None:
     """An exported model as the champion of a models directory on S3 (``prefix/<version>/``, ``prefix/champion.json``)."""
     version = os.path.basename(str(model_dir).rstrip("/"))
     for path in sorted(p for p in Path(model_dir).rglob("*") if p.is_file()):
-        s3.put_object(Bucket=bucket, Key=f"{prefix}/{version}/{path.relative_to(model_dir).as_posix()}", Body=path.read_bytes())
+        s3.put_object(
+            Bucket=bucket, Key=f"{prefix}/{version}/{path.relative_to(model_dir).as_posix()}", Body=path.read_bytes()
+        )
     s3.put_object(Bucket=bucket, Key=f"{prefix}/champion.json", Body=json.dumps({"version": version}).encode())

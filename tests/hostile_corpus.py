@@ -152,7 +152,12 @@ def _png_chunk(tag: bytes, payload: bytes) -> bytes:
 def png_bomb(width: int = 30_000, height: int = 30_000) -> bytes:
     """A well-formed ~70-byte PNG whose header claims width x height RGB pixels (2.7 GB for 30,000²)."""
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", zlib.compress(b"\0" * 16)) + _png_chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", ihdr)
+        + _png_chunk(b"IDAT", zlib.compress(b"\0" * 16))
+        + _png_chunk(b"IEND", b"")
+    )
 
 
 # --- label builders ------------------------------------------------------------------------------
@@ -168,15 +173,19 @@ def voc(filename: str | None, objects=(), size=(W, H)) -> str:
 
 def xxe_xml(secret_path: Path) -> str:
     """VOC with an external entity that would pull a local file into <filename> if expanded."""
-    return (f'<?xml version="1.0"?>\n<!DOCTYPE annotation [<!ENTITY leak SYSTEM "file://{secret_path}">]>\n'
-            f"<annotation><filename>&leak;</filename>{voc(None)[len('<annotation>'):]}")
+    return (
+        f'<?xml version="1.0"?>\n<!DOCTYPE annotation [<!ENTITY leak SYSTEM "file://{secret_path}">]>\n'
+        f"<annotation><filename>&leak;</filename>{voc(None)[len('<annotation>') :]}"
+    )
 
 
 def billion_laughs_xml() -> str:
     """The classic entity expansion: 10 levels of 10 references, 10^9 'lol's if expanded."""
     ents = ['<!ENTITY lol0 "lol">'] + [f'<!ENTITY lol{i} "{f"&lol{i - 1};" * 10}">' for i in range(1, 10)]
-    return (f'<?xml version="1.0"?>\n<!DOCTYPE annotation [{"".join(ents)}]>\n'
-            "<annotation><filename>&lol9;</filename></annotation>")
+    return (
+        f'<?xml version="1.0"?>\n<!DOCTYPE annotation [{"".join(ents)}]>\n'
+        "<annotation><filename>&lol9;</filename></annotation>"
+    )
 
 
 def not_voc_xml() -> str:
@@ -186,17 +195,21 @@ def not_voc_xml() -> str:
 # --- the cases -----------------------------------------------------------------------------------
 def _image_case(name: str, data: bytes, objects=(), size=(W, H)) -> Callable[[Path, Path], None]:
     """A builder writing one image ``name`` and its VOC file (``objects`` in pixels, ``size`` as the label claims)."""
+
     def build(images: Path, labels: Path) -> None:
         (images / name).write_bytes(data)
         (labels / f"{os.path.splitext(name)[0]}.xml").write_text(voc(name, objects, size), encoding="utf-8")
+
     return build
 
 
 def _xml_case(stem: str, xml: Callable[[Path], str], color) -> Callable[[Path, Path], None]:
     """A builder writing a hostile label file ``stem.xml`` beside a valid image ``stem.jpg``."""
+
     def build(images: Path, labels: Path) -> None:
         (images / f"{stem}.jpg").write_bytes(solid_jpeg(color))
         (labels / f"{stem}.xml").write_text(xml(labels.parent), encoding="utf-8")
+
     return build
 
 
@@ -235,8 +248,10 @@ def _coco(images: Path, labels: Path) -> None:
     doc = {
         "images": [{"id": 1, "file_name": "coco-ok.jpg", "width": W, "height": H}],
         "categories": [{"id": 1, "name": "cat"}],
-        "annotations": [{"id": 10, "image_id": 1, "category_id": 1, "bbox": [2, 2, 20, 20], "iscrowd": 0},
-                        {"id": 11, "image_id": 999, "category_id": 1, "bbox": [2, 2, 20, 20], "iscrowd": 0}],
+        "annotations": [
+            {"id": 10, "image_id": 1, "category_id": 1, "bbox": [2, 2, 20, 20], "iscrowd": 0},
+            {"id": 11, "image_id": 999, "category_id": 1, "bbox": [2, 2, 20, 20], "iscrowd": 0},
+        ],
     }
     (labels / "instances.json").write_text(json.dumps(doc))
 
@@ -247,9 +262,11 @@ def _csv_missing_columns(images: Path, labels: Path) -> None:
 
 def _csv_nan(images: Path, labels: Path) -> None:
     (images / "csv-nan.jpg").write_bytes(solid_jpeg((200, 200, 10)))
-    (labels / "boxes.csv").write_text("filename,width,height,class,xmin,ymin,xmax,ymax\n"
-                                      "csv-nan.jpg,64,48,cat,1,1,20,20\n"
-                                      "csv-nan.jpg,64,48,dog,nan,2,30,NaN\n")
+    (labels / "boxes.csv").write_text(
+        "filename,width,height,class,xmin,ymin,xmax,ymax\n"
+        "csv-nan.jpg,64,48,cat,1,1,20,20\n"
+        "csv-nan.jpg,64,48,dog,nan,2,30,NaN\n"
+    )
 
 
 def _yolo(lines: str, stem: str, color) -> Callable[[Path, Path], None]:
@@ -257,100 +274,261 @@ def _yolo(lines: str, stem: str, color) -> Callable[[Path, Path], None]:
         (images / f"{stem}.jpg").write_bytes(solid_jpeg(color))
         (labels / f"{stem}.txt").write_text(lines)
         (labels / "classes.txt").write_text("\n".join(CLASSES) + "\n")
+
     return build
 
 
 CASES: tuple[Case, ...] = (
     # Files that are not (whole) images.
-    Case("zero_byte_file", "voc", _image_case("empty.jpg", b""),
-         rejected=(("empty.jpg", "empty_file"),), detail="zero-byte file", score=(("empty.jpg", "empty_file"),)),
-    Case("truncated_jpeg", "voc", _image_case("truncated.jpg", truncated_jpeg(), [("cat", 1, 1, 9, 9)]),
-         rejected=(("truncated.jpg", "decode_error"),), boxes=1, detail="image file is truncated",
-         score=(("truncated.jpg", "decode_error"),),
-         note="the first half of a JPEG; its box goes with it (boxes_in_rejected_images)"),
-    Case("jpeg_corrupt_body", "voc", _image_case("corrupt-body.jpg", corrupt_body_jpeg()),
-         rejected=(("corrupt-body.jpg", "decode_error"),), detail="broken data stream",
-         score=(("corrupt-body.jpg", "decode_error"),),
-         note="valid headers, random entropy-coded body; a corruption libjpeg can conceal is not detectable"),
-    Case("text_named_jpg", "voc", _image_case("text.jpg", b"this is a text file, not a JPEG\n"),
-         rejected=(("text.jpg", "decode_error"),), detail="cannot identify image file", score=(("text.jpg", "decode_error"),)),
-    Case("decompression_bomb_png", "voc", _image_case("bomb.png", png_bomb(), size=(30_000, 30_000)),
-         rejected=(("bomb.png", "too_many_pixels"),), detail="max_pixels", score=(("bomb.png", "too_many_pixels"),),
-         note="a 30,000 x 30,000 header on a 70-byte file: refused from the header by both jobs, never decoded"),
+    Case(
+        "zero_byte_file",
+        "voc",
+        _image_case("empty.jpg", b""),
+        rejected=(("empty.jpg", "empty_file"),),
+        detail="zero-byte file",
+        score=(("empty.jpg", "empty_file"),),
+    ),
+    Case(
+        "truncated_jpeg",
+        "voc",
+        _image_case("truncated.jpg", truncated_jpeg(), [("cat", 1, 1, 9, 9)]),
+        rejected=(("truncated.jpg", "decode_error"),),
+        boxes=1,
+        detail="image file is truncated",
+        score=(("truncated.jpg", "decode_error"),),
+        note="the first half of a JPEG; its box goes with it (boxes_in_rejected_images)",
+    ),
+    Case(
+        "jpeg_corrupt_body",
+        "voc",
+        _image_case("corrupt-body.jpg", corrupt_body_jpeg()),
+        rejected=(("corrupt-body.jpg", "decode_error"),),
+        detail="broken data stream",
+        score=(("corrupt-body.jpg", "decode_error"),),
+        note="valid headers, random entropy-coded body; a corruption libjpeg can conceal is not detectable",
+    ),
+    Case(
+        "text_named_jpg",
+        "voc",
+        _image_case("text.jpg", b"this is a text file, not a JPEG\n"),
+        rejected=(("text.jpg", "decode_error"),),
+        detail="cannot identify image file",
+        score=(("text.jpg", "decode_error"),),
+    ),
+    Case(
+        "decompression_bomb_png",
+        "voc",
+        _image_case("bomb.png", png_bomb(), size=(30_000, 30_000)),
+        rejected=(("bomb.png", "too_many_pixels"),),
+        detail="max_pixels",
+        score=(("bomb.png", "too_many_pixels"),),
+        note="a 30,000 x 30,000 header on a 70-byte file: refused from the header by both jobs, never decoded",
+    ),
     # Images that are converted to RGB JPEG (repaired).
-    Case("png_alpha", "voc", _image_case("alpha.png", alpha_png(), [("cat", 2, 2, 30, 30)]),
-         written=("alpha",), repaired=("images_converted",), boxes=1, score=(("alpha.png", SCORED),),
-         note="composited on white, written as RGB JPEG"),
-    Case("png_16bit", "voc", _image_case("gray16.png", png_16bit(), [("dog", 2, 2, 30, 30)]),
-         written=("gray16",), repaired=("images_converted",), boxes=1, score=(("gray16.png", SCORED),),
-         note="16-bit grayscale rescaled to 8 bits, written as RGB JPEG"),
-    Case("cmyk_jpeg", "voc", _image_case("cmyk.jpg", cmyk_jpeg(), [("cat", 2, 2, 30, 30)]),
-         written=("cmyk",), repaired=("images_converted",), boxes=1, score=(("cmyk.jpg", SCORED),),
-         note="written as RGB JPEG"),
-    Case("grayscale_jpeg", "voc", _image_case("gray.jpg", grayscale_jpeg(), [("dog", 2, 2, 30, 30)]),
-         written=("gray",), repaired=("images_converted",), boxes=1, score=(("gray.jpg", SCORED),),
-         note="written as RGB JPEG"),
-    Case("exif_rotated_jpeg", "voc", _image_case("exif-rotated.jpg", exif_rotated_jpeg(), [("cat", *WHITE_RECT)]),
-         written=("exif-rotated",), repaired=("images_converted", "images_exif_rotated"), boxes=1,
-         score=(("exif-rotated.jpg", SCORED),),
-         note="both jobs turn the pixels upright (64x48 stored → 48x64) as the model was trained; ingest's box "
-              "follows, scoring reports 48x64 and boxes on the upright image"),
+    Case(
+        "png_alpha",
+        "voc",
+        _image_case("alpha.png", alpha_png(), [("cat", 2, 2, 30, 30)]),
+        written=("alpha",),
+        repaired=("images_converted",),
+        boxes=1,
+        score=(("alpha.png", SCORED),),
+        note="composited on white, written as RGB JPEG",
+    ),
+    Case(
+        "png_16bit",
+        "voc",
+        _image_case("gray16.png", png_16bit(), [("dog", 2, 2, 30, 30)]),
+        written=("gray16",),
+        repaired=("images_converted",),
+        boxes=1,
+        score=(("gray16.png", SCORED),),
+        note="16-bit grayscale rescaled to 8 bits, written as RGB JPEG",
+    ),
+    Case(
+        "cmyk_jpeg",
+        "voc",
+        _image_case("cmyk.jpg", cmyk_jpeg(), [("cat", 2, 2, 30, 30)]),
+        written=("cmyk",),
+        repaired=("images_converted",),
+        boxes=1,
+        score=(("cmyk.jpg", SCORED),),
+        note="written as RGB JPEG",
+    ),
+    Case(
+        "grayscale_jpeg",
+        "voc",
+        _image_case("gray.jpg", grayscale_jpeg(), [("dog", 2, 2, 30, 30)]),
+        written=("gray",),
+        repaired=("images_converted",),
+        boxes=1,
+        score=(("gray.jpg", SCORED),),
+        note="written as RGB JPEG",
+    ),
+    Case(
+        "exif_rotated_jpeg",
+        "voc",
+        _image_case("exif-rotated.jpg", exif_rotated_jpeg(), [("cat", *WHITE_RECT)]),
+        written=("exif-rotated",),
+        repaired=("images_converted", "images_exif_rotated"),
+        boxes=1,
+        score=(("exif-rotated.jpg", SCORED),),
+        note="both jobs turn the pixels upright (64x48 stored → 48x64) as the model was trained; ingest's box "
+        "follows, scoring reports 48x64 and boxes on the upright image",
+    ),
     # File names.
-    Case("non_ascii_file_name", "voc", _image_case(f"{NON_ASCII}.jpg", solid_jpeg((30, 60, 90)), [("cat", 2, 2, 30, 30)]),
-         written=(NON_ASCII,), boxes=1, score=((f"{NON_ASCII}.jpg", SCORED),),
-         note="written and scored under its name, in JSONL, Parquet and COCO outputs alike"),
-    Case("non_utf8_file_name", "latin1", _latin1_name,
-         rejected=(("latin1-\\xe9.jpg", "undecodable_name"), ("latin1-\\xe9.xml", "undecodable_name")),
-         detail="not valid UTF-8", score=(("latin1-\\xe9.jpg", "undecodable_name"),),
-         note="a latin-1 byte (0xE9) in the image's and the label's names: both are rejected at listing, "
-              "named with the byte written as \\xe9 (Beam's coders and the JSON outputs need text)"),
-    Case("utf8_name_beside_them", "latin1", _image_case("plain.jpg", solid_jpeg((90, 90, 30)), [("cat", 2, 2, 30, 30)]),
-         written=("plain",), boxes=1, score=(("plain.jpg", SCORED),),
-         note="an ordinary image beside the latin-1 names is written and scored (a run that writes nothing at all "
-              "exits non-zero without committing: tests/integration/test_new_user_mistakes.py)"),
-    Case("duplicate_images", "voc", _duplicates,
-         rejected=(("dup-b.jpg", "duplicate"),), written=("dup-a",), boxes=2, detail="dup-a.jpg",
-         score=(("dup-a.jpg", SCORED), ("dup-b.jpg", SCORED)),
-         note="byte-identical files under two names: the smallest key is kept, the other is rejected naming it"),
+    Case(
+        "non_ascii_file_name",
+        "voc",
+        _image_case(f"{NON_ASCII}.jpg", solid_jpeg((30, 60, 90)), [("cat", 2, 2, 30, 30)]),
+        written=(NON_ASCII,),
+        boxes=1,
+        score=((f"{NON_ASCII}.jpg", SCORED),),
+        note="written and scored under its name, in JSONL, Parquet and COCO outputs alike",
+    ),
+    Case(
+        "non_utf8_file_name",
+        "latin1",
+        _latin1_name,
+        rejected=(("latin1-\\xe9.jpg", "undecodable_name"), ("latin1-\\xe9.xml", "undecodable_name")),
+        detail="not valid UTF-8",
+        score=(("latin1-\\xe9.jpg", "undecodable_name"),),
+        note="a latin-1 byte (0xE9) in the image's and the label's names: both are rejected at listing, "
+        "named with the byte written as \\xe9 (Beam's coders and the JSON outputs need text)",
+    ),
+    Case(
+        "utf8_name_beside_them",
+        "latin1",
+        _image_case("plain.jpg", solid_jpeg((90, 90, 30)), [("cat", 2, 2, 30, 30)]),
+        written=("plain",),
+        boxes=1,
+        score=(("plain.jpg", SCORED),),
+        note="an ordinary image beside the latin-1 names is written and scored (a run that writes nothing at all "
+        "exits non-zero without committing: tests/integration/test_new_user_mistakes.py)",
+    ),
+    Case(
+        "duplicate_images",
+        "voc",
+        _duplicates,
+        rejected=(("dup-b.jpg", "duplicate"),),
+        written=("dup-a",),
+        boxes=2,
+        detail="dup-a.jpg",
+        score=(("dup-a.jpg", SCORED), ("dup-b.jpg", SCORED)),
+        note="byte-identical files under two names: the smallest key is kept, the other is rejected naming it",
+    ),
     # Hostile or foreign label files (their images then have no label).
-    Case("voc_xxe", "voc", _xml_case("xxe", _xxe, (40, 40, 40)),
-         rejected=(("xxe.xml", "unsafe_xml"), ("xxe.jpg", "no_label")), detail="EntitiesForbidden",
-         score=(("xxe.jpg", SCORED),),
-         note="the external entity is refused by defusedxml, the file it names appears in no output"),
-    Case("voc_billion_laughs", "voc", _xml_case("laughs", lambda root: billion_laughs_xml(), (50, 50, 50)),
-         rejected=(("laughs.xml", "unsafe_xml"), ("laughs.jpg", "no_label")), detail="EntitiesForbidden",
-         score=(("laughs.jpg", SCORED),), note="entity declarations refused by defusedxml, nothing expanded"),
-    Case("xml_not_voc", "voc", _xml_case("svg", lambda root: not_voc_xml(), (60, 60, 60)),
-         rejected=(("svg.xml", "malformed_label_file"), ("svg.jpg", "no_label")), detail="expected <annotation>",
-         score=(("svg.jpg", SCORED),), note="well-formed XML (an SVG) whose root is not <annotation>"),
+    Case(
+        "voc_xxe",
+        "voc",
+        _xml_case("xxe", _xxe, (40, 40, 40)),
+        rejected=(("xxe.xml", "unsafe_xml"), ("xxe.jpg", "no_label")),
+        detail="EntitiesForbidden",
+        score=(("xxe.jpg", SCORED),),
+        note="the external entity is refused by defusedxml, the file it names appears in no output",
+    ),
+    Case(
+        "voc_billion_laughs",
+        "voc",
+        _xml_case("laughs", lambda root: billion_laughs_xml(), (50, 50, 50)),
+        rejected=(("laughs.xml", "unsafe_xml"), ("laughs.jpg", "no_label")),
+        detail="EntitiesForbidden",
+        score=(("laughs.jpg", SCORED),),
+        note="entity declarations refused by defusedxml, nothing expanded",
+    ),
+    Case(
+        "xml_not_voc",
+        "voc",
+        _xml_case("svg", lambda root: not_voc_xml(), (60, 60, 60)),
+        rejected=(("svg.xml", "malformed_label_file"), ("svg.jpg", "no_label")),
+        detail="expected <annotation>",
+        score=(("svg.jpg", SCORED),),
+        note="well-formed XML (an SVG) whose root is not <annotation>",
+    ),
     # Boxes (the images are written).
-    Case("box_inverted", "voc", _image_case("box-inverted.jpg", solid_jpeg((70, 0, 0)), [("cat", 30, 30, 10, 10)]),
-         rejected=(("box-inverted.xml", "inverted"),), written=("box-inverted",), boxes=1, detail="xmin > xmax",
-         score=(("box-inverted.jpg", SCORED),)),
-    Case("box_zero_area", "voc", _image_case("box-zero.jpg", solid_jpeg((0, 70, 0)), [("cat", 10, 10, 10, 20)]),
-         rejected=(("box-zero.xml", "zero_area"),), written=("box-zero",), boxes=1, detail="zero width or height",
-         score=(("box-zero.jpg", SCORED),)),
-    Case("box_far_out_of_bounds", "voc", _image_case("box-far.jpg", solid_jpeg((0, 0, 70)), [("cat", -40, 0, 10, 10)]),
-         rejected=(("box-far.xml", "out_of_bounds"),), written=("box-far",), boxes=1, detail="outside it",
-         score=(("box-far.jpg", SCORED),), note="xmin -40 of a 64 px image: more than 5% outside"),
-    Case("box_slightly_out_of_bounds", "voc", _image_case("box-clip.jpg", solid_jpeg((70, 70, 0)), [("dog", 5, 5, 66, 40)]),
-         written=("box-clip",), repaired=("boxes_clipped",), boxes=1, score=(("box-clip.jpg", SCORED),),
-         note="xmax 66 of 64 px (within 5%): clipped to the image and counted"),
+    Case(
+        "box_inverted",
+        "voc",
+        _image_case("box-inverted.jpg", solid_jpeg((70, 0, 0)), [("cat", 30, 30, 10, 10)]),
+        rejected=(("box-inverted.xml", "inverted"),),
+        written=("box-inverted",),
+        boxes=1,
+        detail="xmin > xmax",
+        score=(("box-inverted.jpg", SCORED),),
+    ),
+    Case(
+        "box_zero_area",
+        "voc",
+        _image_case("box-zero.jpg", solid_jpeg((0, 70, 0)), [("cat", 10, 10, 10, 20)]),
+        rejected=(("box-zero.xml", "zero_area"),),
+        written=("box-zero",),
+        boxes=1,
+        detail="zero width or height",
+        score=(("box-zero.jpg", SCORED),),
+    ),
+    Case(
+        "box_far_out_of_bounds",
+        "voc",
+        _image_case("box-far.jpg", solid_jpeg((0, 0, 70)), [("cat", -40, 0, 10, 10)]),
+        rejected=(("box-far.xml", "out_of_bounds"),),
+        written=("box-far",),
+        boxes=1,
+        detail="outside it",
+        score=(("box-far.jpg", SCORED),),
+        note="xmin -40 of a 64 px image: more than 5% outside",
+    ),
+    Case(
+        "box_slightly_out_of_bounds",
+        "voc",
+        _image_case("box-clip.jpg", solid_jpeg((70, 70, 0)), [("dog", 5, 5, 66, 40)]),
+        written=("box-clip",),
+        repaired=("boxes_clipped",),
+        boxes=1,
+        score=(("box-clip.jpg", SCORED),),
+        note="xmax 66 of 64 px (within 5%): clipped to the image and counted",
+    ),
     # Format-specific label problems.
-    Case("coco_unknown_image_id", "coco", _coco,
-         rejected=(("instances.json", "unknown_image_id"),), written=("coco-ok",), boxes=2, detail="image_id 999",
-         note="the annotation pointing at a missing image id is rejected; the image and its other box are written"),
-    Case("csv_missing_columns", "csv", _csv_missing_columns,
-         rejected=(("missing-columns.csv", "malformed_label_file"),), detail="missing required column(s): xmax, ymax",
-         note="the whole file is refused, naming the missing columns"),
-    Case("csv_nan_coordinates", "csv", _csv_nan,
-         rejected=(("boxes.csv", "invalid_coordinates"),), written=("csv-nan",), boxes=2, detail="not finite",
-         note="the NaN row is rejected; the image and its other box are written"),
-    Case("yolo_out_of_range_values", "yolo",
-         _yolo("0 0.5 0.5 0.4 0.4\n0 1.6 0.5 0.2 0.2\n7 0.5 0.5 0.1 0.1\n0 0.99 0.5 0.04 0.2\n", "yolo-range", (90, 0, 90)),
-         rejected=(("yolo-range.txt", "out_of_bounds"), ("yolo-range.txt", "unknown_class")),
-         written=("yolo-range",), repaired=("boxes_clipped",), boxes=4, detail="class index 7",
-         note="cx 1.6 → out_of_bounds; class 7 of 2 names → unknown_class; xmax 1.01 → clipped"),
+    Case(
+        "coco_unknown_image_id",
+        "coco",
+        _coco,
+        rejected=(("instances.json", "unknown_image_id"),),
+        written=("coco-ok",),
+        boxes=2,
+        detail="image_id 999",
+        note="the annotation pointing at a missing image id is rejected; the image and its other box are written",
+    ),
+    Case(
+        "csv_missing_columns",
+        "csv",
+        _csv_missing_columns,
+        rejected=(("missing-columns.csv", "malformed_label_file"),),
+        detail="missing required column(s): xmax, ymax",
+        note="the whole file is refused, naming the missing columns",
+    ),
+    Case(
+        "csv_nan_coordinates",
+        "csv",
+        _csv_nan,
+        rejected=(("boxes.csv", "invalid_coordinates"),),
+        written=("csv-nan",),
+        boxes=2,
+        detail="not finite",
+        note="the NaN row is rejected; the image and its other box are written",
+    ),
+    Case(
+        "yolo_out_of_range_values",
+        "yolo",
+        _yolo(
+            "0 0.5 0.5 0.4 0.4\n0 1.6 0.5 0.2 0.2\n7 0.5 0.5 0.1 0.1\n0 0.99 0.5 0.04 0.2\n", "yolo-range", (90, 0, 90)
+        ),
+        rejected=(("yolo-range.txt", "out_of_bounds"), ("yolo-range.txt", "unknown_class")),
+        written=("yolo-range",),
+        repaired=("boxes_clipped",),
+        boxes=4,
+        detail="class index 7",
+        note="cx 1.6 → out_of_bounds; class 7 of 2 names → unknown_class; xmax 1.01 → clipped",
+    ),
 )
 
 CORPORA = tuple(dict.fromkeys(c.corpus for c in CASES))

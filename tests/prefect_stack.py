@@ -17,8 +17,15 @@ from tests.helpers import REPO, free_port, stop_process, wait_for_port
 
 
 def env(home, api_url=None) -> dict:
-    e = dict(os.environ, PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false", DO_NOT_TRACK="1",
-             PREFECT_RUNNER_POLL_FREQUENCY="1", PREFECT_LOGGING_LEVEL="INFO", TF_CPP_MIN_LOG_LEVEL="2")
+    e = dict(
+        os.environ,
+        PREFECT_HOME=str(home),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        DO_NOT_TRACK="1",
+        PREFECT_RUNNER_POLL_FREQUENCY="1",
+        PREFECT_LOGGING_LEVEL="INFO",
+        TF_CPP_MIN_LOG_LEVEL="2",
+    )
     e.pop("PREFECT_API_URL", None)
     if api_url:
         e["PREFECT_API_URL"] = api_url
@@ -41,7 +48,7 @@ def request(method: str, url: str, body=None, retries: int = 5, auth: str | None
                 return resp.status, json.loads(resp.read() or b"null")
         except urllib.error.HTTPError as e:
             if e.code in (502, 503, 504) and attempt < retries:
-                time.sleep(2 ** attempt)
+                time.sleep(2**attempt)
                 continue
             return e.code, json.loads(e.read() or b"null")
     raise AssertionError("unreachable")
@@ -60,9 +67,14 @@ class Serving:
         """Starts serve and waits until its deployments are registered; returns them by name."""
         self.starts += 1
         log = open(self.prefect_home / f"serve-{self.starts}.log", "w")
-        self.proc = subprocess.Popen([sys.executable, "-m", "ssdflow.cli", "serve", "--home", str(self.work_home), *self.serve_args],
-                                     cwd=REPO, env={**env(self.prefect_home, self.api), **self.extra_env}, stdout=log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "ssdflow.cli", "serve", "--home", str(self.work_home), *self.serve_args],
+            cwd=REPO,
+            env={**env(self.prefect_home, self.api), **self.extra_env},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         deadline = time.time() + timeout
         deployments = []
         while time.time() < deadline and self.proc.poll() is None:
@@ -97,9 +109,13 @@ def prefect_server(prefect_home, auth: str | None = None):
     server_env = env(prefect_home, api)
     if auth:
         server_env["PREFECT_SERVER_API_AUTH_STRING"] = auth
-    server = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                              env=server_env, stdout=open(prefect_home / "server.log", "w"), stderr=subprocess.STDOUT,
-                              start_new_session=True)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=server_env,
+        stdout=open(prefect_home / "server.log", "w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         wait_for_port(port, timeout=120, proc=server)
         deadline = time.time() + 120
@@ -118,7 +134,13 @@ def prefect_stack(prefect_home, work_home, serve_args=(), serve_env=None):
         serving = Serving(api, prefect_home, work_home, serve_args, serve_env)
         try:
             deployments = serving.start()
-            yield {"api": api, "url": api.removesuffix("/api"), "deployments": deployments, "home": prefect_home, "serving": serving}
+            yield {
+                "api": api,
+                "url": api.removesuffix("/api"),
+                "deployments": deployments,
+                "home": prefect_home,
+                "serving": serving,
+            }
         finally:
             serving.stop()
 

@@ -36,8 +36,9 @@ def is_label_file(fmt: str, path: str) -> bool:
     return name.endswith(LABEL_EXTENSIONS[fmt])
 
 
-def parse_label_file(fmt: str, source: str, data: bytes, class_names: Sequence[str] | None = None,
-                     join_key: str | None = None) -> ParseResult:
+def parse_label_file(
+    fmt: str, source: str, data: bytes, class_names: Sequence[str] | None = None, join_key: str | None = None
+) -> ParseResult:
     """Parse one label file of format ``fmt``; YOLO needs ``class_names``, and takes the ``join_key``
     its path gives (it pairs by path, beam_jobs/splits.py)."""
     if fmt == "voc":

@@ -62,8 +62,12 @@ def parse(source: str, data: bytes) -> ParseResult:
     dropped_ids: set = set()  # duplicates of an earlier file_name: their annotations go with them
     first_id_by_name: dict[str, object] = {}
     for i, img in enumerate(images):
-        if not (isinstance(img, dict) and _is_id(img.get("id")) and isinstance(img.get("file_name"), str)
-                and img["file_name"].strip()):
+        if not (
+            isinstance(img, dict)
+            and _is_id(img.get("id"))
+            and isinstance(img.get("file_name"), str)
+            and img["file_name"].strip()
+        ):
             top.append(_entry_rejection(source, f"images[{i}]", "needs an id and a non-empty file_name"))
             continue
         image_id, file_name = img["id"], img["file_name"].strip()
@@ -73,12 +77,14 @@ def parse(source: str, data: bytes) -> ParseResult:
         if file_name in first_id_by_name:
             first = first_id_by_name[file_name]
             dropped_ids.add(image_id)
-            top.append(Rejection(
-                f"{source}#image{image_id}",
-                MULTIPLE_LABELS,
-                f"images {first!r} and {image_id!r} both have file_name {file_name!r}; kept {first!r}",
-                kind=IMAGE,
-            ))
+            top.append(
+                Rejection(
+                    f"{source}#image{image_id}",
+                    MULTIPLE_LABELS,
+                    f"images {first!r} and {image_id!r} both have file_name {file_name!r}; kept {first!r}",
+                    kind=IMAGE,
+                )
+            )
             continue
         first_id_by_name[file_name] = image_id
         by_id[image_id] = [file_name, _positive_int(img.get("width")), _positive_int(img.get("height")), [], []]
@@ -100,8 +106,9 @@ def parse(source: str, data: bytes) -> ParseResult:
         entry[3 if isinstance(box_or_rejection, BoxLabel) else 4].append(box_or_rejection)
 
     records = tuple(
-        LabelRecord(image_name=name, source=source, boxes=tuple(boxes), width=width, height=height,
-                    rejections=tuple(rejections))
+        LabelRecord(
+            image_name=name, source=source, boxes=tuple(boxes), width=width, height=height, rejections=tuple(rejections)
+        )
         for name, width, height, boxes, rejections in by_id.values()
     )
     return ParseResult(records=records, rejections=tuple(top))

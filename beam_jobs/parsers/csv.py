@@ -87,8 +87,9 @@ def parse(source: str, data: bytes) -> ParseResult:
 
         image = _image(images, filename)
         if image["width"] is None and image["height"] is None:
-            width, height = (_positive_int(row[columns[c]]) if columns[c] is not None else None
-                             for c in ("width", "height"))
+            width, height = (
+                _positive_int(row[columns[c]]) if columns[c] is not None else None for c in ("width", "height")
+            )
             if width is not None and height is not None:
                 image["width"], image["height"] = width, height
 
@@ -99,8 +100,14 @@ def parse(source: str, data: bytes) -> ParseResult:
             image["rejections"].append(box_or_rejection)
 
     records = tuple(
-        LabelRecord(image_name=name, source=source, boxes=tuple(image["boxes"]), width=image["width"],
-                    height=image["height"], rejections=tuple(image["rejections"]))
+        LabelRecord(
+            image_name=name,
+            source=source,
+            boxes=tuple(image["boxes"]),
+            width=image["width"],
+            height=image["height"],
+            rejections=tuple(image["rejections"]),
+        )
         for name, image in images.items()
     )
     return ParseResult(records=records, rejections=tuple(top))

@@ -47,9 +47,7 @@ def parse(source: str, data: bytes) -> ParseResult:
     except (LookupError, ValueError) as exc:  # e.g. <?xml encoding="u-tf-8"?>: an encoding Python does not know
         return _file_rejection(source, MALFORMED_LABEL_FILE, f"unreadable XML declaration: {exc}")
     if root.tag != "annotation":
-        return _file_rejection(
-            source, MALFORMED_LABEL_FILE, f"root element is <{root.tag}>, expected <annotation>"
-        )
+        return _file_rejection(source, MALFORMED_LABEL_FILE, f"root element is <{root.tag}>, expected <annotation>")
 
     image_name = (root.findtext("filename") or "").strip() or _stem(source)
     size = root.find("size")

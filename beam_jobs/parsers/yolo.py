@@ -29,8 +29,9 @@ from beam_jobs.records import (
 )
 
 
-def parse(source: str, data: bytes, class_names: Sequence[str], image_name: str | None = None,
-          join_key: str | None = None) -> ParseResult:
+def parse(
+    source: str, data: bytes, class_names: Sequence[str], image_name: str | None = None, join_key: str | None = None
+) -> ParseResult:
     """Parse one YOLO label file into a single :class:`LabelRecord`; bad lines become rejections."""
     try:
         text = data.decode("utf-8-sig")

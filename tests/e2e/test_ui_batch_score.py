@@ -13,8 +13,15 @@ from tests.prefect_stack import prefect_stack, request, wait_for_run
 
 pytestmark = pytest.mark.e2e
 CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync"]
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 @pytest.fixture()
@@ -24,11 +31,25 @@ def stack(tmp_path, raccoon_model):
     root = raccoon_or_skip()
     images, _ = raccoon_subset(tmp_path, 6, labels=False)
     params = tmp_path / "params.json"
-    ingest = {"images": str(images), "labels": str(root / "annotations"), "format": "voc", "out": str(tmp_path / "records")}
-    params.write_text(json.dumps({
-        "nightly": {"ingest": ingest, "models": str(tmp_path / "models")},
-        "score": {"model": raccoon_model, "images": [str(images)], "out": str(tmp_path / "scored"), "score_threshold": 0.3},
-    }))
+    ingest = {
+        "images": str(images),
+        "labels": str(root / "annotations"),
+        "format": "voc",
+        "out": str(tmp_path / "records"),
+    }
+    params.write_text(
+        json.dumps(
+            {
+                "nightly": {"ingest": ingest, "models": str(tmp_path / "models")},
+                "score": {
+                    "model": raccoon_model,
+                    "images": [str(images)],
+                    "out": str(tmp_path / "scored"),
+                    "score_threshold": 0.3,
+                },
+            }
+        )
+    )
     with prefect_stack(tmp_path / "prefect", tmp_path / "home", ["--config", str(params)]) as s:
         yield s, tmp_path
 
@@ -42,8 +63,14 @@ def test_custom_run_of_batch_score_from_the_ui(stack):
         browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
         page = browser.new_page()
         # The UI tries an outside analytics host; nothing may leave loopback.
-        page.route("**/*", lambda route: route.continue_() if route.request.url.startswith(("http://127.0.0.1", "data:", "blob:"))
-                   else route.abort())
+        page.route(
+            "**/*",
+            lambda route: (
+                route.continue_()
+                if route.request.url.startswith(("http://127.0.0.1", "data:", "blob:"))
+                else route.abort()
+            ),
+        )
         page.goto(f"{s['url']}/v2/deployments/deployment/{dep['id']}")
         page.get_by_role("button", name="Run", exact=True).first.click()
         page.get_by_role("menuitem", name="Custom run").click()
@@ -62,8 +89,14 @@ def test_custom_run_of_batch_score_from_the_ui(stack):
         # What the page asks of the API once submitted: said when no run appears.
         calls, sent = [], []
         page.on("request", lambda r: sent.append(r.url) if "/api/" in r.url and r.method != "GET" else None)
-        page.on("response", lambda r: calls.append(f"{r.request.method} {r.url.split('/api/')[-1]} → {r.status}")
-                if "/api/" in r.url and r.request.method != "GET" else None)
+        page.on(
+            "response",
+            lambda r: (
+                calls.append(f"{r.request.method} {r.url.split('/api/')[-1]} → {r.status}")
+                if "/api/" in r.url and r.request.method != "GET"
+                else None
+            ),
+        )
         page.on("requestfailed", lambda r: calls.append(f"{r.method} {r.url} failed: {r.failure}"))
         submit.click()
         # The run's creation is what the form is for: waited on through the API (with 2 other test
@@ -82,14 +115,19 @@ def test_custom_run_of_batch_score_from_the_ui(stack):
             if not retried and (refused or never_sent) and submit.is_visible():
                 retried = True
                 page.screenshot(path=str(tmp_path / "before-second-click.png"), full_page=True)
-                calls.append("(create_flow_run answered 503: clicked again)" if refused else
-                             "(no create_flow_run request 60 s after Submit: clicked again)")
+                calls.append(
+                    "(create_flow_run answered 503: clicked again)"
+                    if refused
+                    else "(no create_flow_run request 60 s after Submit: clicked again)"
+                )
                 submit.click()
             page.wait_for_timeout(500)
         if not runs:
             page.screenshot(path=str(tmp_path / "no-run.png"), full_page=True)
-        assert runs, (f"the form was submitted and no run was created; the page's calls after Submit: {calls}; it said: "
-                      f"{page.inner_text('body')[-1500:]!r}")
+        assert runs, (
+            f"the form was submitted and no run was created; the page's calls after Submit: {calls}; it said: "
+            f"{page.inner_text('body')[-1500:]!r}"
+        )
         page.wait_for_url("**tab=Runs**", timeout=120_000)  # the UI shows the deployment's runs
         assert len(runs) == 1, runs  # exactly one run was created by the form
         run = wait_for_run(s["api"], runs[0]["id"], timeout=300)

@@ -16,6 +16,10 @@ def shapes(tmp_path_factory):
     root = tmp_path_factory.mktemp("shapes")
     images, labels, truth = voc_scenes(root, 12, 128, seed=1, max_objects=2, quality=95)
     records = root / "records"
-    stats = run_ingest(IngestConfig(images=str(images), labels=str(labels), format="voc", out=str(records), val_fraction=SHAPES_VAL_FRACTION))
+    stats = run_ingest(
+        IngestConfig(
+            images=str(images), labels=str(labels), format="voc", out=str(records), val_fraction=SHAPES_VAL_FRACTION
+        )
+    )
     assert stats["images_written"]["val"] > 0 and stats["images_written"]["train"] >= 6
     return {"images": images, "records": str(records), "truth": truth, "models": str(root / "models")}

@@ -19,8 +19,14 @@ BIN = os.path.dirname(sys.executable)
 
 
 def _deploy_env(prefect_home, api, data, auth=None) -> dict:
-    e = {**env(prefect_home, api), "SSDFLOW_REPO": str(REPO), "SSDFLOW_DATA": str(data), "SSDFLOW_TIMEZONE": "Europe/Berlin",
-         "SSDFLOW_BIN": BIN, "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30"}
+    e = {
+        **env(prefect_home, api),
+        "SSDFLOW_REPO": str(REPO),
+        "SSDFLOW_DATA": str(data),
+        "SSDFLOW_TIMEZONE": "Europe/Berlin",
+        "SSDFLOW_BIN": BIN,
+        "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30",
+    }
     if auth:
         e["PREFECT_API_AUTH_STRING"] = auth  # every client: deploy, automations, the worker, the flow runs
     return e
@@ -38,7 +44,9 @@ def test_prefect_yaml_registers_six_deployments_and_a_worker_runs_one(tmp_path, 
     auth = f"ssdflow:{secrets.token_urlsafe(16)}"
     with prefect_server(prefect_home, auth=auth) as api:
         e = _deploy_env(prefect_home, api, data, auth)
-        proc = subprocess.run(["bash", "scripts/deploy.sh"], cwd=REPO, env=e, capture_output=True, text=True, timeout=600)
+        proc = subprocess.run(
+            ["bash", "scripts/deploy.sh"], cwd=REPO, env=e, capture_output=True, text=True, timeout=600
+        )
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
         _, deployments = request("POST", f"{api}/deployments/filter", {}, auth=auth)
@@ -54,21 +62,34 @@ def test_prefect_yaml_registers_six_deployments_and_a_worker_runs_one(tmp_path, 
         for name in ("batch-score", "ingest"):  # bounded load: extra runs queue
             assert by_name[name]["global_concurrency_limit"]["limit"] == 2, by_name[name]
             assert by_name[name]["concurrency_options"]["collision_strategy"] == "ENQUEUE"
-        assert by_name["nightly-retrain"]["pull_steps"][0]["prefect.deployments.steps.set_working_directory"]["directory"] == str(REPO)
+        assert by_name["nightly-retrain"]["pull_steps"][0]["prefect.deployments.steps.set_working_directory"][
+            "directory"
+        ] == str(REPO)
         _, automations = request("POST", f"{api}/automations/filter", {}, auth=auth)
         assert len(automations) == 2
 
         # A run created as the UI's Run button does, picked up by a process worker.
         out = tmp_path / "records"
-        config = {"images": str(shapes["images"]), "labels": str(shapes["images"].parent / "labels"), "format": "voc", "out": str(out)}
+        config = {
+            "images": str(shapes["images"]),
+            "labels": str(shapes["images"].parent / "labels"),
+            "format": "voc",
+            "out": str(out),
+        }
         create = f"{api}/deployments/{by_name['ingest']['id']}/create_flow_run"
         body = {"parameters": {"config": config}, "enforce_parameter_schema": True}
         assert request("POST", create, body)[0] == 401  # nobody without the secret
         assert request("POST", create, body, auth="ssdflow:guess")[0] == 401
         status, run = request("POST", create, body, auth=auth)
         assert status == 201, run
-        worker = subprocess.Popen([f"{BIN}/prefect", "worker", "start", "--pool", "ssdflow-process"], cwd=tmp_path, env=e,
-                                  stdout=open(tmp_path / "worker.log", "w"), stderr=subprocess.STDOUT, start_new_session=True)
+        worker = subprocess.Popen(
+            [f"{BIN}/prefect", "worker", "start", "--pool", "ssdflow-process"],
+            cwd=tmp_path,
+            env=e,
+            stdout=open(tmp_path / "worker.log", "w"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         try:
             finished = wait_for_run(api, run["id"], timeout=300, auth=auth)
         finally:

@@ -103,12 +103,20 @@ def test_ingest_killed_mid_encode_or_mid_commit_then_rerun_equals_uninterrupted(
     out, flag = tmp_path / "out", tmp_path / "flag"
     out.mkdir()
     env = dict(os.environ, KILL_FLAG=str(flag), KILL_AFTER=str(after), KILL_POINT=point)
-    proc = subprocess.Popen([sys.executable, "-c", WRAPPER, *_ingest_args(images, labels, str(out))], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", WRAPPER, *_ingest_args(images, labels, str(out))],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     deadline = time.time() + 300
     while not flag.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.02)
-    assert flag.exists() and proc.poll() is None, f"the job ended before {point} call {after}: {proc.stdout.read()[-3000:]!r}"
+    assert flag.exists() and proc.poll() is None, (
+        f"the job ended before {point} call {after}: {proc.stdout.read()[-3000:]!r}"
+    )
     os.killpg(proc.pid, signal.SIGKILL)
     assert proc.wait(timeout=60) == -signal.SIGKILL  # killed, not finished
     assert flag.read_text() == f"{point} {after}"
@@ -121,8 +129,13 @@ def test_ingest_killed_mid_encode_or_mid_commit_then_rerun_equals_uninterrupted(
         assert moved == [], moved
     _complete_or_absent(out)
 
-    done = subprocess.run([sys.executable, "-m", "ssdflow.cli", "ingest", *_ingest_args(images, labels, str(out))], cwd=REPO,
-                          capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-m", "ssdflow.cli", "ingest", *_ingest_args(images, labels, str(out))],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     assert read_ingest_output(out) == read_ingest_output(ref)  # same records, none twice
     for split in ("train", "val"):

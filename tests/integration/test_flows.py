@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pytest
+
 # Imported at collection, before any test has started threads: importing Prefect's server modules
 # compiles some through beartype's import hook, and CPython 3.11.7's AST constructor can raise a
 # spurious "recursion depth mismatch" SystemError when other threads run meanwhile (cpython#106905).

@@ -76,8 +76,13 @@ def ingested(corpora) -> dict[str, Run]:
     runs = {}
     for name, corpus in corpora.items():
         run = runs[name] = Run(corpus, corpus.images.parent / "ingest-out")
-        cfg = IngestConfig(images=str(corpus.images), labels=str(corpus.labels), format=corpus.format,
-                           out=str(run.out), val_fraction=0.0)
+        cfg = IngestConfig(
+            images=str(corpus.images),
+            labels=str(corpus.labels),
+            format=corpus.format,
+            out=str(run.out),
+            val_fraction=0.0,
+        )
         with pytest.MonkeyPatch.context() as mp:
             _load_spy(mp, run.decoded_sizes)
             try:
@@ -99,8 +104,13 @@ def scored(corpora, raccoon_model) -> dict[str, Run]:
         if name not in SCORED_CORPORA:
             continue
         run = runs[name] = Run(corpus, corpus.images.parent / "score-out")
-        cfg = ScoreConfig(model=raccoon_model, images=[str(corpus.images)], out=str(run.out), score_threshold=0.0,
-                          formats=["jsonl", "parquet", "coco"])  # every writer sees every name
+        cfg = ScoreConfig(
+            model=raccoon_model,
+            images=[str(corpus.images)],
+            out=str(run.out),
+            score_threshold=0.0,
+            formats=["jsonl", "parquet", "coco"],
+        )  # every writer sees every name
         try:
             run.stats = run_score(cfg)
         except Exception as e:
@@ -113,15 +123,20 @@ def scored(corpora, raccoon_model) -> dict[str, Run]:
 
 def _rows(select=lambda case: True):
     """The table as pytest params, ids = case names; rows with a known gap are strict xfails."""
-    return [pytest.param(c, id=c.name, marks=[pytest.mark.xfail(strict=True, reason=c.gap)] if c.gap else [])
-            for c in CASES if select(c)]
+    return [
+        pytest.param(c, id=c.name, marks=[pytest.mark.xfail(strict=True, reason=c.gap)] if c.gap else [])
+        for c in CASES
+        if select(c)
+    ]
 
 
 def _corpora(names):
     """Corpus names as pytest params; a corpus holding a row with a known gap is a strict xfail."""
+
     def marks(name):
         gaps = [c.gap for c in CASES if c.corpus == name and c.gap]
         return [pytest.mark.xfail(strict=True, reason=gaps[0])] if gaps else []
+
     return [pytest.param(name, id=name, marks=marks(name)) for name in names]
 
 
@@ -185,7 +200,9 @@ def test_ingest_books_balance(name, ingested):
     s, cases = run.stats, run.corpus.cases
     assert s["images_in"] == s["images_written"]["total"] + s["images_rejected"]["total"]
     # Nothing silent: every rejected line is one the table names, and every written record too.
-    assert Counter((_name(line["source"]), line["reason"]) for line in run.lines) == Counter(r for c in cases for r in c.rejected)
+    assert Counter((_name(line["source"]), line["reason"]) for line in run.lines) == Counter(
+        r for c in cases for r in c.rejected
+    )
     assert set(run.records) == {key for c in cases for key in c.written}
     assert s["images_in"] == len(run.records) + sum(1 for line in run.lines if line["kind"] == "image")
     # Every box a label record declares is written, rejected, or went with its rejected image.
@@ -217,6 +234,7 @@ def _extra(table: dict, name: str):
     def register(fn):
         table[name] = fn
         return fn
+
     return register
 
 

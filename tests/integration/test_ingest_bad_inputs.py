@@ -29,9 +29,16 @@ def _jpeg(w=64, h=48, color=(200, 30, 30), mode="RGB") -> bytes:
 
 def _png_header_only(w: int, h: int) -> bytes:
     """A PNG whose header claims w x h pixels (a decompression bomb) with a tiny body."""
+
     def chunk(tag, data):
         return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)) + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b"")
+
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(b"\0" * 16))
+        + chunk(b"IEND", b"")
+    )
 
 
 def _voc(filename: str, w: int, h: int, objects) -> str:
@@ -49,10 +56,20 @@ def messy(tmp_path):
     labels.mkdir()
     good = _jpeg()
     (images / "good.jpg").write_bytes(good)
-    (labels / "good.xml").write_text(_voc("good.jpg", 64, 48, [("cat", 10, 10, 30, 30), ("dog", 5, 5, 66, 40),  # clipped
-                                                              ("cat", -40, 0, 10, 10),  # far out
-                                                              ("cat", 30, 30, 10, 10),  # inverted
-                                                              ("cat", 10, 10, 10, 20)]))  # zero area
+    (labels / "good.xml").write_text(
+        _voc(
+            "good.jpg",
+            64,
+            48,
+            [
+                ("cat", 10, 10, 30, 30),
+                ("dog", 5, 5, 66, 40),  # clipped
+                ("cat", -40, 0, 10, 10),  # far out
+                ("cat", 30, 30, 10, 10),  # inverted
+                ("cat", 10, 10, 10, 20),
+            ],
+        )
+    )  # zero area
     (images / "twin-a.jpg").write_bytes(_jpeg(color=(1, 2, 3)))
     (images / "twin-b.jpg").write_bytes(_jpeg(color=(1, 2, 3)))
     (labels / "twin-a.xml").write_text(_voc("twin-a.jpg", 64, 48, [("cat", 1, 1, 20, 20)]))
@@ -76,8 +93,10 @@ def messy(tmp_path):
     (images / "same.jpg").write_bytes(_jpeg(color=(3, 3, 3)))
     (images / "same.png").write_bytes(_png(color=(4, 4, 4)))
     (labels / "same.xml").write_text(_voc("same.jpg", 64, 48, []))
-    (labels / "xxe.xml").write_text('<?xml version="1.0"?><!DOCTYPE a [<!ENTITY x SYSTEM "file:///etc/passwd">]>'
-                                    "<annotation><filename>&x;</filename></annotation>")
+    (labels / "xxe.xml").write_text(
+        '<?xml version="1.0"?><!DOCTYPE a [<!ENTITY x SYSTEM "file:///etc/passwd">]>'
+        "<annotation><filename>&x;</filename></annotation>"
+    )
     (images / "notes.txt").write_text("not an image, skipped")
     return images, labels
 
@@ -91,7 +110,9 @@ def _png(mode="RGB", color=(10, 20, 30)) -> bytes:
 def test_every_case_is_written_or_rejected_with_its_reason(messy, tmp_path):
     images, labels = messy
     out = tmp_path / "out"
-    stats = run_ingest(IngestConfig(images=str(images), labels=str(labels), format="voc", out=str(out), val_fraction=0.0))
+    stats = run_ingest(
+        IngestConfig(images=str(images), labels=str(labels), format="voc", out=str(out), val_fraction=0.0)
+    )
     lines = read_jsonl(out / "rejected.jsonl")
     by_source = {}
     for line in lines:
@@ -100,8 +121,16 @@ def test_every_case_is_written_or_rejected_with_its_reason(messy, tmp_path):
     assert stats["images_in"] == 14  # 13 image files (notes.txt is skipped) + ghost's label
     assert stats["images_in"] == stats["images_written"]["total"] + stats["images_rejected"]["total"]
     assert stats["images_written"]["total"] == 5  # good, twin-a, negative, wrongsize, gray
-    assert stats["images_rejected"] == {"total": 9, R.AMBIGUOUS_NAME: 2, R.DECODE_ERROR: 2, R.DUPLICATE: 1,
-                                        R.EMPTY_FILE: 1, R.MISSING_IMAGE: 1, R.NO_LABEL: 1, R.TOO_MANY_PIXELS: 1}
+    assert stats["images_rejected"] == {
+        "total": 9,
+        R.AMBIGUOUS_NAME: 2,
+        R.DECODE_ERROR: 2,
+        R.DUPLICATE: 1,
+        R.EMPTY_FILE: 1,
+        R.MISSING_IMAGE: 1,
+        R.NO_LABEL: 1,
+        R.TOO_MANY_PIXELS: 1,
+    }
     assert by_source["twin-b.jpg"] == [R.DUPLICATE]
     assert by_source["truncated.jpg"] == [R.DECODE_ERROR] and by_source["text.jpg"] == [R.DECODE_ERROR]
     assert by_source["bomb.png"] == [R.TOO_MANY_PIXELS] and by_source["empty.jpg"] == [R.EMPTY_FILE]
@@ -126,7 +155,11 @@ def test_fixed_label_map_rejects_unknown_classes(messy, tmp_path):
     images, labels = messy
     (tmp_path / "map.pbtxt").write_text("item {\n  id: 1\n  name: 'cat'\n}\n")
     out = tmp_path / "out"
-    stats = run_ingest(IngestConfig(images=str(images), labels=str(labels), format="voc", out=str(out), label_map=str(tmp_path / "map.pbtxt")))
+    stats = run_ingest(
+        IngestConfig(
+            images=str(images), labels=str(labels), format="voc", out=str(out), label_map=str(tmp_path / "map.pbtxt")
+        )
+    )
     assert stats["boxes_rejected"][R.UNKNOWN_CLASS] == 3  # the dog boxes of good, wrongsize, gray
     assert stats["boxes_per_class"] == {"cat": 2}
     assert '"name": "cat"' in (out / "label_map.json").read_text() and "dog" not in (out / "label_map.json").read_text()
@@ -137,10 +170,18 @@ def test_missing_inputs_fail_with_a_clear_error(tmp_path):
     (tmp_path / "labels" / "a.txt").write_text("0 0.5 0.5 0.1 0.1\n")
     (tmp_path / "images").mkdir()
     with pytest.raises(IngestError, match="--images .*no files found"):
-        run_ingest(IngestConfig(images=str(tmp_path / "images"), labels=str(tmp_path / "labels"), format="voc", out=str(tmp_path / "o")))
+        run_ingest(
+            IngestConfig(
+                images=str(tmp_path / "images"), labels=str(tmp_path / "labels"), format="voc", out=str(tmp_path / "o")
+            )
+        )
     (tmp_path / "images" / "a.jpg").write_bytes(_jpeg())
     with pytest.raises(IngestError, match="--classes"):
-        run_ingest(IngestConfig(images=str(tmp_path / "images"), labels=str(tmp_path / "labels"), format="yolo", out=str(tmp_path / "o")))
+        run_ingest(
+            IngestConfig(
+                images=str(tmp_path / "images"), labels=str(tmp_path / "labels"), format="yolo", out=str(tmp_path / "o")
+            )
+        )
 
 
 def test_match_labels_to_images_transform(tmp_path):
@@ -150,15 +191,24 @@ def test_match_labels_to_images_transform(tmp_path):
     rec_b2 = R.LabelRecord(image_name="b.png", source="l/b2.xml")
     rec_g = R.LabelRecord(image_name="ghost.jpg", source="l/ghost.xml")
     with BeamTestPipeline() as p:
-        images = p | "I" >> beam.Create([(p[2], ImageFile(p, 100)) for p in ("i/a.jpg", "i/b.jpg", "i/c.jpg", "i/d.jpg", "i/d.png")])
+        images = p | "I" >> beam.Create(
+            [(p[2], ImageFile(p, 100)) for p in ("i/a.jpg", "i/b.jpg", "i/c.jpg", "i/d.jpg", "i/d.png")]
+        )
         labels = p | "L" >> beam.Create([("a", rec_a), ("b", rec_b), ("b", rec_b2), ("ghost", rec_g)])
         spill = Spill(str(tmp_path / "spill"))
         out = {"images": images, "labels": labels} | MatchLabelsToImages(unlabeled_is_negative=False, spill=spill)
         assert_that(out.candidates, equal_to([("i/a.jpg", rec_a)]), label="candidates")
         assert_that(
             out.rejected | beam.Map(lambda r: (r.source, r.reason)),
-            equal_to([("i/b.jpg", R.MULTIPLE_LABELS), ("i/c.jpg", R.NO_LABEL), ("i/d.jpg", R.AMBIGUOUS_NAME),
-                      ("i/d.png", R.AMBIGUOUS_NAME), ("l/ghost.xml", R.MISSING_IMAGE)]),
+            equal_to(
+                [
+                    ("i/b.jpg", R.MULTIPLE_LABELS),
+                    ("i/c.jpg", R.NO_LABEL),
+                    ("i/d.jpg", R.AMBIGUOUS_NAME),
+                    ("i/d.png", R.AMBIGUOUS_NAME),
+                    ("l/ghost.xml", R.MISSING_IMAGE),
+                ]
+            ),
             label="rejected",
         )
 
@@ -173,11 +223,23 @@ def test_list_files_matches_every_pattern_with_sizes_and_list_images_keys_them(t
     (tmp_path / "i" / "notes.txt").write_text("not an image")
     (tmp_path / "l" / "a.xml").write_text("<annotation/>")
     with BeamTestPipeline() as p:
-        files = p | ListFiles({"images": str(tmp_path / "i" / "**"), "labels": str(tmp_path / "l" / "*"),
-                               "nothing": str(tmp_path / "none" / "*")})
-        assert_that(files["labels"] | "L" >> beam.Map(lambda m: m.path), equal_to([str(tmp_path / "l" / "a.xml")]), label="labels")
+        files = p | ListFiles(
+            {
+                "images": str(tmp_path / "i" / "**"),
+                "labels": str(tmp_path / "l" / "*"),
+                "nothing": str(tmp_path / "none" / "*"),
+            }
+        )
+        assert_that(
+            files["labels"] | "L" >> beam.Map(lambda m: m.path),
+            equal_to([str(tmp_path / "l" / "a.xml")]),
+            label="labels",
+        )
         assert_that(files["nothing"], equal_to([]), label="nothing")
         images = files["images"] | ListImages()
-        assert_that(images.images | beam.MapTuple(lambda key, f: (key, os.path.relpath(f.path, tmp_path), f.size)),
-                    equal_to([("a", "i/a.jpg", 3), ("b", "i/train/b.png", 5)]), label="images")
+        assert_that(
+            images.images | beam.MapTuple(lambda key, f: (key, os.path.relpath(f.path, tmp_path), f.size)),
+            equal_to([("a", "i/a.jpg", 3), ("b", "i/train/b.png", 5)]),
+            label="images",
+        )
         assert_that(images.skipped | "S" >> beam.Map(os.path.basename), equal_to(["notes.txt"]), label="skipped")

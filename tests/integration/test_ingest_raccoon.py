@@ -40,7 +40,10 @@ def voc_records(voc):
 
 def _box_tuples(rec) -> list[tuple]:
     return sorted(
-        zip(rec[schema.CLASS_TEXT], *(np.round(rec[k], 6).tolist() for k in (schema.XMIN, schema.YMIN, schema.XMAX, schema.YMAX)))
+        zip(
+            rec[schema.CLASS_TEXT],
+            *(np.round(rec[k], 6).tolist() for k in (schema.XMIN, schema.YMIN, schema.XMAX, schema.YMAX)),
+        )
     )
 
 
@@ -55,7 +58,9 @@ def test_counts_reconcile_and_files_are_complete(voc):
     assert stats["boxes_per_class"] == {"raccoon": 213}
     assert stats["boxes_rejected"]["total"] == 0
     files = sorted(os.listdir(out))
-    assert files == sorted(["_SUCCESS", "label_map.json", "label_map.pbtxt", "stats.json", "rejected.jsonl", *stats["shards"]])
+    assert files == sorted(
+        ["_SUCCESS", "label_map.json", "label_map.pbtxt", "stats.json", "rejected.jsonl", *stats["shards"]]
+    )
     assert all(name.endswith("-of-00001.tfrecord") for name in stats["shards"])
     manifest = read_json(os.path.join(out, "_SUCCESS"))
     assert manifest["images_in"] == 200 and manifest["images_written"] == 196
@@ -86,10 +91,18 @@ def test_boxes_equal_the_xml_after_normalization(voc_records):
         w, h = int(tree.findtext("size/width")), int(tree.findtext("size/height"))
         assert (rec[schema.WIDTH], rec[schema.HEIGHT]) == (w, h)
         expected = sorted(
-            (o.findtext("name").encode(), *(float(o.findtext(f"bndbox/{k}")) / d for k, d in (("xmin", w), ("ymin", h), ("xmax", w), ("ymax", h))))
+            (
+                o.findtext("name").encode(),
+                *(
+                    float(o.findtext(f"bndbox/{k}")) / d
+                    for k, d in (("xmin", w), ("ymin", h), ("xmax", w), ("ymax", h))
+                ),
+            )
             for o in tree.findall("object")
         )
-        got = sorted(zip(rec[schema.CLASS_TEXT], rec[schema.XMIN], rec[schema.YMIN], rec[schema.XMAX], rec[schema.YMAX]))
+        got = sorted(
+            zip(rec[schema.CLASS_TEXT], rec[schema.XMIN], rec[schema.YMIN], rec[schema.XMAX], rec[schema.YMAX])
+        )
         assert len(got) == len(expected)
         for g, e in zip(got, expected):
             assert g[0] == e[0]
@@ -152,8 +165,18 @@ def test_coco_and_yolo_give_the_same_records(tmp_path_factory, voc_records):
         r = next(r for r in rows if r["filename"] == img["file_name"])
         img.update(width=int(r["width"]), height=int(r["height"]))
     anns = [
-        {"id": j, "image_id": ids[r["filename"]], "category_id": 1, "iscrowd": 0,
-         "bbox": [float(r["xmin"]), float(r["ymin"]), float(r["xmax"]) - float(r["xmin"]), float(r["ymax"]) - float(r["ymin"])]}
+        {
+            "id": j,
+            "image_id": ids[r["filename"]],
+            "category_id": 1,
+            "iscrowd": 0,
+            "bbox": [
+                float(r["xmin"]),
+                float(r["ymin"]),
+                float(r["xmax"]) - float(r["xmin"]),
+                float(r["ymax"]) - float(r["ymin"]),
+            ],
+        }
         for j, r in enumerate(rows, start=1)
     ]
     coco = labels / "instances.json"
@@ -167,7 +190,9 @@ def test_coco_and_yolo_give_the_same_records(tmp_path_factory, voc_records):
         for r in (r for r in rows if r["filename"] == name):
             w, h = float(r["width"]), float(r["height"])
             x0, y0, x1, y1 = (float(r[k]) for k in ("xmin", "ymin", "xmax", "ymax"))
-            lines.append(f"0 {(x0 + x1) / 2 / w:.10f} {(y0 + y1) / 2 / h:.10f} {(x1 - x0) / w:.10f} {(y1 - y0) / h:.10f}")
+            lines.append(
+                f"0 {(x0 + x1) / 2 / w:.10f} {(y0 + y1) / 2 / h:.10f} {(x1 - x0) / w:.10f} {(y1 - y0) / h:.10f}"
+            )
         (yolo / f"{name[:-4]}.txt").write_text("\n".join(lines) + "\n")
 
     for fmt, path in (("coco", coco), ("yolo", yolo)):
@@ -191,12 +216,24 @@ def test_rerun_replaces_previous_output_wholly(tmp_path):
     labels.mkdir()
     for name in ("raccoon-1", "raccoon-2", "raccoon-3"):
         (labels / f"{name}.xml").write_bytes((root / "annotations" / f"{name}.xml").read_bytes())
-    stats = run_ingest(IngestConfig(images=str(root / "images" / "raccoon-[123].jpg"), labels=str(labels), format="voc", out=str(out), num_shards=2))
+    stats = run_ingest(
+        IngestConfig(
+            images=str(root / "images" / "raccoon-[123].jpg"),
+            labels=str(labels),
+            format="voc",
+            out=str(out),
+            num_shards=2,
+        )
+    )
     assert stats["images_in"] == 3
     files = set(os.listdir(out))
     assert "train-00003-of-00007.tfrecord" not in files and "val-00001-of-00003.tfrecord" not in files
-    assert {f for f in files if f.endswith(".tfrecord")} == {"train-00000-of-00002.tfrecord", "train-00001-of-00002.tfrecord",
-                                                             "val-00000-of-00002.tfrecord", "val-00001-of-00002.tfrecord"}
+    assert {f for f in files if f.endswith(".tfrecord")} == {
+        "train-00000-of-00002.tfrecord",
+        "train-00001-of-00002.tfrecord",
+        "val-00000-of-00002.tfrecord",
+        "val-00001-of-00002.tfrecord",
+    }
     assert read_json(out / "stats.json")["images_in"] == 3
     assert not [f for f in files if f.startswith(storage.TMP_PREFIX)]
     assert len(read_ingest_output(out)) == 3
@@ -208,7 +245,9 @@ def test_a_failed_rerun_leaves_the_previous_output_complete(tmp_path, monkeypatc
     read it; the failed run's temp directory is gone."""
     root = raccoon_or_skip()
     out = tmp_path / "out"
-    cfg = IngestConfig(images=str(root / "images" / "raccoon-1*.jpg"), labels=str(root / "annotations"), format="voc", out=str(out))
+    cfg = IngestConfig(
+        images=str(root / "images" / "raccoon-1*.jpg"), labels=str(root / "annotations"), format="voc", out=str(out)
+    )
     run_ingest(cfg)
     before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
     assert "_SUCCESS" in before
@@ -243,7 +282,11 @@ def test_directories_are_read_at_any_depth_and_skipped_files_are_named(tmp_path)
     (images / "train" / "README.txt").write_text("not an image")
     stats = run_ingest(IngestConfig(images=str(images), labels=str(labels), format="voc", out=str(tmp_path / "out")))
     assert stats["images_in"] == stats["images_written"]["total"] == 10
-    assert stats["files_skipped"] == {"total": 1, "by_extension": {".txt": 1}, "examples": [str(images / "train" / "README.txt")]}
+    assert stats["files_skipped"] == {
+        "total": 1,
+        "by_extension": {".txt": 1},
+        "examples": [str(images / "train" / "README.txt")],
+    }
     assert read_json(tmp_path / "out" / "stats.json")["files_skipped"]["total"] == 1
 
 
@@ -261,6 +304,10 @@ def test_no_step_holds_every_image_outcome(tmp_path, monkeypatch):
         yield from original(self, element)
 
     monkeypatch.setattr(ingest._Dedup, "process", counting)
-    stats = run_ingest(IngestConfig(images=str(root / "images"), labels=str(root / "annotations"), format="voc", out=str(tmp_path / "out")))
+    stats = run_ingest(
+        IngestConfig(
+            images=str(root / "images"), labels=str(root / "annotations"), format="voc", out=str(tmp_path / "out")
+        )
+    )
     assert sum(seen) == stats["images_in"] == 200 and stats["images_rejected"]["duplicate"] == 4
     assert len(seen) > 8 and max(seen) < 200 // 4, seen

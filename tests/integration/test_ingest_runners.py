@@ -37,7 +37,10 @@ def _subset(tmp_path, n=40):
 
 
 def _summary(out):
-    return {sid: (r[schema.SHA256], tuple(r[schema.XMIN]), tuple(r[schema.YMAX])) for sid, r in read_ingest_output(out).items()}
+    return {
+        sid: (r[schema.SHA256], tuple(r[schema.XMIN]), tuple(r[schema.YMAX]))
+        for sid, r in read_ingest_output(out).items()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -53,15 +56,29 @@ def subset(tmp_path_factory):
 def test_direct_runner_multi_processing(subset, tmp_path, capfd):
     images, labels, ref_stats, ref = subset
     out = tmp_path / "out"
-    stats = run_ingest(IngestConfig(images=images, labels=labels, format="voc", out=str(out), num_shards=3,
-                                    beam_args=["--direct_running_mode=multi_processing", "--direct_num_workers=2"]))
+    stats = run_ingest(
+        IngestConfig(
+            images=images,
+            labels=labels,
+            format="voc",
+            out=str(out),
+            num_shards=3,
+            beam_args=["--direct_running_mode=multi_processing", "--direct_num_workers=2"],
+        )
+    )
     assert stats["images_written"] == ref_stats["images_written"]
     assert len([s for s in stats["shards"] if s.startswith("train-")]) == 3
     assert _summary(out) == ref
     # The worker processes write to the same console: no harness chatter, no false alarms.
     console = capfd.readouterr().err
-    for noise in ("sdk harness", "Logging handler created", "Control channel established", "semi_persistent_directory",
-                  "apitools not found", "INFO"):
+    for noise in (
+        "sdk harness",
+        "Logging handler created",
+        "Control channel established",
+        "semi_persistent_directory",
+        "apitools not found",
+        "INFO",
+    ):
         assert noise not in console, console[-2000:]
 
 
@@ -70,20 +87,31 @@ def _ingest_on_s3(subset, tmp_path, runner_args: list[str], pool_cwd: Path | Non
     only as a Beam flag (on the PortableRunner with an external worker pool running in ``pool_cwd``
     when it is given), the output downloaded; checks the stats against the local run's."""
     images, labels, ref_stats, _ = subset
-    with moto_s3(bucket="runners") as (endpoint, client), \
-            (portable_beam(worker_cwd=pool_cwd) if pool_cwd else contextlib.nullcontext([])) as portable_args:  # after moto: its credentials
+    with (
+        moto_s3(bucket="runners") as (endpoint, client),
+        portable_beam(worker_cwd=pool_cwd) if pool_cwd else contextlib.nullcontext([]) as portable_args,
+    ):  # after moto: its credentials
         runner = "PortableRunner" if pool_cwd else "DirectRunner"
         for local, prefix in ((images, "in/images"), (labels, "in/labels")):
             for name in sorted(os.listdir(local)):
                 client.put_object(Bucket="runners", Key=f"{prefix}/{name}", Body=(Path(local) / name).read_bytes())
-        stats = run_ingest(IngestConfig(images="s3://runners/in/images", labels="s3://runners/in/labels", format="voc",
-                                        out="s3://runners/out", runner=runner, beam_args=[
-                                            f"--s3_endpoint_url={endpoint}", "--s3_region_name=us-east-1", *runner_args, *portable_args]))
+        stats = run_ingest(
+            IngestConfig(
+                images="s3://runners/in/images",
+                labels="s3://runners/in/labels",
+                format="voc",
+                out="s3://runners/out",
+                runner=runner,
+                beam_args=[f"--s3_endpoint_url={endpoint}", "--s3_region_name=us-east-1", *runner_args, *portable_args],
+            )
+        )
         assert stats["images_written"] == ref_stats["images_written"]
         local_out = tmp_path / "out"
         local_out.mkdir()
         for obj in client.list_objects_v2(Bucket="runners", Prefix="out/")["Contents"]:
-            (local_out / obj["Key"][len("out/"):]).write_bytes(client.get_object(Bucket="runners", Key=obj["Key"])["Body"].read())
+            (local_out / obj["Key"][len("out/") :]).write_bytes(
+                client.get_object(Bucket="runners", Key=obj["Key"])["Body"].read()
+            )
     assert (local_out / "_SUCCESS").exists()
     return local_out
 
@@ -110,7 +138,15 @@ def test_portable_runner_with_external_worker_pool(subset, tmp_path):
     images, labels, ref_stats, ref = subset
     with portable_beam() as portable_args:
         out = tmp_path / "out"
-        stats = run_ingest(IngestConfig(images=images, labels=labels, format="voc", out=str(out), runner="PortableRunner",
-                                        beam_args=portable_args))
+        stats = run_ingest(
+            IngestConfig(
+                images=images,
+                labels=labels,
+                format="voc",
+                out=str(out),
+                runner="PortableRunner",
+                beam_args=portable_args,
+            )
+        )
         assert stats["images_written"] == ref_stats["images_written"]
         assert _summary(out) == ref

@@ -34,11 +34,18 @@ def test_ingest_from_and_to_s3(s3):
     names = [f"raccoon-{i}" for i in range(10, 21)] + ["raccoon-116"]  # 11 and 116 are byte-identical
     for n in names:
         client.put_object(Bucket=BUCKET, Key=f"raw/images/{n}.jpg", Body=(root / "images" / f"{n}.jpg").read_bytes())
-        client.put_object(Bucket=BUCKET, Key=f"raw/labels/{n}.xml", Body=(root / "annotations" / f"{n}.xml").read_bytes())
+        client.put_object(
+            Bucket=BUCKET, Key=f"raw/labels/{n}.xml", Body=(root / "annotations" / f"{n}.xml").read_bytes()
+        )
     client.put_object(Bucket=BUCKET, Key="out/train-00042-of-00099.tfrecord", Body=b"stale")  # replaced wholly
 
-    cfg = IngestConfig(images=f"s3://{BUCKET}/raw/images/", labels=f"s3://{BUCKET}/raw/labels/", format="voc",
-                       out=f"s3://{BUCKET}/out", beam_args=[f"--s3_endpoint_url={endpoint}", "--s3_region_name=us-east-1"])
+    cfg = IngestConfig(
+        images=f"s3://{BUCKET}/raw/images/",
+        labels=f"s3://{BUCKET}/raw/labels/",
+        format="voc",
+        out=f"s3://{BUCKET}/out",
+        beam_args=[f"--s3_endpoint_url={endpoint}", "--s3_region_name=us-east-1"],
+    )
     stats = run_ingest(cfg)
     assert stats["images_in"] == len(names)
     assert stats["images_rejected"] == {"total": 1, "duplicate": 1}

@@ -40,10 +40,28 @@ def test_an_ultralytics_tree_keeps_its_own_split_and_pairs_by_path(tmp_path, cap
             # image would show up as the wrong class
             cls = 0 if split == "train" else 1
             (root / "labels" / split / f"im{i}.txt").write_text(f"{cls} 0.5 0.5 0.4 0.3\n")
-    (root / "data.yaml").write_text("path: .\ntrain: images/train\nval: images/val\ntest: images/test\nnames: [cat, dog]\n")
+    (root / "data.yaml").write_text(
+        "path: .\ntrain: images/train\nval: images/val\ntest: images/test\nnames: [cat, dog]\n"
+    )
     out = tmp_path / "out"
-    assert run_cli(["ingest", "--images", str(root / "images"), "--labels", str(root / "labels"), "--format", "yolo",
-                    "--out", str(out), "--val-fraction", "0.5"]) == 0
+    assert (
+        run_cli(
+            [
+                "ingest",
+                "--images",
+                str(root / "images"),
+                "--labels",
+                str(root / "labels"),
+                "--format",
+                "yolo",
+                "--out",
+                str(out),
+                "--val-fraction",
+                "0.5",
+            ]
+        )
+        == 0
+    )
     assert "(train 6, val 3, test 2)" in capfd.readouterr().out
     stats = json.loads((out / "stats.json").read_text())
     assert stats["images_written"] == {"total": 11, **counts} and stats["images_rejected"]["total"] == 0
@@ -56,12 +74,23 @@ def test_an_ultralytics_tree_keeps_its_own_split_and_pairs_by_path(tmp_path, cap
     assert sorted(p.name for p in out.glob("test-*.tfrecord")) == ["test-00000-of-00001.tfrecord"]
     from model.dataset import count_records, shard_files  # what `ssdflow evaluate --split test` reads
 
-    assert shard_files(str(out), "test") == [str(out / "test-00000-of-00001.tfrecord")] and count_records(str(out), "test") == 2
+    assert (
+        shard_files(str(out), "test") == [str(out / "test-00000-of-00001.tfrecord")]
+        and count_records(str(out), "test") == 2
+    )
 
     # Without data.yaml the folders still decide.
     (root / "data.yaml").rename(root / "classes.yaml")
-    again = run_ingest(IngestConfig(images=str(root / "images"), labels=str(root / "labels"), format="yolo",
-                                    out=str(tmp_path / "out2"), classes=str(root / "classes.yaml"), val_fraction=0.5))
+    again = run_ingest(
+        IngestConfig(
+            images=str(root / "images"),
+            labels=str(root / "labels"),
+            format="yolo",
+            out=str(tmp_path / "out2"),
+            classes=str(root / "classes.yaml"),
+            val_fraction=0.5,
+        )
+    )
     assert again["images_written"] == {"total": 11, **counts}
 
 
@@ -72,22 +101,29 @@ def test_coco_files_per_split_and_the_hash_for_the_rest(tmp_path):
     images.mkdir()
     labels.mkdir()
     for split, ids in (("train", range(1, 6)), ("val", range(6, 9))):
-        doc = {"images": [{"id": i, "file_name": f"im{i}.jpg", "width": 64, "height": 48} for i in ids],
-               "categories": [{"id": 1, "name": "cat"}],
-               "annotations": [{"id": i, "image_id": i, "category_id": 1, "bbox": [5, 5, 20, 20], "iscrowd": 0} for i in ids]}
+        doc = {
+            "images": [{"id": i, "file_name": f"im{i}.jpg", "width": 64, "height": 48} for i in ids],
+            "categories": [{"id": 1, "name": "cat"}],
+            "annotations": [
+                {"id": i, "image_id": i, "category_id": 1, "bbox": [5, 5, 20, 20], "iscrowd": 0} for i in ids
+            ],
+        }
         (labels / f"instances_{split}.json").write_text(json.dumps(doc))
         for i in ids:
             (images / f"im{i}.jpg").write_bytes(_jpeg(i))
-    stats = run_ingest(IngestConfig(images=str(images), labels=str(labels), format="coco", out=str(tmp_path / "out"),
-                                    val_fraction=0.0))
+    stats = run_ingest(
+        IngestConfig(images=str(images), labels=str(labels), format="coco", out=str(tmp_path / "out"), val_fraction=0.0)
+    )
     assert stats["images_written"] == {"total": 8, "train": 5, "val": 3, "test": 0}
     assert sorted(read_ingest_output(tmp_path / "out", "val")) == ["im6", "im7", "im8"]
 
 
 def _voc(name: str, cls: str) -> str:
-    return (f"<annotation><filename>{name}</filename><size><width>64</width><height>48</height><depth>3</depth></size>"
-            f"<object><name>{cls}</name><bndbox><xmin>5</xmin><ymin>5</ymin><xmax>30</xmax><ymax>30</ymax></bndbox></object>"
-            "</annotation>")
+    return (
+        f"<annotation><filename>{name}</filename><size><width>64</width><height>48</height><depth>3</depth></size>"
+        f"<object><name>{cls}</name><bndbox><xmin>5</xmin><ymin>5</ymin><xmax>30</xmax><ymax>30</ymax></bndbox></object>"
+        "</annotation>"
+    )
 
 
 def test_split_lists_pascal_voc_image_sets_and_ultralytics_txt_files(tmp_path):
@@ -99,8 +135,11 @@ def test_split_lists_pascal_voc_image_sets_and_ultralytics_txt_files(tmp_path):
     (voc / "Annotations").mkdir()
     (voc / "ImageSets" / "Main").mkdir(parents=True)
     (voc / "ImageSets" / "Layout").mkdir()
-    lists = {"train": ["2008_000001", "2008_000002", "2008_000003", "2008_000004"], "val": ["2008_000005", "2008_000006"],
-             "test": ["2008_000007"]}
+    lists = {
+        "train": ["2008_000001", "2008_000002", "2008_000003", "2008_000004"],
+        "val": ["2008_000005", "2008_000006"],
+        "test": ["2008_000007"],
+    }
     for split, ids in lists.items():
         (voc / "ImageSets" / "Main" / f"{split}.txt").write_text("".join(f"{i}\n" for i in ids))
         for i in ids:
@@ -109,14 +148,21 @@ def test_split_lists_pascal_voc_image_sets_and_ultralytics_txt_files(tmp_path):
     (voc / "ImageSets" / "Main" / "trainval.txt").write_text("".join(f"{i}\n" for i in lists["train"] + lists["val"]))
     (voc / "ImageSets" / "Main" / "cat_train.txt").write_text("2008_000001  1\n")
     (voc / "ImageSets" / "Layout" / "train.txt").write_text("2008_000001\n")
-    stats = run_ingest(IngestConfig(images=str(voc / "JPEGImages"), labels=str(voc), format="voc", out=str(tmp_path / "voc"),
-                                    val_fraction=0.0))
+    stats = run_ingest(
+        IngestConfig(
+            images=str(voc / "JPEGImages"), labels=str(voc), format="voc", out=str(tmp_path / "voc"), val_fraction=0.0
+        )
+    )
     assert stats["images_written"] == {"total": 7, "train": 4, "val": 2, "test": 1}
-    assert stats["label_files_ignored"]["total"] == 0 and stats["label_files_rejected"] == 0 and "format_hint" not in stats
+    assert (
+        stats["label_files_ignored"]["total"] == 0 and stats["label_files_rejected"] == 0 and "format_hint" not in stats
+    )
     for split, ids in lists.items():
         records = read_ingest_output(tmp_path / "voc", split)
         assert sorted(records) == ids
-        assert {n for r in records.values() for n in r["image/object/class/text"]} == ({b"cat"} if split == "train" else {b"dog"})
+        assert {n for r in records.values() for n in r["image/object/class/text"]} == (
+            {b"cat"} if split == "train" else {b"dog"}
+        )
 
     # Ultralytics: train: train.txt and val: [val.txt], paths relative to the lists ("./" or plain).
     ds = tmp_path / "yolo"
@@ -128,10 +174,19 @@ def test_split_lists_pascal_voc_image_sets_and_ultralytics_txt_files(tmp_path):
     (ds / "train.txt").write_text("".join(f"./images/im{i}.jpg\n" for i in range(4)))
     (ds / "val.txt").write_text("images/im4.jpg\nimages/im5.jpg\n")
     (ds / "data.yaml").write_text("path: .\ntrain: train.txt\nval: [val.txt]\nnames: [cat, dog]\n")
-    stats = run_ingest(IngestConfig(images=str(ds / "images"), labels=str(ds / "labels"), format="yolo", out=str(tmp_path / "y"),
-                                    val_fraction=0.9))
+    stats = run_ingest(
+        IngestConfig(
+            images=str(ds / "images"),
+            labels=str(ds / "labels"),
+            format="yolo",
+            out=str(tmp_path / "y"),
+            val_fraction=0.9,
+        )
+    )
     assert stats["images_written"] == {"total": 6, "train": 4, "val": 2, "test": 0}
     assert sorted(read_ingest_output(tmp_path / "y", "val")) == ["im4", "im5"]
     (ds / "data.yaml").write_text("path: .\ntrain: train.txt\nval: missing.txt\nnames: [cat, dog]\n")
     with pytest.raises(Exception, match="missing.txt as the val list, which is not there"):
-        run_ingest(IngestConfig(images=str(ds / "images"), labels=str(ds / "labels"), format="yolo", out=str(tmp_path / "y2")))
+        run_ingest(
+            IngestConfig(images=str(ds / "images"), labels=str(ds / "labels"), format="yolo", out=str(tmp_path / "y2"))
+        )

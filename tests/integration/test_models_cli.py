@@ -50,12 +50,26 @@ def test_promote_by_hand_roll_back_and_score_with_the_champion(raccoon_model, tm
     _cli("models", "rollback", "--models", str(models), "--reason", "misses raccoons", "--by", "ben")
     shown = json.loads(_cli("models", "show", "champion", "--models", str(models)))
     assert shown["version"] == v1 and shown["champion"] and shown["metrics"]["mAP@.5"] is not None
-    _cli("score", "--model", str(models), "--images", str(images), "--out", str(out), "--chunk-size", "3", "--keep-chunks")
+    _cli(
+        "score",
+        "--model",
+        str(models),
+        "--images",
+        str(images),
+        "--out",
+        str(out),
+        "--chunk-size",
+        "3",
+        "--keep-chunks",
+    )
     assert json.loads((out / "_SUCCESS").read_text())["model_version"] == v1
     assert (out / "chunks" / v2).is_dir()  # --keep-chunks
 
     manual = [d for d in registry.read_decisions(models) if d.get("manual")]
-    assert [(d["action"], d["challenger"], d["by"]) for d in manual] == [("promote", v2, "ana"), ("rollback", v1, "ben")]
+    assert [(d["action"], d["challenger"], d["by"]) for d in manual] == [
+        ("promote", v2, "ana"),
+        ("rollback", v1, "ben"),
+    ]
 
     # every command that takes a version takes the models directory too
     _cli("export", "--model", str(models), "--out", str(tmp_path / "exported"))
@@ -69,8 +83,11 @@ def test_promote_by_hand_roll_back_and_score_with_the_champion(raccoon_model, tm
 def test_models_commands_refuse_clearly(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
-    for args in (["models", "list", "--models", str(empty)], ["models", "rollback", "--models", str(empty), "--reason", "x"],
-                 ["export", "--model", str(empty), "--out", str(tmp_path / "e")]):
+    for args in (
+        ["models", "list", "--models", str(empty)],
+        ["models", "rollback", "--models", str(empty), "--reason", "x"],
+        ["export", "--model", str(empty), "--out", str(tmp_path / "e")],
+    ):
         result = CliRunner().invoke(app, args)
         assert result.exit_code == 2 and "error:" in result.output, (args, result.output)
     result = CliRunner().invoke(app, ["models", "promote", "x", "--models", str(empty)])

@@ -22,8 +22,19 @@ def test_predict_draws_each_image_under_its_name_and_agrees_with_score(raccoon_m
 
     images, _ = raccoon_subset(tmp_path, 5, labels=False)
     saved = tmp_path / "drawn"
-    argv = ["predict", str(images / "raccoon-1.jpg"), str(images), "--model", raccoon_model, "--save", str(saved),
-            "--score-threshold", "0", "--max-detections", "3"]
+    argv = [
+        "predict",
+        str(images / "raccoon-1.jpg"),
+        str(images),
+        "--model",
+        raccoon_model,
+        "--save",
+        str(saved),
+        "--score-threshold",
+        "0",
+        "--max-detections",
+        "3",
+    ]
     assert run_cli(argv) == 0
     out = capfd.readouterr().out.splitlines()
     assert out[0].split() == ["image", "found", "best"]
@@ -38,11 +49,25 @@ def test_predict_draws_each_image_under_its_name_and_agrees_with_score(raccoon_m
         red = (drawn[..., 0] > 200) & (drawn[..., 1] < 90) & (drawn[..., 2] < 90)
         assert (red & ~((source[..., 0] > 200) & (source[..., 1] < 90) & (source[..., 2] < 90))).sum() > 50
 
-    predicted = {r["source"]: r["detections"] for r in predict([str(images)], raccoon_model, score_threshold=0.0, max_detections=3)}
-    run_score(ScoreConfig(model=raccoon_model, images=[str(images)], out=str(tmp_path / "scored"), score_threshold=0.0,
-                          max_detections=3, formats=["jsonl"]))
-    scored = {r["source"]: r["detections"] for f in sorted((tmp_path / "scored").glob("detections-*.jsonl"))
-              for r in map(json.loads, f.read_text().splitlines())}
+    predicted = {
+        r["source"]: r["detections"]
+        for r in predict([str(images)], raccoon_model, score_threshold=0.0, max_detections=3)
+    }
+    run_score(
+        ScoreConfig(
+            model=raccoon_model,
+            images=[str(images)],
+            out=str(tmp_path / "scored"),
+            score_threshold=0.0,
+            max_detections=3,
+            formats=["jsonl"],
+        )
+    )
+    scored = {
+        r["source"]: r["detections"]
+        for f in sorted((tmp_path / "scored").glob("detections-*.jsonl"))
+        for r in map(json.loads, f.read_text().splitlines())
+    }
     assert predicted == scored
 
 

@@ -24,17 +24,27 @@ pytestmark = pytest.mark.integration
 def prefect(tmp_path_factory):
     # Served as production is: runs may read and write only under the allowed roots (here, the tests' temp dir).
     roots = {"SSDFLOW_ALLOWED_ROOTS": str(tmp_path_factory.getbasetemp())}
-    with prefect_stack(tmp_path_factory.mktemp("prefect-home"), tmp_path_factory.mktemp("ssdflow-home"),
-                       ["--timezone", "Europe/Berlin"], serve_env=roots) as stack:
+    with prefect_stack(
+        tmp_path_factory.mktemp("prefect-home"),
+        tmp_path_factory.mktemp("ssdflow-home"),
+        ["--timezone", "Europe/Berlin"],
+        serve_env=roots,
+    ) as stack:
         yield stack
 
 
 def _run(prefect, deployment: str, parameters: dict, timeout: float = 600) -> dict:
     """Creates a run exactly as the UI's Run button does, then waits for a final state."""
     dep = prefect["deployments"][deployment]
-    body = {"parameters": parameters, "enforce_parameter_schema": True,
-            "state": {"type": "SCHEDULED", "message": "Run from the Prefect UI",
-                      "state_details": {"deferred": False, "untrackable_result": False, "pause_reschedule": False}}}
+    body = {
+        "parameters": parameters,
+        "enforce_parameter_schema": True,
+        "state": {
+            "type": "SCHEDULED",
+            "message": "Run from the Prefect UI",
+            "state_details": {"deferred": False, "untrackable_result": False, "pause_reschedule": False},
+        },
+    }
     status, run = _request("POST", f"{prefect['api']}/deployments/{dep['id']}/create_flow_run", body)
     assert status == 201, run
     return wait_for_run(prefect["api"], run["id"], timeout)
@@ -60,12 +70,18 @@ def test_invalid_parameters_are_refused_at_creation(prefect):
     params = dict(prefect["deployments"]["batch-score"]["parameters"])
     bad = {"config": {**params["config"], "score_threshold": 7}}
     dep = prefect["deployments"]["batch-score"]
-    status, body = _request("POST", f"{prefect['api']}/deployments/{dep['id']}/create_flow_run",
-                            {"parameters": bad, "enforce_parameter_schema": True})
+    status, body = _request(
+        "POST",
+        f"{prefect['api']}/deployments/{dep['id']}/create_flow_run",
+        {"parameters": bad, "enforce_parameter_schema": True},
+    )
     assert status == 409 and "score_threshold" in json.dumps(body)
     ingest = dict(prefect["deployments"]["ingest"]["parameters"])
-    status, body = _request("POST", f"{prefect['api']}/deployments/{prefect['deployments']['ingest']['id']}/create_flow_run",
-                            {"parameters": {"config": {**ingest["config"], "format": "pascal"}}, "enforce_parameter_schema": True})
+    status, body = _request(
+        "POST",
+        f"{prefect['api']}/deployments/{prefect['deployments']['ingest']['id']}/create_flow_run",
+        {"parameters": {"config": {**ingest["config"], "format": "pascal"}}, "enforce_parameter_schema": True},
+    )
     assert status == 409 and "format" in json.dumps(body)
 
 
@@ -75,10 +91,16 @@ def test_a_location_outside_the_allowed_roots_is_refused_at_creation(prefect, tm
     config = dep["parameters"]["config"]
     runs = {"flow_runs": {"deployment_id": {"any_": [dep["id"]]}}}
     before = _request("POST", f"{prefect['api']}/flow_runs/count", runs)[1]
-    for bad in ({**config, "out": "/var/tmp/ssdflow-not-allowed"}, {**config, "out": f"{tmp_path}/../../../../var/tmp/x"},
-                {**config, "images": ["/etc"]}):
-        status, body = _request("POST", f"{prefect['api']}/deployments/{dep['id']}/create_flow_run",
-                                {"parameters": {"config": bad}, "enforce_parameter_schema": True})
+    for bad in (
+        {**config, "out": "/var/tmp/ssdflow-not-allowed"},
+        {**config, "out": f"{tmp_path}/../../../../var/tmp/x"},
+        {**config, "images": ["/etc"]},
+    ):
+        status, body = _request(
+            "POST",
+            f"{prefect['api']}/deployments/{dep['id']}/create_flow_run",
+            {"parameters": {"config": bad}, "enforce_parameter_schema": True},
+        )
         assert status == 409 and "does not match" in json.dumps(body), (status, body)
     assert _request("POST", f"{prefect['api']}/flow_runs/count", runs)[1] == before  # no run exists to pick up
 
@@ -86,13 +108,33 @@ def test_a_location_outside_the_allowed_roots_is_refused_at_creation(prefect, tm
 def test_nightly_retrain_from_the_api_trains_skips_and_retrains(prefect, tmp_path):
     images, labels = raccoon_subset(tmp_path, 20)
     models = tmp_path / "models"
-    nightly = {"config": {
-        "ingest": {"images": str(images), "labels": str(labels), "format": "voc", "out": str(tmp_path / "records"), "val_fraction": 0.2},
-        "models": str(models),
-        "train": {"alpha": 0.35, "image_size": 128, "epochs": 1, "steps_per_epoch": 2, "batch_size": 8, "backbone_weights": "none",
-                  "eval_every": 1000, "min_map": 0.0},
-        "score_images": [str(images)], "score_out": str(tmp_path / "nightly-scored"), "select": 3, "comparison_images": 2,
-        "tflite": ["float16"]}}
+    nightly = {
+        "config": {
+            "ingest": {
+                "images": str(images),
+                "labels": str(labels),
+                "format": "voc",
+                "out": str(tmp_path / "records"),
+                "val_fraction": 0.2,
+            },
+            "models": str(models),
+            "train": {
+                "alpha": 0.35,
+                "image_size": 128,
+                "epochs": 1,
+                "steps_per_epoch": 2,
+                "batch_size": 8,
+                "backbone_weights": "none",
+                "eval_every": 1000,
+                "min_map": 0.0,
+            },
+            "score_images": [str(images)],
+            "score_out": str(tmp_path / "nightly-scored"),
+            "select": 3,
+            "comparison_images": 2,
+            "tflite": ["float16"],
+        }
+    }
     run = _run(prefect, "nightly-retrain", nightly)
     assert run["state_type"] == "COMPLETED", run["state"]
     champion = json.loads((models / "champion.json").read_text())
@@ -114,7 +156,9 @@ def test_nightly_retrain_from_the_api_trains_skips_and_retrains(prefect, tmp_pat
     assert (models / champion["version"] / "model_float16.tflite").stat().st_size > 0
     rows = arts["tflite-exports"]["data"]
     rows = json.loads(rows) if isinstance(rows, str) else rows
-    assert [(r["file"], r["quantization"]) for r in rows] == [("model_float16.tflite", "float16")] and rows[0]["val mAP@.5"] is not None
+    assert [(r["file"], r["quantization"]) for r in rows] == [("model_float16.tflite", "float16")] and rows[0][
+        "val mAP@.5"
+    ] is not None
 
     # The same night again: ingest is cached (inputs unchanged), and the champion was trained on this
     # data with these settings, so nothing is trained or promoted (the archive is still scored).
@@ -144,13 +188,20 @@ def test_nightly_retrain_from_the_api_trains_skips_and_retrains(prefect, tmp_pat
     assert "champion-vs-challenger" in _artifacts(prefect, run2b["id"])
     assert len([p for p in models.iterdir() if (p / "saved_model.pb").exists()]) == len(versions) + 1
 
-
     # The models deployment: a version promoted by hand from the UI, then rolled back, each recorded
     # with who and why (a decision without a reason is refused by ModelsConfig: tests/unit/test_serve_config.py).
     two = sorted(p.name for p in models.iterdir() if (p / "saved_model.pb").exists())
     before = json.loads((models / "champion.json").read_text())["version"]
     other = next(v for v in two if v != before)
-    promote = {"config": {"models": str(models), "action": "promote", "version": other, "reason": "looks better on site", "by": "ana"}}
+    promote = {
+        "config": {
+            "models": str(models),
+            "action": "promote",
+            "version": other,
+            "reason": "looks better on site",
+            "by": "ana",
+        }
+    }
     run4 = _run(prefect, "models", promote)
     assert run4["state_type"] == "COMPLETED", run4["state"]
     assert json.loads((models / "champion.json").read_text())["version"] == other
@@ -163,13 +214,17 @@ def test_nightly_retrain_from_the_api_trains_skips_and_retrains(prefect, tmp_pat
     last = [json.loads(line) for line in (models / "decisions.jsonl").read_text().splitlines()][-2:]
     assert [(d["action"], d["by"], d["reason"]) for d in last] == [
         ("promote", "ana", "promote by hand: looks better on site"),
-        ("rollback", f"prefect flow run {run5['name']}", "rollback by hand: false alarms")]
+        ("rollback", f"prefect flow run {run5['name']}", "rollback by hand: false alarms"),
+    ]
 
 
 def _create(prefect, deployment: str, parameters: dict) -> str:
     dep = prefect["deployments"][deployment]
-    status, run = _request("POST", f"{prefect['api']}/deployments/{dep['id']}/create_flow_run",
-                           {"parameters": parameters, "enforce_parameter_schema": True})
+    status, run = _request(
+        "POST",
+        f"{prefect['api']}/deployments/{dep['id']}/create_flow_run",
+        {"parameters": parameters, "enforce_parameter_schema": True},
+    )
     assert status == 201, run
     return run["id"]
 
@@ -206,7 +261,13 @@ def test_ingest_runs_beyond_the_run_limit_wait_for_a_slot_and_all_complete(prefe
     second = Serving(prefect["api"], tmp_path / "prefect-2", tmp_path / "home-2", first.serve_args, first.extra_env)
     (tmp_path / "prefect-2").mkdir()
     images, labels, _ = voc_scenes(tmp_path, 6, 96, seed=3, max_objects=2)
-    config = {**dep["parameters"]["config"], "images": str(images), "labels": str(labels), "format": "voc", "val_fraction": 0.3}
+    config = {
+        **dep["parameters"]["config"],
+        "images": str(images),
+        "labels": str(labels),
+        "format": "voc",
+        "val_fraction": 0.3,
+    }
     outs = [tmp_path / f"out{i}" for i in range(limit + 2)]
     try:
         second.start()

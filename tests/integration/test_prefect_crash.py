@@ -35,7 +35,11 @@ def _automations(api: str) -> dict:
 
 
 def _runs_of(api: str, deployment_id: str) -> list[dict]:
-    _, runs = request("POST", f"{api}/flow_runs/filter", {"flow_runs": {"deployment_id": {"any_": [deployment_id]}}, "sort": "START_TIME_ASC"})
+    _, runs = request(
+        "POST",
+        f"{api}/flow_runs/filter",
+        {"flow_runs": {"deployment_id": {"any_": [deployment_id]}}, "sort": "START_TIME_ASC"},
+    )
     return runs
 
 
@@ -45,16 +49,25 @@ def test_killed_run_is_marked_crashed_and_rerun_to_the_same_outputs(raccoon_mode
 
     images, _ = raccoon_subset(tmp_path, CHUNKS * CHUNK_SIZE, labels=False)
     images = str(images)
-    config = {"model": raccoon_model, "images": [images], "out": str(tmp_path / "scored"), "score_threshold": 0.0,
-              "max_detections": 5, "chunk_size": CHUNK_SIZE}
+    config = {
+        "model": raccoon_model,
+        "images": [images],
+        "out": str(tmp_path / "scored"),
+        "score_threshold": 0.0,
+        "max_detections": 5,
+        "chunk_size": CHUNK_SIZE,
+    }
     reference = tmp_path / "reference"  # uninterrupted
     run_score(ScoreConfig(**{**config, "out": str(reference)}))
 
     with prefect_stack(tmp_path / "prefect", tmp_path / "home", ["--silence-seconds", str(SILENCE)]) as stack:
         api, serving = stack["api"], stack["serving"]
         dep = stack["deployments"]["batch-score"]
-        status, run = request("POST", f"{api}/deployments/{dep['id']}/create_flow_run",
-                              {"parameters": {"config": config}, "enforce_parameter_schema": True})
+        status, run = request(
+            "POST",
+            f"{api}/deployments/{dep['id']}/create_flow_run",
+            {"parameters": {"config": config}, "enforce_parameter_schema": True},
+        )
         assert status == 201, run
 
         out = tmp_path / "scored"
@@ -108,6 +121,9 @@ def test_killed_run_is_marked_crashed_and_rerun_to_the_same_outputs(raccoon_mode
         assert names == sorted([SILENT_AUTOMATION, RERUN_AUTOMATION]), names
 
         # The bound: the rerun after the last allowed one is refused by the deployment's parameter schema.
-        status, body = request("POST", f"{api}/deployments/{dep['id']}/create_flow_run",
-                               {"parameters": {"config": config, "attempt": MAX_RERUNS + 1}, "enforce_parameter_schema": True})
+        status, body = request(
+            "POST",
+            f"{api}/deployments/{dep['id']}/create_flow_run",
+            {"parameters": {"config": config, "attempt": MAX_RERUNS + 1}, "enforce_parameter_schema": True},
+        )
         assert status == 409 and "attempt" in json.dumps(body)

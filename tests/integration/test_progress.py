@@ -14,21 +14,28 @@ import pytest
 from tests.helpers import REPO, raccoon_subset
 
 pytestmark = pytest.mark.integration
-LINE = re.compile(r"^(ingest|score): (\d+)/(\d+) (images|files) \((\d+)%\), [\d.]+ \4/s(, ETA \d+:\d\d:\d\d)?, \d+:\d\d:\d\d so far")
+LINE = re.compile(
+    r"^(ingest|score): (\d+)/(\d+) (images|files) \((\d+)%\), [\d.]+ \4/s(, ETA \d+:\d\d:\d\d)?, \d+:\d\d:\d\d so far"
+)
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "SSDFLOW_PROGRESS_SECONDS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "ssdflow.cli", *args], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "ssdflow.cli", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 
 
 def test_ingest_and_score_say_how_far_they_are_in_a_log(raccoon_model, tmp_path):
     images, labels = raccoon_subset(tmp_path, 30)
-    ingest = _run("ingest", "--images", str(images), "--labels", str(labels), "--format", "voc", "--out", str(tmp_path / "rec"))
-    score = _run("score", "--model", raccoon_model, "--images", str(images), "--out", str(tmp_path / "out"), "--chunk-size", "10")
+    ingest = _run(
+        "ingest", "--images", str(images), "--labels", str(labels), "--format", "voc", "--out", str(tmp_path / "rec")
+    )
+    score = _run(
+        "score", "--model", raccoon_model, "--images", str(images), "--out", str(tmp_path / "out"), "--chunk-size", "10"
+    )
     for job, proc in (("ingest", ingest), ("score", score)):
         assert "\x1b[" not in proc.stdout + proc.stderr
         lines = [line for line in proc.stderr.splitlines() if line.startswith(f"{job}: ")]

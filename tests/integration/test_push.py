@@ -24,7 +24,9 @@ def two_versions(trained_dir: str, models: str) -> list[str]:
     for _ in range(2):
         version = registry.new_version(models)
         staging = registry.staging_dir(models, version)
-        shutil.copytree(trained_dir, staging, dirs_exist_ok=True, ignore=shutil.ignore_patterns("_SUCCESS", "decision.json"))
+        shutil.copytree(
+            trained_dir, staging, dirs_exist_ok=True, ignore=shutil.ignore_patterns("_SUCCESS", "decision.json")
+        )
         registry.commit_version(models, version)
         versions.append(version)
     return versions
@@ -52,7 +54,9 @@ def test_push_writes_integer_versions_once_per_champion_and_a_rollback_goes_up(r
     run = CliRunner().invoke(app, ["models", "push", "--models", models, "--to", base])
     assert run.exit_code == 0, run.output
     assert f"champion {v1} written to {base}/1" in run.output
-    layout = sorted(p.relative_to(tmp_path / "serving").as_posix() for p in (tmp_path / "serving").rglob("*") if p.is_file())
+    layout = sorted(
+        p.relative_to(tmp_path / "serving").as_posix() for p in (tmp_path / "serving").rglob("*") if p.is_file()
+    )
     assert {"1/saved_model.pb", "1/assets/label_map.pbtxt", "1/assets/label_map.json", f"1/{RECORD}"} <= set(layout)
     assert any(p.startswith("1/variables/variables.data") for p in layout) and "1/variables/variables.index" in layout
     assert "item {" in (tmp_path / "serving/1/assets/label_map.pbtxt").read_text()

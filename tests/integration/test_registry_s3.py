@@ -65,8 +65,11 @@ def test_versions_are_listed_only_with_their_manifest_and_promotion_works_by_han
     assert registry.rollback(root, "ana", "v2 misses cats")["challenger"] == v1
     assert registry.read_champion(root)["version"] == v1
     decisions = registry.read_decisions(root)
-    assert [(d["action"], d["challenger"], d["by"]) for d in decisions] == [("promote", v1, "ana"), ("promote", v2, "ben"),
-                                                                             ("rollback", v1, "ana")]
+    assert [(d["action"], d["challenger"], d["by"]) for d in decisions] == [
+        ("promote", v1, "ana"),
+        ("promote", v2, "ben"),
+        ("rollback", v1, "ana"),
+    ]
     assert len([k for k in keys(client, "hand/decisions/")]) == 3  # one object per decision, no appends
     assert [r["champion"] for r in registry.describe_versions(root)] == [True, False]
     with pytest.raises(FileNotFoundError):
@@ -144,7 +147,9 @@ def test_the_training_lease_keeps_a_second_training_out_until_it_ends_or_expires
     uri = f"s3://{BUCKET}/lease/.train.lease"
     with Lease(uri, seconds=2.0).held() as first:
         time.sleep(2.5)  # longer than the lease: its renewals keep it
-        with pytest.raises(TrainError, match=r"another training is running on s3://ssdflow-registry/lease \(pid \d+ on "):
+        with pytest.raises(
+            TrainError, match=r"another training is running on s3://ssdflow-registry/lease \(pid \d+ on "
+        ):
             Lease(uri).acquire()
         first.check()
     with Lease(uri).held():  # released at the end of the first

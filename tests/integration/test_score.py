@@ -21,7 +21,16 @@ from PIL import Image
 from beam_jobs.score import run_score
 from ssdflow.beam_runner import make_pipeline
 from ssdflow.config import ScoreConfig
-from tests.helpers import REPO, detection_lines, moto_s3, noise_jpeg, portable_beam, raccoon_or_skip, read_jsonl, upload_models_dir
+from tests.helpers import (
+    REPO,
+    detection_lines,
+    moto_s3,
+    noise_jpeg,
+    portable_beam,
+    raccoon_or_skip,
+    read_jsonl,
+    upload_models_dir,
+)
 
 pytestmark = pytest.mark.integration
 tf = pytest.importorskip("tensorflow")
@@ -43,8 +52,18 @@ def _val_images(raccoon_records, tmp_path) -> list[str]:
 def test_scores_raccoon_val_images(raccoon_records, raccoon_model, tmp_path):
     images, keys = _val_images(raccoon_records, tmp_path)
     out = tmp_path / "out"
-    m = run_score(ScoreConfig(model=raccoon_model, images=[images], out=str(out), formats=["jsonl", "parquet", "coco"],
-                              score_threshold=0.0, max_detections=5, preview=2, chunk_size=8))
+    m = run_score(
+        ScoreConfig(
+            model=raccoon_model,
+            images=[images],
+            out=str(out),
+            formats=["jsonl", "parquet", "coco"],
+            score_threshold=0.0,
+            max_detections=5,
+            preview=2,
+            chunk_size=8,
+        )
+    )
     n = len(keys)
     assert (m["images_in"], m["images_scored"], m["images_failed"]) == (n, n, 0)
     assert m["chunks"] == m["chunks_scored_now"] == -(-n // 8)
@@ -64,7 +83,12 @@ def test_scores_raccoon_val_images(raccoon_records, raccoon_model, tmp_path):
 
     table = pq.read_table(sorted(out.glob("detections-*.parquet"))[0])
     types = {f.name: str(f.type) for f in table.schema}
-    assert types["source"] == "string" and types["score"] == "float" and types["label_id"] == "int32" and types["xmin"] == "float"
+    assert (
+        types["source"] == "string"
+        and types["score"] == "float"
+        and types["label_id"] == "int32"
+        and types["xmin"] == "float"
+    )
     total_rows = sum(pq.read_table(p).num_rows for p in out.glob("detections-*.parquet"))
     assert total_rows == m["detections"] == sum(len(r["detections"]) for r in records)
     coco = json.loads((out / "coco_results.json").read_text())
@@ -87,12 +111,23 @@ def test_scores_raccoon_val_images(raccoon_records, raccoon_model, tmp_path):
         want = direct["detection_boxes"][0][: len(r["detections"])].numpy()
         got = np.array([[d["box_normalized"][k] for k in ("ymin", "xmin", "ymax", "xmax")] for d in r["detections"]])
         np.testing.assert_allclose(got, want, atol=2e-4)
-        np.testing.assert_allclose([d["score"] for d in r["detections"]], direct["detection_scores"][0][: len(got)].numpy(), atol=2e-4)
+        np.testing.assert_allclose(
+            [d["score"] for d in r["detections"]], direct["detection_scores"][0][: len(got)].numpy(), atol=2e-4
+        )
 
     # A rerun reuses every chunk, gives the same outputs and reports no change.
     before = [(f, (out / f).read_bytes()) for f in sorted(os.listdir(out)) if f.startswith("detections-")]
-    again = run_score(ScoreConfig(model=raccoon_model, images=[images], out=str(out), formats=["jsonl", "parquet", "coco"],
-                                  score_threshold=0.0, max_detections=5, chunk_size=8))
+    again = run_score(
+        ScoreConfig(
+            model=raccoon_model,
+            images=[images],
+            out=str(out),
+            formats=["jsonl", "parquet", "coco"],
+            score_threshold=0.0,
+            max_detections=5,
+            chunk_size=8,
+        )
+    )
     assert again["chunks_scored_now"] == 0
     assert [(f, (out / f).read_bytes()) for f in sorted(os.listdir(out)) if f.startswith("detections-")] == before
     assert json.loads((out / "summary.json").read_text())["change_since_previous"]["detections"] == 0
@@ -111,7 +146,12 @@ def test_archives_and_bad_files_are_all_accounted_for(raccoon_model, tmp_path):
     (d / "notes.txt").write_text("skipped")
     tar_path = tmp_path / "batch.tar"
     with tarfile.open(tar_path, "w") as tar:
-        for name, data in (("a/one.jpg", noise_jpeg(11)), ("two.png", _png()), ("bad.jpg", b"nope"), ("README", b"skip me")):
+        for name, data in (
+            ("a/one.jpg", noise_jpeg(11)),
+            ("two.png", _png()),
+            ("bad.jpg", b"nope"),
+            ("README", b"skip me"),
+        ):
             info = tarfile.TarInfo(name)
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
@@ -126,8 +166,13 @@ def test_archives_and_bad_files_are_all_accounted_for(raccoon_model, tmp_path):
     assert m["images_scored"] == 3 + 2 and m["images_failed"] == 5
     assert m["images_in"] == m["images_scored"] + m["images_failed"]
     errors = {os.path.basename(e["source"]): e["reason"] for e in read_jsonl(out / "errors.jsonl")}
-    assert errors == {"corrupt.jpg": "decode_error", "empty.jpg": "empty_file", "text.jpg": "decode_error",
-                      "batch.tar#bad.jpg": "decode_error", "batch.tar#link.jpg": "link_member"}
+    assert errors == {
+        "corrupt.jpg": "decode_error",
+        "empty.jpg": "empty_file",
+        "text.jpg": "decode_error",
+        "batch.tar#bad.jpg": "decode_error",
+        "batch.tar#link.jpg": "link_member",
+    }
     sources = {r["source"] for r in detection_lines(out)}
     assert f"{tar_path}#a/one.jpg" in sources and f"{tar_path}#two.png" in sources
     assert not (tmp_path / "a").exists() and not (out / "a").exists()  # members are streamed, never extracted
@@ -196,14 +241,29 @@ def test_runners_give_the_same_detections(raccoon_model, tmp_path):
     ref = tmp_path / "ref"
     run_score(ScoreConfig(model=raccoon_model, images=[images], out=str(ref), **same))
     mp = tmp_path / "mp"
-    run_score(ScoreConfig(model=raccoon_model, images=[images], out=str(mp), **same,
-                          beam_args=["--direct_running_mode=multi_processing", "--direct_num_workers=2"]))
+    run_score(
+        ScoreConfig(
+            model=raccoon_model,
+            images=[images],
+            out=str(mp),
+            **same,
+            beam_args=["--direct_running_mode=multi_processing", "--direct_num_workers=2"],
+        )
+    )
     assert detection_lines(mp) == detection_lines(ref)
 
     with portable_beam() as portable_args:
         portable = tmp_path / "portable"
-        run_score(ScoreConfig(model=raccoon_model, images=[images], out=str(portable), **same, runner="PortableRunner",
-                              beam_args=portable_args))
+        run_score(
+            ScoreConfig(
+                model=raccoon_model,
+                images=[images],
+                out=str(portable),
+                **same,
+                runner="PortableRunner",
+                beam_args=portable_args,
+            )
+        )
         assert detection_lines(portable) == detection_lines(ref)
 
 
@@ -213,12 +273,30 @@ def test_resume_after_sigkill_scores_only_what_is_left(raccoon_model, tmp_path, 
     images = _many_images(tmp_path, 36)
     ref = tmp_path / "ref"
     pipelines = []
-    monkeypatch.setattr(beam_jobs.score, "make_pipeline", lambda options, **kw: pipelines.append(options) or make_pipeline(options, **kw))
+    monkeypatch.setattr(
+        beam_jobs.score,
+        "make_pipeline",
+        lambda options, **kw: pipelines.append(options) or make_pipeline(options, **kw),
+    )
     run_score(ScoreConfig(model=raccoon_model, images=[images], out=str(ref), score_threshold=0.0, chunk_size=6))
     assert len(pipelines) == 1  # all six chunks in one pipeline run, each committed as it finished (below)
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "ssdflow.cli", "score", "--model", raccoon_model, "--images", images, "--out", str(out),
-           "--score-threshold", "0", "--chunk-size", "6"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "ssdflow.cli",
+        "score",
+        "--model",
+        raccoon_model,
+        "--images",
+        images,
+        "--out",
+        str(out),
+        "--score-threshold",
+        "0",
+        "--chunk-size",
+        "6",
+    ]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     chunks_root = out / "chunks" / os.path.basename(raccoon_model)
     deadline = time.time() + 300
@@ -252,13 +330,25 @@ def test_s3_in_and_out(raccoon_model, tmp_path):
         for i in range(5):
             s3.put_object(Bucket=BUCKET, Key=f"archive/img{i}.jpg", Body=noise_jpeg(i))
         s3.put_object(Bucket=BUCKET, Key="archive/broken.jpg", Body=b"xx")
-        m = run_score(ScoreConfig(model=raccoon_model, images=[f"s3://{BUCKET}/archive/"], out=f"s3://{BUCKET}/scored",
-                                  score_threshold=0.0, beam_args=[f"--s3_endpoint_url={endpoint}", "--s3_region_name=us-east-1"]))
+        m = run_score(
+            ScoreConfig(
+                model=raccoon_model,
+                images=[f"s3://{BUCKET}/archive/"],
+                out=f"s3://{BUCKET}/scored",
+                score_threshold=0.0,
+                beam_args=[f"--s3_endpoint_url={endpoint}", "--s3_region_name=us-east-1"],
+            )
+        )
         assert (m["images_in"], m["images_scored"], m["images_failed"]) == (6, 5, 1)
         keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix="scored/")["Contents"])
         assert "scored/_SUCCESS" in keys and "scored/detections-00000-of-00001.jsonl" in keys
         assert not [k for k in keys if "/.ssdflow-tmp-" in k]
-        lines = s3.get_object(Bucket=BUCKET, Key="scored/detections-00000-of-00001.jsonl")["Body"].read().decode().splitlines()
+        lines = (
+            s3.get_object(Bucket=BUCKET, Key="scored/detections-00000-of-00001.jsonl")["Body"]
+            .read()
+            .decode()
+            .splitlines()
+        )
         assert sorted(json.loads(x)["source"] for x in lines) == [f"s3://{BUCKET}/archive/img{i}.jpg" for i in range(5)]
         errors = s3.get_object(Bucket=BUCKET, Key="scored/errors.jsonl")["Body"].read().decode()
         assert "broken.jpg" in errors and "testing-secret" not in errors
@@ -276,7 +366,9 @@ def test_model_on_s3_is_resolved_through_its_champion_and_copied_once(raccoon_mo
     images.mkdir()
     for i in range(4):
         (images / f"img{i}.jpg").write_bytes(noise_jpeg(i))
-    local = run_score(ScoreConfig(model=raccoon_model, images=[str(images)], out=str(tmp_path / "local"), score_threshold=0.0))
+    local = run_score(
+        ScoreConfig(model=raccoon_model, images=[str(images)], out=str(tmp_path / "local"), score_threshold=0.0)
+    )
 
     cache = tmp_path / "cache"
     monkeypatch.setenv("SSDFLOW_CACHE_DIR", str(cache))
@@ -287,18 +379,38 @@ def test_model_on_s3_is_resolved_through_its_champion_and_copied_once(raccoon_mo
         upload_models_dir(s3, BUCKET, raccoon_model, "models")
         beam_args = [f"--s3_endpoint_url={endpoint}", "--s3_region_name=us-east-1"]
         for out in ("remote", "again"):
-            remote = run_score(ScoreConfig(model=f"s3://{BUCKET}/models", images=[str(images)], out=str(tmp_path / out),
-                                           score_threshold=0.0, beam_args=beam_args))
+            remote = run_score(
+                ScoreConfig(
+                    model=f"s3://{BUCKET}/models",
+                    images=[str(images)],
+                    out=str(tmp_path / out),
+                    score_threshold=0.0,
+                    beam_args=beam_args,
+                )
+            )
         s3.put_object(Bucket=BUCKET, Key="models/champion.json", Body=json.dumps({"version": "v-missing"}).encode())
         with pytest.raises(FileNotFoundError, match="not committed"):
-            run_score(ScoreConfig(model=f"s3://{BUCKET}/models", images=[str(images)], out=str(tmp_path / "none"), beam_args=beam_args))
+            run_score(
+                ScoreConfig(
+                    model=f"s3://{BUCKET}/models", images=[str(images)], out=str(tmp_path / "none"), beam_args=beam_args
+                )
+            )
 
-    assert remote["model_dir"] == f"s3://{BUCKET}/models/{version}" and remote["model_version"] == local["model_version"] == version
+    assert (
+        remote["model_dir"] == f"s3://{BUCKET}/models/{version}"
+        and remote["model_version"] == local["model_version"] == version
+    )
     assert copies == [f"s3://{BUCKET}/models/{version}"]  # once, although two jobs loaded the model
     (copied,) = [d for d in cache.iterdir() if not d.name.startswith(".")]
     assert (copied / "saved_model.pb").is_file() and (copied / "variables" / "variables.index").is_file()
-    assert not (copied / "keras.weights.h5").exists() and not (copied / "metrics.json").exists()  # only what loading reads
-    assert detection_lines(tmp_path / "remote") == detection_lines(tmp_path / "again") == detection_lines(tmp_path / "local")
+    assert (
+        not (copied / "keras.weights.h5").exists() and not (copied / "metrics.json").exists()
+    )  # only what loading reads
+    assert (
+        detection_lines(tmp_path / "remote")
+        == detection_lines(tmp_path / "again")
+        == detection_lines(tmp_path / "local")
+    )
     assert not (tmp_path / "none").exists()  # refused before anything was written
 
 
@@ -315,14 +427,22 @@ def test_auto_thresholds_are_the_models_calibrated_ones(raccoon_records, raccoon
 
     images, _ = _val_images(raccoon_records, tmp_path)
     auto = run_score(ScoreConfig(model=raccoon_model, images=[images], out=str(tmp_path / "auto")))
-    assert auto["score_thresholds"] == {"setting": "auto", "per_class": {"raccoon": calibrated}, "fallback": []}  # the default
+    assert auto["score_thresholds"] == {
+        "setting": "auto",
+        "per_class": {"raccoon": calibrated},
+        "fallback": [],
+    }  # the default
     scores = [d["score"] for r in detection_lines(tmp_path / "auto") for d in r["detections"]]
     assert all(s >= calibrated for s in scores)
-    fixed = run_score(ScoreConfig(model=raccoon_model, images=[images], out=str(tmp_path / "fixed"), score_threshold=0.0))
+    fixed = run_score(
+        ScoreConfig(model=raccoon_model, images=[images], out=str(tmp_path / "fixed"), score_threshold=0.0)
+    )
     assert fixed["score_thresholds"]["per_class"] == {"raccoon": 0.0}
     everything = [d["score"] for r in detection_lines(tmp_path / "fixed") for d in r["detections"]]
     assert sorted(s for s in everything if s >= calibrated) == sorted(scores) and scores  # as written, none lost
-    strict = run_score(ScoreConfig(model=raccoon_model, images=[images], out=str(tmp_path / "strict"), score_threshold=1.0))
+    strict = run_score(
+        ScoreConfig(model=raccoon_model, images=[images], out=str(tmp_path / "strict"), score_threshold=1.0)
+    )
     assert strict["detections"] == 0 < auto["detections"]  # a number overrides the calibrated threshold
     summary = json.loads((tmp_path / "auto" / "summary.json").read_text())
     assert summary["score_thresholds"]["per_class"] == {"raccoon": calibrated}
@@ -345,34 +465,67 @@ def test_select_writes_a_labelling_batch_that_ingests_back_with_no_rejection(rac
     out = tmp_path / "scored"
     m = run_score(ScoreConfig(model=raccoon_model, images=[str(archive)], out=str(out), chunk_size=3, select=6))
     # Six asked, five distinct scenes: every candidate considered, the three copies' later ones skipped.
-    assert m["labelling"] == {"candidates": 8, "considered": 8, "near_duplicates_skipped": 3, "unreadable": 0, "selected": 5}
+    assert m["labelling"] == {
+        "candidates": 8,
+        "considered": 8,
+        "near_duplicates_skipped": 3,
+        "unreadable": 0,
+        "selected": 5,
+    }
     batch = out / "labelling"
     rows = list(csv.DictReader((batch / "reasons.csv").open()))
     assert len({os.path.realpath(r["source"]) for r in rows}) == 5
     assert [float(r["uncertainty"]) for r in rows] == sorted((float(r["uncertainty"]) for r in rows), reverse=True)
     assert all(r["reason"] for r in rows) and sorted(p.name for p in (batch / "images").iterdir()) == sorted(
-        os.path.basename(r["image"]) for r in rows)
+        os.path.basename(r["image"]) for r in rows
+    )
     tasks = json.loads((batch / "label_studio.json").read_text())
     assert [t["data"]["image"] for t in tasks] == [f"{batch}/{r['image']}" for r in rows]
     boxes = sum(int(r["detections"]) for r in rows)
 
-    stats = run_ingest(IngestConfig(images=str(batch / "images"), labels=str(batch / "annotations"), format="voc",
-                                    out=str(tmp_path / "relabelled")))
+    stats = run_ingest(
+        IngestConfig(
+            images=str(batch / "images"),
+            labels=str(batch / "annotations"),
+            format="voc",
+            out=str(tmp_path / "relabelled"),
+        )
+    )
     assert stats["images_in"] == 5 and stats["images_written"]["total"] == 5
     assert sum(stats["images_rejected"].values()) == 0 and sum(stats["boxes_rejected"].values()) == 0
     assert stats["boxes_written"] == boxes
 
     # With Label Studio's document root (tmp_path), the tasks name the images by its local-files URL.
-    again = run_score(ScoreConfig(model=raccoon_model, images=[str(archive)], out=str(out), chunk_size=3, select=2,
-                                  label_studio_root=str(tmp_path)))
+    again = run_score(
+        ScoreConfig(
+            model=raccoon_model,
+            images=[str(archive)],
+            out=str(out),
+            chunk_size=3,
+            select=2,
+            label_studio_root=str(tmp_path),
+        )
+    )
     assert again["chunks_scored_now"] == 0 and again["labelling"]["selected"] == 2
     assert len(list((batch / "images").iterdir())) == 2 == len(list((batch / "annotations").iterdir()))
     assert [t["data"]["image"] for t in json.loads((batch / "label_studio.json").read_text())] == [
-        f"/data/local-files/?d=scored/labelling/{r['image']}" for r in rows[:2]]
+        f"/data/local-files/?d=scored/labelling/{r['image']}" for r in rows[:2]
+    ]
     assert [r["source"] for r in csv.DictReader((batch / "reasons.csv").open())] == [r["source"] for r in rows[:2]]
     # Uncertainty is against the model's calibrated thresholds, not the output filter: the same choice with 0.0.
-    run_score(ScoreConfig(model=raccoon_model, images=[str(archive)], out=str(tmp_path / "all"), chunk_size=3, select=2, score_threshold=0.0))
-    assert [r["source"] for r in csv.DictReader((tmp_path / "all" / "labelling" / "reasons.csv").open())] == [r["source"] for r in rows[:2]]
+    run_score(
+        ScoreConfig(
+            model=raccoon_model,
+            images=[str(archive)],
+            out=str(tmp_path / "all"),
+            chunk_size=3,
+            select=2,
+            score_threshold=0.0,
+        )
+    )
+    assert [r["source"] for r in csv.DictReader((tmp_path / "all" / "labelling" / "reasons.csv").open())] == [
+        r["source"] for r in rows[:2]
+    ]
 
 
 def test_a_failed_rerun_leaves_the_previous_outputs_complete(raccoon_model, tmp_path, monkeypatch):
@@ -383,7 +536,9 @@ def test_a_failed_rerun_leaves_the_previous_outputs_complete(raccoon_model, tmp_
     out = tmp_path / "out"
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
-    run_score(ScoreConfig(model=raccoon_model, images=[_many_images(tmp_path / "a", 4)], out=str(out), score_threshold=0.0))
+    run_score(
+        ScoreConfig(model=raccoon_model, images=[_many_images(tmp_path / "a", 4)], out=str(out), score_threshold=0.0)
+    )
     before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
     assert "_SUCCESS" in before
 
@@ -392,5 +547,9 @@ def test_a_failed_rerun_leaves_the_previous_outputs_complete(raccoon_model, tmp_
 
     monkeypatch.setattr(beam_jobs.score, "build_pipeline", boom)
     with pytest.raises(RuntimeError, match="injected failure"):
-        run_score(ScoreConfig(model=raccoon_model, images=[_many_images(tmp_path / "b", 5)], out=str(out), score_threshold=0.0))
+        run_score(
+            ScoreConfig(
+                model=raccoon_model, images=[_many_images(tmp_path / "b", 5)], out=str(out), score_threshold=0.0
+            )
+        )
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before

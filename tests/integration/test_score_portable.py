@@ -40,14 +40,36 @@ def test_portable_runner_killed_worker_then_rerun_equals_an_uninterrupted_run(ra
     images = _cycled_images(tmp_path, 1000)
     same = ["--score-threshold", "0", "--chunk-size", "100", "--max-batch-size", "8"]
     ref = tmp_path / "ref"
-    run_score(ScoreConfig(model=raccoon_model, images=[images], out=str(ref), score_threshold=0.0, chunk_size=100, max_batch_size=8))
+    run_score(
+        ScoreConfig(
+            model=raccoon_model, images=[images], out=str(ref), score_threshold=0.0, chunk_size=100, max_batch_size=8
+        )
+    )
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "ssdflow.cli", "score", "--model", raccoon_model, "--images", images, "--out", str(out),
-           *same, "--runner", "PortableRunner"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "ssdflow.cli",
+        "score",
+        "--model",
+        raccoon_model,
+        "--images",
+        images,
+        "--out",
+        str(out),
+        *same,
+        "--runner",
+        "PortableRunner",
+    ]
     chunks_root = out / "chunks" / os.path.basename(raccoon_model)
     with portable_beam() as portable_args:
-        proc = subprocess.Popen([*cmd, *portable_args], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            [*cmd, *portable_args],
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         deadline = time.time() + 300
         while time.time() < deadline and proc.poll() is None:
             if chunks_root.exists() and len(list(chunks_root.glob("*/_SUCCESS"))) >= 2:
@@ -74,8 +96,16 @@ def test_portable_runner_killed_worker_then_rerun_equals_an_uninterrupted_run(ra
 
 
 def _s3_detections(s3, prefix: str) -> list[dict]:
-    keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix=f"{prefix}/detections-")["Contents"] if o["Key"].endswith(".jsonl"))
-    return [json.loads(line) for k in keys for line in s3.get_object(Bucket=BUCKET, Key=k)["Body"].read().decode().splitlines()]
+    keys = sorted(
+        o["Key"]
+        for o in s3.list_objects_v2(Bucket=BUCKET, Prefix=f"{prefix}/detections-")["Contents"]
+        if o["Key"].endswith(".jsonl")
+    )
+    return [
+        json.loads(line)
+        for k in keys
+        for line in s3.get_object(Bucket=BUCKET, Key=k)["Body"].read().decode().splitlines()
+    ]
 
 
 def test_portable_runner_with_images_model_and_outputs_on_s3(raccoon_model, tmp_path, monkeypatch):
@@ -92,12 +122,19 @@ def test_portable_runner_with_images_model_and_outputs_on_s3(raccoon_model, tmp_
             s3.put_object(Bucket=BUCKET, Key=f"archive/img{i:02d}.jpg", Body=noise_jpeg(i))
         s3.put_object(Bucket=BUCKET, Key="archive/broken.jpg", Body=b"xx")
         s3_args = [f"--s3_endpoint_url={endpoint}", "--s3_region_name=us-east-1"]
-        common = dict(model=f"s3://{BUCKET}/models", images=[f"s3://{BUCKET}/archive/"], score_threshold=0.0, chunk_size=4)
+        common = dict(
+            model=f"s3://{BUCKET}/models", images=[f"s3://{BUCKET}/archive/"], score_threshold=0.0, chunk_size=4
+        )
         with portable_beam(worker_cwd=elsewhere, worker_env={"SSDFLOW_CACHE_DIR": str(worker_cache)}) as portable_args:
-            portable = run_score(ScoreConfig(**common, out=f"s3://{BUCKET}/portable", runner="PortableRunner",
-                                             beam_args=portable_args + s3_args))
+            portable = run_score(
+                ScoreConfig(
+                    **common, out=f"s3://{BUCKET}/portable", runner="PortableRunner", beam_args=portable_args + s3_args
+                )
+            )
         assert not driver_cache.exists()  # the driver never loaded the model
-        assert [d.name for d in worker_cache.iterdir() if (d / "saved_model.pb").is_file()]  # the workers fetched it from S3
+        assert [
+            d.name for d in worker_cache.iterdir() if (d / "saved_model.pb").is_file()
+        ]  # the workers fetched it from S3
         direct = run_score(ScoreConfig(**common, out=f"s3://{BUCKET}/direct", beam_args=s3_args))
         keys = ("chunks", "images_in", "images_scored", "images_failed", "detections")
         assert [portable[k] for k in keys] == [direct[k] for k in keys] == [4, 13, 12, 1, direct["detections"]]

@@ -64,10 +64,17 @@ def test_s3_keys_never_appear_in_logs_outputs_or_stats(raccoon_model, caplog, ca
     from ssdflow.config import IngestConfig, ScoreConfig
 
     root = raccoon_or_skip()
-    with moto_s3(ENV_KEY_ID, ENV_SECRET, bucket=BUCKET) as (endpoint, client), FaultyS3Proxy(endpoint, fail_every=7) as proxy:
+    with (
+        moto_s3(ENV_KEY_ID, ENV_SECRET, bucket=BUCKET) as (endpoint, client),
+        FaultyS3Proxy(endpoint, fail_every=7) as proxy,
+    ):
         for n in [f"raccoon-{i}" for i in range(10, 21)] + ["raccoon-116"]:
-            client.put_object(Bucket=BUCKET, Key=f"raw/images/{n}.jpg", Body=(root / "images" / f"{n}.jpg").read_bytes())
-            client.put_object(Bucket=BUCKET, Key=f"raw/labels/{n}.xml", Body=(root / "annotations" / f"{n}.xml").read_bytes())
+            client.put_object(
+                Bucket=BUCKET, Key=f"raw/images/{n}.jpg", Body=(root / "images" / f"{n}.jpg").read_bytes()
+            )
+            client.put_object(
+                Bucket=BUCKET, Key=f"raw/labels/{n}.xml", Body=(root / "annotations" / f"{n}.xml").read_bytes()
+            )
         for i in range(3):
             client.put_object(Bucket=BUCKET, Key=f"archive/img{i}.jpg", Body=_jpeg(i))
         client.put_object(Bucket=BUCKET, Key="archive/broken.jpg", Body=b"xx")
@@ -77,23 +84,43 @@ def test_s3_keys_never_appear_in_logs_outputs_or_stats(raccoon_model, caplog, ca
         caplog.clear()
 
         proxy.configure()
-        stats = run_ingest(IngestConfig(images=f"s3://{BUCKET}/raw/images/", labels=f"s3://{BUCKET}/raw/labels/", format="voc",
-                                        out=f"s3://{BUCKET}/records", beam_args=[f"--s3_endpoint_url={proxy.url}", "--s3_region_name=us-east-1"]))
+        stats = run_ingest(
+            IngestConfig(
+                images=f"s3://{BUCKET}/raw/images/",
+                labels=f"s3://{BUCKET}/raw/labels/",
+                format="voc",
+                out=f"s3://{BUCKET}/records",
+                beam_args=[f"--s3_endpoint_url={proxy.url}", "--s3_region_name=us-east-1"],
+            )
+        )
         assert proxy.access_key_ids == {ENV_KEY_ID}  # the environment's keys signed every request
         ingest_injected = proxy.injected
 
         proxy.configure()
-        manifest = run_score(ScoreConfig(
-            model=raccoon_model, images=[f"s3://{BUCKET}/archive/"], out=f"s3://{BUCKET}/scored", score_threshold=0.0, preview=2,
-            formats=["jsonl", "parquet", "coco"],
-            beam_args=[f"--s3_endpoint_url={proxy.url}", "--s3_region_name=us-east-1", f"--s3_access_key_id={OPT_KEY_ID}",
-                       f"--s3_secret_access_key={OPT_SECRET}"]))
+        manifest = run_score(
+            ScoreConfig(
+                model=raccoon_model,
+                images=[f"s3://{BUCKET}/archive/"],
+                out=f"s3://{BUCKET}/scored",
+                score_threshold=0.0,
+                preview=2,
+                formats=["jsonl", "parquet", "coco"],
+                beam_args=[
+                    f"--s3_endpoint_url={proxy.url}",
+                    "--s3_region_name=us-east-1",
+                    f"--s3_access_key_id={OPT_KEY_ID}",
+                    f"--s3_secret_access_key={OPT_SECRET}",
+                ],
+            )
+        )
         assert proxy.access_key_ids == {OPT_KEY_ID}  # the options' keys won over the environment's
         assert ingest_injected > 0 and proxy.injected > 0  # retries happened (and logged) in both jobs
         assert stats["images_in"] == 12 and manifest["images_in"] == 4 and manifest["images_failed"] == 1
 
-        objects = {o["Key"]: client.get_object(Bucket=BUCKET, Key=o["Key"])["Body"].read()
-                   for o in client.list_objects_v2(Bucket=BUCKET)["Contents"]}
+        objects = {
+            o["Key"]: client.get_object(Bucket=BUCKET, Key=o["Key"])["Body"].read()
+            for o in client.list_objects_v2(Bucket=BUCKET)["Contents"]
+        }
     captured = capfd.readouterr()
 
     records = _texts_from_logs(caplog.records)
@@ -101,8 +128,13 @@ def test_s3_keys_never_appear_in_logs_outputs_or_stats(raccoon_model, caplog, ca
     assert {"apache_beam", "botocore"} <= names, names  # the capture really held Beam's and boto's DEBUG logs
     assert any(k.startswith("scored/preview/") for k in objects) and "records/_SUCCESS" in objects
 
-    haystacks = [("stdout", captured.out), ("stderr", captured.err), ("caplog.text", caplog.text),
-                 ("stats", json.dumps(stats)), ("manifest", json.dumps(manifest))]
+    haystacks = [
+        ("stdout", captured.out),
+        ("stderr", captured.err),
+        ("caplog.text", caplog.text),
+        ("stats", json.dumps(stats)),
+        ("manifest", json.dumps(manifest)),
+    ]
     haystacks += [(f"s3://{BUCKET}/{k}", k + "\n" + body.decode("latin-1")) for k, body in objects.items()]
     for secret in (ENV_SECRET, OPT_SECRET):
         for where, text in haystacks:
@@ -115,7 +147,9 @@ def test_s3_keys_never_appear_in_logs_outputs_or_stats(raccoon_model, caplog, ca
             assert key_id not in text, f"access key id in {where}"
         for r, text in records:
             if key_id in text:
-                assert (r.name, r.levelno) == (WIRE_LOGGER, logging.DEBUG), f"access key id in {r.name} {r.levelname}: {text[:300]}"
+                assert (r.name, r.levelno) == (WIRE_LOGGER, logging.DEBUG), (
+                    f"access key id in {r.name} {r.levelname}: {text[:300]}"
+                )
                 assert key_id not in text.replace(f"Credential={key_id}/", ""), text[:300]
 
 
@@ -126,10 +160,30 @@ def _library_files():
             yield path.relative_to(REPO).as_posix(), path.read_text(encoding="utf-8")
 
 
-UNSAFE_MODULES = {"pickle", "_pickle", "cPickle", "dill", "cloudpickle", "joblib", "marshal", "shelve", "jsonpickle", "torch"}
+UNSAFE_MODULES = {
+    "pickle",
+    "_pickle",
+    "cPickle",
+    "dill",
+    "cloudpickle",
+    "joblib",
+    "marshal",
+    "shelve",
+    "jsonpickle",
+    "torch",
+}
 YAML_SAFE = {"safe_load", "safe_load_all", "safe_dump", "YAMLError"}
-UNSAFE_TEXT = ("allow_pickle=True", "safe_mode=False", "enable_unsafe_deserialization", "unsafe_load", "full_load",
-               "read_pickle", "yaml.Loader", "UnsafeLoader", "FullLoader")
+UNSAFE_TEXT = (
+    "allow_pickle=True",
+    "safe_mode=False",
+    "enable_unsafe_deserialization",
+    "unsafe_load",
+    "full_load",
+    "read_pickle",
+    "yaml.Loader",
+    "UnsafeLoader",
+    "FullLoader",
+)
 
 
 def test_no_pickle_marshal_or_unsafe_yaml_in_library_code():
@@ -160,7 +214,9 @@ def test_no_pickle_marshal_or_unsafe_yaml_in_library_code():
                 if func in ("eval", "exec", "__import__"):
                     problems.append(f"{rel}:{node.lineno}: {func}()")
                 for k in node.keywords:
-                    if k.arg in ("safe_mode", "allow_pickle") and not (isinstance(k.value, ast.Constant) and k.value.value is (k.arg == "safe_mode")):
+                    if k.arg in ("safe_mode", "allow_pickle") and not (
+                        isinstance(k.value, ast.Constant) and k.value.value is (k.arg == "safe_mode")
+                    ):
                         problems.append(f"{rel}:{node.lineno}: {func}({k.arg}={ast.unparse(k.value)})")
     assert not problems, problems
 
@@ -197,16 +253,25 @@ def test_a_run_fed_a_forged_spill_file_fails_naming_it_and_runs_nothing(tmp_path
     assert forged and forged[0] in str(raised.value) and "refusing it" in str(raised.value)
     assert not pwned.exists()
     assert not (out / "_SUCCESS").exists() and not list(out.glob("*.tfrecord"))
+
+
 # Every call that loads a model or weights, and where: SavedModels with tf.saved_model.load; Keras
 # weights with load_weights from .weights.h5 (the registry's keras.weights.h5 for re-export, a
 # user's backbone file for training); training's own tf.train checkpoint to resume. Other loads
 # read JSON, safe YAML, or decode image pixels (PIL).
 MODEL_LOADERS = {
-    ("beam_jobs/model_handler.py", "tf.saved_model.load"), ("model/export.py", "tf.saved_model.load"),
-    ("model/export.py", "model.load_weights"), ("model/ssd.py", "net.load_weights"),
-    ("model/callbacks.py", "self._manager().checkpoint.restore"), ("model/train.py", "checkpoint.restore"),  # EpochCheckpoint.restore → the former
-    ("model/callbacks.py", "model.load_weights"), ("model/train.py", "best.restore"),  # KeepBest: the run's own best.weights.h5
-    ("model/train.py", "model.load_weights"),  # a warm start: a registered model's keras.weights.h5 (model/warm_start.py)
+    ("beam_jobs/model_handler.py", "tf.saved_model.load"),
+    ("model/export.py", "tf.saved_model.load"),
+    ("model/export.py", "model.load_weights"),
+    ("model/ssd.py", "net.load_weights"),
+    ("model/callbacks.py", "self._manager().checkpoint.restore"),
+    ("model/train.py", "checkpoint.restore"),  # EpochCheckpoint.restore → the former
+    ("model/callbacks.py", "model.load_weights"),
+    ("model/train.py", "best.restore"),  # KeepBest: the run's own best.weights.h5
+    (
+        "model/train.py",
+        "model.load_weights",
+    ),  # a warm start: a registered model's keras.weights.h5 (model/warm_start.py)
     ("model/tflite.py", "model.load_weights"),  # TFLite export: a registered model's keras.weights.h5
     ("beam_jobs/predict.py", "handler.load_model"),  # score's handlers (beam_jobs/model_handler.py: the above)
 }
@@ -222,7 +287,9 @@ def test_models_load_only_from_savedmodel_or_weights_h5_and_the_registry_is_json
             if isinstance(node, ast.Call):
                 func = ast.unparse(node.func)
                 last = func.split(".")[-1]
-                if re.fullmatch(r"(load|loads|load_model|load_weights|restore|load_all|unsafe_load|full_load|read_pickle)", last):
+                if re.fullmatch(
+                    r"(load|loads|load_model|load_weights|restore|load_all|unsafe_load|full_load|read_pickle)", last
+                ):
                     if func not in DATA_LOADERS and func != "pickle.loads":  # pickle: the test above
                         found.add((rel, func))
     assert found == MODEL_LOADERS, f"new or changed model loaders: {sorted(found ^ MODEL_LOADERS)}"
@@ -232,43 +299,63 @@ def test_models_load_only_from_savedmodel_or_weights_h5_and_the_registry_is_json
     assert export.KERAS_WEIGHTS.endswith(".weights.h5") and export.MODEL_INFO.endswith(".json")
     export_src = (REPO / "model" / "export.py").read_text()
     assert "model.load_weights(os.path.join(model_dir, KERAS_WEIGHTS))" in export_src
-    assert all(name.endswith(".json") for name in (registry.CHAMPION, registry.DECISION, registry.METRICS, registry.LABEL_MAP))
+    assert all(
+        name.endswith(".json") for name in (registry.CHAMPION, registry.DECISION, registry.METRICS, registry.LABEL_MAP)
+    )
     assert registry.DECISIONS.endswith(".jsonl")
 
     model_dir = Path(raccoon_model)
     models = model_dir.parent
     champion = json.loads((models / registry.CHAMPION).read_text())
     assert isinstance(champion, dict) and champion["version"] == model_dir.name
-    assert all(isinstance(json.loads(line), dict) for line in (models / registry.DECISIONS).read_text().splitlines() if line)
-    allowed = re.compile(r"(saved_model\.pb|fingerprint\.pb|variables/variables\.(index|data-\d{5}-of-\d{5})|assets/.*|[\w.-]+\.json|[\w.-]+\.md|keras\.weights\.h5"
-                         r"|_SUCCESS"  # the version's manifest (JSON)
-                         r"|logs/\w+/events\.out\.tfevents\.[\w.-]+"  # TensorBoard: TFRecord-framed protobuf summaries
-                         r"|pr_curves\.png|val_examples/val-\d{2}\.jpg)")  # the model card's pictures (model/report.py)
+    assert all(
+        isinstance(json.loads(line), dict) for line in (models / registry.DECISIONS).read_text().splitlines() if line
+    )
+    allowed = re.compile(
+        r"(saved_model\.pb|fingerprint\.pb|variables/variables\.(index|data-\d{5}-of-\d{5})|assets/.*|[\w.-]+\.json|[\w.-]+\.md|keras\.weights\.h5"
+        r"|_SUCCESS"  # the version's manifest (JSON)
+        r"|logs/\w+/events\.out\.tfevents\.[\w.-]+"  # TensorBoard: TFRecord-framed protobuf summaries
+        r"|pr_curves\.png|val_examples/val-\d{2}\.jpg)"
+    )  # the model card's pictures (model/report.py)
     for path in sorted(p for p in model_dir.rglob("*") if p.is_file()):
         rel = path.relative_to(model_dir).as_posix()
         assert allowed.fullmatch(rel), f"unexpected file in a registered model: {rel}"
         head = path.read_bytes()[:8]
-        assert not (head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")), f"{rel} looks like a pickle"
+        assert not (head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")), (
+            f"{rel} looks like a pickle"
+        )
         if rel.endswith(".json") or rel == registry.MANIFEST:
             json.loads(path.read_text())
     assert (model_dir / export.KERAS_WEIGHTS).read_bytes()[:8] == b"\x89HDF\r\n\x1a\n"
 
 
-@pytest.mark.parametrize("payload", [
-    '!!python/object/apply:os.system ["touch {marker}"]',
-    '!!python/object/apply:subprocess.check_call [["touch", "{marker}"]]',
-    '!!python/object/new:subprocess.Popen [["touch", "{marker}"]]',
-    '!!python/name:os.system',
-])
+@pytest.mark.parametrize(
+    "payload",
+    [
+        '!!python/object/apply:os.system ["touch {marker}"]',
+        '!!python/object/apply:subprocess.check_call [["touch", "{marker}"]]',
+        '!!python/object/new:subprocess.Popen [["touch", "{marker}"]]',
+        "!!python/name:os.system",
+    ],
+)
 def test_serve_config_with_python_tags_is_refused(tmp_path, payload):
     """`ssdflow serve --config x.yaml` reads YAML with yaml.safe_load: a python-object tag is an
     error, and nothing runs; the same file without the tag is accepted."""
     from flows.serve import ServeConfigError, default_parameters
 
     marker = tmp_path / "pwned"
-    good = {"nightly": {"ingest": {"images": str(tmp_path / "i"), "labels": str(tmp_path / "l"), "format": "voc", "out": str(tmp_path / "o")},
-                        "models": str(tmp_path / "m")},
-            "score": {"model": str(tmp_path / "m"), "images": [str(tmp_path / "i")], "out": str(tmp_path / "s")}}
+    good = {
+        "nightly": {
+            "ingest": {
+                "images": str(tmp_path / "i"),
+                "labels": str(tmp_path / "l"),
+                "format": "voc",
+                "out": str(tmp_path / "o"),
+            },
+            "models": str(tmp_path / "m"),
+        },
+        "score": {"model": str(tmp_path / "m"), "images": [str(tmp_path / "i")], "out": str(tmp_path / "s")},
+    }
     ok = tmp_path / "ok.yaml"
     ok.write_text(json.dumps(good))  # JSON is YAML
     assert default_parameters(str(tmp_path), str(ok))["score"].out == str(tmp_path / "s")
@@ -317,8 +404,12 @@ def test_tar_members_never_escape_the_output_and_links_are_refused(raccoon_model
     monkeypatch.chdir(cwd)
     tar_path = tmp_path / "evil.tar"
     names = {"ok.jpg": 1, f"{abs_target}/abs.jpg": 2, "../../dotdot.jpg": 3, "sub/../../../deeper.jpg": 4}
-    links = {"link.jpg": (tarfile.SYMTYPE, "../../../../../../etc/passwd"), "abs-link.jpg": (tarfile.SYMTYPE, "/etc/passwd"),
-             "hard.jpg": (tarfile.LNKTYPE, "ok.jpg"), "escape": (tarfile.SYMTYPE, str(link_target))}
+    links = {
+        "link.jpg": (tarfile.SYMTYPE, "../../../../../../etc/passwd"),
+        "abs-link.jpg": (tarfile.SYMTYPE, "/etc/passwd"),
+        "hard.jpg": (tarfile.LNKTYPE, "ok.jpg"),
+        "escape": (tarfile.SYMTYPE, str(link_target)),
+    }
     with tarfile.open(tar_path, "w") as tar:
         for name, seed in names.items():
             info = tarfile.TarInfo(name)
@@ -340,7 +431,9 @@ def test_tar_members_never_escape_the_output_and_links_are_refused(raccoon_model
         assert f"{abs_target}/abs.jpg" in tar.getnames() and "../../dotdot.jpg" in tar.getnames()
 
     before = _snapshot(tmp_path, out)
-    m = run_score(ScoreConfig(model=raccoon_model, images=[str(tar_path)], out=str(out), score_threshold=0.0, preview=10))
+    m = run_score(
+        ScoreConfig(model=raccoon_model, images=[str(tar_path)], out=str(out), score_threshold=0.0, preview=10)
+    )
     assert _snapshot(tmp_path, out) == before  # nothing outside --out was created, changed or linked
 
     scored = 5  # the four named members and the one behind the symlink
@@ -349,9 +442,20 @@ def test_tar_members_never_escape_the_output_and_links_are_refused(raccoon_model
     assert m["images_in"] == m["images_scored"] + m["images_failed"]
     errors = {e["source"].split("#", 1)[1]: e["reason"] for e in read_jsonl(out / "errors.jsonl")}
     assert errors == {**{name: "link_member" for name in links}, "pipe.jpg": "special_member"}
-    for name in [*names, *links, "escape/through-link.jpg"]:  # where the names point, from --out, its preview/ and the cwd
-        targets = [Path(name)] if name.startswith("/") else [Path(os.path.normpath(b / name)) for b in (out, out / "preview", cwd)
-                                                              if b != out / "preview" or "/" in name]  # preview/<base name>.jpg: below
+    for name in [
+        *names,
+        *links,
+        "escape/through-link.jpg",
+    ]:  # where the names point, from --out, its preview/ and the cwd
+        targets = (
+            [Path(name)]
+            if name.startswith("/")
+            else [
+                Path(os.path.normpath(b / name))
+                for b in (out, out / "preview", cwd)
+                if b != out / "preview" or "/" in name
+            ]
+        )  # preview/<base name>.jpg: below
         for target in targets:
             assert not os.path.lexists(target), target
     assert not list(abs_target.iterdir()) and not list(link_target.iterdir())
@@ -361,8 +465,17 @@ def test_tar_members_never_escape_the_output_and_links_are_refused(raccoon_model
     assert not [p for p in out.rglob("*") if p.is_symlink()]
     previews = [p for p in written if p.startswith("preview/")]
     # Named after the member's base name only (no directory of it, no dot first, other characters as _): inside preview/.
-    assert previews == ["preview/abs.jpg", "preview/deeper.jpg", "preview/dotdot.jpg", "preview/ok.jpg", "preview/through-link.jpg"]
+    assert previews == [
+        "preview/abs.jpg",
+        "preview/deeper.jpg",
+        "preview/dotdot.jpg",
+        "preview/ok.jpg",
+        "preview/through-link.jpg",
+    ]
     for p in written:
-        assert re.fullmatch(r"(_SUCCESS|errors\.jsonl|summary\.json|detections-\d{5}-of-\d{5}\.(jsonl|parquet)|preview/[\w-]+\.jpg|"
-                            r"chunks/[\w.-]+/[0-9a-f]+/(_SUCCESS|listing\.json|[0-9a-f]{12}/(detections\.jsonl|detections\.parquet|errors\.jsonl|candidates\.jsonl|coco_results\.part)))", p), p
+        assert re.fullmatch(
+            r"(_SUCCESS|errors\.jsonl|summary\.json|detections-\d{5}-of-\d{5}\.(jsonl|parquet)|preview/[\w-]+\.jpg|"
+            r"chunks/[\w.-]+/[0-9a-f]+/(_SUCCESS|listing\.json|[0-9a-f]{12}/(detections\.jsonl|detections\.parquet|errors\.jsonl|candidates\.jsonl|coco_results\.part)))",
+            p,
+        ), p
         assert (out / p).resolve().is_relative_to(out.resolve())

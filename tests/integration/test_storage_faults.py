@@ -52,7 +52,7 @@ def _jpeg(seed: int) -> bytes:
 
 def _objects(client, prefix: str) -> dict[str, bytes]:
     listing = client.list_objects_v2(Bucket=BUCKET, Prefix=prefix).get("Contents", [])
-    return {o["Key"][len(prefix):]: client.get_object(Bucket=BUCKET, Key=o["Key"])["Body"].read() for o in listing}
+    return {o["Key"][len(prefix) :]: client.get_object(Bucket=BUCKET, Key=o["Key"])["Body"].read() for o in listing}
 
 
 def _assert_retried(proxy: FaultyS3Proxy) -> None:
@@ -81,7 +81,9 @@ def _upload_raccoon(client) -> list[str]:
     names = [f"raccoon-{i}" for i in range(10, 21)] + ["raccoon-116"]  # 116 is 11's byte-identical twin: one rejection
     for n in names:
         client.put_object(Bucket=BUCKET, Key=f"raw/images/{n}.jpg", Body=(root / "images" / f"{n}.jpg").read_bytes())
-        client.put_object(Bucket=BUCKET, Key=f"raw/labels/{n}.xml", Body=(root / "annotations" / f"{n}.xml").read_bytes())
+        client.put_object(
+            Bucket=BUCKET, Key=f"raw/labels/{n}.xml", Body=(root / "annotations" / f"{n}.xml").read_bytes()
+        )
     return names
 
 
@@ -92,8 +94,15 @@ def test_ingest_survives_upload_faults(s3):
     from ssdflow.config import IngestConfig
 
     def ingest(out, url):
-        return run_ingest(IngestConfig(images=f"s3://{BUCKET}/raw/images/", labels=f"s3://{BUCKET}/raw/labels/", format="voc",
-                                       out=f"s3://{BUCKET}/{out}", beam_args=[f"--s3_endpoint_url={url}", *REGION]))
+        return run_ingest(
+            IngestConfig(
+                images=f"s3://{BUCKET}/raw/images/",
+                labels=f"s3://{BUCKET}/raw/labels/",
+                format="voc",
+                out=f"s3://{BUCKET}/{out}",
+                beam_args=[f"--s3_endpoint_url={url}", *REGION],
+            )
+        )
 
     ref = ingest("ingest-ref", endpoint)  # straight to moto: no faults
     proxy.configure(fail_every=6, fail_first=0, status=503, fail_when=None)
@@ -111,7 +120,9 @@ def test_ingest_survives_upload_faults(s3):
     assert sorted(got) == sorted(manifest["files"] + ["_SUCCESS"])
     for name in manifest["files"]:
         if name.endswith(".tfrecord"):  # the same records (part-file names are random, so compare as sets)
-            assert sorted(tfrecord.read_records(io.BytesIO(got[name]))) == sorted(tfrecord.read_records(io.BytesIO(want[name])))
+            assert sorted(tfrecord.read_records(io.BytesIO(got[name]))) == sorted(
+                tfrecord.read_records(io.BytesIO(want[name]))
+            )
         else:
             assert got[name] == want[name], name
 
@@ -128,17 +139,31 @@ def test_ingest_keeps_an_image_that_cannot_be_read_for_now_apart(s3):
     from ssdflow.config import IngestConfig
 
     def ingest(out, url):
-        return run_ingest(IngestConfig(images=f"s3://{BUCKET}/raw/images/", labels=f"s3://{BUCKET}/raw/labels/", format="voc",
-                                       out=f"s3://{BUCKET}/{out}", beam_args=[f"--s3_endpoint_url={url}", *REGION]))
+        return run_ingest(
+            IngestConfig(
+                images=f"s3://{BUCKET}/raw/images/",
+                labels=f"s3://{BUCKET}/raw/labels/",
+                format="voc",
+                out=f"s3://{BUCKET}/{out}",
+                beam_args=[f"--s3_endpoint_url={url}", *REGION],
+            )
+        )
 
-    proxy.configure(fail_every=1, fail_first=0, status=429, methods=("GET", "HEAD"),
-                    fail_when=lambda method, path: "/raw/images/raccoon-12.jpg" in path)
+    proxy.configure(
+        fail_every=1,
+        fail_first=0,
+        status=429,
+        methods=("GET", "HEAD"),
+        fail_when=lambda method, path: "/raw/images/raccoon-12.jpg" in path,
+    )
     stats = ingest("ingest-read-faulty", proxy.url)
     assert proxy.injected_requests(), "no read was refused: the test proves nothing"
     assert stats["images_rejected"] == {"total": 2, "duplicate": 1, "read_error_retryable": 1}
     assert storage.read_success(f"s3://{BUCKET}/ingest-read-faulty")["images_retryable"] == 1
     rejected = [json.loads(line) for line in _objects(client, "ingest-read-faulty/")["rejected.jsonl"].splitlines()]
-    assert [r["source"].rsplit("/", 1)[-1] for r in rejected if r["reason"] == "read_error_retryable"] == ["raccoon-12.jpg"]
+    assert [r["source"].rsplit("/", 1)[-1] for r in rejected if r["reason"] == "read_error_retryable"] == [
+        "raccoon-12.jpg"
+    ]
 
     proxy.configure(fail_every=0, fail_first=0, fail_when=None)
     again = ingest("ingest-read-faulty", proxy.url)
@@ -157,9 +182,17 @@ def test_score_survives_upload_faults(s3, raccoon_model):
     client.put_object(Bucket=BUCKET, Key="archive/broken.jpg", Body=b"xx")
 
     def score(out, url):  # two chunks: [broken, img0-2] and [img3-5], whose errors.jsonl is empty
-        return run_score(ScoreConfig(model=raccoon_model, images=[f"s3://{BUCKET}/archive/"], out=f"s3://{BUCKET}/{out}",
-                                     score_threshold=0.0, chunk_size=4, formats=["jsonl", "parquet", "coco"],
-                                     beam_args=[f"--s3_endpoint_url={url}", *REGION]))
+        return run_score(
+            ScoreConfig(
+                model=raccoon_model,
+                images=[f"s3://{BUCKET}/archive/"],
+                out=f"s3://{BUCKET}/{out}",
+                score_threshold=0.0,
+                chunk_size=4,
+                formats=["jsonl", "parquet", "coco"],
+                beam_args=[f"--s3_endpoint_url={url}", *REGION],
+            )
+        )
 
     ref = score("score-ref", endpoint)
     proxy.configure(fail_every=6, fail_first=0, status=500, fail_when=None)
@@ -197,23 +230,43 @@ def test_an_image_that_cannot_be_read_for_now_is_scored_by_the_next_run(s3, racc
         client.put_object(Bucket=BUCKET, Key=f"throttled/img{i}.jpg", Body=_jpeg(10 + i))
 
     def score(out, url):  # two chunks: img0-2 and img3-5
-        return run_score(ScoreConfig(model=raccoon_model, images=[f"s3://{BUCKET}/throttled/"], out=f"s3://{BUCKET}/{out}",
-                                     score_threshold=0.0, chunk_size=3, formats=["jsonl", "parquet", "coco"],
-                                     beam_args=[f"--s3_endpoint_url={url}", *REGION]))
+        return run_score(
+            ScoreConfig(
+                model=raccoon_model,
+                images=[f"s3://{BUCKET}/throttled/"],
+                out=f"s3://{BUCKET}/{out}",
+                score_threshold=0.0,
+                chunk_size=3,
+                formats=["jsonl", "parquet", "coco"],
+                beam_args=[f"--s3_endpoint_url={url}", *REGION],
+            )
+        )
 
     ref = score("read-ref", endpoint)
-    proxy.configure(fail_every=1, fail_first=0, status=429, methods=("GET", "HEAD"),
-                    fail_when=lambda method, path: "/throttled/img4.jpg" in path)
+    proxy.configure(
+        fail_every=1,
+        fail_first=0,
+        status=429,
+        methods=("GET", "HEAD"),
+        fail_when=lambda method, path: "/throttled/img4.jpg" in path,
+    )
     first = score("read-faulty", proxy.url)
     assert proxy.injected_requests(), "no read was refused: the test proves nothing"
-    assert (first["images_in"], first["images_scored"], first["images_failed"], first["images_retryable"]) == (6, 5, 1, 1)
+    assert (first["images_in"], first["images_scored"], first["images_failed"], first["images_retryable"]) == (
+        6,
+        5,
+        1,
+        1,
+    )
     errors = [json.loads(line) for line in _objects(client, "read-faulty/")["errors.jsonl"].splitlines()]
     assert [(e["source"].rsplit("/", 1)[-1], e["reason"]) for e in errors] == [("img4.jpg", "read_error_retryable")]
 
     proxy.configure(fail_every=0, fail_first=0, fail_when=None)  # S3 is well again
     second = score("read-faulty", proxy.url)
     assert (second["chunks_scored_now"], second["images_failed"], second["images_retryable"]) == (1, 0, 0)
-    assert {k: v for k, v in second.items() if k != "chunks_scored_now"} == {k: v for k, v in ref.items() if k != "chunks_scored_now"}
+    assert {k: v for k, v in second.items() if k != "chunks_scored_now"} == {
+        k: v for k, v in ref.items() if k != "chunks_scored_now"
+    }
     want, got = _objects(client, "read-ref/"), _objects(client, "read-faulty/")
     for name in _assert_committed(got)["files"]:
         if name == "summary.json":  # the rerun's also says what changed since the first run: one image more scored
@@ -299,11 +352,22 @@ def test_ingest_fails_without_success_when_retries_run_out(s3):
     from beam_jobs.ingest import run_ingest
     from ssdflow.config import IngestConfig
 
-    proxy.configure(fail_first=10**6, fail_every=0, status=503, fail_when=lambda method, path: path.split("?")[0].endswith("/final/stats.json"))
+    proxy.configure(
+        fail_first=10**6,
+        fail_every=0,
+        status=503,
+        fail_when=lambda method, path: path.split("?")[0].endswith("/final/stats.json"),
+    )
     with pytest.raises(Exception, match="SlowDown"):
-        run_ingest(IngestConfig(images=f"s3://{BUCKET}/raw/images/", labels=f"s3://{BUCKET}/raw/labels/", format="voc",
-                                out=f"s3://{BUCKET}/ingest-burst",
-                                beam_args=[f"--s3_endpoint_url={proxy.url}", *REGION]))
+        run_ingest(
+            IngestConfig(
+                images=f"s3://{BUCKET}/raw/images/",
+                labels=f"s3://{BUCKET}/raw/labels/",
+                format="voc",
+                out=f"s3://{BUCKET}/ingest-burst",
+                beam_args=[f"--s3_endpoint_url={proxy.url}", *REGION],
+            )
+        )
     assert proxy.injected >= 3
     objs = _objects(client, "ingest-burst/")
     assert client.get_object(Bucket=BUCKET, Key="ingest-burst/_SUCCESS")["Body"].read() == b'{"files": []}'  # untouched

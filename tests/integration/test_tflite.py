@@ -28,7 +28,9 @@ def _ops(path: Path) -> tuple[set[str], dict]:
     return {op["op_name"] for op in interpreter._get_ops_details()}, interpreter.get_input_details()[0]
 
 
-def test_tflite_export_carries_postprocessing_and_metadata_and_scores_as_the_savedmodel(raccoon_model, raccoon_records, tmp_path):
+def test_tflite_export_carries_postprocessing_and_metadata_and_scores_as_the_savedmodel(
+    raccoon_model, raccoon_records, tmp_path
+):
     from model import tflite_metadata
 
     model = tmp_path / "model"
@@ -64,20 +66,29 @@ def test_tflite_export_carries_postprocessing_and_metadata_and_scores_as_the_sav
 
     image = tf.constant([(raccoon_or_skip() / "images" / "raccoon-1.jpg").read_bytes()])
     lite = {k: v.numpy()[0] for k, v in TFLiteDetector(str(model / "model.tflite"))(image).items()}
-    saved = {k: v.numpy()[0] for k, v in tf.saved_model.load(str(model)).signatures["serving_default"](images=image).items()}
+    saved = {
+        k: v.numpy()[0] for k, v in tf.saved_model.load(str(model)).signatures["serving_default"](images=image).items()
+    }
     n = int(saved["num_detections"])
     for i in range(5):  # matched, not indexed: this model's anchors tie on score, and ties may come out in any order
-        assert any(abs(lite["detection_scores"][i] - saved["detection_scores"][j]) <= 1e-4
-                   and abs(lite["detection_boxes"][i] - saved["detection_boxes"][j]).max() <= 1e-3
-                   and lite["detection_classes"][i] == saved["detection_classes"][j] for j in range(n)), i
+        assert any(
+            abs(lite["detection_scores"][i] - saved["detection_scores"][j]) <= 1e-4
+            and abs(lite["detection_boxes"][i] - saved["detection_boxes"][j]).max() <= 1e-3
+            and lite["detection_classes"][i] == saved["detection_classes"][j]
+            for j in range(n)
+        ), i
 
     # `evaluate` on the file gives what the export recorded.
     result = _cli("evaluate", "--model", str(model / "model.tflite"), "--data", raccoon_records)
     assert result.exit_code == 0, result.output
-    assert json.loads(result.output[result.output.index("{"):])["mAP@.5"] == manifest["model.tflite"]["metrics"]["mAP@.5"]
+    assert (
+        json.loads(result.output[result.output.index("{") :])["mAP@.5"] == manifest["model.tflite"]["metrics"]["mAP@.5"]
+    )
 
     # int8: calibrated on the train split, uint8 pixels in, a fraction of the size.
-    result = _cli("export", "--model", str(model), "--format", "tflite", "--quantize", "int8", "--data", raccoon_records)
+    result = _cli(
+        "export", "--model", str(model), "--format", "tflite", "--quantize", "int8", "--data", raccoon_records
+    )
     assert result.exit_code == 0, result.output
     manifest = json.loads((model / "tflite.json").read_text())
     entry = manifest["model_int8.tflite"]
@@ -86,7 +97,11 @@ def test_tflite_export_carries_postprocessing_and_metadata_and_scores_as_the_sav
     assert "TFLite_Detection_PostProcess" in ops and inp["dtype"].__name__ == "uint8"
     assert inp["quantization"] == (1.0, 0)  # raw pixels: the network scales them itself
     card = (model / "model_card.md").read_text()
-    assert card.count("## TFLite") == 1 and "| `model.tflite` | none |" in card and "| `model_int8.tflite` | int8 |" in card
+    assert (
+        card.count("## TFLite") == 1
+        and "| `model.tflite` | none |" in card
+        and "| `model_int8.tflite` | int8 |" in card
+    )
     assert not [p.name for p in model.iterdir() if p.name.endswith(".tmp")]
 
 
@@ -103,7 +118,10 @@ def test_tflite_export_refuses_bad_input_naming_the_flag(raccoon_model, tmp_path
         (["--model", str(model), "--format", "onnx"], "'onnx' is not one of"),  # click's choices
         (["--model", str(model), "--format", "tflite", "--quantize", "int4"], "'int4' is not one of"),
         (["--model", str(model), "--format", "tflite", "--quantize", "int8"], "--quantize int8 needs --data"),
-        (["--model", str(model), "--format", "tflite", "--data", str(empty)], f"{empty}: no _SUCCESS: not a complete ingest output"),
+        (
+            ["--model", str(model), "--format", "tflite", "--data", str(empty)],
+            f"{empty}: no _SUCCESS: not a complete ingest output",
+        ),
         (["--model", str(empty), "--format", "tflite"], "--model"),
         (["--model", str(no_savedmodel), "--format", "tflite"], "--model"),
     ]
@@ -131,8 +149,16 @@ def test_score_runs_a_tflite_file_with_the_savedmodels_outputs_chunks_and_resume
     (images / "zz-corrupt.jpg").write_bytes(good[:400] + b"\x00" * 50 + b"garbage" * 40)  # valid header, broken body
 
     def score(model_arg: Path, out: Path) -> tuple[dict, dict]:
-        m = run_score(ScoreConfig(model=str(model_arg), images=[str(images)], out=str(out), score_threshold=0.0,
-                                  max_detections=5, chunk_size=3))
+        m = run_score(
+            ScoreConfig(
+                model=str(model_arg),
+                images=[str(images)],
+                out=str(out),
+                score_threshold=0.0,
+                max_detections=5,
+                chunk_size=3,
+            )
+        )
         records = {}
         for shard in sorted(out.glob("detections-*.jsonl")):
             for line in shard.read_text().splitlines():
@@ -142,7 +168,11 @@ def test_score_runs_a_tflite_file_with_the_savedmodels_outputs_chunks_and_resume
 
     lite_m, lite = score(model / "model.tflite", tmp_path / "out-lite")
     saved_m, saved = score(model, tmp_path / "out-saved")
-    assert (lite_m["runtime"], lite_m["model_file"], lite_m["model_version"]) == ("tflite", str(model / "model.tflite"), f"{model.name}.model")
+    assert (lite_m["runtime"], lite_m["model_file"], lite_m["model_version"]) == (
+        "tflite",
+        str(model / "model.tflite"),
+        f"{model.name}.model",
+    )
     assert saved_m["runtime"] == "saved_model" and "model_file" not in saved_m
     for key in ("images_in", "images_scored", "images_failed", "chunks"):
         assert lite_m[key] == saved_m[key], key
@@ -154,7 +184,9 @@ def test_score_runs_a_tflite_file_with_the_savedmodels_outputs_chunks_and_resume
         assert lite[name]["model_version"] == f"{model.name}.model" and lite[name]["detections"]
         assert abs(lite[name]["detections"][0]["score"] - saved[name]["detections"][0]["score"]) <= 2e-4, name
     chunks = tmp_path / "out-lite" / "chunks"
-    assert [p.name for p in chunks.iterdir()] == [f"{model.name}.model"]  # chunks keyed by the file, apart from the SavedModel's
+    assert [p.name for p in chunks.iterdir()] == [
+        f"{model.name}.model"
+    ]  # chunks keyed by the file, apart from the SavedModel's
 
     # Resume: the same file again scores nothing new; a changed file is another model.
     again, _ = score(model / "model.tflite", tmp_path / "out-lite")
@@ -171,31 +203,48 @@ def test_score_runs_a_tflite_file_with_the_savedmodels_outputs_chunks_and_resume
 
     with moto_s3(bucket="ssdflow-tflite") as (endpoint, s3):
         upload_models_dir(s3, "ssdflow-tflite", model, "models")
-        remote = run_score(ScoreConfig(model=f"s3://ssdflow-tflite/models/{model.name}/model.tflite", images=[str(images)],
-                                       out=str(tmp_path / "out-s3"), score_threshold=0.0, max_detections=5, chunk_size=3,
-                                       beam_args=[f"--s3_endpoint_url={endpoint}", "--s3_region_name=us-east-1"]))
+        remote = run_score(
+            ScoreConfig(
+                model=f"s3://ssdflow-tflite/models/{model.name}/model.tflite",
+                images=[str(images)],
+                out=str(tmp_path / "out-s3"),
+                score_threshold=0.0,
+                max_detections=5,
+                chunk_size=3,
+                beam_args=[f"--s3_endpoint_url={endpoint}", "--s3_region_name=us-east-1"],
+            )
+        )
     assert remote["runtime"] == "tflite" and remote["model_version"] == lite_m["model_version"]
-    remote_records = {Path(r["source"]).name: r for shard in sorted((tmp_path / "out-s3").glob("detections-*.jsonl"))
-                      for r in map(json.loads, shard.read_text().splitlines())}
+    remote_records = {
+        Path(r["source"]).name: r
+        for shard in sorted((tmp_path / "out-s3").glob("detections-*.jsonl"))
+        for r in map(json.loads, shard.read_text().splitlines())
+    }
     assert remote_records == lite
 
     # TFLite's console lines (the XNNPACK delegate's announcement at a process's first call) are filtered.
     import subprocess
     import sys
 
-    code = ("import ssdflow, numpy as np; from model.tflite import TFLiteDetector; "
-            f"d = TFLiteDetector({str(model / 'model.tflite')!r}); d.detect_pixels(np.zeros((d.size, d.size, 3), np.float32)); "
-            "import sys; print('ran', file=sys.stderr)")
+    code = (
+        "import ssdflow, numpy as np; from model.tflite import TFLiteDetector; "
+        f"d = TFLiteDetector({str(model / 'model.tflite')!r}); d.detect_pixels(np.zeros((d.size, d.size, 3), np.float32)); "
+        "import sys; print('ran', file=sys.stderr)"
+    )
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0 and "ran" in run.stderr and "XNNPACK" not in run.stderr, run.stderr
 
     # A .tflite that is not there, or not beside its model, is refused by name.
-    result = _cli("score", "--model", str(model / "model_int8.tflite"), "--images", str(images), "--out", str(tmp_path / "o3"))
+    result = _cli(
+        "score", "--model", str(model / "model_int8.tflite"), "--images", str(images), "--out", str(tmp_path / "o3")
+    )
     assert result.exit_code != 0 and "model_int8.tflite: no such .tflite file" in result.output
     stray = tmp_path / "stray"
     stray.mkdir()
     shutil.copy(model / "model.tflite", stray / "model.tflite")
-    result = _cli("score", "--model", str(stray / "model.tflite"), "--images", str(images), "--out", str(tmp_path / "o4"))
+    result = _cli(
+        "score", "--model", str(stray / "model.tflite"), "--images", str(images), "--out", str(tmp_path / "o4")
+    )
     assert result.exit_code != 0 and "not beside its exported model" in result.output
 
 
@@ -212,21 +261,40 @@ def test_tflite_export_of_a_champion_in_s3_goes_back_beside_it(raccoon_model, ra
         storage.configure([f"--s3_endpoint_url={endpoint}"])
         models = "s3://ssdflow-lite/models"
         version = registry.new_version(models)
-        shutil.copytree(raccoon_model, registry.staging_dir(models, version), dirs_exist_ok=True,
-                        ignore=shutil.ignore_patterns("_SUCCESS", "*.tflite", "tflite.json"))
+        shutil.copytree(
+            raccoon_model,
+            registry.staging_dir(models, version),
+            dirs_exist_ok=True,
+            ignore=shutil.ignore_patterns("_SUCCESS", "*.tflite", "tflite.json"),
+        )
         registry.commit_version(models, version)
         registry.promote_version(models, version, "ana", "the first")
-        card_before = s3.get_object(Bucket="ssdflow-lite", Key=f"models/{version}/model_card.md")["Body"].read().decode()
+        card_before = (
+            s3.get_object(Bucket="ssdflow-lite", Key=f"models/{version}/model_card.md")["Body"].read().decode()
+        )
         storage.upload_tree(raccoon_records, "s3://ssdflow-lite/records")
 
-        result = _cli("export", "--format", "tflite", "--model", models, "--data", "s3://ssdflow-lite/records",
-                      f"--s3_endpoint_url={endpoint}")
+        result = _cli(
+            "export",
+            "--format",
+            "tflite",
+            "--model",
+            models,
+            "--data",
+            "s3://ssdflow-lite/records",
+            f"--s3_endpoint_url={endpoint}",
+        )
         assert result.exit_code == 0, result.output
         assert f"export: {models}/{version}/model.tflite" in result.output
         stored = {o["Key"] for o in s3.list_objects_v2(Bucket="ssdflow-lite", Prefix=f"models/{version}/")["Contents"]}
         assert {f"models/{version}/model.tflite", f"models/{version}/tflite.json"} <= stored
-        entry = json.loads(s3.get_object(Bucket="ssdflow-lite", Key=f"models/{version}/tflite.json")["Body"].read())["model.tflite"]
+        entry = json.loads(s3.get_object(Bucket="ssdflow-lite", Key=f"models/{version}/tflite.json")["Body"].read())[
+            "model.tflite"
+        ]
         assert 0 <= entry["metrics"]["mAP@.5"] <= 1
         card = s3.get_object(Bucket="ssdflow-lite", Key=f"models/{version}/model_card.md")["Body"].read().decode()
-        assert card.startswith(card_before.split("<!-- ssdflow: tflite -->")[0].rstrip("\n")) and "| `model.tflite` | none |" in card
+        assert (
+            card.startswith(card_before.split("<!-- ssdflow: tflite -->")[0].rstrip("\n"))
+            and "| `model.tflite` | none |" in card
+        )
         assert registry.list_versions(models) == [version]  # the version is still whole: its manifest untouched

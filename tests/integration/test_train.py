@@ -59,10 +59,14 @@ def test_overfit_exported_model_finds_every_box(shapes, trained):
             continue
         out = serve(images=tf.constant([(shapes["images"] / f"{key}.jpg").read_bytes()]))
         n = int(out["num_detections"][0])
-        boxes, classes, scores = (out[k][0][:n].numpy() for k in ("detection_boxes", "detection_classes", "detection_scores"))
+        boxes, classes, scores = (
+            out[k][0][:n].numpy() for k in ("detection_boxes", "detection_classes", "detection_scores")
+        )
         for name, x0, y0, x1, y1 in objects:
             gt = (y0 / 128, x0 / 128, y1 / 128, x1 / 128)
-            best = max((_iou(gt, b) for b, c, s in zip(boxes, classes, scores) if c == ids[name] and s > 0.3), default=0.0)
+            best = max(
+                (_iou(gt, b) for b, c, s in zip(boxes, classes, scores) if c == ids[name] and s > 0.3), default=0.0
+            )
             assert best > 0.5, f"{key}: no {name} found at {gt} (best IoU {best:.2f})"
             checked += 1
     assert checked >= 6
@@ -82,9 +86,22 @@ def test_better_challenger_promoted_worse_one_not(shapes, trained):
     # reach the loss and the input pipeline) and merges boxes after NMS (validation and the export), with two anchor scales per
     # level (the heads, anchors, export and scoring agree on their number) and the epoch kept by
     # map_near_map50 (its weights restored from the candidate's own file).
-    worse = _train(shapes, epochs=None, time_budget=0.001, steps_per_epoch=5, learning_rate=1e-5, seed=7, eval_every=1,
-                   classification_loss="quality_focal", box_loss="giou", matching="atss", box_merge_iou=0.6, anchor_scales_per_level=2,
-                   best_epoch_metric="map_near_map50", map50_tolerance=0.03)
+    worse = _train(
+        shapes,
+        epochs=None,
+        time_budget=0.001,
+        steps_per_epoch=5,
+        learning_rate=1e-5,
+        seed=7,
+        eval_every=1,
+        classification_loss="quality_focal",
+        box_loss="giou",
+        matching="atss",
+        box_merge_iou=0.6,
+        anchor_scales_per_level=2,
+        best_epoch_metric="map_near_map50",
+        map50_tolerance=0.03,
+    )
     assert worse.metrics["phases_ended_by"] == ["time budget"] and worse.metrics["epochs"] == 1
     assert (worse.metrics["best_epoch"], worse.metrics["best_phase"]) == (1, "phase1")
     assert worse.metrics["best_epoch_metric"] == "val mAP@[.5:.95] within 0.03 of the best val mAP@.5"
@@ -109,7 +126,10 @@ def test_better_challenger_promoted_worse_one_not(shapes, trained):
     architecture = json.load(open(os.path.join(worse.model_dir, "ssdflow_model.json")))["model"]
     fitted = architecture["min_scale"]
     assert 0.15 < fitted <= 0.2 and architecture["scales_per_level"] == 2
-    assert f"anchor scales {fitted:.3g}-0.95 of the image side (linear, 2 per level), aspect ratios (w/h) 1, 2, 0.5, 3, 0.333" in card
+    assert (
+        f"anchor scales {fitted:.3g}-0.95 of the image side (linear, 2 per level), aspect ratios (w/h) 1, 2, 0.5, 3, 0.333"
+        in card
+    )
     assert "phase1 epoch 1, the best val mAP@[.5:.95] within 0.03 of the best val mAP@.5 of the 1 evaluated" in card
     assert architecture["finest_stride"] == 16  # the shapes are 1/6-1/2 of the image: no stride-8 level needed
     assert "| mAP small / medium / large" in card
@@ -129,8 +149,11 @@ def test_rerun_after_a_crash_reuses_the_committed_version(shapes, trained):
     _, strong = trained
     decisions = os.path.join(shapes["models"], "decisions.jsonl")
     versions, lines = registry.list_versions(shapes["models"]), open(decisions).read()
-    cfg = TrainConfig(data=shapes["records"], models=shapes["models"], **{**TINY, "epochs": 3, "steps_per_epoch": 40,
-                                                                          "learning_rate": 3e-3})
+    cfg = TrainConfig(
+        data=shapes["records"],
+        models=shapes["models"],
+        **{**TINY, "epochs": 3, "steps_per_epoch": 40, "learning_rate": 3e-3},
+    )
     again = train(cfg, verbose=0, reuse_completed=True)
     assert (again.version, again.epochs_run) == (strong.version, 0)
     assert again.decision == strong.decision and again.metrics["mAP"] == strong.metrics["mAP"]
@@ -184,34 +207,59 @@ def test_saved_model_reloads_in_a_fresh_process_and_serves_tf_od_api_clients(tra
     W, 3])``): its boxes match the bytes signature's for the same pixels (issue 14 asks within 0.02;
     the same pixels give the same boxes to 1e-3)."""
     _, strong = trained
-    key = next(k for k in sorted(shapes["truth"]) if split_for(k, VAL_FRACTION) == "train")  # one the model finds boxes on
+    key = next(
+        k for k in sorted(shapes["truth"]) if split_for(k, VAL_FRACTION) == "train"
+    )  # one the model finds boxes on
     image = str(shapes["images"] / f"{key}.jpg")
-    proc = subprocess.run([sys.executable, "-c", TF_OD_API_SNIPPET, strong.model_dir, image], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", TF_OD_API_SNIPPET, strong.model_dir, image], capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     info = json.loads(proc.stdout.strip().splitlines()[-1])
     assert info["inputs"] == ["images"]
     assert info["outputs"] == ["detection_boxes", "detection_classes", "detection_scores", "num_detections"]
     assert info["shapes"]["detection_boxes"] == [2, 100, 4] and info["shapes"]["num_detections"] == [2]
-    assert info["signature_inputs"] == {"image_tensor": ["input_tensor"], "encoded_image_string_tensor": ["input_tensor"]}
+    assert info["signature_inputs"] == {
+        "image_tensor": ["input_tensor"],
+        "encoded_image_string_tensor": ["input_tensor"],
+    }
     odapi, by_bytes, same = info["odapi"], info["bytes"], info["same_pixels"]
-    confident = [(b, c) for b, c, s in zip(same["detection_boxes"], same["detection_classes"], same["detection_scores"]) if s > 0.3]
+    confident = [
+        (b, c)
+        for b, c, s in zip(same["detection_boxes"], same["detection_classes"], same["detection_scores"])
+        if s > 0.3
+    ]
     assert confident and odapi["num_detections"] >= len(confident)
     for box, cls in confident:  # batch 2 vs batch 1: oneDNN may round apart, so matched, not indexed
-        diff = min(max(abs(x - y) for x, y in zip(box, other))
-                   for other, other_cls in zip(odapi["detection_boxes"], odapi["detection_classes"]) if other_cls == int(cls))
+        diff = min(
+            max(abs(x - y) for x, y in zip(box, other))
+            for other, other_cls in zip(odapi["detection_boxes"], odapi["detection_classes"])
+            if other_cls == int(cls)
+        )
         assert diff <= 1e-3, (box, diff)
     assert any(s > 0.3 for s in by_bytes["detection_scores"])  # and the JPEG bytes themselves are served
-    for key in ("detection_boxes", "detection_scores", "detection_classes"):  # the same signature under the TF OD API's name
-        assert np.allclose(info["encoded"][key], by_bytes[key], atol=1e-4), key  # (batch 1 vs 2: oneDNN may round apart)
+    for key in (
+        "detection_boxes",
+        "detection_scores",
+        "detection_classes",
+    ):  # the same signature under the TF OD API's name
+        assert np.allclose(info["encoded"][key], by_bytes[key], atol=1e-4), (
+            key
+        )  # (batch 1 vs 2: oneDNN may round apart)
     assert info["image_tensor"]["detection_boxes"][:3] == odapi["detection_boxes"][:3]
 
 
 def test_evaluate_reproduces_metrics_json(trained, shapes):
     _, strong = trained
-    proc = subprocess.run([sys.executable, "-m", "ssdflow.cli", "evaluate", "--model", shapes["models"], "--data", shapes["records"]],
-                          capture_output=True, text=True, timeout=300, cwd=REPO)
+    proc = subprocess.run(
+        [sys.executable, "-m", "ssdflow.cli", "evaluate", "--model", shapes["models"], "--data", shapes["records"]],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    got = json.loads(proc.stdout[proc.stdout.index("{"):])
+    got = json.loads(proc.stdout[proc.stdout.index("{") :])
     saved = json.load(open(os.path.join(strong.model_dir, "metrics.json")))
     for key in ("mAP", "mAP@.5", "mAP@.75", "per_class", "num_detections"):
         assert got[key] == saved[key], key
@@ -270,10 +318,22 @@ def test_warm_start_continues_from_the_champion(trained, shapes, tmp_path):
     shutil.copytree(shapes["models"], models)
     champion = registry.read_champion(models)["version"]
     # Settings that differ from the champion's architecture (alpha, size) are the champion's in a warm start.
-    warm = train(TrainConfig(data=shapes["records"], models=str(models), **{**TINY, "alpha": 0.5, "image_size": 160,
-                                                                           "epochs": 3, "steps_per_epoch": 1,
-                                                                           "learning_rate": 1e-12, "init_from": "champion"}),
-                 verbose=0)
+    warm = train(
+        TrainConfig(
+            data=shapes["records"],
+            models=str(models),
+            **{
+                **TINY,
+                "alpha": 0.5,
+                "image_size": 160,
+                "epochs": 3,
+                "steps_per_epoch": 1,
+                "learning_rate": 1e-12,
+                "init_from": "champion",
+            },
+        ),
+        verbose=0,
+    )
     assert warm.metrics["initialized_from"].startswith(f"champion {champion}")
     assert warm.metrics["epochs"] == 1 and warm.metrics["phases_ended_by"] == ["epochs"]  # a third of 3, one phase
     info = json.load(open(os.path.join(warm.model_dir, "ssdflow_model.json")))["model"]
@@ -288,10 +348,22 @@ def test_warm_start_continues_from_the_champion(trained, shapes, tmp_path):
     # it started from: they compete as epoch 0 on val.
     start = registry.read_champion(models)["version"]
     start_map = json.loads((models / start / "metrics.json").read_text())["mAP@.5"]
-    wrecked = train(TrainConfig(data=shapes["records"], models=str(models), **{**TINY, "epochs": 3, "steps_per_epoch": 1,
-                                                                              "learning_rate": 1.0, "fine_tune_lr_factor": 1.0,
-                                                                              "eval_every": 1,
-                                                                              "init_from": "champion"}), verbose=0)
+    wrecked = train(
+        TrainConfig(
+            data=shapes["records"],
+            models=str(models),
+            **{
+                **TINY,
+                "epochs": 3,
+                "steps_per_epoch": 1,
+                "learning_rate": 1.0,
+                "fine_tune_lr_factor": 1.0,
+                "eval_every": 1,
+                "init_from": "champion",
+            },
+        ),
+        verbose=0,
+    )
     history = wrecked.metrics["validation_history"]
     assert [(h["phase"], h["epoch"]) for h in history] == [("start", 0), ("phase2", 1)]
     assert history[0]["mAP@.5"] == pytest.approx(start_map) and history[1]["mAP@.5"] < start_map
@@ -304,7 +376,13 @@ def test_warm_start_continues_from_the_champion(trained, shapes, tmp_path):
     label_map["classes"] = [{**c, "name": c["name"] + "-renamed"} for c in label_map["classes"]]
     (models / champion / "label_map.json").write_text(json.dumps(label_map))
     with pytest.raises(TrainError, match="label map differs"):
-        train(TrainConfig(data=shapes["records"], models=str(models), **{**TINY, "epochs": 1, "steps_per_epoch": 1,
-                                                                        "init_from": "champion"}), verbose=0)
+        train(
+            TrainConfig(
+                data=shapes["records"],
+                models=str(models),
+                **{**TINY, "epochs": 1, "steps_per_epoch": 1, "init_from": "champion"},
+            ),
+            verbose=0,
+        )
     # ``auto`` then starts from the backbone, saying why (warm_start.resolve, tests/unit/test_warm_start.py;
     # the sentence lands in the metrics as the champion start's did above).

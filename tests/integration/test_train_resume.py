@@ -59,8 +59,29 @@ def test_killed_training_resumes_from_its_checkpoint(shapes, tmp_path, capfd):
 
     from model.export import KERAS_WEIGHTS
 
-    args = ["--data", shapes["records"], "--alpha", "0.35", "--image-size", "128", "--batch-size", "4", "--backbone-weights", "none",
-            "--epochs", "3", "--steps-per-epoch", "4", "--min-map", "0", "--deterministic", "--time-budget", "0", "--eval-every", "1"]
+    args = [
+        "--data",
+        shapes["records"],
+        "--alpha",
+        "0.35",
+        "--image-size",
+        "128",
+        "--batch-size",
+        "4",
+        "--backbone-weights",
+        "none",
+        "--epochs",
+        "3",
+        "--steps-per-epoch",
+        "4",
+        "--min-map",
+        "0",
+        "--deterministic",
+        "--time-budget",
+        "0",
+        "--eval-every",
+        "1",
+    ]
     train = [sys.executable, "-m", "ssdflow.cli", "train", *args]
     ref_models, models = tmp_path / "ref", tmp_path / "models"
     ref = subprocess.run(train + ["--models", str(ref_models)], cwd=REPO, capture_output=True, text=True, timeout=600)
@@ -68,8 +89,14 @@ def test_killed_training_resumes_from_its_checkpoint(shapes, tmp_path, capfd):
 
     flag = tmp_path / "flag"
     env = dict(os.environ, KILL_FLAG=str(flag), KILL_AFTER="1")
-    proc = subprocess.Popen([sys.executable, "-c", STOP_AFTER_CHECKPOINT, *args, "--models", str(models)], cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", STOP_AFTER_CHECKPOINT, *args, "--models", str(models)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.time() + 300
     while not flag.exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.1)
@@ -85,7 +112,10 @@ def test_killed_training_resumes_from_its_checkpoint(shapes, tmp_path, capfd):
 
     capfd.readouterr()
     assert run_cli(["train", *args, "--models", str(models)]) == 2
-    assert "holds an interrupted run of these settings and data: pass --resume to continue it, or --fresh" in capfd.readouterr().err
+    assert (
+        "holds an interrupted run of these settings and data: pass --resume to continue it, or --fresh"
+        in capfd.readouterr().err
+    )
     assert ckpt.exists()
     cmd = train + ["--models", str(models)]
 
@@ -97,8 +127,14 @@ def test_killed_training_resumes_from_its_checkpoint(shapes, tmp_path, capfd):
     # Its output is a log (a pipe): a header saying what is trained, then one plain line per epoch
     # run now (the first was done before the kill), no Keras bar, no ANSI codes.
     lines = done.stdout.splitlines()
-    assert lines[0].startswith("train: ") and "SSD MobileNetV2 alpha 0.35, 128 px" in lines[0] and "at most 3 epochs" in lines[0]
-    assert [line.split(",")[0] for line in lines if " epoch " in line] == [f"train: epoch {e} of at most 3 (phase1)" for e in (2, 3)]
+    assert (
+        lines[0].startswith("train: ")
+        and "SSD MobileNetV2 alpha 0.35, 128 px" in lines[0]
+        and "at most 3 epochs" in lines[0]
+    )
+    assert [line.split(",")[0] for line in lines if " epoch " in line] == [
+        f"train: epoch {e} of at most 3 (phase1)" for e in (2, 3)
+    ]
     assert "\x1b[" not in done.stdout + done.stderr
 
     # The state, against the uninterrupted run.
@@ -108,11 +144,15 @@ def test_killed_training_resumes_from_its_checkpoint(shapes, tmp_path, capfd):
     ref_dir, dir_ = ref_models / ref_version, models / version
     ref_metrics, metrics = (json.loads((d / "metrics.json").read_text()) for d in (ref_dir, dir_))
     assert metrics["optimizer_steps"] == ref_metrics["optimizer_steps"] == {"phase1": 12}
-    assert [(e["phase"], e["epoch"], e["steps"]) for e in metrics["history"]] == [("phase1", e, 4 * e) for e in (1, 2, 3)]
+    assert [(e["phase"], e["epoch"], e["steps"]) for e in metrics["history"]] == [
+        ("phase1", e, 4 * e) for e in (1, 2, 3)
+    ]
     assert metrics["epochs"] == ref_metrics["epochs"] == 3
     assert [e["loss"] for e in metrics["history"]] == [e["loss"] for e in ref_metrics["history"]]
     assert [(e["phase"], e["epoch"]) for e in metrics["validation_history"]] == [("phase1", e) for e in (1, 2, 3)]
-    assert metrics["validation_history"][0]["mAP"] == ref_metrics["validation_history"][0]["mAP"]  # made before the kill
+    assert (
+        metrics["validation_history"][0]["mAP"] == ref_metrics["validation_history"][0]["mAP"]
+    )  # made before the kill
     assert metrics["best_epoch"] == ref_metrics["best_epoch"]
     ref_weights, weights = _weights(ref_dir / KERAS_WEIGHTS), _weights(dir_ / KERAS_WEIGHTS)
     assert ref_weights.keys() == weights.keys() and len(weights) > 100
@@ -134,7 +174,10 @@ def test_an_interrupted_run_is_kept_unless_fresh_and_resume_needs_the_same_setti
     with pytest.raises(TrainError, match="interrupted run of these settings and data: pass --resume"):
         prepare_run_dir(cfg, {"a": 1})
     assert (run_dir / "phase1").exists()
-    assert prepare_run_dir(cfg.model_copy(update={"resume": True}), {"a": 1}) == str(run_dir) and (run_dir / "phase1").exists()
+    assert (
+        prepare_run_dir(cfg.model_copy(update={"resume": True}), {"a": 1}) == str(run_dir)
+        and (run_dir / "phase1").exists()
+    )
     prepare_run_dir(cfg.model_copy(update={"fresh": True}), {"a": 2})
     assert not (run_dir / "phase1").exists()
     with pytest.raises(ValueError, match="resume and fresh exclude each other"):

@@ -32,8 +32,19 @@ pytest.importorskip("boto3")
 BIN = os.path.dirname(sys.executable)
 BUCKET = "ssdflow-night"
 DATA = f"s3://{BUCKET}/ssdflow"
-TINY = {"alpha": 0.35, "image_size": 128, "batch_size": 4, "backbone_weights": "none", "bn_momentum": 0.9, "augment": False,
-        "eval_every": 1000, "min_map": 0.0, "time_budget": 0, "init_from": "backbone", "deterministic": True}
+TINY = {
+    "alpha": 0.35,
+    "image_size": 128,
+    "batch_size": 4,
+    "backbone_weights": "none",
+    "bn_momentum": 0.9,
+    "augment": False,
+    "eval_every": 1000,
+    "min_map": 0.0,
+    "time_budget": 0,
+    "init_from": "backbone",
+    "deterministic": True,
+}
 
 
 def keys(client, prefix: str) -> list[str]:
@@ -47,7 +58,11 @@ def local_paths(value, where="") -> list[str]:
         return [p for k, v in value.items() for p in local_paths(v, f"{where}.{k}")]
     if isinstance(value, list):
         return [p for i, v in enumerate(value) for p in local_paths(v, f"{where}[{i}]")]
-    return [f"{where}={value}"] if isinstance(value, str) and (value.startswith(("/", "./", "~")) or "127.0.0.1" in value) else []
+    return (
+        [f"{where}={value}"]
+        if isinstance(value, str) and (value.startswith(("/", "./", "~")) or "127.0.0.1" in value)
+        else []
+    )
 
 
 def descendants(pid: int) -> list[int]:
@@ -72,17 +87,25 @@ class Worker:
     def __init__(self, home, base_env: dict, name: str):
         self.dir = home / name
         (self.dir / "cache").mkdir(parents=True)
-        self.env = {**base_env, "SSDFLOW_CACHE_DIR": str(self.dir / "cache"), "HOME": str(self.dir),
-                    "PREFECT_WORKER_QUERY_SECONDS": "1"}  # Prefect's 10 s between polls would be most of a run's wait
+        self.env = {
+            **base_env,
+            "SSDFLOW_CACHE_DIR": str(self.dir / "cache"),
+            "HOME": str(self.dir),
+            "PREFECT_WORKER_QUERY_SECONDS": "1",
+        }  # Prefect's 10 s between polls would be most of a run's wait
         self.name, self.proc = name, None
 
     def start(self):
         # At a lower CPU priority (the flow runs inherit it): this test's runs have minutes to finish,
         # the suite's other files (the browser test's page loads) run beside it on 2 cores.
-        self.proc = subprocess.Popen(["nice", "-n", "10", f"{BIN}/prefect", "worker", "start", "--pool", "ssdflow-process",
-                                      "--name", self.name],
-                                     cwd=self.dir, env=self.env, stdout=open(self.dir / "worker.log", "a"),
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(
+            ["nice", "-n", "10", f"{BIN}/prefect", "worker", "start", "--pool", "ssdflow-process", "--name", self.name],
+            cwd=self.dir,
+            env=self.env,
+            stdout=open(self.dir / "worker.log", "a"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         return self
 
     def stop(self):
@@ -105,8 +128,11 @@ class Worker:
 
 def run(api: str, deployment: dict, config: dict) -> str:
     assert not local_paths(config), local_paths(config)
-    status, created = request("POST", f"{api}/deployments/{deployment['id']}/create_flow_run",
-                              {"parameters": {"config": config}, "enforce_parameter_schema": True})
+    status, created = request(
+        "POST",
+        f"{api}/deployments/{deployment['id']}/create_flow_run",
+        {"parameters": {"config": config}, "enforce_parameter_schema": True},
+    )
     assert status == 201, created
     return created["id"]
 
@@ -119,9 +145,18 @@ def test_the_nightly_loop_runs_on_two_workers_that_share_only_s3(shapes, tmp_pat
         for path in sorted((shapes["images"].parent / "labels").iterdir()):
             client.put_object(Bucket=BUCKET, Key=f"ssdflow/incoming/annotations/{path.name}", Body=path.read_bytes())
 
-        base = {**env(tmp_path / "prefect", api), "SSDFLOW_REPO": str(REPO), "SSDFLOW_DATA": DATA, "SSDFLOW_TIMEZONE": "UTC",
-                "SSDFLOW_BIN": BIN, "AWS_ENDPOINT_URL": endpoint, "SSDFLOW_LEASE_SECONDS": "20"}
-        deployed = subprocess.run(["bash", "scripts/deploy.sh"], cwd=REPO, env=base, capture_output=True, text=True, timeout=600)
+        base = {
+            **env(tmp_path / "prefect", api),
+            "SSDFLOW_REPO": str(REPO),
+            "SSDFLOW_DATA": DATA,
+            "SSDFLOW_TIMEZONE": "UTC",
+            "SSDFLOW_BIN": BIN,
+            "AWS_ENDPOINT_URL": endpoint,
+            "SSDFLOW_LEASE_SECONDS": "20",
+        }
+        deployed = subprocess.run(
+            ["bash", "scripts/deploy.sh"], cwd=REPO, env=base, capture_output=True, text=True, timeout=600
+        )
         assert deployed.returncode == 0, deployed.stdout[-3000:] + deployed.stderr[-3000:]
         _, deployments = request("POST", f"{api}/deployments/filter", {})
         by_name = {d["name"]: d for d in deployments}
@@ -130,11 +165,18 @@ def test_the_nightly_loop_runs_on_two_workers_that_share_only_s3(shapes, tmp_pat
             # Worker A: the whole night on S3.
             a.start()
             nightly = dict(by_name["nightly-retrain"]["parameters"]["config"])
-            nightly.update(train={**TINY, "epochs": 2, "steps_per_epoch": 3}, comparison_images=0, push_to=f"{DATA}/serving",
-                           score_images=[f"{DATA}/archive/"], score_out=f"{DATA}/scored")
+            nightly.update(
+                train={**TINY, "epochs": 2, "steps_per_epoch": 3},
+                comparison_images=0,
+                push_to=f"{DATA}/serving",
+                score_images=[f"{DATA}/archive/"],
+                score_out=f"{DATA}/scored",
+            )
             finished = wait_for_run(api, run(api, by_name["nightly-retrain"], nightly), timeout=600)
             assert finished["state_type"] == "COMPLETED", a.log()
-            champion = json.loads(client.get_object(Bucket=BUCKET, Key="ssdflow/models/champion.json")["Body"].read())["version"]
+            champion = json.loads(client.get_object(Bucket=BUCKET, Key="ssdflow/models/champion.json")["Body"].read())[
+                "version"
+            ]
             stored = keys(client, "ssdflow/")
             assert f"ssdflow/models/{champion}/_SUCCESS" in stored and "ssdflow/records/_SUCCESS" in stored
             assert "ssdflow/serving/1/saved_model.pb" in stored and "ssdflow/scored/_SUCCESS" in stored
@@ -142,14 +184,25 @@ def test_the_nightly_loop_runs_on_two_workers_that_share_only_s3(shapes, tmp_pat
             summary = json.loads(client.get_object(Bucket=BUCKET, Key="ssdflow/scored/summary.json")["Body"].read())
             assert summary["model_version"] == champion and summary["images_scored"] == 12
             # The version is whole: its manifest lists every file of it; the card names no endpoint.
-            manifest = json.loads(client.get_object(Bucket=BUCKET, Key=f"ssdflow/models/{champion}/_SUCCESS")["Body"].read())
-            assert {"saved_model.pb", "label_map.json", "metrics.json", "model_card.md", "keras.weights.h5"} <= set(manifest["files"])
+            manifest = json.loads(
+                client.get_object(Bucket=BUCKET, Key=f"ssdflow/models/{champion}/_SUCCESS")["Body"].read()
+            )
+            assert {"saved_model.pb", "label_map.json", "metrics.json", "model_card.md", "keras.weights.h5"} <= set(
+                manifest["files"]
+            )
             assert sorted(f"ssdflow/models/{champion}/{f}" for f in manifest["files"]) == [
-                k for k in stored if k.startswith(f"ssdflow/models/{champion}/") and not k.endswith(("_SUCCESS", "decision.json"))]
-            card = client.get_object(Bucket=BUCKET, Key=f"ssdflow/models/{champion}/model_card.md")["Body"].read().decode()
+                k
+                for k in stored
+                if k.startswith(f"ssdflow/models/{champion}/") and not k.endswith(("_SUCCESS", "decision.json"))
+            ]
+            card = (
+                client.get_object(Bucket=BUCKET, Key=f"ssdflow/models/{champion}/model_card.md")["Body"].read().decode()
+            )
             assert "## Promotion decision" in card and endpoint not in card
             # A read the records from one local copy of exactly the files the ingest output's manifest names.
-            records = json.loads(client.get_object(Bucket=BUCKET, Key="ssdflow/records/_SUCCESS")["Body"].read())["files"]
+            records = json.loads(client.get_object(Bucket=BUCKET, Key="ssdflow/records/_SUCCESS")["Body"].read())[
+                "files"
+            ]
             (copy,) = [p for p in (a.dir / "cache").iterdir() if p.name.startswith("records-")]
             assert sorted(os.listdir(copy)) == sorted(["_SUCCESS", *records])
             a.stop()
@@ -162,8 +215,23 @@ def test_the_nightly_loop_runs_on_two_workers_that_share_only_s3(shapes, tmp_pat
             summary = json.loads(client.get_object(Bucket=BUCKET, Key="ssdflow/scored-b/summary.json")["Body"].read())
             assert summary["model_version"] == champion and summary["images_scored"] == 12
             b.stop()
-            listed = subprocess.run([sys.executable, "-m", "ssdflow.cli", "models", "list", "--models", f"{DATA}/models",
-                                     f"--s3_endpoint_url={endpoint}"], cwd=b.dir, env=b.env, capture_output=True, text=True, timeout=120)
+            listed = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "ssdflow.cli",
+                    "models",
+                    "list",
+                    "--models",
+                    f"{DATA}/models",
+                    f"--s3_endpoint_url={endpoint}",
+                ],
+                cwd=b.dir,
+                env=b.env,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
             assert listed.returncode == 0 and f"* {champion}" in listed.stdout, listed.stderr[-3000:]
 
             # A training killed on A, with its worker, resumes on B from its checkpoints in S3.
@@ -192,11 +260,19 @@ def test_the_nightly_loop_runs_on_two_workers_that_share_only_s3(shapes, tmp_pat
             assert rerun["parameters"]["config"]["models"] == train["models"] and rerun["parameters"]["attempt"] == 1
             finished = wait_for_run(api, rerun["id"], timeout=600)
             assert finished["state_type"] == "COMPLETED", b.log()
-            resumed = [line for line in (b.dir / "worker.log").read_text(errors="replace").splitlines() if "resum" in line]
-            assert any("resuming the interrupted training of these settings and data" in line for line in resumed), b.log()
+            resumed = [
+                line for line in (b.dir / "worker.log").read_text(errors="replace").splitlines() if "resum" in line
+            ]
+            assert any("resuming the interrupted training of these settings and data" in line for line in resumed), (
+                b.log()
+            )
             assert any("resuming from the checkpoint after epoch" in line for line in resumed), b.log()
-            version = json.loads(client.get_object(Bucket=BUCKET, Key="ssdflow/models-2/champion.json")["Body"].read())["version"]
-            metrics = json.loads(client.get_object(Bucket=BUCKET, Key=f"ssdflow/models-2/{version}/metrics.json")["Body"].read())
+            version = json.loads(client.get_object(Bucket=BUCKET, Key="ssdflow/models-2/champion.json")["Body"].read())[
+                "version"
+            ]
+            metrics = json.loads(
+                client.get_object(Bucket=BUCKET, Key=f"ssdflow/models-2/{version}/metrics.json")["Body"].read()
+            )
             # B trained only what A had not (it resumed from a checkpoint, above); the version's
             # history holds the whole run, every epoch once, A's included (mirrored with the checkpoints).
             assert [e["epoch"] for e in metrics["history"]] == [1, 2, 3] and metrics["epochs"] == 3

@@ -24,8 +24,15 @@ def test_the_pre_started_workers_do_the_runs_work_and_exit_after_it(tmp_path):
     p = beam_runner.make_pipeline(options, preload=("beam_jobs.ingest",))
     started = list(p.runner.workers.waiting)
     out = tmp_path / "where"
-    (p | beam.Create(range(200)) | beam.Reshuffle() | beam.Map(_where) | beam.Distinct()
-       | beam.Map(" ".join) | beam.io.WriteToText(str(out), shard_name_template=""))
+    (
+        p
+        | beam.Create(range(200))
+        | beam.Reshuffle()
+        | beam.Map(_where)
+        | beam.Distinct()
+        | beam.Map(" ".join)
+        | beam.io.WriteToText(str(out), shard_name_template="")
+    )
     p.run().wait_until_finish()
     rows = [line.split() for line in out.read_text().splitlines()]
     pids = {int(pid) for pid, _ in rows}
@@ -40,7 +47,9 @@ def test_a_pipeline_that_is_never_run_leaves_no_worker_behind():
     pool.close()
     assert [proc.returncode for proc in procs] == [0, 0]  # end-of-file on stdin: exit without a job
 
-    p = beam_runner.make_pipeline(beam_runner.pipeline_options(["--direct_running_mode=multi_processing", "--direct_num_workers=2"]))
+    p = beam_runner.make_pipeline(
+        beam_runner.pipeline_options(["--direct_running_mode=multi_processing", "--direct_num_workers=2"])
+    )
     procs = list(p.runner.workers.waiting)
     del p  # e.g. building it raised
     gc.collect()

@@ -65,7 +65,9 @@ def decode(data: bytes) -> Image.Image:
 
 
 def _png_chunk(ctype: bytes, payload: bytes) -> bytes:
-    return struct.pack(">I", len(payload)) + ctype + payload + struct.pack(">I", zlib.crc32(ctype + payload) & 0xFFFFFFFF)
+    return (
+        struct.pack(">I", len(payload)) + ctype + payload + struct.pack(">I", zlib.crc32(ctype + payload) & 0xFFFFFFFF)
+    )
 
 
 def png_header_only(width: int, height: int, color_type: int = 2, bit_depth: int = 8) -> bytes:

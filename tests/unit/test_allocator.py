@@ -20,7 +20,9 @@ def test_glibc_takes_the_settings_unless_the_user_chose_them():
     ran = subprocess.run([sys.executable, "-c", CODE], env=env, capture_output=True, text=True, check=True)
     assert ran.stdout.strip() == "True"
     for key in allocator.ENV:
-        ran = subprocess.run([sys.executable, "-c", CODE], env={**env, key: "4"}, capture_output=True, text=True, check=True)
+        ran = subprocess.run(
+            [sys.executable, "-c", CODE], env={**env, key: "4"}, capture_output=True, text=True, check=True
+        )
         assert ran.stdout.strip() == "False", key  # the user's setting stands
 
 
@@ -32,7 +34,21 @@ def test_the_ingest_command_sets_them_on_itself(monkeypatch, tmp_path):
     calls = []
     monkeypatch.setattr(allocator, "tune_this_process", lambda: calls.append(1) or True)
     (tmp_path / "images").mkdir()
-    result = CliRunner().invoke(app, ["ingest", "--images", str(tmp_path / "images"), "--labels", str(tmp_path / "images"),
-                                      "--format", "voc", "--out", str(tmp_path / "out")])
-    assert result.exit_code == 2 and "no files found" in result.output, result.output  # an empty input, refused as before
+    result = CliRunner().invoke(
+        app,
+        [
+            "ingest",
+            "--images",
+            str(tmp_path / "images"),
+            "--labels",
+            str(tmp_path / "images"),
+            "--format",
+            "voc",
+            "--out",
+            str(tmp_path / "out"),
+        ],
+    )
+    assert result.exit_code == 2 and "no files found" in result.output, (
+        result.output
+    )  # an empty input, refused as before
     assert calls == [1]

@@ -13,7 +13,13 @@ from ssdflow.config import ModelConfig
 
 @pytest.mark.parametrize(
     "size, extra, expected",
-    [(320, 4, [20, 10, 5, 3, 2, 1]), (128, 4, [8, 4, 2, 1]), (96, 4, [6, 3, 2, 1]), (320, 2, [20, 10, 5, 3]), (352, 6, [22, 11, 6, 3, 2, 1])],
+    [
+        (320, 4, [20, 10, 5, 3, 2, 1]),
+        (128, 4, [8, 4, 2, 1]),
+        (96, 4, [6, 3, 2, 1]),
+        (320, 2, [20, 10, 5, 3]),
+        (352, 6, [22, 11, 6, 3, 2, 1]),
+    ],
 )
 def test_feature_map_sizes(size, extra, expected):
     assert feature_map_sizes(size, extra) == expected
@@ -94,12 +100,18 @@ def test_stride_8_adds_the_finest_level_with_smaller_anchors():
     assert feature_map_sizes(320, 4, finest_stride=8) == [40, 20, 10, 5, 3, 2, 1]
     assert feature_map_sizes(128, 4, finest_stride=8) == [16, 8, 4, 2, 1]
     cfg = ModelConfig(finest_stride=8)
-    assert cfg.first_scale == 0.1 and ModelConfig().first_scale == 0.2 and ModelConfig(min_scale=0.3, finest_stride=8).first_scale == 0.3
+    assert (
+        cfg.first_scale == 0.1
+        and ModelConfig().first_scale == 0.2
+        and ModelConfig(min_scale=0.3, finest_stride=8).first_scale == 0.3
+    )
     anchors = generate_anchors(cfg).numpy()
     assert anchors.shape[0] == num_anchors(cfg) == (1600 + 400 + 100 + 25 + 9 + 4 + 1) * 6
     cy, cx, h, w = _centers_hw(anchors[:6])
     np.testing.assert_allclose([cy[0], cx[0]], [0.5 / 40, 0.5 / 40], atol=1e-6)
-    np.testing.assert_allclose(np.sqrt(w[:5] * h[:5]), 0.1, rtol=1e-5)  # a 32 px object at 320 has an anchor of its size
+    np.testing.assert_allclose(
+        np.sqrt(w[:5] * h[:5]), 0.1, rtol=1e-5
+    )  # a 32 px object at 320 has an anchor of its size
 
 
 def test_stride_8_anchors_match_small_boxes_by_iou():
@@ -123,7 +135,9 @@ def test_fitted_min_scale_follows_small_boxes_within_bounds():
     assert fitted_min_scale(small, 320, 16) == pytest.approx(0.1)  # two stride-16 cells at 320 px
     assert fitted_min_scale(small, 320, 8) == pytest.approx(0.05)  # two stride-8 cells
     assert fitted_min_scale(small, 640, 8) == pytest.approx(0.035)  # the data's own size once the grid is fine enough
-    assert fitted_min_scale(np.linspace(0.12, 0.5, 100), 320, 16) == pytest.approx(0.158, abs=1e-3)  # its 10th percentile
+    assert fitted_min_scale(np.linspace(0.12, 0.5, 100), 320, 16) == pytest.approx(
+        0.158, abs=1e-3
+    )  # its 10th percentile
     assert fitted_min_scale([], 320, 16) == 0.2
 
 
@@ -153,7 +167,7 @@ def test_a_minority_class_of_small_objects_decides_the_finest_level():
     cls, of_class = smallest_class(sides, classes)
     assert cls == 3 and len(of_class) == 14
     assert fitted_finest_stride(of_class) == 8 and fitted_min_scale(of_class, 320, 8) == pytest.approx(0.05)
-    few = np.r_[large, small[:MIN_CLASS_BOXES - 1]], np.r_[classes[:186], np.full(MIN_CLASS_BOXES - 1, 3)]
+    few = np.r_[large, small[: MIN_CLASS_BOXES - 1]], np.r_[classes[:186], np.full(MIN_CLASS_BOXES - 1, 3)]
     assert smallest_class(*few)[0] in (1, 2)  # nine boxes are no percentile
     assert smallest_class(sides[:9], classes[:9]) == (None, pytest.approx(sides[:9]))  # no class has enough: all boxes
 
@@ -170,7 +184,12 @@ def test_training_fits_the_architecture_to_the_smallest_class_and_says_so():
     classes = np.r_[np.where(np.arange(186) % 2, 1, 2), np.full(14, 3)]
     label_map = LabelMap({"circle": 1, "square": 2, "triangle": 3})
     fit = fit_anchors(sides, sides, classes, label_map, TrainSettings(image_size=320))  # square boxes
-    assert (fit["finest_stride"], fit["min_scale"], fit["class"], fit["boxes"]) == (8, pytest.approx(0.05), "triangle", 14)
+    assert (fit["finest_stride"], fit["min_scale"], fit["class"], fit["boxes"]) == (
+        8,
+        pytest.approx(0.05),
+        "triangle",
+        14,
+    )
     # The smallest triangles are under the grid's finest anchors (79 % fitted): a refit of the ratios is
     # tried, and square boxes cluster at 1:1, which fits no more of them: the defaults stay.
     assert fit["aspect_ratios"] is None and fit["ratio_fit"]["same"] and not fit["ratio_fit"]["adopted"]
@@ -178,7 +197,9 @@ def test_training_fits_the_architecture_to_the_smallest_class_and_says_so():
     text = _anchor_fit_text(fit)
     assert "class triangle's 14 training boxes" in text and "finest stride 8" in text
     assert "no other ratio fits more of them: their sizes" in text
-    fixed = fit_anchors(sides, sides, classes, label_map, TrainSettings(image_size=320, finest_stride=16, min_scale=0.2))
+    fixed = fit_anchors(
+        sides, sides, classes, label_map, TrainSettings(image_size=320, finest_stride=16, min_scale=0.2)
+    )
     assert fixed["finest_stride"] == 16 and fixed["min_scale"] is None  # the settings' own values apply
 
 
@@ -194,7 +215,9 @@ def test_shape_coverage_is_the_share_of_a_classs_boxes_an_anchor_shape_fits():
 
     cfg = ModelConfig(alpha=0.35, image_size=320, num_classes=2)
     shapes = anchor_shapes(cfg)
-    assert len(shapes) == len(feature_map_sizes(320, cfg.extra_levels, cfg.finest_stride)) * anchors_per_cell(cfg.aspect_ratios)
+    assert len(shapes) == len(feature_map_sizes(320, cfg.extra_levels, cfg.finest_stride)) * anchors_per_cell(
+        cfg.aspect_ratios
+    )
     h, w = shapes[3]
     assert best_shape_iou([h], [w], shapes)[0] == pytest.approx(1.0)
     assert best_shape_iou([0.5 * h], [w], shapes)[0] < 1.0
@@ -204,8 +227,17 @@ def test_shape_coverage_is_the_share_of_a_classs_boxes_an_anchor_shape_fits():
     classes = np.r_[np.ones(20, int), np.full(20, 2)]
     coverage = shape_coverage(heights, widths, classes, LabelMap({"ball": 1, "pole": 2}), cfg)
     assert coverage["ball"] == 1.0 and coverage["pole"] < 0.5
-    text = _anchor_fit_text({"boxes": 20, "class": "ball", "side_p10": 0.1, "side_p50": 0.3, "finest_stride": 16,
-                             "min_scale": 0.2, "shape_coverage": coverage})
+    text = _anchor_fit_text(
+        {
+            "boxes": 20,
+            "class": "ball",
+            "side_p10": 0.1,
+            "side_p50": 0.3,
+            "finest_stride": 16,
+            "min_scale": 0.2,
+            "shape_coverage": coverage,
+        }
+    )
     assert "ball 100%" in text and f"pole {coverage['pole']:.0%}" in text
 
 
@@ -222,17 +254,23 @@ def test_aspect_ratios_are_refitted_only_for_boxes_the_defaults_miss():
 
     rng = np.random.default_rng(3)
     square = rng.uniform(0.15, 0.5, 300)
-    ratio = np.exp(rng.uniform(np.log(6), np.log(10), 30)) ** np.where(np.arange(30) % 2, 1, -1)  # horizontal and vertical
+    ratio = np.exp(rng.uniform(np.log(6), np.log(10), 30)) ** np.where(
+        np.arange(30) % 2, 1, -1
+    )  # horizontal and vertical
     side = rng.uniform(0.15, 0.4, 30)
     heights, widths = np.r_[square, side / np.sqrt(ratio)], np.r_[square, side * np.sqrt(ratio)]
     classes = np.r_[np.ones(300, int), np.full(30, 2)]
     label_map = LabelMap({"box": 1, "bar": 2})
 
     fit = fit_anchors(heights, widths, classes, label_map, TrainSettings(image_size=320))
-    cfg = TrainSettings(image_size=320).model(2, fit["finest_stride"], fit["min_scale"])  # the scales the ratios are chosen at
+    cfg = TrainSettings(image_size=320).model(
+        2, fit["finest_stride"], fit["min_scale"]
+    )  # the scales the ratios are chosen at
     ratios = fitted_aspect_ratios(heights, widths, classes, cfg)
     assert len(ratios) == 5 and ratios == sorted(ratios)
-    assert ratios[0] < 1 / 5 and ratios[-1] > 5 and any(0.7 < r < 1.4 for r in ratios)  # both bars' ways, and the squares
+    assert (
+        ratios[0] < 1 / 5 and ratios[-1] > 5 and any(0.7 < r < 1.4 for r in ratios)
+    )  # both bars' ways, and the squares
     # Deterministic: the same boxes, the same ratios
     assert fitted_aspect_ratios(heights, widths, classes, cfg) == ratios
 

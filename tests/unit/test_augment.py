@@ -81,7 +81,9 @@ def _assert_pixels_match_boxes(image, boxes, threshold=127.5):
     for box in boxes:
         px = box.astype(np.float64) * scale
         hits = [i for i, c in enumerate(comps) if np.all(np.abs(np.array(c) - px) <= TOL_PX)]
-        assert len(hits) == 1, f"box {px.round(1)} (pixels) matches no single white region of {comps} in a {h}x{w} image"
+        assert len(hits) == 1, (
+            f"box {px.round(1)} (pixels) matches no single white region of {comps} in a {h}x{w} image"
+        )
         assert hits[0] not in matched, "two boxes on one white region"
         matched.add(hits[0])
     for i, (y0, x0, y1, x1) in enumerate(comps):
@@ -138,18 +140,21 @@ def test_crop_moves_clips_and_drops_boxes_with_their_classes():
     img, boxes = _scene()
     cropped = dropped = 0
     for s in SEEDS:
-        out, out_boxes, out_classes = (t.numpy() for t in random_crop(
-            tf.constant(img), tf.constant(boxes), tf.constant(CLASSES), _seed(s), p=1.0))
+        out, out_boxes, out_classes = (
+            t.numpy() for t in random_crop(tf.constant(img), tf.constant(boxes), tf.constant(CLASSES), _seed(s), p=1.0)
+        )
         assert out_boxes.shape == (len(out_classes), 4) and out_classes.dtype == np.int32
         _assert_pixels_match_boxes(out, out_boxes)
-        coord, _, _ = random_crop(tf.constant(_coord_image()), tf.constant(boxes), tf.constant(CLASSES), _seed(s), p=1.0)
+        coord, _, _ = random_crop(
+            tf.constant(_coord_image()), tf.constant(boxes), tf.constant(CLASSES), _seed(s), p=1.0
+        )
         exp_boxes, exp_classes, shape, flipped = _oracle(coord, boxes, CLASSES)
         assert not flipped and out.shape[:2] == shape
         np.testing.assert_allclose(out_boxes, exp_boxes, atol=1e-5)
         np.testing.assert_array_equal(out_classes, exp_classes)
         # The pixels themselves are the source window, untouched.
         y0, x0 = int(coord[0, 0, 0]), int(coord[0, 0, 1])
-        np.testing.assert_array_equal(out, img[y0:y0 + shape[0], x0:x0 + shape[1]])
+        np.testing.assert_array_equal(out, img[y0 : y0 + shape[0], x0 : x0 + shape[1]])
         cropped += shape != (H, W)
         dropped += len(out_classes) < len(CLASSES)
     assert cropped >= len(SEEDS) // 2, f"p=1.0 cropped only {cropped} of {len(SEEDS)} images"
@@ -162,8 +167,9 @@ def test_crop_keeps_class_of_each_box_when_identified_by_size():
     sizes = {1: (40, 60), 2: (20, 20)}  # class → (h, w) in source pixels
     checked = 0
     for s in SEEDS:
-        out, out_boxes, out_classes = (t.numpy() for t in random_crop(
-            tf.constant(img), tf.constant(boxes), tf.constant(CLASSES), _seed(s), p=1.0))
+        out, out_boxes, out_classes = (
+            t.numpy() for t in random_crop(tf.constant(img), tf.constant(boxes), tf.constant(CLASSES), _seed(s), p=1.0)
+        )
         h, w = out.shape[:2]
         for box, cls in zip(out_boxes, out_classes):
             bh, bw = (box[2] - box[0]) * h, (box[3] - box[1]) * w
@@ -176,7 +182,9 @@ def test_crop_keeps_class_of_each_box_when_identified_by_size():
 def test_crop_probability_zero_is_identity():
     img, boxes = _scene()
     for s in range(5):
-        out, out_boxes, out_classes = random_crop(tf.constant(img), tf.constant(boxes), tf.constant(CLASSES), _seed(s), p=0.0)
+        out, out_boxes, out_classes = random_crop(
+            tf.constant(img), tf.constant(boxes), tf.constant(CLASSES), _seed(s), p=0.0
+        )
         np.testing.assert_array_equal(out.numpy(), img)
         np.testing.assert_array_equal(out_boxes.numpy(), boxes)
         np.testing.assert_array_equal(out_classes.numpy(), CLASSES)
@@ -192,7 +200,9 @@ def test_augment_geometry_moves_boxes_with_pixels(no_photometric):
     img, boxes = _scene()
     flips, cropped = set(), 0
     for s in SEEDS:
-        out, out_boxes, out_classes = (t.numpy() for t in augment(tf.constant(img), tf.constant(boxes), tf.constant(CLASSES), _seed(s)))
+        out, out_boxes, out_classes = (
+            t.numpy() for t in augment(tf.constant(img), tf.constant(boxes), tf.constant(CLASSES), _seed(s))
+        )
         _assert_pixels_match_boxes(out, out_boxes)
         coord, _, _ = augment(tf.constant(_coord_image()), tf.constant(boxes), tf.constant(CLASSES), _seed(s))
         exp_boxes, exp_classes, shape, flipped = _oracle(coord, boxes, CLASSES)
@@ -208,11 +218,16 @@ def test_augment_geometry_moves_boxes_with_pixels(no_photometric):
 def test_augment_photometric_changes_intensities_only(monkeypatch):
     """With the real jitter: same geometry as without it, values in 0..255, white still brighter than black."""
     img, boxes = _scene()
-    real = [tuple(t.numpy() for t in augment(tf.constant(img), tf.constant(boxes), tf.constant(CLASSES), _seed(s))) for s in SEEDS]
+    real = [
+        tuple(t.numpy() for t in augment(tf.constant(img), tf.constant(boxes), tf.constant(CLASSES), _seed(s)))
+        for s in SEEDS
+    ]
     monkeypatch.setattr(aug, "photometric", lambda image, seed: image)
     changed = 0
     for s, (out, out_boxes, out_classes) in zip(SEEDS, real):
-        ref, ref_boxes, ref_classes = (t.numpy() for t in augment(tf.constant(img), tf.constant(boxes), tf.constant(CLASSES), _seed(s)))
+        ref, ref_boxes, ref_classes = (
+            t.numpy() for t in augment(tf.constant(img), tf.constant(boxes), tf.constant(CLASSES), _seed(s))
+        )
         assert out.shape == ref.shape and out.dtype == np.float32
         np.testing.assert_array_equal(out_boxes, ref_boxes)
         np.testing.assert_array_equal(out_classes, ref_classes)
@@ -276,8 +291,10 @@ def test_zero_boxes():
     for s in range(5):
         _, fb = random_flip_horizontal(tf.constant(img), boxes, _seed(s))
         assert fb.shape == (0, 4)
-        for ci, cb, cc in (random_crop(tf.constant(img), boxes, classes, _seed(s), p=1.0),
-                           augment(tf.constant(img), boxes, classes, _seed(s))):
+        for ci, cb, cc in (
+            random_crop(tf.constant(img), boxes, classes, _seed(s), p=1.0),
+            augment(tf.constant(img), boxes, classes, _seed(s)),
+        ):
             assert ci.shape[-1] == 3 and ci.shape[0] >= 1 and ci.shape[1] >= 1
             assert cb.shape == (0, 4) and cb.dtype == tf.float32
             assert cc.shape == (0,) and cc.dtype == tf.int32
@@ -287,7 +304,7 @@ def test_zero_boxes():
 def test_photometric_range_shape_dtype():
     rng = np.random.default_rng(0)
     extremes = np.zeros((H, W, 3), np.float32)
-    extremes[:, W // 2:] = 255.0
+    extremes[:, W // 2 :] = 255.0
     for img in (rng.uniform(0, 255, (H, W, 3)).astype(np.float32), extremes):
         for s in SEEDS:
             out = photometric(tf.constant(img), _seed(s)).numpy()

@@ -24,8 +24,14 @@ def _fitted(use_ema: bool):
             seen.setdefault(self.key, []).append([w.numpy().copy() for w in self.model.trainable_weights])
 
     average = AverageWeights()
-    model.fit(x, x @ np.array([[1.0], [-2.0], [3.0]], "float32"), batch_size=8, epochs=2, verbose=0,
-              callbacks=[Probe("raw"), average.swap_in, Probe("evaluated"), average.swap_out, Probe("after")])
+    model.fit(
+        x,
+        x @ np.array([[1.0], [-2.0], [3.0]], "float32"),
+        batch_size=8,
+        epochs=2,
+        verbose=0,
+        callbacks=[Probe("raw"), average.swap_in, Probe("evaluated"), average.swap_out, Probe("after")],
+    )
     return model, seen
 
 

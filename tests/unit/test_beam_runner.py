@@ -16,17 +16,23 @@ def four_cores(monkeypatch):
 def test_a_local_job_with_enough_input_gets_a_worker_process_per_core(four_cores):
     flags = ["--runner=DirectRunner"]
     assert local_parallelism(flags, MULTI_PROCESS_MIN_FILES) == [
-        "--runner=DirectRunner", "--direct_running_mode=multi_processing", "--direct_num_workers=4"]
+        "--runner=DirectRunner",
+        "--direct_running_mode=multi_processing",
+        "--direct_num_workers=4",
+    ]
     assert local_parallelism([], 10**6)[-1] == "--direct_num_workers=4"  # no runner named: DirectRunner
 
 
-@pytest.mark.parametrize("flags, files", [
-    (["--runner=DirectRunner"], MULTI_PROCESS_MIN_FILES - 1),  # small input: one process starts faster
-    (["--runner=DirectRunner", "--direct_num_workers=1"], 10**6),  # the user's choice stands
-    (["--runner=DirectRunner", "--direct_running_mode=in_memory"], 10**6),
-    (["--runner=DataflowRunner"], 10**6),  # remote runners size their own workers
-    (["--runner=PortableRunner", "--job_endpoint=localhost:1"], 10**6),
-])
+@pytest.mark.parametrize(
+    "flags, files",
+    [
+        (["--runner=DirectRunner"], MULTI_PROCESS_MIN_FILES - 1),  # small input: one process starts faster
+        (["--runner=DirectRunner", "--direct_num_workers=1"], 10**6),  # the user's choice stands
+        (["--runner=DirectRunner", "--direct_running_mode=in_memory"], 10**6),
+        (["--runner=DataflowRunner"], 10**6),  # remote runners size their own workers
+        (["--runner=PortableRunner", "--job_endpoint=localhost:1"], 10**6),
+    ],
+)
 def test_otherwise_the_flags_are_left_alone(four_cores, flags, files):
     assert local_parallelism(flags, files) == flags
 
@@ -78,12 +84,17 @@ def test_job_options_parse_the_flags_once_per_view_and_share_the_values(monkeypa
 
     options = beam_runner.pipeline_options(["--direct_num_workers=3"])
     parsed, parse = [], po._BeamArgumentParser.parse_known_args
-    monkeypatch.setattr(po._BeamArgumentParser, "parse_known_args", lambda self, *a, **k: parsed.append(1) or parse(self, *a, **k))
-    views = [options.view_as(po.DirectOptions) for _ in range(50)] + [options.view_as(po.TypeOptions) for _ in range(50)]
+    monkeypatch.setattr(
+        po._BeamArgumentParser, "parse_known_args", lambda self, *a, **k: parsed.append(1) or parse(self, *a, **k)
+    )
+    views = [options.view_as(po.DirectOptions) for _ in range(50)] + [
+        options.view_as(po.TypeOptions) for _ in range(50)
+    ]
     assert len(parsed) == 2 and views[0] is views[49]
     views[0].direct_num_workers = 5  # a view writes the shared values, as Beam's views do
     assert options.get_all_options(drop_default=True) == {"direct_num_workers": 5}
     twin = copy.deepcopy(options)
     twin.view_as(po.DirectOptions).direct_num_workers = 7
-    assert options.view_as(po.DirectOptions).direct_num_workers == 5 and twin.get_all_options()["direct_num_workers"] == 7
-
+    assert (
+        options.view_as(po.DirectOptions).direct_num_workers == 5 and twin.get_all_options()["direct_num_workers"] == 7
+    )

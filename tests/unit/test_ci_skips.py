@@ -9,7 +9,7 @@ import sys
 
 from tests.helpers import REPO
 
-PROBE = '''
+PROBE = """
 import pytest
 
 @pytest.fixture
@@ -28,7 +28,7 @@ def test_by_mark():
 
 def test_that_runs():
     assert True
-'''
+"""
 
 
 def _run(tmp_path, ci: str | None) -> subprocess.CompletedProcess:
@@ -36,16 +36,36 @@ def _run(tmp_path, ci: str | None) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "CI"}
     if ci is not None:
         env["CI"] = ci
-    return subprocess.run([sys.executable, "-m", "pytest", "-p", "tests.conftest", "-p", "no:cacheprovider", "-q", "-rA",
-                           str(tmp_path / "test_probe.py")], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-p",
+            "tests.conftest",
+            "-p",
+            "no:cacheprovider",
+            "-q",
+            "-rA",
+            str(tmp_path / "test_probe.py"),
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_under_ci_every_skip_fails_naming_what_is_missing(tmp_path):
     proc = _run(tmp_path, "true")
     out = proc.stdout + proc.stderr
     assert proc.returncode == 1, out
-    for missing in ("raccoon dataset not found at /nowhere/shared/datasets/raccoon", "/usr/bin/chromium is missing",
-                    "no local backbone weights at /nowhere/weights.h5"):
+    for missing in (
+        "raccoon dataset not found at /nowhere/shared/datasets/raccoon",
+        "/usr/bin/chromium is missing",
+        "no local backbone weights at /nowhere/weights.h5",
+    ):
         assert f"CI=true, and this test would have been skipped: {missing}." in out, out
     assert "1 failed, 1 passed, 2 errors" in out, out  # a skip in a fixture or a mark fails at setup
 

@@ -13,7 +13,16 @@ import tensorflow as tf
 
 from model.anchors import generate_anchors
 from model.box_coder import decode
-from model.dataset import DatasetError, box_shapes, count_records, eval_dataset, make_dataset, parse_example, read_label_map, shard_files
+from model.dataset import (
+    DatasetError,
+    box_shapes,
+    count_records,
+    eval_dataset,
+    make_dataset,
+    parse_example,
+    read_label_map,
+    shard_files,
+)
 from model.matcher import iou
 from ssdflow import schema
 from ssdflow.config import ModelConfig
@@ -55,12 +64,24 @@ def _jpeg(w, h, rects) -> bytes:
 def _example(key, w, h, rects) -> bytes:
     data = _jpeg(w, h, rects)
     b = _norm_boxes(w, h, rects)
-    return schema.serialize_example(schema.ExampleFields(
-        encoded=data, image_format="jpeg", height=h, width=w, filename=f"{key}.jpg", source_id=key,
-        sha256=hashlib.sha256(data).hexdigest(),
-        xmin=b[:, 1].tolist(), ymin=b[:, 0].tolist(), xmax=b[:, 3].tolist(), ymax=b[:, 2].tolist(),
-        class_text=[NAMES[r[4]] for r in rects], class_label=[r[4] for r in rects], difficult=[0] * len(rects),
-    ))
+    return schema.serialize_example(
+        schema.ExampleFields(
+            encoded=data,
+            image_format="jpeg",
+            height=h,
+            width=w,
+            filename=f"{key}.jpg",
+            source_id=key,
+            sha256=hashlib.sha256(data).hexdigest(),
+            xmin=b[:, 1].tolist(),
+            ymin=b[:, 0].tolist(),
+            xmax=b[:, 3].tolist(),
+            ymax=b[:, 2].tolist(),
+            class_text=[NAMES[r[4]] for r in rects],
+            class_label=[r[4] for r in rects],
+            difficult=[0] * len(rects),
+        )
+    )
 
 
 def _write_ingest(out: Path, success: bool = True) -> Path:
@@ -71,7 +92,9 @@ def _write_ingest(out: Path, success: bool = True) -> Path:
         (out / name).write_bytes(b"".join(frame(_example(*row)) for row in rows))
         names.append(name)
     (out / "label_map.json").write_text(LABELS.to_json())
-    (out / "stats.json").write_text(json.dumps({"images_written": {"train": len(TRAIN), "val": len(VAL), "total": len(TRAIN) + len(VAL)}}))
+    (out / "stats.json").write_text(
+        json.dumps({"images_written": {"train": len(TRAIN), "val": len(VAL), "total": len(TRAIN) + len(VAL)}})
+    )
     if success:
         (out / "_SUCCESS").write_text(json.dumps({"files": sorted(names + ["label_map.json", "stats.json"])}))
     return out
@@ -160,11 +183,11 @@ def test_make_dataset_eval_mode(data_dir, anchors):
         # Resizing to S x S keeps normalized coordinates: the white pixels still lie on the boxes.
         white = img.mean(axis=-1) > 127.5
         for y0, x0, y1, x1 in gt * S:
-            inner = white[int(np.ceil(y0)) + 2:int(y1) - 2, int(np.ceil(x0)) + 2:int(x1) - 2]
+            inner = white[int(np.ceil(y0)) + 2 : int(y1) - 2, int(np.ceil(x0)) + 2 : int(x1) - 2]
             assert inner.size and inner.all(), key
         union = np.zeros_like(white)
         for y0, x0, y1, x1 in gt * S:
-            union[max(0, int(y0) - 2):int(np.ceil(y1)) + 2, max(0, int(x0) - 2):int(np.ceil(x1)) + 2] = True
+            union[max(0, int(y0) - 2) : int(np.ceil(y1)) + 2, max(0, int(x0) - 2) : int(np.ceil(x1)) + 2] = True
         assert not (white & ~union).any(), f"{key}: white pixels away from every box"
 
 
@@ -177,12 +200,25 @@ def test_make_dataset_nondeterministic_same_content(data_dir, anchors):
 
 
 def _train(data_dir, anchors, seed=3, augmentation=True, repeat=False):
-    return make_dataset(shard_files(data_dir, "train"), anchors, S, CFG.variances, 2, training=True,
-                        deterministic=True, seed=seed, shuffle_buffer=8, augmentation=augmentation, repeat=repeat)
+    return make_dataset(
+        shard_files(data_dir, "train"),
+        anchors,
+        S,
+        CFG.variances,
+        2,
+        training=True,
+        deterministic=True,
+        seed=seed,
+        shuffle_buffer=8,
+        augmentation=augmentation,
+        repeat=repeat,
+    )
 
 
 def _same(a, b):
-    return len(a) == len(b) and all(np.array_equal(x1, x2) and np.array_equal(y1, y2) for (x1, y1), (x2, y2) in zip(a, b))
+    return len(a) == len(b) and all(
+        np.array_equal(x1, x2) and np.array_equal(y1, y2) for (x1, y1), (x2, y2) in zip(a, b)
+    )
 
 
 def test_deterministic_training_is_reproducible(data_dir, anchors):
@@ -246,4 +282,3 @@ def test_box_shapes_are_every_train_box_in_record_order(data_dir):
     np.testing.assert_allclose(got_w, widths, rtol=1e-5)
     np.testing.assert_allclose(box_shapes(shard_files(data_dir, "train"), max_images=2)[1], widths[:3], rtol=1e-5)
     assert classes.tolist() == [r[4] for _, _, _, rects in TRAIN for r in rects]
-

@@ -40,28 +40,39 @@ def test_prefect_worker_image_has_the_pool_packages_at_the_servers_version():
     assert _from("prefect-worker.Dockerfile") == f"prefecthq/prefect:{prefect.__version__}-python{PY}"
     assert "prefect-kubernetes==" in text and "prefect-docker==" in text
     k8s = (DEPLOY / "k8s" / "worker.yaml").read_text()
-    assert "ssdflow-prefect-worker" in k8s and "--type\", \"kubernetes\"" in k8s
+    assert "ssdflow-prefect-worker" in k8s and '--type", "kubernetes"' in k8s
 
 
 def test_images_carry_every_package_of_the_project():
-    packages = re.search(r'include = \[(.*?)\]', (REPO / "pyproject.toml").read_text()).group(1)
+    packages = re.search(r"include = \[(.*?)\]", (REPO / "pyproject.toml").read_text()).group(1)
     for name in re.findall(r'"(\w+)\*"', packages):
         for dockerfile in ("Dockerfile", "beam-worker.Dockerfile"):
             assert f"COPY {name} {name}" in (DEPLOY / dockerfile).read_text(), (dockerfile, name)
 
 
 def test_prefect_yaml_has_the_six_deployments_with_valid_parameters():
-    text = "\n".join(line for line in (DEPLOY / "prefect.yaml").read_text().splitlines() if not line.lstrip().startswith("#"))
+    text = "\n".join(
+        line for line in (DEPLOY / "prefect.yaml").read_text().splitlines() if not line.lstrip().startswith("#")
+    )
     variables = set(re.findall(r"\{\{\s*\$(\w+)\s*\}\}", text))
     assert variables == {"SSDFLOW_REPO", "SSDFLOW_DATA", "SSDFLOW_TIMEZONE"}
     script = (REPO / "scripts" / "deploy.sh").read_text()
     assert all(v in script for v in variables)  # deploy.sh refuses to run without them
     assert "|" not in "".join(re.findall(r"\{\{.*?\}\}", text))  # Prefect's templating has no filters
     # Resolve the templates as `prefect deploy` does, then validate each default against its flow.
-    config = yaml.safe_load(re.sub(r"\{\{\s*\$(\w+)\s*\}\}", lambda m: {"SSDFLOW_TIMEZONE": "UTC"}.get(m.group(1), "/x"), text))
+    config = yaml.safe_load(
+        re.sub(r"\{\{\s*\$(\w+)\s*\}\}", lambda m: {"SSDFLOW_TIMEZONE": "UTC"}.get(m.group(1), "/x"), text)
+    )
     assert config["prefect-version"] == prefect.__version__
     deployments = {d["name"]: d for d in config["deployments"]}
-    assert set(deployments) == {"nightly-retrain", "batch-score", "ingest", "train", "models", "demo"}  # as `ssdflow serve`
+    assert set(deployments) == {
+        "nightly-retrain",
+        "batch-score",
+        "ingest",
+        "train",
+        "models",
+        "demo",
+    }  # as `ssdflow serve`
     for name, d in deployments.items():
         module, _, attr = d["entrypoint"].partition(":")
         flow = getattr(importlib.import_module(module.removesuffix(".py").replace("/", ".")), attr)
@@ -80,8 +91,11 @@ K8S = DEPLOY / "k8s"
 K8S_VERSION = "1.33"  # a Kubernetes release kubernetes-validate bundles schemas for
 NAMESPACE = "ssdflow"
 # The Secrets the manifests may reference, each with the keys deploy/k8s/README.md creates.
-SECRETS = {"prefect-auth": {"auth-string"}, "prefect-db": {"password"},
-           "ssdflow-storage": {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"}}
+SECRETS = {
+    "prefect-auth": {"auth-string"},
+    "prefect-db": {"password"},
+    "ssdflow-storage": {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"},
+}
 JOB_TEMPLATE = K8S / "pool" / "base-job-template.json"
 
 
@@ -115,12 +129,16 @@ def test_k8s_manifests_validate_strictly_against_the_kubernetes_schemas():
     read_by_kubectl = [p for p in K8S.iterdir() if p.suffix in (".yaml", ".yml", ".json")]
     assert {p.suffix for p in read_by_kubectl} == {".yaml"}, "the base job template must stay out of kubectl's way"
     docs = _k8s_documents()
-    assert {"Namespace", "StatefulSet", "Service", "Deployment", "ServiceAccount", "Role", "RoleBinding"} <= {d["kind"] for d in docs}
+    assert {"Namespace", "StatefulSet", "Service", "Deployment", "ServiceAccount", "Role", "RoleBinding"} <= {
+        d["kind"] for d in docs
+    }
     for doc in docs:
         kv.validate(doc, K8S_VERSION, strict=True)  # raises on an unknown (misspelt) field or a wrong type
     # Strict really is strict: a misspelt field in a container fails.
     broken = _of_kind(docs, "Deployment")["prefect-server"]
-    broken["spec"]["template"]["spec"]["containers"][0]["readinesProbe"] = broken["spec"]["template"]["spec"]["containers"][0].pop("readinessProbe")
+    broken["spec"]["template"]["spec"]["containers"][0]["readinesProbe"] = broken["spec"]["template"]["spec"][
+        "containers"
+    ][0].pop("readinessProbe")
     with pytest.raises(kv.ValidationError):
         kv.validate(broken, K8S_VERSION, strict=True)
 
@@ -147,9 +165,15 @@ def test_k8s_manifests_form_an_applicable_set():
         assert w["spec"]["template"]["spec"].get("serviceAccountName", "default") in {"default", *accounts}
     services = _of_kind(docs, "Service")
     for name, service in services.items():
-        pods = [w for w in workloads if service["spec"]["selector"].items() <= w["spec"]["template"]["metadata"]["labels"].items()]
+        pods = [
+            w
+            for w in workloads
+            if service["spec"]["selector"].items() <= w["spec"]["template"]["metadata"]["labels"].items()
+        ]
         assert len(pods) == 1, name
-        ports = {p["containerPort"] for c in pods[0]["spec"]["template"]["spec"]["containers"] for p in c.get("ports", [])}
+        ports = {
+            p["containerPort"] for c in pods[0]["spec"]["template"]["spec"]["containers"] for p in c.get("ports", [])
+        }
         assert {p["targetPort"] for p in service["spec"]["ports"]} <= ports, name
 
     # RBAC: the binding ties the worker's ServiceAccount to the Role, which grants exactly what the worker uses.
@@ -159,10 +183,17 @@ def test_k8s_manifests_form_an_applicable_set():
     assert set(roles) == {"prefect-worker"}
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "prefect-worker", "namespace": NAMESPACE}]
     assert "prefect-worker" in accounts
-    granted = {(g, r, v) for rule in roles["prefect-worker"]["rules"]
-               for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]}
-    assert granted == ({("batch", "jobs", v) for v in ("create", "get", "list", "watch", "delete")}
-                       | {("", r, v) for r in ("pods", "pods/log", "events") for v in ("get", "list", "watch")})
+    granted = {
+        (g, r, v)
+        for rule in roles["prefect-worker"]["rules"]
+        for g in rule["apiGroups"]
+        for r in rule["resources"]
+        for v in rule["verbs"]
+    }
+    assert granted == (
+        {("batch", "jobs", v) for v in ("create", "get", "list", "watch", "delete")}
+        | {("", r, v) for r in ("pods", "pods/log", "events") for v in ("get", "list", "watch")}
+    )
 
     # The server: Prefect's image at this project's version, on PostgreSQL, the password from the Secret only.
     server = _of_kind(docs, "Deployment")["prefect-server"]
@@ -175,11 +206,21 @@ def test_k8s_manifests_form_an_applicable_set():
     password = re.fullmatch(r"postgresql\+asyncpg://prefect:\$\((\w+)\)@([\w-]+):(\d+)/prefect", url)
     assert password, url  # no literal password: Kubernetes expands the variable in the container
     assert env[password.group(1)]["valueFrom"]["secretKeyRef"] == {"name": "prefect-db", "key": "password"}
-    assert names.index(password.group(1)) < names.index("PREFECT_SERVER_DATABASE_CONNECTION_URL")  # $(VAR) needs VAR first
+    assert names.index(password.group(1)) < names.index(
+        "PREFECT_SERVER_DATABASE_CONNECTION_URL"
+    )  # $(VAR) needs VAR first
     assert int(password.group(3)) in {p["port"] for p in services[password.group(2)]["spec"]["ports"]}
-    assert env["PREFECT_SERVER_API_AUTH_STRING"]["valueFrom"]["secretKeyRef"] == {"name": "prefect-auth", "key": "auth-string"}
-    assert container["readinessProbe"]["httpGet"]["path"] == container["livenessProbe"]["httpGet"]["path"] == "/api/health"
-    assert services["prefect-server"]["spec"]["selector"].items() <= server["spec"]["template"]["metadata"]["labels"].items()
+    assert env["PREFECT_SERVER_API_AUTH_STRING"]["valueFrom"]["secretKeyRef"] == {
+        "name": "prefect-auth",
+        "key": "auth-string",
+    }
+    assert (
+        container["readinessProbe"]["httpGet"]["path"] == container["livenessProbe"]["httpGet"]["path"] == "/api/health"
+    )
+    assert (
+        services["prefect-server"]["spec"]["selector"].items()
+        <= server["spec"]["template"]["metadata"]["labels"].items()
+    )
 
     # The database: a StatefulSet on its own volume, the same password.
     postgres = _of_kind(docs, "StatefulSet")["postgres"]
@@ -197,7 +238,10 @@ def test_k8s_manifests_form_an_applicable_set():
     assert w["image"] == "REGISTRY/ssdflow-prefect-worker:TAG"
     assert w["command"] == ["prefect", "worker", "start", "--pool", "ssdflow-k8s", "--type", "kubernetes"]
     wenv = _env(w)
-    assert wenv["PREFECT_API_URL"]["value"] == f"http://prefect-server:{services['prefect-server']['spec']['ports'][0]['port']}/api"
+    assert (
+        wenv["PREFECT_API_URL"]["value"]
+        == f"http://prefect-server:{services['prefect-server']['spec']['ports'][0]['port']}/api"
+    )
     auth = wenv["PREFECT_API_AUTH_STRING"]["valueFrom"]["secretKeyRef"]
     assert auth == env["PREFECT_SERVER_API_AUTH_STRING"]["valueFrom"]["secretKeyRef"]
     assert wenv["PREFECT_INTEGRATIONS_KUBERNETES_WORKER_API_AUTH_STRING_SECRET_NAME"]["value"] == auth["name"]
@@ -222,14 +266,29 @@ def test_base_job_template_runs_flows_with_the_storage_secret():
     kv = pytest.importorskip("kubernetes_validate")
     # The Job a flow run gets, rendered as the worker does, with the env and command in Kubernetes' form.
     values = {name: spec.get("default") for name, spec in variables.items()}
-    values.update(name="nightly-run", labels={}, annotations={}, env=[{"name": "PREFECT__FLOW_RUN_ID", "value": "x"}],
-                  command=["prefect", "flow-run", "execute"], service_account_name="default",
-                  cpu_request="1", cpu_limit="2", memory_request="2Gi", memory_limit="8Gi")
+    values.update(
+        name="nightly-run",
+        labels={},
+        annotations={},
+        env=[{"name": "PREFECT__FLOW_RUN_ID", "value": "x"}],
+        command=["prefect", "flow-run", "execute"],
+        service_account_name="default",
+        cpu_request="1",
+        cpu_limit="2",
+        memory_request="2Gi",
+        memory_limit="8Gi",
+    )
     job = apply_values(template["job_configuration"]["job_manifest"], values)
-    for key in ("parallelism", "completions"):  # prefect-kubernetes demands them in the pod spec; the API server drops them
+    for key in (
+        "parallelism",
+        "completions",
+    ):  # prefect-kubernetes demands them in the pod spec; the API server drops them
         del job["spec"]["template"]["spec"][key]
     kv.validate(job, K8S_VERSION, strict=True)
-    assert job["metadata"]["namespace"] == NAMESPACE and job["spec"]["template"]["spec"]["containers"][0]["image"] == "REGISTRY/ssdflow:TAG"
+    assert (
+        job["metadata"]["namespace"] == NAMESPACE
+        and job["spec"]["template"]["spec"]["containers"][0]["image"] == "REGISTRY/ssdflow:TAG"
+    )
 
 
 def _location_values(model, prefix: str = ""):
@@ -259,9 +318,21 @@ def test_params_s3_yaml_puts_every_location_in_the_bucket(monkeypatch):
     text = (DEPLOY / "params.s3.yaml").read_text()
     config = ServeConfig.model_validate(yaml.safe_load(text))
     locations = dict(_location_values(config))
-    assert {"nightly.ingest.images", "nightly.ingest.labels", "nightly.ingest.out", "nightly.models", "nightly.score_images[0]",
-            "nightly.score_out", "nightly.push_to", "score.model", "score.images[0]", "score.out"} <= set(locations)
-    assert all(value.startswith("s3://") for value in locations.values()), locations  # no local path: pods share no disk
+    assert {
+        "nightly.ingest.images",
+        "nightly.ingest.labels",
+        "nightly.ingest.out",
+        "nightly.models",
+        "nightly.score_images[0]",
+        "nightly.score_out",
+        "nightly.push_to",
+        "score.model",
+        "score.images[0]",
+        "score.out",
+    } <= set(locations)
+    assert all(value.startswith("s3://") for value in locations.values()), (
+        locations
+    )  # no local path: pods share no disk
     train = config.nightly.train_config()
     assert train.data.startswith("s3://") and train.models.startswith("s3://")
     assert not config.nightly.ingest.beam_args  # endpoint and credentials from the environment by default

@@ -16,13 +16,20 @@ DOG_BOX = [0.5, 0.1, 0.9, 0.5]
 
 
 def gt(image_id, boxes, classes, difficult=None, h=100, w=200):
-    return ImageGroundTruth(image_id, h, w, np.array(boxes, dtype=float).reshape(-1, 4), np.array(classes),
-                            None if difficult is None else np.array(difficult, dtype=bool))
+    return ImageGroundTruth(
+        image_id,
+        h,
+        w,
+        np.array(boxes, dtype=float).reshape(-1, 4),
+        np.array(classes),
+        None if difficult is None else np.array(difficult, dtype=bool),
+    )
 
 
 def det(image_id, boxes, scores, classes):
-    return ImageDetections(image_id, np.array(boxes, dtype=float).reshape(-1, 4), np.array(scores, dtype=float),
-                           np.array(classes))
+    return ImageDetections(
+        image_id, np.array(boxes, dtype=float).reshape(-1, 4), np.array(scores, dtype=float), np.array(classes)
+    )
 
 
 def test_perfect_detections_score_one():

@@ -9,7 +9,17 @@ from PIL import Image, ImageFile
 
 from beam_jobs import records as R
 from beam_jobs.images import ImageRejected, normalize_image, orient_box, to_rgb
-from tests.unit.imaging import EXIF_ORIENTATION, decode, encode, jpeg, noise, png_header_only, rect_image, solid, white_box
+from tests.unit.imaging import (
+    EXIF_ORIENTATION,
+    decode,
+    encode,
+    jpeg,
+    noise,
+    png_header_only,
+    rect_image,
+    solid,
+    white_box,
+)
 
 
 def _assert_rgb_jpeg(out, size):

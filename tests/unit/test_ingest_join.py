@@ -6,7 +6,16 @@ from __future__ import annotations
 import pytest
 
 from beam_jobs import records as R
-from beam_jobs.ingest import CANDIDATES_PER_CHUNK, JOIN_BUCKETS, ImageFile, Spill, _join_bucket, _MatchDoFn, _PackByBucket, deal_by_size
+from beam_jobs.ingest import (
+    CANDIDATES_PER_CHUNK,
+    JOIN_BUCKETS,
+    ImageFile,
+    Spill,
+    _join_bucket,
+    _MatchDoFn,
+    _PackByBucket,
+    deal_by_size,
+)
 
 
 @pytest.fixture
@@ -15,15 +24,19 @@ def spill(tmp_path) -> Spill:
 
 
 def _bucket(pairs, spill: Spill) -> dict:
-    return {"images": [spill.write([(k, v) for k, v in pairs if isinstance(v, ImageFile)])],
-            "labels": [spill.write([(k, v) for k, v in pairs if not isinstance(v, ImageFile)])]}
+    return {
+        "images": [spill.write([(k, v) for k, v in pairs if isinstance(v, ImageFile)])],
+        "labels": [spill.write([(k, v) for k, v in pairs if not isinstance(v, ImageFile)])],
+    }
 
 
 def test_a_bucket_yields_candidate_chunks_of_nearly_equal_size_and_its_rejections(spill):
     """A local runner deals chunks to its workers in turn: a full chunk and a small remainder per
     bucket would give one worker every full chunk."""
     n = CANDIDATES_PER_CHUNK + 44
-    pairs = [(f"k{i:04d}", ImageFile(f"i/k{i:04d}.jpg", 1000 + i)) for i in range(n)] + [(f"k{i:04d}", R.LabelRecord(f"k{i:04d}.jpg", "l.csv")) for i in range(n)]
+    pairs = [(f"k{i:04d}", ImageFile(f"i/k{i:04d}.jpg", 1000 + i)) for i in range(n)] + [
+        (f"k{i:04d}", R.LabelRecord(f"k{i:04d}.jpg", "l.csv")) for i in range(n)
+    ]
     pairs += [("lonely", ImageFile("i/lonely.jpg", 5)), ("ghost", R.LabelRecord("ghost.jpg", "l.csv"))]
     out = list(_MatchDoFn(False, spill).process((7, _bucket(pairs, spill))))
     chunks = [spill.read(o) for o in out if isinstance(o, str)]
@@ -38,13 +51,15 @@ def test_a_bucket_yields_candidate_chunks_of_nearly_equal_size_and_its_rejection
 def test_chunks_are_dealt_by_size_so_that_each_holds_about_the_same_bytes():
     """Sizes in key order (all the big images first) must not make the first chunk the heavy one."""
     sizes = [10_000 - 37 * i for i in range(200)] + [100] * 57
-    candidates = [(ImageFile(f"i/{i:03d}.jpg", size), R.LabelRecord(f"{i:03d}.jpg", "l.csv")) for i, size in enumerate(sizes)]
+    candidates = [
+        (ImageFile(f"i/{i:03d}.jpg", size), R.LabelRecord(f"{i:03d}.jpg", "l.csv")) for i, size in enumerate(sizes)
+    ]
     chunks = deal_by_size(candidates, 3)
     assert sorted(len(c) for c in chunks) == [85, 86, 86]
     assert sorted(c for chunk in chunks for c in chunk) == sorted(candidates)
     totals = [sum(image.size for image, _ in chunk) for chunk in chunks]
     assert max(totals) - min(totals) < max(sizes)  # equal counts cut in key order differ by 40 % here
-    naive = [sum(sizes[i * len(sizes) // 3:(i + 1) * len(sizes) // 3]) for i in range(3)]
+    naive = [sum(sizes[i * len(sizes) // 3 : (i + 1) * len(sizes) // 3]) for i in range(3)]
     assert max(naive) - min(naive) > 20 * max(sizes)
     assert all(chunk == sorted(chunk, key=lambda c: c[0].path) for chunk in chunks)
 

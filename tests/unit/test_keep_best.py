@@ -62,7 +62,11 @@ def test_the_best_epoch_by_fitness_is_the_tightest_that_detects(tmp_path):
     a run resumed with another metric does not hold the saved score of the first as its bar."""
     from model.callbacks import KeepBest, fitness
 
-    epochs = [(1.0, {"mAP@.5": 0.95, "mAP": 0.45}), (2.0, {"mAP@.5": 0.93, "mAP": 0.52}), (3.0, {"mAP@.5": 0.60, "mAP": 0.30})]
+    epochs = [
+        (1.0, {"mAP@.5": 0.95, "mAP": 0.45}),
+        (2.0, {"mAP@.5": 0.93, "mAP": 0.52}),
+        (3.0, {"mAP@.5": 0.60, "mAP": 0.30}),
+    ]
     kept = {}
     for metric in ("map50", "fitness", "map"):
         model = _model()
@@ -91,7 +95,9 @@ def test_epoch_lines_name_both_val_metrics_when_evaluated():
     report.on_epoch_begin(0)
     report.on_epoch_end(0, {"loss": 1.5, "val_mAP@.5": 0.8123, "val_mAP": 0.4567, "val_fitness": 0.49})
     report.on_epoch_end(1, {"loss": 1.25})
-    assert lines[0].startswith("train: epoch 3 of at most 4 (phase2), loss 1.5000, val mAP@.5 0.8123, mAP@[.5:.95] 0.4567, ")
+    assert lines[0].startswith(
+        "train: epoch 3 of at most 4 (phase2), loss 1.5000, val mAP@.5 0.8123, mAP@[.5:.95] 0.4567, "
+    )
     assert lines[1].startswith("train: epoch 4 of at most 4 (phase2), loss 1.2500, ") and "mAP" not in lines[1]
 
 
@@ -109,9 +115,13 @@ def test_a_phase_history_holds_every_epoch_once_however_often_it_is_resumed(tmp_
     first.set_model(model)
     for epoch, loss in enumerate([1.0, 0.5]):
         first.on_epoch_end(epoch, {"loss": np.float32(loss), "val_mAP@.5": 0.25, "note": "not a number"})
-    assert load_history(str(tmp_path)) == [{"epoch": 1, "steps": 0, "loss": 1.0, "val_mAP@.5": 0.25},
-                                           {"epoch": 2, "steps": 0, "loss": 0.5, "val_mAP@.5": 0.25}]
-    killed = load_history(str(tmp_path)) + [{"epoch": 3, "steps": 0, "loss": 9.0}]  # written, then killed before the save
+    assert load_history(str(tmp_path)) == [
+        {"epoch": 1, "steps": 0, "loss": 1.0, "val_mAP@.5": 0.25},
+        {"epoch": 2, "steps": 0, "loss": 0.5, "val_mAP@.5": 0.25},
+    ]
+    killed = load_history(str(tmp_path)) + [
+        {"epoch": 3, "steps": 0, "loss": 9.0}
+    ]  # written, then killed before the save
     (tmp_path / EpochCheckpoint.HISTORY).write_text(json.dumps(killed))
 
     resumed = EpochCheckpoint(str(tmp_path))
@@ -126,14 +136,19 @@ def test_validation_history_survives_a_resume_and_forgets_evaluations_after_the_
 
     path = str(tmp_path / "validation_history.json")
     first = ValidationMAP(None, "", None, path=path)
-    first.history = [{"phase": "start", "epoch": 0, "mAP": 0.1, "mAP@.5": 0.2, "seconds": 1.0},
-                     {"phase": "phase1", "epoch": 1, "mAP": 0.2, "mAP@.5": 0.3, "seconds": 5.0},
-                     {"phase": "phase1", "epoch": 2, "mAP": 0.3, "mAP@.5": 0.4, "seconds": 9.0}]
+    first.history = [
+        {"phase": "start", "epoch": 0, "mAP": 0.1, "mAP@.5": 0.2, "seconds": 1.0},
+        {"phase": "phase1", "epoch": 1, "mAP": 0.2, "mAP@.5": 0.3, "seconds": 5.0},
+        {"phase": "phase1", "epoch": 2, "mAP": 0.3, "mAP@.5": 0.4, "seconds": 9.0},
+    ]
     first._save()
     resumed = ValidationMAP(None, "", None, path=path)  # a new process: the kill came after epoch 2's evaluation
     assert resumed.history == first.history
     resumed.rewind("phase1", 1)  # its checkpoint was after epoch 1: epoch 2 is trained and evaluated again
-    assert [(e["phase"], e["epoch"]) for e in ValidationMAP(None, "", None, path=path).history] == [("start", 0), ("phase1", 1)]
+    assert [(e["phase"], e["epoch"]) for e in ValidationMAP(None, "", None, path=path).history] == [
+        ("start", 0),
+        ("phase1", 1),
+    ]
     resumed.rewind("phase2", 0)
     assert len(resumed.history) == 2
 
@@ -153,9 +168,15 @@ def test_map_near_map50_keeps_online_what_the_rule_picks_over_the_whole_history(
         (tmp_path / f"run{trial}").mkdir()
         tolerance = float(rng.choice([0.0, 0.02, 0.05]))
         # coarse values (multiples of 0.01) so that mAP@.5 and mAP@[.5:.95] tie often
-        history = [{"phase": "phase1" if e < 10 else "phase2", "epoch": e + 1,
-                    "mAP@.5": round(float(rng.integers(80, 96)) / 100, 2), "mAP": round(float(rng.integers(30, 50)) / 100, 2)}
-                   for e in range(20)]
+        history = [
+            {
+                "phase": "phase1" if e < 10 else "phase2",
+                "epoch": e + 1,
+                "mAP@.5": round(float(rng.integers(80, 96)) / 100, 2),
+                "mAP": round(float(rng.integers(30, 50)) / 100, 2),
+            }
+            for e in range(20)
+        ]
         best = keep_best(path, "map_near_map50", tolerance)
         assert isinstance(best, KeepNearBest) and best.monitor == "val_mAP@.5"
         for i, h in enumerate(history):
@@ -176,13 +197,18 @@ def test_map_near_map50_keeps_online_what_the_rule_picks_over_the_whole_history(
     # Tolerance 0.02: the tighter epoch that detects within 0.01 of the best is exported, where map50 keeps the looser.
     epochs = [{"mAP@.5": 0.95, "mAP": 0.45}, {"mAP@.5": 0.94, "mAP": 0.52}, {"mAP@.5": 0.90, "mAP": 0.55}]
     kept = {}
-    for name, callback in (("map50", KeepBest(str(tmp_path / "a.weights.h5"))),
-                           ("near", KeepNearBest(str(tmp_path / "b.weights.h5"), 0.02))):
+    for name, callback in (
+        ("map50", KeepBest(str(tmp_path / "a.weights.h5"))),
+        ("near", KeepNearBest(str(tmp_path / "b.weights.h5"), 0.02)),
+    ):
         for epoch, m in enumerate(epochs, start=1):
             callback.consider(model, m, epoch, "phase2")
         kept[name] = callback.best_epoch
     assert kept == {"map50": 1, "near": 2}
-    assert kept["near"] == within_map50_tolerance([dict(m, phase="phase2", epoch=e) for e, m in enumerate(epochs, 1)], 0.02)["epoch"]
+    assert (
+        kept["near"]
+        == within_map50_tolerance([dict(m, phase="phase2", epoch=e) for e, m in enumerate(epochs, 1)], 0.02)["epoch"]
+    )
 
 
 def test_map_near_map50_resumes_only_its_own_rule_and_removes_weights_no_record_names(tmp_path):
@@ -198,6 +224,10 @@ def test_map_near_map50_resumes_only_its_own_rule_and_removes_weights_no_record_
     assert (first.best_epoch, first.best) == (1, 0.4)
     (tmp_path / "best.phase1.7.weights.h5").write_bytes(b"written, then killed before the record named it")
     again = KeepNearBest(str(tmp_path / "best.weights.h5"), 0.02)
-    assert (again.best_epoch, again.best_phase) == (1, "phase1") and not (tmp_path / "best.phase1.7.weights.h5").exists()
-    other = KeepNearBest(str(tmp_path / "best.weights.h5"), 0.05)  # another tolerance is another rule: no bar carried over
+    assert (again.best_epoch, again.best_phase) == (1, "phase1") and not (
+        tmp_path / "best.phase1.7.weights.h5"
+    ).exists()
+    other = KeepNearBest(
+        str(tmp_path / "best.weights.h5"), 0.05
+    )  # another tolerance is another rule: no bar carried over
     assert other.best_epoch is None and other.restore(model) is None

@@ -19,8 +19,11 @@ from beam_jobs.parsers import voc
 
 def _inference(*detections):
     """Raw model outputs for ``(score, class id)`` pairs."""
-    return {"num_detections": len(detections), "detection_scores": [s for s, _ in detections],
-            "detection_classes": [float(c) for _, c in detections]}
+    return {
+        "num_detections": len(detections),
+        "detection_scores": [s for s, _ in detections],
+        "detection_classes": [float(c) for _, c in detections],
+    }
 
 
 def test_closeness_peaks_at_the_threshold_and_falls_to_zero_at_both_ends():
@@ -38,12 +41,23 @@ def test_an_images_uncertainty_is_its_most_uncertain_decision_against_its_own_cl
     assert "cat scored 0.450 against its threshold 0.500" in u["reason"]
     sure = lb.image_uncertainty(_inference((0.99, 1), (0.01, 2)), thresholds, names)
     assert sure["uncertainty"] < 0.1 and sure["ambiguous"] == 0
-    assert lb.image_uncertainty(_inference(), thresholds, names) == {"uncertainty": 0.0, "ambiguous": 0, "reason": "no detection at all"}
+    assert lb.image_uncertainty(_inference(), thresholds, names) == {
+        "uncertainty": 0.0,
+        "ambiguous": 0,
+        "reason": "no detection at all",
+    }
 
 
 def _candidate(source, u, ambiguous=1, detections=()):
-    return {"source": source, "uncertainty": u, "ambiguous": ambiguous, "reason": f"r {source}", "width": 80, "height": 64,
-            "detections": list(detections)}
+    return {
+        "source": source,
+        "uncertainty": u,
+        "ambiguous": ambiguous,
+        "reason": f"r {source}",
+        "width": 80,
+        "height": 64,
+        "detections": list(detections),
+    }
 
 
 def test_a_chunk_pool_keeps_its_most_uncertain_images_in_rank_order_whatever_the_arrival_order():
@@ -54,7 +68,10 @@ def test_a_chunk_pool_keeps_its_most_uncertain_images_in_rank_order_whatever_the
         rng.shuffle(images)
         pool = lb.ChunkPool(size=17)
         for s, u, a in images:
-            pool.add({"source": s, "width": 80, "height": 64, "detections": []}, {"uncertainty": u, "ambiguous": a, "reason": f"r {s}"})
+            pool.add(
+                {"source": s, "width": 80, "height": 64, "detections": []},
+                {"uncertainty": u, "ambiguous": a, "reason": f"r {s}"},
+            )
         assert [c["source"] for c in pool.candidates()] == [c["source"] for c in want]
 
 
@@ -78,10 +95,21 @@ def test_dhash_calls_a_reencoded_brighter_frame_a_near_duplicate_and_another_sce
 
 
 def test_select_skips_near_duplicates_and_unreadable_images_and_counts_them():
-    images = {"a.jpg": _jpeg(_scene(1)), "a-copy.jpg": _jpeg(_scene(1), quality=70), "b.jpg": _jpeg(_scene(2)),
-              "c.jpg": _jpeg(_scene(3)), "d.jpg": _jpeg(_scene(4))}
-    candidates = [_candidate("a.jpg", 0.99), _candidate("a-copy.jpg", 0.98), _candidate("gone.jpg", 0.97),
-                  _candidate("b.jpg", 0.9), _candidate("c.jpg", 0.5), _candidate("d.jpg", 0.1)]
+    images = {
+        "a.jpg": _jpeg(_scene(1)),
+        "a-copy.jpg": _jpeg(_scene(1), quality=70),
+        "b.jpg": _jpeg(_scene(2)),
+        "c.jpg": _jpeg(_scene(3)),
+        "d.jpg": _jpeg(_scene(4)),
+    }
+    candidates = [
+        _candidate("a.jpg", 0.99),
+        _candidate("a-copy.jpg", 0.98),
+        _candidate("gone.jpg", 0.97),
+        _candidate("b.jpg", 0.9),
+        _candidate("c.jpg", 0.5),
+        _candidate("d.jpg", 0.1),
+    ]
 
     def read(source):
         return images[source]  # gone.jpg: KeyError, as a vanished file
@@ -93,10 +121,32 @@ def test_select_skips_near_duplicates_and_unreadable_images_and_counts_them():
 
 
 def test_voc_pre_annotations_read_back_through_ssdflows_voc_parser_with_no_rejection():
-    c = {**_candidate("s3://b/x/raccoon 7.jpg", 0.8), "rank": 3, "width": 500, "height": 375, "detections": [
-        {"label": "raccoon", "label_id": 1, "score": 0.52, "box": {"xmin": 10.4, "ymin": 20.6, "xmax": 300.0, "ymax": 374.9}},
-        {"label": "a&b <c>", "label_id": 2, "score": 0.31, "box": {"xmin": -1.0, "ymin": 0.0, "xmax": 501.2, "ymax": 100.0}},
-        {"label": "raccoon", "label_id": 1, "score": 0.5, "box": {"xmin": 40.2, "ymin": 7.0, "xmax": 40.4, "ymax": 9.0}}]}
+    c = {
+        **_candidate("s3://b/x/raccoon 7.jpg", 0.8),
+        "rank": 3,
+        "width": 500,
+        "height": 375,
+        "detections": [
+            {
+                "label": "raccoon",
+                "label_id": 1,
+                "score": 0.52,
+                "box": {"xmin": 10.4, "ymin": 20.6, "xmax": 300.0, "ymax": 374.9},
+            },
+            {
+                "label": "a&b <c>",
+                "label_id": 2,
+                "score": 0.31,
+                "box": {"xmin": -1.0, "ymin": 0.0, "xmax": 501.2, "ymax": 100.0},
+            },
+            {
+                "label": "raccoon",
+                "label_id": 1,
+                "score": 0.5,
+                "box": {"xmin": 40.2, "ymin": 7.0, "xmax": 40.4, "ymax": 9.0},
+            },
+        ],
+    }
     name = lb.file_stem(c) + ".jpg"
     assert name == "0003-raccoon_7.jpg"
     parsed = voc.parse(f"annotations/{lb.file_stem(c)}.xml", lb.voc_xml(name, c).encode())
@@ -104,22 +154,45 @@ def test_voc_pre_annotations_read_back_through_ssdflows_voc_parser_with_no_rejec
     record = parsed.records[0]
     assert (record.image_name, record.width, record.height, record.rejections) == (name, 500, 375, ())
     assert [(b.label, b.xmin, b.ymin, b.xmax, b.ymax) for b in record.boxes] == [
-        ("raccoon", 10, 21, 300, 375), ("a&b <c>", 0, 0, 500, 100)]  # pixels, clipped; the sliver (no area in pixels) left out
+        ("raccoon", 10, 21, 300, 375),
+        ("a&b <c>", 0, 0, 500, 100),
+    ]  # pixels, clipped; the sliver (no area in pixels) left out
 
 
 def test_label_studio_tasks_follow_its_import_format_and_match_the_labelling_config():
-    c = {**_candidate("archive.tar#dir/img 1.png", 0.7), "rank": 1, "width": 200, "height": 100, "detections": [
-        {"label": "dog", "label_id": 2, "score": 0.41, "box": {"xmin": 20.0, "ymin": 10.0, "xmax": 120.0, "ymax": 60.0}}]}
+    c = {
+        **_candidate("archive.tar#dir/img 1.png", 0.7),
+        "rank": 1,
+        "width": 200,
+        "height": 100,
+        "detections": [
+            {
+                "label": "dog",
+                "label_id": 2,
+                "score": 0.41,
+                "box": {"xmin": 20.0, "ymin": 10.0, "xmax": 120.0, "ymax": 60.0},
+            }
+        ],
+    }
     task = lb.label_studio_task("/data/labelling/images/0001-img_1.png", c, "v7")
     assert task["data"]["image"] == "/data/labelling/images/0001-img_1.png"
     [prediction] = task["predictions"]
     assert prediction["model_version"] == "v7" and prediction["score"] == 0.7
     [region] = prediction["result"]
     assert region["type"] == "rectanglelabels" and region["original_width"] == 200 and region["original_height"] == 100
-    assert region["value"] == {"x": 10.0, "y": 10.0, "width": 50.0, "height": 50.0, "rotation": 0, "rectanglelabels": ["dog"]}
+    assert region["value"] == {
+        "x": 10.0,
+        "y": 10.0,
+        "width": 50.0,
+        "height": 50.0,
+        "rotation": 0,
+        "rectanglelabels": ["dog"],
+    }
     config = ElementTree.fromstring(lb.label_studio_config(["cat", "dog"]))
     rect, image = config.find("RectangleLabels"), config.find("Image")
-    assert (region["from_name"], region["to_name"]) == (rect.get("name"), image.get("name")) and image.get("value") == "$image"
+    assert (region["from_name"], region["to_name"]) == (rect.get("name"), image.get("name")) and image.get(
+        "value"
+    ) == "$image"
     assert [lbl.get("value") for lbl in rect.findall("Label")] == ["cat", "dog"]
     json.dumps(task)  # plain JSON
 
@@ -127,20 +200,46 @@ def test_label_studio_tasks_follow_its_import_format_and_match_the_labelling_con
 def test_the_batch_holds_images_annotations_tasks_and_a_reason_per_image():
     png = io.BytesIO()
     _scene(5).save(png, format="PNG")
-    picked = [{**_candidate("in/a.jpg", 0.9, detections=[{"label": "cat", "label_id": 1, "score": 0.5,
-                                                           "box": {"xmin": 1.0, "ymin": 2.0, "xmax": 30.0, "ymax": 40.0}}]),
-               "rank": 1, "data": _jpeg(_scene(1))},
-              {**_candidate("in/b.png", 0.4), "rank": 2, "data": png.getvalue()}]
+    picked = [
+        {
+            **_candidate(
+                "in/a.jpg",
+                0.9,
+                detections=[
+                    {
+                        "label": "cat",
+                        "label_id": 1,
+                        "score": 0.5,
+                        "box": {"xmin": 1.0, "ymin": 2.0, "xmax": 30.0, "ymax": 40.0},
+                    }
+                ],
+            ),
+            "rank": 1,
+            "data": _jpeg(_scene(1)),
+        },
+        {**_candidate("in/b.png", 0.4), "rank": 2, "data": png.getvalue()},
+    ]
     files = lb.batch_files(picked, "v1", ["cat"], "s3://bucket/out/labelling")
-    assert sorted(files) == ["labelling/annotations/0001-a.xml", "labelling/annotations/0002-b.xml", "labelling/images/0001-a.jpg",
-                             "labelling/images/0002-b.png", "labelling/label_studio.json", "labelling/label_studio_config.xml",
-                             "labelling/reasons.csv"]
+    assert sorted(files) == [
+        "labelling/annotations/0001-a.xml",
+        "labelling/annotations/0002-b.xml",
+        "labelling/images/0001-a.jpg",
+        "labelling/images/0002-b.png",
+        "labelling/label_studio.json",
+        "labelling/label_studio_config.xml",
+        "labelling/reasons.csv",
+    ]
     assert files["labelling/images/0002-b.png"] == picked[1]["data"]  # the original bytes
     tasks = json.loads(files["labelling/label_studio.json"])
-    assert [t["data"]["image"] for t in tasks] == ["s3://bucket/out/labelling/images/0001-a.jpg", "s3://bucket/out/labelling/images/0002-b.png"]
+    assert [t["data"]["image"] for t in tasks] == [
+        "s3://bucket/out/labelling/images/0001-a.jpg",
+        "s3://bucket/out/labelling/images/0002-b.png",
+    ]
     rows = list(csv.DictReader(io.StringIO(files["labelling/reasons.csv"].decode())))
-    assert [(r["rank"], r["source"], r["detections"], r["reason"]) for r in rows] == [("1", "in/a.jpg", "1", "r in/a.jpg"),
-                                                                                      ("2", "in/b.png", "0", "r in/b.png")]
+    assert [(r["rank"], r["source"], r["detections"], r["reason"]) for r in rows] == [
+        ("1", "in/a.jpg", "1", "r in/a.jpg"),
+        ("2", "in/b.png", "0", "r in/b.png"),
+    ]
 
 
 def test_tasks_name_images_by_label_studios_local_files_url_below_its_document_root(tmp_path):
@@ -153,18 +252,23 @@ def test_tasks_name_images_by_label_studios_local_files_url_below_its_document_r
     assert lb.task_image_root(str(batch), str(tmp_path)) == "/data/local-files/?d=night%201/scored/labelling"
     assert lb.task_image_root(f"file://{batch}", str(tmp_path / "night 1")) == "/data/local-files/?d=scored/labelling"
     (tmp_path / "link").symlink_to(tmp_path / "night 1")
-    assert lb.task_image_root(str(tmp_path / "link" / "scored" / "labelling"), str(tmp_path / "night 1")) == \
-        "/data/local-files/?d=scored/labelling"
+    assert (
+        lb.task_image_root(str(tmp_path / "link" / "scored" / "labelling"), str(tmp_path / "night 1"))
+        == "/data/local-files/?d=scored/labelling"
+    )
     with pytest.raises(ValueError, match="not below the Label Studio document root"):
         lb.task_image_root(str(batch), str(tmp_path / "elsewhere"))
 
 
-@pytest.mark.parametrize("root, out, message", [
-    ("data", "/data/out", "must be an absolute local path"),
-    ("s3://b", "s3://b/out", "must be an absolute local path"),
-    ("/data", "s3://b/out", "is in a bucket"),
-    ("/data", "/elsewhere/out", "is not below label_studio_root"),
-])
+@pytest.mark.parametrize(
+    "root, out, message",
+    [
+        ("data", "/data/out", "must be an absolute local path"),
+        ("s3://b", "s3://b/out", "must be an absolute local path"),
+        ("/data", "s3://b/out", "is in a bucket"),
+        ("/data", "/elsewhere/out", "is not below label_studio_root"),
+    ],
+)
 def test_a_label_studio_root_that_cannot_serve_the_batch_is_refused_before_scoring(root, out, message):
     from pydantic import ValidationError
 
@@ -173,6 +277,14 @@ def test_a_label_studio_root_that_cannot_serve_the_batch_is_refused_before_scori
     with pytest.raises(ValidationError, match=message):
         ScoreConfig(model="/models", images=["/in"], out=out, label_studio_root=root)
     with pytest.raises(ValidationError, match=message):
-        NightlyConfig(ingest={"images": "/in", "labels": "/labels", "format": "voc", "out": "/records"}, models="/models", score_images=["/in"],
-                      score_out=out, label_studio_root=root)
-    assert ScoreConfig(model="/models", images=["/in"], out="/data/x/out", label_studio_root="/data").label_studio_root == "/data"
+        NightlyConfig(
+            ingest={"images": "/in", "labels": "/labels", "format": "voc", "out": "/records"},
+            models="/models",
+            score_images=["/in"],
+            score_out=out,
+            label_studio_root=root,
+        )
+    assert (
+        ScoreConfig(model="/models", images=["/in"], out="/data/x/out", label_studio_root="/data").label_studio_root
+        == "/data"
+    )

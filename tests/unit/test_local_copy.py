@@ -50,7 +50,9 @@ def test_local_paths_are_used_in_place_and_keys_are_checked(tmp_path, monkeypatc
 def test_only_included_files_are_copied(tmp_path):
     _tree(tmp_path / "src")
     (tmp_path / "src" / "keras.weights.h5").write_bytes(b"not needed to load")
-    copied = storage.copy_tree_to_local(str(tmp_path / "src"), str(tmp_path / "k"), include=lambda rel: rel != "keras.weights.h5")
+    copied = storage.copy_tree_to_local(
+        str(tmp_path / "src"), str(tmp_path / "k"), include=lambda rel: rel != "keras.weights.h5"
+    )
     assert "keras.weights.h5" not in copied and not (tmp_path / "k" / "keras.weights.h5").exists()
 
 

@@ -190,11 +190,13 @@ def test_class_weights_scale_each_positive_anchors_terms_by_its_class():
 def _giou_numpy(a, b):
     """Reference GIoU of corner boxes [..., 4] in image coordinates."""
     area = lambda x: (x[..., 2] - x[..., 0]) * (x[..., 3] - x[..., 1])  # noqa: E731
-    inter = (np.clip(np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]), 0, None)
-             * np.clip(np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]), 0, None))
+    inter = np.clip(np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]), 0, None) * np.clip(
+        np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]), 0, None
+    )
     union = area(a) + area(b) - inter
-    hull = ((np.maximum(a[..., 2], b[..., 2]) - np.minimum(a[..., 0], b[..., 0]))
-            * (np.maximum(a[..., 3], b[..., 3]) - np.minimum(a[..., 1], b[..., 1])))
+    hull = (np.maximum(a[..., 2], b[..., 2]) - np.minimum(a[..., 0], b[..., 0])) * (
+        np.maximum(a[..., 3], b[..., 3]) - np.minimum(a[..., 1], b[..., 1])
+    )
     return inter / union - (hull - union) / hull
 
 
@@ -235,8 +237,9 @@ def test_giou_box_loss_averages_over_positives_and_moves_disjoint_boxes_closer()
     loss = SSDLoss(C, box_loss="giou", variances=variances)
     parts = loss.components(y_true, y_pred)
     decoded = lambda t: decode(t, anchors, variances).numpy()  # noqa: E731
-    per_anchor = 1.0 - _giou_numpy(np.stack([decoded(y_pred[i, :, :4]) for i in range(2)]),
-                                   np.stack([decoded(y_true[i, :, :4]) for i in range(2)]))
+    per_anchor = 1.0 - _giou_numpy(
+        np.stack([decoded(y_pred[i, :, :4]) for i in range(2)]), np.stack([decoded(y_true[i, :, :4]) for i in range(2)])
+    )
     assert float(parts["box"]) == pytest.approx(per_anchor[positive].sum() / positive.sum(), rel=1e-4)
     # Boxes that do not overlap still get a gradient (IoU alone would give none).
     far = tf.Variable([[0.0, 30.0, 0.0, 0.0]])  # 30 * 0.1 = 3 anchor widths to the right
@@ -266,8 +269,9 @@ def _quality_batch(seed=5):
     y_true[..., :4] = np.where(positive[..., None], [encode(t, anchors, variances).numpy() for t in truth], 0.0)
     y_pred[..., :4] = [encode(p, anchors, variances).numpy() for p in pred]
     area = lambda x: (x[..., 2] - x[..., 0]) * (x[..., 3] - x[..., 1])  # noqa: E731
-    inter = (np.clip(np.minimum(pred[..., 2], truth[..., 2]) - np.maximum(pred[..., 0], truth[..., 0]), 0, None)
-             * np.clip(np.minimum(pred[..., 3], truth[..., 3]) - np.maximum(pred[..., 1], truth[..., 1]), 0, None))
+    inter = np.clip(
+        np.minimum(pred[..., 2], truth[..., 2]) - np.maximum(pred[..., 0], truth[..., 0]), 0, None
+    ) * np.clip(np.minimum(pred[..., 3], truth[..., 3]) - np.maximum(pred[..., 1], truth[..., 1]), 0, None)
     iou = inter / (area(pred) + area(truth) - inter)
     return y_true, y_pred, iou, variances
 

@@ -96,7 +96,9 @@ def test_encode_targets_columns():
 
     positive = matched >= 0
     assert (matched == 0).any() and (matched == 1).any() and (matched == IGNORE).any()
-    np.testing.assert_array_equal(y_true[:, 4], np.select([matched == 0, matched == 1, matched == IGNORE], [2.0, 1.0, -1.0], 0.0))
+    np.testing.assert_array_equal(
+        y_true[:, 4], np.select([matched == 0, matched == 1, matched == IGNORE], [2.0, 1.0, -1.0], 0.0)
+    )
     np.testing.assert_array_equal(y_true[~positive, :4], 0.0)
     decoded = decode(y_true[positive, :4], tf.boolean_mask(anchors, positive), VARIANCES).numpy()
     np.testing.assert_allclose(decoded, boxes.numpy()[matched[positive]], atol=1e-5)
@@ -110,8 +112,12 @@ def _atss_reference(gt, anchors, counts, k):
     claim = np.full(ious.shape, -1.0)
     for g in range(len(gt)):
         d = ((ac - gc[g]) ** 2).sum(-1)
-        cand = np.concatenate([s + np.argsort(d[s:s + c], kind="stable")[:min(k, c)]
-                               for s, c in zip(np.cumsum([0] + counts[:-1]), counts)])
+        cand = np.concatenate(
+            [
+                s + np.argsort(d[s : s + c], kind="stable")[: min(k, c)]
+                for s, c in zip(np.cumsum([0] + counts[:-1]), counts)
+            ]
+        )
         thr = ious[g, cand].mean() + ious[g, cand].std()
         inside = np.all((ac[cand] > gt[g, :2]) & (ac[cand] < gt[g, 2:]), axis=-1)
         ok = cand[(ious[g, cand] >= thr) & inside & (ious[g, cand] > 0)]
@@ -132,10 +138,14 @@ def test_atss_matches_the_papers_rule_and_gives_every_box_positives_of_its_own_s
     levels = anchor_levels(cfg)
     counts = list(levels.counts)
     assert sum(counts) == len(anchors) and levels.per_cell == 6
-    gt = np.array([[0.13, 0.13, 0.19, 0.19],  # small: every anchor's IoU is under 0.5
-                   [0.3, 0.2, 0.9, 0.7],     # large
-                   [0.5, 0.55, 0.62, 0.95]],  # wide
-                  np.float32)
+    gt = np.array(
+        [
+            [0.13, 0.13, 0.19, 0.19],  # small: every anchor's IoU is under 0.5
+            [0.3, 0.2, 0.9, 0.7],  # large
+            [0.5, 0.55, 0.62, 0.95],
+        ],  # wide
+        np.float32,
+    )
     got = atss_match(gt, anchors, levels).numpy()
     # The 9 nearest cells per level, 6 anchors each (these box centres have no two cells equally near).
     np.testing.assert_array_equal(got, _atss_reference(gt, anchors, counts, ATSS_TOP_K * 6))
@@ -149,6 +159,7 @@ def test_atss_matches_the_papers_rule_and_gives_every_box_positives_of_its_own_s
     np.testing.assert_array_equal(atss_match(tf.zeros([0, 4]), anchors, levels).numpy(), NEGATIVE)
     # In a tf.data map, through encode_targets, as training runs it.
     ds = tf.data.Dataset.from_tensors((gt, tf.constant([1, 2, 3]))).map(
-        lambda b, c: encode_targets(b, c, anchors, VARIANCES, atss_levels=levels))
+        lambda b, c: encode_targets(b, c, anchors, VARIANCES, atss_levels=levels)
+    )
     y_true = next(iter(ds)).numpy()
     np.testing.assert_array_equal(y_true[:, 4], np.where(got >= 0, got + 1, 0))

@@ -4,9 +4,12 @@ from flows.nightly import ingest_changes
 
 
 def _stats(written, per_class, rejected=None, boxes_rejected=None):
-    return {"images_written": {"total": written}, "boxes_per_class": per_class,
-            "images_rejected": {"total": sum((rejected or {}).values()), **(rejected or {})},
-            "boxes_rejected": {"total": sum((boxes_rejected or {}).values()), **(boxes_rejected or {})}}
+    return {
+        "images_written": {"total": written},
+        "boxes_per_class": per_class,
+        "images_rejected": {"total": sum((rejected or {}).values()), **(rejected or {})},
+        "boxes_rejected": {"total": sum((boxes_rejected or {}).values()), **(boxes_rejected or {})},
+    }
 
 
 def test_changes_show_added_images_class_counts_and_new_reasons():
@@ -25,4 +28,6 @@ def test_removed_images_and_first_night():
     rows = {r["what"]: r["tonight"] for r in ingest_changes(_stats(10, {}), _stats(7, {}))}
     assert rows["images removed (net)"] == 3
     first = {r["what"]: r for r in ingest_changes(None, _stats(5, {"cat": 1}, {"duplicate": 1}))}
-    assert first["images written"]["last_night"] is None and "images_rejected[duplicate]" in first  # nothing is 'new' on night one
+    assert (
+        first["images written"]["last_night"] is None and "images_rejected[duplicate]" in first
+    )  # nothing is 'new' on night one

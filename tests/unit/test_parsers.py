@@ -164,7 +164,10 @@ def test_voc_entities_are_refused(data):
         (b"<annotation><filename>a.jpg</filename>", "well-formed"),
         (b"", "well-formed"),
         (b"<annotation><filename>\xff\xfe</filename></annotation>", "well-formed"),  # not UTF-8
-        (b'<?xml version="1.0" encoding="u-tf-8"?><annotation/>', "u-tf-8"),  # an unknown encoding (found by hypothesis)
+        (
+            b'<?xml version="1.0" encoding="u-tf-8"?><annotation/>',
+            "u-tf-8",
+        ),  # an unknown encoding (found by hypothesis)
     ],
 )
 def test_voc_malformed(data, needle):
@@ -220,8 +223,9 @@ def test_coco_valid_with_negative_image():
 
 
 def coco_doc(annotations: str, images: str = '[{"id": 1, "file_name": "a.jpg"}]') -> bytes:
-    return (f'{{"images": {images}, "categories": [{{"id": 1, "name": "cat"}}], '
-            f'"annotations": {annotations}}}').encode()
+    return (
+        f'{{"images": {images}, "categories": [{{"id": 1, "name": "cat"}}], "annotations": {annotations}}}'
+    ).encode()
 
 
 def test_coco_annotation_for_missing_image_id():
@@ -252,8 +256,10 @@ def test_coco_bad_bbox(bbox):
 
 def test_coco_duplicate_file_name_keeps_the_first():
     images = '[{"id": 1, "file_name": "a.jpg"}, {"id": 2, "file_name": "a.jpg"}]'
-    annotations = ('[{"id": 5, "image_id": 1, "category_id": 1, "bbox": [0, 0, 1, 1]},'
-                   ' {"id": 6, "image_id": 2, "category_id": 1, "bbox": [0, 0, 2, 2]}]')
+    annotations = (
+        '[{"id": 5, "image_id": 1, "category_id": 1, "bbox": [0, 0, 1, 1]},'
+        ' {"id": 6, "image_id": 2, "category_id": 1, "bbox": [0, 0, 2, 2]}]'
+    )
     result = coco.parse("c.json", coco_doc(annotations, images))
     (record,) = result.records
     assert [b.source for b in record.boxes] == ["c.json#annotation5"]
@@ -330,8 +336,9 @@ def test_csv_negative_row():
     )
 
 
-@pytest.mark.parametrize("coords, needle", [("nan,2,3,4", "xmin"), ("1,,3,4", "ymin"), ("1,2,x,4", "'x'"),
-                                            ("1,2,3,inf", "ymax")])
+@pytest.mark.parametrize(
+    "coords, needle", [("nan,2,3,4", "xmin"), ("1,,3,4", "ymin"), ("1,2,x,4", "'x'"), ("1,2,3,inf", "ymax")]
+)
 def test_csv_bad_coordinates(coords, needle):
     data = f"filename,class,xmin,ymin,xmax,ymax\na.jpg,cat,{coords}\na.jpg,cat,1,2,3,4\n".encode()
     (record,) = csv_parser.parse("l.csv", data).records
@@ -400,7 +407,12 @@ def test_yolo_normalized_conversion():
     result = yolo.parse("labels/img_1.txt", data, NAMES)
     (record,) = result.records
     assert (record.image_name, record.key, record.source, record.width, record.height) == (
-        "img_1", "img_1", "labels/img_1.txt", None, None)
+        "img_1",
+        "img_1",
+        "labels/img_1.txt",
+        None,
+        None,
+    )
     assert record.rejections == ()
     first, second = record.boxes
     assert (first.label, first.normalized, first.source) == ("cat", True, "labels/img_1.txt#line2")
@@ -451,7 +463,10 @@ def test_yolo_not_utf8():
 
 def test_load_class_names_txt():
     assert yolo.load_class_names("classes.txt", b"\xef\xbb\xbfcat\n\n dog \r\ntraffic light\n") == [
-        "cat", "dog", "traffic light"]
+        "cat",
+        "dog",
+        "traffic light",
+    ]
 
 
 def test_load_class_names_yaml_list():

@@ -27,14 +27,19 @@ def _iou(a, b):
 
 def test_merge_weighs_same_class_overlapping_boxes_by_iou_times_score():
     kept = np.array([[0.2, 0.2, 0.6, 0.6]], np.float32)
-    candidates = np.array([
-        [0.2, 0.2, 0.6, 0.6],    # the kept box itself
-        [0.22, 0.24, 0.62, 0.64],  # same class, IoU ~0.75: merged in
-        [0.25, 0.25, 0.65, 0.65],  # overlapping, but its score for this class is under the threshold: not merged
-        [0.45, 0.45, 0.85, 0.85],  # same class, IoU ~0.14: not merged
-    ], np.float32)
+    candidates = np.array(
+        [
+            [0.2, 0.2, 0.6, 0.6],  # the kept box itself
+            [0.22, 0.24, 0.62, 0.64],  # same class, IoU ~0.75: merged in
+            [0.25, 0.25, 0.65, 0.65],  # overlapping, but its score for this class is under the threshold: not merged
+            [0.45, 0.45, 0.85, 0.85],  # same class, IoU ~0.14: not merged
+        ],
+        np.float32,
+    )
     scores = np.array([[0.9, 0.0], [0.6, 0.1], [0.005, 0.95], [0.8, 0.0]], np.float32)
-    merged = merge_boxes(kept[None], np.array([[0]], np.float32), candidates[None], scores[None], 0.5, 0.01).numpy()[0, 0]
+    merged = merge_boxes(kept[None], np.array([[0]], np.float32), candidates[None], scores[None], 0.5, 0.01).numpy()[
+        0, 0
+    ]
 
     w0, w1 = 0.9, _iou(kept[0], candidates[1]) * 0.6
     expected = (w0 * candidates[0] + w1 * candidates[1]) / (w0 + w1)
@@ -55,7 +60,10 @@ def test_merged_box_sits_tighter_than_the_one_nms_kept():
     merged = postprocess(predictions, anchors, VARIANCES, 0.05, 0.5, 10, box_merge_iou=0.5)
 
     np.testing.assert_allclose(plain["detection_boxes"][0, 0], np.clip(boxes[0], 0, 1), atol=1e-5)
-    assert _iou(merged["detection_boxes"][0, 0].numpy(), truth) > _iou(plain["detection_boxes"][0, 0].numpy(), truth) + 0.05
+    assert (
+        _iou(merged["detection_boxes"][0, 0].numpy(), truth)
+        > _iou(plain["detection_boxes"][0, 0].numpy(), truth) + 0.05
+    )
     # Merging moves boxes only: which detections there are, and their scores and classes, stay.
     for key in ("detection_scores", "detection_classes", "num_detections"):
         np.testing.assert_array_equal(plain[key].numpy(), merged[key].numpy())

@@ -42,8 +42,9 @@ def test_a_log_gets_plain_lines_with_rate_and_eta(monkeypatch):
     done = {"n": 0}
     seen = []
     stream = io.StringIO()  # not a terminal: plain lines
-    with progress.Reporter("score", lambda: done["n"], total=100, on_update=lambda d, t: seen.append((d, t)),
-                           stream=stream) as reporter:
+    with progress.Reporter(
+        "score", lambda: done["n"], total=100, on_update=lambda d, t: seen.append((d, t)), stream=stream
+    ) as reporter:
         for _ in range(10):
             done["n"] += 7
             time.sleep(0.03)
@@ -51,7 +52,9 @@ def test_a_log_gets_plain_lines_with_rate_and_eta(monkeypatch):
     assert "\x1b[" not in text  # no ANSI codes in a log
     lines = text.splitlines()
     assert len(lines) >= 3 and lines == reporter.lines
-    assert re.fullmatch(r"score: \d+/100 images \(\d+%\), [\d.]+ images/s(, ETA \d:\d\d:\d\d)?, \d:\d\d:\d\d so far", lines[0])
+    assert re.fullmatch(
+        r"score: \d+/100 images \(\d+%\), [\d.]+ images/s(, ETA \d:\d\d:\d\d)?, \d:\d\d:\d\d so far", lines[0]
+    )
     assert lines[-1].startswith("score: 100/100 images (100%)") and lines[-1].endswith("(finished)")
     assert seen[-1] == (100, 100) and all(d <= 100 for d, _ in seen)
 

@@ -102,7 +102,9 @@ def test_set_champion_refuses_uncommitted_or_missing(tmp_path):
     champ = registry.read_champion(tmp_path)
     assert champ["version"] == v and champ["decision"] == {"promoted": True}
     assert champ["promoted_at"].endswith("Z")
-    assert sorted(p.name for p in tmp_path.iterdir() if p.is_file() and not p.name.endswith(".lock")) == ["champion.json"]  # no temp files
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_file() and not p.name.endswith(".lock")) == [
+        "champion.json"
+    ]  # no temp files
 
 
 def test_resolve_model_uri_takes_a_saved_model_or_the_champion(tmp_path):
@@ -128,13 +130,16 @@ def test_resolve_model_uri_takes_a_saved_model_or_the_champion(tmp_path):
 def test_label_map_diff():
     assert label_map_diff(LM, dict(LM)) == {"added": [], "removed": [], "renumbered": {}, "identical": True}
     d = label_map_diff({"cat": 1, "dog": 2, "emu": 3}, {"cat": 2, "dog": 1, "fox": 3})
-    assert d == {"added": ["fox"], "removed": ["emu"], "renumbered": {"cat": [1, 2], "dog": [2, 1]},
-                 "identical": False}
+    assert d == {"added": ["fox"], "removed": ["emu"], "renumbered": {"cat": [1, 2], "dog": [2, 1]}, "identical": False}
 
 
 def test_policy_validation():
-    assert PromotionPolicy().model_dump() == {"tolerance": 0.0, "metric": "mAP@.5", "min_score": 0.0,
-                                             "on_label_map_change": "refuse"}
+    assert PromotionPolicy().model_dump() == {
+        "tolerance": 0.0,
+        "metric": "mAP@.5",
+        "min_score": 0.0,
+        "on_label_map_change": "refuse",
+    }
     for bad in [{"tolerance": -0.1}, {"tolerance": 1.5}, {"metric": "AR"}, {"on_label_map_change": "yolo"}]:
         with pytest.raises(pydantic.ValidationError):
             PromotionPolicy(**bad)
@@ -144,9 +149,15 @@ def test_policy_validation():
 
 
 def _decide(challenger_score, champion_score, policy=None, challenger_lm=LM, champion_lm=LM, champion=CHAMP):
-    return decide("v2", {"mAP@.5": challenger_score, "mAP": 0.1}, challenger_lm, champion,
-                  None if champion is None else {"mAP@.5": champion_score, "mAP": 0.9}, champion_lm,
-                  policy or PromotionPolicy())
+    return decide(
+        "v2",
+        {"mAP@.5": challenger_score, "mAP": 0.1},
+        challenger_lm,
+        champion,
+        None if champion is None else {"mAP@.5": champion_score, "mAP": 0.9},
+        champion_lm,
+        policy or PromotionPolicy(),
+    )
 
 
 def test_decide_no_champion_promotes():
@@ -157,8 +168,19 @@ def test_decide_no_champion_promotes():
 
 def test_decide_record_fields():
     d = _decide(0.61, 0.6, PromotionPolicy(tolerance=0.02))
-    assert set(d) == {"challenger", "champion", "metric", "challenger_score", "champion_score", "tolerance",
-                      "min_score", "label_map_diff", "promoted", "reason", "decided_at"}
+    assert set(d) == {
+        "challenger",
+        "champion",
+        "metric",
+        "challenger_score",
+        "champion_score",
+        "tolerance",
+        "min_score",
+        "label_map_diff",
+        "promoted",
+        "reason",
+        "decided_at",
+    }
     assert (d["challenger"], d["champion"], d["metric"]) == ("v2", "v1", "mAP@.5")
     assert (d["challenger_score"], d["champion_score"], d["tolerance"]) == (0.61, 0.6, 0.02)
     assert d["label_map_diff"]["identical"] is True
@@ -325,7 +347,12 @@ def test_promote_by_hand_and_roll_back_step_by_step(tmp_path):
         registry.rollback(root, "ben", "one more")
     assert ((root / "champion.json").read_bytes(), (root / "decisions.jsonl").read_bytes()) == before
     assert [(x.get("action"), x["challenger"]) for x in decisions(root) if x["promoted"]] == [
-        (None, v1), (None, v2), ("promote", v3), ("rollback", v2), ("rollback", v1)]
+        (None, v1),
+        (None, v2),
+        ("promote", v3),
+        ("rollback", v2),
+        ("rollback", v1),
+    ]
 
 
 def test_promote_by_hand_refuses_what_is_not_committed(tmp_path):

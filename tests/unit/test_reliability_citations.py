@@ -29,8 +29,11 @@ def _tests_in(path: Path) -> frozenset[str]:
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name.startswith("test"):
             names.add(node.name)
         elif isinstance(node, ast.ClassDef) and node.name.startswith("Test"):
-            names.update(f"{node.name}::{m.name}" for m in node.body
-                         if isinstance(m, (ast.FunctionDef, ast.AsyncFunctionDef)) and m.name.startswith("test"))
+            names.update(
+                f"{node.name}::{m.name}"
+                for m in node.body
+                if isinstance(m, (ast.FunctionDef, ast.AsyncFunctionDef)) and m.name.startswith("test")
+            )
     return frozenset(names)
 
 
@@ -50,7 +53,9 @@ def unresolved(text: str) -> list[str]:
         files = [REPO / path] if "/" in path else _test_files(path)
         files = [f for f in files if f.is_file()]
         if len(files) != 1:
-            problems.append(f"{written}: {'no such file' if not files else 'names several files: ' + ', '.join(map(str, files))}")
+            problems.append(
+                f"{written}: {'no such file' if not files else 'names several files: ' + ', '.join(map(str, files))}"
+            )
         elif node and node not in _tests_in(files[0]):
             problems.append(f"{written}: no test {node} in {files[0].relative_to(REPO)}")
     every_test = set().union(*(_tests_in(f) for f in (REPO / "tests").rglob("test_*.py")))
@@ -68,9 +73,11 @@ def test_every_test_that_reliability_md_cites_exists():
 def test_a_moved_or_missing_test_is_reported():
     """The check itself: a test cited in the wrong file, a test that does not exist, a file that does
     not exist and a bare name that matches nothing are each reported; real citations are not."""
-    text = ("`tests/integration/test_train.py::test_killed_training_resumes_from_its_checkpoint` "
-            "`test_train_resume.py::test_killed_training_resumes_from_its_checkpoint` "
-            "`test_score.py::test_no_such_thing` `test_nowhere.py` `test_ingest_outcome[<case>]` `test_vanished[x]`")
+    text = (
+        "`tests/integration/test_train.py::test_killed_training_resumes_from_its_checkpoint` "
+        "`test_train_resume.py::test_killed_training_resumes_from_its_checkpoint` "
+        "`test_score.py::test_no_such_thing` `test_nowhere.py` `test_ingest_outcome[<case>]` `test_vanished[x]`"
+    )
     problems = unresolved(text)
     assert len(problems) == 4, problems
     assert "no test test_killed_training_resumes_from_its_checkpoint in tests/integration/test_train.py" in problems[0]

@@ -13,8 +13,9 @@ from model import report
 
 
 def test_pr_curves_png_draws_each_class_in_its_colour(tmp_path):
-    path = report.draw_pr_curves({"cat": [1.0] * 50 + [0.5] * 51, "dog": [0.8] * 101, "owl": [None] * 101},
-                                 str(tmp_path / report.PR_CURVES))
+    path = report.draw_pr_curves(
+        {"cat": [1.0] * 50 + [0.5] * 51, "dog": [0.8] * 101, "owl": [None] * 101}, str(tmp_path / report.PR_CURVES)
+    )
     img = np.asarray(Image.open(path).convert("RGB"))
     assert img.shape == (420, 560, 3)
     pixels = {tuple(p) for p in img.reshape(-1, 3)}
@@ -29,9 +30,15 @@ def test_pr_curves_png_draws_each_class_in_its_colour(tmp_path):
 def test_example_draws_ground_truth_and_only_detections_above_threshold():
     buf = io.BytesIO()
     Image.new("RGB", (200, 100), (40, 40, 40)).save(buf, format="PNG")
-    detections = {"num_detections": 2, "detection_boxes": np.array([[0.5, 0.5, 0.9, 0.9], [0.1, 0.1, 0.3, 0.3]]),
-                  "detection_scores": np.array([0.9, 0.1]), "detection_classes": np.array([2, 1])}
-    img = np.asarray(report.draw_example(buf.getvalue(), [[0.1, 0.0, 0.4, 0.3]], [1], detections, {1: "cat", 2: "dog"}, 0.3))
+    detections = {
+        "num_detections": 2,
+        "detection_boxes": np.array([[0.5, 0.5, 0.9, 0.9], [0.1, 0.1, 0.3, 0.3]]),
+        "detection_scores": np.array([0.9, 0.1]),
+        "detection_classes": np.array([2, 1]),
+    }
+    img = np.asarray(
+        report.draw_example(buf.getvalue(), [[0.1, 0.0, 0.4, 0.3]], [1], detections, {1: "cat", 2: "dog"}, 0.3)
+    )
     assert tuple(img[10, 30]) == report.GROUND_TRUTH  # ground-truth top edge (y 0.1 of 100, x 0.15 of 200)
     assert tuple(img[50, 130]) == report.PALETTE[1]  # the dog (class 2) detection's top edge
     assert tuple(img[10, 40]) != report.PALETTE[0] and tuple(img[30, 40]) != report.PALETTE[0]  # the 0.1 cat: not drawn

@@ -28,23 +28,29 @@ def test_unset_means_unrestricted(monkeypatch):
 
 
 def test_locations_under_the_roots_pass(confined):
-    cfg = ScoreConfig(model=str(confined / "models"), images=[str(confined / "archive"), "s3://bucket/ssdflow/a/*.jpg"],
-                      out="s3://bucket/ssdflow/scored")
+    cfg = ScoreConfig(
+        model=str(confined / "models"),
+        images=[str(confined / "archive"), "s3://bucket/ssdflow/a/*.jpg"],
+        out="s3://bucket/ssdflow/scored",
+    )
     assert cfg.images[1] == "s3://bucket/ssdflow/a/*.jpg"
     TrainConfig(data=str(confined / "records"), models=str(confined / "models"))
     DemoConfig(workdir=str(confined / "demo"))
 
 
-@pytest.mark.parametrize("field, value", [
-    ("out", "/etc/cron.d"),
-    ("out", "{data}/../elsewhere"),  # .. leaves the root
-    ("out", "s3://bucket/ssdflow-other/x"),  # a sibling prefix is not under the root
-    ("out", "s3://bucket/ssdflow/../secrets"),
-    ("out", "s3://other/../bucket/ssdflow/x"),  # S3 keys do not collapse "..": this is bucket "other"
-    ("out", "s3://bucket/ssdflow//x"),
-    ("images", ["{data}/archive", "/home"]),
-    ("model", "/"),
-])
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("out", "/etc/cron.d"),
+        ("out", "{data}/../elsewhere"),  # .. leaves the root
+        ("out", "s3://bucket/ssdflow-other/x"),  # a sibling prefix is not under the root
+        ("out", "s3://bucket/ssdflow/../secrets"),
+        ("out", "s3://other/../bucket/ssdflow/x"),  # S3 keys do not collapse "..": this is bucket "other"
+        ("out", "s3://bucket/ssdflow//x"),
+        ("images", ["{data}/archive", "/home"]),
+        ("model", "/"),
+    ],
+)
 def test_locations_outside_are_refused_naming_the_field(confined, field, value):
     good = {"model": str(confined / "models"), "images": [str(confined / "archive")], "out": str(confined / "scored")}
     value = [v.format(data=confined) for v in value] if isinstance(value, list) else value.format(data=confined)
@@ -57,17 +63,30 @@ def test_a_symlink_out_of_the_root_is_refused(confined, tmp_path):
     (tmp_path / "secret").mkdir()
     os.symlink(tmp_path / "secret", confined / "link")
     with pytest.raises(ValidationError, match="outside the allowed roots"):
-        IngestConfig(images=str(confined / "link" / "*.jpg"), labels=str(confined / "labels"), format="voc", out=str(confined / "r"))
+        IngestConfig(
+            images=str(confined / "link" / "*.jpg"),
+            labels=str(confined / "labels"),
+            format="voc",
+            out=str(confined / "r"),
+        )
 
 
 def test_the_json_schema_refuses_what_the_server_must_refuse(confined):
     """What Prefect registers with a deployment: the roots as a pattern on every location."""
     schema = NightlyConfig.model_json_schema()
-    good = {"ingest": {"images": f"{confined}/in", "labels": f"{confined}/lab", "format": "voc", "out": f"{confined}/rec"},
-            "models": f"{confined}/models", "score_images": [f"{confined}/archive"], "score_out": f"{confined}/scored"}
+    good = {
+        "ingest": {"images": f"{confined}/in", "labels": f"{confined}/lab", "format": "voc", "out": f"{confined}/rec"},
+        "models": f"{confined}/models",
+        "score_images": [f"{confined}/archive"],
+        "score_out": f"{confined}/scored",
+    }
     jsonschema.validate(good, schema)
-    for bad in ({**good, "score_out": "/etc"}, {**good, "score_images": ["/root"]}, {**good, "models": f"{confined}/../x"},
-                {**good, "ingest": {**good["ingest"], "out": "/var/tmp/x"}}):
+    for bad in (
+        {**good, "score_out": "/etc"},
+        {**good, "score_images": ["/root"]},
+        {**good, "models": f"{confined}/../x"},
+        {**good, "ingest": {**good["ingest"], "out": "/var/tmp/x"}},
+    ):
         with pytest.raises(jsonschema.ValidationError):
             jsonschema.validate(bad, schema)
 
@@ -85,7 +104,11 @@ def test_scoring_never_writes_into_the_models_directory(tmp_path, monkeypatch):
     version = models / "20261125T143012Z-3fa2"
     version.mkdir(parents=True)
     (version / "saved_model.pb").write_bytes(b"")
-    for model in (models, version, version / "model_int8.tflite"):  # a models directory, one of its versions, a version's .tflite
+    for model in (
+        models,
+        version,
+        version / "model_int8.tflite",
+    ):  # a models directory, one of its versions, a version's .tflite
         with pytest.raises(ValidationError, match="inside the models directory"):
             ScoreConfig(model=str(model), images=["/a"], out=str(models / "scored"))
     with pytest.raises(ValidationError, match="inside the models directory"):
@@ -93,8 +116,12 @@ def test_scoring_never_writes_into_the_models_directory(tmp_path, monkeypatch):
     with pytest.raises(ValidationError, match="inside the models directory"):
         ScoreConfig(model="s3://b/models/20261125T143012Z-3fa2/model.tflite", images=["/a"], out="s3://b/models/x")
     with pytest.raises(ValidationError, match="inside the models directory"):
-        NightlyConfig(ingest={"images": "/i", "labels": "/l", "format": "voc", "out": "/r"}, models=str(models),
-                      score_images=["/a"], score_out=str(models / "out"))
+        NightlyConfig(
+            ingest={"images": "/i", "labels": "/l", "format": "voc", "out": "/r"},
+            models=str(models),
+            score_images=["/a"],
+            score_out=str(models / "out"),
+        )
     assert ScoreConfig(model=str(version), images=["/a"], out=str(tmp_path / "scored"))
 
 

@@ -92,8 +92,20 @@ def test_example_with_no_boxes_reads_in_tensorflow():
     import tensorflow as tf
 
     empty = schema.ExampleFields(
-        encoded=b"x", image_format="jpeg", height=1, width=1, filename="a.jpg", source_id="a", sha256="0",
-        xmin=[], ymin=[], xmax=[], ymax=[], class_text=[], class_label=[], difficult=[],
+        encoded=b"x",
+        image_format="jpeg",
+        height=1,
+        width=1,
+        filename="a.jpg",
+        source_id="a",
+        sha256="0",
+        xmin=[],
+        ymin=[],
+        xmax=[],
+        ymax=[],
+        class_text=[],
+        class_label=[],
+        difficult=[],
     )
     parsed = tf.io.parse_single_example(schema.serialize_example(empty), schema.tf_feature_spec())
     for key in (schema.XMIN, schema.CLASS_TEXT, schema.CLASS_LABEL, schema.DIFFICULT):

@@ -17,8 +17,19 @@ def _records(n: int, seed: int) -> list[dict]:
         dets = []
         for _ in range(rng.choice([0, 0, 1, 3])):
             x, y = rng.uniform(0, 50), rng.uniform(0, 50)
-            dets.append({"label": rng.choice(["cat", "dog"]), "label_id": rng.choice([1, 2]), "score": round(rng.random(), 4),
-                         "box": {"xmin": round(x, 2), "ymin": round(y, 2), "xmax": round(x + 10.5, 2), "ymax": round(y + 7.25, 2)}})
+            dets.append(
+                {
+                    "label": rng.choice(["cat", "dog"]),
+                    "label_id": rng.choice([1, 2]),
+                    "score": round(rng.random(), 4),
+                    "box": {
+                        "xmin": round(x, 2),
+                        "ymin": round(y, 2),
+                        "xmax": round(x + 10.5, 2),
+                        "ymax": round(y + 7.25, 2),
+                    },
+                }
+            )
         out.append({"source": f"s{seed}-{i}.jpg", "detections": dets})
     return out
 
@@ -26,8 +37,12 @@ def _records(n: int, seed: int) -> list[dict]:
 def test_summary_from_chunk_parts_equals_the_whole():
     chunks = [_records(n, seed) for seed, n in enumerate([7, 0, 12, 5])]
     flat = [r for c in chunks for r in c]
-    counts = {"images_in": len(flat) + 2, "images_scored": len(flat), "images_failed": 2,
-              "detections": sum(len(r["detections"]) for r in flat)}
+    counts = {
+        "images_in": len(flat) + 2,
+        "images_scored": len(flat),
+        "images_failed": 2,
+        "detections": sum(len(r["detections"]) for r in flat),
+    }
     summary = so.summarize([so.summary_part(c) for c in chunks], counts, "v1")
     per_class = Counter(d["label"] for r in flat for d in r["detections"])
     assert summary["detections_per_class"] == dict(sorted(per_class.items()))
@@ -57,9 +72,13 @@ def test_coco_outputs_are_a_dataset_and_results_that_pycocotools_loads(tmp_path)
     flat = [r for c in chunks for r in c]
     dataset_path, results_path = _coco(tmp_path, chunks)
     dataset, results = json.loads(dataset_path.read_text()), json.loads(results_path.read_text())
-    assert dataset["categories"] == [{"id": 1, "name": "cat", "supercategory": ""}, {"id": 2, "name": "dog", "supercategory": ""}]
+    assert dataset["categories"] == [
+        {"id": 1, "name": "cat", "supercategory": ""},
+        {"id": 2, "name": "dog", "supercategory": ""},
+    ]
     assert [(i["id"], i["file_name"], i["width"], i["height"]) for i in dataset["images"]] == [
-        (k + 1, r["source"], 64, 48) for k, r in enumerate(flat)]
+        (k + 1, r["source"], 64, 48) for k, r in enumerate(flat)
+    ]
     n = sum(len(r["detections"]) for r in flat)
     assert [a["id"] for a in dataset["annotations"]] == list(range(1, n + 1)) and n > 0
     first = next(k for k, r in enumerate(flat) if r["detections"])
@@ -96,10 +115,15 @@ def test_a_chunk_keeps_only_the_attempt_its_success_names(tmp_path):
     from beam_jobs.score import Chunk, chunk_dir, commit_chunk, prune_attempts
 
     out, version, chunk = str(tmp_path), "v1", Chunk("c0", 0, "files", ("a.jpg",))
-    records = [{"source": f"img{i}.jpg", "model_version": version, "width": 50, "height": 40, "detections": []} for i in (2, 0, 1)]
+    records = [
+        {"source": f"img{i}.jpg", "model_version": version, "width": 50, "height": 40, "detections": []}
+        for i in (2, 0, 1)
+    ]
     counts = Counter({"images_in": 3, "files_skipped": 0})
     first = commit_chunk(out, version, chunk.chunk_id, counts, records, [])
-    second = commit_chunk(out, version, chunk.chunk_id, counts, records, [])  # the retry's _SUCCESS replaced the first's
+    second = commit_chunk(
+        out, version, chunk.chunk_id, counts, records, []
+    )  # the retry's _SUCCESS replaced the first's
     d = tmp_path / "chunks" / version / "c0"
     (d / "deadbeef0000").mkdir()
     (d / "deadbeef0000" / "detections.jsonl").write_text("half a line")

@@ -10,8 +10,10 @@ import yaml
 from flows.serve import ServeConfigError, default_parameters, read_serve_config
 
 INGEST = {"images": "/data/images", "labels": "/data/labels", "format": "voc", "out": "/data/records"}
-GOOD = {"nightly": {"ingest": INGEST, "models": "/models", "train": {"alpha": 0.35, "image_size": 128}},
-        "score": {"model": "/models", "images": ["/archive"], "out": "/scored"}}
+GOOD = {
+    "nightly": {"ingest": INGEST, "models": "/models", "train": {"alpha": 0.35, "image_size": 128}},
+    "score": {"model": "/models", "images": ["/archive"], "out": "/scored"},
+}
 
 
 def test_a_valid_file_sets_every_deployment(tmp_path):
@@ -23,12 +25,21 @@ def test_a_valid_file_sets_every_deployment(tmp_path):
     assert params["score"].images == ["/archive"]
 
 
-@pytest.mark.parametrize("data, expected", [
-    ({"score": GOOD["score"]}, "nightly: Field required"),
-    ({**GOOD, "nightly": {**GOOD["nightly"], "train": {"alpha": 5}}}, "nightly.train.alpha: Input should be less than or equal to 1.4"),
-    ({**GOOD, "scoring": {}}, "scoring: Extra inputs are not permitted"),
-    ({**GOOD, "score": {**GOOD["score"], "beam_args": ["--direct_num_worker=2"]}}, "did you mean --direct_num_workers?"),
-])
+@pytest.mark.parametrize(
+    "data, expected",
+    [
+        ({"score": GOOD["score"]}, "nightly: Field required"),
+        (
+            {**GOOD, "nightly": {**GOOD["nightly"], "train": {"alpha": 5}}},
+            "nightly.train.alpha: Input should be less than or equal to 1.4",
+        ),
+        ({**GOOD, "scoring": {}}, "scoring: Extra inputs are not permitted"),
+        (
+            {**GOOD, "score": {**GOOD["score"], "beam_args": ["--direct_num_worker=2"]}},
+            "did you mean --direct_num_workers?",
+        ),
+    ],
+)
 def test_wrong_fields_are_named_by_path(tmp_path, data, expected):
     path = tmp_path / "serve.json"
     path.write_text(json.dumps(data))
@@ -73,17 +84,26 @@ def test_scoring_and_ingest_runs_queue_beyond_the_run_limit(tmp_path):
         assert (d.concurrency_limit, d.concurrency_options.collision_strategy.value) == (3, "ENQUEUE"), name
     assert deployments["nightly-retrain"].concurrency_limit == 1 and deployments["train"].concurrency_limit == 1
     assert deployments["models"].concurrency_limit == 1
-    assert deployments["models"].parameters["config"] == {"models": GOOD["nightly"]["models"], "action": "list", "version": None,
-                                                        "reason": None, "by": None, "storage_args": []}
+    assert deployments["models"].parameters["config"] == {
+        "models": GOOD["nightly"]["models"],
+        "action": "list",
+        "version": None,
+        "reason": None,
+        "by": None,
+        "storage_args": [],
+    }
 
 
-@pytest.mark.parametrize("config, problem", [
-    ({"action": "promote", "version": "v1"}, "needs a reason"),
-    ({"action": "rollback", "reason": "  "}, "needs a reason"),
-    ({"action": "promote", "reason": "better"}, "needs the version"),
-    ({"action": "list", "version": "v1"}, "version is for promote"),
-    ({"action": "delete", "reason": "x"}, "action"),
-])
+@pytest.mark.parametrize(
+    "config, problem",
+    [
+        ({"action": "promote", "version": "v1"}, "needs a reason"),
+        ({"action": "rollback", "reason": "  "}, "needs a reason"),
+        ({"action": "promote", "reason": "better"}, "needs the version"),
+        ({"action": "list", "version": "v1"}, "version is for promote"),
+        ({"action": "delete", "reason": "x"}, "action"),
+    ],
+)
 def test_the_models_deployment_refuses_an_incomplete_decision(config, problem):
     from pydantic import ValidationError
 
@@ -92,7 +112,6 @@ def test_the_models_deployment_refuses_an_incomplete_decision(config, problem):
     with pytest.raises(ValidationError, match=problem):
         ModelsConfig(models="/m", **config)
     assert ModelsConfig(models="/m", action="rollback", reason="false alarms").by is None
-
 
 
 @pytest.mark.parametrize("cores, memory_gb, expected", [(4, 64, 4), (8, 3, 1), (8, 9, 4), (1, 64, 1), (2, 0.5, 1)])

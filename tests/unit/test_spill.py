@@ -22,21 +22,51 @@ def spill(tmp_path) -> Spill:
 
 
 def _label_record() -> R.LabelRecord:
-    boxes = (R.BoxLabel(1.5, 2.0, 30.25, 40.0, "cat", difficult=True, source="l/a.xml#object=0"),
-             R.BoxLabel(0.1, 0.2, 0.3, 0.4, "dög", normalized=True))
-    return R.LabelRecord("images/a.jpg", "l/a.xml", boxes, 640, 480,
-                         (R.Rejection("l/a.xml#object=2", R.INVERTED, "xmin 9 > xmax 3", R.BOX),), join_key="train/a")
+    boxes = (
+        R.BoxLabel(1.5, 2.0, 30.25, 40.0, "cat", difficult=True, source="l/a.xml#object=0"),
+        R.BoxLabel(0.1, 0.2, 0.3, 0.4, "dög", normalized=True),
+    )
+    return R.LabelRecord(
+        "images/a.jpg",
+        "l/a.xml",
+        boxes,
+        640,
+        480,
+        (R.Rejection("l/a.xml#object=2", R.INVERTED, "xmin 9 > xmax 3", R.BOX),),
+        join_key="train/a",
+    )
 
 
 def test_every_record_kind_comes_back_equal_and_of_its_type(spill):
-    outcome = R.ImageOutcome("a", "i/a.jpg", "ab" * 32, "train", "parts/train-1.part", 1024, 77, 3,
-                             (("cat", 2), ("dog", 1)), (R.Rejection("i/a.jpg", R.OUT_OF_BOUNDS, "box 2", R.BOX),), (("clipped", 1),))
-    rejected = R.ImageOutcome("b", "i/b.jpg", "", None, rejections=(R.Rejection("i/b.jpg", R.DECODE_ERROR, "truncated"),))
-    items = [("a", R.ImageFile("i/a.jpg", 12345)), ("a", _label_record()), ("i/a.jpg", _label_record()), outcome, rejected,
-             ("odd \udce9 name", None, 1e-300, -0.0, True, [1, (2, 3)])]
+    outcome = R.ImageOutcome(
+        "a",
+        "i/a.jpg",
+        "ab" * 32,
+        "train",
+        "parts/train-1.part",
+        1024,
+        77,
+        3,
+        (("cat", 2), ("dog", 1)),
+        (R.Rejection("i/a.jpg", R.OUT_OF_BOUNDS, "box 2", R.BOX),),
+        (("clipped", 1),),
+    )
+    rejected = R.ImageOutcome(
+        "b", "i/b.jpg", "", None, rejections=(R.Rejection("i/b.jpg", R.DECODE_ERROR, "truncated"),)
+    )
+    items = [
+        ("a", R.ImageFile("i/a.jpg", 12345)),
+        ("a", _label_record()),
+        ("i/a.jpg", _label_record()),
+        outcome,
+        rejected,
+        ("odd \udce9 name", None, 1e-300, -0.0, True, [1, (2, 3)]),
+    ]
     path = spill.write(items)
     back = spill.read(path)
-    assert back == [tuple(i) if isinstance(i, list) else i for i in items[:-1]] + [("odd \udce9 name", None, 1e-300, -0.0, True, (1, (2, 3)))]
+    assert back == [tuple(i) if isinstance(i, list) else i for i in items[:-1]] + [
+        ("odd \udce9 name", None, 1e-300, -0.0, True, (1, (2, 3)))
+    ]
     assert type(back[0][1]) is R.ImageFile and back[0][1].path == "i/a.jpg"
     assert type(back[1][1]) is R.LabelRecord and back[1][1].key == "train/a" and type(back[1][1].boxes) is tuple
     assert type(back[3].class_counts[0]) is tuple and hash(back[3]) == hash(outcome)  # frozen records hash by tuples

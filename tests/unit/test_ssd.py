@@ -94,7 +94,7 @@ def test_freeze_backbone():
     freeze_backbone(m)
     backbone = m.get_layer("backbone")
     assert backbone.trainable_weights == []
-    assert all(not l.trainable for l in _walk(backbone) if l.weights)
+    assert all(not layer.trainable for layer in _walk(backbone) if layer.weights)
     assert len(m.trainable_weights) == heads > 0
 
 
@@ -103,7 +103,7 @@ def test_unfreeze_top_from_block_11():
     freeze_backbone(m)
     unfreeze_top(m, from_block=11)
     backbone = m.get_layer("backbone")
-    names = [l.name for l in backbone.layers]
+    names = [layer.name for layer in backbone.layers]
     top_start = names.index("block_11_expand")
     seen_top = 0
     for i, layer in enumerate(backbone.layers):
@@ -150,12 +150,17 @@ def test_unfreeze_top_from_block_0_trains_whole_backbone():
 
 
 def test_bn_momentum_applied_everywhere(model):
-    bns = [l for l in _walk(model) if isinstance(l, layers.BatchNormalization)]
-    backbone_bns = [l for l in _walk(model.get_layer("backbone")) if isinstance(l, layers.BatchNormalization)]
+    bns = [layer for layer in _walk(model) if isinstance(layer, layers.BatchNormalization)]
+    backbone_bns = [
+        layer for layer in _walk(model.get_layer("backbone")) if isinstance(layer, layers.BatchNormalization)
+    ]
     assert len(backbone_bns) >= 50 and len(bns) > len(backbone_bns)
-    assert {l.momentum for l in bns} == {0.9}
-    assert {l.momentum for l in _walk(build_ssd(ModelConfig(alpha=0.35, image_size=96, num_classes=1), None))
-            if isinstance(l, layers.BatchNormalization)} == {0.997}  # the config's default, not Keras's 0.999
+    assert {layer.momentum for layer in bns} == {0.9}
+    assert {
+        layer.momentum
+        for layer in _walk(build_ssd(ModelConfig(alpha=0.35, image_size=96, num_classes=1), None))
+        if isinstance(layer, layers.BatchNormalization)
+    } == {0.997}  # the config's default, not Keras's 0.999
 
 
 # --- backbone weights ------------------------------------------------------------------------------
@@ -179,10 +184,14 @@ def test_imagenet_offline_points_to_flag(tmp_path):
         "    print('LOADED')\n"
     )
     env = dict(os.environ, KERAS_HOME=str(keras_home), TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
-    proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
+    )
     out = proc.stdout + proc.stderr
     if "LOADED" in proc.stdout:
-        pytest.fail("ImageNet weights downloaded although this machine should be offline; the test cannot check the error")
+        pytest.fail(
+            "ImageNet weights downloaded although this machine should be offline; the test cannot check the error"
+        )
     assert proc.returncode == 0 and "RAISED:" in proc.stdout, out[-3000:]
     assert "--backbone-weights" in proc.stdout and "alpha=0.35" in proc.stdout, proc.stdout
 

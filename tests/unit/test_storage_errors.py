@@ -33,20 +33,36 @@ def _wrapped(cause: BaseException) -> Exception:
             return e
 
 
-@pytest.mark.parametrize("error", [
-    CodedError(503), CodedError(500), CodedError(429), CodedError(408), CodedError("503"),
-    TimeoutError("read timed out"), ConnectionResetError(errno.ECONNRESET, "reset"),
-    EndpointConnectionError("could not connect"), _wrapped(EndpointConnectionError("could not connect")),
-])
+@pytest.mark.parametrize(
+    "error",
+    [
+        CodedError(503),
+        CodedError(500),
+        CodedError(429),
+        CodedError(408),
+        CodedError("503"),
+        TimeoutError("read timed out"),
+        ConnectionResetError(errno.ECONNRESET, "reset"),
+        EndpointConnectionError("could not connect"),
+        _wrapped(EndpointConnectionError("could not connect")),
+    ],
+)
 def test_throttling_timeouts_server_errors_and_lost_connections_may_pass(error):
     assert is_transient(error)
 
 
-@pytest.mark.parametrize("error", [
-    OSError(errno.ENOENT, "Not found: s3://b/k"),  # Beam's S3 downloader on a 404
-    PermissionError("denied"), IsADirectoryError("a directory"),
-    CodedError(403), CodedError(404), CodedError(400),
-    ValueError("something else"), _wrapped(ValueError("something else")),
-])
+@pytest.mark.parametrize(
+    "error",
+    [
+        OSError(errno.ENOENT, "Not found: s3://b/k"),  # Beam's S3 downloader on a 404
+        PermissionError("denied"),
+        IsADirectoryError("a directory"),
+        CodedError(403),
+        CodedError(404),
+        CodedError(400),
+        ValueError("something else"),
+        _wrapped(ValueError("something else")),
+    ],
+)
 def test_missing_forbidden_and_unknown_errors_are_final(error):
     assert not is_transient(error)

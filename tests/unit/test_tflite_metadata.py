@@ -18,7 +18,9 @@ from model import tflite_metadata as tm  # noqa: E402
 @pytest.fixture(scope="module")
 def tiny_tflite() -> bytes:
     """A real .tflite (one op), small enough to build in a second."""
-    fn = tf.function(lambda image: tf.reduce_mean(image, axis=[1, 2]), input_signature=[tf.TensorSpec([1, 8, 8, 3], tf.float32)])
+    fn = tf.function(
+        lambda image: tf.reduce_mean(image, axis=[1, 2]), input_signature=[tf.TensorSpec([1, 8, 8, 3], tf.float32)]
+    )
     return tf.lite.TFLiteConverter.from_concrete_functions([fn.get_concrete_function()]).convert()
 
 
@@ -33,7 +35,12 @@ def test_metadata_reads_back_as_an_object_detector_and_the_model_still_runs(tiny
     model = tm.populate(tiny_tflite, meta, tm.label_file({"cat": 1, "dog": 2}, 2))
     got = tm.read(model)
     assert (got["name"], got["version"], got["min_parser_version"]) == ("ssdflow SSD", "20261203T000000Z-abcd", "1.0.0")
-    assert got["input"] == {"name": "image", "content_type": 2, "mean": [0.0], "std": [1.0]}  # ImageProperties, raw pixels
+    assert got["input"] == {
+        "name": "image",
+        "content_type": 2,
+        "mean": [0.0],
+        "std": [1.0],
+    }  # ImageProperties, raw pixels
     assert got["outputs"] == ["score", "location", "number of detections", "category"]
     assert (got["box_index"], got["box_type"]) == ([1, 0, 3, 2], 1)  # BOUNDARIES stored as ymin, xmin, ymax, xmax
     assert got["label_file"] == {"name": "labelmap.txt", "type": 3} and got["labels"] == ["cat", "dog"]

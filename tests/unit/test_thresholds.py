@@ -18,9 +18,19 @@ def _case():
     gt, dt = [], []
 
     def image(name, gt_boxes, dets):
-        gt.append(ImageGroundTruth(name, 100, 100, np.array([b for b, _ in gt_boxes]).reshape(-1, 4), np.array([c for _, c in gt_boxes])))
-        dt.append(ImageDetections(name, np.array([b for b, _, _ in dets]).reshape(-1, 4), np.array([s for _, _, s in dets]),
-                                  np.array([c for _, c, _ in dets])))
+        gt.append(
+            ImageGroundTruth(
+                name, 100, 100, np.array([b for b, _ in gt_boxes]).reshape(-1, 4), np.array([c for _, c in gt_boxes])
+            )
+        )
+        dt.append(
+            ImageDetections(
+                name,
+                np.array([b for b, _, _ in dets]).reshape(-1, 4),
+                np.array([s for _, _, s in dets]),
+                np.array([c for _, c, _ in dets]),
+            )
+        )
 
     image("c1", [(A, 1)], [(A, 1, 0.9), (B, 1, 0.7)])
     image("c2", [(A, 1)], [(A, 1, 0.8), (B, 1, 0.5)])
@@ -46,14 +56,18 @@ def test_a_target_precision_takes_the_most_recall_that_reaches_it():
     t = coco_metrics(*_case(), LM, target_precision=0.7)["score_thresholds"]
     assert t["target"] == "precision>=0.7"
     assert (t["per_class"]["cat"]["threshold"], t["per_class"]["cat"]["recall"]) == (0.6, 0.75)
-    assert t["per_class"]["dog"]["threshold"] == 0.9 and t["per_class"]["dog"]["precision"] == 0.0  # unreachable: strictest, reported
+    assert (
+        t["per_class"]["dog"]["threshold"] == 0.9 and t["per_class"]["dog"]["precision"] == 0.0
+    )  # unreachable: strictest, reported
 
 
 def test_a_class_without_val_objects_or_detections_gets_none():
     gt, dt = _case()
     t = coco_metrics(gt, dt, {**LM, "emu": 3})["score_thresholds"]
     assert t["per_class"]["emu"]["threshold"] is None and t["per_class"]["emu"]["val_objects"] == 0
-    t = coco_metrics(gt, [ImageDetections(d.image_id, np.zeros((0, 4)), np.zeros(0), np.zeros(0, int)) for d in dt], LM)["score_thresholds"]
+    t = coco_metrics(
+        gt, [ImageDetections(d.image_id, np.zeros((0, 4)), np.zeros(0), np.zeros(0, int)) for d in dt], LM
+    )["score_thresholds"]
     assert t["per_class"]["cat"]["threshold"] is None and t["global"]["threshold"] is None
 
 

@@ -23,7 +23,9 @@ def _version(root, label_map=LM, files=("ssdflow_model.json", "keras.weights.h5"
     if "label_map.json" in files:
         (staging / "label_map.json").write_text(label_map.to_json())
     if "ssdflow_model.json" in files:
-        (staging / "ssdflow_model.json").write_text(json.dumps({"model": ModelConfig(alpha=0.5, image_size=160, num_classes=2).model_dump()}))
+        (staging / "ssdflow_model.json").write_text(
+            json.dumps({"model": ModelConfig(alpha=0.5, image_size=160, num_classes=2).model_dump()})
+        )
     if "keras.weights.h5" in files:
         (staging / "keras.weights.h5").write_bytes(b"weights")
     Path(registry.commit_version(root, version))
