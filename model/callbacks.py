@@ -97,13 +97,14 @@ class EpochCheckpoint(keras.callbacks.Callback):
 
 def load_history(directory: str) -> list[dict]:
     """A phase's per-epoch history (EpochCheckpoint's ``history.json``); [] when it has none."""
-    return _read_list(os.path.join(directory, EpochCheckpoint.HISTORY))
+    return _read_json(os.path.join(directory, EpochCheckpoint.HISTORY), [])
 
 
-def _read_list(path: str | None) -> list[dict]:
-    """A run's own history file (a JSON list, written by _write_list); [] when there is none."""
+def _read_json(path: str | None, default=None):
+    """A run's own JSON file (a history written by _write_list, KeepBest's record); ``default``
+    when there is none."""
     if not path or not os.path.exists(path):
-        return []
+        return default
     with open(path) as f:
         return json.load(f)
 
@@ -132,7 +133,7 @@ class ValidationMAP(keras.callbacks.Callback):
         )
         self.phase = None  # set before each phase: Keras counts epochs per fit() call
         # per evaluation: phase, epoch, mAP, mAP@.5, seconds since the run began (a resumed run's clock goes on)
-        self.history: list[dict] = _read_list(path)
+        self.history: list[dict] = _read_json(path, [])
         self._started = time.monotonic() - max((e["seconds"] for e in self.history), default=0.0)
 
     def on_epoch_end(self, epoch, logs=None):
@@ -266,14 +267,15 @@ class KeepNearBest(KeepBest):
 
     def __init__(self, path: str, tolerance: float):
         self.tolerance = tolerance
-        self.candidates: list[dict] = []  # {"phase", "epoch", "mAP@.5", "mAP", "file"}, in evaluation order
-        self.best_map50 = -1.0
+        # {"phase", "epoch", "mAP@.5", "mAP", "file"}, in evaluation order. The best mAP@.5 seen so far
+        # is always among them: nothing beats it on mAP@.5, so only an equal one can replace it.
+        self.candidates: list[dict] = []
+        self.directory = os.path.dirname(path)
         super().__init__(path, "map_near_map50")
         self.metric_name = f"val mAP@[.5:.95] within {tolerance:g} of the best val mAP@.5"
         listed = {c["file"] for c in self.candidates}
-        for stale in glob.glob(
-            glob.escape(self._base()) + ".*.weights.h5"
-        ):  # written, then killed before the JSON named it
+        # Files no record names: written, then killed before the JSON named them.
+        for stale in glob.glob(glob.escape(self._base()) + ".*.weights.h5"):
             if os.path.basename(stale) not in listed:
                 os.remove(stale)
 
@@ -281,11 +283,10 @@ class KeepNearBest(KeepBest):
         return self.path.removesuffix(".weights.h5")
 
     def _resume(self, saved: dict) -> None:
-        directory = os.path.dirname(self.path)
         if saved.get("tolerance") == self.tolerance and all(
-            os.path.exists(os.path.join(directory, c["file"])) for c in saved["candidates"]
+            os.path.exists(os.path.join(self.directory, c["file"])) for c in saved["candidates"]
         ):
-            self.candidates, self.best_map50 = saved["candidates"], saved["best_map50"]
+            self.candidates = saved["candidates"]
             self._choose()
 
     def _choose(self) -> None:
@@ -303,23 +304,22 @@ class KeepNearBest(KeepBest):
             "mAP": float(metrics["mAP"]),
             "file": f"{os.path.basename(self._base())}.{phase}.{epoch}.weights.h5",
         }
-        self.best_map50 = max(self.best_map50, new["mAP@.5"])
-        floor = self.best_map50 - self.tolerance - 1e-9
+        floor = max([c["mAP@.5"] for c in self.candidates] + [new["mAP@.5"]]) - self.tolerance - 1e-9
         kept = [c for c in self.candidates if c["mAP@.5"] >= floor]
         if new["mAP@.5"] >= floor and not any(c["mAP@.5"] >= new["mAP@.5"] and c["mAP"] >= new["mAP"] for c in kept):
             # An earlier one at least as good on both is preferred on ties; the new one drops those it matches on both.
             kept = [c for c in kept if not (new["mAP@.5"] >= c["mAP@.5"] and new["mAP"] > c["mAP"])] + [new]
-            _save_weights(model, os.path.join(os.path.dirname(self.path), new["file"]))
+            _save_weights(model, os.path.join(self.directory, new["file"]))
         dropped = [c for c in self.candidates if c not in kept]
         previous = self.best_epoch, self.best_phase
         self.candidates = kept
         self._choose()
         storage.write_json_local(
             self.path + ".json",
-            {"metric": self.metric, "tolerance": self.tolerance, "best_map50": self.best_map50, "candidates": kept},
+            {"metric": self.metric, "tolerance": self.tolerance, "candidates": kept},
         )
         for c in dropped:  # after the JSON stops naming them: a kill in between leaves files the next start removes
-            os.remove(os.path.join(os.path.dirname(self.path), c["file"]))
+            os.remove(os.path.join(self.directory, c["file"]))
         return (self.best_epoch, self.best_phase) != previous
 
     def restore(self, model) -> int | None:
@@ -327,7 +327,7 @@ class KeepNearBest(KeepBest):
         if self.best_epoch is None:
             return None
         chosen = next(c for c in self.candidates if (c["epoch"], c["phase"]) == (self.best_epoch, self.best_phase))
-        model.load_weights(os.path.join(os.path.dirname(self.path), chosen["file"]))
+        model.load_weights(os.path.join(self.directory, chosen["file"]))
         return self.best_epoch
 
 
@@ -340,13 +340,6 @@ def _save_weights(model, path: str) -> None:
     tmp = path + ".tmp.weights.h5"
     model.save_weights(tmp)
     os.replace(tmp, path)
-
-
-def _read_json(path: str) -> dict | None:
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
 
 
 def _float_or_none(value) -> float | None:

@@ -213,12 +213,16 @@ class SSDLoss(keras.losses.Loss):
         num_pos = tf.reduce_sum(num_pos_per_image)
         normalizer = tf.maximum(num_pos, 1.0)
 
+        if self.classification == "quality_focal" or self.box_loss == "giou":
+            # The decoded boxes' overlap, once for whichever of the two terms reads it.
+            iou, giou = iou_and_giou(box_pred, box_true, self.variances)
         if self.classification == "focal":
             per_anchor = softmax_focal(labels, logits, self.focal_alpha, self.focal_gamma)
             counted_negatives = negative
         elif self.classification == "quality_focal":
-            quality = tf.stop_gradient(iou_and_giou(box_pred, box_true, self.variances)[0])
-            per_anchor = softmax_quality_focal(labels, logits, quality, self.focal_alpha, self.focal_gamma)
+            per_anchor = softmax_quality_focal(
+                labels, logits, tf.stop_gradient(iou), self.focal_alpha, self.focal_gamma
+            )
             counted_negatives = negative
         else:
             per_anchor = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
@@ -229,7 +233,7 @@ class SSDLoss(keras.losses.Loss):
         counted = positive | counted_negatives
         if self.box_loss == "giou":
             # Only positives count; a negative's zero target and arbitrary prediction stay finite here.
-            box_per_anchor = giou_loss(box_pred, box_true, self.variances)
+            box_per_anchor = 1.0 - giou  # giou_loss
         else:
             box_per_anchor = tf.reduce_sum(huber(box_pred - box_true, self.delta), axis=-1)
         if self.class_weights is not None:  # a positive anchor counts as much as its class's weight

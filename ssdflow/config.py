@@ -80,6 +80,14 @@ def _image_size(value):
 
 ImageSize = Annotated[int, Field(ge=96, le=1024, multiple_of=32), BeforeValidator(_image_size)]
 
+# Training's setting and the demo's: one bound and one help text for both.
+AnchorScales = Annotated[int, Field(ge=1, le=4)]
+ANCHOR_SCALES_HELP = (
+    "Anchor scales per aspect ratio at each feature level: 1 (SSD's, plus an extra square anchor between two "
+    "levels' scales) or n (each ratio at n scales from one level's to the next's, as RetinaNet's octave scales: "
+    "boxes between two levels' scales get an anchor of their shape; n x the anchors)"
+)
+
 
 def is_tflite(model: str) -> bool:
     """Whether a ``--model`` value names a .tflite file (any case: ``MODEL.TFLITE`` too), not a
@@ -316,16 +324,7 @@ class TrainSettings(BaseModel):
             "steps widest at the fine levels) or geometric (a constant factor per level, as FPN's anchors)"
         ),
     )
-    anchor_scales_per_level: int = Field(
-        1,
-        ge=1,
-        le=4,
-        description=(
-            "Anchor scales per aspect ratio at each feature level: 1 (SSD's, plus an extra square anchor between two "
-            "levels' scales) or n (each ratio at n scales from one level's to the next's, as RetinaNet's octave scales: "
-            "boxes between two levels' scales get an anchor of their shape; n x the anchors)"
-        ),
-    )
+    anchor_scales_per_level: AnchorScales = Field(1, description=ANCHOR_SCALES_HELP)
     epochs: int | None = Field(
         None,
         ge=1,
@@ -767,16 +766,7 @@ class DemoConfig(BaseModel):
     workdir: Location = Field("demo_out", description="Where the synthetic data and every job's output go")
     images: int = Field(200, ge=10, le=5000, description="Synthetic images to generate")
     minutes: float = Field(3.0, gt=0, le=120, description="Minutes of training (the time budget)")
-    anchor_scales_per_level: int = Field(
-        1,
-        ge=1,
-        le=4,
-        description=(
-            "Anchor scales per aspect ratio at each feature level: 1 (SSD's, plus an extra square anchor between two "
-            "levels' scales) or n (each ratio at n scales from one level's to the next's, as RetinaNet's octave scales: "
-            "boxes between two levels' scales get an anchor of their shape; n x the anchors)"
-        ),
-    )
+    anchor_scales_per_level: AnchorScales = Field(1, description=ANCHOR_SCALES_HELP)
     epochs: int | None = Field(
         None, ge=1, le=MAX_EPOCHS, description="Most training epochs (default: the minutes decide)"
     )

@@ -48,8 +48,7 @@ def stopping(real, counts=lambda: True):
         if counts():
             calls.append(1)
             if len(calls) == after:  # the flag appears whole (the test reads it as soon as it exists)
-                flag.with_suffix(".tmp").write_text(f"{point} {len(calls)}")
-                os.replace(flag.with_suffix(".tmp"), flag)
+                storage.atomic_write_local(flag, f"{point} {len(calls)}")
                 time.sleep(600)
         return out
     return wrapped
