@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import posixpath
 
-from beam_jobs.ingest import IMAGE_EXTENSIONS, image_pattern
+from beam_jobs.patterns import file_pattern, has_glob, is_image_name
 from beam_jobs.score import read_image, resolve_model, to_record
 from beam_jobs.score_outputs import draw_preview, preview_name
 from ssdflow import storage
@@ -28,14 +28,12 @@ def expand_sources(sources: list[str]) -> list[str]:
     found: list[str] = []
     for source in sources:
         uri = storage.absolute(source)
-        if posixpath.splitext(uri)[1].lower() in IMAGE_EXTENSIONS and not any(c in uri for c in "*?["):
+        if is_image_name(uri) and not has_glob(uri):
             if not storage.exists(uri):
                 raise PredictError(f"{source}: no such file")
             found.append(uri)
             continue
-        matched = [
-            p for p in storage.list_files(image_pattern(uri)) if posixpath.splitext(p)[1].lower() in IMAGE_EXTENSIONS
-        ]
+        matched = [p for p in storage.list_files(file_pattern(uri)) if is_image_name(p)]
         if not matched:
             raise PredictError(f"{source}: no images found (a file, a directory or a quoted glob: 'photos/*.jpg')")
         found += matched

@@ -14,6 +14,9 @@ import re
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+# The namespace of the ingest job's Beam metrics (counters such as images_encoded, files_skipped).
+INGEST_METRICS = "ssdflow.ingest"
+
 # Rejection kinds: what the rejected line refers to.
 IMAGE = "image"
 BOX = "box"

@@ -46,7 +46,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.utils import shared
 
 from beam_jobs import labelling
-from beam_jobs.ingest import IMAGE_EXTENSIONS, image_pattern
+from beam_jobs.patterns import file_pattern, is_image_name
 from beam_jobs.model_handler import SavedModelDetector, TFLiteDetectorHandler, file_fingerprint, saved_model_fingerprint
 from beam_jobs.records import READ_RETRYABLE, UNDECODABLE_NAME, UNREADABLE, describe, is_text_name, printable_name
 from ssdflow import out_dir, progress, storage
@@ -157,7 +157,7 @@ def plan_chunks(inputs: list[str], chunk_size: int, model_fingerprint: str) -> l
     """
     files: dict[str, tuple[int, float]] = {}
     for spec in inputs:
-        pattern = spec if _is_tar(spec) else image_pattern(spec)  # a directory means its files, as in ingest
+        pattern = spec if _is_tar(spec) else file_pattern(spec)  # a directory means its files, as in ingest
         result = FileSystems.match([pattern])[0]
         if not result.metadata_list:
             raise ScoreError(f"--images {spec}: no files found")
@@ -323,7 +323,7 @@ class ChunkReader:
 
 
 def _is_image_name(source: str) -> bool:
-    return posixpath.splitext(source.split("#", 1)[-1])[1].lower() in IMAGE_EXTENSIONS
+    return is_image_name(source.split("#", 1)[-1])
 
 
 def _check(source: str, data: bytes, max_pixels: int | None = None):

@@ -51,12 +51,12 @@ def input_fingerprint(cfg: IngestConfig) -> str:
     """A hash of the ingest inputs' listing (paths, sizes, modification times) and the config."""
     from apache_beam.io.filesystems import FileSystems
 
-    from beam_jobs.ingest import image_pattern, label_pattern
+    from beam_jobs.patterns import file_pattern
     from ssdflow.beam_runner import pipeline_options
 
     pipeline_options(cfg.pipeline_flags())
     listing = []
-    for pattern in (image_pattern(cfg.images), label_pattern(cfg.labels)):
+    for pattern in (file_pattern(cfg.images), file_pattern(cfg.labels)):
         for m in FileSystems.match([pattern])[0].metadata_list:
             listing.append((m.path, m.size_in_bytes, m.last_updated_in_seconds))
     blob = json.dumps([sorted(listing), cfg.model_dump(mode="json")], sort_keys=True)

@@ -36,7 +36,7 @@ pytestmark = pytest.mark.integration
 WRAPPER = r"""
 import os, pathlib, runpy, sys, time
 
-import beam_jobs.ingest as ingest
+import beam_jobs.ingest.encoding as encoding
 import ssdflow.storage as storage
 
 flag, after, point = pathlib.Path(os.environ["KILL_FLAG"]), int(os.environ["KILL_AFTER"]), os.environ["KILL_POINT"]
@@ -54,7 +54,7 @@ def stopping(real, counts=lambda: True):
     return wrapped
 
 if point == "encode":  # the k-th image encoded (its record written to a part file)
-    ingest.encode_image = stopping(ingest.encode_image)
+    encoding.encode_image = stopping(encoding.encode_image)
 else:  # the k-th file the commit has moved into --out (the pipeline may move files too: not counted)
     real_commit = storage.commit
     def commit(*args, **kwargs):

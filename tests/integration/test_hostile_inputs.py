@@ -26,7 +26,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile, ImageOps
 
-from beam_jobs.ingest import IMAGE_EXTENSIONS, run_ingest
+from beam_jobs.ingest import run_ingest
+from beam_jobs.patterns import IMAGE_EXTENSIONS
 from ssdflow.config import IngestConfig, ScoreConfig
 from tests.helpers import read_ingest_output, read_jsonl
 from tests.hostile_corpus import CASES, CORPORA, SCORED, SECRET, WHITE_RECT, Case, Corpus, build_corpus

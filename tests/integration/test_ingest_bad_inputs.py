@@ -14,7 +14,11 @@ import apache_beam as beam
 from PIL import Image
 
 from beam_jobs import records as R
-from beam_jobs.ingest import ImageFile, IngestError, ListFiles, ListImages, MatchLabelsToImages, Spill, run_ingest
+from beam_jobs.ingest import IngestError, run_ingest
+from beam_jobs.ingest.join import MatchLabelsToImages
+from beam_jobs.ingest.listing import ListFiles, ListImages
+from beam_jobs.records import ImageFile
+from beam_jobs.spill import Spill
 from ssdflow.config import IngestConfig
 from tests.helpers import read_ingest_output, read_jsonl
 

@@ -252,12 +252,12 @@ def test_a_failed_rerun_leaves_the_previous_output_complete(tmp_path, monkeypatc
     before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
     assert "_SUCCESS" in before
 
-    import beam_jobs.ingest as ingest
+    import beam_jobs.ingest.shards as shards
 
     def boom(*args, **kwargs):
         raise RuntimeError("injected failure while planning shards")
 
-    monkeypatch.setattr(ingest, "plan_layout", boom)
+    monkeypatch.setattr(shards, "plan_layout", boom)
     with pytest.raises(Exception, match="injected failure"):
         run_ingest(cfg)
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
@@ -293,17 +293,17 @@ def test_directories_are_read_at_any_depth_and_skipped_files_are_named(tmp_path)
 def test_no_step_holds_every_image_outcome(tmp_path, monkeypatch):
     """Dedup runs per hash bucket and the shard layout per part file: no DoFn call sees all 200
     outcomes (a single-process gather would not scale to 10^7 images), and the books still reconcile."""
-    import beam_jobs.ingest as ingest
+    from beam_jobs.ingest.dedup import Dedup
 
     root = raccoon_or_skip()
     seen: list[int] = []
-    original = ingest._Dedup.process
+    original = Dedup.process
 
     def counting(self, element):
         seen.append(sum(len(self.spill.read(path)) for path in element[1]))
         yield from original(self, element)
 
-    monkeypatch.setattr(ingest._Dedup, "process", counting)
+    monkeypatch.setattr(Dedup, "process", counting)
     stats = run_ingest(
         IngestConfig(
             images=str(root / "images"), labels=str(root / "annotations"), format="voc", out=str(tmp_path / "out")

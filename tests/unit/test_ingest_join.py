@@ -6,16 +6,10 @@ from __future__ import annotations
 import pytest
 
 from beam_jobs import records as R
-from beam_jobs.ingest import (
-    CANDIDATES_PER_CHUNK,
-    JOIN_BUCKETS,
-    ImageFile,
-    Spill,
-    _join_bucket,
-    _MatchDoFn,
-    _PackByBucket,
-    deal_by_size,
-)
+from beam_jobs.buckets import hash_bucket
+from beam_jobs.ingest.join import CANDIDATES_PER_CHUNK, JOIN_BUCKETS, _MatchDoFn, _PackByBucket, deal_by_size
+from beam_jobs.records import ImageFile
+from beam_jobs.spill import Spill
 
 
 @pytest.fixture
@@ -75,5 +69,7 @@ def test_pairs_are_spilled_per_bucket_and_flushed_at_the_limit(spill):
     assert early and all(len(spill.read(blob)) == fn.PACK_LIMIT for _, blob in early)
     got = {k: (b, p) for b, blob in emitted for k, p in spill.read(blob)}
     assert sorted(got) == sorted(keys)
-    assert all(b == _join_bucket(k) and 0 <= b < JOIN_BUCKETS and p == f"/i/{k}.jpg" for k, (b, p) in got.items())
+    assert all(
+        b == hash_bucket(k, JOIN_BUCKETS) and 0 <= b < JOIN_BUCKETS and p == f"/i/{k}.jpg" for k, (b, p) in got.items()
+    )
     assert len(late) <= JOIN_BUCKETS
