@@ -5,7 +5,7 @@ Beam's built-in TensorFlow handler needs ``tensorflow_hub`` and loads with
 is a plain ``tf.Module`` whose ``serving_default`` takes encoded image bytes, so this handler
 loads it with ``tf.saved_model.load`` and needs nothing from model/.
 
-The scoring job (beam_jobs/score.py) calls it as RunInference would: the model loaded once per
+The scoring job (beam_jobs/score/pipeline.py) calls it as RunInference would: the model loaded once per
 worker process through Beam's ``shared.Shared`` and shared by the process's threads, batches cut
 from a chunk's images. A model on s3:// or gs:// is copied to the worker's local disk once per
 machine (only the SavedModel's files), checked against its fingerprint, and loaded from there.

@@ -11,8 +11,10 @@ import os
 import posixpath
 
 from beam_jobs.patterns import file_pattern, has_glob, is_image_name
-from beam_jobs.score import read_image, resolve_model, to_record
-from beam_jobs.score_outputs import draw_preview, preview_name
+from beam_jobs.score.model_ref import resolve_model
+from beam_jobs.score.outputs import draw_preview, preview_name
+from beam_jobs.score.reading import Unscorable, read_image
+from beam_jobs.score.results import ImageKey, to_record
 from ssdflow import storage
 
 BATCH = 16
@@ -69,16 +71,15 @@ def predict(
             outcome = read_image(path)
             if outcome is None:  # not an image after all
                 continue
-            if outcome[0] == "error":
-                results.append({"source": path, "reason": outcome[1], "detail": outcome[2]})
+            if isinstance(outcome, Unscorable):
+                results.append({"source": path, "reason": outcome.reason, "detail": outcome.detail})
                 continue
-            _, data, (width, height) = outcome
-            keys.append((None, path, width, height))
-            batch.append(data)
+            keys.append(ImageKey(path, outcome.width, outcome.height))
+            batch.append(outcome.data)
         if not batch:
             continue
         for key, data, prediction in zip(keys, batch, handler.run_inference(batch, loaded)):
-            _, record, error = to_record(key, prediction.inference, ref, thresholds, max_detections)
+            record, error = to_record(key, prediction.inference, ref, thresholds, max_detections)
             if record is None:
                 results.append(error)
                 continue

@@ -148,7 +148,7 @@ def labelling_batch(out: str, labelling: dict, key: str = "labelling-batch", thu
 
     from PIL import Image
 
-    from beam_jobs.labelling import LABELLING_DIR
+    from beam_jobs.score.labelling import LABELLING_DIR
     from model.report import data_uri
     from ssdflow import storage
 

@@ -10,8 +10,8 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 
 from beam_jobs.ingest.errors import IngestError
-from beam_jobs.patterns import extension
 from beam_jobs.ingest.shards import Layout
+from beam_jobs.patterns import extension
 from beam_jobs.records import INGEST_METRICS as METRICS
 from beam_jobs.splits import SPLITS
 from beam_jobs.storage_dofn import StorageDoFn

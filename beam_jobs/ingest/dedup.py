@@ -15,7 +15,6 @@ from beam_jobs.spill import Spill
 from beam_jobs.storage_dofn import StorageDoFn
 from ssdflow import storage
 
-
 # --- dedup, shard layout and the books: no worker holds every image's outcome ------------------------
 DEDUP_BUCKETS = 32  # byte-identical twins share a sha256, so a bucket: dedup needs one bucket at a time
 

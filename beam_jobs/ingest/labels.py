@@ -10,9 +10,9 @@ import apache_beam as beam
 
 from beam_jobs import records as R
 from beam_jobs.ingest.errors import IngestError
-from beam_jobs.patterns import has_glob, is_dir, is_image_name
 from beam_jobs.parsers import YOLO_CLASSES_FILE, is_label_file, parse_label_file
 from beam_jobs.parsers.yolo import load_class_names
+from beam_jobs.patterns import has_glob, is_dir, is_image_name
 from beam_jobs.splits import (
     Pairing,
     listed_ids,

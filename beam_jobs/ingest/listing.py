@@ -6,15 +6,14 @@ stem, or for YOLO its path below --images) and counts what is not an image.
 
 from __future__ import annotations
 
-
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
 from beam_jobs import records as R
+from beam_jobs.patterns import is_image_name
 from beam_jobs.records import INGEST_METRICS as METRICS
 from beam_jobs.records import ImageFile
-from beam_jobs.patterns import is_image_name
 from beam_jobs.splits import Pairing
 from beam_jobs.storage_dofn import StorageDoFn
 from ssdflow import progress

@@ -49,8 +49,8 @@ from beam_jobs.ingest.labels import (
     pairing_for,
 )
 from beam_jobs.ingest.listing import ListFiles, ListImages
-from beam_jobs.patterns import file_pattern
 from beam_jobs.ingest.shards import PlanAndWriteShards
+from beam_jobs.patterns import file_pattern
 from beam_jobs.spill import Spill
 from beam_jobs.splits import Pairing
 from beam_jobs.storage_dofn import StorageCall
@@ -58,7 +58,6 @@ from ssdflow import out_dir, progress, storage
 from ssdflow.beam_runner import MULTI_PROCESS_MIN_FILES, local_parallelism, make_pipeline, pipeline_options
 from ssdflow.config import IngestConfig
 from ssdflow.schema import LabelMap
-
 
 OUTPUT_PATTERNS = (
     "train-*.tfrecord",

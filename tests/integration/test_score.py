@@ -268,13 +268,13 @@ def test_runners_give_the_same_detections(raccoon_model, tmp_path):
 
 
 def test_resume_after_sigkill_scores_only_what_is_left(raccoon_model, tmp_path, monkeypatch):
-    import beam_jobs.score
+    import beam_jobs.score.pipeline
 
     images = _many_images(tmp_path, 36)
     ref = tmp_path / "ref"
     pipelines = []
     monkeypatch.setattr(
-        beam_jobs.score,
+        beam_jobs.score.pipeline,
         "make_pipeline",
         lambda options, **kw: pipelines.append(options) or make_pipeline(options, **kw),
     )
@@ -531,7 +531,7 @@ def test_select_writes_a_labelling_batch_that_ingests_back_with_no_rejection(rac
 def test_a_failed_rerun_leaves_the_previous_outputs_complete(raccoon_model, tmp_path, monkeypatch):
     """A scoring run that fails before its commit (here inside the pipeline, on new images) leaves the
     previous complete outputs as they were: _SUCCESS and every file it lists, byte for byte."""
-    import beam_jobs.score
+    import beam_jobs.score.pipeline
 
     out = tmp_path / "out"
     (tmp_path / "a").mkdir()
@@ -545,7 +545,7 @@ def test_a_failed_rerun_leaves_the_previous_outputs_complete(raccoon_model, tmp_
     def boom(*args, **kwargs):
         raise RuntimeError("injected failure inside the pipeline")
 
-    monkeypatch.setattr(beam_jobs.score, "build_pipeline", boom)
+    monkeypatch.setattr(beam_jobs.score.pipeline, "build_pipeline", boom)
     with pytest.raises(RuntimeError, match="injected failure"):
         run_score(
             ScoreConfig(

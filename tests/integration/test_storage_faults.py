@@ -277,7 +277,7 @@ def test_an_image_that_cannot_be_read_for_now_is_scored_by_the_next_run(s3, racc
             assert got[name] == want[name], name
     attempts = {k.split("/")[3] for k in got if k.startswith("chunks/") and k.count("/") == 4}
     assert len(attempts) == 2  # one per chunk: the first run's attempt at the rescored chunk was pruned
-    from beam_jobs.score import committed
+    from beam_jobs.score.chunks import committed
 
     chunk_ids = {k.split("/")[2] for k in got if k.startswith("chunks/")}
     assert all(committed(f"s3://{BUCKET}/read-faulty", second["model_version"], c) for c in chunk_ids)  # final now

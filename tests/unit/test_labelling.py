@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageEnhance
 
-from beam_jobs import labelling as lb
+from beam_jobs.score import labelling as lb
 from beam_jobs.parsers import voc
 
 

@@ -157,7 +157,7 @@ def test_an_exported_model_outside_a_registry_may_be_scored_beside_it(tmp_path, 
 def test_a_tflite_file_is_recognized_in_any_case_by_evaluate_score_and_the_models_rule(tmp_path):
     from typer.testing import CliRunner
 
-    from beam_jobs.score import resolve_model
+    from beam_jobs.score.model_ref import resolve_model
     from ssdflow.cli import app
     from ssdflow.config import is_tflite, models_dir_of
 

@@ -6,7 +6,7 @@ import json
 import random
 from collections import Counter
 
-from beam_jobs import score_outputs as so
+from beam_jobs.score import outputs as so
 from ssdflow import storage
 
 
@@ -112,7 +112,8 @@ def test_stream_writer_writes_pieces_and_empty_files(tmp_path):
 def test_a_chunk_keeps_only_the_attempt_its_success_names(tmp_path):
     """A retried bundle (two complete attempts) and a killed one (files, no _SUCCESS of its own):
     pruning keeps exactly the attempt _SUCCESS names, and the chunk still reads back whole."""
-    from beam_jobs.score import Chunk, chunk_dir, commit_chunk, prune_attempts
+    from beam_jobs.score.chunks import Chunk, chunk_dir, prune_attempts
+    from beam_jobs.score.results import commit_chunk
 
     out, version, chunk = str(tmp_path), "v1", Chunk("c0", 0, "files", ("a.jpg",))
     records = [
