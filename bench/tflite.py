@@ -62,7 +62,8 @@ def main() -> None:
     from model.dataset import eval_dataset, shard_files
     from model.registry import resolve_model_dir
     from model.tflite import TFLiteDetector, export_tflite, resize, tflite_name
-    from model.validation import score_saved_model, score_tflite
+    from model.tflite import score_tflite
+    from model.validation import score_saved_model
 
     source = Path(resolve_model_dir(args.model))
     work = Path(args.workdir) / source.name

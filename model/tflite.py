@@ -221,8 +221,6 @@ def export_tflite(model_dir: str, quantize: str = "none", data: str | None = Non
         "seconds": round(time.perf_counter() - t0, 1),
     }
     if data:
-        from model.validation import score_tflite
-
         metrics = score_tflite(str(Path(model_dir, name)), data, "val")
         entry["metrics"] = {k: metrics[k] for k in ("mAP", "mAP@.5", "mAP@.75")}
     record(model_dir, entry)
@@ -349,6 +347,14 @@ class TFLiteDetector:
 
 _announced = threading.Lock()
 _quiet_done = False
+
+
+def score_tflite(path: str, data_dir: str, split: str = "val") -> dict:
+    """COCO metrics of a .tflite export, run by TFLite's interpreter on the records that
+    :func:`model.validation.score_saved_model` scores the SavedModel on."""
+    from model.validation import score_detector  # here: scoring workers load this module for TFLiteDetector alone
+
+    return score_detector(TFLiteDetector(path), data_dir, split)
 
 
 def _first_call_quietly(detector: TFLiteDetector) -> None:

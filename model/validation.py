@@ -71,13 +71,6 @@ def score_saved_model(model_dir: str, data_dir: str, split: str = "val") -> dict
     return score_detector(lambda images: serve(images=images), data_dir, split)
 
 
-def score_tflite(path: str, data_dir: str, split: str = "val") -> dict:
-    """COCO metrics of a .tflite export (model/tflite.py), run by TFLite's interpreter on the same records."""
-    from model.tflite import TFLiteDetector
-
-    return score_detector(TFLiteDetector(path), data_dir, split)
-
-
 def make_detect_fn(
     model,
     cfg: ModelConfig,

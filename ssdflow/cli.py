@@ -175,7 +175,7 @@ def evaluate(
         )
 
     if is_tflite(model):
-        from model.validation import score_tflite
+        from model.tflite import score_tflite
 
         metrics = score_tflite(model, data, split)
     else:
