@@ -1,5 +1,5 @@
 """Scoring from S3: Beam's S3 filesystem with one boto3 client per call (Beam's own) against one
-per process and settings (ssdflow/s3_clients.py), in one run, same images, same model.
+per process and settings (ssdflow/patches/s3_clients.py), in one run, same images, same model.
 
     .venv/bin/python -m bench.s3_clients --images 200
 
@@ -30,7 +30,7 @@ def per_call_clients(on: bool) -> None:
     import boto3
     from apache_beam.io.aws.clients.s3 import boto3_client
 
-    from ssdflow.s3_clients import share_s3_clients
+    from ssdflow.patches.s3_clients import share_s3_clients
 
     if on:
         boto3_client.boto3 = boto3

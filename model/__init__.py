@@ -1,3 +1,3 @@
 """The detector: anchors, box coding, matching, losses, the Keras SSD, training, export, evaluation."""
 
-import ssdflow  # noqa: F401 - before any module here imports TensorFlow: its start-up lines are filtered (ssdflow/quiet.py)
+import ssdflow  # noqa: F401 - before any module here imports TensorFlow: its start-up lines are filtered (ssdflow/patches/quiet.py)

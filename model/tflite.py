@@ -169,7 +169,7 @@ def convert(model, cfg: ModelConfig, info: dict, quantize: str = "none", data: s
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.representative_dataset = lambda: representative_images(data, cfg.image_size)
         converter.inference_input_type = tf.uint8  # pixels as they are: scale 1, zero point 0 (the range is 0..255)
-    from ssdflow.quiet import TFLITE_NOISE, filtered_stderr
+    from ssdflow.patches.quiet import TFLITE_NOISE, filtered_stderr
 
     with filtered_stderr(TFLITE_NOISE):  # the quantizer prints its settings to fd 2
         return converter.convert()
@@ -361,7 +361,7 @@ def _first_call_quietly(detector: TFLiteDetector) -> None:
     """Runs the process's first interpreter call on a blank image with TFLite's one-time "Created
     TensorFlow Lite XNNPACK delegate" line filtered out of the console (it allocates the tensors too)."""
     global _quiet_done
-    from ssdflow.quiet import TFLITE_NOISE, filtered_stderr
+    from ssdflow.patches.quiet import TFLITE_NOISE, filtered_stderr
 
     with _announced:
         if _quiet_done:

@@ -1,29 +1,23 @@
-"""Building Beam pipelines for ssdflow's jobs, with one local-runner fix.
+"""Building Beam pipelines for ssdflow's jobs: options from explicit flags, the local runner, local parallelism.
 
-Beam 2.77's DirectRunner first tries PrismRunner, which downloads a binary from the internet at
-run time; offline that costs a failed lookup and a fallback on every run, and a machine that must
-not reach outside hosts should not try. For ``--runner=DirectRunner`` we therefore hand the
-pipeline straight to the FnApiRunner, which is what DirectRunner falls back to and which honours
-``--direct_running_mode`` and ``--direct_num_workers``. Every other runner is used as named.
-
-Left to itself the FnApiRunner runs a pipeline in one process, on one core. ``local_parallelism``
-gives a local job with enough input one worker process per usable core unless the flags say otherwise.
+``--runner=DirectRunner`` (the default) runs on :class:`ssdflow.patches.local_runner.LocalRunner`
+(why: that module); every other runner is used as named. Left to itself the FnApiRunner runs a
+pipeline in one process, on one core: ``local_parallelism`` gives a local job with enough input one
+worker process per usable core unless the flags say otherwise.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import sys
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
-from apache_beam.portability import python_urns
-from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
-from ssdflow import worker_pool
-from ssdflow.s3_clients import share_s3_clients
+from ssdflow.patches.job_options import JobOptions
+from ssdflow.patches.local_runner import LocalRunner, local_provision_info
+from ssdflow.patches.s3_clients import share_s3_clients
 
 
 log = logging.getLogger(__name__)
@@ -55,22 +49,6 @@ def local_parallelism(flags: list[str], input_files: int) -> list[str]:
     return [*flags, "--direct_running_mode=multi_processing", f"--direct_num_workers={cores}"]
 
 
-class JobOptions(PipelineOptions):
-    """PipelineOptions whose views are made once per options class.
-
-    Beam asks the pipeline's options for a view (``view_as``) some 600 times while it builds and runs
-    an ingest job, and each call parses the flags again with a fresh argparse parser: 0.2 s of the
-    driver's time before the first stage. A view holds no option values of its own (it reads and
-    writes the dict it shares with these options), so the first view of a class serves every later
-    call. Defines no options: Beam's parsers and ``get_all_options`` see the same set as before."""
-
-    def view_as(self, cls):
-        views = self.__dict__.setdefault("_views", {})  # not through __setattr__, which takes options only
-        if cls not in views:
-            views[cls] = super().view_as(cls)
-        return views[cls]
-
-
 def pipeline_options(flags: list[str]) -> PipelineOptions:
     """Options from explicit flags only (never sys.argv, which belongs to the CLI or Prefect)."""
     options = JobOptions(flags=flags)
@@ -97,7 +75,7 @@ def make_pipeline(options: PipelineOptions, preload: tuple[str, ...] = ()) -> be
     runner = options.view_as(StandardOptions).runner
     if runner in _LOCAL:
         local = LocalRunner(
-            provision_info=_local_provision_info(options), workers=_local_workers(options), preload=preload
+            provision_info=local_provision_info(options), workers=_local_workers(options), preload=preload
         )
         return beam.Pipeline(runner=local, options=options)
     return beam.Pipeline(options=options)
@@ -111,46 +89,3 @@ def _local_workers(options: PipelineOptions) -> int:
     if direct.direct_num_workers == 0:  # the FnApiRunner's "one per CPU"
         return os.cpu_count() or 1
     return direct.direct_num_workers or 1
-
-
-class LocalRunner(FnApiRunner):
-    """The FnApiRunner, whose ``multi_processing`` workers are started ahead of the run
-    (:mod:`ssdflow.worker_pool`) and run :mod:`ssdflow.beam_worker` (Beam's harness with a quiet
-    console) instead of Beam's bare harness module."""
-
-    BEAM_WORKER = f"{sys.executable} -m apache_beam.runners.worker.sdk_worker_main"
-
-    def __init__(self, *, provision_info, workers: int = 0, preload: tuple[str, ...] = ()):
-        super().__init__(provision_info=provision_info)
-        self.workers = worker_pool.WorkerPool(workers, preload)
-
-    def run_via_runner_api(self, pipeline_proto, options):
-        for env in pipeline_proto.components.environments.values():
-            if env.urn == python_urns.SUBPROCESS_SDK and env.payload.decode() == self.BEAM_WORKER:
-                env.urn, env.payload = worker_pool.URN, self.workers.id.encode()
-        try:
-            return super().run_via_runner_api(pipeline_proto, options)
-        finally:
-            self.workers.close()  # any the run did not take
-
-
-def _local_provision_info(options: PipelineOptions):
-    """What the FnApiRunner's worker processes (multi_processing mode) are told about the job.
-
-    Built directly, the FnApiRunner hands its workers no pipeline options at all: their Beam
-    FileSystems then lack the job's S3/GCS options (endpoint, region, credentials flags), and each
-    worker logs its harness chatter (channels opened, "sdk harness starting" …) at INFO on the
-    user's console. Workers get the job's options as a portable runner would send them, with the
-    harness log level at WARNING unless the flags chose one (``--default_sdk_harness_log_level``).
-    """
-    from apache_beam.portability.api import beam_provision_api_pb2
-    from apache_beam.runners.portability.fn_api_runner.fn_runner import ExtendedProvisionInfo
-    from apache_beam.runners.portability.portable_runner import JobServiceHandle
-
-    chosen = options.get_all_options(drop_default=True)
-    chosen.setdefault("default_sdk_harness_log_level", "WARNING")
-    return ExtendedProvisionInfo(
-        beam_provision_api_pb2.ProvisionInfo(
-            retrieval_token="unused-retrieval-token", pipeline_options=JobServiceHandle.encode_pipeline_options(chosen)
-        )
-    )

@@ -68,7 +68,7 @@ def ingest(cfg: IngestConfig) -> None:
     """
     from beam_jobs.ingest import IngestError, run_ingest
 
-    from ssdflow import allocator
+    from ssdflow.patches import allocator
 
     allocator.tune_this_process()  # a process that runs this job only: a local run's driver is its shuffle service
     try:

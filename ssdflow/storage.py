@@ -16,7 +16,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from ssdflow.s3_clients import share_s3_clients
+from ssdflow.patches.s3_clients import share_s3_clients
 
 SUCCESS = "_SUCCESS"
 TMP_PREFIX = ".ssdflow-tmp-"
@@ -27,7 +27,7 @@ if FileSystems._pipeline_options is None:  # noqa: SLF001 - Beam keeps them ther
     # options leave boto3 to its environment (AWS_ENDPOINT_URL, credentials, region); a job's own
     # options, set later (ssdflow.beam_runner, :func:`configure`), replace these.
     FileSystems.set_options(PipelineOptions(flags=[]))
-share_s3_clients()  # one boto3 client per process and settings, not one per call (ssdflow/s3_clients.py)
+share_s3_clients()  # one boto3 client per process and settings, not one per call (ssdflow/patches/s3_clients.py)
 
 
 def configure(flags: list[str]) -> None:

@@ -1,4 +1,4 @@
-"""Local worker processes started ahead of the run (ssdflow/worker_pool.py): the run's work is done
+"""Local worker processes started ahead of the run (ssdflow/patches/worker_pool.py): the run's work is done
 by the processes started with the pipeline, none outlives the run, and a pipeline never run leaves
 no worker behind."""
 
@@ -10,7 +10,8 @@ import os
 import apache_beam as beam
 import pytest
 
-from ssdflow import beam_runner, worker_pool
+from ssdflow import beam_runner
+from ssdflow.patches import worker_pool
 
 pytestmark = pytest.mark.integration
 

@@ -1,4 +1,4 @@
-"""ssdflow ingest's malloc settings for its own process (ssdflow/allocator.py). Run in a child
+"""ssdflow ingest's malloc settings for its own process (ssdflow/patches/allocator.py). Run in a child
 process each: mallopt changes the process it runs in, and the test process trains models."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ import sys
 
 import pytest
 
-from ssdflow import allocator
+from ssdflow.patches import allocator
 
-CODE = "from ssdflow import allocator; print(allocator.tune_this_process())"
+CODE = "from ssdflow.patches import allocator; print(allocator.tune_this_process())"
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")

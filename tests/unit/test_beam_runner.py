@@ -44,13 +44,13 @@ def test_one_core_means_one_process(monkeypatch):
 
 def test_multi_process_workers_start_through_ssdflows_quiet_harness(monkeypatch):
     """LocalRunner swaps Beam's worker command by exact string for its pre-started workers
-    (ssdflow/worker_pool.py): if a Beam upgrade changed that string, the swap would stop silently
+    (ssdflow/patches/worker_pool.py): if a Beam upgrade changed that string, the swap would stop silently
     (the console be noisy again, the workers start late). This builds the job graph a
     multi_processing run hands its workers and checks the swap still finds the command."""
     import apache_beam as beam
     from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
-    from ssdflow import worker_pool
+    from ssdflow.patches import worker_pool
 
     seen = []
 

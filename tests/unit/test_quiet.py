@@ -22,7 +22,7 @@ def test_false_alarms_are_dropped_and_other_warnings_kept(caplog):
 def test_tensorflows_start_up_lines_are_dropped_and_other_output_kept(capfd):
     import os
 
-    from ssdflow.quiet import filtered_stderr
+    from ssdflow.patches.quiet import filtered_stderr
 
     with filtered_stderr():
         os.write(2, b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n")
@@ -39,7 +39,7 @@ def test_tensorflows_start_up_lines_are_dropped_and_other_output_kept(capfd):
 def test_a_crash_inside_the_window_still_shows_what_came_before(capfd):
     import os
 
-    from ssdflow.quiet import filtered_stderr
+    from ssdflow.patches.quiet import filtered_stderr
 
     with pytest.raises(RuntimeError):
         with filtered_stderr():

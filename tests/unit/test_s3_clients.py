@@ -1,4 +1,4 @@
-"""Beam's S3 filesystem shares one boto3 client per process and settings (ssdflow/s3_clients.py)."""
+"""Beam's S3 filesystem shares one boto3 client per process and settings (ssdflow/patches/s3_clients.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ pytest.importorskip("boto3")
 from apache_beam.io.aws import s3io  # noqa: E402
 
 import ssdflow.beam_runner  # noqa: E402,F401  (importing it installs the sharing, as every job does)
-from ssdflow.s3_clients import share_s3_clients  # noqa: E402
+from ssdflow.patches.s3_clients import share_s3_clients  # noqa: E402
 
 
 def _client(endpoint: str):

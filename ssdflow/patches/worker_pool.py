@@ -29,7 +29,7 @@ from apache_beam.runners.portability.local_job_service import BeamFnLoggingServi
 from apache_beam.utils import thread_pool_executor
 from google.protobuf import json_format, text_format
 
-from ssdflow.beam_worker import AWAIT_JOB
+from ssdflow.patches.beam_worker import AWAIT_JOB
 
 URN = "ssdflow:env:prewarmed_subprocess:v1"
 _POOLS: weakref.WeakValueDictionary[str, WorkerPool] = weakref.WeakValueDictionary()  # alive while its runner is
@@ -37,11 +37,11 @@ _LOCK = threading.Lock()
 
 
 def start_worker_process(preload: tuple[str, ...] = ()) -> subprocess.Popen:
-    """``python -m ssdflow.beam_worker --await-job [MODULE …]``: imports Beam's harness and the
+    """``python -m ssdflow.patches.beam_worker --await-job [MODULE …]``: imports Beam's harness and the
     named modules, then blocks reading one JSON line of environment variables from stdin."""
     with worker_handlers.SUBPROCESS_LOCK:  # Beam's own guard around forking from a threaded runner
         return subprocess.Popen(
-            [sys.executable, "-m", "ssdflow.beam_worker", AWAIT_JOB, *preload], stdin=subprocess.PIPE
+            [sys.executable, "-m", "ssdflow.patches.beam_worker", AWAIT_JOB, *preload], stdin=subprocess.PIPE
         )
 
 

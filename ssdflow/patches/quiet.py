@@ -1,4 +1,4 @@
-"""TensorFlow's start-up lines, filtered out of the console.
+"""TensorFlow's start-up lines and Beam's false alarms, filtered out of the console.
 
 TensorFlow 2.21 writes its C++ start-up lines through absl before absl's logging is initialized,
 where ``TF_CPP_MIN_LOG_LEVEL`` does not reach them (tensorflow/tensorflow#100442). On a CPU machine
@@ -9,12 +9,13 @@ machine that never asked for a GPU, in the console and in every flow run's log.
 ``install`` (called by ``import ssdflow``) puts a finder on ``sys.meta_path`` that runs the first
 ``import tensorflow`` (and the device probe, which logs the cuInit line) with file descriptor 2
 going through a filter that drops those lines and forwards everything else as it comes. TensorFlow
-is still imported only where code imports it.
+is still imported only where code imports it. It also puts :class:`FalseAlarms` on the root logger.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import sys
@@ -105,7 +106,29 @@ class QuietTensorFlowImport:
         return None
 
 
+class FalseAlarms(logging.Filter):
+    """Drops third-party warnings that are false alarms for ssdflow, so that a first run's console
+    (and a flow run's log) shows what matters. Each is logged on the root logger by Beam:
+
+    * "apitools not found, and bigquery client libraries are not available…": at import, where
+      BigQuery's optional client is not installed; ssdflow never uses BigQuery.
+    * "Resource module is not available for current platform…": RunInference's memory probe, once
+      per batch on platforms without it; scoring does not depend on it.
+    """
+
+    PREFIXES = (
+        "apitools not found, and bigquery client libraries",
+        "Resource module is not available for current platform",
+    )
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.PREFIXES)
+
+
 def install() -> None:
-    """Puts the finder first on ``sys.meta_path`` (once)."""
+    """Puts the finder first on ``sys.meta_path`` and the false-alarm filter on the root logger (once)."""
     if not any(isinstance(f, QuietTensorFlowImport) for f in sys.meta_path):
         sys.meta_path.insert(0, QuietTensorFlowImport())
+    root = logging.getLogger()
+    if not any(isinstance(f, FalseAlarms) for f in root.filters):
+        root.addFilter(FalseAlarms())

@@ -6,7 +6,7 @@ about a semi-persistent directory that only a container worker has, and imports 
 whose "apitools not found" warning is a false alarm for ssdflow. On a user's console, twice per
 core, that is noise. :class:`ssdflow.beam_runner.LocalRunner` starts this module instead: the
 same harness, with ssdflow's false-alarm filter and warnings and errors only on stderr. Started
-with ``--await-job`` (by :mod:`ssdflow.worker_pool`, before the job exists), it imports first and
+with ``--await-job`` (by :mod:`ssdflow.patches.worker_pool`, before the job exists), it imports first and
 then reads the job's connection details from stdin.
 """
 
@@ -20,7 +20,7 @@ import sys
 
 import ssdflow  # noqa: F401  (installs the false-alarm filter before Beam's modules are imported)
 
-AWAIT_JOB = "--await-job"  # started by ssdflow.worker_pool: wait on stdin for the job's environment
+AWAIT_JOB = "--await-job"  # started by ssdflow.patches.worker_pool: wait on stdin for the job's environment
 
 # Logged by the harness when no semi-persistent directory is provided, which only a container
 # worker has: local workers unpickle with the job's own modules and lose nothing.
@@ -35,12 +35,12 @@ def main() -> None:
     logging.getLogger().setLevel(logging.WARNING)
     from apache_beam.runners.worker import sdk_worker_main
 
-    from ssdflow.s3_clients import share_s3_clients
+    from ssdflow.patches.s3_clients import share_s3_clients
 
     share_s3_clients()  # before any bundle: Beam's reads of Beam-only stages (matching files) too
 
     logging.getLogger(sdk_worker_main.__name__).addFilter(lambda r: not str(r.msg).startswith(_NO_DIRECTORY))
-    if AWAIT_JOB in sys.argv:  # started ahead of the job (ssdflow.worker_pool): load, then wait for it
+    if AWAIT_JOB in sys.argv:  # started ahead of the job (ssdflow.patches.worker_pool): load, then wait for it
         for module in sys.argv[sys.argv.index(AWAIT_JOB) + 1 :]:
             try:
                 importlib.import_module(module)
