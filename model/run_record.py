@@ -395,7 +395,7 @@ def _architecture_text(cfg: ModelConfig) -> str:
 
 
 def _anchor_fit_text(fit: dict | None) -> str:
-    """Why the finest level and its anchors are what they are (``train.fit_anchors``), or nothing when
+    """Why the finest level and its anchors are what they are (``anchor_fit.fit_anchors``), or nothing when
     the settings fixed them or a warm start kept the starting model's."""
     if not fit or not fit.get("boxes"):
         return ""

@@ -17,7 +17,6 @@ On GPUs the same code runs with mixed precision (``precision_policy``) and Mirro
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
@@ -31,17 +30,8 @@ import tensorflow as tf
 
 from model import registry, report, warm_start
 from model.thresholds import thresholds_by_id
-from model.anchors import (
-    anchor_levels,
-    anchor_shapes,
-    best_shape_iou,
-    fitted_aspect_ratios,
-    fitted_finest_stride,
-    fitted_min_scale,
-    generate_anchors,
-    rounded_ratio,
-    smallest_class,
-)
+from model.anchor_fit import POOR_SHAPE_COVERAGE, fit_anchors, shape_coverage
+from model.anchors import anchor_levels, generate_anchors
 from model.callbacks import AverageWeights, EpochCheckpoint, EpochLines, ValidationMAP, keep_best, load_history
 from model.dataset import box_shapes, count_records, local_records, make_dataset, read_label_map, shard_files
 from model.evaluate import write_metrics
@@ -60,10 +50,11 @@ from model.run_record import (
     write_model_card,
 )
 from model.schedule import Clock, TimeBudget, WarmupCosine
+from model.devices import distribution_strategy, float32_twin, precision_policy
 from model.ssd import build_ssd, freeze_backbone, unfreeze_top
 from model.validation import make_detect_fn, score_detector, score_saved_model
 from ssdflow import storage
-from ssdflow.config import BOX_WEIGHT, TrainConfig
+from ssdflow.config import BOX_WEIGHT, ModelConfig, TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -75,42 +66,6 @@ class TrainResult:
     metrics: dict
     decision: dict
     epochs_run: int
-
-
-# --- devices -------------------------------------------------------------------------------------
-def distribution_strategy() -> tf.distribute.Strategy:
-    """MirroredStrategy over all GPUs when there are several; the default strategy otherwise."""
-    gpus = tf.config.list_logical_devices("GPU")
-    if len(gpus) > 1:
-        return tf.distribute.MirroredStrategy()
-    return tf.distribute.get_strategy()
-
-
-@contextlib.contextmanager
-def precision_policy(setting: str):
-    """Keras's global dtype policy for the run, restored afterwards (a served process trains many times).
-
-    ``auto``: mixed_float16 on GPUs, float32 on CPUs: XLA and mixed_bfloat16 were measured slower
-    on CPU (``python -m bench.train precision``). Variables, the heads' final concat and the loss
-    stay float32 under every policy. Yields the policy's name.
-    """
-    if setting == "auto":
-        setting = "mixed_float16" if tf.config.list_logical_devices("GPU") else "float32"
-    previous = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy(setting)
-    try:
-        yield setting
-    finally:
-        keras.mixed_precision.set_global_policy(previous)
-
-
-def float32_twin(model: keras.Model, model_cfg) -> keras.Model:
-    """The same network with float32 compute, for export: a mixed-precision SavedModel would run
-    bfloat16/float16 kernels in every consumer, and CPUs run those slower (or, float16, not at all)."""
-    with precision_policy("float32"):
-        twin = build_ssd(model_cfg, None)
-    twin.set_weights(model.get_weights())  # mixed-precision variables are float32 already
-    return twin
 
 
 # --- the run -------------------------------------------------------------------------------------
@@ -215,81 +170,111 @@ def _fit_phase(
     return run, ended
 
 
-def fit_anchors(heights, widths, classes, label_map, cfg) -> dict:
-    """The finest feature level and its anchor scale, fitted to the class of smallest boxes (at least
-    ``anchors.MIN_CLASS_BOXES`` of them): a minority class of small objects among large ones decides,
-    where the population's percentile would sit among the large ones; then the aspect ratios
-    (fit_aspect_ratios). The figures behind the choices are returned for the model card:
-    ``{"finest_stride", "min_scale", "class", "boxes", "side_p10", "side_p50", "aspect_ratios", ...}``
-    (``class`` None: no class had enough boxes, all boxes decided; ``aspect_ratios`` None: the
-    settings' or the defaults). heights, widths, classes: the training boxes' (``dataset.box_shapes``)."""
-    sides = np.sqrt(np.asarray(heights, np.float64) * np.asarray(widths, np.float64))
-    class_id, of_class = smallest_class(sides, classes)
-    stride = cfg.finest_stride or fitted_finest_stride(of_class)
-    names = {v: k for k, v in label_map.items()}
-    fit = {
-        "finest_stride": stride,
-        "min_scale": None if cfg.min_scale else fitted_min_scale(of_class, cfg.image_size, stride),
-        "class": None if class_id is None else names.get(class_id, str(class_id)),
-        "boxes": int(len(of_class)),
-        "side_p10": round(float(np.quantile(of_class, 0.1)), 4) if len(of_class) else None,
-        "side_p50": round(float(np.quantile(of_class, 0.5)), 4) if len(of_class) else None,
-        "aspect_ratios": None,
-    }
-    if cfg.aspect_ratios is None:
-        fit.update(
-            fit_aspect_ratios(
-                heights,
-                widths,
-                classes,
-                label_map,
-                cfg.model(len(label_map), fitted_stride=stride, fitted_min_scale=fit["min_scale"]),
-            )
+@dataclass
+class TrainingPlan:
+    """What a run will train, decided from the settings and the data before anything is built."""
+
+    model_cfg: ModelConfig
+    n_train: int
+    n_val: int
+    batch_size: int
+    steps: int  # optimizer steps per epoch
+    epochs: int  # at most, over both phases
+    frozen_epochs: int  # phase 1: the backbone frozen (0 for a warm start or a backbone trained from scratch)
+    fine_tune_epochs: int  # phase 2 (or the one phase)
+    budget_minutes: float | None  # of this run (a warm start gets its share)
+    anchor_fit: dict | None  # the fitted anchors' figures (fit_anchors), None when the settings or the start fix them
+    class_weights: list[float] | None  # per class id - 1 (--class-balance), None when off
+
+
+def plan_training(cfg: TrainConfig, records: str, label_map, train_files: list[str], start) -> TrainingPlan:
+    """The architecture (a warm start's own, the settings', or anchors fitted to the smallest class),
+    the class weights, the batch and the epochs of each phase. Raises TrainError for an empty split."""
+    anchor_fit, class_weights = None, None
+    fitting = start is None and (cfg.finest_stride is None or cfg.min_scale is None or cfg.aspect_ratios is None)
+    if fitting or cfg.class_balance:  # a pass over the records' headers, no decode; only when something needs it
+        heights, widths, classes = box_shapes(train_files)
+        class_weights = balanced_class_weights(
+            np.bincount(classes, minlength=len(label_map) + 1)[1 : len(label_map) + 1], cfg.class_balance
         )
-    return fit
+    if start is not None:  # a warm start keeps the starting model's architecture and anchors
+        model_cfg = start.model_cfg
+    elif fitting:  # left open by the settings: fitted to the smallest class
+        anchor_fit = fit_anchors(heights, widths, classes, label_map, cfg)
+        model_cfg = cfg.model(
+            num_classes=len(label_map),
+            fitted_stride=anchor_fit["finest_stride"],
+            fitted_min_scale=anchor_fit["min_scale"],
+            fitted_aspect_ratios=anchor_fit["aspect_ratios"],
+        )
+        anchor_fit["shape_coverage"] = shape_coverage(heights, widths, classes, label_map, model_cfg)
+    else:
+        model_cfg = cfg.model(num_classes=len(label_map))
+    shard_files(records, "val")  # fails early, with a clear message, when the val split has no shards
+    n_train, n_val = count_records(records, "train"), count_records(records, "val")
+    if n_val == 0:
+        raise TrainError(f"{cfg.data}: the val split is empty; ingest with --val-fraction > 0")
+    if n_train == 0:
+        raise TrainError(f"{cfg.data}: the train split is empty")
+    batch_size = min(cfg.batch_size, n_train)
+    epochs, budget_minutes = cfg.max_epochs(), cfg.time_budget
+    if start is not None:  # warm: one fine-tuning phase, a share of the budget (or of the set epochs)
+        if cfg.time_budget:
+            budget_minutes = cfg.time_budget * cfg.warm_start_fraction
+        if cfg.epochs:
+            epochs = max(1, int(round(cfg.epochs * cfg.warm_start_fraction)))
+        frozen_epochs, fine_tune_epochs = 0, epochs
+    else:
+        fine_tune_epochs = int(round(epochs * cfg.fine_tune_fraction)) if _pretrained(cfg) else 0
+        frozen_epochs = epochs - fine_tune_epochs
+    return TrainingPlan(
+        model_cfg,
+        n_train,
+        n_val,
+        batch_size,
+        cfg.steps_per_epoch or max(1, n_train // batch_size),
+        epochs,
+        frozen_epochs,
+        fine_tune_epochs,
+        budget_minutes,
+        anchor_fit,
+        class_weights,
+    )
 
 
-POOR_SHAPE_COVERAGE = 0.9  # below this share, the train header names the class (YOLO's autoanchor refits below 0.98)
+def _pretrained(cfg: TrainConfig) -> bool:
+    return cfg.backbone_weights != "none"
 
 
-def shape_coverage(heights, widths, classes, label_map, model_cfg, pos_iou: float = 0.5) -> dict[str, float]:
-    """Per class, the share of its training boxes that some anchor shape of ``model_cfg`` overlaps
-    with IoU >= ``pos_iou`` (the matcher's positive threshold) when centred on the box
-    (``anchors.best_shape_iou``): near 1 when the aspect ratios and scales suit the class's boxes; a
-    low share says the class's boxes get their anchors mostly by forced matches."""
-    best = best_shape_iou(heights, widths, anchor_shapes(model_cfg))
-    classes = np.asarray(classes)
-    return {
-        name: round(float(np.mean(best[classes == i] >= pos_iou)), 3)
-        for name, i in label_map.by_id()
-        if np.any(classes == i)
-    }
-
-
-def fit_aspect_ratios(heights, widths, classes, label_map, model_cfg) -> dict:
-    """YOLO's autoanchor for SSD's aspect ratios: when some class has under ``POOR_SHAPE_COVERAGE`` of
-    its boxes fitted by an anchor shape of ``model_cfg`` (shape_coverage), as many ratios as it has,
-    chosen for the boxes (``anchors.fitted_aspect_ratios``), replace them if that raises the worst
-    class's share; else they stay. Returns ``{"aspect_ratios": the new ratios or None}`` and, when a
-    refit was tried, the worst class's share before and after (``ratio_fit``) for the model card."""
-    before = shape_coverage(heights, widths, classes, label_map, model_cfg)
-    worst = min(before.values(), default=1.0)
-    if worst >= POOR_SHAPE_COVERAGE:
-        return {"aspect_ratios": None}
-    ratios = fitted_aspect_ratios(heights, widths, classes, model_cfg)
-    after = shape_coverage(heights, widths, classes, label_map, model_cfg.model_copy(update={"aspect_ratios": ratios}))
-    refit = min(after.values()) > worst
-    return {
-        "aspect_ratios": ratios if refit else None,
-        "ratio_fit": {
-            "chosen": ratios,
-            "adopted": refit,
-            "worst_share_before": worst,
-            "worst_share_after": min(after.values()),
-            # no other ratio fits a box better: the boxes' sizes, not their shapes, limit the share
-            "same": ratios == sorted(map(rounded_ratio, model_cfg.aspect_ratios)),
-        },
-    }
+def training_header(cfg: TrainConfig, plan: TrainingPlan, label_map, warm: bool, start_text: str) -> str:
+    """The line that says what is trained: data, architecture (and why its anchors), start, epochs, budget."""
+    model_cfg, fit = plan.model_cfg, plan.anchor_fit or {}
+    if warm:
+        phases = "(one fine-tuning phase)"
+    elif not _pretrained(cfg):
+        phases = "(one phase, every layer trained)"
+    else:
+        phases = f"({plan.frozen_epochs} with the backbone frozen + {plan.fine_tune_epochs} fine-tuning)"
+    fitted = (
+        f", fitted to {fit['class']}'s boxes, 10th percentile side {fit['side_p10']:.3f}" if fit.get("class") else ""
+    )
+    header = (
+        f"train: {cfg.data}: {plan.n_train} train / {plan.n_val} val images, {len(label_map)} classes; "
+        f"SSD MobileNetV2 alpha {model_cfg.alpha:g}, {model_cfg.image_size} px, finest stride "
+        f"{model_cfg.finest_stride} (anchors from {model_cfg.first_scale:.3f} of the side{fitted}); "
+        f"starting from {start_text}; at most {plan.epochs} epochs {phases} of {plan.steps} steps x "
+        f"{plan.batch_size} images"
+        + (f", budget {plan.budget_minutes:g} min" if plan.budget_minutes else ", no time budget")
+    )
+    if fit.get("aspect_ratios"):
+        header += "; anchor aspect ratios refitted to the boxes: " + ", ".join(f"{r:g}" for r in fit["aspect_ratios"])
+    # Such a class's boxes are learnt through forced matches only: worth knowing before the budget is spent.
+    poorly_fitted = {n: c for n, c in (fit.get("shape_coverage") or {}).items() if c < POOR_SHAPE_COVERAGE}
+    if poorly_fitted:
+        header += "; anchor shapes fit few boxes of " + ", ".join(
+            f"{n} ({c:.0%} at IoU >= 0.5)" for n, c in poorly_fitted.items()
+        )
+    return header
 
 
 def train(
@@ -317,284 +302,236 @@ def train(
     except warm_start.WarmStartError as e:
         raise TrainError(str(e)) from None
     log.info("train: starting from %s", start_text)
-    anchor_fit, class_weights = None, None
-    fitting = start is None and (cfg.finest_stride is None or cfg.min_scale is None or cfg.aspect_ratios is None)
-    if fitting or cfg.class_balance:  # a pass over the records' headers, no decode; only when something needs it
-        heights, widths, classes = box_shapes(train_files)
-        class_weights = balanced_class_weights(
-            np.bincount(classes, minlength=len(label_map) + 1)[1 : len(label_map) + 1], cfg.class_balance
-        )
-    if start is not None:  # a warm start keeps the starting model's architecture and anchors
-        model_cfg = start.model_cfg
-    elif fitting:  # left open by the settings: fitted to the smallest class
-        anchor_fit = fit_anchors(heights, widths, classes, label_map, cfg)
-        model_cfg = cfg.model(
-            num_classes=len(label_map),
-            fitted_stride=anchor_fit["finest_stride"],
-            fitted_min_scale=anchor_fit["min_scale"],
-            fitted_aspect_ratios=anchor_fit["aspect_ratios"],
-        )
-    else:
-        model_cfg = cfg.model(num_classes=len(label_map))
-    if anchor_fit is not None:
-        anchor_fit["shape_coverage"] = shape_coverage(heights, widths, classes, label_map, model_cfg)
-    shard_files(records, "val")  # fails early, with a clear message, when the val split has no shards
-    n_train, n_val = count_records(records, "train"), count_records(records, "val")
-    if n_val == 0:
-        raise TrainError(f"{cfg.data}: the val split is empty; ingest with --val-fraction > 0")
-    if n_train == 0:
-        raise TrainError(f"{cfg.data}: the train split is empty")
-    batch_size = min(cfg.batch_size, n_train)
-    steps = cfg.steps_per_epoch or max(1, n_train // batch_size)
-    pretrained = cfg.backbone_weights != "none"
-    epochs = cfg.max_epochs()
-    budget_minutes = cfg.time_budget
-    if start is not None:  # warm: one fine-tuning phase, a share of the budget (or of the set epochs)
-        if cfg.time_budget:
-            budget_minutes = cfg.time_budget * cfg.warm_start_fraction
-        if cfg.epochs:
-            epochs = max(1, int(round(cfg.epochs * cfg.warm_start_fraction)))
-        frozen_epochs, fine_tune_epochs = 0, epochs
-    else:
-        fine_tune_epochs = int(round(epochs * cfg.fine_tune_fraction)) if pretrained else 0
-        frozen_epochs = epochs - fine_tune_epochs
-
-    header = (
-        f"train: {cfg.data}: {n_train} train / {n_val} val images, {len(label_map)} classes; SSD MobileNetV2 "
-        f"alpha {model_cfg.alpha:g}, {model_cfg.image_size} px, finest stride {model_cfg.finest_stride} "
-        f"(anchors from {model_cfg.first_scale:.3f} of the side"
-        + (
-            f", fitted to {anchor_fit['class']}'s boxes, 10th percentile side {anchor_fit['side_p10']:.3f}"
-            if anchor_fit and anchor_fit["class"]
-            else ""
-        )
-        + f"); starting from {start_text}; at most {epochs} epochs "
-        + (
-            "(one fine-tuning phase)"
-            if start is not None
-            else "(one phase, every layer trained)"
-            if not pretrained
-            else f"({frozen_epochs} with the backbone frozen + {fine_tune_epochs} fine-tuning)"
-        )
-        + f" of {steps} steps x {batch_size} images"
-        + (f", budget {budget_minutes:g} min" if budget_minutes else ", no time budget")
-    )
-    if anchor_fit and anchor_fit["aspect_ratios"]:
-        header += "; anchor aspect ratios refitted to the boxes: " + ", ".join(
-            f"{r:g}" for r in anchor_fit["aspect_ratios"]
-        )
-    poorly_fitted = {
-        n: c for n, c in ((anchor_fit or {}).get("shape_coverage") or {}).items() if c < POOR_SHAPE_COVERAGE
-    }
-    if (
-        poorly_fitted
-    ):  # such a class's boxes are learnt through forced matches only: worth knowing before the budget is spent
-        header += "; anchor shapes fit few boxes of " + ", ".join(
-            f"{n} ({c:.0%} at IoU >= 0.5)" for n, c in poorly_fitted.items()
-        )
+    plan = plan_training(cfg, records, label_map, train_files, start)
+    header = training_header(cfg, plan, label_map, start is not None, start_text)
     log.info("%s", header)
     if say is not None:
         say(header)
         if epoch_lines:
-            extra_callbacks = (*extra_callbacks, EpochLines(say, epochs, {"phase1": 0, "phase2": frozen_epochs}))
+            phase_starts = {"phase1": 0, "phase2": plan.frozen_epochs}
+            extra_callbacks = (*extra_callbacks, EpochLines(say, plan.epochs, phase_starts))
 
     # One training per models directory at a time: it owns MODELS/.train-run until it ends.
     with training_lock(cfg.models) as still_held, precision_policy(cfg.precision) as precision:
         config = run_config(cfg)
-        fingerprint = config["data_fingerprint"]
         if reuse_completed and (done := completed_version(cfg)) is not None:
             return _finish_completed(cfg, done, records)
         run_dir = prepare_run_dir(cfg, config)
-        mirror = RunMirror(cfg.models, run_dir)  # object-store models: checkpoints there too, after every epoch
         keras.utils.set_random_seed(cfg.seed)
-
-        strategy = distribution_strategy()
-        with strategy.scope():
-            if start is not None:
-                model = build_ssd(model_cfg, None)
-                model.load_weights(start.weights)
-            else:
-                model = build_ssd(model_cfg, None if cfg.backbone_weights == "none" else cfg.backbone_weights)
-            loss = SSDLoss(
-                num_classes=model_cfg.num_classes,
-                classification=cfg.classification_loss,
-                class_weights=class_weights,
-                box_loss=cfg.box_loss,
-                box_weight=BOX_WEIGHT[cfg.box_loss],
-                variances=model_cfg.variances,
-            )
-        anchors = generate_anchors(model_cfg)
-
-        def train_data(skip_batches: int):
-            # A deterministic run resumed mid-phase continues its stream where the checkpoint left it;
-            # other runs' order is random anyway, so they start a fresh stream.
-            return make_dataset(
-                train_files,
-                anchors,
-                model_cfg.image_size,
-                model_cfg.variances,
-                batch_size,
-                training=True,
-                deterministic=cfg.deterministic,
-                seed=cfg.seed,
-                augmentation=cfg.augment,
-                repeat=True,
-                atss_levels=anchor_levels(model_cfg) if cfg.matching == "atss" else None,
-                skip_batches=skip_batches if cfg.deterministic else 0,
-            )
-
-        detect = make_detect_fn(
-            model, model_cfg, cfg.score_threshold, cfg.iou_threshold, cfg.max_detections, cfg.box_merge_iou
-        )
-        val_map = ValidationMAP(
-            detect, records, label_map, cfg.eval_every, path=os.path.join(run_dir, "validation_history.json")
-        )
-        best = keep_best(os.path.join(run_dir, "best.weights.h5"), cfg.best_epoch_metric, cfg.map50_tolerance)
-        average = AverageWeights()  # val mAP and the kept best epoch see the averaged weights, checkpoints the raw ones
-        callbacks = [
-            average.swap_in,
-            val_map,
-            best,
-            average.swap_out,
-            keras.callbacks.TensorBoard(os.path.join(run_dir, "logs"), write_graph=False),
-            *extra_callbacks,
-        ]
-        after_checkpoint = [keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: mirror())]
-        # Off by default: on raccoon, patience 5 ended both phases at 0.46 val mAP@.5 where running on to the
-        # budget reached 0.83; between new bests, fine-tuning went 16 evaluations (docs/benchmarks.md).
-        if cfg.early_stopping_patience and cfg.eval_every <= epochs:  # early stopping needs val mAP in the logs
-            callbacks.insert(
-                3, keras.callbacks.EarlyStopping(monitor=best.monitor, mode="max", patience=cfg.early_stopping_patience)
-            )
-        if start is not None and best.best_epoch is None and cfg.eval_every <= epochs:
-            # A warm start is kept only where it improves: its starting weights compete as epoch 0,
-            # so a run whose every epoch scores below the champion it began from exports that champion's weights.
-            start_metrics = val_map.evaluate(0, phase="start")
-            best.consider(model, start_metrics, 0, "start")
-            log.info(
-                "train: the starting weights score val mAP@.5 %s, mAP@[.5:.95] %s",
-                start_metrics["mAP@.5"],
-                start_metrics["mAP"],
-            )
-        warmup = int(cfg.warmup_epochs * steps)
-        # The budget is shared as the epochs are: the frozen phase may use its share, fine-tuning what is left.
-        clock = Clock(run_dir, budget_minutes * 60 if budget_minutes else None)
-        budget = clock.budget if clock.budget is not None else math.inf
-        epochs_run, ended = 0, []
-        if frozen_epochs:
-            if pretrained:
-                freeze_backbone(model)
-            run, why = _fit_phase(
-                model,
-                "phase1",
-                run_dir,
-                train_data,
-                frozen_epochs,
-                steps,
-                cfg.peak_learning_rate(),
-                warmup,
-                loss,
-                callbacks,
-                verbose,
-                clock,
-                budget * frozen_epochs / epochs,
-                cfg.ema_momentum,
-                after_checkpoint,
-            )
-            mirror()
-            epochs_run += run
-            ended.append(why)
-        if fine_tune_epochs:
-            unfreeze_top(model, cfg.unfreeze_from_block)
-            run, why = _fit_phase(
-                model,
-                "phase2",
-                run_dir,
-                train_data,
-                fine_tune_epochs,
-                steps,
-                cfg.peak_learning_rate() * cfg.fine_tune_lr_factor,
-                0,
-                loss,
-                callbacks,
-                verbose,
-                clock,
-                budget,
-                cfg.ema_momentum,
-                after_checkpoint,
-            )
-            mirror()
-            epochs_run += run
-            ended.append(why)
-        fit_seconds = clock.elapsed()
-        # Every epoch the run trained, once, also those before a kill it was resumed from.
-        history = [
-            dict(entry, phase=phase)
-            for phase in ("phase1", "phase2")
-            for entry in load_history(os.path.join(run_dir, phase))
-        ]
-        best_epoch = best.restore(model)
-        if best_epoch is not None:
-            log.info(
-                "train: exporting the weights of %s epoch %d (%s %.4f)",
-                best.best_phase,
-                best_epoch,
-                best.metric_name,
-                best.best,
-            )
-
-        # Export into a staging dir, score the exported artifact itself, then commit the version.
-        version = registry.new_version(cfg.models)
-        staging = registry.staging_dir(cfg.models, version)
-        exportable = model if precision == "float32" else float32_twin(model, model_cfg)
-        # The export's own signature function is scored and drawn, then saved once with the thresholds
-        # calibrated on that score (a threshold changes no detection, only the lookup the model carries).
-        detector = Detector(
-            exportable,
-            model_cfg,
-            cfg.score_threshold,
-            cfg.iou_threshold,
-            cfg.max_detections,
-            box_merge_iou=cfg.box_merge_iou,
-        )
-        exported = lambda images: detector.serve(images)  # noqa: E731
-        metrics = score_detector(exported, records, "val", label_map, cfg.target_precision)
-        report.draw_pr_curves(metrics["pr_curves"], os.path.join(staging, report.PR_CURVES))
-        report.draw_val_examples(exported, records, os.path.join(staging, report.VAL_EXAMPLES))
-        detector.set_class_thresholds(thresholds_by_id(metrics["score_thresholds"], label_map))
-        save_detector(detector, label_map, str(staging))
-        model.save_weights(os.path.join(staging, KERAS_WEIGHTS))  # lets `ssdflow export` rebuild and re-export
-        metrics.update(
-            data_fingerprint=fingerprint,
-            run_key=run_key(config),
-            val_images=n_val,
-            train_images=n_train,
-            epochs=len(history),
-            history=history,
-            optimizer_steps={e["phase"]: e["steps"] for e in history},  # each phase's count after its last epoch
-            max_epochs=epochs,
-            time_budget_minutes=cfg.time_budget or None,
-            fit_seconds=round(fit_seconds, 1),
-            phases_ended_by=ended,
-            validation_history=val_map.history,
-            best_epoch=best_epoch,
-            best_phase=best.best_phase if best_epoch is not None else None,
-            best_epoch_metric=best.metric_name,
-            precision=precision,
-            initialized_from=start_text,
-            anchor_fit=anchor_fit,
-            class_weights=None
-            if class_weights is None
-            else {name: class_weights[i - 1] for name, i in label_map.by_id()},
-        )
-        write_metrics(os.path.join(staging, "metrics.json"), metrics)
-        write_model_card(
-            os.path.join(staging, "model_card.md"), version, cfg, model_cfg, metrics, label_map, fingerprint
-        )
-        if os.path.isdir(os.path.join(run_dir, "logs")):  # TensorBoard logs stay with the version they describe
-            shutil.copytree(os.path.join(run_dir, "logs"), os.path.join(staging, "logs"))
+        model, loss = _build(cfg, plan, start)
+        fitted = _fit(cfg, plan, model, loss, start, records, label_map, train_files, run_dir, extra_callbacks, verbose)
+        version, metrics = _export(cfg, plan, model, precision, records, label_map, config, fitted, start_text, run_dir)
         still_held()  # a training whose lease was taken over must not commit beside the one that took it
         model_dir = registry.commit_version(cfg.models, version)
         decision = _promote(cfg, version, records)
         discard_run(cfg.models)
-        return TrainResult(version, model_dir, metrics, decision, epochs_run)
+        return TrainResult(version, model_dir, metrics, decision, fitted.epochs_run)
+
+
+def _build(cfg: TrainConfig, plan: TrainingPlan, start) -> tuple[keras.Model, SSDLoss]:
+    """The network (the start's weights, or the pretrained backbone's) and its loss, in the strategy's scope."""
+    model_cfg = plan.model_cfg
+    with distribution_strategy().scope():
+        if start is not None:
+            model = build_ssd(model_cfg, None)
+            model.load_weights(start.weights)
+        else:
+            model = build_ssd(model_cfg, cfg.backbone_weights if _pretrained(cfg) else None)
+        loss = SSDLoss(
+            num_classes=model_cfg.num_classes,
+            classification=cfg.classification_loss,
+            class_weights=plan.class_weights,
+            box_loss=cfg.box_loss,
+            box_weight=BOX_WEIGHT[cfg.box_loss],
+            variances=model_cfg.variances,
+        )
+    return model, loss
+
+
+@dataclass
+class Fitted:
+    """What the fit did: the epochs run now, what ended each phase, every epoch's history, the evaluations."""
+
+    epochs_run: int
+    ended: list[str]
+    fit_seconds: float
+    history: list[dict]
+    best_epoch: int | None
+    best: object  # the KeepBest that chose the exported epoch
+    val_map: ValidationMAP
+
+
+def _train_stream(cfg: TrainConfig, plan: TrainingPlan, train_files: list[str]):
+    """``train_data(skip_batches)``: the training stream of batches (images, anchor targets)."""
+    model_cfg = plan.model_cfg
+    anchors = generate_anchors(model_cfg)
+
+    def train_data(skip_batches: int):
+        # A deterministic run resumed mid-phase continues its stream where the checkpoint left it;
+        # other runs' order is random anyway, so they start a fresh stream.
+        return make_dataset(
+            train_files,
+            anchors,
+            model_cfg.image_size,
+            model_cfg.variances,
+            plan.batch_size,
+            training=True,
+            deterministic=cfg.deterministic,
+            seed=cfg.seed,
+            augmentation=cfg.augment,
+            repeat=True,
+            atss_levels=anchor_levels(model_cfg) if cfg.matching == "atss" else None,
+            skip_batches=skip_batches if cfg.deterministic else 0,
+        )
+
+    return train_data
+
+
+def _epoch_callbacks(cfg, plan: TrainingPlan, model, records, label_map, run_dir, extra_callbacks):
+    """The callbacks every epoch goes through, in order: weight averaging swapped in, val mAP, the kept
+    best epoch (early stopping when set), averaging swapped out, TensorBoard, the caller's. Returns
+    (callbacks, val_map, best)."""
+    model_cfg = plan.model_cfg
+    detect = make_detect_fn(
+        model, model_cfg, cfg.score_threshold, cfg.iou_threshold, cfg.max_detections, cfg.box_merge_iou
+    )
+    val_map = ValidationMAP(
+        detect, records, label_map, cfg.eval_every, path=os.path.join(run_dir, "validation_history.json")
+    )
+    best = keep_best(os.path.join(run_dir, "best.weights.h5"), cfg.best_epoch_metric, cfg.map50_tolerance)
+    average = AverageWeights()  # val mAP and the kept best epoch see the averaged weights, checkpoints the raw ones
+    callbacks = [
+        average.swap_in,
+        val_map,
+        best,
+        average.swap_out,
+        keras.callbacks.TensorBoard(os.path.join(run_dir, "logs"), write_graph=False),
+        *extra_callbacks,
+    ]
+    # Off by default: on raccoon it ended both phases far below what running on to the budget
+    # reached (docs/benchmarks.md, "Early stopping against the val noise").
+    if cfg.early_stopping_patience and cfg.eval_every <= plan.epochs:  # early stopping needs val mAP in the logs
+        callbacks.insert(
+            3, keras.callbacks.EarlyStopping(monitor=best.monitor, mode="max", patience=cfg.early_stopping_patience)
+        )
+    return callbacks, val_map, best
+
+
+def _fit(
+    cfg, plan: TrainingPlan, model, loss, start, records, label_map, train_files, run_dir, extra_callbacks, verbose
+):
+    """Both phases, each resumed from its checkpoint, sharing the time budget; the kept best epoch's
+    weights restored into ``model`` at the end. Returns :class:`Fitted`."""
+    mirror = RunMirror(cfg.models, run_dir)  # object-store models: checkpoints there too, after every epoch
+    after_checkpoint = [keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: mirror())]
+    callbacks, val_map, best = _epoch_callbacks(cfg, plan, model, records, label_map, run_dir, extra_callbacks)
+    if start is not None and best.best_epoch is None and cfg.eval_every <= plan.epochs:
+        # A warm start is kept only where it improves: its starting weights compete as epoch 0,
+        # so a run whose every epoch scores below the champion it began from exports that champion's weights.
+        start_metrics = val_map.evaluate(0, phase="start")
+        best.consider(model, start_metrics, 0, "start")
+        log.info(
+            "train: the starting weights score val mAP@.5 %s, mAP@[.5:.95] %s",
+            start_metrics["mAP@.5"],
+            start_metrics["mAP"],
+        )
+    # The budget is shared as the epochs are: the frozen phase may use its share, fine-tuning what is left.
+    clock = Clock(run_dir, plan.budget_minutes * 60 if plan.budget_minutes else None)
+    budget = clock.budget if clock.budget is not None else math.inf
+    peak_lr = cfg.peak_learning_rate()
+    phases = [
+        (
+            "phase1",
+            plan.frozen_epochs,
+            peak_lr,
+            int(cfg.warmup_epochs * plan.steps),
+            budget * plan.frozen_epochs / max(plan.epochs, 1),
+        ),
+        ("phase2", plan.fine_tune_epochs, peak_lr * cfg.fine_tune_lr_factor, 0, budget),
+    ]
+    train_stream, epochs_run, ended = _train_stream(cfg, plan, train_files), 0, []
+    for name, epochs, lr, warmup, deadline in phases:
+        if not epochs:
+            continue
+        if name == "phase1" and _pretrained(cfg):
+            freeze_backbone(model)
+        elif name == "phase2":
+            unfreeze_top(model, cfg.unfreeze_from_block)
+        run, why = _fit_phase(
+            model, name, run_dir, train_stream, epochs, plan.steps, lr, warmup, loss, callbacks, verbose, clock,
+            deadline, cfg.ema_momentum, after_checkpoint,
+        )  # fmt: skip
+        mirror()
+        epochs_run += run
+        ended.append(why)
+    # Every epoch the run trained, once, also those before a kill it was resumed from.
+    history = [
+        dict(entry, phase=phase)
+        for phase in ("phase1", "phase2")
+        for entry in load_history(os.path.join(run_dir, phase))
+    ]
+    best_epoch = best.restore(model)
+    if best_epoch is not None:
+        log.info(
+            "train: exporting the weights of %s epoch %d (%s %.4f)",
+            best.best_phase,
+            best_epoch,
+            best.metric_name,
+            best.best,
+        )
+    return Fitted(epochs_run, ended, clock.elapsed(), history, best_epoch, best, val_map)
+
+
+def _export(cfg, plan: TrainingPlan, model, precision, records, label_map, config, fitted: Fitted, start_text, run_dir):
+    """Exports into a staging directory, scores the exported artifact itself, writes its metrics,
+    model card and TensorBoard logs; returns (the version to commit, its metrics)."""
+    model_cfg, fingerprint = plan.model_cfg, config["data_fingerprint"]
+    version = registry.new_version(cfg.models)
+    staging = registry.staging_dir(cfg.models, version)
+    exportable = model if precision == "float32" else float32_twin(model, model_cfg)
+    # The export's own signature function is scored and drawn, then saved once with the thresholds
+    # calibrated on that score (a threshold changes no detection, only the lookup the model carries).
+    detector = Detector(
+        exportable,
+        model_cfg,
+        cfg.score_threshold,
+        cfg.iou_threshold,
+        cfg.max_detections,
+        box_merge_iou=cfg.box_merge_iou,
+    )
+    exported = lambda images: detector.serve(images)  # noqa: E731
+    metrics = score_detector(exported, records, "val", label_map, cfg.target_precision)
+    report.draw_pr_curves(metrics["pr_curves"], os.path.join(staging, report.PR_CURVES))
+    report.draw_val_examples(exported, records, os.path.join(staging, report.VAL_EXAMPLES))
+    detector.set_class_thresholds(thresholds_by_id(metrics["score_thresholds"], label_map))
+    save_detector(detector, label_map, str(staging))
+    model.save_weights(os.path.join(staging, KERAS_WEIGHTS))  # lets `ssdflow export` rebuild and re-export
+    history, best_epoch = fitted.history, fitted.best_epoch
+    metrics.update(
+        data_fingerprint=fingerprint,
+        run_key=run_key(config),
+        val_images=plan.n_val,
+        train_images=plan.n_train,
+        epochs=len(history),
+        history=history,
+        optimizer_steps={e["phase"]: e["steps"] for e in history},  # each phase's count after its last epoch
+        max_epochs=plan.epochs,
+        time_budget_minutes=cfg.time_budget or None,
+        fit_seconds=round(fitted.fit_seconds, 1),
+        phases_ended_by=fitted.ended,
+        validation_history=fitted.val_map.history,
+        best_epoch=best_epoch,
+        best_phase=fitted.best.best_phase if best_epoch is not None else None,
+        best_epoch_metric=fitted.best.metric_name,
+        precision=precision,
+        initialized_from=start_text,
+        anchor_fit=plan.anchor_fit,
+        class_weights=None
+        if plan.class_weights is None
+        else {name: plan.class_weights[i - 1] for name, i in label_map.by_id()},
+    )
+    write_metrics(os.path.join(staging, "metrics.json"), metrics)
+    write_model_card(os.path.join(staging, "model_card.md"), version, cfg, model_cfg, metrics, label_map, fingerprint)
+    if os.path.isdir(os.path.join(run_dir, "logs")):  # TensorBoard logs stay with the version they describe
+        shutil.copytree(os.path.join(run_dir, "logs"), os.path.join(staging, "logs"))
+    return version, metrics

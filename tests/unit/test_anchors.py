@@ -173,9 +173,9 @@ def test_a_minority_class_of_small_objects_decides_the_finest_level():
 
 
 def test_training_fits_the_architecture_to_the_smallest_class_and_says_so():
-    """train.fit_anchors: the figures the model card prints; settings that fix the level win."""
+    """anchor_fit.fit_anchors: the figures the model card prints; settings that fix the level win."""
     from model.run_record import _anchor_fit_text
-    from model.train import fit_anchors
+    from model.anchor_fit import fit_anchors
     from ssdflow.config import TrainSettings
     from ssdflow.schema import LabelMap
 
@@ -204,12 +204,12 @@ def test_training_fits_the_architecture_to_the_smallest_class_and_says_so():
 
 
 def test_shape_coverage_is_the_share_of_a_classs_boxes_an_anchor_shape_fits():
-    """anchors.best_shape_iou / train.shape_coverage: a box of an anchor's own shape fits it exactly;
+    """anchors.best_shape_iou / anchor_fit.shape_coverage: a box of an anchor's own shape fits it exactly;
     long thin boxes (10:1, beyond the 3:1 ratios) fit no anchor at IoU 0.5, and the class made of
     them says so in the model card."""
     from model.anchors import anchor_shapes, best_shape_iou
     from model.run_record import _anchor_fit_text
-    from model.train import shape_coverage
+    from model.anchor_fit import shape_coverage
     from ssdflow.config import ModelConfig
     from ssdflow.schema import LabelMap
 
@@ -242,13 +242,13 @@ def test_shape_coverage_is_the_share_of_a_classs_boxes_an_anchor_shape_fits():
 
 
 def test_aspect_ratios_are_refitted_only_for_boxes_the_defaults_miss():
-    """anchors.fitted_aspect_ratios / train.fit_aspect_ratios (YOLO's autoanchor for SSD's ratios):
+    """anchors.fitted_aspect_ratios / anchor_fit.fit_aspect_ratios (YOLO's autoanchor for SSD's ratios):
     a class of long boxes (w/h 6-10, both ways) that no default ratio fits gets ratios of its own,
     weighted as much as the square majority's; the card says before and after. Square boxes keep the defaults,
     and ratios set in the settings are never refitted."""
     from model.anchors import fitted_aspect_ratios
     from model.run_record import _anchor_fit_text
-    from model.train import fit_anchors, shape_coverage
+    from model.anchor_fit import fit_anchors, shape_coverage
     from ssdflow.config import DEFAULT_ASPECT_RATIOS, ModelConfig, TrainSettings
     from ssdflow.schema import LabelMap
 
