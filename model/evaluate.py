@@ -100,6 +100,39 @@ def coco_metrics(
     class ids that are not in ``label_map``. COCOeval keeps at most 100 detections per image (by
     score), as in the COCO benchmark. Values are plain floats/ints/None, ready for ``json.dumps``.
     """
+    names_by_id = _names_by_id(label_map)
+    images, gt_anns, coco_id_of, size_of = _groundtruth_annotations(groundtruth, names_by_id)
+    dt_anns = _detection_annotations(detections, names_by_id, coco_id_of, size_of)
+    ev = _cocoeval(images, gt_anns, dt_anns, names_by_id)
+    stats = ev.stats
+    precision = ev.eval["precision"]  # [T iou thresholds, R recall points, K categories, A areas, M maxDets]
+    per_class, pr_curves = {}, {}
+    for k, cid in enumerate(ev.params.catIds):
+        name = names_by_id[int(cid)]
+        per_class[name] = {
+            "AP": _mean_valid(precision[:, :, k, 0, -1]),  # area "all", maxDets 100
+            "AP@.5": _mean_valid(precision[0, :, k, 0, -1]),  # iouThrs[0] == 0.5
+        }
+        # Precision at recall 0, 0.01, ..., 1 (COCO's interpolated curve), None where undefined.
+        pr_curves[name] = [None if p < 0 else round(float(p), 4) for p in precision[0, :, k, 0, -1]]
+    return {
+        "mAP": _none_if_missing(stats[0]),
+        "mAP@.5": _none_if_missing(stats[1]),
+        "mAP@.75": _none_if_missing(stats[2]),
+        "mAP_small": _none_if_missing(stats[3]),
+        "mAP_medium": _none_if_missing(stats[4]),
+        "mAP_large": _none_if_missing(stats[5]),
+        "AR@100": _none_if_missing(stats[8]),
+        "per_class": per_class,
+        "pr_curves": pr_curves,
+        "score_thresholds": calibrate(ev, names_by_id, target_precision),
+        "num_images": len(images),
+        "num_groundtruth": len(gt_anns),
+        "num_detections": len(dt_anns),
+    }
+
+
+def _names_by_id(label_map: Mapping[str, int]) -> dict[int, str]:
     names_by_id: dict[int, str] = {}
     for name, cid in label_map.items():
         if isinstance(cid, bool) or not isinstance(cid, (int, np.integer)) or cid < 1:
@@ -107,7 +140,12 @@ def coco_metrics(
         if int(cid) in names_by_id:
             raise ValueError(f"label map has repeated id {cid}")
         names_by_id[int(cid)] = str(name)
+    return names_by_id
 
+
+def _groundtruth_annotations(groundtruth: Iterable[ImageGroundTruth], names_by_id: dict[int, str]):
+    """COCO's images and ground-truth annotations; (images, annotations, COCO id of each image id,
+    (height, width) of each image id)."""
     images, gt_anns = [], []
     coco_id_of: dict[str, int] = {}
     size_of: dict[str, tuple[int, int]] = {}
@@ -143,7 +181,11 @@ def coco_metrics(
                     "iscrowd": int(bool(diff)),
                 }
             )
+    return images, gt_anns, coco_id_of, size_of
 
+
+def _detection_annotations(detections: Iterable[ImageDetections], names_by_id, coco_id_of, size_of) -> list[dict]:
+    """COCO's result annotations for the detections of images in the ground truth."""
     dt_anns = []
     seen_dt: set[str] = set()
     for det in detections:
@@ -171,7 +213,11 @@ def coco_metrics(
                     "iscrowd": 0,
                 }
             )
+    return dt_anns
 
+
+def _cocoeval(images: list[dict], gt_anns: list[dict], dt_anns: list[dict], names_by_id: dict[int, str]) -> COCOeval:
+    """pycocotools' bbox evaluation, evaluated, accumulated and summarized (its printout kept off stdout)."""
     # Every label-map category is registered, so a class with no ground truth shows up (as None)
     # rather than silently disappearing from per_class.
     categories = [{"id": cid, "name": name} for cid, name in sorted(names_by_id.items())]
@@ -189,33 +235,7 @@ def coco_metrics(
         ev.evaluate()
         ev.accumulate()
         ev.summarize()
-
-    stats = ev.stats
-    precision = ev.eval["precision"]  # [T iou thresholds, R recall points, K categories, A areas, M maxDets]
-    per_class, pr_curves = {}, {}
-    for k, cid in enumerate(ev.params.catIds):
-        name = names_by_id[int(cid)]
-        per_class[name] = {
-            "AP": _mean_valid(precision[:, :, k, 0, -1]),  # area "all", maxDets 100
-            "AP@.5": _mean_valid(precision[0, :, k, 0, -1]),  # iouThrs[0] == 0.5
-        }
-        # Precision at recall 0, 0.01, ..., 1 (COCO's interpolated curve), None where undefined.
-        pr_curves[name] = [None if p < 0 else round(float(p), 4) for p in precision[0, :, k, 0, -1]]
-    return {
-        "mAP": _none_if_missing(stats[0]),
-        "mAP@.5": _none_if_missing(stats[1]),
-        "mAP@.75": _none_if_missing(stats[2]),
-        "mAP_small": _none_if_missing(stats[3]),
-        "mAP_medium": _none_if_missing(stats[4]),
-        "mAP_large": _none_if_missing(stats[5]),
-        "AR@100": _none_if_missing(stats[8]),
-        "per_class": per_class,
-        "pr_curves": pr_curves,
-        "score_thresholds": calibrate(ev, names_by_id, target_precision),
-        "num_images": len(images),
-        "num_groundtruth": len(gt_anns),
-        "num_detections": len(dt_anns),
-    }
+    return ev
 
 
 def write_metrics(path: str | os.PathLike, metrics: dict) -> None:
