@@ -122,7 +122,9 @@ def main() -> None:
         manifest_path = work / "out" / f"run{i:03d}" / "_SUCCESS"
         if manifest_path.is_file():
             m = json.loads(manifest_path.read_text())
-            same += all(m[k] == reference[k] for k in ("images_in", "images_scored", "images_failed", "detections"))
+            same += all(
+                m[k] == getattr(reference, k) for k in ("images_in", "images_scored", "images_failed", "detections")
+            )
     budget = cap * RUN_MEMORY_BYTES
     gb = lambda b: f"{b / 2**30:.2f} GB"  # noqa: E731
     print(f"runs created at once: {args.runs}; cap (serve --max-runs): {cap}; most RUNNING at once: {running_peak}")

@@ -80,7 +80,7 @@ def main() -> None:
                 wall, cpu = time.perf_counter(), time.process_time()
                 manifest = run_score(cfg)
                 wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-                assert manifest["images_scored"] == args.images and manifest["images_failed"] == 0, manifest
+                assert manifest.images_scored == args.images and manifest.images_failed == 0, manifest
                 print(f"  run {r} {mode:8s}: {wall:6.1f} s wall, {cpu:6.1f} s CPU")
                 if mode not in best or wall < best[mode][0]:
                     best[mode] = (wall, cpu)

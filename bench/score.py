@@ -177,7 +177,7 @@ def run_job(
     t0 = time.perf_counter()
     manifest = run_score(cfg)
     t = time.perf_counter() - t0
-    assert manifest["images_scored"] == n and manifest["images_failed"] == 0, manifest
+    assert manifest.images_scored == n and manifest.images_failed == 0, manifest
     return t
 
 

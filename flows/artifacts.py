@@ -12,6 +12,8 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 
+from ssdflow.results import LabellingSelection, ScoreManifest
+
 
 def _key(text: str) -> str:
     """Artifact keys: lowercase letters, digits and dashes."""
@@ -94,26 +96,15 @@ def model_versions(versions: list[dict], models: str, key: str = "model-versions
     create_table_artifact(rows, key=_key(key), description=f"Model versions in {models}")
 
 
-def scoring_summary(manifest: dict, summary: dict, out: str, key: str = "scoring-summary") -> None:
-    rows = [
-        {"metric": k, "value": manifest.get(k)}
-        for k in (
-            "images_in",
-            "images_scored",
-            "images_failed",
-            "images_retryable",
-            "detections",
-            "files_skipped",
-            "chunks",
-            "chunks_scored_now",
-        )
-    ]
+def scoring_summary(manifest: ScoreManifest, summary: dict, out: str, key: str = "scoring-summary") -> None:
+    counts = ("images_in", "images_scored", "images_failed", "images_retryable", "detections", "files_skipped")
+    rows = [{"metric": k, "value": getattr(manifest, k)} for k in (*counts, "chunks", "chunks_scored_now")]
     rows += [{"metric": f"detections[{c}]", "value": n} for c, n in summary.get("detections_per_class", {}).items()]
     rows += [
         {"metric": "mean_boxes_per_image", "value": summary.get("mean_boxes_per_image")},
         {"metric": "images_without_detections", "value": summary.get("images_without_detections")},
     ]
-    create_table_artifact(rows, key=_key(key), description=f"Scoring with model {manifest.get('model_version')}")
+    create_table_artifact(rows, key=_key(key), description=f"Scoring with model {manifest.model_version}")
     create_link_artifact(
         out, link_text="detections (JSONL, Parquet), errors.jsonl, summary.json", key=_key(f"{key}-output")
     )
@@ -140,7 +131,9 @@ class ProgressArtifact:
             self.update(100.0 * done / total)
 
 
-def labelling_batch(out: str, labelling: dict, key: str = "labelling-batch", thumbnails: int = 24) -> None:
+def labelling_batch(
+    out: str, labelling: LabellingSelection, key: str = "labelling-batch", thumbnails: int = 24
+) -> None:
     """The images worth labelling next as a table: thumbnail (inline: the UI cannot reach ``out``),
     rank, uncertainty and reason; plus a link to the batch (images, VOC, Label Studio JSON)."""
     import csv
@@ -165,7 +158,7 @@ def labelling_batch(out: str, labelling: dict, key: str = "labelling-batch", thu
         )
     more = f"\n\n{len(rows) - thumbnails} more in reasons.csv." if len(rows) > thumbnails else ""
     text = (
-        f"## {len(rows)} images worth labelling next\n\n{labelling.get('near_duplicates_skipped', 0)} near-duplicates "
+        f"## {len(rows)} images worth labelling next\n\n{labelling.near_duplicates_skipped} near-duplicates "
         f"skipped. Correct `annotations/*.xml` (Pascal VOC) or import `label_studio.json`, then ingest the batch.\n\n"
         + "\n".join(lines)
         + more

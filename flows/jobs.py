@@ -16,6 +16,7 @@ from prefect.concurrency.sync import concurrency
 from flows import artifacts
 from flows.recovery import Attempt
 from ssdflow.config import IngestConfig, ModelsConfig, ScoreConfig, TrainConfig
+from ssdflow.results import ScoreManifest
 
 TRAIN_CONCURRENCY = "ssdflow-train"  # global concurrency limits of 1, one per models location
 
@@ -165,7 +166,7 @@ def train_task(cfg: TrainConfig, attempt: int = 0) -> dict:
 
 
 @task(name="score", retries=2, retry_delay_seconds=[10, 60])
-def score_task(cfg: ScoreConfig) -> dict:
+def score_task(cfg: ScoreConfig) -> ScoreManifest:
     """The Beam scoring job; a retry resumes from the committed chunks."""
     from beam_jobs.score import run_score
     from ssdflow import storage
@@ -175,19 +176,19 @@ def score_task(cfg: ScoreConfig) -> dict:
     progress.update(100.0)
     summary = json.loads(storage.read_text(storage.join(cfg.out, "summary.json")))
     artifacts.scoring_summary(manifest, summary, cfg.out)
-    if manifest.get("labelling"):
-        artifacts.labelling_batch(cfg.out, manifest["labelling"])
+    if manifest.labelling is not None:
+        artifacts.labelling_batch(cfg.out, manifest.labelling)
     get_run_logger().info(
         "score: %d images in, %d scored, %d failed, %d detections",
-        manifest["images_in"],
-        manifest["images_scored"],
-        manifest["images_failed"],
-        manifest["detections"],
+        manifest.images_in,
+        manifest.images_scored,
+        manifest.images_failed,
+        manifest.detections,
     )
-    if manifest.get("images_retryable"):  # the next run (or a retry of this one) scores their chunks again
+    if manifest.images_retryable:  # the next run (or a retry of this one) scores their chunks again
         get_run_logger().warning(
             "score: %d images could not be read for now (read_error_retryable in errors.jsonl)",
-            manifest["images_retryable"],
+            manifest.images_retryable,
         )
     return manifest
 

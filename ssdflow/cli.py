@@ -455,32 +455,32 @@ def score(cfg: ScoreConfig) -> None:
     except (ScoreError, FileNotFoundError) as e:
         fail(str(e))
     typer.echo(
-        f"score: {m['images_in']} images in, {m['images_scored']} scored, {m['images_failed']} failed, "
-        f"{m['detections']} detections (model {m['model_version']}{', TFLite' if m['runtime'] == 'tflite' else ''}; {m['chunks_scored_now']} of {m['chunks']} chunks scored now)"
+        f"score: {m.images_in} images in, {m.images_scored} scored, {m.images_failed} failed, "
+        f"{m.detections} detections (model {m.model_version}{', TFLite' if m.runtime == 'tflite' else ''}; {m.chunks_scored_now} of {m.chunks} chunks scored now)"
     )
-    if m.get("images_retryable"):
+    if m.images_retryable:
         typer.echo(
-            f"  {m['images_retryable']} of the failed images could not be read for now (throttled, timed out or a "
+            f"  {m.images_retryable} of the failed images could not be read for now (throttled, timed out or a "
             f"storage server error): run the same command again to score them (reason read_error_retryable in errors.jsonl)"
         )
-    used = m["score_thresholds"]
-    fallback = set(used.get("fallback", ()))
-    if used["setting"] == "auto":
+    used = m.score_thresholds
+    fallback = set(used.fallback or ())
+    if used.setting == "auto":
         typer.echo(
             "  score thresholds (auto: calibrated per class on val at training time): "
             + ", ".join(
                 f"{name} {t:g}" + (" (none calibrated: the fallback)" if name in fallback else "")
-                for name, t in used["per_class"].items()
+                for name, t in used.per_class.items()
             )
         )
     else:
-        typer.echo(f"  score threshold {used['setting']:g} for every class")
+        typer.echo(f"  score threshold {used.setting:g} for every class")
     typer.echo(f"  output: {cfg.out}  (detections-*.jsonl/.parquet, errors.jsonl, summary.json, _SUCCESS)")
-    if "labelling" in m:
-        sel = m["labelling"]
+    if m.labelling is not None:
+        sel = m.labelling
         typer.echo(
-            f"  labelling batch: {sel['selected']} images worth labelling next in {cfg.out.rstrip('/')}/labelling/ "
-            f"(images/, annotations/ as Pascal VOC, label_studio.json, reasons.csv; {sel['near_duplicates_skipped']} "
+            f"  labelling batch: {sel.selected} images worth labelling next in {cfg.out.rstrip('/')}/labelling/ "
+            f"(images/, annotations/ as Pascal VOC, label_studio.json, reasons.csv; {sel.near_duplicates_skipped} "
             f"near-duplicates skipped). Correct the VOC files, then: ssdflow ingest --images …/labelling/images "
             f"--labels …/labelling/annotations --format voc"
         )

@@ -82,9 +82,7 @@ def run_demo(
     echo(f"demo: score (Apache Beam batch inference with {result.version}) ...")
     # The model just trained scores, promoted or not (a first run below the --min-map floor is not promoted).
     scored = run_score(score_cfg.model_copy(update={"model": result.model_dir}))
-    echo(
-        f"demo: scored {scored['images_scored']} images, {scored['detections']} detections, {scored['images_failed']} failed"
-    )
+    echo(f"demo: scored {scored.images_scored} images, {scored.detections} detections, {scored.images_failed} failed")
 
     echo("demo: outputs")
     echo(f"  dataset : {workdir}/data")

@@ -20,6 +20,7 @@ from beam_jobs.score.errors import ScoreError
 from beam_jobs.score.model_ref import ModelRef
 from ssdflow import storage
 from ssdflow.config import OutputFormat, ScoreConfig
+from ssdflow.results import LabellingSelection, ScoreManifest, ScoreThresholds
 
 log = logging.getLogger(__name__)
 
@@ -36,20 +37,17 @@ OUTPUT_PATTERNS = (
 )
 
 
-def used_thresholds(cfg: ScoreConfig, model: ModelRef) -> dict:
-    """``{"setting": "auto" | number, "per_class": {name: threshold}}``: what the outputs were filtered
-    with; with ``auto``, ``fallback`` names the classes that had no calibrated threshold (they got
-    FALLBACK_SCORE_THRESHOLD)."""
-    used = {
-        "setting": "auto" if cfg.score_threshold is None else cfg.score_threshold,
-        "per_class": {model.label_names[i]: t for i, t in model.score_thresholds(cfg.score_threshold).items()},
-    }
-    if cfg.score_threshold is None:
-        used["fallback"] = [model.label_names[i] for i in sorted(model.label_names) if i not in model.class_thresholds]
-    return used
-
-
-MANIFEST_COUNTS = ("images_in", "images_scored", "images_failed", "images_retryable", "detections", "files_skipped")
+def used_thresholds(cfg: ScoreConfig, model: ModelRef) -> ScoreThresholds:
+    """What the outputs were filtered with; with ``auto``, ``fallback`` names the classes that had no
+    calibrated threshold (they got FALLBACK_SCORE_THRESHOLD)."""
+    auto = cfg.score_threshold is None
+    return ScoreThresholds(
+        setting="auto" if auto else cfg.score_threshold,
+        per_class={model.label_names[i]: t for i, t in model.score_thresholds(cfg.score_threshold).items()},
+        fallback=[model.label_names[i] for i in sorted(model.label_names) if i not in model.class_thresholds]
+        if auto
+        else None,
+    )
 
 
 @dataclass
@@ -63,7 +61,9 @@ class Gathered:
     candidates: list[dict] = field(default_factory=list)  # the best SCAN_FACTOR * --select so far
 
 
-def assemble(cfg: ScoreConfig, model: ModelRef, chunks: list[Chunk], scored_now: int, remove: list[str] = ()) -> dict:
+def assemble(
+    cfg: ScoreConfig, model: ModelRef, chunks: list[Chunk], scored_now: int, remove: list[str] = ()
+) -> ScoreManifest:
     """The final outputs from the chunk commits, in chunk order, under a temp dir, then committed
     with ``_SUCCESS`` last; returns the manifest. One chunk's records at a time are in memory (shards
     are copied, errors and COCO results concatenated, the summary merged from the chunks' parts)."""
@@ -77,27 +77,31 @@ def assemble(cfg: ScoreConfig, model: ModelRef, chunks: list[Chunk], scored_now:
         used = used_thresholds(cfg, model)
         summary = so.summarize(got.summary_parts, got.counts, model.version)
         summary["inputs_fingerprint"] = hashlib.sha256(json.dumps([c.uris for c in chunks]).encode()).hexdigest()[:16]
-        summary["score_thresholds"] = used
+        summary["score_thresholds"] = used.to_json()
         same_inputs = previous is not None and previous.get("inputs_fingerprint") == summary["inputs_fingerprint"]
         summary["change_since_previous"] = so.change_since(previous, summary, same_inputs)
         storage.write_text(storage.join(tmp, "summary.json"), json.dumps(summary, indent=2) + "\n")
         names = [*got.names, "summary.json"]
         selected = write_labelling_batch(cfg, model, got.candidates, tmp, names) if cfg.select else None
         write_previews(got.previews, tmp, names)
-        manifest = {
-            "job": "score",
-            "model_version": model.version,
-            "model_dir": model.model_dir,
-            "runtime": model.runtime,
-            **({"model_file": model.tflite_file} if model.tflite_file else {}),
-            "chunks": len(chunks),
-            "score_thresholds": used,
-            "chunks_scored_now": scored_now,
-            **{k: got.counts.get(k, 0) for k in MANIFEST_COUNTS},
-        }
-        if selected is not None:
-            manifest["labelling"] = selected
-        storage.commit(tmp, cfg.out, names, manifest, OUTPUT_PATTERNS, remove)
+        counts = got.counts
+        manifest = ScoreManifest(
+            model_version=model.version,
+            model_dir=model.model_dir,
+            runtime=model.runtime,
+            model_file=model.tflite_file,
+            chunks=len(chunks),
+            score_thresholds=used,
+            chunks_scored_now=scored_now,
+            images_in=counts["images_in"],
+            images_scored=counts["images_scored"],
+            images_failed=counts["images_failed"],
+            images_retryable=counts["images_retryable"],
+            detections=counts["detections"],
+            files_skipped=counts["files_skipped"],
+            labelling=selected,
+        )
+        storage.commit(tmp, cfg.out, names, manifest.to_json(), OUTPUT_PATTERNS, remove)
     finally:
         storage.delete_tree(tmp)
     return manifest
@@ -147,7 +151,9 @@ def gather_chunks(cfg: ScoreConfig, model: ModelRef, chunks: list[Chunk], tmp: s
     return got
 
 
-def write_labelling_batch(cfg: ScoreConfig, model: ModelRef, candidates: list[dict], tmp: str, names: list) -> dict:
+def write_labelling_batch(
+    cfg: ScoreConfig, model: ModelRef, candidates: list[dict], tmp: str, names: list
+) -> LabellingSelection:
     """The ``--select`` most uncertain images as a labelling batch (:mod:`beam_jobs.score.labelling`)
     under ``tmp``, their names added to ``names``; returns the selection's counts."""
     picked, selected = labelling.select(candidates, cfg.select, so.read_source, threads=cfg.read_threads)
@@ -157,7 +163,6 @@ def write_labelling_batch(cfg: ScoreConfig, model: ModelRef, candidates: list[di
     for name, data in labelling.batch_files(picked, model.version, label_names, image_root).items():
         storage.write_bytes(storage.join(tmp, name), data)
         names.append(name)
-    selected["selected"] = len(picked)
     log.info(
         "score: %d images selected for labelling under %s (%d candidates, %d near-duplicates skipped)",
         len(picked),
@@ -165,7 +170,7 @@ def write_labelling_batch(cfg: ScoreConfig, model: ModelRef, candidates: list[di
         selected["candidates"],
         selected["near_duplicates_skipped"],
     )
-    return selected
+    return LabellingSelection(selected=len(picked), **selected)
 
 
 def write_previews(records: list[dict], tmp: str, names: list) -> None:

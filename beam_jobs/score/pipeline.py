@@ -57,6 +57,7 @@ from beam_jobs.storage_dofn import StorageDoFn
 from ssdflow import out_dir, progress, storage
 from ssdflow.beam_runner import make_pipeline, pipeline_options
 from ssdflow.config import ScoreConfig
+from ssdflow.results import ScoreManifest
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +158,7 @@ def build_pipeline(p, cfg: ScoreConfig, model: ModelRef, chunks: list[Chunk], pr
     )
 
 
-def run_score(cfg: ScoreConfig, on_progress=None) -> dict:
+def run_score(cfg: ScoreConfig, on_progress=None) -> ScoreManifest:
     """Scores what is not yet committed, assembles the outputs, writes ``_SUCCESS``; returns its manifest.
 
     Progress (files done of those listed, already committed chunks included, rate, ETA) goes to

@@ -221,8 +221,8 @@ def test_score_books_balance(name, scored):
     assert run.error is None, f"scoring failed: {type(run.error).__name__}: {run.error}"
     m = run.stats
     files = [p for p in os.listdir(run.corpus.images) if os.path.splitext(p)[1].lower() in IMAGE_EXTENSIONS]
-    assert m["images_in"] == m["images_scored"] + m["images_failed"] == len(files)
-    assert len(run.records) == m["images_scored"] and len(run.lines) == m["images_failed"]
+    assert m.images_in == m.images_scored + m.images_failed == len(files)
+    assert len(run.records) == m.images_scored and len(run.lines) == m.images_failed
     expected = dict(pair for c in run.corpus.cases for pair in c.score)
     assert {n: SCORED for n in run.records} | {_name(e["source"]): e["reason"] for e in run.lines} == expected
 

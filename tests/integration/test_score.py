@@ -65,8 +65,8 @@ def test_scores_raccoon_val_images(raccoon_records, raccoon_model, tmp_path):
         )
     )
     n = len(keys)
-    assert (m["images_in"], m["images_scored"], m["images_failed"]) == (n, n, 0)
-    assert m["chunks"] == m["chunks_scored_now"] == -(-n // 8)
+    assert (m.images_in, m.images_scored, m.images_failed) == (n, n, 0)
+    assert m.chunks == m.chunks_scored_now == -(-n // 8)
     assert json.loads((out / "_SUCCESS").read_text())["images_scored"] == n
     records = detection_lines(out)
     assert sorted(os.path.basename(r["source"])[:-4] for r in records) == keys
@@ -90,16 +90,16 @@ def test_scores_raccoon_val_images(raccoon_records, raccoon_model, tmp_path):
         and types["xmin"] == "float"
     )
     total_rows = sum(pq.read_table(p).num_rows for p in out.glob("detections-*.parquet"))
-    assert total_rows == m["detections"] == sum(len(r["detections"]) for r in records)
+    assert total_rows == m.detections == sum(len(r["detections"]) for r in records)
     coco = json.loads((out / "coco_results.json").read_text())
-    assert len(coco) == m["detections"] and len(coco[0]["bbox"]) == 4
+    assert len(coco) == m.detections and len(coco[0]["bbox"]) == 4
     dataset = json.loads((out / "coco.json").read_text())
     assert [i["file_name"] for i in dataset["images"]] == [r["source"] for r in records]  # ids 1.. in output order
     assert dataset["categories"] == [{"id": 1, "name": "raccoon", "supercategory": ""}]
     assert {d["image_id"] for d in coco} <= {i["id"] for i in dataset["images"]}
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["detections_per_class"] == {"raccoon": m["detections"]}
-    assert sum(summary["score_histogram"].values()) == m["detections"]
+    assert summary["detections_per_class"] == {"raccoon": m.detections}
+    assert sum(summary["score_histogram"].values()) == m.detections
     assert summary["change_since_previous"] is None
     previews = sorted((out / "preview").glob("*.jpg"))
     assert len(previews) == 2 and Image.open(previews[0]).format == "JPEG"
@@ -128,7 +128,7 @@ def test_scores_raccoon_val_images(raccoon_records, raccoon_model, tmp_path):
             chunk_size=8,
         )
     )
-    assert again["chunks_scored_now"] == 0
+    assert again.chunks_scored_now == 0
     assert [(f, (out / f).read_bytes()) for f in sorted(os.listdir(out)) if f.startswith("detections-")] == before
     assert json.loads((out / "summary.json").read_text())["change_since_previous"]["detections"] == 0
     assert not (out / "preview").exists() or not list((out / "preview").glob("*.jpg"))  # preview not asked this time
@@ -161,10 +161,10 @@ def test_archives_and_bad_files_are_all_accounted_for(raccoon_model, tmp_path):
         tar.addfile(link)
     out = tmp_path / "out"
     m = run_score(ScoreConfig(model=raccoon_model, images=[str(d), str(tar_path)], out=str(out), score_threshold=0.0))
-    assert m["chunks"] == 2  # the directory and the archive
-    assert m["images_in"] == 6 + 4 and m["files_skipped"] == 2
-    assert m["images_scored"] == 3 + 2 and m["images_failed"] == 5
-    assert m["images_in"] == m["images_scored"] + m["images_failed"]
+    assert m.chunks == 2  # the directory and the archive
+    assert m.images_in == 6 + 4 and m.files_skipped == 2
+    assert m.images_scored == 3 + 2 and m.images_failed == 5
+    assert m.images_in == m.images_scored + m.images_failed
     errors = {os.path.basename(e["source"]): e["reason"] for e in read_jsonl(out / "errors.jsonl")}
     assert errors == {
         "corrupt.jpg": "decode_error",
@@ -224,7 +224,7 @@ def test_max_pixels_refuses_larger_images_before_decoding(raccoon_model, tmp_pat
     monkeypatch.setattr(SavedModelDetector, "_call", staticmethod(call_spy))
     out = tmp_path / "out"
     m = run_score(ScoreConfig(model=raccoon_model, images=[str(images)], out=str(out), max_pixels=5000))
-    assert (m["images_in"], m["images_scored"], m["images_failed"]) == (2, 1, 1)
+    assert (m.images_in, m.images_scored, m.images_failed) == (2, 1, 1)
     (error,) = read_jsonl(out / "errors.jsonl")
     assert error["source"].endswith("large.jpg") and error["reason"] == "too_many_pixels" and "12000" in error["detail"]
     assert (60, 40) in decoded and (120, 100) not in decoded, decoded  # the spies ran in the scoring process
@@ -339,7 +339,7 @@ def test_s3_in_and_out(raccoon_model, tmp_path):
                 beam_args=[f"--s3_endpoint_url={endpoint}", "--s3_region_name=us-east-1"],
             )
         )
-        assert (m["images_in"], m["images_scored"], m["images_failed"]) == (6, 5, 1)
+        assert (m.images_in, m.images_scored, m.images_failed) == (6, 5, 1)
         keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix="scored/")["Contents"])
         assert "scored/_SUCCESS" in keys and "scored/detections-00000-of-00001.jsonl" in keys
         assert not [k for k in keys if "/.ssdflow-tmp-" in k]
@@ -397,8 +397,7 @@ def test_model_on_s3_is_resolved_through_its_champion_and_copied_once(raccoon_mo
             )
 
     assert (
-        remote["model_dir"] == f"s3://{BUCKET}/models/{version}"
-        and remote["model_version"] == local["model_version"] == version
+        remote.model_dir == f"s3://{BUCKET}/models/{version}" and remote.model_version == local.model_version == version
     )
     assert copies == [f"s3://{BUCKET}/models/{version}"]  # once, although two jobs loaded the model
     (copied,) = [d for d in cache.iterdir() if not d.name.startswith(".")]
@@ -427,7 +426,7 @@ def test_auto_thresholds_are_the_models_calibrated_ones(raccoon_records, raccoon
 
     images, _ = _val_images(raccoon_records, tmp_path)
     auto = run_score(ScoreConfig(model=raccoon_model, images=[images], out=str(tmp_path / "auto")))
-    assert auto["score_thresholds"] == {
+    assert auto.score_thresholds.to_json() == {
         "setting": "auto",
         "per_class": {"raccoon": calibrated},
         "fallback": [],
@@ -437,13 +436,13 @@ def test_auto_thresholds_are_the_models_calibrated_ones(raccoon_records, raccoon
     fixed = run_score(
         ScoreConfig(model=raccoon_model, images=[images], out=str(tmp_path / "fixed"), score_threshold=0.0)
     )
-    assert fixed["score_thresholds"]["per_class"] == {"raccoon": 0.0}
+    assert fixed.score_thresholds.per_class == {"raccoon": 0.0}
     everything = [d["score"] for r in detection_lines(tmp_path / "fixed") for d in r["detections"]]
     assert sorted(s for s in everything if s >= calibrated) == sorted(scores) and scores  # as written, none lost
     strict = run_score(
         ScoreConfig(model=raccoon_model, images=[images], out=str(tmp_path / "strict"), score_threshold=1.0)
     )
-    assert strict["detections"] == 0 < auto["detections"]  # a number overrides the calibrated threshold
+    assert strict.detections == 0 < auto.detections  # a number overrides the calibrated threshold
     summary = json.loads((tmp_path / "auto" / "summary.json").read_text())
     assert summary["score_thresholds"]["per_class"] == {"raccoon": calibrated}
 
@@ -465,7 +464,7 @@ def test_select_writes_a_labelling_batch_that_ingests_back_with_no_rejection(rac
     out = tmp_path / "scored"
     m = run_score(ScoreConfig(model=raccoon_model, images=[str(archive)], out=str(out), chunk_size=3, select=6))
     # Six asked, five distinct scenes: every candidate considered, the three copies' later ones skipped.
-    assert m["labelling"] == {
+    assert m.labelling.to_json() == {
         "candidates": 8,
         "considered": 8,
         "near_duplicates_skipped": 3,
@@ -506,7 +505,7 @@ def test_select_writes_a_labelling_batch_that_ingests_back_with_no_rejection(rac
             label_studio_root=str(tmp_path),
         )
     )
-    assert again["chunks_scored_now"] == 0 and again["labelling"]["selected"] == 2
+    assert again.chunks_scored_now == 0 and again.labelling.selected == 2
     assert len(list((batch / "images").iterdir())) == 2 == len(list((batch / "annotations").iterdir()))
     assert [t["data"]["image"] for t in json.loads((batch / "label_studio.json").read_text())] == [
         f"/data/local-files/?d=scored/labelling/{r['image']}" for r in rows[:2]

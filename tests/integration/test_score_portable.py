@@ -137,6 +137,10 @@ def test_portable_runner_with_images_model_and_outputs_on_s3(raccoon_model, tmp_
         ]  # the workers fetched it from S3
         direct = run_score(ScoreConfig(**common, out=f"s3://{BUCKET}/direct", beam_args=s3_args))
         keys = ("chunks", "images_in", "images_scored", "images_failed", "detections")
-        assert [portable[k] for k in keys] == [direct[k] for k in keys] == [4, 13, 12, 1, direct["detections"]]
+        assert (
+            [getattr(portable, k) for k in keys]
+            == [getattr(direct, k) for k in keys]
+            == [4, 13, 12, 1, direct.detections]
+        )
         assert _s3_detections(s3, "portable") == _s3_detections(s3, "direct")
         assert len(_s3_detections(s3, "portable")) == 12

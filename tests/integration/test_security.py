@@ -115,7 +115,7 @@ def test_s3_keys_never_appear_in_logs_outputs_or_stats(raccoon_model, caplog, ca
         )
         assert proxy.access_key_ids == {OPT_KEY_ID}  # the options' keys won over the environment's
         assert ingest_injected > 0 and proxy.injected > 0  # retries happened (and logged) in both jobs
-        assert stats["images_in"] == 12 and manifest["images_in"] == 4 and manifest["images_failed"] == 1
+        assert stats["images_in"] == 12 and manifest.images_in == 4 and manifest.images_failed == 1
 
         objects = {
             o["Key"]: client.get_object(Bucket=BUCKET, Key=o["Key"])["Body"].read()
@@ -133,7 +133,7 @@ def test_s3_keys_never_appear_in_logs_outputs_or_stats(raccoon_model, caplog, ca
         ("stderr", captured.err),
         ("caplog.text", caplog.text),
         ("stats", json.dumps(stats)),
-        ("manifest", json.dumps(manifest)),
+        ("manifest", manifest.model_dump_json()),
     ]
     haystacks += [(f"s3://{BUCKET}/{k}", k + "\n" + body.decode("latin-1")) for k, body in objects.items()]
     for secret in (ENV_SECRET, OPT_SECRET):
@@ -438,8 +438,8 @@ def test_tar_members_never_escape_the_output_and_links_are_refused(raccoon_model
 
     scored = 5  # the four named members and the one behind the symlink
     refused = len(links) + 1  # the links and the FIFO
-    assert (m["images_in"], m["images_scored"], m["images_failed"]) == (scored + refused, scored, refused)
-    assert m["images_in"] == m["images_scored"] + m["images_failed"]
+    assert (m.images_in, m.images_scored, m.images_failed) == (scored + refused, scored, refused)
+    assert m.images_in == m.images_scored + m.images_failed
     errors = {e["source"].split("#", 1)[1]: e["reason"] for e in read_jsonl(out / "errors.jsonl")}
     assert errors == {**{name: "link_member" for name in links}, "pipe.jpg": "special_member"}
     for name in [

@@ -200,14 +200,14 @@ def test_score_survives_upload_faults(s3, raccoon_model):
 
     _assert_retried(proxy)
     assert any("/chunks/" in path for _, path in proxy.injected_requests())  # inside the pipeline, not only at commit
-    assert (m["images_in"], m["images_scored"], m["images_failed"]) == (7, 6, 1)
-    assert m["images_in"] == m["images_scored"] + m["images_failed"]
+    assert (m.images_in, m.images_scored, m.images_failed) == (7, 6, 1)
+    assert m.images_in == m.images_scored + m.images_failed
     assert m == ref
 
     want, got = _objects(client, "score-ref/"), _objects(client, "score-faulty/")
     manifest = _assert_committed(got)
     assert manifest == _assert_committed(want)
-    assert {k: v for k, v in manifest.items() if k != "files"} == m
+    assert {k: v for k, v in manifest.items() if k != "files"} == m.to_json()
     for name in manifest["files"]:  # detections, COCO results, summary: byte for byte
         if name == "errors.jsonl":  # PIL's message names a BytesIO's address ("<_io.BytesIO object at 0x…>")
             assert _no_address(got[name]) == _no_address(want[name])

@@ -168,15 +168,15 @@ def test_score_runs_a_tflite_file_with_the_savedmodels_outputs_chunks_and_resume
 
     lite_m, lite = score(model / "model.tflite", tmp_path / "out-lite")
     saved_m, saved = score(model, tmp_path / "out-saved")
-    assert (lite_m["runtime"], lite_m["model_file"], lite_m["model_version"]) == (
+    assert (lite_m.runtime, lite_m.model_file, lite_m.model_version) == (
         "tflite",
         str(model / "model.tflite"),
         f"{model.name}.model",
     )
-    assert saved_m["runtime"] == "saved_model" and "model_file" not in saved_m
+    assert saved_m.runtime == "saved_model" and saved_m.model_file is None
     for key in ("images_in", "images_scored", "images_failed", "chunks"):
-        assert lite_m[key] == saved_m[key], key
-    assert (lite_m["images_in"], lite_m["images_failed"]) == (6, 1)
+        assert getattr(lite_m, key) == getattr(saved_m, key), key
+    assert (lite_m.images_in, lite_m.images_failed) == (6, 1)
     errors = [json.loads(line) for line in (tmp_path / "out-lite" / "errors.jsonl").read_text().splitlines()]
     assert [(Path(e["source"]).name, e["reason"]) for e in errors] == [("zz-corrupt.jpg", "decode_error")]
     assert lite.keys() == saved.keys() and len(lite) == 5
@@ -190,12 +190,12 @@ def test_score_runs_a_tflite_file_with_the_savedmodels_outputs_chunks_and_resume
 
     # Resume: the same file again scores nothing new; a changed file is another model.
     again, _ = score(model / "model.tflite", tmp_path / "out-lite")
-    assert again["chunks_scored_now"] == 0 and again["images_scored"] == 5
+    assert again.chunks_scored_now == 0 and again.images_scored == 5
     shutil.copy(model / "model.tflite", model / "model_copy.tflite")
     with open(model / "model_copy.tflite", "ab") as f:
         f.write(b"\0")  # other bytes, same network: still a different file to the chunk keys
     other, _ = score(model / "model_copy.tflite", tmp_path / "out-lite")
-    assert other["chunks_scored_now"] == other["chunks"] == 2 and other["model_version"] == f"{model.name}.model_copy"
+    assert other.chunks_scored_now == other.chunks == 2 and other.model_version == f"{model.name}.model_copy"
 
     # The same file on S3 (moto's server on 127.0.0.1): read through Beam FileSystems, the same detections.
     pytest.importorskip("boto3")
@@ -214,7 +214,7 @@ def test_score_runs_a_tflite_file_with_the_savedmodels_outputs_chunks_and_resume
                 beam_args=[f"--s3_endpoint_url={endpoint}", "--s3_region_name=us-east-1"],
             )
         )
-    assert remote["runtime"] == "tflite" and remote["model_version"] == lite_m["model_version"]
+    assert remote.runtime == "tflite" and remote.model_version == lite_m.model_version
     remote_records = {
         Path(r["source"]).name: r
         for shard in sorted((tmp_path / "out-s3").glob("detections-*.jsonl"))
