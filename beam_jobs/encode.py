@@ -66,18 +66,7 @@ def encode_image(
     if img.orientation != 1:
         out.stats["images_exif_rotated"] += 1
 
-    # Pixel boxes are in the coordinates of the image the labeler saw. If the label's size matches
-    # the displayed (rotated) size but not the stored one, the boxes were drawn on the displayed
-    # image; otherwise they are on the stored pixels and move with the EXIF rotation.
-    labelled_on_displayed = (
-        img.orientation in (5, 6, 7, 8)
-        and (record.width, record.height) == (img.width, img.height)
-        and (img.width, img.height) != (img.stored_width, img.stored_height)
-    )
-    if labelled_on_displayed:
-        ref_w, ref_h, orientation = img.width, img.height, 1
-    else:
-        ref_w, ref_h, orientation = img.stored_width, img.stored_height, img.orientation
+    ref_w, ref_h, orientation = _label_frame(record, img)
     if record.width is not None and record.height is not None and (record.width, record.height) != (ref_w, ref_h):
         out.stats["label_size_corrected"] += 1
 
@@ -128,6 +117,22 @@ def encode_image(
         )
     )
     return out
+
+
+def _label_frame(record: R.LabelRecord, img) -> tuple[int, int, int]:
+    """(width, height, EXIF orientation) of the image the labeler drew pixel boxes on.
+
+    If the label's size matches the displayed (rotated) size but not the stored one, the boxes were
+    drawn on the displayed image (orientation 1: nothing to turn); otherwise they are on the stored
+    pixels and move with the EXIF rotation."""
+    labelled_on_displayed = (
+        img.orientation in (5, 6, 7, 8)
+        and (record.width, record.height) == (img.width, img.height)
+        and (img.width, img.height) != (img.stored_width, img.stored_height)
+    )
+    if labelled_on_displayed:
+        return img.width, img.height, 1
+    return img.stored_width, img.stored_height, img.orientation
 
 
 def _check_box(coords, tol: float):

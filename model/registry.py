@@ -389,6 +389,7 @@ def decide(
     under every policy, and added-only classes refuse under "refuse" or promote with a warning under
     "promote_if_only_added" (scores are recorded, but not compared: mAP over different class sets is
     not comparable); with identical label maps, promote iff challenger >= champion - tolerance.
+    Kept whole: the rules read top to bottom in the order they apply, each with its reason.
     """
     policy = policy or PromotionPolicy()
     metric = policy.metric
