@@ -97,8 +97,9 @@ def model_versions(versions: list[dict], models: str, key: str = "model-versions
 
 
 def scoring_summary(manifest: ScoreManifest, summary: dict, out: str, key: str = "scoring-summary") -> None:
-    counts = ("images_in", "images_scored", "images_failed", "images_retryable", "detections", "files_skipped")
-    rows = [{"metric": k, "value": getattr(manifest, k)} for k in (*counts, "chunks", "chunks_scored_now")]
+    rows = [
+        {"metric": k, "value": getattr(manifest, k)} for k in (*ScoreManifest.COUNTS, "chunks", "chunks_scored_now")
+    ]
     rows += [{"metric": f"detections[{c}]", "value": n} for c, n in summary.get("detections_per_class", {}).items()]
     rows += [
         {"metric": "mean_boxes_per_image", "value": summary.get("mean_boxes_per_image")},

@@ -7,7 +7,7 @@ models existed (``tests/unit/test_results.py`` reads files written by earlier ve
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict
 
@@ -43,6 +43,16 @@ class ScoreManifest(_Result):
     """A scoring run's result: its ``_SUCCESS`` manifest (less the file list) and ``run_score``'s return.
     ``images_in == images_scored + images_failed`` always; ``images_retryable`` of the failed ones may
     pass on a rerun."""
+
+    # The counts, added up over the chunks' commits.
+    COUNTS: ClassVar[tuple[str, ...]] = (
+        "images_in",
+        "images_scored",
+        "images_failed",
+        "images_retryable",
+        "detections",
+        "files_skipped",
+    )
 
     job: Literal["score"] = "score"
     model_version: str  # the registered version ("<version>.<file stem>" for a .tflite)

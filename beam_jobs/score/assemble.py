@@ -84,7 +84,6 @@ def assemble(
         names = [*got.names, "summary.json"]
         selected = write_labelling_batch(cfg, model, got.candidates, tmp, names) if cfg.select else None
         write_previews(got.previews, tmp, names)
-        counts = got.counts
         manifest = ScoreManifest(
             model_version=model.version,
             model_dir=model.model_dir,
@@ -93,13 +92,8 @@ def assemble(
             chunks=len(chunks),
             score_thresholds=used,
             chunks_scored_now=scored_now,
-            images_in=counts["images_in"],
-            images_scored=counts["images_scored"],
-            images_failed=counts["images_failed"],
-            images_retryable=counts["images_retryable"],
-            detections=counts["detections"],
-            files_skipped=counts["files_skipped"],
             labelling=selected,
+            **{k: got.counts[k] for k in ScoreManifest.COUNTS},
         )
         storage.commit(tmp, cfg.out, names, manifest.to_json(), OUTPUT_PATTERNS, remove)
     finally:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 from dataclasses import dataclass
 from typing import Callable, TypeVar
 
@@ -19,8 +18,6 @@ from apache_beam.io.filesystems import FileSystems
 from beam_jobs.patterns import file_pattern
 from beam_jobs.score.errors import ScoreError
 from ssdflow import storage
-
-log = logging.getLogger(__name__)
 
 
 T = TypeVar("T")

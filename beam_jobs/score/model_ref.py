@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import posixpath
 from dataclasses import dataclass
 
@@ -11,8 +10,6 @@ from beam_jobs.model_handler import SavedModelDetector, TFLiteDetectorHandler, f
 from ssdflow import storage
 from ssdflow.config import is_tflite
 from ssdflow.schema import MODEL_INFO, LabelMap
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)

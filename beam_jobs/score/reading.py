@@ -3,7 +3,6 @@ decompression-bomb guard), EXIF-rotated images turned upright, tar archives stre
 
 from __future__ import annotations
 
-import logging
 import tarfile
 from collections import deque
 from typing import NamedTuple, Union
@@ -22,8 +21,6 @@ from beam_jobs.records import (
 )
 from beam_jobs.score.chunks import Chunk
 from ssdflow import storage
-
-log = logging.getLogger(__name__)
 
 
 class Scorable(NamedTuple):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import logging
 import uuid
 from collections import Counter
 from typing import NamedTuple
@@ -15,8 +14,6 @@ from beam_jobs.score.chunks import chunk_dir
 from beam_jobs.score.errors import ScoreError
 from beam_jobs.score.model_ref import ModelRef
 from ssdflow import storage
-
-log = logging.getLogger(__name__)
 
 
 ROUND = 4  # decimals kept in outputs: batch composition must not change a single written byte
