@@ -172,27 +172,33 @@ def test_ingest_keeps_an_image_that_cannot_be_read_for_now_apart(s3):
     assert storage.read_success(f"s3://{BUCKET}/ingest-read-faulty")["images_retryable"] == 0
 
 
-def test_score_survives_upload_faults(s3, raccoon_model):
-    endpoint, client, proxy = s3
+def _score_s3(model: str, images: str, out: str, url: str, chunk_size: int):
+    """Scores ``s3://BUCKET/images/`` into ``s3://BUCKET/out`` through the endpoint ``url``, every format."""
     from beam_jobs.score import run_score
     from ssdflow.config import ScoreConfig
+
+    return run_score(
+        ScoreConfig(
+            model=model,
+            images=[f"s3://{BUCKET}/{images}/"],
+            out=f"s3://{BUCKET}/{out}",
+            score_threshold=0.0,
+            chunk_size=chunk_size,
+            formats=["jsonl", "parquet", "coco"],
+            beam_args=[f"--s3_endpoint_url={url}", *REGION],
+        )
+    )
+
+
+def test_score_survives_upload_faults(s3, raccoon_model):
+    endpoint, client, proxy = s3
 
     for i in range(6):
         client.put_object(Bucket=BUCKET, Key=f"archive/img{i}.jpg", Body=_jpeg(i))
     client.put_object(Bucket=BUCKET, Key="archive/broken.jpg", Body=b"xx")
 
     def score(out, url):  # two chunks: [broken, img0-2] and [img3-5], whose errors.jsonl is empty
-        return run_score(
-            ScoreConfig(
-                model=raccoon_model,
-                images=[f"s3://{BUCKET}/archive/"],
-                out=f"s3://{BUCKET}/{out}",
-                score_threshold=0.0,
-                chunk_size=4,
-                formats=["jsonl", "parquet", "coco"],
-                beam_args=[f"--s3_endpoint_url={url}", *REGION],
-            )
-        )
+        return _score_s3(raccoon_model, "archive", out, url, chunk_size=4)
 
     ref = score("score-ref", endpoint)
     proxy.configure(fail_every=6, fail_first=0, status=500, fail_when=None)
@@ -223,24 +229,12 @@ def test_an_image_that_cannot_be_read_for_now_is_scored_by_the_next_run(s3, racc
     final), and the next run scores that chunk again, and only it: the outputs then equal a run
     that met no fault, and the chunk keeps one attempt."""
     endpoint, client, proxy = s3
-    from beam_jobs.score import run_score
-    from ssdflow.config import ScoreConfig
 
     for i in range(6):
         client.put_object(Bucket=BUCKET, Key=f"throttled/img{i}.jpg", Body=_jpeg(10 + i))
 
     def score(out, url):  # two chunks: img0-2 and img3-5
-        return run_score(
-            ScoreConfig(
-                model=raccoon_model,
-                images=[f"s3://{BUCKET}/throttled/"],
-                out=f"s3://{BUCKET}/{out}",
-                score_threshold=0.0,
-                chunk_size=3,
-                formats=["jsonl", "parquet", "coco"],
-                beam_args=[f"--s3_endpoint_url={url}", *REGION],
-            )
-        )
+        return _score_s3(raccoon_model, "throttled", out, url, chunk_size=3)
 
     ref = score("read-ref", endpoint)
     proxy.configure(
